@@ -1,0 +1,512 @@
+//! Direct operations on lease areas, with no daemon and no coordination with other hosts:
+//! formatting a lockspace or resource, and dumping whatever areas a device holds.
+//!
+//! Invariants: format never overwrites a valid lockspace, resource or resource index unless
+//! forced; a lockspace format is atomic (whole area with sector 0's magic zeroed, then sector
+//! 0); every format is read back and decoded before it is reported done.
+
+use std::path::{Path, PathBuf};
+
+use serde::Serialize;
+use tenure_format::area::{
+    decode_area, encode_lockspace_area, encode_resource_area, identify, lockspace_sector0,
+    step_bytes, AreaKind, PROBE_LEN,
+};
+use tenure_format::{
+    AlignSize, AreaReport, DecodeError, Geometry, GeometryError, LeaderKind, LeaderRecord,
+    LockspaceSpec, ResourceSpec, RindexHeader, SectorSize,
+};
+
+use crate::dev::{Access, AlignedBuf, Device, DeviceError, DeviceKind};
+
+/// Errors of the direct commands.
+#[derive(Debug, thiserror::Error)]
+pub enum DirectError {
+    /// Device access failed.
+    #[error(transparent)]
+    Device(#[from] DeviceError),
+    /// Invalid sector/align combination.
+    #[error(transparent)]
+    Geometry(#[from] GeometryError),
+    /// --sector-size disagrees with the device.
+    #[error("{path} has {probed}-byte logical sectors but --sector-size {requested} was given")]
+    SectorSizeMismatch {
+        /// Device.
+        path: PathBuf,
+        /// BLKSSZGET.
+        probed: u32,
+        /// Requested.
+        requested: u32,
+    },
+    /// The device's sector size is not one sanlock's format supports.
+    #[error("{path} has {probed}-byte logical sectors; lease areas need 512 or 4096")]
+    UnsupportedDevice {
+        /// Device.
+        path: PathBuf,
+        /// BLKSSZGET.
+        probed: u32,
+    },
+    /// Offset not a multiple of the area size.
+    #[error("offset {offset} is not a multiple of the area size {align} (sanlock requires aligned areas)")]
+    OffsetAlign {
+        /// Offset.
+        offset: u64,
+        /// Align size.
+        align: AlignSize,
+    },
+    /// The area does not fit.
+    #[error("{path}: a {geometry} area at offset {offset} needs {needed} bytes but the device has {size}{hint}")]
+    TooSmall {
+        /// Device.
+        path: PathBuf,
+        /// Geometry.
+        geometry: Geometry,
+        /// Offset.
+        offset: u64,
+        /// End of the area.
+        needed: u64,
+        /// Device size.
+        size: u64,
+        /// How to fix it.
+        hint: &'static str,
+    },
+    /// A valid area is already there.
+    #[error("{path} at offset {offset} already holds {what}; use --force to overwrite it")]
+    AlreadyFormatted {
+        /// Device.
+        path: PathBuf,
+        /// Offset.
+        offset: u64,
+        /// Description of what is there.
+        what: String,
+    },
+    /// num_hosts out of range.
+    #[error("--num-hosts {num_hosts} is out of range for a {geometry} area (1..={hosts_max})")]
+    NumHosts {
+        /// Requested.
+        num_hosts: u64,
+        /// Geometry.
+        geometry: Geometry,
+        /// Limit.
+        hosts_max: u64,
+    },
+    /// io_timeout out of range.
+    #[error("--io-timeout {0} is out of range (1..=65535 seconds)")]
+    IoTimeout(u64),
+    /// The read-back after format did not decode.
+    #[error("{path} at offset {offset}: read-back after format failed: {source}")]
+    Verify {
+        /// Device.
+        path: PathBuf,
+        /// Offset.
+        offset: u64,
+        /// Why.
+        source: DecodeError,
+    },
+    /// A resource spec with a lockspace but no disks cannot happen; bad input otherwise.
+    #[error("{0}")]
+    Usage(String),
+}
+
+/// Geometry options shared by the format commands.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct FormatOptions {
+    /// Requested sector size; probed from block devices, 512 for files when absent.
+    pub sector_size: Option<SectorSize>,
+    /// Requested align size; the sector size's legacy default when absent.
+    pub align: Option<AlignSize>,
+    /// Overwrite a valid area.
+    pub force: bool,
+}
+
+/// What a format did.
+#[derive(Clone, Debug, Serialize)]
+pub struct FormatReport {
+    /// Device.
+    pub path: PathBuf,
+    /// Offset.
+    pub offset: u64,
+    /// Geometry used.
+    pub geometry: Geometry,
+    /// What was there before, when something recognisable was overwritten.
+    pub replaced: Option<String>,
+}
+
+/// io_timeout sanlock writes into free slots by default (seconds).
+pub const IO_TIMEOUT_DEFAULT_S: u16 = 10;
+
+fn choose_geometry(dev: &Device, opts: FormatOptions) -> Result<Geometry, DirectError> {
+    let sector_size = match (dev.logical_sector_size(), opts.sector_size) {
+        (Some(probed), requested) => {
+            let probed_ss = SectorSize::from_bytes(u64::from(probed)).map_err(|_| {
+                DirectError::UnsupportedDevice {
+                    path: dev.path().to_owned(),
+                    probed,
+                }
+            })?;
+            if let Some(r) = requested.filter(|r| *r != probed_ss) {
+                return Err(DirectError::SectorSizeMismatch {
+                    path: dev.path().to_owned(),
+                    probed,
+                    requested: r.bytes(),
+                });
+            }
+            probed_ss
+        }
+        (None, requested) => requested.unwrap_or(SectorSize::B512),
+    };
+    let g = match opts.align {
+        Some(a) => Geometry::new(sector_size, a)?,
+        None => Geometry::legacy(sector_size),
+    };
+    Ok(g)
+}
+
+fn check_fits(dev: &Device, g: Geometry, offset: u64) -> Result<(), DirectError> {
+    if offset % g.area_bytes() != 0 {
+        return Err(DirectError::OffsetAlign {
+            offset,
+            align: g.align(),
+        });
+    }
+    let needed = offset.saturating_add(g.area_bytes());
+    if needed > dev.size_bytes() {
+        let hint = if dev.kind() == DeviceKind::File {
+            " (extend the file, e.g. with truncate -s)"
+        } else {
+            ""
+        };
+        return Err(DirectError::TooSmall {
+            path: dev.path().to_owned(),
+            geometry: g,
+            offset,
+            needed,
+            size: dev.size_bytes(),
+            hint,
+        });
+    }
+    Ok(())
+}
+
+/// Describes the valid area at `offset`, if there is one (sector 0 decodes).
+fn existing_area(dev: &Device, offset: u64) -> Result<Option<String>, DirectError> {
+    let len = PROBE_LEN.min(usize::try_from(dev.size_bytes() - offset).unwrap_or(PROBE_LEN));
+    let mut head = AlignedBuf::new(len);
+    dev.read_at(&mut head, offset)?;
+    let bytes = head.as_slice();
+    Ok(match identify(bytes).kind {
+        AreaKind::Lockspace | AreaKind::Resource | AreaKind::ClearedResource => {
+            LeaderRecord::decode(bytes).ok().map(|l| match l.kind() {
+                Some(LeaderKind::Delta) => format!("a valid lockspace \"{}\"", l.space_name),
+                _ => format!(
+                    "a valid resource \"{}\" of lockspace \"{}\" (owner host id {}, lver {})",
+                    l.resource_name, l.space_name, l.owner_id, l.lver
+                ),
+            })
+        }
+        AreaKind::Rindex => RindexHeader::decode(bytes)
+            .ok()
+            .map(|h| format!("a resource index of lockspace \"{}\"", h.lockspace_name)),
+        AreaKind::Empty | AreaKind::Unrecognised => None,
+    })
+}
+
+fn refuse_or_note(dev: &Device, offset: u64, force: bool) -> Result<Option<String>, DirectError> {
+    let existing = existing_area(dev, offset)?;
+    match existing {
+        Some(what) if !force => Err(DirectError::AlreadyFormatted {
+            path: dev.path().to_owned(),
+            offset,
+            what,
+        }),
+        other => Ok(other),
+    }
+}
+
+fn verify(
+    dev: &Device,
+    g: Geometry,
+    offset: u64,
+    check: impl Fn(&[u8]) -> Result<(), DecodeError>,
+) -> Result<(), DirectError> {
+    let mut back = AlignedBuf::new(g.sector_size_bytes() as usize);
+    dev.read_at(&mut back, offset)?;
+    check(back.as_slice()).map_err(|source| DirectError::Verify {
+        path: dev.path().to_owned(),
+        offset,
+        source,
+    })
+}
+
+/// Formats a lockspace area (`spec.host_id` is ignored): every slot free, atomically.
+pub fn format_lockspace(
+    spec: &LockspaceSpec,
+    opts: FormatOptions,
+    io_timeout_s: u64,
+) -> Result<FormatReport, DirectError> {
+    let io_timeout = u16::try_from(io_timeout_s)
+        .ok()
+        .filter(|&t| t > 0)
+        .ok_or(DirectError::IoTimeout(io_timeout_s))?;
+    let path = Path::new(&spec.disk.path);
+    let dev = Device::open(path, Access::ReadWrite)?;
+    let g = choose_geometry(&dev, opts)?;
+    let offset = spec.disk.offset;
+    check_fits(&dev, g, offset)?;
+    let replaced = refuse_or_note(&dev, offset, opts.force)?;
+    let mut area = AlignedBuf::new(usize::try_from(g.area_bytes()).unwrap_or(usize::MAX));
+    encode_lockspace_area(area.as_mut_slice(), g, spec.name, io_timeout);
+    dev.write_at(&area, offset)?;
+    let mut sector0 = AlignedBuf::new(g.sector_size_bytes() as usize);
+    lockspace_sector0(sector0.as_mut_slice(), g, spec.name, io_timeout);
+    dev.write_at(&sector0, offset)?;
+    verify(&dev, g, offset, |s| {
+        LeaderRecord::decode_expect(s, LeaderKind::Delta, g, &spec.name, None).map(drop)
+    })?;
+    Ok(FormatReport {
+        path: path.to_owned(),
+        offset,
+        geometry: g,
+        replaced,
+    })
+}
+
+/// Formats a resource area on every disk of `spec` (free leader, lver 0, request record).
+/// All disks are checked before any is written.
+pub fn format_resource(
+    spec: &ResourceSpec,
+    opts: FormatOptions,
+    num_hosts: Option<u64>,
+) -> Result<Vec<FormatReport>, DirectError> {
+    if spec.disks.is_empty() {
+        return Err(DirectError::Usage(
+            "a resource needs at least one PATH:OFFSET".into(),
+        ));
+    }
+    let mut plan = Vec::with_capacity(spec.disks.len());
+    for disk in &spec.disks {
+        let path = Path::new(&disk.path);
+        let dev = Device::open(path, Access::ReadWrite)?;
+        let g = choose_geometry(&dev, opts)?;
+        check_fits(&dev, g, disk.offset)?;
+        let n = num_hosts.unwrap_or(g.hosts_max());
+        if n == 0 || n > g.hosts_max() {
+            return Err(DirectError::NumHosts {
+                num_hosts: n,
+                geometry: g,
+                hosts_max: g.hosts_max(),
+            });
+        }
+        let replaced = refuse_or_note(&dev, disk.offset, opts.force)?;
+        plan.push((dev, g, disk.offset, n, replaced));
+    }
+    let mut reports = Vec::with_capacity(plan.len());
+    for (dev, g, offset, n, replaced) in plan {
+        let mut area = AlignedBuf::new(usize::try_from(g.area_bytes()).unwrap_or(usize::MAX));
+        encode_resource_area(area.as_mut_slice(), g, spec.lockspace, spec.name, n);
+        dev.write_at(&area, offset)?;
+        verify(&dev, g, offset, |s| {
+            LeaderRecord::decode_expect(s, LeaderKind::Paxos, g, &spec.lockspace, Some(&spec.name))
+                .map(drop)
+        })?;
+        reports.push(FormatReport {
+            path: dev.path().to_owned(),
+            offset,
+            geometry: g,
+            replaced,
+        });
+    }
+    Ok(reports)
+}
+
+/// Everything `dump` found.
+#[derive(Clone, Debug, Serialize)]
+pub struct DumpReport {
+    /// Device.
+    pub path: PathBuf,
+    /// Block device or file.
+    pub device_kind: DeviceKind,
+    /// BLKSSZGET for block devices.
+    pub logical_sector_size: Option<u32>,
+    /// Device size.
+    pub device_size: u64,
+    /// First byte scanned.
+    pub offset: u64,
+    /// Bytes scanned.
+    pub scanned_bytes: u64,
+    /// Areas found, in device order.
+    pub areas: Vec<AreaReport>,
+    /// Number of all-zero areas skipped.
+    pub empty_areas: u64,
+}
+
+impl DumpReport {
+    /// True when any area or record could not be decoded.
+    pub fn has_problems(&self) -> bool {
+        self.areas.iter().any(|a| match a {
+            AreaReport::Lockspace { problems, .. } | AreaReport::Resource { problems, .. } => {
+                !problems.is_empty()
+            }
+            AreaReport::Unrecognised { .. } => true,
+            AreaReport::Rindex { .. } => false,
+        })
+    }
+}
+
+/// Reads every area from `offset` (for `size` bytes, or to the end) and decodes it. Areas are
+/// found at 1 MiB steps, or at their own align size once recognised.
+pub fn dump(path: &Path, offset: u64, size: Option<u64>) -> Result<DumpReport, DirectError> {
+    let dev = Device::open(path, Access::Read)?;
+    let align = u64::from(dev.io_align());
+    if offset % align != 0 {
+        return Err(DeviceError::Unaligned {
+            path: path.to_owned(),
+            offset,
+            len: 0,
+            align: dev.io_align(),
+        }
+        .into());
+    }
+    let end = match size {
+        Some(s) => offset.saturating_add(s).min(dev.size_bytes()),
+        None => dev.size_bytes(),
+    };
+    let mut areas: Vec<AreaReport> = Vec::new();
+    let mut empty_areas = 0;
+    let mut head = AlignedBuf::new(PROBE_LEN);
+    let mut area_buf: Option<AlignedBuf> = None;
+    let mut at = offset;
+    while at < end {
+        let avail = (end - at) / align * align;
+        if avail == 0 {
+            break;
+        }
+        let head_len = usize::try_from(avail).unwrap_or(PROBE_LEN).min(PROBE_LEN);
+        if head.len() != head_len {
+            head = AlignedBuf::new(head_len);
+        }
+        dev.read_at(&mut head, at)?;
+        let probe = identify(head.as_slice());
+        let step = step_bytes(&probe);
+        let report = if let Some(g) = probe.geometry {
+            let len = usize::try_from(g.area_bytes().min(avail)).unwrap_or(usize::MAX);
+            let buf = match &mut area_buf {
+                Some(b) if b.len() == len => b,
+                slot => slot.insert(AlignedBuf::new(len)),
+            };
+            dev.read_at(buf, at)?;
+            decode_area(at, &probe, buf.as_slice())
+        } else {
+            decode_area(at, &probe, head.as_slice())
+        };
+        match report {
+            None => empty_areas += 1,
+            Some(AreaReport::Unrecognised {
+                offset: o,
+                magic,
+                reason,
+                ..
+            }) => match areas.last_mut() {
+                // Coalesce runs of unrecognised areas so a LUN full of data is one line.
+                Some(AreaReport::Unrecognised {
+                    offset: prev,
+                    count,
+                    ..
+                }) if *prev + *count * step == o => *count += 1,
+                _ => areas.push(AreaReport::Unrecognised {
+                    offset: o,
+                    count: 1,
+                    magic,
+                    reason,
+                }),
+            },
+            Some(r) => areas.push(r),
+        }
+        at = at.saturating_add(step);
+    }
+    Ok(DumpReport {
+        path: path.to_owned(),
+        device_kind: dev.kind(),
+        logical_sector_size: dev.logical_sector_size(),
+        device_size: dev.size_bytes(),
+        offset,
+        scanned_bytes: at.min(end) - offset,
+        areas,
+        empty_areas,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tenure_format::LockspaceSpec;
+
+    fn file(dir: &Path, size: u64) -> PathBuf {
+        let p = dir.join("leases");
+        let f = std::fs::File::create(&p).expect("create");
+        f.set_len(size).expect("size");
+        p
+    }
+
+    #[test]
+    fn format_refuses_then_forces_and_dump_sees_both() {
+        let dir = tempfile::tempdir_in("/var/tmp").expect("tempdir");
+        let p = file(dir.path(), 4 << 20);
+        let ls = LockspaceSpec::parse(&format!("LS:0:{}:0", p.display())).expect("spec");
+        format_lockspace(&ls, FormatOptions::default(), 10).expect("format");
+        let again = format_lockspace(&ls, FormatOptions::default(), 10);
+        assert!(
+            matches!(again, Err(DirectError::AlreadyFormatted { .. })),
+            "{again:?}"
+        );
+        let forced = format_lockspace(
+            &ls,
+            FormatOptions {
+                force: true,
+                ..Default::default()
+            },
+            5,
+        )
+        .expect("force");
+        assert!(forced.replaced.expect("replaced").contains("lockspace"));
+        let res = ResourceSpec::parse(&format!("LS:r1:{}:2M", p.display())).expect("spec");
+        format_resource(&res, FormatOptions::default(), Some(10)).expect("resource");
+        let d = dump(&p, 0, None).expect("dump");
+        assert_eq!(d.areas.len(), 2, "{:?}", d.areas);
+        assert_eq!(d.empty_areas, 2);
+        assert!(!d.has_problems());
+        match &d.areas[1] {
+            AreaReport::Resource {
+                leader: Some(l),
+                offset,
+                ..
+            } => {
+                assert_eq!(
+                    (*offset, l.num_hosts, l.resource_name.as_bytes()),
+                    (2 << 20, 10, &b"r1"[..])
+                );
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn file_too_small_and_misaligned() {
+        let dir = tempfile::tempdir_in("/var/tmp").expect("tempdir");
+        let p = file(dir.path(), 1 << 20);
+        let ls = LockspaceSpec::parse(&format!("LS:0:{}:1M", p.display())).expect("spec");
+        let e = format_lockspace(&ls, FormatOptions::default(), 10).unwrap_err();
+        assert!(matches!(e, DirectError::TooSmall { .. }), "{e}");
+        assert!(e.to_string().contains("truncate"));
+        let ls = LockspaceSpec::parse(&format!("LS:0:{}:4096", p.display())).expect("spec");
+        assert!(matches!(
+            format_lockspace(&ls, FormatOptions::default(), 10),
+            Err(DirectError::OffsetAlign { .. })
+        ));
+        let ls = LockspaceSpec::parse(&format!("LS:0:{}:0", p.display())).expect("spec");
+        assert!(matches!(
+            format_lockspace(&ls, FormatOptions::default(), 0),
+            Err(DirectError::IoTimeout(0))
+        ));
+    }
+}
