@@ -40,4 +40,4 @@ pub use leader::{LeaderKind, LeaderRecord};
 pub use name::Name;
 pub use paxos::{Dblock, ModeBlock, RequestRecord};
 pub use rindex::{RindexEntry, RindexHeader};
-pub use spec::{DiskLocation, LockspaceSpec, ResourceMode, ResourceSpec};
+pub use spec::{DiskLocation, DumpTarget, LockspaceSpec, ResourceMode, ResourceSpec};

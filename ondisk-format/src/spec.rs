@@ -265,6 +265,42 @@ impl fmt::Display for ResourceSpec {
     }
 }
 
+/// A parsed `PATH[:OFFSET[:SIZE]]` (what `dump` reads): offset defaults to 0, size to "up to
+/// the end of the device".
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct DumpTarget {
+    /// Device or file.
+    pub path: String,
+    /// First byte to read.
+    pub offset: u64,
+    /// Bytes to scan.
+    pub size: Option<u64>,
+}
+
+impl DumpTarget {
+    /// Parses `PATH[:OFFSET[:SIZE]]`.
+    pub fn parse(text: &str) -> Result<Self, SpecError> {
+        let fields = split_fields(text)?;
+        if fields.len() > 3 {
+            return Err(SpecError::Fields {
+                what: "dump target",
+                form: "PATH[:OFFSET[:SIZE]]",
+                found: fields.len(),
+            });
+        }
+        let mut it = fields.into_iter();
+        // split_fields always returns at least one field.
+        let path = parse_path(it.next().expect("one field"))?;
+        let offset = it
+            .next()
+            .map(|o| parse_offset("offset", &o))
+            .transpose()?
+            .unwrap_or(0);
+        let size = it.next().map(|s| parse_offset("size", &s)).transpose()?;
+        Ok(DumpTarget { path, offset, size })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -295,6 +331,22 @@ mod tests {
         assert!(LockspaceSpec::parse("LS:1::0").is_err());
         assert!(LockspaceSpec::parse(&format!("{}:1:/x:0", "n".repeat(49))).is_err());
         assert!(LockspaceSpec::parse("LS:1:/x:0\\").is_err());
+    }
+
+    #[test]
+    fn dump_targets() {
+        assert_eq!(
+            DumpTarget::parse("/dev/x").unwrap(),
+            DumpTarget {
+                path: "/dev/x".into(),
+                offset: 0,
+                size: None
+            }
+        );
+        let t = DumpTarget::parse("/dev/x:1M:8M").unwrap();
+        assert_eq!((t.offset, t.size), (1 << 20, Some(8 << 20)));
+        assert!(DumpTarget::parse("/dev/x:1:2:3").is_err());
+        assert!(DumpTarget::parse(":0").is_err());
     }
 
     #[test]

@@ -1,1 +1,358 @@
-//! placeholder
+//! tenure-tests: helpers for tests that need real kernels, devices and peers — loop devices
+//! over a shared backing file, a real sanlock daemon, the `tenure` binary.
+//!
+//! Invariants: everything a helper creates (loop devices, daemons, temporary files) is
+//! removed by its `Drop`, so a failing test cleans up too. A test whose prerequisites are
+//! missing prints why it skips — unless `TENURE_TEST_REQUIRE_ALL=1` (set by the CI test
+//! script), where a missing prerequisite is a failure, so CI can never pass by skipping.
+
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::sync::{Mutex, MutexGuard, OnceLock};
+use std::time::{Duration, Instant};
+
+/// The workspace root (this crate lives in `<root>/tests`).
+pub fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("tests/ has a parent")
+        .to_owned()
+}
+
+/// `../shared` beside the workspace (sanlock-anchor lives there).
+pub fn shared_dir() -> PathBuf {
+    workspace_root().join("../shared")
+}
+
+/// Returns false (after printing why) when `ok` is false and skipping is allowed; panics
+/// when `TENURE_TEST_REQUIRE_ALL=1`.
+pub fn prerequisite(ok: bool, what: &str) -> bool {
+    if ok {
+        return true;
+    }
+    if std::env::var("TENURE_TEST_REQUIRE_ALL").as_deref() == Ok("1") {
+        panic!("prerequisite missing and TENURE_TEST_REQUIRE_ALL=1: {what}");
+    }
+    eprintln!("SKIPPED: {what}");
+    false
+}
+
+/// True when running as root.
+pub fn is_root() -> bool {
+    // Effective uid from /proc keeps this crate free of unsafe code.
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("Uid:"))
+                .map(|l| l.split_whitespace().nth(2) == Some("0"))
+        })
+        .unwrap_or(false)
+}
+
+fn on_path(cmd: &str) -> bool {
+    Command::new("sh")
+        .args(["-c", &format!("command -v {cmd}")])
+        .stdout(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+/// Root, losetup and /dev/loop-control are present.
+pub fn loop_devices_available() -> bool {
+    prerequisite(is_root(), "loop-device tests need root")
+        && prerequisite(on_path("losetup"), "losetup is not installed")
+        && prerequisite(
+            Path::new("/dev/loop-control").exists(),
+            "/dev/loop-control is missing",
+        )
+}
+
+/// Loop devices plus the sanlock 3.8 tools and python3-sanlock.
+pub fn sanlock_available() -> bool {
+    loop_devices_available()
+        && prerequisite(
+            on_path("sanlock"),
+            "sanlock is not installed (the test script installs it)",
+        )
+        && prerequisite(
+            Command::new("/usr/bin/python3")
+                .args(["-c", "import sanlock"])
+                .stderr(Stdio::null())
+                .status()
+                .is_ok_and(|s| s.success()),
+            "python3-sanlock is not installed",
+        )
+}
+
+fn run(cmd: &mut Command) -> Output {
+    cmd.output()
+        .unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"))
+}
+
+/// Runs a command and panics with its output unless it succeeds; returns stdout.
+pub fn run_ok(cmd: &mut Command) -> String {
+    let out = run(cmd);
+    assert!(
+        out.status.success(),
+        "{cmd:?} failed ({}):\nstdout: {}\nstderr: {}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// A sparse backing file in a temporary directory on a disk file system (not tmpfs), removed
+/// on drop.
+#[derive(Debug)]
+pub struct BackingFile {
+    _dir: tempfile::TempDir,
+    path: PathBuf,
+}
+
+impl BackingFile {
+    /// A zero-filled sparse file of `size` bytes.
+    pub fn new(size: u64) -> Self {
+        let dir = tempfile::Builder::new()
+            .prefix("tenure-test-")
+            .tempdir_in("/var/tmp")
+            .expect("temp dir in /var/tmp");
+        let path = dir.path().join("lun");
+        File::create(&path)
+            .and_then(|f| f.set_len(size))
+            .expect("backing file");
+        BackingFile { _dir: dir, path }
+    }
+
+    /// The file's path.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+}
+
+/// A loop device with direct I/O over a backing file, detached on drop.
+#[derive(Debug)]
+pub struct LoopDevice {
+    path: PathBuf,
+}
+
+impl LoopDevice {
+    /// Attaches `file` with `--direct-io=on --sector-size sector_size` and checks that the
+    /// kernel really uses direct I/O and the requested logical block size.
+    pub fn attach(file: &Path, sector_size: u32) -> Self {
+        let out = run_ok(
+            Command::new("losetup")
+                .args(["-f", "--show", "--direct-io=on", "--sector-size"])
+                .arg(sector_size.to_string())
+                .arg(file),
+        );
+        let dev = LoopDevice {
+            path: PathBuf::from(out.trim()),
+        };
+        let name = dev
+            .path
+            .file_name()
+            .expect("device name")
+            .to_string_lossy()
+            .into_owned();
+        let dio =
+            std::fs::read_to_string(format!("/sys/block/{name}/loop/dio")).unwrap_or_default();
+        assert_eq!(
+            dio.trim(),
+            "1",
+            "{} fell back to buffered I/O",
+            dev.path.display()
+        );
+        let lbs = std::fs::read_to_string(format!("/sys/block/{name}/queue/logical_block_size"))
+            .unwrap_or_default();
+        assert_eq!(
+            lbs.trim(),
+            sector_size.to_string(),
+            "{} logical block size",
+            dev.path.display()
+        );
+        dev
+    }
+
+    /// `/dev/loopN`.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The path as a string (for lockspace and resource strings).
+    pub fn path_str(&self) -> String {
+        self.path.to_string_lossy().into_owned()
+    }
+}
+
+impl Drop for LoopDevice {
+    fn drop(&mut self) {
+        let _ = Command::new("losetup").arg("-d").arg(&self.path).status();
+    }
+}
+
+/// Serialises tests that run a sanlock daemon: one at a time keeps them independent of
+/// sanlock's process-wide state (log files, helper process, lockspace table).
+pub fn sanlock_lock() -> MutexGuard<'static, ()> {
+    static LOCK: Mutex<()> = Mutex::new(());
+    LOCK.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// A real sanlock daemon (no watchdog) started by ../shared/tools/sanlock-anchor/start.sh,
+/// with its own run directory; shut down and killed (by pid) on drop.
+#[derive(Debug)]
+pub struct SanlockDaemon {
+    rundir: tempfile::TempDir,
+    pid: i32,
+}
+
+impl SanlockDaemon {
+    /// Starts the daemon and waits until it answers.
+    pub fn start() -> Self {
+        let rundir = tempfile::Builder::new()
+            .prefix("tenure-sanlock-")
+            .tempdir_in("/var/tmp")
+            .expect("run dir");
+        let script = shared_dir().join("tools/sanlock-anchor/start.sh");
+        let out = run_ok(Command::new("bash").arg(&script).arg(rundir.path()));
+        let pid: i32 = out
+            .trim()
+            .lines()
+            .last()
+            .and_then(|l| l.trim().parse().ok())
+            .unwrap_or_else(|| panic!("start.sh printed {out:?}"));
+        SanlockDaemon { rundir, pid }
+    }
+
+    /// The run directory (SANLOCK_RUN_DIR).
+    pub fn rundir(&self) -> &Path {
+        self.rundir.path()
+    }
+
+    /// `sanlock client ...` against this daemon.
+    pub fn client(&self, args: &[&str]) -> Output {
+        run(Command::new("sanlock")
+            .arg("client")
+            .args(args)
+            .env("SANLOCK_RUN_DIR", self.rundir()))
+    }
+
+    /// Runs a python3-sanlock script against this daemon; panics unless it exits 0.
+    pub fn python(&self, script: &str) -> String {
+        run_ok(
+            Command::new("/usr/bin/python3")
+                .arg("-c")
+                .arg(script)
+                .env("SANLOCK_RUN_DIR", self.rundir()),
+        )
+    }
+
+    /// The daemon's pid.
+    pub fn pid(&self) -> i32 {
+        self.pid
+    }
+}
+
+impl Drop for SanlockDaemon {
+    fn drop(&mut self) {
+        let _ = Command::new("sanlock")
+            .args(["client", "shutdown", "-f", "1"])
+            .env("SANLOCK_RUN_DIR", self.rundir())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while Instant::now() < deadline
+            && Path::new(&format!("/proc/{}", self.pid)).exists()
+            && !is_zombie(self.pid)
+        {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = Command::new("kill")
+            .args(["-9", &self.pid.to_string()])
+            .stderr(Stdio::null())
+            .status();
+    }
+}
+
+fn is_zombie(pid: i32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .map(|s| s.contains(") Z "))
+        .unwrap_or(true)
+}
+
+/// `sanlock direct ...` (no daemon).
+pub fn sanlock_direct(args: &[&str]) -> String {
+    run_ok(Command::new("sanlock").arg("direct").args(args))
+}
+
+/// Path of the `tenure` binary, built (once per test process) from the current sources with
+/// the same profile as the running test, so tests never exercise a stale binary.
+pub fn tenure_bin() -> PathBuf {
+    static BIN: OnceLock<PathBuf> = OnceLock::new();
+    BIN.get_or_init(|| {
+        let exe = std::env::current_exe().expect("current exe");
+        // target/<profile>/deps/<test> → target/<profile>
+        let profile_dir = exe
+            .parent()
+            .and_then(Path::parent)
+            .expect("target/<profile>")
+            .to_owned();
+        let target_dir = profile_dir.parent().expect("target dir").to_owned();
+        let mut cmd = Command::new(env!("CARGO"));
+        cmd.args([
+            "build",
+            "--quiet",
+            "-p",
+            "tenured",
+            "--bin",
+            "tenure",
+            "--target-dir",
+        ])
+        .arg(&target_dir);
+        if profile_dir.file_name().is_some_and(|n| n == "release") {
+            cmd.arg("--release");
+        }
+        cmd.current_dir(workspace_root());
+        run_ok(&mut cmd);
+        profile_dir.join("tenure")
+    })
+    .clone()
+}
+
+/// Runs `tenure` with `args`; returns the whole output (any exit status).
+pub fn tenure(args: &[&str]) -> Output {
+    run(Command::new(tenure_bin()).args(args))
+}
+
+/// Runs `tenure` and panics unless it exits 0; returns stdout.
+pub fn tenure_ok(args: &[&str]) -> String {
+    run_ok(Command::new(tenure_bin()).args(args))
+}
+
+/// `tenure dump --json` of `target`, parsed.
+pub fn tenure_dump_json(target: &str) -> (i32, serde_json::Value) {
+    let out = tenure(&["dump", target, "--json"]);
+    let code = out.status.code().unwrap_or(-1);
+    let v = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!(
+            "dump --json is not JSON ({e}): {}\n{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        )
+    });
+    (code, v)
+}
+
+/// Parses `sanlock direct read_leader` output ("key value" lines) into pairs.
+pub fn parse_read_leader(text: &str) -> Vec<(String, String)> {
+    text.lines()
+        .filter(|l| !l.starts_with("read_leader"))
+        .filter_map(|l| {
+            l.split_once(' ')
+                .map(|(k, v)| (k.to_owned(), v.trim().to_owned()))
+        })
+        .collect()
+}

@@ -1,0 +1,189 @@
+//! The `tenure` command line: argument parsing and dispatch. Logic lives in tenure-core; the
+//! human rendering in [`crate::render`].
+//!
+//! Exit codes: 0 success; 1 the operation failed (message on stderr); 2 usage error (clap);
+//! 3 `dump` finished but some records or areas could not be decoded (listed in the output).
+
+use std::io::Write;
+use std::path::Path;
+use std::process::ExitCode;
+
+use clap::{Args, Parser, Subcommand};
+use tenure_core::direct::{self, FormatOptions};
+use tenure_format::{AlignSize, DumpTarget, LockspaceSpec, ResourceSpec, SectorSize};
+
+use crate::render;
+
+/// tenure: shared-storage leases, compatible with sanlock's on-disk format.
+#[derive(Debug, Parser)]
+#[command(name = "tenure", version, about, long_about = None)]
+pub struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Lockspaces (sets of hosts sharing a delta-lease area).
+    #[command(subcommand)]
+    Lockspace(LockspaceCmd),
+    /// Resources (paxos leases).
+    #[command(subcommand)]
+    Resource(ResourceCmd),
+    /// Read lease areas directly from storage and show every record (sanlock's too).
+    Dump {
+        /// PATH[:OFFSET[:SIZE]]; OFFSET and SIZE in bytes or with an M suffix (MiB).
+        target: String,
+        /// One JSON object instead of tables.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum LockspaceCmd {
+    /// Format a lockspace area (all host ids free). Direct: no daemon involved.
+    Init {
+        /// NAME:0:PATH:OFFSET (`\:` escapes a colon; OFFSET in bytes or with an M suffix).
+        spec: String,
+        #[command(flatten)]
+        geometry: GeometryArgs,
+        /// io_timeout recorded in the free slots, in seconds.
+        #[arg(long, value_name = "S", default_value_t = u64::from(direct::IO_TIMEOUT_DEFAULT_S))]
+        io_timeout: u64,
+        #[command(flatten)]
+        common: CommonArgs,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum ResourceCmd {
+    /// Format a resource (paxos lease) area on each of its disks. Direct: no daemon involved.
+    Init {
+        /// LS:NAME:PATH:OFFSET[:PATH:OFFSET...]
+        spec: String,
+        #[command(flatten)]
+        geometry: GeometryArgs,
+        /// Number of hosts that take part in ballots (default: the geometry's maximum).
+        #[arg(long, value_name = "N")]
+        num_hosts: Option<u64>,
+        #[command(flatten)]
+        common: CommonArgs,
+    },
+}
+
+#[derive(Debug, Args)]
+struct GeometryArgs {
+    /// Sector size: 512 or 4096. Probed from block devices (a mismatch is an error); files
+    /// default to 512 as in sanlock.
+    #[arg(long, value_name = "BYTES", value_parser = parse_sector_size)]
+    sector_size: Option<SectorSize>,
+    /// Area size: 1M, 2M, 4M or 8M (default 1M for 512-byte sectors, 8M for 4096).
+    #[arg(long, value_name = "SIZE", value_parser = parse_align)]
+    align: Option<AlignSize>,
+}
+
+#[derive(Debug, Args)]
+struct CommonArgs {
+    /// Overwrite a valid lockspace, resource or resource index at that place.
+    #[arg(long)]
+    force: bool,
+    /// Print the result as JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+fn parse_sector_size(s: &str) -> Result<SectorSize, String> {
+    let n: u64 = s.parse().map_err(|_| format!("{s:?} is not a number"))?;
+    SectorSize::from_bytes(n).map_err(|e| e.to_string())
+}
+
+fn parse_align(s: &str) -> Result<AlignSize, String> {
+    AlignSize::parse(s).map_err(|e| e.to_string())
+}
+
+/// Parses the process arguments and runs the command.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(code) => code,
+        Err(message) => {
+            eprintln!("tenure: {message}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+fn emit(
+    json: bool,
+    value: &impl serde::Serialize,
+    human: impl FnOnce() -> String,
+) -> Result<(), String> {
+    let text = if json {
+        serde_json::to_string_pretty(value).map_err(|e| e.to_string())?
+    } else {
+        human()
+    };
+    let mut out = std::io::stdout().lock();
+    writeln!(out, "{text}").map_err(|e| format!("writing output: {e}"))
+}
+
+fn run(cli: Cli) -> Result<ExitCode, String> {
+    match cli.command {
+        Command::Lockspace(LockspaceCmd::Init {
+            spec,
+            geometry,
+            io_timeout,
+            common,
+        }) => {
+            let spec =
+                LockspaceSpec::parse(&spec).map_err(|e| format!("lockspace {spec:?}: {e}"))?;
+            let opts = FormatOptions {
+                sector_size: geometry.sector_size,
+                align: geometry.align,
+                force: common.force,
+            };
+            let report =
+                direct::format_lockspace(&spec, opts, io_timeout).map_err(|e| e.to_string())?;
+            emit(common.json, &report, || {
+                render::format_report(
+                    "lockspace",
+                    &spec.name.escaped(),
+                    std::slice::from_ref(&report),
+                )
+            })?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Resource(ResourceCmd::Init {
+            spec,
+            geometry,
+            num_hosts,
+            common,
+        }) => {
+            let spec = ResourceSpec::parse(&spec).map_err(|e| format!("resource {spec:?}: {e}"))?;
+            let opts = FormatOptions {
+                sector_size: geometry.sector_size,
+                align: geometry.align,
+                force: common.force,
+            };
+            let reports =
+                direct::format_resource(&spec, opts, num_hosts).map_err(|e| e.to_string())?;
+            emit(common.json, &reports, || {
+                render::format_report("resource", &spec.name.escaped(), &reports)
+            })?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Dump { target, json } => {
+            let t =
+                DumpTarget::parse(&target).map_err(|e| format!("dump target {target:?}: {e}"))?;
+            let report =
+                direct::dump(Path::new(&t.path), t.offset, t.size).map_err(|e| e.to_string())?;
+            emit(json, &report, || render::dump(&report))?;
+            Ok(if report.has_problems() {
+                ExitCode::from(3)
+            } else {
+                ExitCode::SUCCESS
+            })
+        }
+    }
+}
