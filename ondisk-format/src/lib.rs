@@ -24,6 +24,8 @@ pub mod area;
 pub mod crc;
 pub mod delta;
 pub mod error;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod geometry;
 pub mod leader;
 pub mod name;

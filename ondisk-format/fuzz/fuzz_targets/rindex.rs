@@ -1,0 +1,4 @@
+#![no_main]
+//! Fuzz target: `tenure_format::fuzzing::rindex` (see that function for what it checks).
+
+libfuzzer_sys::fuzz_target!(|data: &[u8]| tenure_format::fuzzing::rindex(data));

@@ -1,0 +1,33 @@
+#!/usr/bin/env bash
+# Installs what the tests need on a fresh Debian machine of this kind, then runs the whole
+# test suite. Run as root (loop devices, sanlock). `.ci/run` calls this.
+#
+# Installs: sanlock and python3-sanlock (interop), util-linux (losetup), gcc (sanlock-anchor's
+# rlimit shim). Sets TENURE_TEST_REQUIRE_ALL=1 when root, so a missing prerequisite fails
+# instead of skipping.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+need=()
+command -v sanlock >/dev/null || need+=(sanlock)
+/usr/bin/python3 -c 'import sanlock' 2>/dev/null || need+=(python3-sanlock)
+command -v losetup >/dev/null || need+=(util-linux)
+command -v gcc >/dev/null || need+=(gcc)
+if [ ${#need[@]} -gt 0 ]; then
+  if [ "$(id -u)" -eq 0 ]; then
+    echo "test.sh: installing ${need[*]}"
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq
+    apt-get install -y -qq "${need[@]}" >/dev/null
+  else
+    echo "test.sh: not root; cannot install ${need[*]} (tests that need them will skip)"
+  fi
+fi
+
+if [ "$(id -u)" -eq 0 ]; then
+  export TENURE_TEST_REQUIRE_ALL=1
+  modprobe loop 2>/dev/null || true
+fi
+
+cargo build --workspace --all-targets
+cargo test --workspace "$@"
