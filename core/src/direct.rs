@@ -101,7 +101,7 @@ pub enum DirectError {
         /// Offset.
         offset: u64,
         /// Why.
-        source: DecodeError,
+        source: Box<DecodeError>,
     },
     /// A resource spec with a lockspace but no disks cannot happen; bad input otherwise.
     #[error("{0}")]
@@ -234,7 +234,7 @@ fn verify(
     check(back.as_slice()).map_err(|source| DirectError::Verify {
         path: dev.path().to_owned(),
         offset,
-        source,
+        source: Box::new(source),
     })
 }
 

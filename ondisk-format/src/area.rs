@@ -272,6 +272,8 @@ pub struct DblockReport {
 /// Everything a dump found in one area.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
+// Reports are built once per area by `dump`, never on a data path: size does not matter.
+#[allow(clippy::large_enum_variant)]
 pub enum AreaReport {
     /// A lockspace.
     Lockspace {
@@ -281,7 +283,7 @@ pub enum AreaReport {
         geometry: Geometry,
         /// Lockspace name (from sector 0, or the first readable slot).
         name: Option<Name>,
-        /// io_timeout of the free slots (what format wrote), from sector 0.
+        /// Slots whose content differs from a free slot.
         slots_in_use: Vec<SlotReport>,
         /// Records that failed to decode.
         problems: Vec<Problem>,

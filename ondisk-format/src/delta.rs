@@ -55,7 +55,7 @@ impl HostBitmap {
 
     fn position(host_id: u64) -> (usize, u8) {
         assert!(
-            host_id >= 1 && host_id <= HOSTS_MAX,
+            (1..=HOSTS_MAX).contains(&host_id),
             "host id {host_id} out of range"
         );
         // Cannot truncate: host_id <= 2000 (asserted above).

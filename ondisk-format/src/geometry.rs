@@ -237,7 +237,7 @@ impl Geometry {
     /// `host_id` must be in 1..=hosts_max (asserted: callers validate external ids first).
     pub fn dblock_offset(self, host_id: u64) -> u64 {
         assert!(
-            host_id >= 1 && host_id <= self.hosts_max(),
+            (1..=self.hosts_max()).contains(&host_id),
             "host id {host_id} out of range"
         );
         (host_id + 1) * u64::from(self.sector_size_bytes())
@@ -260,7 +260,7 @@ impl Geometry {
     /// Byte offset of host `host_id`'s delta-lease sector inside a lockspace area.
     pub fn delta_slot_offset(self, host_id: u64) -> u64 {
         assert!(
-            host_id >= 1 && host_id <= self.hosts_max(),
+            (1..=self.hosts_max()).contains(&host_id),
             "host id {host_id} out of range"
         );
         (host_id - 1) * u64::from(self.sector_size_bytes())

@@ -206,7 +206,7 @@ impl LeaderRecord {
         num_hosts: u64,
     ) -> Self {
         assert!(
-            num_hosts >= 1 && num_hosts <= geometry.hosts_max(),
+            (1..=geometry.hosts_max()).contains(&num_hosts),
             "num_hosts {num_hosts} out of range"
         );
         LeaderRecord {
