@@ -141,8 +141,9 @@ impl fmt::Display for SectorSize {
     }
 }
 
-/// A valid sector size / align size pair.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
+/// A valid sector size / align size pair. Serialised (JSON) as
+/// `{"sector_size_bytes": 512, "align_bytes": 1048576, "hosts_max": 2000}`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct Geometry {
     sector_size: SectorSize,
     align: AlignSize,
@@ -264,6 +265,17 @@ impl Geometry {
             "host id {host_id} out of range"
         );
         (host_id - 1) * u64::from(self.sector_size_bytes())
+    }
+}
+
+impl Serialize for Geometry {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeStruct;
+        let mut st = s.serialize_struct("Geometry", 3)?;
+        st.serialize_field("sector_size_bytes", &self.sector_size_bytes())?;
+        st.serialize_field("align_bytes", &self.area_bytes())?;
+        st.serialize_field("hosts_max", &self.hosts_max())?;
+        st.end()
     }
 }
 

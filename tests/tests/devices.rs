@@ -34,7 +34,11 @@ fn sector_size_is_probed_and_mismatch_refused() {
     assert_eq!(code, 0, "{v}");
     assert_eq!(v["logical_sector_size"].as_u64(), Some(4096));
     assert_eq!(v["device_kind"], "block");
-    assert_eq!(v["areas"][0]["geometry"]["align"], "M8");
+    assert_eq!(
+        v["areas"][0]["geometry"]["align_bytes"].as_u64(),
+        Some(8 << 20)
+    );
+    assert_eq!(v["areas"][0]["geometry"]["hosts_max"].as_u64(), Some(2000));
     // A 4096/1M resource right after the lockspace.
     let out = tenure_ok(&["resource", "init", &format!("LS:r:{p}:8M"), "--align", "1M"]);
     assert!(out.contains("(4096/1M, 250 host ids)"), "{out}");
