@@ -30,4 +30,6 @@ if [ "$(id -u)" -eq 0 ]; then
 fi
 
 cargo build --workspace --all-targets
+# The fuzz targets stay buildable (plain build; `cargo fuzz run` adds the instrumentation).
+cargo build --manifest-path ondisk-format/fuzz/Cargo.toml
 cargo test --workspace "$@"

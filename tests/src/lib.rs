@@ -142,12 +142,33 @@ impl LoopDevice {
     /// Attaches `file` with `--direct-io=on --sector-size sector_size` and checks that the
     /// kernel really uses direct I/O and the requested logical block size.
     pub fn attach(file: &Path, sector_size: u32) -> Self {
-        let out = run_ok(
-            Command::new("losetup")
-                .args(["-f", "--show", "--direct-io=on", "--sector-size"])
+        // Concurrent `losetup -f` calls can pick the same free device, and one then fails
+        // with EBUSY: attach one at a time within this process, and retry for others.
+        static ATTACH: Mutex<()> = Mutex::new(());
+        let _one_at_a_time = ATTACH
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let attach = || {
+            let mut cmd = Command::new("losetup");
+            cmd.args(["-f", "--show", "--direct-io=on", "--sector-size"])
                 .arg(sector_size.to_string())
-                .arg(file),
-        );
+                .arg(file);
+            cmd
+        };
+        let mut tries = 0;
+        let out = loop {
+            tries += 1;
+            let out = run(&mut attach());
+            if out.status.success() {
+                break String::from_utf8_lossy(&out.stdout).into_owned();
+            }
+            assert!(
+                tries < 5,
+                "losetup failed {tries} times: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        };
         let dev = LoopDevice {
             path: PathBuf::from(out.trim()),
         };
