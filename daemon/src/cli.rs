@@ -10,7 +10,7 @@ use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand};
 use tenure_core::direct::{self, FormatOptions};
-use tenure_format::{AlignSize, DumpTarget, LockspaceSpec, ResourceSpec, SectorSize};
+use tenure_format::{AlignSize, DumpTarget, LockspaceSpec, ResourceMode, ResourceSpec, SectorSize};
 
 use crate::render;
 
@@ -161,6 +161,11 @@ fn run(cli: Cli) -> Result<ExitCode, String> {
             common,
         }) => {
             let spec = ResourceSpec::parse(&spec).map_err(|e| format!("resource {spec:?}: {e}"))?;
+            if spec.mode != ResourceMode::Exclusive {
+                return Err(format!(
+                    "resource {spec}: init formats a lease; a :LVER or :SH suffix only applies to acquire"
+                ));
+            }
             let opts = FormatOptions {
                 sector_size: geometry.sector_size,
                 align: geometry.align,

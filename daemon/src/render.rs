@@ -32,12 +32,16 @@ fn geometry_text(g: &Geometry) -> String {
     format!("{g}, {} host ids", g.hosts_max())
 }
 
+/// A wiped or foreign area can fail on every one of its 2000 sectors: the table shows the
+/// first ones and a count; `--json` lists them all.
+const PROBLEMS_SHOWN: usize = 20;
+
 fn problems(out: &mut String, problems: &[Problem]) {
     if problems.is_empty() {
         return;
     }
     let _ = writeln!(out, "  PROBLEMS ({}):", problems.len());
-    for p in problems {
+    for p in problems.iter().take(PROBLEMS_SHOWN) {
         let who = p
             .host_id
             .map(|h| format!("host id {h}, "))
@@ -46,6 +50,13 @@ fn problems(out: &mut String, problems: &[Problem]) {
             out,
             "    sector {} ({who}{}): {}",
             p.sector, p.record, p.error
+        );
+    }
+    if problems.len() > PROBLEMS_SHOWN {
+        let _ = writeln!(
+            out,
+            "    ... and {} more (all are listed with --json)",
+            problems.len() - PROBLEMS_SHOWN
         );
     }
 }

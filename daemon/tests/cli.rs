@@ -165,7 +165,7 @@ fn unrecognised_data_is_named_not_skipped() {
 #[test]
 fn clear_errors_for_bad_input() {
     let (_dir, p) = lease_file();
-    let cases: [(&[&str], &str); 6] = [
+    let cases: [(&[&str], &str); 7] = [
         (
             &["lockspace", "init", "LS:0:/nonexistent/x:0"],
             "cannot open /nonexistent/x",
@@ -207,6 +207,10 @@ fn clear_errors_for_bad_input() {
             "--num-hosts 2001 is out of range",
         ),
         (&["dump", &format!("{p}:100")], "not aligned to 512 bytes"),
+        (
+            &["resource", "init", &format!("LS:r:{p}:0:SH")],
+            "only applies to acquire",
+        ),
     ];
     for (args, expected) in cases {
         let o = tenure(args);
