@@ -93,6 +93,16 @@ struct CommonArgs {
     json: bool,
 }
 
+impl GeometryArgs {
+    fn options(&self, force: bool) -> FormatOptions {
+        FormatOptions {
+            sector_size: self.sector_size,
+            align: self.align,
+            force,
+        }
+    }
+}
+
 fn parse_sector_size(s: &str) -> Result<SectorSize, String> {
     let n: u64 = s.parse().map_err(|_| format!("{s:?} is not a number"))?;
     SectorSize::from_bytes(n).map_err(|e| e.to_string())
@@ -138,11 +148,7 @@ fn run(cli: Cli) -> Result<ExitCode, String> {
         }) => {
             let spec =
                 LockspaceSpec::parse(&spec).map_err(|e| format!("lockspace {spec:?}: {e}"))?;
-            let opts = FormatOptions {
-                sector_size: geometry.sector_size,
-                align: geometry.align,
-                force: common.force,
-            };
+            let opts = geometry.options(common.force);
             let report =
                 direct::format_lockspace(&spec, opts, io_timeout).map_err(|e| e.to_string())?;
             emit(common.json, &report, || {
@@ -166,11 +172,7 @@ fn run(cli: Cli) -> Result<ExitCode, String> {
                     "resource {spec}: init formats a lease; a :LVER or :SH suffix only applies to acquire"
                 ));
             }
-            let opts = FormatOptions {
-                sector_size: geometry.sector_size,
-                align: geometry.align,
-                force: common.force,
-            };
+            let opts = geometry.options(common.force);
             let reports =
                 direct::format_resource(&spec, opts, num_hosts).map_err(|e| e.to_string())?;
             emit(common.json, &reports, || {

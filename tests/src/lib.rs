@@ -12,6 +12,8 @@ use std::process::{Command, Output, Stdio};
 use std::sync::{Mutex, MutexGuard, OnceLock};
 use std::time::{Duration, Instant};
 
+use tenure_format::LeaderRecord;
+
 /// The workspace root (this crate lives in `<root>/tests`).
 pub fn workspace_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -370,10 +372,53 @@ pub fn tenure_dump_json(target: &str) -> (i32, serde_json::Value) {
 /// Parses `sanlock direct read_leader` output ("key value" lines) into pairs.
 pub fn parse_read_leader(text: &str) -> Vec<(String, String)> {
     text.lines()
+        .take_while(|l| !l.starts_with('$'))
         .filter(|l| !l.starts_with("read_leader"))
         .filter_map(|l| {
             l.split_once(' ')
                 .map(|(k, v)| (k.to_owned(), v.trim().to_owned()))
         })
         .collect()
+}
+
+/// Asserts that every field `sanlock direct read_leader` printed (`sanlock_out`) equals
+/// tenure's decoding of the same sector; names are compared in their escaped form.
+pub fn assert_matches_read_leader(rec: &LeaderRecord, sanlock_out: &str, what: &str) {
+    let fields = parse_read_leader(sanlock_out);
+    assert!(fields.len() >= 17, "{what}: sanlock printed {sanlock_out}");
+    for (k, v) in fields {
+        let ours: u64 = match k.as_str() {
+            "space_name" => {
+                assert_eq!(rec.space_name.escaped(), v, "{what}: space_name");
+                continue;
+            }
+            "resource_name" => {
+                assert_eq!(rec.resource_name.escaped(), v, "{what}: resource_name");
+                continue;
+            }
+            "magic" => rec.magic.into(),
+            "version" => rec.version.into(),
+            "flags" => rec.flags.into(),
+            "sector_size" => rec.sector_size.into(),
+            "num_hosts" => rec.num_hosts,
+            "max_hosts" => rec.max_hosts,
+            "owner_id" => rec.owner_id,
+            "owner_generation" => rec.owner_generation,
+            "lver" => rec.lver,
+            "timestamp" => rec.timestamp,
+            "checksum" => rec.checksum.into(),
+            "io_timeout" => rec.io_timeout.into(),
+            // sanlock prints the delta lease's host-event fields as extra1..3.
+            "write_id" | "extra1" => rec.write_id,
+            "write_generation" | "extra2" => rec.write_generation,
+            "write_timestamp" | "extra3" => rec.write_timestamp,
+            other => panic!("{what}: unknown read_leader field {other}"),
+        };
+        let theirs = match v.strip_prefix("0x") {
+            Some(hex) => u64::from_str_radix(hex, 16),
+            None => v.parse::<u64>(),
+        }
+        .unwrap_or_else(|e| panic!("{what}: {k} = {v:?}: {e}"));
+        assert_eq!(ours, theirs, "{what}: field {k}");
+    }
 }

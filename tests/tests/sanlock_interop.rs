@@ -13,8 +13,8 @@ use serde_json::Value;
 use tenure_core::dev::{Access, AlignedBuf, Device};
 use tenure_format::{AlignSize, Geometry, LeaderRecord, Name, SectorSize};
 use tenure_tests::{
-    parse_read_leader, sanlock_available, sanlock_direct, sanlock_lock, tenure_dump_json,
-    tenure_ok, BackingFile, LoopDevice, SanlockDaemon,
+    assert_matches_read_leader, parse_read_leader, sanlock_available, sanlock_direct, sanlock_lock,
+    tenure_dump_json, tenure_ok, BackingFile, LoopDevice, SanlockDaemon,
 };
 
 const GEOMETRIES: [(u32, &str); 3] = [(512, "1M"), (4096, "1M"), (4096, "8M")];
@@ -50,6 +50,15 @@ impl Lun {
 
     fn area(&self, n: u64) -> u64 {
         n * self.geometry.area_bytes()
+    }
+
+    /// `sanlock direct init` of lockspace "LS" at area 0 and resource "LS:RES" at area 1.
+    fn sanlock_init(&self) {
+        let p = self.path();
+        let geo = self.sanlock_geometry_args();
+        sanlock_direct(&[&["init", "-s", &format!("LS:0:{p}:0")][..], &args(&geo)].concat());
+        let res = format!("LS:RES:{p}:{}", self.area(1));
+        sanlock_direct(&[&["init", "-r", &res][..], &args(&geo)].concat());
     }
 
     fn sanlock_geometry_args(&self) -> [String; 4] {
@@ -94,45 +103,6 @@ fn args(v: &[String]) -> Vec<&str> {
     v.iter().map(String::as_str).collect()
 }
 
-/// Every field `sanlock direct read_leader` prints equals tenure's decoding of that sector.
-fn assert_matches_read_leader(rec: &LeaderRecord, sanlock_out: &str, what: &str) {
-    let fields = parse_read_leader(sanlock_out);
-    assert!(fields.len() >= 17, "{what}: {sanlock_out}");
-    for (k, v) in fields {
-        let parsed = |v: &str| match v.strip_prefix("0x") {
-            Some(h) => u64::from_str_radix(h, 16).expect("hex"),
-            None => v.parse::<u64>().expect("number"),
-        };
-        let ours: u64 = match k.as_str() {
-            "space_name" => {
-                assert_eq!(rec.space_name.escaped(), v, "{what}");
-                continue;
-            }
-            "resource_name" => {
-                assert_eq!(rec.resource_name.escaped(), v, "{what}");
-                continue;
-            }
-            "magic" => rec.magic.into(),
-            "version" => rec.version.into(),
-            "flags" => rec.flags.into(),
-            "sector_size" => rec.sector_size.into(),
-            "num_hosts" => rec.num_hosts,
-            "max_hosts" => rec.max_hosts,
-            "owner_id" => rec.owner_id,
-            "owner_generation" => rec.owner_generation,
-            "lver" => rec.lver,
-            "timestamp" => rec.timestamp,
-            "checksum" => rec.checksum.into(),
-            "io_timeout" => rec.io_timeout.into(),
-            "write_id" | "extra1" => rec.write_id,
-            "write_generation" | "extra2" => rec.write_generation,
-            "write_timestamp" | "extra3" => rec.write_timestamp,
-            other => panic!("{what}: unknown read_leader field {other}"),
-        };
-        assert_eq!(ours, parsed(&v), "{what}: {k}");
-    }
-}
-
 fn areas(v: &Value) -> &Vec<Value> {
     v["areas"].as_array().expect("areas")
 }
@@ -145,15 +115,7 @@ fn a_sanlock_formatted_areas_decode_field_for_field() {
     for (ss, align) in GEOMETRIES {
         let lun = Lun::new(ss, align);
         let p = lun.path();
-        let geo = lun.sanlock_geometry_args();
-        sanlock_direct(&[&["init", "-s", &format!("LS:0:{p}:0")][..], &args(&geo)].concat());
-        sanlock_direct(
-            &[
-                &["init", "-r", &format!("LS:RES:{p}:{}", lun.area(1))][..],
-                &args(&geo),
-            ]
-            .concat(),
-        );
+        lun.sanlock_init();
         let g = lun.geometry;
         // Slots 1 and the last one, and the resource leader: checksum verified by decode_expect.
         for host_id in [1, g.hosts_max()] {
@@ -453,15 +415,7 @@ fn flipped_byte_in_sanlock_area_is_a_checksum_problem() {
     for (ss, align) in GEOMETRIES {
         let lun = Lun::new(ss, align);
         let p = lun.path();
-        let geo = lun.sanlock_geometry_args();
-        sanlock_direct(&[&["init", "-s", &format!("LS:0:{p}:0")][..], &args(&geo)].concat());
-        sanlock_direct(
-            &[
-                &["init", "-r", &format!("LS:RES:{p}:{}", lun.area(1))][..],
-                &args(&geo),
-            ]
-            .concat(),
-        );
+        lun.sanlock_init();
         // Host id 5's generation field, and a byte of the resource's lver.
         let slot5 = lun.geometry.delta_slot_offset(5);
         let mut s = lun.read_sector(slot5);
