@@ -147,10 +147,10 @@ fn a_sanlock_formatted_areas_decode_field_for_field() {
         assert_eq!(a[1]["kind"], "resource");
         assert_eq!(a[1]["leader"]["resource_name"], "RES");
         for area in a {
-            assert_eq!(
-                area["geometry"]["sector_size"],
-                if ss == 512 { "B512" } else { "B4096" }
-            );
+            let geometry = &area["geometry"];
+            assert_eq!(geometry["sector_size_bytes"].as_u64(), Some(u64::from(ss)));
+            assert_eq!(geometry["align_bytes"].as_u64(), Some(g.area_bytes()));
+            assert_eq!(geometry["hosts_max"].as_u64(), Some(g.hosts_max()));
             assert_eq!(area["problems"].as_array().map(Vec::len), Some(0));
         }
     }
