@@ -210,6 +210,11 @@ impl Device {
         })
     }
 
+    /// The open file (O_DIRECT; O_DSYNC when opened read-write).
+    pub fn file(&self) -> &File {
+        &self.file
+    }
+
     /// Path as opened.
     pub fn path(&self) -> &Path {
         &self.path

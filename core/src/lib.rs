@@ -8,5 +8,7 @@
 
 #![deny(unsafe_code)]
 
+pub mod clock;
 pub mod dev;
 pub mod direct;
+pub mod io;
