@@ -3,7 +3,7 @@
 # test suite. Run as root (loop devices, sanlock). `.ci/run` calls this.
 #
 # Installs: sanlock and python3-sanlock (interop), util-linux (losetup), gcc (sanlock-anchor's
-# rlimit shim). Sets TENURE_TEST_REQUIRE_ALL=1 when root, so a missing prerequisite fails
+# rlimit shim), fuse3 + python3-fusepy + libfuse2 (the stalled-device file system). Sets TENURE_TEST_REQUIRE_ALL=1 when root, so a missing prerequisite fails
 # instead of skipping.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -13,6 +13,8 @@ command -v sanlock >/dev/null || need+=(sanlock)
 /usr/bin/python3 -c 'import sanlock' 2>/dev/null || need+=(python3-sanlock)
 command -v losetup >/dev/null || need+=(util-linux)
 command -v gcc >/dev/null || need+=(gcc)
+command -v fusermount >/dev/null || need+=(fuse3)
+/usr/bin/python3 -c 'import fusepy' 2>/dev/null || need+=(python3-fusepy libfuse2)
 if [ ${#need[@]} -gt 0 ]; then
   if [ "$(id -u)" -eq 0 ]; then
     echo "test.sh: installing ${need[*]}"

@@ -422,3 +422,116 @@ pub fn assert_matches_read_leader(rec: &LeaderRecord, sanlock_out: &str, what: &
         assert_eq!(ours, theirs, "{what}: field {k}");
     }
 }
+
+/// FUSE, fusermount and python3-fusepy are present (for [`StallFs`]).
+pub fn fuse_available() -> bool {
+    prerequisite(is_root(), "FUSE stall tests need root")
+        && prerequisite(Path::new("/dev/fuse").exists(), "/dev/fuse is missing")
+        && prerequisite(
+            on_path("fusermount"),
+            "fusermount is not installed (fuse3 package)",
+        )
+        && prerequisite(
+            Command::new("/usr/bin/python3")
+                .args(["-c", "import fusepy"])
+                .stderr(Stdio::null())
+                .status()
+                .is_ok_and(|s| s.success()),
+            "python3-fusepy is not installed",
+        )
+}
+
+/// A FUSE file (tests/fixtures/stallfs.py) whose reads and writes can be made to hang or fail
+/// on command: put a loop device on [`StallFs::lun`] to get a block device with exact faults.
+/// Dropping it releases every fault, unmounts, and kills the file system process.
+#[derive(Debug)]
+pub struct StallFs {
+    dir: tempfile::TempDir,
+    child: std::process::Child,
+}
+
+impl StallFs {
+    /// Mounts a file system exposing one `size`-byte file.
+    pub fn start(size: u64) -> Self {
+        let dir = tempfile::Builder::new()
+            .prefix("tenure-stallfs-")
+            .tempdir_in("/var/tmp")
+            .expect("dir");
+        for sub in ["mnt", "control"] {
+            std::fs::create_dir(dir.path().join(sub)).expect("subdir");
+        }
+        File::create(dir.path().join("backing"))
+            .and_then(|f| f.set_len(size))
+            .expect("backing");
+        let child = Command::new("/usr/bin/python3")
+            .arg(workspace_root().join("tests/fixtures/stallfs.py"))
+            .arg(dir.path().join("backing"))
+            .arg(dir.path().join("mnt"))
+            .arg(dir.path().join("control"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("python3 stallfs.py");
+        let fs = StallFs { dir, child };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !fs.lun().exists() {
+            assert!(Instant::now() < deadline, "stallfs did not mount");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        fs
+    }
+
+    /// The FUSE-backed file.
+    pub fn lun(&self) -> PathBuf {
+        self.dir.path().join("mnt/lun")
+    }
+
+    fn flag(&self, name: &str, on: bool) {
+        let p = self.dir.path().join("control").join(name);
+        if on {
+            File::create(&p).expect("control flag");
+        } else {
+            let _ = std::fs::remove_file(&p);
+        }
+    }
+
+    /// Writes block while on.
+    pub fn hang_writes(&self, on: bool) {
+        self.flag("hang_writes", on);
+    }
+
+    /// Reads block while on.
+    pub fn hang_reads(&self, on: bool) {
+        self.flag("hang_reads", on);
+    }
+
+    /// Writes fail with EIO while on.
+    pub fn eio_writes(&self, on: bool) {
+        self.flag("eio_writes", on);
+    }
+}
+
+impl Drop for StallFs {
+    fn drop(&mut self) {
+        for f in ["hang_writes", "hang_reads", "eio_writes", "eio_reads"] {
+            self.flag(f, false);
+        }
+        let mnt = self.dir.path().join("mnt");
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while !Command::new("fusermount")
+            .arg("-u")
+            .arg(&mnt)
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success())
+        {
+            if Instant::now() > deadline {
+                let _ = Command::new("umount").arg("-l").arg(&mnt).status();
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
