@@ -1,16 +1,15 @@
-//! Opening and probing shared storage, and plain blocking O_DIRECT I/O on it.
+//! Opening and probing shared storage: O_DIRECT (and O_DSYNC for writing) file descriptors,
+//! logical sector size, size, block device or file. The I/O itself goes through the engine
+//! in [`crate::io`].
 //!
 //! Every access is O_DIRECT (no page cache between hosts) and every write is O_DSYNC, i.e. at
 //! least as durable as sanlock's O_SYNC writes of lease data. Offsets and lengths must be
 //! multiples of the device's logical sector size, and buffers are 4096-byte aligned
 //! ([`AlignedBuf`]); violations are typed errors, never undefined behaviour.
-//!
-//! This blocking path serves the direct commands (`init`, `dump`); the io_uring engine of the
-//! next issue replaces it.
 
 use std::fs::{File, OpenOptions};
 use std::io;
-use std::os::unix::fs::{FileExt, FileTypeExt, OpenOptionsExt};
+use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
 use serde::Serialize;
@@ -128,32 +127,6 @@ pub enum DeviceError {
         /// Required alignment.
         align: u32,
     },
-    /// The request reaches past the end of the device.
-    #[error("{path}: {len} bytes at offset {offset} extend past the end ({size} bytes)")]
-    PastEnd {
-        /// Path.
-        path: PathBuf,
-        /// Offset.
-        offset: u64,
-        /// Length.
-        len: u64,
-        /// Device size.
-        size: u64,
-    },
-    /// read/write failed.
-    #[error("{path}: {op} of {len} bytes at offset {offset} failed: {source}")]
-    Io {
-        /// Path.
-        path: PathBuf,
-        /// "read" or "write".
-        op: &'static str,
-        /// Offset.
-        offset: u64,
-        /// Length.
-        len: usize,
-        /// OS error (UnexpectedEof / WriteZero for short transfers).
-        source: io::Error,
-    },
 }
 
 /// An open lease device or file.
@@ -239,63 +212,18 @@ impl Device {
     pub fn io_align(&self) -> u32 {
         self.logical_sector_size.unwrap_or(512)
     }
-
-    fn check(&self, offset: u64, len: usize) -> Result<(), DeviceError> {
-        let align = self.io_align();
-        if offset % u64::from(align) != 0 || len % align as usize != 0 {
-            return Err(DeviceError::Unaligned {
-                path: self.path.clone(),
-                offset,
-                len,
-                align,
-            });
-        }
-        let end = offset.checked_add(len as u64);
-        if end.is_none_or(|e| e > self.size_bytes) {
-            return Err(DeviceError::PastEnd {
-                path: self.path.clone(),
-                offset,
-                len: len as u64,
-                size: self.size_bytes,
-            });
-        }
-        Ok(())
-    }
-
-    /// Reads `buf.len()` bytes at `offset`.
-    pub fn read_at(&self, buf: &mut AlignedBuf, offset: u64) -> Result<(), DeviceError> {
-        self.check(offset, buf.len())?;
-        let len = buf.len();
-        self.file
-            .read_exact_at(buf.as_mut_slice(), offset)
-            .map_err(|source| DeviceError::Io {
-                path: self.path.clone(),
-                op: "read",
-                offset,
-                len,
-                source,
-            })
-    }
-
-    /// Writes `buf` at `offset`; returns once the data is durable (O_DSYNC).
-    pub fn write_at(&self, buf: &AlignedBuf, offset: u64) -> Result<(), DeviceError> {
-        self.check(offset, buf.len())?;
-        self.file
-            .write_all_at(buf.as_slice(), offset)
-            .map_err(|source| DeviceError::Io {
-                path: self.path.clone(),
-                op: "write",
-                offset,
-                len: buf.len(),
-                source,
-            })
-    }
 }
 
 /// open(2) answers EINVAL when the file system refuses O_DIRECT (tmpfs before Linux 6.6,
 /// some FUSE file systems): say so instead of "invalid argument".
 fn open_error(path: &Path, source: io::Error) -> DeviceError {
     if source.raw_os_error() == Some(libc::EINVAL) {
+        // Directories also answer EINVAL to O_DIRECT: name them for what they are.
+        if std::fs::metadata(path).is_ok_and(|m| m.is_dir()) {
+            return DeviceError::NotStorage {
+                path: path.to_owned(),
+            };
+        }
         DeviceError::NoDirectIo {
             path: path.to_owned(),
         }
@@ -351,8 +279,8 @@ mod tests {
     }
 
     #[test]
-    fn file_round_trip_and_checks() {
-        // /var/tmp rather than /tmp: /tmp may be tmpfs, which has no O_DIRECT.
+    fn file_probe() {
+        // /var/tmp rather than /tmp: /tmp may be tmpfs.
         let dir = tempfile::tempdir_in("/var/tmp").expect("tempdir");
         let path = dir.path().join("f");
         std::fs::write(&path, vec![0u8; 8192]).expect("create");
@@ -361,20 +289,15 @@ mod tests {
             (dev.kind(), dev.io_align(), dev.size_bytes()),
             (DeviceKind::File, 512, 8192)
         );
-        let mut w = AlignedBuf::new(512);
-        w.as_mut_slice().fill(0xab);
-        dev.write_at(&w, 1024).expect("write");
-        let mut r = AlignedBuf::new(512);
-        dev.read_at(&mut r, 1024).expect("read");
-        assert_eq!(r.as_slice(), w.as_slice());
-        assert!(matches!(
-            dev.read_at(&mut r, 100),
-            Err(DeviceError::Unaligned { .. })
-        ));
-        assert!(matches!(
-            dev.read_at(&mut r, 8192),
-            Err(DeviceError::PastEnd { .. })
-        ));
+        assert_eq!(dev.logical_sector_size(), None);
+        let dir_open = Device::open(dir.path(), Access::Read);
+        assert!(
+            matches!(
+                dir_open,
+                Err(DeviceError::Open { .. } | DeviceError::NotStorage { .. })
+            ),
+            "{dir_open:?}"
+        );
     }
 
     #[test]

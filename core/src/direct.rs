@@ -17,7 +17,14 @@ use tenure_format::{
     LockspaceSpec, ResourceSpec, RindexHeader, SectorSize,
 };
 
-use crate::dev::{Access, AlignedBuf, Device, DeviceError, DeviceKind};
+use std::time::Duration;
+
+use crate::dev::{Access, Device, DeviceError, DeviceKind};
+use crate::io::drive::{complete, deadline_in};
+pub use crate::io::BackendKind;
+use crate::io::{
+    open_backend, DiskId, EngineConfig, IoBackend, IoError, IoOutcome, IoRequest, SubmitError,
+};
 
 /// Errors of the direct commands.
 #[derive(Debug, thiserror::Error)]
@@ -25,6 +32,54 @@ pub enum DirectError {
     /// Device access failed.
     #[error(transparent)]
     Device(#[from] DeviceError),
+    /// The I/O engine could not be set up or failed.
+    #[error(transparent)]
+    Engine(#[from] IoError),
+    /// The engine refused a request.
+    #[error(transparent)]
+    Submit(#[from] SubmitError),
+    /// The device reported an error.
+    #[error("{path}: {op} of {len} bytes at offset {offset} failed: {}", std::io::Error::from_raw_os_error(*errno))]
+    Io {
+        /// Device.
+        path: PathBuf,
+        /// "read" or "write".
+        op: &'static str,
+        /// Offset.
+        offset: u64,
+        /// Length.
+        len: usize,
+        /// errno.
+        errno: i32,
+    },
+    /// The device transferred fewer bytes than asked.
+    #[error("{path}: {op} at offset {offset} transferred {transferred} of {len} bytes")]
+    Short {
+        /// Device.
+        path: PathBuf,
+        /// "read" or "write".
+        op: &'static str,
+        /// Offset.
+        offset: u64,
+        /// Length.
+        len: usize,
+        /// Transferred.
+        transferred: usize,
+    },
+    /// No answer within the deadline.
+    #[error("{path}: {op} at offset {offset} did not complete within {timeout_s} s (device hung?){}", if *may_land_later { "; the write may still land later" } else { "" })]
+    TimedOut {
+        /// Device.
+        path: PathBuf,
+        /// "read" or "write".
+        op: &'static str,
+        /// Offset.
+        offset: u64,
+        /// Deadline used.
+        timeout_s: u64,
+        /// A write that may reach the device later.
+        may_land_later: bool,
+    },
     /// Invalid sector/align combination.
     #[error(transparent)]
     Geometry(#[from] GeometryError),
@@ -117,6 +172,8 @@ pub struct FormatOptions {
     pub align: Option<AlignSize>,
     /// Overwrite a valid area.
     pub force: bool,
+    /// Which I/O backend to use.
+    pub backend: BackendKind,
 }
 
 /// What a format did.
@@ -130,13 +187,152 @@ pub struct FormatReport {
     pub geometry: Geometry,
     /// What was there before, when something recognisable was overwritten.
     pub replaced: Option<String>,
+    /// I/O backend used ("io_uring" or "sync").
+    pub io_backend: &'static str,
+    /// Why the sync fallback ran, when it did.
+    pub io_fallback_reason: Option<String>,
 }
 
 /// io_timeout sanlock writes into free slots by default (seconds).
 pub const IO_TIMEOUT_DEFAULT_S: u16 = 10;
 
-fn choose_geometry(dev: &Device, opts: FormatOptions) -> Result<Geometry, DirectError> {
-    let sector_size = match (dev.logical_sector_size(), opts.sector_size) {
+/// Deadline of every direct I/O: sanlock's default io_timeout.
+pub const DIRECT_IO_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// One device behind the I/O engine, for the direct commands: blocking reads and writes
+/// through [`IoBackend`] with [`DIRECT_IO_TIMEOUT`] deadlines.
+pub struct DirectDisk {
+    engine: Box<dyn IoBackend + Send>,
+    path: PathBuf,
+    kind: DeviceKind,
+    logical_sector_size: Option<u32>,
+    size_bytes: u64,
+    io_align: u32,
+    /// Backend name.
+    pub io_backend: &'static str,
+    /// Why the sync fallback runs, when it does.
+    pub fallback_reason: Option<String>,
+}
+
+impl std::fmt::Debug for DirectDisk {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DirectDisk")
+            .field("path", &self.path)
+            .field("io_backend", &self.io_backend)
+            .finish()
+    }
+}
+
+impl DirectDisk {
+    /// Opens and probes `path` and sets up an engine sized for whole areas.
+    pub fn open(path: &Path, access: Access, backend: BackendKind) -> Result<Self, DirectError> {
+        let dev = Device::open(path, access)?;
+        let (kind, logical_sector_size, size_bytes, io_align) = (
+            dev.kind(),
+            dev.logical_sector_size(),
+            dev.size_bytes(),
+            dev.io_align(),
+        );
+        // Two probe-sized buffers and one for the largest area (8 MiB).
+        let config = EngineConfig {
+            ring_entries: 4,
+            buffer_classes: vec![(PROBE_LEN, 2), (8 << 20, 1)],
+            sync_workers: 1,
+        };
+        let (engine, choice) = open_backend(vec![dev], &config, backend)?;
+        Ok(DirectDisk {
+            engine,
+            path: path.to_owned(),
+            kind,
+            logical_sector_size,
+            size_bytes,
+            io_align,
+            io_backend: choice.name,
+            fallback_reason: choice.fallback_reason,
+        })
+    }
+
+    fn path(&self) -> &Path {
+        &self.path
+    }
+
+    fn run(
+        &mut self,
+        op: &'static str,
+        offset: u64,
+        len: usize,
+    ) -> Result<crate::io::Completion, DirectError> {
+        let c = complete(self.engine.as_mut(), 1)?.remove(0);
+        let path = self.path.clone();
+        match c.outcome {
+            IoOutcome::Done => Ok(c),
+            IoOutcome::Failed { errno } => Err(DirectError::Io {
+                path,
+                op,
+                offset,
+                len,
+                errno,
+            }),
+            IoOutcome::Short { transferred } => Err(DirectError::Short {
+                path,
+                op,
+                offset,
+                len,
+                transferred,
+            }),
+            IoOutcome::Canceled => Err(DirectError::Io {
+                path,
+                op,
+                offset,
+                len,
+                errno: libc::ECANCELED,
+            }),
+            IoOutcome::TimedOut => Err(DirectError::TimedOut {
+                path,
+                op,
+                offset,
+                timeout_s: DIRECT_IO_TIMEOUT.as_secs(),
+                may_land_later: c.may_land_later(),
+            }),
+        }
+    }
+
+    /// Reads `len` bytes at `offset` and hands them to `f`.
+    pub fn read<T>(
+        &mut self,
+        offset: u64,
+        len: usize,
+        f: impl FnOnce(&[u8]) -> T,
+    ) -> Result<T, DirectError> {
+        let id = self.engine.start_read(IoRequest {
+            disk: DiskId(0),
+            offset,
+            len,
+            deadline: deadline_in(DIRECT_IO_TIMEOUT),
+        })?;
+        self.run("read", offset, len)?;
+        let out = f(self.engine.read_data(id).unwrap_or(&[]));
+        self.engine.release(id);
+        Ok(out)
+    }
+
+    /// Writes `data` at `offset`; returns once it is durable.
+    pub fn write(&mut self, offset: u64, data: &[u8]) -> Result<(), DirectError> {
+        self.engine.start_write(
+            IoRequest {
+                disk: DiskId(0),
+                offset,
+                len: data.len(),
+                deadline: deadline_in(DIRECT_IO_TIMEOUT),
+            },
+            data,
+        )?;
+        self.run("write", offset, data.len()).map(drop)
+    }
+}
+
+fn choose_geometry(dev: &DirectDisk, opts: FormatOptions) -> Result<Geometry, DirectError> {
+    let sector_size = match (dev.logical_sector_size, opts.sector_size) {
         (Some(probed), requested) => {
             let probed_ss = SectorSize::from_bytes(u64::from(probed)).map_err(|_| {
                 DirectError::UnsupportedDevice {
@@ -162,7 +358,7 @@ fn choose_geometry(dev: &Device, opts: FormatOptions) -> Result<Geometry, Direct
     Ok(g)
 }
 
-fn check_fits(dev: &Device, g: Geometry, offset: u64) -> Result<(), DirectError> {
+fn check_fits(dev: &DirectDisk, g: Geometry, offset: u64) -> Result<(), DirectError> {
     if offset % g.area_bytes() != 0 {
         return Err(DirectError::OffsetAlign {
             offset,
@@ -170,8 +366,8 @@ fn check_fits(dev: &Device, g: Geometry, offset: u64) -> Result<(), DirectError>
         });
     }
     let needed = offset.saturating_add(g.area_bytes());
-    if needed > dev.size_bytes() {
-        let hint = if dev.kind() == DeviceKind::File {
+    if needed > dev.size_bytes {
+        let hint = if dev.kind == DeviceKind::File {
             " (extend the file, e.g. with truncate -s)"
         } else {
             ""
@@ -181,7 +377,7 @@ fn check_fits(dev: &Device, g: Geometry, offset: u64) -> Result<(), DirectError>
             geometry: g,
             offset,
             needed,
-            size: dev.size_bytes(),
+            size: dev.size_bytes,
             hint,
         });
     }
@@ -189,12 +385,13 @@ fn check_fits(dev: &Device, g: Geometry, offset: u64) -> Result<(), DirectError>
 }
 
 /// Describes the valid area at `offset`, if there is one (sector 0 decodes).
-fn existing_area(dev: &Device, offset: u64) -> Result<Option<String>, DirectError> {
-    let len = PROBE_LEN.min(usize::try_from(dev.size_bytes() - offset).unwrap_or(PROBE_LEN));
-    let mut head = AlignedBuf::new(len);
-    dev.read_at(&mut head, offset)?;
-    let bytes = head.as_slice();
-    Ok(match identify(bytes).kind {
+fn existing_area(dev: &mut DirectDisk, offset: u64) -> Result<Option<String>, DirectError> {
+    let len = PROBE_LEN.min(usize::try_from(dev.size_bytes - offset).unwrap_or(PROBE_LEN));
+    dev.read(offset, len, describe_area)
+}
+
+fn describe_area(bytes: &[u8]) -> Option<String> {
+    match identify(bytes).kind {
         AreaKind::Lockspace | AreaKind::Resource | AreaKind::ClearedResource => {
             LeaderRecord::decode(bytes).ok().map(|l| match l.kind() {
                 Some(LeaderKind::Delta) => format!("a valid lockspace \"{}\"", l.space_name),
@@ -208,10 +405,14 @@ fn existing_area(dev: &Device, offset: u64) -> Result<Option<String>, DirectErro
             .ok()
             .map(|h| format!("a resource index of lockspace \"{}\"", h.lockspace_name)),
         AreaKind::Empty | AreaKind::Unrecognised => None,
-    })
+    }
 }
 
-fn refuse_or_note(dev: &Device, offset: u64, force: bool) -> Result<Option<String>, DirectError> {
+fn refuse_or_note(
+    dev: &mut DirectDisk,
+    offset: u64,
+    force: bool,
+) -> Result<Option<String>, DirectError> {
     let existing = existing_area(dev, offset)?;
     match existing {
         Some(what) if !force => Err(DirectError::AlreadyFormatted {
@@ -224,18 +425,18 @@ fn refuse_or_note(dev: &Device, offset: u64, force: bool) -> Result<Option<Strin
 }
 
 fn verify(
-    dev: &Device,
+    dev: &mut DirectDisk,
     g: Geometry,
     offset: u64,
     check: impl Fn(&[u8]) -> Result<(), DecodeError>,
 ) -> Result<(), DirectError> {
-    let mut back = AlignedBuf::new(g.sector_size_bytes() as usize);
-    dev.read_at(&mut back, offset)?;
-    check(back.as_slice()).map_err(|source| DirectError::Verify {
-        path: dev.path().to_owned(),
-        offset,
-        source: Box::new(source),
-    })
+    let path = dev.path().to_owned();
+    dev.read(offset, g.sector_size_bytes() as usize, check)?
+        .map_err(|source| DirectError::Verify {
+            path,
+            offset,
+            source: Box::new(source),
+        })
 }
 
 /// Formats a lockspace area (`spec.host_id` is ignored): every slot free, atomically.
@@ -249,18 +450,18 @@ pub fn format_lockspace(
         .filter(|&t| t > 0)
         .ok_or(DirectError::IoTimeout(io_timeout_s))?;
     let path = Path::new(&spec.disk.path);
-    let dev = Device::open(path, Access::ReadWrite)?;
+    let mut dev = DirectDisk::open(path, Access::ReadWrite, opts.backend)?;
     let g = choose_geometry(&dev, opts)?;
     let offset = spec.disk.offset;
     check_fits(&dev, g, offset)?;
-    let replaced = refuse_or_note(&dev, offset, opts.force)?;
-    let mut area = AlignedBuf::new(usize::try_from(g.area_bytes()).unwrap_or(usize::MAX));
-    encode_lockspace_area(area.as_mut_slice(), g, spec.name, io_timeout);
-    dev.write_at(&area, offset)?;
-    let mut sector0 = AlignedBuf::new(g.sector_size_bytes() as usize);
-    lockspace_sector0(sector0.as_mut_slice(), g, spec.name, io_timeout);
-    dev.write_at(&sector0, offset)?;
-    verify(&dev, g, offset, |s| {
+    let replaced = refuse_or_note(&mut dev, offset, opts.force)?;
+    let mut area = vec![0u8; usize::try_from(g.area_bytes()).unwrap_or(usize::MAX)];
+    encode_lockspace_area(&mut area, g, spec.name, io_timeout);
+    dev.write(offset, &area)?;
+    let ss = g.sector_size_bytes() as usize;
+    lockspace_sector0(&mut area[..ss], g, spec.name, io_timeout);
+    dev.write(offset, &area[..ss])?;
+    verify(&mut dev, g, offset, |s| {
         LeaderRecord::decode_expect(s, LeaderKind::Delta, g, &spec.name, None).map(drop)
     })?;
     Ok(FormatReport {
@@ -268,6 +469,8 @@ pub fn format_lockspace(
         offset,
         geometry: g,
         replaced,
+        io_backend: dev.io_backend,
+        io_fallback_reason: dev.fallback_reason.clone(),
     })
 }
 
@@ -285,8 +488,7 @@ pub fn format_resource(
     }
     let mut plan = Vec::with_capacity(spec.disks.len());
     for disk in &spec.disks {
-        let path = Path::new(&disk.path);
-        let dev = Device::open(path, Access::ReadWrite)?;
+        let mut dev = DirectDisk::open(Path::new(&disk.path), Access::ReadWrite, opts.backend)?;
         let g = choose_geometry(&dev, opts)?;
         check_fits(&dev, g, disk.offset)?;
         let n = num_hosts.unwrap_or(g.hosts_max());
@@ -297,15 +499,15 @@ pub fn format_resource(
                 hosts_max: g.hosts_max(),
             });
         }
-        let replaced = refuse_or_note(&dev, disk.offset, opts.force)?;
+        let replaced = refuse_or_note(&mut dev, disk.offset, opts.force)?;
         plan.push((dev, g, disk.offset, n, replaced));
     }
     let mut reports = Vec::with_capacity(plan.len());
-    for (dev, g, offset, n, replaced) in plan {
-        let mut area = AlignedBuf::new(usize::try_from(g.area_bytes()).unwrap_or(usize::MAX));
-        encode_resource_area(area.as_mut_slice(), g, spec.lockspace, spec.name, n);
-        dev.write_at(&area, offset)?;
-        verify(&dev, g, offset, |s| {
+    for (mut dev, g, offset, n, replaced) in plan {
+        let mut area = vec![0u8; usize::try_from(g.area_bytes()).unwrap_or(usize::MAX)];
+        encode_resource_area(&mut area, g, spec.lockspace, spec.name, n);
+        dev.write(offset, &area)?;
+        verify(&mut dev, g, offset, |s| {
             LeaderRecord::decode_expect(s, LeaderKind::Paxos, g, &spec.lockspace, Some(&spec.name))
                 .map(drop)
         })?;
@@ -314,6 +516,8 @@ pub fn format_resource(
             offset,
             geometry: g,
             replaced,
+            io_backend: dev.io_backend,
+            io_fallback_reason: dev.fallback_reason.clone(),
         });
     }
     Ok(reports)
@@ -338,6 +542,10 @@ pub struct DumpReport {
     pub areas: Vec<AreaReport>,
     /// Number of all-zero areas skipped.
     pub empty_areas: u64,
+    /// I/O backend used ("io_uring" or "sync").
+    pub io_backend: &'static str,
+    /// Why the sync fallback ran, when it did.
+    pub io_fallback_reason: Option<String>,
 }
 
 impl DumpReport {
@@ -355,26 +563,29 @@ impl DumpReport {
 
 /// Reads every area from `offset` (for `size` bytes, or to the end) and decodes it. Areas are
 /// found at 1 MiB steps, or at their own align size once recognised.
-pub fn dump(path: &Path, offset: u64, size: Option<u64>) -> Result<DumpReport, DirectError> {
-    let dev = Device::open(path, Access::Read)?;
-    let align = u64::from(dev.io_align());
+pub fn dump(
+    path: &Path,
+    offset: u64,
+    size: Option<u64>,
+    backend: BackendKind,
+) -> Result<DumpReport, DirectError> {
+    let mut dev = DirectDisk::open(path, Access::Read, backend)?;
+    let align = u64::from(dev.io_align);
     if offset % align != 0 {
         return Err(DeviceError::Unaligned {
             path: path.to_owned(),
             offset,
             len: 0,
-            align: dev.io_align(),
+            align: dev.io_align,
         }
         .into());
     }
     let end = match size {
-        Some(s) => offset.saturating_add(s).min(dev.size_bytes()),
-        None => dev.size_bytes(),
+        Some(s) => offset.saturating_add(s).min(dev.size_bytes),
+        None => dev.size_bytes,
     };
     let mut areas: Vec<AreaReport> = Vec::new();
     let mut empty_areas = 0;
-    let mut head = AlignedBuf::new(PROBE_LEN);
-    let mut area_buf: Option<AlignedBuf> = None;
     let mut at = offset;
     while at < end {
         let avail = (end - at) / align * align;
@@ -382,22 +593,23 @@ pub fn dump(path: &Path, offset: u64, size: Option<u64>) -> Result<DumpReport, D
             break;
         }
         let head_len = usize::try_from(avail).unwrap_or(PROBE_LEN).min(PROBE_LEN);
-        if head.len() != head_len {
-            head = AlignedBuf::new(head_len);
-        }
-        dev.read_at(&mut head, at)?;
-        let probe = identify(head.as_slice());
-        let step = step_bytes(&probe);
-        let report = if let Some(g) = probe.geometry {
-            let len = usize::try_from(g.area_bytes().min(avail)).unwrap_or(usize::MAX);
-            let buf = match &mut area_buf {
-                Some(b) if b.len() == len => b,
-                slot => slot.insert(AlignedBuf::new(len)),
+        // Areas without a geometry are decoded from the probe bytes alone.
+        let (probe, small) = dev.read(at, head_len, |head| {
+            let probe = identify(head);
+            let small = if probe.geometry.is_none() {
+                decode_area(at, &probe, head)
+            } else {
+                None
             };
-            dev.read_at(buf, at)?;
-            decode_area(at, &probe, buf.as_slice())
-        } else {
-            decode_area(at, &probe, head.as_slice())
+            (probe, small)
+        })?;
+        let step = step_bytes(&probe);
+        let report = match probe.geometry {
+            Some(g) => {
+                let len = usize::try_from(g.area_bytes().min(avail)).unwrap_or(usize::MAX);
+                dev.read(at, len, |area| decode_area(at, &probe, area))?
+            }
+            None => small,
         };
         match report {
             None => empty_areas += 1,
@@ -426,13 +638,15 @@ pub fn dump(path: &Path, offset: u64, size: Option<u64>) -> Result<DumpReport, D
     }
     Ok(DumpReport {
         path: path.to_owned(),
-        device_kind: dev.kind(),
-        logical_sector_size: dev.logical_sector_size(),
-        device_size: dev.size_bytes(),
+        device_kind: dev.kind,
+        logical_sector_size: dev.logical_sector_size,
+        device_size: dev.size_bytes,
         offset,
         scanned_bytes: at.min(end) - offset,
         areas,
         empty_areas,
+        io_backend: dev.io_backend,
+        io_fallback_reason: dev.fallback_reason.clone(),
     })
 }
 
@@ -471,7 +685,7 @@ mod tests {
         assert!(forced.replaced.expect("replaced").contains("lockspace"));
         let res = ResourceSpec::parse(&format!("LS:r1:{}:2M", p.display())).expect("spec");
         format_resource(&res, FormatOptions::default(), Some(10)).expect("resource");
-        let d = dump(&p, 0, None).expect("dump");
+        let d = dump(&p, 0, None, BackendKind::Auto).expect("dump");
         assert_eq!(d.areas.len(), 2, "{:?}", d.areas);
         assert_eq!(d.empty_areas, 2);
         assert!(!d.has_problems());

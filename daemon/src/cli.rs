@@ -9,7 +9,7 @@ use std::path::Path;
 use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand};
-use tenure_core::direct::{self, FormatOptions};
+use tenure_core::direct::{self, BackendKind, FormatOptions};
 use tenure_format::{AlignSize, DumpTarget, LockspaceSpec, ResourceMode, ResourceSpec, SectorSize};
 
 use crate::render;
@@ -18,6 +18,10 @@ use crate::render;
 #[derive(Debug, Parser)]
 #[command(name = "tenure", version, about, long_about = None)]
 pub struct Cli {
+    /// I/O backend: auto (io_uring, or the pread/pwrite fallback when io_uring is unavailable),
+    /// io_uring, or sync.
+    #[arg(long, global = true, value_name = "BACKEND", default_value = "auto", value_parser = parse_backend, env = "TENURE_IO_BACKEND")]
+    io_backend: BackendKind,
     #[command(subcommand)]
     command: Command,
 }
@@ -94,12 +98,24 @@ struct CommonArgs {
 }
 
 impl GeometryArgs {
-    fn options(&self, force: bool) -> FormatOptions {
+    fn options(&self, force: bool, backend: BackendKind) -> FormatOptions {
         FormatOptions {
+            backend,
             sector_size: self.sector_size,
             align: self.align,
             force,
         }
+    }
+}
+
+fn parse_backend(s: &str) -> Result<BackendKind, String> {
+    match s {
+        "auto" => Ok(BackendKind::Auto),
+        "io_uring" | "uring" => Ok(BackendKind::Uring),
+        "sync" => Ok(BackendKind::Sync),
+        other => Err(format!(
+            "{other:?} is not an I/O backend (auto, io_uring, sync)"
+        )),
     }
 }
 
@@ -121,6 +137,15 @@ pub fn main() -> ExitCode {
             eprintln!("tenure: {message}");
             ExitCode::from(1)
         }
+    }
+}
+
+/// Says once, on stderr, that the pread/pwrite fallback ran instead of io_uring, and why.
+fn warn_fallback<'a>(reasons: impl IntoIterator<Item = &'a Option<String>>) {
+    if let Some(reason) = reasons.into_iter().flatten().next() {
+        eprintln!(
+            "tenure: io_uring is not available here ({reason}); using the pread/pwrite fallback"
+        );
     }
 }
 
@@ -148,9 +173,10 @@ fn run(cli: Cli) -> Result<ExitCode, String> {
         }) => {
             let spec =
                 LockspaceSpec::parse(&spec).map_err(|e| format!("lockspace {spec:?}: {e}"))?;
-            let opts = geometry.options(common.force);
+            let opts = geometry.options(common.force, cli.io_backend);
             let report =
                 direct::format_lockspace(&spec, opts, io_timeout).map_err(|e| e.to_string())?;
+            warn_fallback([&report.io_fallback_reason]);
             emit(common.json, &report, || {
                 render::format_report(
                     "lockspace",
@@ -172,9 +198,10 @@ fn run(cli: Cli) -> Result<ExitCode, String> {
                     "resource {spec}: init formats a lease; a :LVER or :SH suffix only applies to acquire"
                 ));
             }
-            let opts = geometry.options(common.force);
+            let opts = geometry.options(common.force, cli.io_backend);
             let reports =
                 direct::format_resource(&spec, opts, num_hosts).map_err(|e| e.to_string())?;
+            warn_fallback(reports.iter().map(|r| &r.io_fallback_reason));
             emit(common.json, &reports, || {
                 render::format_report("resource", &spec.name.escaped(), &reports)
             })?;
@@ -183,8 +210,9 @@ fn run(cli: Cli) -> Result<ExitCode, String> {
         Command::Dump { target, json } => {
             let t =
                 DumpTarget::parse(&target).map_err(|e| format!("dump target {target:?}: {e}"))?;
-            let report =
-                direct::dump(Path::new(&t.path), t.offset, t.size).map_err(|e| e.to_string())?;
+            let report = direct::dump(Path::new(&t.path), t.offset, t.size, cli.io_backend)
+                .map_err(|e| e.to_string())?;
+            warn_fallback([&report.io_fallback_reason]);
             emit(json, &report, || render::dump(&report))?;
             Ok(if report.has_problems() {
                 ExitCode::from(3)

@@ -79,7 +79,7 @@ pub fn dump(r: &DumpReport) -> String {
         .unwrap_or_default();
     let _ = writeln!(
         out,
-        "{}: {}{ss}, {} bytes; scanned {} bytes from offset {}",
+        "{}: {}{ss}, {} bytes; scanned {} bytes from offset {} ({} I/O)",
         r.path.display(),
         match r.device_kind {
             tenure_core::dev::DeviceKind::Block => "block device",
@@ -87,7 +87,8 @@ pub fn dump(r: &DumpReport) -> String {
         },
         r.device_size,
         r.scanned_bytes,
-        r.offset
+        r.offset,
+        r.io_backend
     );
     for area in &r.areas {
         out.push('\n');

@@ -10,7 +10,8 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use serde_json::Value;
-use tenure_core::dev::{Access, AlignedBuf, Device};
+use tenure_core::dev::Access;
+use tenure_core::direct::{BackendKind, DirectDisk};
 use tenure_format::{AlignSize, Geometry, LeaderRecord, Name, SectorSize};
 use tenure_tests::{
     assert_matches_read_leader, parse_read_leader, sanlock_available, sanlock_direct, sanlock_lock,
@@ -81,17 +82,20 @@ impl Lun {
 
     /// Reads one sector through O_DIRECT (what another host would see).
     fn read_sector(&self, offset: u64) -> Vec<u8> {
-        let dev = Device::open(self.dev.path(), Access::Read).expect("open");
-        let mut buf = AlignedBuf::new(self.geometry.sector_size_bytes() as usize);
-        dev.read_at(&mut buf, offset).expect("read");
-        buf.as_slice().to_vec()
+        let mut disk =
+            DirectDisk::open(self.dev.path(), Access::Read, BackendKind::Auto).expect("open");
+        disk.read(
+            offset,
+            self.geometry.sector_size_bytes() as usize,
+            <[u8]>::to_vec,
+        )
+        .expect("read")
     }
 
     fn write_sector(&self, offset: u64, bytes: &[u8]) {
-        let dev = Device::open(self.dev.path(), Access::ReadWrite).expect("open");
-        let mut buf = AlignedBuf::new(bytes.len());
-        buf.as_mut_slice().copy_from_slice(bytes);
-        dev.write_at(&buf, offset).expect("write");
+        let mut disk =
+            DirectDisk::open(self.dev.path(), Access::ReadWrite, BackendKind::Auto).expect("open");
+        disk.write(offset, bytes).expect("write");
     }
 
     fn dump_json(&self, areas: u64) -> (i32, Value) {
