@@ -3,8 +3,9 @@
 # test suite. Run as root (loop devices, sanlock). `.ci/run` calls this.
 #
 # Installs: sanlock and python3-sanlock (interop), util-linux (losetup), gcc (sanlock-anchor's
-# rlimit shim), fuse3 + python3-fusepy + libfuse2 (the stalled-device file system). Sets TENURE_TEST_REQUIRE_ALL=1 when root, so a missing prerequisite fails
-# instead of skipping.
+# rlimit shim), fuse3 + python3-fusepy + libfuse2 (the stalled-device file system),
+# python3-seccomp (denies io_uring to test the fallback). Sets TENURE_TEST_REQUIRE_ALL=1 when
+# root, so a missing prerequisite fails instead of skipping.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -15,6 +16,7 @@ command -v losetup >/dev/null || need+=(util-linux)
 command -v gcc >/dev/null || need+=(gcc)
 command -v fusermount >/dev/null || need+=(fuse3)
 /usr/bin/python3 -c 'import fusepy' 2>/dev/null || need+=(python3-fusepy libfuse2)
+/usr/bin/python3 -c 'import seccomp' 2>/dev/null || need+=(python3-seccomp)
 if [ ${#need[@]} -gt 0 ]; then
   if [ "$(id -u)" -eq 0 ]; then
     echo "test.sh: installing ${need[*]}"
