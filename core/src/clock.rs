@@ -43,9 +43,21 @@ impl Time {
     }
 }
 
+/// A source of [`Time`]: the real monotonic clock, or a simulated one.
+pub trait Clock {
+    /// The current time.
+    fn now(&self) -> Time;
+}
+
 /// The real monotonic clock.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct MonotonicClock;
+
+impl Clock for MonotonicClock {
+    fn now(&self) -> Time {
+        MonotonicClock::now(*self)
+    }
+}
 
 impl MonotonicClock {
     /// CLOCK_MONOTONIC now.
@@ -57,6 +69,38 @@ impl MonotonicClock {
         let ns = u64::try_from(ts.tv_sec()).unwrap_or(0) * 1_000_000_000
             + u64::try_from(ts.tv_nsec()).unwrap_or(0);
         Time(ns)
+    }
+}
+
+/// Simulated time, shared between a simulator and its driver (cloning shares the clock).
+/// It only moves when told to.
+#[derive(Clone, Debug, Default)]
+pub struct SimClock(std::sync::Arc<std::sync::atomic::AtomicU64>);
+
+impl SimClock {
+    /// A clock at `start`.
+    pub fn new(start: Time) -> Self {
+        SimClock(std::sync::Arc::new(std::sync::atomic::AtomicU64::new(
+            start.as_nanos(),
+        )))
+    }
+
+    /// Moves the clock forward to `t` (never backwards).
+    pub fn advance_to(&self, t: Time) {
+        self.0
+            .fetch_max(t.as_nanos(), std::sync::atomic::Ordering::SeqCst);
+    }
+
+    /// Moves the clock forward by `d`.
+    pub fn advance(&self, d: Duration) {
+        let t = self.now().saturating_add(d);
+        self.advance_to(t);
+    }
+}
+
+impl Clock for SimClock {
+    fn now(&self) -> Time {
+        Time(self.0.load(std::sync::atomic::Ordering::SeqCst))
     }
 }
 

@@ -48,12 +48,12 @@ fn both_backends_pass_the_suite_on_loop_devices() {
             let mut b = backend(devs, &config, kind);
             let b = b.as_mut();
             let a = ss as usize;
-            conformance::write_then_read(b, DiskId(0), a);
-            conformance::chain_reads_after_write(b, DiskId(0), a);
-            conformance::chain_read_canceled_when_write_fails(b, DiskId(1), a);
-            conformance::many_in_flight(b, DiskId(0), a, 32);
-            conformance::full_is_typed_and_recovers(b, DiskId(0), a);
-            conformance::bad_requests_refused(b, DiskId(0), a, 16 << 20);
+            conformance::write_then_read(b, &MonotonicClock, DiskId(0), a);
+            conformance::chain_reads_after_write(b, &MonotonicClock, DiskId(0), a);
+            conformance::chain_read_canceled_when_write_fails(b, &MonotonicClock, DiskId(1), a);
+            conformance::many_in_flight(b, &MonotonicClock, DiskId(0), a, 32);
+            conformance::full_is_typed_and_recovers(b, &MonotonicClock, DiskId(0), a);
+            conformance::bad_requests_refused(b, &MonotonicClock, DiskId(0), a, 16 << 20);
         }
     }
 }

@@ -3,15 +3,16 @@
 
 use std::time::Duration;
 
-use crate::io::drive::{complete, deadline_in};
+use crate::clock::Clock;
+use crate::io::drive::complete_on;
 use crate::io::{DiskId, IoBackend, IoKind, IoOutcome, IoRequest, SubmitError};
 
-fn req(disk: DiskId, offset: u64, len: usize) -> IoRequest {
+fn req_at(clock: &dyn Clock, disk: DiskId, offset: u64, len: usize) -> IoRequest {
     IoRequest {
         disk,
         offset,
         len,
-        deadline: deadline_in(Duration::from_secs(10)),
+        deadline: clock.now().saturating_add(Duration::from_secs(10)),
     }
 }
 
@@ -22,21 +23,21 @@ fn pattern(seed: u8, len: usize) -> Vec<u8> {
 }
 
 /// A write, then a read of the same sectors, returns the written bytes.
-pub fn write_then_read(b: &mut dyn IoBackend, disk: DiskId, align: usize) {
+pub fn write_then_read(b: &mut dyn IoBackend, clock: &dyn Clock, disk: DiskId, align: usize) {
     let data = pattern(7, 4 * align);
     let w = b
-        .start_write(req(disk, 8 * align as u64, data.len()), &data)
+        .start_write(req_at(clock, disk, 8 * align as u64, data.len()), &data)
         .expect("start write");
-    let c = complete(b, 1).expect("complete");
+    let c = complete_on(b, clock, 1).expect("complete");
     assert_eq!(
         (c[0].id, c[0].kind, c[0].outcome),
         (w, IoKind::Write, IoOutcome::Done),
         "{c:?}"
     );
     let r = b
-        .start_read(req(disk, 8 * align as u64, data.len()))
+        .start_read(req_at(clock, disk, 8 * align as u64, data.len()))
         .expect("start read");
-    let c = complete(b, 1).expect("complete");
+    let c = complete_on(b, clock, 1).expect("complete");
     assert_eq!((c[0].id, c[0].outcome), (r, IoOutcome::Done));
     assert_eq!(b.read_data(r).expect("data"), &data[..]);
     b.release(r);
@@ -45,13 +46,22 @@ pub fn write_then_read(b: &mut dyn IoBackend, disk: DiskId, align: usize) {
 }
 
 /// A linked write→read: the read sees the write.
-pub fn chain_reads_after_write(b: &mut dyn IoBackend, disk: DiskId, align: usize) {
+pub fn chain_reads_after_write(
+    b: &mut dyn IoBackend,
+    clock: &dyn Clock,
+    disk: DiskId,
+    align: usize,
+) {
     for round in 0..8u8 {
         let data = pattern(round, align);
         let (w, r) = b
-            .start_chain(req(disk, 0, align), &data, req(disk, 0, align))
+            .start_chain(
+                req_at(clock, disk, 0, align),
+                &data,
+                req_at(clock, disk, 0, align),
+            )
             .expect("chain");
-        let c = complete(b, 2).expect("complete");
+        let c = complete_on(b, clock, 2).expect("complete");
         let wc = c.iter().find(|c| c.id == w).expect("write completion");
         let rc = c.iter().find(|c| c.id == r).expect("read completion");
         assert_eq!((wc.outcome, rc.outcome), (IoOutcome::Done, IoOutcome::Done));
@@ -67,18 +77,19 @@ pub fn chain_reads_after_write(b: &mut dyn IoBackend, disk: DiskId, align: usize
 /// On a device opened read-only, the write of a chain fails and its read is canceled.
 pub fn chain_read_canceled_when_write_fails(
     b: &mut dyn IoBackend,
+    clock: &dyn Clock,
     read_only_disk: DiskId,
     align: usize,
 ) {
     let data = pattern(1, align);
     let (w, r) = b
         .start_chain(
-            req(read_only_disk, 0, align),
+            req_at(clock, read_only_disk, 0, align),
             &data,
-            req(read_only_disk, 0, align),
+            req_at(clock, read_only_disk, 0, align),
         )
         .expect("chain");
-    let c = complete(b, 2).expect("complete");
+    let c = complete_on(b, clock, 2).expect("complete");
     let wc = c.iter().find(|c| c.id == w).expect("write completion");
     let rc = c.iter().find(|c| c.id == r).expect("read completion");
     assert!(
@@ -90,17 +101,23 @@ pub fn chain_read_canceled_when_write_fails(
 }
 
 /// Many independent operations in flight at once, submitted in one batch.
-pub fn many_in_flight(b: &mut dyn IoBackend, disk: DiskId, align: usize, n: usize) {
+pub fn many_in_flight(
+    b: &mut dyn IoBackend,
+    clock: &dyn Clock,
+    disk: DiskId,
+    align: usize,
+    n: usize,
+) {
     let mut ids = Vec::with_capacity(n);
     for i in 0..n {
         let data = pattern(i as u8, align);
         ids.push(
-            b.start_write(req(disk, (i * align) as u64, align), &data)
+            b.start_write(req_at(clock, disk, (i * align) as u64, align), &data)
                 .expect("start"),
         );
     }
     assert_eq!(b.in_flight(), n);
-    let c = complete(b, n).expect("complete");
+    let c = complete_on(b, clock, n).expect("complete");
     assert_eq!(c.len(), n);
     assert!(
         c.iter()
@@ -109,10 +126,10 @@ pub fn many_in_flight(b: &mut dyn IoBackend, disk: DiskId, align: usize, n: usiz
     );
     for (i, id) in ids.iter_mut().enumerate() {
         *id = b
-            .start_read(req(disk, (i * align) as u64, align))
+            .start_read(req_at(clock, disk, (i * align) as u64, align))
             .expect("start read");
     }
-    complete(b, n).expect("complete");
+    complete_on(b, clock, n).expect("complete");
     for (i, id) in ids.iter().enumerate() {
         assert_eq!(
             b.read_data(*id).expect("data"),
@@ -124,35 +141,46 @@ pub fn many_in_flight(b: &mut dyn IoBackend, disk: DiskId, align: usize, n: usiz
 }
 
 /// Past the buffer arena or in-flight limit, starting fails with Full and nothing leaks.
-pub fn full_is_typed_and_recovers(b: &mut dyn IoBackend, disk: DiskId, align: usize) {
+pub fn full_is_typed_and_recovers(
+    b: &mut dyn IoBackend,
+    clock: &dyn Clock,
+    disk: DiskId,
+    align: usize,
+) {
     let mut ids = Vec::new();
     let err = loop {
-        match b.start_read(req(disk, 0, align)) {
+        match b.start_read(req_at(clock, disk, 0, align)) {
             Ok(id) => ids.push(id),
             Err(e) => break e,
         }
         assert!(ids.len() < 100_000, "no limit reached");
     };
     assert!(matches!(err, SubmitError::Full { .. }), "{err}");
-    let c = complete(b, ids.len()).expect("complete");
+    let c = complete_on(b, clock, ids.len()).expect("complete");
     for c in &c {
         b.release(c.id);
     }
     assert_eq!(b.in_flight(), 0);
     let id = b
-        .start_read(req(disk, 0, align))
+        .start_read(req_at(clock, disk, 0, align))
         .expect("starts again after completions");
-    complete(b, 1).expect("complete");
+    complete_on(b, clock, 1).expect("complete");
     b.release(id);
 }
 
 /// Requests the engine must refuse before touching the device.
-pub fn bad_requests_refused(b: &mut dyn IoBackend, disk: DiskId, align: usize, size: u64) {
+pub fn bad_requests_refused(
+    b: &mut dyn IoBackend,
+    clock: &dyn Clock,
+    disk: DiskId,
+    align: usize,
+    size: u64,
+) {
     let r = |o, l| IoRequest {
         disk,
         offset: o,
         len: l,
-        deadline: deadline_in(Duration::from_secs(1)),
+        deadline: clock.now().saturating_add(Duration::from_secs(1)),
     };
     assert!(matches!(
         b.start_read(r(1, align)),

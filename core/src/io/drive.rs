@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use crate::clock::{MonotonicClock, Time};
+use crate::clock::{Clock, MonotonicClock, Time};
 use crate::io::{Completion, IoBackend, IoError};
 
 /// Longest single wait, so that deadlines are noticed promptly even by backends whose wait
@@ -13,7 +13,15 @@ const WAIT_SLICE: Duration = Duration::from_millis(50);
 
 /// Runs until `want` completions (timeouts included) have been collected, on the real clock.
 pub fn complete(backend: &mut dyn IoBackend, want: usize) -> Result<Vec<Completion>, IoError> {
-    let clock = MonotonicClock;
+    complete_on(backend, &MonotonicClock, want)
+}
+
+/// [`complete`] on any clock (the simulator's `wait` advances its clock).
+pub fn complete_on(
+    backend: &mut dyn IoBackend,
+    clock: &dyn Clock,
+    want: usize,
+) -> Result<Vec<Completion>, IoError> {
     let mut out = Vec::with_capacity(want);
     backend.flush()?;
     loop {

@@ -403,12 +403,28 @@ mod tests {
         for mut b in backends(&path) {
             let b = b.as_mut();
             let name = b.name();
-            conformance::write_then_read(b, DiskId(0), 512);
-            conformance::chain_reads_after_write(b, DiskId(0), 512);
-            conformance::chain_read_canceled_when_write_fails(b, DiskId(1), 512);
-            conformance::many_in_flight(b, DiskId(0), 512, 20);
-            conformance::full_is_typed_and_recovers(b, DiskId(0), 512);
-            conformance::bad_requests_refused(b, DiskId(0), 512, 1 << 20);
+            conformance::write_then_read(b, &crate::clock::MonotonicClock, DiskId(0), 512);
+            conformance::chain_reads_after_write(b, &crate::clock::MonotonicClock, DiskId(0), 512);
+            conformance::chain_read_canceled_when_write_fails(
+                b,
+                &crate::clock::MonotonicClock,
+                DiskId(1),
+                512,
+            );
+            conformance::many_in_flight(b, &crate::clock::MonotonicClock, DiskId(0), 512, 20);
+            conformance::full_is_typed_and_recovers(
+                b,
+                &crate::clock::MonotonicClock,
+                DiskId(0),
+                512,
+            );
+            conformance::bad_requests_refused(
+                b,
+                &crate::clock::MonotonicClock,
+                DiskId(0),
+                512,
+                1 << 20,
+            );
             eprintln!("{name}: suite passed");
         }
     }
