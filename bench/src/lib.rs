@@ -1,2 +1,6 @@
-//! tenure-bench: criterion micro-benchmarks (`cargo bench -p tenure-bench`) and, in later
-//! issues, the side-by-side macro benchmark against sanlock and the device.
+//! tenure-bench: criterion micro-benchmarks (`cargo bench -p tenure-bench`) and the
+//! `tenure-bench` command (macro benchmarks on real devices, against a raw io_uring loop and,
+//! in later issues, against sanlock).
+
+pub mod io;
+pub mod report;

@@ -23,7 +23,7 @@ pub fn complete_on(
     want: usize,
 ) -> Result<Vec<Completion>, IoError> {
     let mut out = Vec::with_capacity(want);
-    backend.flush()?;
+    // No separate flush: `wait` submits and waits in one call where the backend can.
     loop {
         let now = clock.now();
         backend.poll(now, &mut out)?;

@@ -55,6 +55,8 @@ pub struct SlotTable {
     slots: Vec<Slot>,
     class_bytes: Vec<usize>,
     free: Vec<Vec<u32>>,
+    /// Indices of slots not Free, so deadline scans cost O(busy), not O(all slots).
+    busy: Vec<u32>,
     in_flight: usize,
     limit: usize,
 }
@@ -92,10 +94,13 @@ impl SlotTable {
             list.reverse();
             free.push(list);
         }
+        // Preallocated: the busy list never holds more than every slot.
+        let busy = Vec::with_capacity(slots.len());
         SlotTable {
             slots,
             class_bytes,
             free,
+            busy,
             in_flight: 0,
             limit,
         }
@@ -164,6 +169,7 @@ impl SlotTable {
         slot.len = req.len;
         slot.deadline = req.deadline;
         self.in_flight += 1;
+        self.busy.push(index);
         Ok(IoId {
             index,
             generation: slot.generation,
@@ -210,6 +216,10 @@ impl SlotTable {
         slot.state = SlotState::Free;
         slot.generation = slot.generation.wrapping_add(1);
         self.free[slot.class].push(index);
+        // The busy list is short (operations in flight plus unreleased reads).
+        if let Some(pos) = self.busy.iter().position(|&i| i == index) {
+            self.busy.swap_remove(pos);
+        }
     }
 
     /// Records the device's result for `id` (bytes transferred, or -errno). Returns the
@@ -252,13 +262,13 @@ impl SlotTable {
     /// Reports every in-flight operation whose deadline is at or before `now` as timed out
     /// and turns its slot into a zombie.
     pub fn expire(&mut self, now: Time, out: &mut Vec<Completion>) {
-        for (index, slot) in self.slots.iter_mut().enumerate() {
+        for &index in &self.busy {
+            let slot = &mut self.slots[index as usize];
             if matches!(slot.state, SlotState::InFlight | SlotState::Queued) && slot.deadline <= now
             {
                 slot.state = SlotState::Zombie;
-                // index < 2^32: checked when the table was built.
                 let id = IoId {
-                    index: index as u32,
+                    index,
                     generation: slot.generation,
                 };
                 out.push(Completion {
@@ -288,8 +298,9 @@ impl SlotTable {
 
     /// The earliest deadline among queued and in-flight operations.
     pub fn next_deadline(&self) -> Option<Time> {
-        self.slots
+        self.busy
             .iter()
+            .map(|&i| &self.slots[i as usize])
             .filter(|s| matches!(s.state, SlotState::InFlight | SlotState::Queued))
             .map(|s| s.deadline)
             .min()

@@ -263,30 +263,38 @@ impl IoBackend for UringBackend {
     }
 
     fn wait(&mut self, now: Time, until: Time) -> Result<(), IoError> {
-        self.flush()?;
         if until <= now || !self.ring.completion().is_empty() {
-            return Ok(());
+            return self.flush();
         }
+        // Submit what is queued and wait for one completion in the same io_uring_enter.
         let d = until.saturating_since(now);
         let ts = types::Timespec::new()
             .sec(d.as_secs())
             .nsec(d.subsec_nanos());
         let args = types::SubmitArgs::new().timespec(&ts);
-        match self.ring.submitter().submit_with_args(1, &args) {
-            Ok(_) => Ok(()),
-            Err(e)
+        let r = self.ring.submitter().submit_with_args(1, &args);
+        match r {
+            Ok(_) => {}
+            Err(ref e)
                 if matches!(
                     e.raw_os_error(),
                     Some(libc::ETIME | libc::EINTR | libc::EBUSY)
-                ) =>
-            {
-                Ok(())
+                ) => {}
+            Err(source) => {
+                return Err(IoError::Uring {
+                    what: "io_uring_enter (wait)",
+                    source,
+                })
             }
-            Err(source) => Err(IoError::Uring {
-                what: "io_uring_enter (wait)",
-                source,
-            }),
         }
+        // Whatever the outcome, the kernel consumed the submission queue unless it said
+        // EBUSY/EINTR before doing so; flush covers anything left.
+        if self.ring.submission().is_empty() {
+            for id in self.queued.drain(..) {
+                self.slots.mark_in_flight(id);
+            }
+        }
+        self.flush()
     }
 
     fn read_data(&self, id: IoId) -> Option<&[u8]> {
