@@ -9,6 +9,8 @@
 #![deny(unsafe_code)]
 
 pub mod clock;
+pub mod delta;
 pub mod dev;
 pub mod direct;
 pub mod io;
+pub mod timeouts;

@@ -262,6 +262,13 @@ impl SimBackend {
         }
     }
 
+    /// Puts `bytes` on the disk at `offset` directly (test set-up, no I/O).
+    pub fn load(&mut self, disk: DiskId, offset: u64, bytes: &[u8]) {
+        let d = &mut self.disks[usize::from(disk.0)];
+        let at = usize::try_from(offset).expect("offset fits");
+        d.bytes[at..at + bytes.len()].copy_from_slice(bytes);
+    }
+
     /// The disk's current bytes (what a reader would see now).
     pub fn disk_bytes(&self, disk: DiskId) -> &[u8] {
         &self.disks[usize::from(disk.0)].bytes

@@ -1,0 +1,749 @@
+//! Delta leases (host id leases) as a sans-IO state machine: join, renew, release, and the host
+//! status table built from renewal reads (spec/PROTOCOL.md "Delta lease").
+//!
+//! The machine never touches a device or a clock. Its driver calls [`DeltaLease::poll_io`] for
+//! the next I/O (at most one is outstanding), performs it through an `IoBackend` with the
+//! deadline [`DeltaLease::io_deadline`], and feeds the outcome back with
+//! [`DeltaLease::handle_io`]; it calls [`DeltaLease::handle_timeout`] when
+//! [`DeltaLease::poll_timeout`] is reached, and collects [`DeltaEvent`]s from
+//! [`DeltaLease::poll_event`].
+//!
+//! Invariants:
+//! - Only our own sector is ever written, and only with what we decided to write.
+//! - Once joined, every renewal first checks that our sector is exactly what we last wrote;
+//!   anything else (another writer, damage) loses the lockspace at once.
+//! - The lockspace is lost when no renewal has succeeded for 8T (`renewal_fail`), measured
+//!   from the *start* of the last successful renewal write, which is never later than the
+//!   timestamp others saw change.
+
+use std::time::Duration;
+
+use serde::Serialize;
+use tenure_format::delta::{DeltaSector, HostBitmap};
+use tenure_format::{DecodeError, Geometry, LeaderRecord, Name};
+
+use crate::clock::Time;
+use crate::io::IoOutcome;
+use crate::timeouts::Timeouts;
+
+/// Who we are in which lockspace.
+#[derive(Clone, Debug)]
+pub struct DeltaConfig {
+    /// Lockspace name.
+    pub space_name: Name,
+    /// Our host id (1..=geometry.hosts_max()).
+    pub host_id: u64,
+    /// Our host name, written into the slot.
+    pub host_name: Name,
+    /// Area geometry.
+    pub geometry: Geometry,
+    /// Byte offset of the lockspace area on its device.
+    pub area_offset: u64,
+    /// Our io_timeout and the cluster's watchdog fire timeout.
+    pub timeouts: Timeouts,
+}
+
+/// An I/O the machine wants. Writes take their bytes from [`DeltaLease::write_data`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DeltaIo {
+    /// Read `len` bytes at `offset`.
+    Read {
+        /// Device offset.
+        offset: u64,
+        /// Length.
+        len: usize,
+    },
+    /// Write one sector at `offset`.
+    Write {
+        /// Device offset.
+        offset: u64,
+    },
+}
+
+/// Why a join failed or the lockspace was lost.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, thiserror::Error)]
+pub enum DeltaError {
+    /// Another host holds (or took) this host id.
+    #[error("host id busy: held by \"{owner_name}\" generation {generation}")]
+    HostIdBusy {
+        /// Its host name.
+        owner_name: Name,
+        /// Its generation.
+        generation: u64,
+    },
+    /// An I/O failed or timed out.
+    #[error("{what}: {outcome:?}")]
+    Io {
+        /// Which step.
+        what: &'static str,
+        /// How it ended.
+        outcome: IoOutcome,
+    },
+    /// Our sector does not decode.
+    #[error("our delta lease sector is invalid: {0}")]
+    Corrupt(String),
+    /// Our sector holds something we did not write.
+    #[error("our delta lease sector was overwritten: owner {owner_id} \"{owner_name}\" generation {generation}, timestamp {timestamp}")]
+    Foreign {
+        /// owner_id found.
+        owner_id: u64,
+        /// Host name found.
+        owner_name: Name,
+        /// Generation found.
+        generation: u64,
+        /// Timestamp found.
+        timestamp: u64,
+    },
+    /// No renewal succeeded for 8T.
+    #[error("no successful renewal for {0:?}: lockspace lost")]
+    RenewalDeadlinePassed(Duration),
+    /// The request does not fit the current state.
+    #[error("not possible now: {0}")]
+    Misuse(&'static str),
+}
+
+impl From<DecodeError> for DeltaError {
+    fn from(e: DecodeError) -> Self {
+        DeltaError::Corrupt(e.to_string())
+    }
+}
+
+/// What happened.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(tag = "event", rename_all = "snake_case")]
+pub enum DeltaEvent {
+    /// We hold our host id in this generation.
+    Joined {
+        /// Our generation.
+        generation: u64,
+    },
+    /// The join did not succeed.
+    JoinFailed {
+        /// Why.
+        error: DeltaError,
+    },
+    /// A renewal succeeded.
+    Renewed {
+        /// Read latency of the area read.
+        read_latency: Duration,
+        /// Write latency of our sector.
+        write_latency: Duration,
+    },
+    /// A renewal failed; the next attempt comes in 1 s (while the lockspace is not yet lost).
+    RenewalFailed {
+        /// Why.
+        error: DeltaError,
+    },
+    /// The lockspace is lost: holders must be stopped.
+    Lost {
+        /// Why.
+        error: DeltaError,
+    },
+    /// We released our host id (timestamp 0 written).
+    Released,
+}
+
+/// Progress of a join, for "phase and time left".
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum JoinPhase {
+    /// Reading our slot.
+    ReadSlot,
+    /// Waiting out the long delay: the slot was last held by another host name.
+    WaitOtherName,
+    /// Writing our claim.
+    WriteClaim,
+    /// Waiting 2T before checking the claim held.
+    WaitClaim,
+    /// Reading the slot back.
+    VerifyClaim,
+}
+
+#[derive(Clone, Debug)]
+enum State {
+    Idle,
+    Join(JoinPhase),
+    Joined,
+    RenewRead,
+    RenewWrite { read_latency: Duration },
+    Release,
+    Done,
+}
+
+/// One host's delta lease in one lockspace.
+#[derive(Debug)]
+pub struct DeltaLease {
+    cfg: DeltaConfig,
+    state: State,
+    pending: Option<DeltaIo>,
+    io_started: Time,
+    timer: Option<Time>,
+    event: Option<DeltaEvent>,
+    sector: Vec<u8>,
+    /// The slot as first read (join), or as we last wrote it (joined).
+    seen: Option<LeaderRecord>,
+    /// 2T with T recorded in the slot before we claimed it.
+    claim_delay: Duration,
+    last_written: Option<LeaderRecord>,
+    /// Highest timestamp we have written (a timed-out write may still land with it).
+    max_written_ts: u64,
+    last_renewal: Option<Time>,
+    bitmap: HostBitmap,
+    hosts: HostTable,
+}
+
+fn same_leader(a: &LeaderRecord, b: &LeaderRecord) -> bool {
+    LeaderRecord { checksum: 0, ..*a } == LeaderRecord { checksum: 0, ..*b }
+}
+
+impl DeltaLease {
+    /// A lease not yet joined. `cfg.host_id` must fit the geometry (asserted: validated by the
+    /// caller).
+    pub fn new(cfg: DeltaConfig) -> Self {
+        assert!(
+            (1..=cfg.geometry.hosts_max()).contains(&cfg.host_id),
+            "host id out of range"
+        );
+        let ss = cfg.geometry.sector_size_bytes() as usize;
+        let hosts = HostTable::new(cfg.host_id, cfg.timeouts.watchdog_fire_s);
+        DeltaLease {
+            cfg,
+            state: State::Idle,
+            pending: None,
+            io_started: Time::ZERO,
+            timer: None,
+            event: None,
+            sector: vec![0; ss],
+            seen: None,
+            claim_delay: Duration::ZERO,
+            last_written: None,
+            max_written_ts: 0,
+            last_renewal: None,
+            bitmap: HostBitmap::default(),
+            hosts,
+        }
+    }
+
+    fn slot_offset(&self) -> u64 {
+        self.cfg.area_offset + self.cfg.geometry.delta_slot_offset(self.cfg.host_id)
+    }
+
+    fn ss(&self) -> usize {
+        self.cfg.geometry.sector_size_bytes() as usize
+    }
+
+    fn read_slot(&mut self, now: Time) {
+        self.pending = Some(DeltaIo::Read {
+            offset: self.slot_offset(),
+            len: self.ss(),
+        });
+        self.io_started = now;
+    }
+
+    fn write_slot(&mut self, now: Time, rec: &LeaderRecord, with_bitmap: bool) {
+        self.max_written_ts = self.max_written_ts.max(rec.timestamp);
+        self.sector.fill(0);
+        if with_bitmap {
+            DeltaSector {
+                leader: *rec,
+                bitmap: self.bitmap,
+            }
+            .encode_into(&mut self.sector);
+        } else {
+            rec.encode_into(&mut self.sector);
+        }
+        self.pending = Some(DeltaIo::Write {
+            offset: self.slot_offset(),
+        });
+        self.io_started = now;
+    }
+
+    /// Our timestamp for `now`: monotonic seconds, never 0 (0 means "free").
+    fn stamp(now: Time) -> u64 {
+        now.as_secs().max(1)
+    }
+
+    /// Starts joining (PROTOCOL "Join").
+    pub fn start_join(&mut self, now: Time) -> Result<(), DeltaError> {
+        if !matches!(self.state, State::Idle | State::Done) {
+            return Err(DeltaError::Misuse("join while joining or joined"));
+        }
+        self.state = State::Join(JoinPhase::ReadSlot);
+        self.read_slot(now);
+        Ok(())
+    }
+
+    /// Starts releasing our host id (writes timestamp 0). Only between renewals.
+    pub fn start_release(&mut self, now: Time) -> Result<(), DeltaError> {
+        let State::Joined = self.state else {
+            return Err(DeltaError::Misuse("release when not idle and joined"));
+        };
+        // Joined implies a record was written.
+        let rec = LeaderRecord {
+            timestamp: 0,
+            ..self.last_written.expect("joined has written")
+        };
+        self.state = State::Release;
+        self.timer = None;
+        self.write_slot(now, &rec, false);
+        Ok(())
+    }
+
+    /// The next I/O to perform, if any (taken: each is returned once).
+    pub fn poll_io(&mut self) -> Option<DeltaIo> {
+        self.pending.take()
+    }
+
+    /// Deadline for the I/O just taken: T after it was asked for.
+    pub fn io_deadline(&self) -> Time {
+        self.io_started.saturating_add(self.cfg.timeouts.io())
+    }
+
+    /// The sector to write for a [`DeltaIo::Write`].
+    pub fn write_data(&self) -> &[u8] {
+        &self.sector
+    }
+
+    /// When [`DeltaLease::handle_timeout`] must be called next.
+    pub fn poll_timeout(&self) -> Option<Time> {
+        let fail = self.renewal_deadline().filter(|_| {
+            matches!(
+                self.state,
+                State::Joined | State::RenewRead | State::RenewWrite { .. }
+            )
+        });
+        match (self.timer, fail) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    /// The next event, if any.
+    pub fn poll_event(&mut self) -> Option<DeltaEvent> {
+        self.event.take()
+    }
+
+    /// The instant after which this lockspace must be considered lost (for the watchdog).
+    pub fn renewal_deadline(&self) -> Option<Time> {
+        self.last_renewal
+            .map(|t| t.saturating_add(self.cfg.timeouts.renewal_fail()))
+    }
+
+    /// Join progress: phase and when the current wait ends.
+    pub fn join_progress(&self) -> Option<(JoinPhase, Option<Time>)> {
+        match self.state {
+            State::Join(p) => Some((p, self.timer)),
+            _ => None,
+        }
+    }
+
+    /// True while we hold our host id.
+    pub fn is_joined(&self) -> bool {
+        matches!(
+            self.state,
+            State::Joined | State::RenewRead | State::RenewWrite { .. }
+        )
+    }
+
+    /// The host status table from renewal reads.
+    pub fn hosts(&self) -> &HostTable {
+        &self.hosts
+    }
+
+    /// Sets or clears host `host_id`'s bit in our bitmap (carried by the next renewals).
+    pub fn set_bitmap_bit(&mut self, host_id: u64, on: bool) {
+        self.bitmap.set(host_id, on);
+    }
+
+    fn fail_join(&mut self, error: DeltaError) {
+        self.state = State::Done;
+        self.timer = None;
+        self.event = Some(DeltaEvent::JoinFailed { error });
+    }
+
+    fn lose(&mut self, error: DeltaError) {
+        self.state = State::Done;
+        self.timer = None;
+        self.pending = None;
+        self.event = Some(DeltaEvent::Lost { error });
+    }
+
+    fn claim(&mut self, now: Time, prev: &LeaderRecord) {
+        let rec = LeaderRecord {
+            owner_id: self.cfg.host_id,
+            owner_generation: prev.owner_generation + 1,
+            timestamp: Self::stamp(now),
+            resource_name: self.cfg.host_name,
+            io_timeout: self.cfg.timeouts.io_timeout_s,
+            write_id: 0,
+            write_generation: 0,
+            write_timestamp: 0,
+            ..*prev
+        };
+        // 2T with the T recorded in the slot we take over (sanlock's other_io_timeout).
+        let recorded = if prev.io_timeout == 0 {
+            self.cfg.timeouts.io_timeout_s
+        } else {
+            prev.io_timeout
+        };
+        self.claim_delay =
+            Timeouts::new(recorded, self.cfg.timeouts.watchdog_fire_s).join_delay_short();
+        self.seen = Some(rec);
+        self.state = State::Join(JoinPhase::WriteClaim);
+        self.write_slot(now, &rec, false);
+    }
+
+    fn decode_own(&self, data: &[u8]) -> Result<LeaderRecord, DeltaError> {
+        Ok(DeltaSector::decode(data, self.cfg.geometry, &self.cfg.space_name)?.leader)
+    }
+
+    /// Feeds back the outcome of the I/O taken last; `data` holds what a read returned.
+    pub fn handle_io(&mut self, now: Time, outcome: IoOutcome, data: &[u8]) {
+        let ok = outcome == IoOutcome::Done;
+        match self.state.clone() {
+            State::Join(phase) => {
+                if !ok {
+                    return self.fail_join(DeltaError::Io {
+                        what: "join",
+                        outcome,
+                    });
+                }
+                match phase {
+                    JoinPhase::ReadSlot => {
+                        let prev = match self.decode_own(data) {
+                            Ok(p) => p,
+                            Err(e) => return self.fail_join(e),
+                        };
+                        if prev.timestamp == 0 || prev.resource_name == self.cfg.host_name {
+                            self.claim(now, &prev);
+                        } else {
+                            // Last held by another name: wait out its possible lease (its T).
+                            let theirs = Timeouts::new(
+                                prev.io_timeout.max(1),
+                                self.cfg.timeouts.watchdog_fire_s,
+                            );
+                            self.seen = Some(prev);
+                            self.state = State::Join(JoinPhase::WaitOtherName);
+                            self.timer = Some(now.saturating_add(theirs.join_delay_other_name()));
+                        }
+                    }
+                    JoinPhase::WaitOtherName => {
+                        let cur = match self.decode_own(data) {
+                            Ok(c) => c,
+                            Err(e) => return self.fail_join(e),
+                        };
+                        // Checked in the transition: seen is set while waiting.
+                        let seen = self.seen.expect("seen while waiting");
+                        if cur.timestamp == 0 || same_leader(&cur, &seen) {
+                            self.claim(now, &cur);
+                        } else {
+                            self.fail_join(DeltaError::HostIdBusy {
+                                owner_name: cur.resource_name,
+                                generation: cur.owner_generation,
+                            });
+                        }
+                    }
+                    JoinPhase::WriteClaim => {
+                        self.state = State::Join(JoinPhase::WaitClaim);
+                        self.last_renewal = Some(self.io_started);
+                        self.timer = Some(now.saturating_add(self.claim_delay));
+                    }
+                    JoinPhase::WaitClaim => {}
+                    JoinPhase::VerifyClaim => {
+                        let cur = match self.decode_own(data) {
+                            Ok(c) => c,
+                            Err(e) => return self.fail_join(e),
+                        };
+                        let mine = self.seen.expect("claim written");
+                        if !same_leader(&cur, &mine) {
+                            self.last_renewal = None;
+                            return self.fail_join(DeltaError::HostIdBusy {
+                                owner_name: cur.resource_name,
+                                generation: cur.owner_generation,
+                            });
+                        }
+                        self.last_written = Some(mine);
+                        self.state = State::Joined;
+                        self.timer = self
+                            .last_renewal
+                            .map(|t| t.saturating_add(self.cfg.timeouts.renewal_interval()));
+                        self.event = Some(DeltaEvent::Joined {
+                            generation: mine.owner_generation,
+                        });
+                    }
+                }
+            }
+            State::RenewRead => {
+                let read_latency = now.saturating_since(self.io_started);
+                if !ok {
+                    return self.renewal_failed(
+                        now,
+                        DeltaError::Io {
+                            what: "renewal read",
+                            outcome,
+                        },
+                    );
+                }
+                let ss = self.ss();
+                let own = usize::try_from(self.cfg.host_id - 1).unwrap_or(0) * ss;
+                let Some(own_sector) = data.get(own..own + ss) else {
+                    return self.renewal_failed(now, DeltaError::Corrupt("short area read".into()));
+                };
+                let cur = match self.decode_own(own_sector) {
+                    Ok(c) => c,
+                    Err(e) => return self.lose(e),
+                };
+                let confirmed = self.last_written.expect("renewing implies written");
+                // Renewal writes that timed out may land at any later time, in any order: the
+                // sector is ours if it is what we confirmed with a timestamp we wrote since.
+                let is_ours = LeaderRecord {
+                    timestamp: 0,
+                    checksum: 0,
+                    ..cur
+                } == LeaderRecord {
+                    timestamp: 0,
+                    checksum: 0,
+                    ..confirmed
+                } && (confirmed.timestamp..=self.max_written_ts)
+                    .contains(&cur.timestamp);
+                if !is_ours {
+                    return self.lose(DeltaError::Foreign {
+                        owner_id: cur.owner_id,
+                        owner_name: cur.resource_name,
+                        generation: cur.owner_generation,
+                        timestamp: cur.timestamp,
+                    });
+                }
+                let last = confirmed;
+                self.hosts
+                    .observe(now, self.cfg.geometry, &self.cfg.space_name, data);
+                // A timestamp must change to count as a renewal, and must differ from every
+                // timestamp a late write of ours may still bring.
+                let stamp = Self::stamp(now).max(self.max_written_ts + 1);
+                let rec = LeaderRecord {
+                    timestamp: stamp,
+                    ..last
+                };
+                self.seen = Some(rec);
+                self.state = State::RenewWrite { read_latency };
+                self.write_slot(now, &rec, true);
+            }
+            State::RenewWrite { read_latency } => {
+                if !ok {
+                    return self.renewal_failed(
+                        now,
+                        DeltaError::Io {
+                            what: "renewal write",
+                            outcome,
+                        },
+                    );
+                }
+                let write_latency = now.saturating_since(self.io_started);
+                self.last_written = self.seen;
+                self.last_renewal = Some(self.io_started);
+                self.state = State::Joined;
+                self.timer = Some(
+                    self.io_started
+                        .saturating_add(self.cfg.timeouts.renewal_interval()),
+                );
+                self.event = Some(DeltaEvent::Renewed {
+                    read_latency,
+                    write_latency,
+                });
+            }
+            State::Release => {
+                self.state = State::Done;
+                self.last_renewal = None;
+                self.event = Some(if ok {
+                    DeltaEvent::Released
+                } else {
+                    DeltaEvent::Lost {
+                        error: DeltaError::Io {
+                            what: "release",
+                            outcome,
+                        },
+                    }
+                });
+            }
+            State::Idle | State::Joined | State::Done => {}
+        }
+    }
+
+    fn renewal_failed(&mut self, now: Time, error: DeltaError) {
+        // A timed-out renewal write may land later; the next renewal's check of our sector
+        // accepts any timestamp we wrote since the last confirmed renewal.
+        self.state = State::Joined;
+        self.timer = Some(now.saturating_add(Duration::from_secs(1)));
+        self.event = Some(DeltaEvent::RenewalFailed { error });
+        self.check_deadline(now);
+    }
+
+    fn check_deadline(&mut self, now: Time) {
+        if let Some(deadline) = self.renewal_deadline() {
+            if self.is_joined() && now >= deadline {
+                self.lose(DeltaError::RenewalDeadlinePassed(
+                    self.cfg.timeouts.renewal_fail(),
+                ));
+            }
+        }
+    }
+
+    /// Time passed: delays end, renewals start, the renewal deadline is enforced.
+    pub fn handle_timeout(&mut self, now: Time) {
+        self.check_deadline(now);
+        if self.timer.is_none_or(|t| t > now) {
+            return;
+        }
+        self.timer = None;
+        match self.state {
+            State::Join(JoinPhase::WaitOtherName) => self.read_slot(now),
+            State::Join(JoinPhase::WaitClaim) => {
+                self.state = State::Join(JoinPhase::VerifyClaim);
+                self.read_slot(now);
+            }
+            State::Joined => {
+                self.state = State::RenewRead;
+                let len = usize::try_from(self.cfg.geometry.hosts_max()).unwrap_or(0) * self.ss();
+                self.pending = Some(DeltaIo::Read {
+                    offset: self.cfg.area_offset,
+                    len,
+                });
+                self.io_started = now;
+            }
+            _ => {}
+        }
+    }
+}
+
+/// A host's status as another host sees it (PROTOCOL "Host status").
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum HostStatus {
+    /// Timestamp 0.
+    Free,
+    /// No change seen yet since we started watching (and not yet long enough to call it FAIL).
+    Unknown,
+    /// Changed within 8T (its T).
+    Live,
+    /// 8T..8T+W since the last observed change.
+    Fail,
+    /// More than 8T+W since the last observed change: its leases may be taken.
+    Dead,
+}
+
+/// What we know of one host id.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct HostEntry {
+    /// Host id.
+    pub host_id: u64,
+    /// Its host name.
+    pub owner_name: Name,
+    /// Its generation.
+    pub generation: u64,
+    /// Its last timestamp (its clock, never compared with ours).
+    pub timestamp: u64,
+    /// Its io_timeout.
+    pub io_timeout: u16,
+    /// When we first saw this generation (our clock).
+    pub first_seen: Time,
+    /// When we last saw its timestamp change (our clock).
+    pub last_change: Option<Time>,
+}
+
+/// Host statuses from renewal reads, on our own monotonic clock.
+#[derive(Clone, Debug)]
+pub struct HostTable {
+    our_host_id: u64,
+    watchdog_fire_s: u32,
+    entries: Vec<Option<HostEntry>>,
+}
+
+impl HostTable {
+    /// An empty table.
+    pub fn new(our_host_id: u64, watchdog_fire_s: u32) -> Self {
+        HostTable {
+            our_host_id,
+            watchdog_fire_s,
+            entries: Vec::new(),
+        }
+    }
+
+    /// Takes in a whole-area read made at `now`. Undecodable slots are skipped (they keep
+    /// their previous entry: damage is not evidence of life).
+    pub fn observe(&mut self, now: Time, geometry: Geometry, space_name: &Name, area: &[u8]) {
+        let ss = geometry.sector_size_bytes() as usize;
+        let hosts = usize::try_from(geometry.hosts_max()).unwrap_or(0);
+        if self.entries.len() < hosts {
+            self.entries.resize(hosts, None);
+        }
+        for (i, sector) in area.chunks_exact(ss).take(hosts).enumerate() {
+            let Ok(d) = DeltaSector::decode(sector, geometry, space_name) else {
+                continue;
+            };
+            let l = d.leader;
+            let host_id = i as u64 + 1;
+            let entry = &mut self.entries[i];
+            match entry {
+                Some(e)
+                    if e.generation == l.owner_generation && e.owner_name == l.resource_name =>
+                {
+                    if e.timestamp != l.timestamp {
+                        e.timestamp = l.timestamp;
+                        e.last_change = Some(now);
+                    }
+                    e.io_timeout = l.io_timeout;
+                }
+                _ => {
+                    if l.timestamp == 0 && l.owner_generation == 0 {
+                        *entry = None;
+                        continue;
+                    }
+                    *entry = Some(HostEntry {
+                        host_id,
+                        owner_name: l.resource_name,
+                        generation: l.owner_generation,
+                        timestamp: l.timestamp,
+                        io_timeout: l.io_timeout,
+                        first_seen: now,
+                        last_change: None,
+                    });
+                }
+            }
+        }
+    }
+
+    /// Status of `host_id` at `now` (FREE when never seen or released).
+    pub fn status(&self, host_id: u64, now: Time) -> HostStatus {
+        let Some(Some(e)) = usize::try_from(host_id.saturating_sub(1))
+            .ok()
+            .and_then(|i| self.entries.get(i))
+        else {
+            return HostStatus::Free;
+        };
+        if e.timestamp == 0 {
+            return HostStatus::Free;
+        }
+        let t = Timeouts::new(e.io_timeout.max(1), self.watchdog_fire_s);
+        // Never seen changing: count from when we first saw it, which is no earlier than its
+        // last renewal.
+        let since = now.saturating_since(e.last_change.unwrap_or(e.first_seen));
+        if since >= t.host_dead() {
+            HostStatus::Dead
+        } else if since >= t.renewal_fail() {
+            HostStatus::Fail
+        } else if e.last_change.is_none() && host_id != self.our_host_id {
+            HostStatus::Unknown
+        } else {
+            HostStatus::Live
+        }
+    }
+
+    /// Every host id seen, with its status.
+    pub fn entries(&self, now: Time) -> Vec<(HostEntry, HostStatus)> {
+        self.entries
+            .iter()
+            .flatten()
+            .map(|e| (e.clone(), self.status(e.host_id, now)))
+            .collect()
+    }
+}
