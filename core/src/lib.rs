@@ -13,4 +13,5 @@ pub mod delta;
 pub mod dev;
 pub mod direct;
 pub mod io;
+pub mod lockspace;
 pub mod timeouts;

@@ -1,0 +1,502 @@
+//! The lockspace API: several lockspaces' delta leases driven over one I/O engine, their I/O
+//! batched into one submission per step. The daemon's reactor (and the tests) call
+//! [`LockspaceSet::step`] whenever [`LockspaceSet::next_wakeup`] arrives or I/O may have
+//! completed; everything else is queries.
+//!
+//! Invariants: each lockspace has at most one I/O outstanding; an I/O's completion is routed
+//! only to the lockspace that issued it (by IoId); a lockspace limit bounds the table.
+
+use std::collections::VecDeque;
+use std::time::Duration;
+
+use serde::Serialize;
+
+use crate::clock::Time;
+use crate::delta::{
+    DeltaConfig, DeltaError, DeltaEvent, DeltaIo, DeltaLease, HostEntry, HostStatus, JoinPhase,
+};
+use crate::io::{
+    Completion, DiskId, IoBackend, IoError, IoId, IoKind, IoOutcome, IoRequest, SubmitError,
+};
+
+/// Renewals remembered per lockspace.
+pub const RENEWAL_HISTORY_LEN: usize = 64;
+
+/// Lockspaces one set can hold.
+pub const LOCKSPACES_MAX: usize = 64;
+
+/// Handle of a lockspace in a [`LockspaceSet`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
+pub struct LockspaceId(pub usize);
+
+/// One renewal attempt.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct RenewalRecord {
+    /// When it ended (our clock).
+    pub at: Time,
+    /// Area read latency, when the read completed.
+    pub read_latency: Option<Duration>,
+    /// Slot write latency, when the write completed.
+    pub write_latency: Option<Duration>,
+    /// None when it succeeded; the reason otherwise.
+    pub error: Option<String>,
+}
+
+/// Where a lockspace stands.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(tag = "state", rename_all = "snake_case")]
+pub enum LockspaceState {
+    /// Added, not joining.
+    Idle,
+    /// Joining: phase and, while waiting, when the wait ends.
+    Joining {
+        /// Phase.
+        phase: JoinPhase,
+        /// End of the current wait.
+        wait_until: Option<Time>,
+    },
+    /// Holding our host id.
+    Joined {
+        /// Our generation.
+        generation: u64,
+    },
+    /// The join failed.
+    JoinFailed {
+        /// Why.
+        error: DeltaError,
+    },
+    /// The lockspace was lost (renewals failed for 8T, or our slot was overwritten).
+    Lost {
+        /// Why.
+        error: DeltaError,
+    },
+    /// We left (released our host id).
+    Left,
+}
+
+/// Errors of the lockspace API.
+#[derive(Debug, thiserror::Error)]
+pub enum LockspaceError {
+    /// No such lockspace.
+    #[error("unknown lockspace {0:?}")]
+    Unknown(LockspaceId),
+    /// Too many lockspaces.
+    #[error("lockspace table full ({0} lockspaces)")]
+    Full(usize),
+    /// A protocol-level refusal.
+    #[error(transparent)]
+    Delta(#[from] DeltaError),
+    /// The engine refused an I/O.
+    #[error(transparent)]
+    Submit(#[from] SubmitError),
+    /// The engine failed.
+    #[error(transparent)]
+    Io(#[from] IoError),
+}
+
+#[derive(Debug)]
+struct Entry {
+    lease: DeltaLease,
+    disk: DiskId,
+    inflight: Option<(IoId, bool)>,
+    state: LockspaceState,
+    history: VecDeque<RenewalRecord>,
+    events: VecDeque<DeltaEvent>,
+}
+
+/// Lockspaces on one engine.
+#[derive(Debug)]
+pub struct LockspaceSet {
+    backend: Box<dyn IoBackend + Send>,
+    entries: Vec<Entry>,
+    completions: Vec<Completion>,
+    data: Vec<u8>,
+}
+
+impl LockspaceSet {
+    /// A set driving its lockspaces over `backend`.
+    pub fn new(backend: Box<dyn IoBackend + Send>) -> Self {
+        LockspaceSet {
+            backend,
+            entries: Vec::new(),
+            completions: Vec::with_capacity(256),
+            data: Vec::new(),
+        }
+    }
+
+    /// The engine (for sharing it with other protocol drivers, and for tests).
+    pub fn backend_mut(&mut self) -> &mut dyn IoBackend {
+        self.backend.as_mut()
+    }
+
+    /// Adds a lockspace whose area is on `disk`.
+    pub fn add(&mut self, cfg: DeltaConfig, disk: DiskId) -> Result<LockspaceId, LockspaceError> {
+        if self.entries.len() >= LOCKSPACES_MAX {
+            return Err(LockspaceError::Full(LOCKSPACES_MAX));
+        }
+        self.entries.push(Entry {
+            lease: DeltaLease::new(cfg),
+            disk,
+            inflight: None,
+            state: LockspaceState::Idle,
+            history: VecDeque::with_capacity(RENEWAL_HISTORY_LEN),
+            events: VecDeque::with_capacity(8),
+        });
+        Ok(LockspaceId(self.entries.len() - 1))
+    }
+
+    fn entry(&mut self, id: LockspaceId) -> Result<&mut Entry, LockspaceError> {
+        self.entries
+            .get_mut(id.0)
+            .ok_or(LockspaceError::Unknown(id))
+    }
+
+    /// Starts joining; follow it with [`LockspaceSet::state`].
+    pub fn join(&mut self, id: LockspaceId, now: Time) -> Result<(), LockspaceError> {
+        let e = self.entry(id)?;
+        e.lease.start_join(now)?;
+        e.state = LockspaceState::Joining {
+            phase: JoinPhase::ReadSlot,
+            wait_until: None,
+        };
+        Ok(())
+    }
+
+    /// Starts leaving (releases our host id); `state` becomes Left when done.
+    pub fn leave(&mut self, id: LockspaceId, now: Time) -> Result<(), LockspaceError> {
+        let e = self.entry(id)?;
+        e.lease.start_release(now)?;
+        Ok(())
+    }
+
+    /// Where the lockspace stands.
+    pub fn state(&self, id: LockspaceId) -> Option<LockspaceState> {
+        let e = self.entries.get(id.0)?;
+        Some(match (&e.state, e.lease.join_progress()) {
+            (LockspaceState::Joining { .. }, Some((phase, wait_until))) => {
+                LockspaceState::Joining { phase, wait_until }
+            }
+            (s, _) => s.clone(),
+        })
+    }
+
+    /// Host statuses seen from this lockspace's renewals.
+    pub fn hosts(&self, id: LockspaceId, now: Time) -> Vec<(HostEntry, HostStatus)> {
+        self.entries
+            .get(id.0)
+            .map(|e| e.lease.hosts().entries(now))
+            .unwrap_or_default()
+    }
+
+    /// Status of one host id.
+    pub fn host_status(&self, id: LockspaceId, host_id: u64, now: Time) -> HostStatus {
+        self.entries
+            .get(id.0)
+            .map_or(HostStatus::Free, |e| e.lease.hosts().status(host_id, now))
+    }
+
+    /// The last renewals, oldest first.
+    pub fn renewal_history(&self, id: LockspaceId) -> Vec<RenewalRecord> {
+        self.entries
+            .get(id.0)
+            .map(|e| e.history.iter().cloned().collect())
+            .unwrap_or_default()
+    }
+
+    /// The instant after which the lockspace must be considered lost (for the watchdog).
+    pub fn renewal_deadline(&self, id: LockspaceId) -> Option<Time> {
+        self.entries
+            .get(id.0)
+            .filter(|e| e.lease.is_joined())
+            .and_then(|e| e.lease.renewal_deadline())
+    }
+
+    /// Events since the last call (joined, renewed, lost, ...).
+    pub fn take_events(&mut self, id: LockspaceId) -> Vec<DeltaEvent> {
+        self.entries
+            .get_mut(id.0)
+            .map(|e| e.events.drain(..).collect())
+            .unwrap_or_default()
+    }
+
+    /// Sets host `host_id`'s bit in our bitmap of lockspace `id`.
+    pub fn set_bitmap_bit(
+        &mut self,
+        id: LockspaceId,
+        host_id: u64,
+        on: bool,
+    ) -> Result<(), LockspaceError> {
+        self.entry(id)?.lease.set_bitmap_bit(host_id, on);
+        Ok(())
+    }
+
+    /// When `step` must run next at the latest (timers, renewal deadlines, I/O deadlines).
+    pub fn next_wakeup(&self) -> Option<Time> {
+        self.entries
+            .iter()
+            .filter_map(|e| e.lease.poll_timeout())
+            .chain(self.backend.next_deadline())
+            .min()
+    }
+
+    fn issue(&mut self) -> Result<(), LockspaceError> {
+        for e in self.entries.iter_mut().filter(|e| e.inflight.is_none()) {
+            let Some(io) = e.lease.poll_io() else {
+                continue;
+            };
+            let deadline = e.lease.io_deadline();
+            let (id, is_read) = match io {
+                DeltaIo::Read { offset, len } => (
+                    self.backend.start_read(IoRequest {
+                        disk: e.disk,
+                        offset,
+                        len,
+                        deadline,
+                    })?,
+                    true,
+                ),
+                DeltaIo::Write { offset } => {
+                    let data = e.lease.write_data();
+                    (
+                        self.backend.start_write(
+                            IoRequest {
+                                disk: e.disk,
+                                offset,
+                                len: data.len(),
+                                deadline,
+                            },
+                            data,
+                        )?,
+                        false,
+                    )
+                }
+            };
+            e.inflight = Some((id, is_read));
+        }
+        Ok(())
+    }
+
+    /// One round: collect completions and expiries, advance every lockspace, hand all new I/O
+    /// to the engine in one batch. Never blocks.
+    pub fn step(&mut self, now: Time) -> Result<(), LockspaceError> {
+        self.completions.clear();
+        self.backend.poll(now, &mut self.completions)?;
+        for i in 0..self.completions.len() {
+            let c = self.completions[i];
+            let Some(e) = self
+                .entries
+                .iter_mut()
+                .find(|e| e.inflight.is_some_and(|(id, _)| id == c.id))
+            else {
+                // A late completion of an I/O whose lockspace moved on: nothing to route.
+                self.backend.release(c.id);
+                continue;
+            };
+            e.inflight = None;
+            self.data.clear();
+            if c.kind == IoKind::Read && c.outcome == IoOutcome::Done {
+                if let Some(d) = self.backend.read_data(c.id) {
+                    self.data.extend_from_slice(d);
+                }
+            }
+            self.backend.release(c.id);
+            e.lease.handle_io(now, c.outcome, &self.data);
+        }
+        for e in &mut self.entries {
+            if e.lease.poll_timeout().is_some_and(|t| t <= now) {
+                e.lease.handle_timeout(now);
+            }
+            while let Some(ev) = e.lease.poll_event() {
+                Self::record(e, now, &ev);
+                if e.events.len() == e.events.capacity() {
+                    e.events.pop_front();
+                }
+                e.events.push_back(ev);
+            }
+        }
+        self.issue()?;
+        self.backend.flush()?;
+        Ok(())
+    }
+
+    fn record(e: &mut Entry, now: Time, ev: &DeltaEvent) {
+        let rec = match ev {
+            DeltaEvent::Joined { generation } => {
+                e.state = LockspaceState::Joined {
+                    generation: *generation,
+                };
+                None
+            }
+            DeltaEvent::JoinFailed { error } => {
+                e.state = LockspaceState::JoinFailed {
+                    error: error.clone(),
+                };
+                None
+            }
+            DeltaEvent::Lost { error } => {
+                e.state = LockspaceState::Lost {
+                    error: error.clone(),
+                };
+                Some(RenewalRecord {
+                    at: now,
+                    read_latency: None,
+                    write_latency: None,
+                    error: Some(error.to_string()),
+                })
+            }
+            DeltaEvent::Released => {
+                e.state = LockspaceState::Left;
+                None
+            }
+            DeltaEvent::Renewed {
+                read_latency,
+                write_latency,
+            } => Some(RenewalRecord {
+                at: now,
+                read_latency: Some(*read_latency),
+                write_latency: Some(*write_latency),
+                error: None,
+            }),
+            DeltaEvent::RenewalFailed { error } => Some(RenewalRecord {
+                at: now,
+                read_latency: None,
+                write_latency: None,
+                error: Some(error.to_string()),
+            }),
+        };
+        if let Some(r) = rec {
+            if e.history.len() == RENEWAL_HISTORY_LEN {
+                e.history.pop_front();
+            }
+            e.history.push_back(r);
+        }
+    }
+
+    /// Blocks on the engine until `until` or until I/O may have completed (real backends; the
+    /// simulator advances its clock instead).
+    pub fn wait(&mut self, now: Time, until: Time) -> Result<(), LockspaceError> {
+        let until = self.next_wakeup().map_or(until, |w| w.min(until));
+        Ok(self.backend.wait(now, until)?)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::clock::{Clock, SimClock};
+    use crate::io::sim::{SimBackend, SimConfig};
+    use crate::io::EngineConfig;
+    use crate::timeouts::Timeouts;
+    use tenure_format::area::{encode_lockspace_area, lockspace_sector0};
+    use tenure_format::{Geometry, LeaderRecord, Name};
+
+    fn formatted(name: &str) -> Vec<u8> {
+        let g = Geometry::LEGACY_512;
+        let mut area = vec![0u8; 1 << 20];
+        let n = Name::new(name).expect("name");
+        encode_lockspace_area(&mut area, g, n, 1);
+        lockspace_sector0(&mut area[..512], g, n, 1);
+        area
+    }
+
+    #[test]
+    fn two_lockspaces_on_one_engine_join_renew_and_leave() {
+        let clock = SimClock::new(Time::from_nanos(50_000_000_000));
+        let engine = EngineConfig {
+            ring_entries: 16,
+            buffer_classes: vec![(512, 16), (1 << 20, 4)],
+            sync_workers: 0,
+        };
+        let mut sim = SimBackend::new(
+            &[(512, 2 << 20)],
+            &engine,
+            SimConfig::healthy(9),
+            clock.clone(),
+        );
+        sim.load(DiskId(0), 0, &formatted("A"));
+        sim.load(DiskId(0), 1 << 20, &formatted("B"));
+        let mut set = LockspaceSet::new(Box::new(sim));
+        let cfg = |name: &str, offset| DeltaConfig {
+            space_name: Name::new(name).expect("name"),
+            host_id: 4,
+            host_name: Name::new("node-1").expect("name"),
+            geometry: Geometry::LEGACY_512,
+            area_offset: offset,
+            timeouts: Timeouts::new(1, 10),
+        };
+        let a = set.add(cfg("A", 0), DiskId(0)).expect("add");
+        let b = set.add(cfg("B", 1 << 20), DiskId(0)).expect("add");
+        let start = clock.now();
+        set.join(a, start).expect("join");
+        set.join(b, start).expect("join");
+        // Both reads go out in the first step's single batch.
+        set.step(start).expect("step");
+        assert_eq!(
+            set.backend_mut().in_flight(),
+            2,
+            "both lockspaces' I/O in one batch"
+        );
+        let mut saw_wait = false;
+        let end = start.saturating_add(Duration::from_secs(9));
+        while clock.now() < end {
+            let now = clock.now();
+            set.step(now).expect("step");
+            if let Some(LockspaceState::Joining {
+                phase: JoinPhase::WaitClaim,
+                wait_until: Some(t),
+            }) = set.state(a)
+            {
+                assert!(t > now);
+                saw_wait = true;
+            }
+            set.wait(now, end).expect("wait");
+        }
+        assert!(saw_wait, "join progress shows the 2T wait and when it ends");
+        let now = clock.now();
+        assert_eq!(set.state(a), Some(LockspaceState::Joined { generation: 1 }));
+        assert_eq!(set.state(b), Some(LockspaceState::Joined { generation: 1 }));
+        assert_eq!(set.host_status(a, 4, now), HostStatus::Live);
+        let h = set.renewal_history(a);
+        assert!(
+            h.len() >= 3
+                && h.iter()
+                    .all(|r| r.error.is_none() && r.write_latency.is_some()),
+            "{h:?}"
+        );
+        let deadline = set.renewal_deadline(a).expect("deadline");
+        assert!(
+            deadline > now && deadline <= now.saturating_add(Timeouts::new(1, 10).renewal_fail())
+        );
+        set.leave(a, now).expect("leave");
+        let end = now.saturating_add(Duration::from_secs(1));
+        while clock.now() < end && set.state(a) != Some(LockspaceState::Left) {
+            let now = clock.now();
+            set.step(now).expect("step");
+            set.wait(now, end).expect("wait");
+        }
+        assert_eq!(set.state(a), Some(LockspaceState::Left));
+        assert_eq!(set.renewal_deadline(a), None);
+        assert!(matches!(
+            set.leave(a, clock.now()),
+            Err(LockspaceError::Delta(DeltaError::Misuse(_)))
+        ));
+        // On disk: our slot in A has timestamp 0, in B it is still renewed.
+        let id = set
+            .backend_mut()
+            .start_read(IoRequest {
+                disk: DiskId(0),
+                offset: 3 * 512,
+                len: 512,
+                deadline: clock.now().saturating_add(Duration::from_secs(1)),
+            })
+            .expect("read");
+        let got = crate::io::drive::complete_on(set.backend_mut(), &clock, 1).expect("complete");
+        assert_eq!(got[0].outcome, IoOutcome::Done);
+        let slot =
+            LeaderRecord::decode(set.backend_mut().read_data(id).expect("data")).expect("decode");
+        assert_eq!(
+            (slot.timestamp, slot.owner_id, slot.owner_generation),
+            (0, 4, 1)
+        );
+    }
+}
