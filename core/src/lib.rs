@@ -12,6 +12,7 @@ pub mod clock;
 pub mod delta;
 pub mod dev;
 pub mod direct;
+pub mod hostname;
 pub mod io;
 pub mod lockspace;
 pub mod timeouts;
