@@ -272,6 +272,20 @@ impl SanlockDaemon {
         )
     }
 
+    /// Runs a python3-sanlock script against this daemon; returns stdout and stderr, whatever
+    /// the exit status.
+    pub fn python_result(&self, script: &str) -> String {
+        let out = run(Command::new("/usr/bin/python3")
+            .arg("-c")
+            .arg(script)
+            .env("SANLOCK_RUN_DIR", self.rundir()));
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        )
+    }
+
     /// The daemon's pid.
     pub fn pid(&self) -> i32 {
         self.pid
