@@ -3,4 +3,5 @@
 //! in later issues, against sanlock).
 
 pub mod io;
+pub mod join;
 pub mod report;

@@ -5,6 +5,8 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use tenure_bench::io::{describe, run, AutoDevice, IoBenchOptions};
+use tenure_bench::join::{self, JoinBenchOptions};
+use tenure_bench::report::Measurement;
 use tenure_bench::report::table;
 
 /// tenure benchmarks: human table by default, one JSON object per line with --json.
@@ -38,48 +40,43 @@ enum Cmd {
         #[arg(long)]
         json: bool,
     },
+    /// Join time on a free slot and after an unclean stop (tenure, and a running sanlock).
+    Join {
+        /// 512-byte-sector block device or file (overwritten), or `auto`.
+        #[arg(long)]
+        device: String,
+        /// io_timeout T in seconds.
+        #[arg(long, default_value_t = 1)]
+        io_timeout: u16,
+        /// Joins per scenario.
+        #[arg(long, default_value_t = 3)]
+        runs: usize,
+        /// SANLOCK_RUN_DIR of a running sanlock daemon to measure side by side.
+        #[arg(long, value_name = "RUNDIR")]
+        compare_sanlock: Option<PathBuf>,
+        /// JSON lines instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
-fn main() -> ExitCode {
-    let Cmd::Io {
-        device,
-        sector_size,
-        iterations,
-        parallel,
-        parallel_total,
-        json,
-    } = Cli::parse().command;
-    if ![512, 4096].contains(&sector_size) {
-        eprintln!("tenure-bench: --sector-size must be 512 or 4096");
-        return ExitCode::from(2);
-    }
-    let auto = if device == "auto" {
-        match AutoDevice::create(sector_size) {
-            Ok(a) => Some(a),
-            Err(e) => {
-                eprintln!("tenure-bench: {e}");
-                return ExitCode::from(1);
-            }
-        }
+fn auto_or(device: &str, sector_size: u32) -> Result<(Option<AutoDevice>, PathBuf), String> {
+    if device == "auto" {
+        let a = AutoDevice::create(sector_size)?;
+        let p = a.path.clone();
+        Ok((Some(a), p))
     } else {
-        None
-    };
-    let path = auto
-        .as_ref()
-        .map_or_else(|| PathBuf::from(&device), |a| a.path.clone());
-    let opts = IoBenchOptions {
-        device: path.clone(),
-        sector_size,
-        iterations: iterations.max(2),
-        parallel,
-        parallel_total: parallel_total.max(1),
-    };
-    match run(&opts) {
+        Ok((None, PathBuf::from(device)))
+    }
+}
+
+fn emit(rows: Result<Vec<Measurement>, String>, json: bool, path: &std::path::Path) -> ExitCode {
+    match rows {
         Ok(rows) => {
             if json {
                 rows.iter().for_each(|r| println!("{}", r.json()));
             } else {
-                println!("device: {}", describe(&path));
+                println!("device: {}", describe(path));
                 print!("{}", table(&rows));
             }
             ExitCode::SUCCESS
@@ -87,6 +84,37 @@ fn main() -> ExitCode {
         Err(e) => {
             eprintln!("tenure-bench: {e}");
             ExitCode::from(1)
+        }
+    }
+}
+
+fn main() -> ExitCode {
+    match Cli::parse().command {
+        Cmd::Io { device, sector_size, iterations, parallel, parallel_total, json } => {
+            if ![512, 4096].contains(&sector_size) {
+                eprintln!("tenure-bench: --sector-size must be 512 or 4096");
+                return ExitCode::from(2);
+            }
+            let (_auto, path) = match auto_or(&device, sector_size) {
+                Ok(x) => x,
+                Err(e) => {
+                    eprintln!("tenure-bench: {e}");
+                    return ExitCode::from(1);
+                }
+            };
+            let opts = IoBenchOptions { device: path.clone(), sector_size, iterations: iterations.max(2), parallel, parallel_total: parallel_total.max(1) };
+            emit(run(&opts), json, &path)
+        }
+        Cmd::Join { device, io_timeout, runs, compare_sanlock, json } => {
+            let (_auto, path) = match auto_or(&device, 512) {
+                Ok(x) => x,
+                Err(e) => {
+                    eprintln!("tenure-bench: {e}");
+                    return ExitCode::from(1);
+                }
+            };
+            let opts = JoinBenchOptions { device: path.clone(), io_timeout_s: io_timeout.max(1), runs: runs.max(1), sanlock_rundir: compare_sanlock };
+            emit(join::run(&opts), json, &path)
         }
     }
 }
