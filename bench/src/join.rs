@@ -38,17 +38,41 @@ pub struct JoinBenchOptions {
 }
 
 fn format(opts: &JoinBenchOptions, name: &str, area: u64) -> Result<(), String> {
-    let spec = LockspaceSpec::parse(&format!("{name}:0:{}:{}", opts.device.display(), area << 20)).map_err(|e| e.to_string())?;
-    format_lockspace(&spec, FormatOptions { force: true, ..Default::default() }, u64::from(opts.io_timeout_s)).map_err(|e| e.to_string())?;
+    let spec = LockspaceSpec::parse(&format!(
+        "{name}:0:{}:{}",
+        opts.device.display(),
+        area << 20
+    ))
+    .map_err(|e| e.to_string())?;
+    format_lockspace(
+        &spec,
+        FormatOptions {
+            force: true,
+            ..Default::default()
+        },
+        u64::from(opts.io_timeout_s),
+    )
+    .map_err(|e| e.to_string())?;
     Ok(())
 }
 
 /// Joins host id 1 of lockspace `name` at `area` as `host_name`; returns the time it took. With
 /// `crash`, returns without leaving (the lease stays on disk, no longer renewed).
-fn tenure_join(opts: &JoinBenchOptions, name: &str, area: u64, host_name: &str, crash: bool) -> Result<Duration, String> {
-    let config = EngineConfig { ring_entries: 8, buffer_classes: vec![(512, 8), (1 << 20, 2)], sync_workers: 1 };
+fn tenure_join(
+    opts: &JoinBenchOptions,
+    name: &str,
+    area: u64,
+    host_name: &str,
+    crash: bool,
+) -> Result<Duration, String> {
+    let config = EngineConfig {
+        ring_entries: 8,
+        buffer_classes: vec![(512, 8), (1 << 20, 2)],
+        sync_workers: 1,
+    };
     let dev = Device::open(&opts.device, Access::ReadWrite).map_err(|e| e.to_string())?;
-    let (backend, _) = open_backend(vec![dev], &config, BackendKind::Auto).map_err(|e| e.to_string())?;
+    let (backend, _) =
+        open_backend(vec![dev], &config, BackendKind::Auto).map_err(|e| e.to_string())?;
     let mut set = LockspaceSet::new(backend);
     let cfg = DeltaConfig {
         space_name: Name::new(name).map_err(|e| e.to_string())?,
@@ -67,10 +91,13 @@ fn tenure_join(opts: &JoinBenchOptions, name: &str, area: u64, host_name: &str, 
         set.step(now).map_err(|e| e.to_string())?;
         match set.state(ls) {
             Some(LockspaceState::Joined { .. }) => break,
-            Some(LockspaceState::JoinFailed { error }) => return Err(format!("tenure join failed: {error}")),
+            Some(LockspaceState::JoinFailed { error }) => {
+                return Err(format!("tenure join failed: {error}"))
+            }
             _ => {}
         }
-        set.wait(now, now.saturating_add(Duration::from_secs(1))).map_err(|e| e.to_string())?;
+        set.wait(now, now.saturating_add(Duration::from_secs(1)))
+            .map_err(|e| e.to_string())?;
     }
     let took = t0.elapsed();
     if !crash {
@@ -78,25 +105,41 @@ fn tenure_join(opts: &JoinBenchOptions, name: &str, area: u64, host_name: &str, 
         while set.state(ls) != Some(LockspaceState::Left) {
             let now = clock.now();
             set.step(now).map_err(|e| e.to_string())?;
-            set.wait(now, now.saturating_add(Duration::from_millis(100))).map_err(|e| e.to_string())?;
+            set.wait(now, now.saturating_add(Duration::from_millis(100)))
+                .map_err(|e| e.to_string())?;
         }
     }
     Ok(took)
 }
 
 /// sanlock's add_lockspace (host id 1), timed inside python; then rem_lockspace.
-fn sanlock_join(opts: &JoinBenchOptions, rundir: &Path, name: &str, area: u64) -> Result<Duration, String> {
+fn sanlock_join(
+    opts: &JoinBenchOptions,
+    rundir: &Path,
+    name: &str,
+    area: u64,
+) -> Result<Duration, String> {
     let script = format!(
         "import sanlock, time\nt = time.monotonic()\nsanlock.add_lockspace(b'{name}', 1, '{dev}', {off}, iotimeout={t})\nprint(time.monotonic() - t)\nsanlock.rem_lockspace(b'{name}', 1, '{dev}', {off})",
         dev = opts.device.display(),
         off = area << 20,
         t = opts.io_timeout_s
     );
-    let out = Command::new("/usr/bin/python3").args(["-c", &script]).env("SANLOCK_RUN_DIR", rundir).output().map_err(|e| format!("python3: {e}"))?;
+    let out = Command::new("/usr/bin/python3")
+        .args(["-c", &script])
+        .env("SANLOCK_RUN_DIR", rundir)
+        .output()
+        .map_err(|e| format!("python3: {e}"))?;
     if !out.status.success() {
-        return Err(format!("sanlock join failed: {}", String::from_utf8_lossy(&out.stderr)));
+        return Err(format!(
+            "sanlock join failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        ));
     }
-    let secs: f64 = String::from_utf8_lossy(&out.stdout).trim().parse().map_err(|e| format!("python printed {:?}: {e}", out.stdout))?;
+    let secs: f64 = String::from_utf8_lossy(&out.stdout)
+        .trim()
+        .parse()
+        .map_err(|e| format!("python printed {:?}: {e}", out.stdout))?;
     Ok(Duration::from_secs_f64(secs))
 }
 
@@ -122,8 +165,16 @@ pub fn run(opts: &JoinBenchOptions) -> Result<Vec<Measurement>, String> {
         rejoin.push(tenure_join(opts, "JT", area, me, false)?);
         area += 1;
     }
-    rows.push(row("tenure", format!("join free slot, io_timeout {t}"), free));
-    rows.push(row("tenure", format!("rejoin after unclean stop, io_timeout {t}"), rejoin));
+    rows.push(row(
+        "tenure",
+        format!("join free slot, io_timeout {t}"),
+        free,
+    ));
+    rows.push(row(
+        "tenure",
+        format!("rejoin after unclean stop, io_timeout {t}"),
+        rejoin,
+    ));
     if let Some(rundir) = &opts.sanlock_rundir {
         let (mut free, mut rejoin) = (Vec::new(), Vec::new());
         for _ in 0..opts.runs {
@@ -135,8 +186,16 @@ pub fn run(opts: &JoinBenchOptions) -> Result<Vec<Measurement>, String> {
             rejoin.push(sanlock_join(opts, rundir, "JS", area)?);
             area += 1;
         }
-        rows.push(row("sanlock", format!("join free slot, io_timeout {t}"), free));
-        rows.push(row("sanlock", format!("rejoin after unclean stop, io_timeout {t}"), rejoin));
+        rows.push(row(
+            "sanlock",
+            format!("join free slot, io_timeout {t}"),
+            free,
+        ));
+        rows.push(row(
+            "sanlock",
+            format!("rejoin after unclean stop, io_timeout {t}"),
+            rejoin,
+        ));
     }
     Ok(rows)
 }

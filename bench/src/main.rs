@@ -6,8 +6,8 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 use tenure_bench::io::{describe, run, AutoDevice, IoBenchOptions};
 use tenure_bench::join::{self, JoinBenchOptions};
-use tenure_bench::report::Measurement;
 use tenure_bench::report::table;
+use tenure_bench::report::Measurement;
 
 /// tenure benchmarks: human table by default, one JSON object per line with --json.
 #[derive(Debug, Parser)]
@@ -90,7 +90,14 @@ fn emit(rows: Result<Vec<Measurement>, String>, json: bool, path: &std::path::Pa
 
 fn main() -> ExitCode {
     match Cli::parse().command {
-        Cmd::Io { device, sector_size, iterations, parallel, parallel_total, json } => {
+        Cmd::Io {
+            device,
+            sector_size,
+            iterations,
+            parallel,
+            parallel_total,
+            json,
+        } => {
             if ![512, 4096].contains(&sector_size) {
                 eprintln!("tenure-bench: --sector-size must be 512 or 4096");
                 return ExitCode::from(2);
@@ -102,10 +109,22 @@ fn main() -> ExitCode {
                     return ExitCode::from(1);
                 }
             };
-            let opts = IoBenchOptions { device: path.clone(), sector_size, iterations: iterations.max(2), parallel, parallel_total: parallel_total.max(1) };
+            let opts = IoBenchOptions {
+                device: path.clone(),
+                sector_size,
+                iterations: iterations.max(2),
+                parallel,
+                parallel_total: parallel_total.max(1),
+            };
             emit(run(&opts), json, &path)
         }
-        Cmd::Join { device, io_timeout, runs, compare_sanlock, json } => {
+        Cmd::Join {
+            device,
+            io_timeout,
+            runs,
+            compare_sanlock,
+            json,
+        } => {
             let (_auto, path) = match auto_or(&device, 512) {
                 Ok(x) => x,
                 Err(e) => {
@@ -113,7 +132,12 @@ fn main() -> ExitCode {
                     return ExitCode::from(1);
                 }
             };
-            let opts = JoinBenchOptions { device: path.clone(), io_timeout_s: io_timeout.max(1), runs: runs.max(1), sanlock_rundir: compare_sanlock };
+            let opts = JoinBenchOptions {
+                device: path.clone(),
+                io_timeout_s: io_timeout.max(1),
+                runs: runs.max(1),
+                sanlock_rundir: compare_sanlock,
+            };
             emit(join::run(&opts), json, &path)
         }
     }

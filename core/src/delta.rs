@@ -187,6 +187,8 @@ pub struct DeltaLease {
     last_written: Option<LeaderRecord>,
     /// Highest timestamp we have written (a timed-out write may still land with it).
     max_written_ts: u64,
+    /// A release asked for during a renewal.
+    release_requested: bool,
     last_renewal: Option<Time>,
     bitmap: HostBitmap,
     hosts: HostTable,
@@ -218,6 +220,7 @@ impl DeltaLease {
             claim_delay: Duration::ZERO,
             last_written: None,
             max_written_ts: 0,
+            release_requested: false,
             last_renewal: None,
             bitmap: HostBitmap::default(),
             hosts,
@@ -273,20 +276,28 @@ impl DeltaLease {
         Ok(())
     }
 
-    /// Starts releasing our host id (writes timestamp 0). Only between renewals.
+    /// Releases our host id (writes timestamp 0). During a renewal, the release follows as
+    /// soon as the renewal's I/O is done.
     pub fn start_release(&mut self, now: Time) -> Result<(), DeltaError> {
-        let State::Joined = self.state else {
-            return Err(DeltaError::Misuse("release when not idle and joined"));
-        };
-        // Joined implies a record was written.
-        let rec = LeaderRecord {
-            timestamp: 0,
-            ..self.last_written.expect("joined has written")
-        };
-        self.state = State::Release;
-        self.timer = None;
-        self.write_slot(now, &rec, false);
-        Ok(())
+        match self.state {
+            State::Joined => {
+                // Joined implies a record was written.
+                let rec = LeaderRecord {
+                    timestamp: 0,
+                    ..self.last_written.expect("joined has written")
+                };
+                self.state = State::Release;
+                self.release_requested = false;
+                self.timer = None;
+                self.write_slot(now, &rec, false);
+                Ok(())
+            }
+            State::RenewRead | State::RenewWrite { .. } => {
+                self.release_requested = true;
+                Ok(())
+            }
+            _ => Err(DeltaError::Misuse("release when not joined")),
+        }
     }
 
     /// The next I/O to perform, if any (taken: each is returned once).
@@ -566,6 +577,10 @@ impl DeltaLease {
                 });
             }
             State::Idle | State::Joined | State::Done => {}
+        }
+        if self.release_requested && matches!(self.state, State::Joined) {
+            // The renewal in progress when release was asked for has ended.
+            let _ = self.start_release(now);
         }
     }
 

@@ -17,7 +17,11 @@ const W: u32 = 10;
 struct Host {
     lease: DeltaLease,
     inflight: Option<IoId>,
+    /// False once crashed: nothing more happens to this host.
     running: bool,
+    /// True while paused (SIGSTOP-like): time runs, nothing is processed, completions wait.
+    paused: bool,
+    held: Vec<(tenure_core::io::IoOutcome, Vec<u8>)>,
     events: Vec<(Time, DeltaEvent)>,
 }
 
@@ -72,6 +76,8 @@ impl World {
             lease: DeltaLease::new(cfg),
             inflight: None,
             running: true,
+            paused: false,
+            held: Vec::new(),
             events: Vec::new(),
         });
         self.hosts.len() - 1
@@ -85,7 +91,7 @@ impl World {
         for h in self
             .hosts
             .iter_mut()
-            .filter(|h| h.running && h.inflight.is_none())
+            .filter(|h| h.running && !h.paused && h.inflight.is_none())
         {
             if let Some(io) = h.lease.poll_io() {
                 let deadline = h.lease.io_deadline();
@@ -135,12 +141,18 @@ impl World {
                     None
                 };
                 self.disk.release(c.id);
-                if h.running {
+                if h.paused {
+                    // Delivered when the host runs again.
+                    h.held.push((c.outcome, data.unwrap_or_default()));
+                } else if h.running {
                     h.lease
                         .handle_io(now, c.outcome, data.as_deref().unwrap_or(&[]));
                 }
             }
-            for h in self.hosts.iter_mut().filter(|h| h.running) {
+            for h in self.hosts.iter_mut().filter(|h| h.running && !h.paused) {
+                for (outcome, data) in std::mem::take(&mut h.held) {
+                    h.lease.handle_io(now, outcome, &data);
+                }
                 if h.lease.poll_timeout().is_some_and(|t| t <= now) {
                     h.lease.handle_timeout(now);
                 }
@@ -157,7 +169,7 @@ impl World {
             let candidates: Vec<Time> = self
                 .hosts
                 .iter()
-                .filter(|h| h.running)
+                .filter(|h| h.running && !h.paused)
                 .filter_map(|h| h.lease.poll_timeout())
                 .chain(self.disk.next_due())
                 .chain(self.disk.next_deadline())
@@ -442,4 +454,98 @@ fn renewals_under_faults_never_leave_a_gap_above_8t_while_joined() {
             );
         }
     }
+}
+
+#[test]
+fn pauses_hangs_and_slow_io_never_let_two_hosts_hold_one_host_id() {
+    use tenure_core::io::sim::SimRng;
+    let t = Timeouts::new(T, W);
+    let (mut b_joined, mut b_busy, mut a_reset) = (0, 0, 0);
+    for seed in 0..60 {
+        let mut rng = SimRng::new(seed ^ 0xABCD);
+        // Latency tails above T, EIO, late-landing writes.
+        let slow = Latency {
+            min: Duration::from_micros(50),
+            max: Duration::from_millis(20),
+            tail_prob: 0.03,
+            tail: Duration::from_millis(1500),
+        };
+        let config = SimConfig {
+            read_latency: slow,
+            write_latency: slow,
+            read_eio: 0.02,
+            write_eio: 0.02,
+            late_write: 0.03,
+            ..SimConfig::healthy(seed)
+        };
+        let mut w = World::new(seed, config);
+        let a = w.add_host(5, "host-a");
+        let now = w.now();
+        w.hosts[a].lease.start_join(now).expect("join");
+        w.run(now.saturating_add(secs(5)), |_| {});
+        // A contender with another name, while host-a is paused for a random time (sometimes
+        // far beyond 8T + W) and the disk hangs for a while.
+        let b = w.add_host(5, "host-b");
+        let now = w.now();
+        w.hosts[b].lease.start_join(now).expect("join");
+        w.hosts[a].paused = true;
+        let pause = Duration::from_millis(
+            rng.below(2 * u64::try_from(t.host_dead().as_millis()).unwrap_or(0)),
+        );
+        let hang_at = now.saturating_add(Duration::from_millis(rng.below(20_000)));
+        let hang_for = Duration::from_millis(rng.below(3_000));
+        // The protocol's assumption: a host's watchdog resets it by 8T + W after its last
+        // renewal unless it renews — a paused host counts as holding until then.
+        let fenced_at = |h: &Host| {
+            h.lease
+                .renewal_deadline()
+                .map(|d| d.saturating_add(Duration::from_secs(u64::from(W))))
+        };
+        let check = move |w: &World| {
+            let now = w.now();
+            let holders = w
+                .hosts
+                .iter()
+                .filter(|h| {
+                    h.running
+                        && h.lease.is_joined()
+                        && !(h.paused && fenced_at(h).is_some_and(|f| now >= f))
+                })
+                .count();
+            assert!(
+                holders <= 1,
+                "seed {}: two hosts hold host id 5 at {now:?}",
+                w.seed
+            );
+        };
+        w.run(hang_at, check);
+        w.disk.set_hung(DiskId(0), true);
+        w.run(hang_at.saturating_add(hang_for), check);
+        w.disk.set_hung(DiskId(0), false);
+        w.run(now.saturating_add(pause), check);
+        // Resumed — unless its watchdog reset it meanwhile.
+        if fenced_at(&w.hosts[a]).is_some_and(|f| w.now() >= f) {
+            w.hosts[a].running = false;
+        }
+        w.hosts[a].paused = false;
+        w.run(now.saturating_add(pause + t.host_dead() + secs(20)), check);
+        let has =
+            |h: usize, f: &dyn Fn(&DeltaEvent) -> bool| w.hosts[h].events.iter().any(|(_, e)| f(e));
+        b_joined += usize::from(has(b, &|e| matches!(e, DeltaEvent::Joined { .. })));
+        b_busy += usize::from(has(b, &|e| {
+            matches!(
+                e,
+                DeltaEvent::JoinFailed {
+                    error: DeltaError::HostIdBusy { .. }
+                }
+            )
+        }));
+        a_reset += usize::from(!w.hosts[a].running);
+    }
+    eprintln!("60 seeds: contender joined {b_joined}, contender refused as busy {b_busy}, paused holder reset {a_reset}");
+    // Both outcomes must have been exercised, or the test proves little.
+    assert!(
+        b_joined > 0 && b_busy > 0 && a_reset > 0,
+        "joined {b_joined}, busy {b_busy}, reset {a_reset}"
+    );
 }
