@@ -286,24 +286,9 @@ impl SimBackend {
         data: Option<&[u8]>,
         chained: bool,
     ) -> Result<IoId, SubmitError> {
-        if let Some(d) = data {
-            if d.len() != req.len {
-                return Err(SubmitError::DataLength {
-                    len: req.len,
-                    data: d.len(),
-                });
-            }
-        }
-        let info = self
-            .disks
-            .get(usize::from(req.disk.0))
-            .map(|d| d.info.clone());
-        let id = self.slots.alloc(kind, req, info.as_ref())?;
-        if let Some(d) = data {
-            let slot = self.slots.get_mut(id).expect("just allocated");
-            slot.buf.as_mut().expect("slot buffer").as_mut_slice()[..d.len()].copy_from_slice(d);
-        }
+        let info = self.disks.get(usize::from(req.disk.0)).map(|d| &d.info);
         let ss = info.map_or(512, |i| i.io_align as usize);
+        let id = self.slots.alloc(kind, req, info, data)?;
         let (latency, fate) = match kind {
             IoKind::Read => {
                 let fate = if self.rng.chance(self.config.read_eio) {

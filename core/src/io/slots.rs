@@ -106,18 +106,31 @@ impl SlotTable {
         }
     }
 
+    /// The in-flight limit.
+    pub fn limit(&self) -> usize {
+        self.limit
+    }
+
     /// Operations queued, in flight or zombie.
     pub fn in_flight(&self) -> usize {
         self.in_flight
     }
 
     /// Checks `req` against `disk` and takes a slot whose buffer fits; the slot is Queued.
+    /// For writes, `data` (exactly `req.len` bytes) is copied into the slot's buffer.
     pub fn alloc(
         &mut self,
         kind: IoKind,
         req: IoRequest,
         disk: Option<&DiskInfo>,
+        data: Option<&[u8]>,
     ) -> Result<IoId, SubmitError> {
+        if let Some(d) = data.filter(|d| d.len() != req.len) {
+            return Err(SubmitError::DataLength {
+                len: req.len,
+                data: d.len(),
+            });
+        }
         let info = disk.ok_or(SubmitError::UnknownDisk(req.disk))?;
         let align = info.io_align;
         if req.len == 0 || req.offset % u64::from(align) != 0 || req.len % align as usize != 0 {
@@ -168,12 +181,18 @@ impl SlotTable {
         slot.offset = req.offset;
         slot.len = req.len;
         slot.deadline = req.deadline;
+        if let Some(d) = data {
+            // A free slot always holds its buffer, and the class fits req.len.
+            slot.buf
+                .as_mut()
+                .expect("free slot holds its buffer")
+                .as_mut_slice()[..d.len()]
+                .copy_from_slice(d);
+        }
+        let generation = slot.generation;
         self.in_flight += 1;
         self.busy.push(index);
-        Ok(IoId {
-            index,
-            generation: slot.generation,
-        })
+        Ok(IoId { index, generation })
     }
 
     /// The slot `id` names, if it is current.
@@ -358,30 +377,38 @@ mod tests {
     fn classes_limits_and_generations() {
         let mut t = SlotTable::new(&[(4096, 2), (8192, 1)], 3);
         let d = disk();
-        let a = t.alloc(IoKind::Read, req(0, 512, 10), Some(&d)).unwrap();
-        let b = t.alloc(IoKind::Read, req(0, 8192, 10), Some(&d)).unwrap();
-        let c = t.alloc(IoKind::Write, req(0, 4096, 10), Some(&d)).unwrap();
+        let a = t
+            .alloc(IoKind::Read, req(0, 512, 10), Some(&d), None)
+            .unwrap();
+        let b = t
+            .alloc(IoKind::Read, req(0, 8192, 10), Some(&d), None)
+            .unwrap();
+        let c = t
+            .alloc(IoKind::Write, req(0, 4096, 10), Some(&d), None)
+            .unwrap();
         assert!(matches!(
-            t.alloc(IoKind::Read, req(0, 512, 10), Some(&d)),
+            t.alloc(IoKind::Read, req(0, 512, 10), Some(&d), None),
             Err(SubmitError::Full { .. })
         ));
         assert!(matches!(
-            t.alloc(IoKind::Read, req(1, 512, 10), Some(&d)),
+            t.alloc(IoKind::Read, req(1, 512, 10), Some(&d), None),
             Err(SubmitError::Unaligned { .. })
         ));
         assert!(matches!(
-            t.alloc(IoKind::Read, req(1 << 20, 512, 10), Some(&d)),
+            t.alloc(IoKind::Read, req(1 << 20, 512, 10), Some(&d), None),
             Err(SubmitError::PastEnd { .. })
         ));
         assert!(matches!(
-            t.alloc(IoKind::Read, req(0, 16384, 10), Some(&d)),
+            t.alloc(IoKind::Read, req(0, 16384, 10), Some(&d), None),
             Err(SubmitError::TooLarge { .. })
         ));
         assert_eq!(t.complete(a, 512).unwrap().outcome, IoOutcome::Done);
         assert!(t.read_data(a).is_some());
         t.release(a);
         assert!(t.read_data(a).is_none(), "stale id after release");
-        let a2 = t.alloc(IoKind::Read, req(0, 512, 10), Some(&d)).unwrap();
+        let a2 = t
+            .alloc(IoKind::Read, req(0, 512, 10), Some(&d), None)
+            .unwrap();
         assert_ne!(a, a2);
         assert_eq!(
             t.complete(c, -libc::EIO).unwrap().outcome,
@@ -398,7 +425,9 @@ mod tests {
     fn timed_out_slot_is_kept_until_reaped() {
         let mut t = SlotTable::new(&[(4096, 1)], 4);
         let d = disk();
-        let w = t.alloc(IoKind::Write, req(0, 512, 100), Some(&d)).unwrap();
+        let w = t
+            .alloc(IoKind::Write, req(0, 512, 100), Some(&d), None)
+            .unwrap();
         t.mark_in_flight(w);
         let mut out = Vec::new();
         t.expire(Time::from_nanos(99), &mut out);
@@ -408,7 +437,7 @@ mod tests {
         assert!(out[0].may_land_later());
         // The only buffer is still owned by the device: nothing can be started.
         assert!(matches!(
-            t.alloc(IoKind::Read, req(0, 512, 10), Some(&d)),
+            t.alloc(IoKind::Read, req(0, 512, 10), Some(&d), None),
             Err(SubmitError::Full { .. })
         ));
         assert_eq!(t.next_deadline(), None);
@@ -417,6 +446,8 @@ mod tests {
             "late completion is reaped silently"
         );
         assert_eq!(t.in_flight(), 0);
-        assert!(t.alloc(IoKind::Read, req(0, 512, 10), Some(&d)).is_ok());
+        assert!(t
+            .alloc(IoKind::Read, req(0, 512, 10), Some(&d), None)
+            .is_ok());
     }
 }

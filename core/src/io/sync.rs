@@ -143,26 +143,12 @@ impl SyncBackend {
         req: IoRequest,
         data: Option<&[u8]>,
     ) -> Result<Job, SubmitError> {
-        if let Some(d) = data {
-            if d.len() != req.len {
-                return Err(SubmitError::DataLength {
-                    len: req.len,
-                    data: d.len(),
-                });
-            }
-        }
-        let info = self
-            .disks
-            .get(usize::from(req.disk.0))
-            .map(|(_, i)| i.clone());
-        let id = self.slots.alloc(kind, req, info.as_ref())?;
+        let info = self.disks.get(usize::from(req.disk.0)).map(|(_, i)| i);
+        let id = self.slots.alloc(kind, req, info, data)?;
         let device = Arc::clone(&self.disks[usize::from(req.disk.0)].0);
         let slot = self.slots.get_mut(id).expect("just allocated");
-        // Just allocated: the slot holds its buffer.
-        let mut buf = slot.buf.take().expect("free slot holds its buffer");
-        if let Some(d) = data {
-            buf.as_mut_slice()[..d.len()].copy_from_slice(d);
-        }
+        // Just allocated: the slot holds its buffer (with the data already copied in).
+        let buf = slot.buf.take().expect("free slot holds its buffer");
         Ok(Job {
             id,
             device,

@@ -122,24 +122,26 @@ impl UringBackend {
         req: IoRequest,
         data: Option<&[u8]>,
     ) -> Result<IoId, SubmitError> {
-        if let Some(d) = data {
-            if d.len() != req.len {
-                return Err(SubmitError::DataLength {
-                    len: req.len,
-                    data: d.len(),
-                });
-            }
-        }
-        let info = self.info(req.disk).cloned();
-        let id = self.slots.alloc(kind, req, info.as_ref())?;
-        if let Some(d) = data {
-            let slot = self.slots.slot_mut(id_index(id));
-            // Just allocated: the buffer is present.
-            slot.buf
-                .as_mut()
-                .expect("queued slot holds its buffer")
-                .as_mut_slice()[..d.len()]
-                .copy_from_slice(d);
+        let info = self.disks.get(usize::from(req.disk.0)).map(|(_, i)| i);
+        self.slots.alloc(kind, req, info, data)
+    }
+
+    /// Starts one unlinked operation.
+    fn start_one(
+        &mut self,
+        kind: IoKind,
+        req: IoRequest,
+        data: Option<&[u8]>,
+    ) -> Result<IoId, SubmitError> {
+        let id = self.start(kind, req, data)?;
+        let e = self.sqe(id, false);
+        if self.push(&[(id, e)]).is_err() {
+            self.slots.unqueue(id);
+            return Err(SubmitError::Full {
+                in_flight: self.slots.in_flight(),
+                limit: self.slots.limit(),
+                len: req.len,
+            });
         }
         Ok(id)
     }
@@ -173,31 +175,11 @@ impl IoBackend for UringBackend {
     }
 
     fn start_read(&mut self, req: IoRequest) -> Result<IoId, SubmitError> {
-        let id = self.start(IoKind::Read, req, None)?;
-        let e = self.sqe(id, false);
-        self.push(&[(id, e)]).map_err(|_| {
-            self.slots.unqueue(id);
-            SubmitError::Full {
-                in_flight: self.slots.in_flight(),
-                limit: 0,
-                len: req.len,
-            }
-        })?;
-        Ok(id)
+        self.start_one(IoKind::Read, req, None)
     }
 
     fn start_write(&mut self, req: IoRequest, data: &[u8]) -> Result<IoId, SubmitError> {
-        let id = self.start(IoKind::Write, req, Some(data))?;
-        let e = self.sqe(id, false);
-        self.push(&[(id, e)]).map_err(|_| {
-            self.slots.unqueue(id);
-            SubmitError::Full {
-                in_flight: self.slots.in_flight(),
-                limit: 0,
-                len: req.len,
-            }
-        })?;
-        Ok(id)
+        self.start_one(IoKind::Write, req, Some(data))
     }
 
     fn start_chain(
@@ -220,7 +202,7 @@ impl IoBackend for UringBackend {
             self.slots.unqueue(r);
             SubmitError::Full {
                 in_flight: self.slots.in_flight(),
-                limit: 0,
+                limit: self.slots.limit(),
                 len: read.len,
             }
         })?;
