@@ -549,3 +549,46 @@ fn pauses_hangs_and_slow_io_never_let_two_hosts_hold_one_host_id() {
         "joined {b_joined}, busy {b_busy}, reset {a_reset}"
     );
 }
+
+#[test]
+fn foreign_or_corrupt_content_in_our_slot_loses_the_lockspace_at_once() {
+    for corrupt in [false, true] {
+        let mut w = World::new(21, SimConfig::healthy(21));
+        let h = w.add_host(2, "host-a");
+        let now = w.now();
+        w.hosts[h].lease.start_join(now).expect("join");
+        w.run(now.saturating_add(secs(4)), |_| {});
+        assert!(w.hosts[h].lease.is_joined());
+        if corrupt {
+            w.disk.corrupt_sector(DiskId(0), 1);
+        } else {
+            // Another host wrote our slot (a misconfigured duplicate host id).
+            let mut sector = w.disk.disk_bytes(DiskId(0))[512..1024].to_vec();
+            let mut rec = tenure_format::LeaderRecord::decode(&sector).expect("ours");
+            rec.resource_name = Name::new("intruder").expect("name");
+            rec.timestamp += 100;
+            rec.encode_into(&mut sector);
+            w.disk.load(DiskId(0), 512, &sector);
+        }
+        let at = w.now();
+        w.run(at.saturating_add(secs(3)), |_| {});
+        let lost = w.hosts[h].events.iter().find_map(|(t, e)| match e {
+            DeltaEvent::Lost { error } => Some((*t, error.clone())),
+            _ => None,
+        });
+        let (t, error) =
+            lost.unwrap_or_else(|| panic!("corrupt={corrupt}: not lost: {:?}", w.hosts[h].events));
+        // At the next renewal (within 2T), not at the 8T deadline.
+        assert!(
+            t.saturating_since(at) <= secs(2 * u64::from(T)) + Duration::from_millis(10),
+            "lost after {:?}",
+            t.saturating_since(at)
+        );
+        if corrupt {
+            assert!(matches!(error, DeltaError::Corrupt(_)), "{error}");
+        } else {
+            assert!(matches!(error, DeltaError::Foreign { .. }), "{error}");
+        }
+        assert!(!w.hosts[h].lease.is_joined());
+    }
+}
