@@ -15,4 +15,5 @@ pub mod direct;
 pub mod hostname;
 pub mod io;
 pub mod lockspace;
+pub mod paxos;
 pub mod timeouts;

@@ -239,26 +239,26 @@ impl LockspaceSet {
             .min()
     }
 
-    fn issue(&mut self) -> Result<(), LockspaceError> {
+    fn issue(&mut self, now: Time) {
         for e in self.entries.iter_mut().filter(|e| e.inflight.is_none()) {
             let Some(io) = e.lease.poll_io() else {
                 continue;
             };
             let deadline = e.lease.io_deadline();
-            let (id, is_read) = match io {
-                DeltaIo::Read { offset, len } => (
-                    self.backend.start_read(IoRequest {
+            let started = match io {
+                DeltaIo::Read { offset, len } => self
+                    .backend
+                    .start_read(IoRequest {
                         disk: e.disk,
                         offset,
                         len,
                         deadline,
-                    })?,
-                    true,
-                ),
+                    })
+                    .map(|id| (id, true)),
                 DeltaIo::Write { offset } => {
                     let data = e.lease.write_data();
-                    (
-                        self.backend.start_write(
+                    self.backend
+                        .start_write(
                             IoRequest {
                                 disk: e.disk,
                                 offset,
@@ -266,14 +266,19 @@ impl LockspaceSet {
                                 deadline,
                             },
                             data,
-                        )?,
-                        false,
-                    )
+                        )
+                        .map(|id| (id, false))
                 }
             };
-            e.inflight = Some((id, is_read));
+            match started {
+                Ok(x) => e.inflight = Some(x),
+                // Engine full, or an older write to our slot may still land: this attempt
+                // fails like an I/O error and the protocol retries by its rules.
+                Err(_) => e
+                    .lease
+                    .handle_io(now, IoOutcome::Failed { errno: libc::EBUSY }, &[]),
+            }
         }
-        Ok(())
     }
 
     /// One round: collect completions and expiries, advance every lockspace, hand all new I/O
@@ -314,7 +319,7 @@ impl LockspaceSet {
                 e.events.push_back(ev);
             }
         }
-        self.issue()?;
+        self.issue(now);
         self.backend.flush()?;
         Ok(())
     }

@@ -16,6 +16,8 @@ const W: u32 = 10;
 
 struct Host {
     lease: DeltaLease,
+    /// This host's own view of the shared disk (its "loop device").
+    disk: DiskId,
     inflight: Option<IoId>,
     /// False once crashed: nothing more happens to this host.
     running: bool,
@@ -72,8 +74,14 @@ impl World {
             area_offset: 0,
             timeouts: Timeouts::new(T, W),
         };
+        let disk = if self.hosts.is_empty() {
+            DiskId(0)
+        } else {
+            self.disk.add_view(DiskId(0))
+        };
         self.hosts.push(Host {
             lease: DeltaLease::new(cfg),
+            disk,
             inflight: None,
             running: true,
             paused: false,
@@ -88,6 +96,7 @@ impl World {
     }
 
     fn issue_io(&mut self) {
+        let now = self.now();
         for h in self
             .hosts
             .iter_mut()
@@ -95,9 +104,9 @@ impl World {
         {
             if let Some(io) = h.lease.poll_io() {
                 let deadline = h.lease.io_deadline();
-                let id = match io {
+                let started = match io {
                     DeltaIo::Read { offset, len } => self.disk.start_read(IoRequest {
-                        disk: DiskId(0),
+                        disk: h.disk,
                         offset,
                         len,
                         deadline,
@@ -106,7 +115,7 @@ impl World {
                         let data = h.lease.write_data();
                         self.disk.start_write(
                             IoRequest {
-                                disk: DiskId(0),
+                                disk: h.disk,
                                 offset,
                                 len: data.len(),
                                 deadline,
@@ -114,9 +123,21 @@ impl World {
                             data,
                         )
                     }
+                };
+                match started {
+                    Ok(id) => h.inflight = Some(id),
+                    // An older write to the slot may still land: fails like an I/O error.
+                    Err(tenure_core::io::SubmitError::WriteInFlight { .. }) => {
+                        h.lease.handle_io(
+                            now,
+                            tenure_core::io::IoOutcome::Failed {
+                                errno: libc_ebusy(),
+                            },
+                            &[],
+                        );
+                    }
+                    Err(e) => panic!("seed {}: submit: {e}", self.seed),
                 }
-                .unwrap_or_else(|e| panic!("seed {}: submit: {e}", self.seed));
-                h.inflight = Some(id);
             }
         }
         self.disk.flush().expect("flush");
@@ -519,9 +540,10 @@ fn pauses_hangs_and_slow_io_never_let_two_hosts_hold_one_host_id() {
             );
         };
         w.run(hang_at, check);
-        w.disk.set_hung(DiskId(0), true);
+        let views: Vec<DiskId> = w.hosts.iter().map(|h| h.disk).collect();
+        views.iter().for_each(|d| w.disk.set_hung(*d, true));
         w.run(hang_at.saturating_add(hang_for), check);
-        w.disk.set_hung(DiskId(0), false);
+        views.iter().for_each(|d| w.disk.set_hung(*d, false));
         w.run(now.saturating_add(pause), check);
         // Resumed — unless its watchdog reset it meanwhile.
         if fenced_at(&w.hosts[a]).is_some_and(|f| w.now() >= f) {
@@ -591,4 +613,8 @@ fn foreign_or_corrupt_content_in_our_slot_loses_the_lockspace_at_once() {
         }
         assert!(!w.hosts[h].lease.is_joined());
     }
+}
+
+fn libc_ebusy() -> i32 {
+    16
 }

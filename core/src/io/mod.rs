@@ -18,6 +18,10 @@
 //!   the completion queue holds; past that, `start_*` returns [`SubmitError::Full`].
 //! - Buffers come from an arena allocated when the backend is built; nothing allocates on
 //!   the data path.
+//! - Writes to one range are ordered: a write overlapping an earlier write that may still land
+//!   (in flight or timed out) is refused with [`SubmitError::WriteInFlight`], because the
+//!   device may apply the two in either order — which would let an old dblock overwrite a
+//!   newer one and break Disk Paxos.
 //! - Writes are durable when they complete: devices are opened with O_DSYNC (see
 //!   [`crate::dev`]), at least as strong as sanlock's O_SYNC for lease data.
 
@@ -200,6 +204,18 @@ pub enum SubmitError {
         len: usize,
         /// Size.
         size: u64,
+    },
+    /// An earlier write to an overlapping range may still land (it is in flight, or timed out
+    /// and not yet reaped). A new write there could be overtaken by the old one, so it is
+    /// refused until the device has answered the old one.
+    #[error("a write to {offset}..{end} is still in flight on {path}; retry once it completed")]
+    WriteInFlight {
+        /// Device.
+        path: PathBuf,
+        /// Start of the refused write.
+        offset: u64,
+        /// End of the refused write.
+        end: u64,
     },
     /// Data length differs from the request length.
     #[error("write of {len} bytes given {data} bytes of data")]

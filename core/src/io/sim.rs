@@ -141,7 +141,9 @@ impl SimConfig {
 #[derive(Debug)]
 struct SimDisk {
     info: DiskInfo,
-    bytes: Vec<u8>,
+    /// Index into the backend's storages: several disks (views) may share one, like loop
+    /// devices over one file, each with its own hang state and write ordering.
+    storage: usize,
     hung: bool,
 }
 
@@ -176,6 +178,7 @@ pub struct SimBackend {
     rng: SimRng,
     config: SimConfig,
     disks: Vec<SimDisk>,
+    storages: Vec<Vec<u8>>,
     slots: SlotTable,
     pending: Vec<Pending>,
     seq: u64,
@@ -200,11 +203,14 @@ impl SimBackend {
                     io_align: sector_size,
                     size_bytes,
                 },
-                bytes: vec![
-                    0u8;
-                    usize::try_from(size_bytes).expect("simulated disk fits in memory")
-                ],
+                storage: i,
                 hung: false,
+            })
+            .collect();
+        let storages = devices
+            .iter()
+            .map(|&(_, size)| {
+                vec![0u8; usize::try_from(size).expect("simulated disk fits in memory")]
             })
             .collect();
         let limit = engine.ring_entries.max(2) as usize * 2;
@@ -213,6 +219,7 @@ impl SimBackend {
             config,
             clock,
             disks,
+            storages,
             slots: SlotTable::new(&engine.buffer_classes, limit),
             pending: Vec::with_capacity(limit),
             seq: 0,
@@ -255,7 +262,7 @@ impl SimBackend {
         let at = usize::try_from(sector)
             .unwrap_or(usize::MAX)
             .saturating_mul(ss);
-        if let Some(s) = d.bytes.get_mut(at..at + ss) {
+        if let Some(s) = self.storages[d.storage].get_mut(at..at + ss) {
             for b in s.iter_mut() {
                 *b = (self.rng.next_u64() & 0xFF) as u8;
             }
@@ -264,14 +271,31 @@ impl SimBackend {
 
     /// Puts `bytes` on the disk at `offset` directly (test set-up, no I/O).
     pub fn load(&mut self, disk: DiskId, offset: u64, bytes: &[u8]) {
-        let d = &mut self.disks[usize::from(disk.0)];
+        let d = &self.disks[usize::from(disk.0)];
         let at = usize::try_from(offset).expect("offset fits");
-        d.bytes[at..at + bytes.len()].copy_from_slice(bytes);
+        self.storages[d.storage][at..at + bytes.len()].copy_from_slice(bytes);
+    }
+
+    /// Another disk over the same storage as `of` (a second loop device over one file): its
+    /// own hang state and write ordering, the same bytes.
+    pub fn add_view(&mut self, of: DiskId) -> DiskId {
+        let base = &self.disks[usize::from(of.0)];
+        let n = self.disks.len();
+        let view = SimDisk {
+            info: DiskInfo {
+                path: format!("sim{n}").into(),
+                ..base.info.clone()
+            },
+            storage: base.storage,
+            hung: false,
+        };
+        self.disks.push(view);
+        DiskId(u16::try_from(n).expect("fewer than 65536 simulated disks"))
     }
 
     /// The disk's current bytes (what a reader would see now).
     pub fn disk_bytes(&self, disk: DiskId) -> &[u8] {
-        &self.disks[usize::from(disk.0)].bytes
+        &self.storages[self.disks[usize::from(disk.0)].storage]
     }
 
     /// The earliest instant at which an operation takes effect.
@@ -365,7 +389,7 @@ impl SimBackend {
             (IoKind::Read, _) => {
                 let slot = self.slots.get_mut(p.id).expect("live slot");
                 slot.buf.as_mut().expect("slot buffer").as_mut_slice()[..len]
-                    .copy_from_slice(&disk.bytes[offset..offset + len]);
+                    .copy_from_slice(&self.storages[disk.storage][offset..offset + len]);
                 i32::try_from(len).unwrap_or(i32::MAX)
             }
             (IoKind::Write, fate) => {
@@ -384,7 +408,8 @@ impl SimBackend {
                         .expect("buffer")
                         .as_slice()[..sectors * ss],
                 );
-                disk.bytes[offset..offset + sectors * ss].copy_from_slice(&self.data);
+                self.storages[disk.storage][offset..offset + sectors * ss]
+                    .copy_from_slice(&self.data);
                 if matches!(fate, Fate::Torn(_)) {
                     -libc::EIO
                 } else {

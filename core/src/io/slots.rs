@@ -153,6 +153,26 @@ impl SlotTable {
                 size: info.size_bytes,
             });
         }
+        if kind == IoKind::Write {
+            let end = req.offset + req.len as u64;
+            let overlapping = self.busy.iter().map(|&i| &self.slots[i as usize]).any(|s| {
+                s.kind == IoKind::Write
+                    && s.disk == req.disk
+                    && matches!(
+                        s.state,
+                        SlotState::Queued | SlotState::InFlight | SlotState::Zombie
+                    )
+                    && s.offset < end
+                    && req.offset < s.offset + s.len as u64
+            });
+            if overlapping {
+                return Err(SubmitError::WriteInFlight {
+                    path: info.path.clone(),
+                    offset: req.offset,
+                    end,
+                });
+            }
+        }
         let max = self.class_bytes.last().copied().unwrap_or(0);
         if req.len > max {
             return Err(SubmitError::TooLarge { len: req.len, max });
@@ -419,6 +439,55 @@ mod tests {
             IoOutcome::Short { transferred: 100 }
         );
         assert_eq!(t.in_flight(), 1);
+    }
+
+    #[test]
+    fn overlapping_write_refused_while_an_older_one_may_land() {
+        let mut t = SlotTable::new(&[(4096, 4)], 8);
+        let d = disk();
+        let w = t
+            .alloc(
+                IoKind::Write,
+                req(512, 1024, 100),
+                Some(&d),
+                Some(&[0u8; 1024]),
+            )
+            .unwrap();
+        t.mark_in_flight(w);
+        let mut out = Vec::new();
+        t.expire(Time::from_nanos(100), &mut out);
+        assert!(out[0].may_land_later());
+        assert!(matches!(
+            t.alloc(
+                IoKind::Write,
+                req(1024, 512, 200),
+                Some(&d),
+                Some(&[0u8; 512])
+            ),
+            Err(SubmitError::WriteInFlight { .. })
+        ));
+        // Reads and disjoint writes go ahead.
+        assert!(t
+            .alloc(IoKind::Read, req(512, 512, 200), Some(&d), None)
+            .is_ok());
+        assert!(t
+            .alloc(
+                IoKind::Write,
+                req(2048, 512, 200),
+                Some(&d),
+                Some(&[0u8; 512])
+            )
+            .is_ok());
+        // Once the device answered the old write, the range is writable again.
+        assert!(t.complete(w, 1024).is_none());
+        assert!(t
+            .alloc(
+                IoKind::Write,
+                req(1024, 512, 200),
+                Some(&d),
+                Some(&[0u8; 512])
+            )
+            .is_ok());
     }
 
     #[test]

@@ -1,0 +1,683 @@
+//! Paxos leases (one resource) as a sans-IO state machine: exclusive acquire and release on one
+//! disk (spec/PROTOCOL.md "Paxos lease"; Gafni & Lamport, Disk Paxos).
+//!
+//! An acquire reads the resource area (leader, request record, the dblocks of hosts
+//! 1..num_hosts) in one I/O, decides whether a ballot may run — asking its driver for the
+//! owner's delta-lease status when the leader names a live-looking owner — then runs phase 1
+//! (write our dblock, then read all dblocks), phase 2 (write our dblock with the chosen value,
+//! then read all), and commits by writing the leader. A ballot that meets a higher mbal or lver
+//! aborts and retries with a larger ballot after a backoff scaled to the measured I/O time.
+//!
+//! Invariants:
+//! - Ballot numbers of different hosts never collide: `mbal ≡ host_id (mod max_hosts)`.
+//! - Within one lver (one consensus instance) our dblock keeps its bal/inp across ballots, so
+//!   a value that may have been chosen is never forgotten (Disk Paxos phase 1).
+//! - Reads of dblocks start only after our write completed (the driver links them).
+//! - Dblocks above num_hosts are never read; a host above num_hosts cannot acquire.
+//!
+//! Not yet here (issue 5 continues): shared mode, convert, requests, LVB, multi-disk majority,
+//! conditional acquire on lver, retract after failures past phase 2.
+
+use std::time::Duration;
+
+use serde::Serialize;
+use tenure_format::paxos::{Dblock, DBLOCK_FLAG_RELEASED};
+use tenure_format::{Geometry, LeaderKind, LeaderRecord, Name};
+
+use crate::clock::Time;
+use crate::delta::HostStatus;
+use crate::io::IoOutcome;
+use crate::timeouts::Timeouts;
+
+/// Who acquires which resource.
+#[derive(Clone, Debug)]
+pub struct PaxosConfig {
+    /// Lockspace name.
+    pub space_name: Name,
+    /// Resource name.
+    pub resource_name: Name,
+    /// Area geometry.
+    pub geometry: Geometry,
+    /// Byte offset of the resource area on its device.
+    pub area_offset: u64,
+    /// Our host id.
+    pub host_id: u64,
+    /// Our lockspace generation.
+    pub generation: u64,
+    /// Our io_timeout and the cluster's W.
+    pub timeouts: Timeouts,
+    /// Fail at once with [`PaxosError::OwnedRetry`] instead of waiting for an owner whose
+    /// delta lease stopped changing to be declared dead.
+    pub no_wait: bool,
+}
+
+/// An I/O the machine wants. Writes take their sector from [`PaxosAcquire::write_data`];
+/// `WriteThenRead` must be issued as a linked chain (the read starts after the write).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PaxosIo {
+    /// Read `len` bytes at `offset`.
+    Read {
+        /// Device offset.
+        offset: u64,
+        /// Length.
+        len: usize,
+    },
+    /// Write one sector at `offset`.
+    Write {
+        /// Device offset.
+        offset: u64,
+    },
+    /// Write one sector at `write_offset`, then read `read_len` bytes at `read_offset`.
+    WriteThenRead {
+        /// Device offset of the write.
+        write_offset: u64,
+        /// Device offset of the read.
+        read_offset: u64,
+        /// Length of the read.
+        read_len: usize,
+    },
+}
+
+/// Why an acquire or release failed.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, thiserror::Error)]
+pub enum PaxosError {
+    /// The owner's delta lease is alive.
+    #[error("lease is held by host id {host_id} generation {generation}, which is alive")]
+    OwnerAlive {
+        /// Owner host id.
+        host_id: u64,
+        /// Owner generation.
+        generation: u64,
+    },
+    /// The owner stopped renewing but is not yet dead, and no_wait was asked.
+    #[error(
+        "lease is held by host id {host_id} generation {generation}; not dead yet (retry later)"
+    )]
+    OwnedRetry {
+        /// Owner host id.
+        host_id: u64,
+        /// Owner generation.
+        generation: u64,
+    },
+    /// A ballot chose another host's value.
+    #[error("lease was acquired by host id {host_id} in the same ballot")]
+    AcquiredByOther {
+        /// The winner.
+        host_id: u64,
+    },
+    /// The area holds something that is not this resource, or a damaged record.
+    #[error("resource area: {0}")]
+    Corrupt(String),
+    /// An I/O failed or timed out.
+    #[error("{what}: {outcome:?}")]
+    Io {
+        /// Which step.
+        what: &'static str,
+        /// How it ended.
+        outcome: IoOutcome,
+    },
+    /// Our host id is above the resource's num_hosts.
+    #[error("host id {host_id} is above this resource's num_hosts {num_hosts}")]
+    HostIdAboveNumHosts {
+        /// Our host id.
+        host_id: u64,
+        /// num_hosts.
+        num_hosts: u64,
+    },
+    /// Too many aborted ballots.
+    #[error("gave up after {0} aborted ballots")]
+    TooManyRetries(u32),
+}
+
+/// Result of an acquire.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Acquired {
+    /// The lease version we hold.
+    pub lver: u64,
+    /// The leader we committed.
+    pub leader: LeaderRecord,
+    /// Our dblock as last written (release marks it RELEASED).
+    pub dblock: Dblock,
+    /// Ballots run (1 when uncontended).
+    pub ballots: u32,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Step {
+    ReadArea,
+    AwaitOwner,
+    Backoff,
+    Phase1,
+    Phase2,
+    Commit,
+    Done,
+}
+
+/// Ballots before giving up.
+pub const BALLOTS_MAX: u32 = 64;
+
+/// One exclusive acquire.
+#[derive(Debug)]
+pub struct PaxosAcquire {
+    cfg: PaxosConfig,
+    step: Step,
+    pending: Option<PaxosIo>,
+    io_started: Time,
+    /// Longest I/O seen, for scaling backoff.
+    io_time_max: Duration,
+    timer: Option<Time>,
+    owner_query: Option<(u64, u64)>,
+    result: Option<Result<Acquired, PaxosError>>,
+    sector: Vec<u8>,
+    leader: Option<LeaderRecord>,
+    num_hosts: u64,
+    lver: u64,
+    mbal: u64,
+    ours: Dblock,
+    ballots: u32,
+    /// Deterministic jitter source (host id, ballot) for backoff.
+    jitter: u64,
+    /// An owner found free or dead: (host id, generation, lver) of the leader naming it.
+    owner_cleared: Option<(u64, u64, u64)>,
+    /// Phase 2 chose another host's value: we commit it for them and report.
+    other_won: Option<u64>,
+}
+
+impl PaxosAcquire {
+    /// Starts an acquire at `now`: the first I/O reads the resource area.
+    pub fn new(cfg: PaxosConfig, now: Time) -> Self {
+        let ss = cfg.geometry.sector_size_bytes() as usize;
+        let jitter = cfg.host_id.wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        let mut me = PaxosAcquire {
+            cfg,
+            step: Step::ReadArea,
+            pending: None,
+            io_started: now,
+            io_time_max: Duration::ZERO,
+            timer: None,
+            owner_query: None,
+            result: None,
+            sector: vec![0; ss],
+            leader: None,
+            num_hosts: 0,
+            lver: 0,
+            mbal: 0,
+            ours: Dblock::default(),
+            ballots: 0,
+            jitter,
+            owner_cleared: None,
+            other_won: None,
+        };
+        me.read_area(now, None);
+        me
+    }
+
+    fn ss(&self) -> usize {
+        self.cfg.geometry.sector_size_bytes() as usize
+    }
+
+    /// Leader, request and dblocks 1..num_hosts (all hosts until num_hosts is known).
+    fn area_len(&self, num_hosts: Option<u64>) -> usize {
+        let n = num_hosts.unwrap_or(self.cfg.geometry.hosts_max());
+        usize::try_from(n + 2).unwrap_or(usize::MAX) * self.ss()
+    }
+
+    fn read_area(&mut self, now: Time, num_hosts: Option<u64>) {
+        self.step = Step::ReadArea;
+        self.pending = Some(PaxosIo::Read {
+            offset: self.cfg.area_offset,
+            len: self.area_len(num_hosts),
+        });
+        self.io_started = now;
+    }
+
+    fn dblock_offset(&self) -> u64 {
+        self.cfg.area_offset + self.cfg.geometry.dblock_offset(self.cfg.host_id)
+    }
+
+    /// The next I/O (taken: each is returned once).
+    pub fn poll_io(&mut self) -> Option<PaxosIo> {
+        self.pending.take()
+    }
+
+    /// Deadline of the I/O just taken.
+    pub fn io_deadline(&self) -> Time {
+        self.io_started.saturating_add(self.cfg.timeouts.io())
+    }
+
+    /// The sector to write.
+    pub fn write_data(&self) -> &[u8] {
+        &self.sector
+    }
+
+    /// A host whose delta-lease status the machine needs: (host id, generation named by the
+    /// leader). Answer with [`PaxosAcquire::handle_owner_status`].
+    pub fn poll_owner_query(&mut self) -> Option<(u64, u64)> {
+        self.owner_query.take()
+    }
+
+    /// When [`PaxosAcquire::handle_timeout`] is due.
+    pub fn poll_timeout(&self) -> Option<Time> {
+        self.timer
+    }
+
+    /// The outcome, once.
+    pub fn poll_result(&mut self) -> Option<Result<Acquired, PaxosError>> {
+        self.result.take()
+    }
+
+    fn finish(&mut self, r: Result<Acquired, PaxosError>) {
+        self.step = Step::Done;
+        self.timer = None;
+        self.pending = None;
+        self.result = Some(r);
+    }
+
+    fn note_io_time(&mut self, now: Time) {
+        self.io_time_max = self.io_time_max.max(now.saturating_since(self.io_started));
+    }
+
+    /// The outcome of the I/O taken last. For `WriteThenRead`, `outcome` is the first failure
+    /// of the pair (or Done) and `data` the read's bytes.
+    pub fn handle_io(&mut self, now: Time, outcome: IoOutcome, data: &[u8]) {
+        self.note_io_time(now);
+        if outcome != IoOutcome::Done {
+            let what = match self.step {
+                Step::ReadArea => "read resource area",
+                Step::Phase1 => "phase 1",
+                Step::Phase2 => "phase 2",
+                Step::Commit => "commit",
+                _ => "acquire",
+            };
+            // Failing before phase 2 is harmless; after, our value may be chosen without us
+            // knowing — the caller must treat the lease as possibly ours (retract is issue 5).
+            return self.finish(Err(PaxosError::Io { what, outcome }));
+        }
+        match self.step {
+            Step::ReadArea => self.decide(now, data),
+            Step::Phase1 => self.after_phase1(now, data),
+            Step::Phase2 => self.after_phase2(now, data),
+            Step::Commit => {
+                if let Some(host_id) = self.other_won {
+                    return self.finish(Err(PaxosError::AcquiredByOther { host_id }));
+                }
+                // Checked when committing: leader is set.
+                let leader = self.leader.expect("committed leader");
+                self.finish(Ok(Acquired {
+                    lver: self.lver,
+                    leader,
+                    dblock: self.ours,
+                    ballots: self.ballots,
+                }));
+            }
+            Step::AwaitOwner | Step::Backoff | Step::Done => {}
+        }
+    }
+
+    fn decode_leader(&self, data: &[u8]) -> Result<LeaderRecord, PaxosError> {
+        LeaderRecord::decode_expect(
+            data,
+            LeaderKind::Paxos,
+            self.cfg.geometry,
+            &self.cfg.space_name,
+            Some(&self.cfg.resource_name),
+        )
+        .map_err(|e| PaxosError::Corrupt(e.to_string()))
+    }
+
+    fn dblocks(&self, data: &[u8]) -> Result<Vec<(u64, Dblock)>, PaxosError> {
+        let ss = self.ss();
+        let mut out = Vec::with_capacity(usize::try_from(self.num_hosts).unwrap_or(0));
+        for host in 1..=self.num_hosts {
+            let at = usize::try_from(host + 1).unwrap_or(usize::MAX) * ss;
+            let bytes = data
+                .get(at..at + ss)
+                .ok_or_else(|| PaxosError::Corrupt("short dblock read".into()))?;
+            let d = Dblock::decode(bytes)
+                .map_err(|e| PaxosError::Corrupt(format!("dblock of host {host}: {e}")))?;
+            out.push((host, d));
+        }
+        Ok(out)
+    }
+
+    fn decide(&mut self, now: Time, data: &[u8]) {
+        let leader = match self.decode_leader(data) {
+            Ok(l) => l,
+            Err(e) => return self.finish(Err(e)),
+        };
+        self.num_hosts = leader.num_hosts;
+        if self.cfg.host_id > leader.num_hosts {
+            return self.finish(Err(PaxosError::HostIdAboveNumHosts {
+                host_id: self.cfg.host_id,
+                num_hosts: leader.num_hosts,
+            }));
+        }
+        let dblocks = match self.dblocks(data) {
+            Ok(d) => d,
+            Err(e) => return self.finish(Err(e)),
+        };
+        self.leader = Some(leader);
+        let free = leader.timestamp == 0;
+        let ours =
+            leader.owner_id == self.cfg.host_id && leader.owner_generation <= self.cfg.generation;
+        let cleared =
+            self.owner_cleared == Some((leader.owner_id, leader.owner_generation, leader.lver));
+        if !free && !ours && !cleared {
+            // The owner released in this lver: its dblock says so.
+            let owner_released = dblocks.iter().any(|(h, d)| {
+                *h == leader.owner_id
+                    && d.lver == leader.lver
+                    && d.flags & DBLOCK_FLAG_RELEASED != 0
+            });
+            if !owner_released {
+                self.step = Step::AwaitOwner;
+                self.owner_query = Some((leader.owner_id, leader.owner_generation));
+                return;
+            }
+        }
+        self.start_ballot(now, &dblocks);
+    }
+
+    /// The owner's delta-lease status, and whether the delta lease still shows the generation
+    /// the leader names.
+    pub fn handle_owner_status(&mut self, now: Time, status: HostStatus, same_generation: bool) {
+        if self.step != Step::AwaitOwner {
+            return;
+        }
+        // Checked in decide: leader is set while awaiting the owner.
+        let leader = self.leader.expect("leader read");
+        let (host_id, generation) = (leader.owner_id, leader.owner_generation);
+        match (status, same_generation) {
+            (HostStatus::Free | HostStatus::Dead, _) | (_, false) => {
+                // Free, dead, or rejoined in a newer generation: its old lease is void. Re-read
+                // the area so the ballot starts from fresh dblocks; this owner is not asked
+                // about again while the leader still names it.
+                self.owner_cleared = Some((host_id, generation, leader.lver));
+                self.read_area(now, Some(self.num_hosts));
+            }
+            (HostStatus::Live, true) => self.finish(Err(PaxosError::OwnerAlive {
+                host_id,
+                generation,
+            })),
+            (HostStatus::Unknown | HostStatus::Fail, true) => {
+                if self.cfg.no_wait {
+                    return self.finish(Err(PaxosError::OwnedRetry {
+                        host_id,
+                        generation,
+                    }));
+                }
+                // Ask again after one io_timeout.
+                self.timer = Some(now.saturating_add(self.cfg.timeouts.io()));
+            }
+        }
+    }
+
+    fn start_ballot(&mut self, now: Time, dblocks: &[(u64, Dblock)]) {
+        // Checked by callers: leader is set once the area was read.
+        let leader = self.leader.expect("leader read");
+        self.lver = leader.lver + 1;
+        let max_hosts = leader.max_hosts.max(1);
+        let max_mbal = dblocks
+            .iter()
+            .filter(|(_, d)| d.lver >= self.lver)
+            .map(|(_, d)| d.mbal)
+            .max()
+            .unwrap_or(0);
+        let floor = max_mbal.max(self.mbal);
+        // Disjoint ballots: ours are ≡ host_id (mod max_hosts) and above every mbal seen.
+        self.mbal = if floor == 0 {
+            self.cfg.host_id
+        } else {
+            floor - (floor % max_hosts) + max_hosts + self.cfg.host_id
+        };
+        let mine = dblocks
+            .iter()
+            .find(|(h, _)| *h == self.cfg.host_id)
+            .map(|(_, d)| *d)
+            .unwrap_or_default();
+        // Keep bal/inp of this lver's instance; a new lver starts empty.
+        let (bal, inp, inp2, inp3) = if mine.lver == self.lver {
+            (mine.bal, mine.inp, mine.inp2, mine.inp3)
+        } else {
+            (0, 0, 0, 0)
+        };
+        self.ours = Dblock {
+            mbal: self.mbal,
+            bal,
+            inp,
+            inp2,
+            inp3,
+            lver: self.lver,
+            checksum: 0,
+            flags: 0,
+        };
+        self.ballots += 1;
+        self.step = Step::Phase1;
+        self.write_dblock_then_read(now);
+    }
+
+    fn write_dblock_then_read(&mut self, now: Time) {
+        self.sector.fill(0);
+        self.ours.encode_into(&mut self.sector);
+        self.pending = Some(PaxosIo::WriteThenRead {
+            write_offset: self.dblock_offset(),
+            read_offset: self.cfg.area_offset,
+            read_len: self.area_len(Some(self.num_hosts)),
+        });
+        self.io_started = now;
+    }
+
+    /// Disk Paxos abort rule: someone started a higher ballot, or a later lver exists.
+    fn must_abort(&self, dblocks: &[(u64, Dblock)]) -> bool {
+        dblocks
+            .iter()
+            .filter(|(h, _)| *h != self.cfg.host_id)
+            .any(|(_, d)| d.lver > self.lver || (d.lver == self.lver && d.mbal > self.mbal))
+    }
+
+    fn abort(&mut self, now: Time) {
+        if self.ballots >= BALLOTS_MAX {
+            return self.finish(Err(PaxosError::TooManyRetries(self.ballots)));
+        }
+        // Back off for 1..=4 times the slowest I/O seen (at least 100 µs), varied by host and
+        // ballot so contenders spread out.
+        self.jitter = self.jitter.rotate_left(17)
+            ^ u64::from(self.ballots).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        let unit = self.io_time_max.max(Duration::from_micros(100));
+        let factor = 1 + (self.jitter % 4) as u32;
+        self.step = Step::Backoff;
+        self.timer = Some(now.saturating_add(unit * factor));
+    }
+
+    fn after_phase1(&mut self, now: Time, data: &[u8]) {
+        let dblocks = match self.dblocks(data) {
+            Ok(d) => d,
+            Err(e) => return self.finish(Err(e)),
+        };
+        if let Ok(leader) = self.decode_leader(data) {
+            if leader.lver >= self.lver {
+                // Someone committed this lver meanwhile: start over from the new leader.
+                self.leader = Some(leader);
+                return self.abort(now);
+            }
+        }
+        if self.must_abort(&dblocks) {
+            return self.abort(now);
+        }
+        // Phase 2 value: the inp of the highest bal among this lver's dblocks, else ours.
+        let best = dblocks
+            .iter()
+            .filter(|(_, d)| d.lver == self.lver && d.bal > 0 && d.inp != 0)
+            .max_by_key(|(_, d)| d.bal)
+            .map(|(_, d)| *d);
+        let (inp, inp2, inp3) = match best {
+            Some(d) => (d.inp, d.inp2, d.inp3),
+            None => (self.cfg.host_id, self.cfg.generation, now.as_secs().max(1)),
+        };
+        self.ours = Dblock {
+            bal: self.mbal,
+            inp,
+            inp2,
+            inp3,
+            ..self.ours
+        };
+        self.step = Step::Phase2;
+        self.write_dblock_then_read(now);
+    }
+
+    fn after_phase2(&mut self, now: Time, data: &[u8]) {
+        let dblocks = match self.dblocks(data) {
+            Ok(d) => d,
+            Err(e) => return self.finish(Err(e)),
+        };
+        if self.must_abort(&dblocks) {
+            return self.abort(now);
+        }
+        // Chosen: commit the leader.
+        let prev = self.leader.expect("leader read");
+        let leader = LeaderRecord {
+            owner_id: self.ours.inp,
+            owner_generation: self.ours.inp2,
+            timestamp: self.ours.inp3,
+            lver: self.lver,
+            write_id: self.cfg.host_id,
+            write_generation: self.cfg.generation,
+            write_timestamp: now.as_secs().max(1),
+            flags: prev.flags & !tenure_format::leader::LEADER_FLAG_SHORT_HOLD,
+            ..prev
+        };
+        if leader.owner_id != self.cfg.host_id {
+            // Another host's value was chosen: commit it for them, then report.
+            self.other_won = Some(leader.owner_id);
+        }
+        self.leader = Some(leader);
+        self.sector.fill(0);
+        leader.encode_into(&mut self.sector);
+        self.step = Step::Commit;
+        self.pending = Some(PaxosIo::Write {
+            offset: self.cfg.area_offset,
+        });
+        self.io_started = now;
+    }
+
+    /// Time passed: backoff ends, or the owner is asked about again.
+    pub fn handle_timeout(&mut self, now: Time) {
+        if self.timer.is_none_or(|t| t > now) {
+            return;
+        }
+        self.timer = None;
+        match self.step {
+            Step::Backoff => self.read_area(now, Some(self.num_hosts)),
+            Step::AwaitOwner => {
+                let leader = self.leader.expect("leader read");
+                self.owner_query = Some((leader.owner_id, leader.owner_generation));
+            }
+            _ => {}
+        }
+    }
+}
+
+/// Releasing an exclusive lease: mark our dblock RELEASED, re-read the leader, and free the
+/// leader (timestamp 0) unless another host has written it since.
+#[derive(Debug)]
+pub struct PaxosRelease {
+    cfg: PaxosConfig,
+    held: Acquired,
+    pending: Option<PaxosIo>,
+    io_started: Time,
+    sector: Vec<u8>,
+    freeing_leader: bool,
+    result: Option<Result<(), PaxosError>>,
+}
+
+impl PaxosRelease {
+    /// Starts releasing `held` at `now`.
+    pub fn new(cfg: PaxosConfig, held: Acquired, now: Time) -> Self {
+        let ss = cfg.geometry.sector_size_bytes() as usize;
+        let mut sector = vec![0u8; ss];
+        Dblock {
+            flags: held.dblock.flags | DBLOCK_FLAG_RELEASED,
+            ..held.dblock
+        }
+        .encode_into(&mut sector);
+        let pending = Some(PaxosIo::WriteThenRead {
+            write_offset: cfg.area_offset + cfg.geometry.dblock_offset(cfg.host_id),
+            read_offset: cfg.area_offset,
+            read_len: ss,
+        });
+        PaxosRelease {
+            cfg,
+            held,
+            pending,
+            io_started: now,
+            sector,
+            freeing_leader: false,
+            result: None,
+        }
+    }
+
+    /// The next I/O (taken).
+    pub fn poll_io(&mut self) -> Option<PaxosIo> {
+        self.pending.take()
+    }
+
+    /// Deadline of the I/O just taken.
+    pub fn io_deadline(&self) -> Time {
+        self.io_started.saturating_add(self.cfg.timeouts.io())
+    }
+
+    /// The sector to write.
+    pub fn write_data(&self) -> &[u8] {
+        &self.sector
+    }
+
+    /// The outcome, once.
+    pub fn poll_result(&mut self) -> Option<Result<(), PaxosError>> {
+        self.result.take()
+    }
+
+    /// The outcome of the I/O taken last.
+    pub fn handle_io(&mut self, now: Time, outcome: IoOutcome, data: &[u8]) {
+        if outcome != IoOutcome::Done {
+            self.result = Some(Err(PaxosError::Io {
+                what: "release",
+                outcome,
+            }));
+            return;
+        }
+        if self.freeing_leader {
+            self.result = Some(Ok(()));
+            return;
+        }
+        let leader = match LeaderRecord::decode(data) {
+            Ok(l) => l,
+            Err(e) => {
+                self.result = Some(Err(PaxosError::Corrupt(e.to_string())));
+                return;
+            }
+        };
+        let mine = self.held.leader;
+        if leader.owner_id != mine.owner_id
+            || leader.owner_generation != mine.owner_generation
+            || leader.lver != mine.lver
+        {
+            // Another host wrote the leader since: our RELEASED dblock is all it needs.
+            self.result = Some(Ok(()));
+            return;
+        }
+        let freed = LeaderRecord {
+            timestamp: 0,
+            write_id: self.cfg.host_id,
+            write_generation: self.cfg.generation,
+            write_timestamp: now.as_secs().max(1),
+            ..leader
+        };
+        self.sector.fill(0);
+        freed.encode_into(&mut self.sector);
+        self.freeing_leader = true;
+        self.pending = Some(PaxosIo::Write {
+            offset: self.cfg.area_offset,
+        });
+        self.io_started = now;
+    }
+}
