@@ -681,3 +681,127 @@ impl PaxosRelease {
         self.io_started = now;
     }
 }
+
+/// Blocking drivers for one acquire or release over an engine (direct use, tests and tools;
+/// the daemon drives the machines from its reactor).
+pub mod blocking {
+    use super::*;
+    use crate::clock::Clock;
+    use crate::io::drive::complete_on;
+    use crate::io::{DiskId, IoBackend, IoError, IoKind, IoRequest};
+
+    /// One I/O of a machine, performed to completion: (combined outcome, read data).
+    fn perform(
+        backend: &mut dyn IoBackend,
+        clock: &dyn Clock,
+        disk: DiskId,
+        io: PaxosIo,
+        data: &[u8],
+        deadline: Time,
+        out: &mut Vec<u8>,
+    ) -> Result<IoOutcome, IoError> {
+        let req = |offset, len| IoRequest {
+            disk,
+            offset,
+            len,
+            deadline,
+        };
+        let started = match io {
+            PaxosIo::Read { offset, len } => backend
+                .start_read(req(offset, len))
+                .map(|r| (None, Some(r))),
+            PaxosIo::Write { offset } => backend
+                .start_write(req(offset, data.len()), data)
+                .map(|w| (Some(w), None)),
+            PaxosIo::WriteThenRead {
+                write_offset,
+                read_offset,
+                read_len,
+            } => backend
+                .start_chain(
+                    req(write_offset, data.len()),
+                    data,
+                    req(read_offset, read_len),
+                )
+                .map(|(w, r)| (Some(w), Some(r))),
+        };
+        let Ok((w, r)) = started else {
+            return Ok(IoOutcome::Failed { errno: libc::EBUSY });
+        };
+        let n = usize::from(w.is_some()) + usize::from(r.is_some());
+        let done = complete_on(backend, clock, n)?;
+        let mut outcome = IoOutcome::Done;
+        for c in &done {
+            if c.outcome != IoOutcome::Done && outcome == IoOutcome::Done {
+                outcome = c.outcome;
+            }
+            if c.kind == IoKind::Read {
+                out.clear();
+                if let Some(d) = backend.read_data(c.id) {
+                    out.extend_from_slice(d);
+                }
+                backend.release(c.id);
+            }
+        }
+        Ok(outcome)
+    }
+
+    /// Runs an acquire to its end. `owner_status(host_id, generation)` answers the owner's
+    /// delta-lease status and whether it still has that generation.
+    pub fn acquire(
+        backend: &mut dyn IoBackend,
+        clock: &dyn Clock,
+        disk: DiskId,
+        cfg: PaxosConfig,
+        owner_status: &mut dyn FnMut(u64, u64) -> (HostStatus, bool),
+    ) -> Result<Result<Acquired, PaxosError>, IoError> {
+        let mut m = PaxosAcquire::new(cfg, clock.now());
+        let mut buf = Vec::new();
+        loop {
+            if let Some(r) = m.poll_result() {
+                return Ok(r);
+            }
+            if let Some(io) = m.poll_io() {
+                let data = m.write_data().to_vec();
+                let outcome = perform(backend, clock, disk, io, &data, m.io_deadline(), &mut buf)?;
+                m.handle_io(clock.now(), outcome, &buf);
+                continue;
+            }
+            if let Some((host, generation)) = m.poll_owner_query() {
+                let (status, same) = owner_status(host, generation);
+                m.handle_owner_status(clock.now(), status, same);
+                continue;
+            }
+            if let Some(t) = m.poll_timeout() {
+                let now = clock.now();
+                if t > now {
+                    backend.wait(now, t)?;
+                }
+                m.handle_timeout(clock.now());
+            }
+        }
+    }
+
+    /// Runs a release to its end.
+    pub fn release(
+        backend: &mut dyn IoBackend,
+        clock: &dyn Clock,
+        disk: DiskId,
+        cfg: PaxosConfig,
+        held: Acquired,
+    ) -> Result<Result<(), PaxosError>, IoError> {
+        let mut m = PaxosRelease::new(cfg, held, clock.now());
+        let mut buf = Vec::new();
+        loop {
+            if let Some(r) = m.poll_result() {
+                return Ok(r);
+            }
+            let Some(io) = m.poll_io() else {
+                return Ok(Err(PaxosError::Corrupt("release stalled".into())));
+            };
+            let data = m.write_data().to_vec();
+            let outcome = perform(backend, clock, disk, io, &data, m.io_deadline(), &mut buf)?;
+            m.handle_io(clock.now(), outcome, &buf);
+        }
+    }
+}

@@ -549,3 +549,135 @@ impl Drop for StallFs {
         let _ = self.child.wait();
     }
 }
+
+/// What a [`LockspaceThread`] last saw.
+#[derive(Clone, Debug, Default)]
+pub struct LockspaceSnapshot {
+    /// Where the lockspace stands.
+    pub state: Option<tenure_core::lockspace::LockspaceState>,
+    /// Every host id seen, with its status.
+    pub hosts: Vec<(
+        tenure_core::delta::HostEntry,
+        tenure_core::delta::HostStatus,
+    )>,
+}
+
+impl LockspaceSnapshot {
+    /// Our generation, when joined.
+    pub fn generation(&self) -> Option<u64> {
+        match self.state {
+            Some(tenure_core::lockspace::LockspaceState::Joined { generation }) => Some(generation),
+            _ => None,
+        }
+    }
+
+    /// Status and generation of `host_id` (FREE and 0 when never seen).
+    pub fn host(&self, host_id: u64) -> (tenure_core::delta::HostStatus, u64) {
+        self.hosts
+            .iter()
+            .find(|(e, _)| e.host_id == host_id)
+            .map_or((tenure_core::delta::HostStatus::Free, 0), |(e, s)| {
+                (*s, e.generation)
+            })
+    }
+}
+
+/// A tenure host holding one lockspace in a thread of a `std::thread::scope`, publishing
+/// snapshots; it stops (without leaving: like a crash) when dropped, or leaves on request.
+#[derive(Debug)]
+pub struct LockspaceThread {
+    snap: std::sync::Arc<Mutex<LockspaceSnapshot>>,
+    leave: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl LockspaceThread {
+    /// Joins `cfg`'s lockspace through `device` (io_uring engine) in a scoped thread.
+    pub fn spawn<'s>(
+        s: &'s std::thread::Scope<'s, '_>,
+        device: &'s Path,
+        cfg: tenure_core::delta::DeltaConfig,
+    ) -> Self {
+        use std::sync::atomic::{AtomicBool, Ordering};
+        use std::sync::Arc;
+        use tenure_core::lockspace::{LockspaceSet, LockspaceState};
+        let snap = Arc::new(Mutex::new(LockspaceSnapshot::default()));
+        let (leave, stop) = (
+            Arc::new(AtomicBool::new(false)),
+            Arc::new(AtomicBool::new(false)),
+        );
+        let (snap2, leave2, stop2) = (Arc::clone(&snap), Arc::clone(&leave), Arc::clone(&stop));
+        s.spawn(move || {
+            let clock = tenure_core::clock::MonotonicClock;
+            let config = tenure_core::io::EngineConfig {
+                ring_entries: 16,
+                buffer_classes: vec![(4096, 16), (8 << 20, 2)],
+                sync_workers: 1,
+            };
+            let dev = tenure_core::dev::Device::open(device, tenure_core::dev::Access::ReadWrite)
+                .expect("open");
+            let (backend, _) = tenure_core::io::open_backend(
+                vec![dev],
+                &config,
+                tenure_core::io::BackendKind::Uring,
+            )
+            .expect("engine");
+            let mut set = LockspaceSet::new(backend);
+            let ls = set.add(cfg, tenure_core::io::DiskId(0)).expect("add");
+            set.join(ls, clock.now()).expect("join");
+            let mut left = false;
+            while !stop2.load(Ordering::SeqCst) {
+                let now = clock.now();
+                if leave2.load(Ordering::SeqCst)
+                    && !left
+                    && matches!(set.state(ls), Some(LockspaceState::Joined { .. }))
+                {
+                    left = set.leave(ls, now).is_ok();
+                }
+                set.step(now).expect("step");
+                let snapshot = LockspaceSnapshot {
+                    state: set.state(ls),
+                    hosts: set.hosts(ls, now),
+                };
+                *snap2.lock().unwrap_or_else(|p| p.into_inner()) = snapshot;
+                set.wait(now, now.saturating_add(Duration::from_millis(20)))
+                    .expect("wait");
+            }
+        });
+        LockspaceThread { snap, leave, stop }
+    }
+
+    /// The latest snapshot.
+    pub fn snapshot(&self) -> LockspaceSnapshot {
+        self.snap.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Waits (up to `limit`) until `ok` holds for a snapshot; panics with `what` otherwise.
+    pub fn wait_for(
+        &self,
+        what: &str,
+        limit: Duration,
+        ok: impl Fn(&LockspaceSnapshot) -> bool,
+    ) -> LockspaceSnapshot {
+        let end = Instant::now() + limit;
+        loop {
+            let s = self.snapshot();
+            if ok(&s) {
+                return s;
+            }
+            assert!(Instant::now() < end, "{what}: still {s:?}");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Asks the thread to leave the lockspace (release its host id).
+    pub fn leave(&self) {
+        self.leave.store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+impl Drop for LockspaceThread {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+}
