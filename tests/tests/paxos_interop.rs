@@ -192,7 +192,7 @@ fn sanlock_and_tenure_contend_for_one_resource() {
                 BackendKind::Auto,
             )
             .expect("open");
-            d.read(RES_OFFSET, 512, |b| LeaderRecord::decode(b))
+            d.read(RES_OFFSET, 512, LeaderRecord::decode)
                 .expect("read")
                 .expect("decode")
         };
