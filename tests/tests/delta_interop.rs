@@ -3,126 +3,36 @@
 //! generation and tenure sees sanlock LIVE; a second joiner of a host id already in use fails
 //! with "host id busy" on either side; tenure's release is seen by sanlock as FREE.
 
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use tenure_core::clock::MonotonicClock;
 use tenure_core::delta::{DeltaConfig, DeltaError, HostStatus};
-use tenure_core::dev::{Access, Device};
-use tenure_core::io::{open_backend, BackendKind, DiskId, EngineConfig};
-use tenure_core::lockspace::{LockspaceSet, LockspaceState};
+use tenure_core::lockspace::LockspaceState;
 use tenure_core::timeouts::Timeouts;
 use tenure_format::{Geometry, Name};
 use tenure_tests::{
-    sanlock_available, sanlock_lock, tenure_ok, BackingFile, LoopDevice, SanlockDaemon,
+    sanlock_available, sanlock_lock, tenure_ok, BackingFile, LockspaceThread, LoopDevice,
+    SanlockDaemon,
 };
 
 const T: u16 = 1;
 /// sanlock 3.8.5's fixed watchdog fire timeout: every host of a lockspace must use the same.
 const W: u32 = 60;
 
-#[derive(Clone, Debug, Default)]
-struct Snapshot {
-    state: Option<LockspaceState>,
-    host1: Option<HostStatus>,
-    generation: Option<u64>,
-}
-
-/// A tenure host running a lockspace in a thread until `stop`; leaves first if `leave`.
-struct TenureHost {
-    snap: Arc<Mutex<Snapshot>>,
-    leave: Arc<AtomicBool>,
-    stop: Arc<AtomicBool>,
-}
-
-impl TenureHost {
-    fn spawn<'s>(
-        s: &'s std::thread::Scope<'s, '_>,
-        dev: &'s LoopDevice,
-        host_id: u64,
-        name: &str,
-    ) -> Self {
-        let (snap, leave, stop) = (
-            Arc::new(Mutex::new(Snapshot::default())),
-            Arc::new(AtomicBool::new(false)),
-            Arc::new(AtomicBool::new(false)),
-        );
-        let (snap2, leave2, stop2) = (Arc::clone(&snap), Arc::clone(&leave), Arc::clone(&stop));
-        let name = name.to_owned();
-        s.spawn(move || {
-            let clock = MonotonicClock;
-            let config = EngineConfig {
-                ring_entries: 16,
-                buffer_classes: vec![(512, 16), (1 << 20, 4)],
-                sync_workers: 1,
-            };
-            let (backend, _) = open_backend(
-                vec![Device::open(dev.path(), Access::ReadWrite).expect("open")],
-                &config,
-                BackendKind::Uring,
-            )
-            .expect("engine");
-            let mut set = LockspaceSet::new(backend);
-            let cfg = DeltaConfig {
-                space_name: Name::new("MIX").expect("name"),
-                host_id,
-                host_name: Name::new(&name).expect("name"),
-                geometry: Geometry::LEGACY_512,
-                area_offset: 0,
-                timeouts: Timeouts::new(T, W),
-            };
-            let ls = set.add(cfg, DiskId(0)).expect("add");
-            set.join(ls, clock.now()).expect("join");
-            let mut left = false;
-            while !stop2.load(Ordering::SeqCst) {
-                let now = clock.now();
-                if leave2.load(Ordering::SeqCst)
-                    && !left
-                    && matches!(set.state(ls), Some(LockspaceState::Joined { .. }))
-                {
-                    // Between renewals only: retried each round until accepted.
-                    left = set.leave(ls, now).is_ok();
-                }
-                set.step(now).expect("step");
-                let state = set.state(ls);
-                let generation = match &state {
-                    Some(LockspaceState::Joined { generation }) => Some(*generation),
-                    _ => None,
-                };
-                *snap2.lock().expect("lock") = Snapshot {
-                    state,
-                    host1: Some(set.host_status(ls, 1, now)),
-                    generation,
-                };
-                set.wait(now, now.saturating_add(Duration::from_millis(20)))
-                    .expect("wait");
-            }
-        });
-        TenureHost { snap, leave, stop }
-    }
-
-    fn snapshot(&self) -> Snapshot {
-        self.snap.lock().expect("lock").clone()
-    }
-
-    fn wait_for(&self, what: &str, limit: Duration, ok: impl Fn(&Snapshot) -> bool) -> Snapshot {
-        let end = Instant::now() + limit;
-        loop {
-            let s = self.snapshot();
-            if ok(&s) {
-                return s;
-            }
-            assert!(Instant::now() < end, "{what}: still {s:?}");
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-}
-
-impl Drop for TenureHost {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::SeqCst);
-    }
+fn tenure_host<'s>(
+    s: &'s std::thread::Scope<'s, '_>,
+    dev: &'s LoopDevice,
+    host_id: u64,
+    name: &str,
+) -> LockspaceThread {
+    let cfg = DeltaConfig {
+        space_name: Name::new("MIX").expect("name"),
+        host_id,
+        host_name: Name::new(name).expect("name"),
+        geometry: Geometry::LEGACY_512,
+        area_offset: 0,
+        timeouts: Timeouts::new(T, W),
+    };
+    LockspaceThread::spawn(s, dev.path(), cfg)
 }
 
 /// (generation, flags) of `host_id` as sanlock's get_hosts reports it.
@@ -164,16 +74,16 @@ fn sanlock_and_tenure_share_a_lockspace() {
         dev_sanlock.path_str()
     ));
     std::thread::scope(|s| {
-        let tenure = TenureHost::spawn(s, &dev_tenure, 2, "tenure-host-2");
+        let tenure = tenure_host(s, &dev_tenure, 2, "tenure-host-2");
         let joined = tenure.wait_for("tenure joins host id 2", Duration::from_secs(10), |s| {
-            s.generation.is_some()
+            s.generation().is_some()
         });
-        let generation = joined.generation.expect("joined");
+        let generation = joined.generation().expect("joined");
         // Each side sees the other LIVE (after two renewals, so a change was observed).
         tenure.wait_for(
             "tenure sees sanlock's host 1 LIVE",
             Duration::from_secs(10),
-            |s| s.host1 == Some(HostStatus::Live),
+            |s| s.host(1).0 == HostStatus::Live,
         );
         let end = Instant::now() + Duration::from_secs(15);
         loop {
@@ -216,7 +126,7 @@ fn sanlock_and_tenure_share_a_lockspace() {
                 dev_sanlock2.path_str()
             ))
         });
-        let intruder = TenureHost::spawn(s, &dev_tenure2, 1, "tenure-intruder");
+        let intruder = tenure_host(s, &dev_tenure2, 1, "tenure-intruder");
         let t = Timeouts::new(T, W);
         let failed = intruder.wait_for(
             "tenure's join of host id 1 fails",
@@ -249,9 +159,9 @@ fn sanlock_and_tenure_share_a_lockspace() {
         );
 
         // Both original holders kept their host ids.
-        assert_eq!(tenure.snapshot().generation, Some(generation));
+        assert_eq!(tenure.snapshot().generation(), Some(generation));
         // tenure leaves: sanlock sees host 2 FREE.
-        tenure.leave.store(true, Ordering::SeqCst);
+        tenure.leave();
         tenure.wait_for("tenure leaves", Duration::from_secs(10), |s| {
             s.state == Some(LockspaceState::Left)
         });
