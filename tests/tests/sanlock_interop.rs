@@ -62,6 +62,34 @@ impl Lun {
         sanlock_direct(&[&["init", "-r", &res][..], &args(&geo)].concat());
     }
 
+    /// `tenure lockspace init TLS:0:DEV:0 --io-timeout T` with this LUN's geometry.
+    fn tenure_init_lockspace(&self, io_timeout: &str) {
+        let spec = format!("TLS:0:{}:0", self.path());
+        tenure_ok(
+            &[
+                &["lockspace", "init", &spec, "--io-timeout", io_timeout][..],
+                &args(&self.tenure_geometry_args()),
+            ]
+            .concat(),
+        );
+    }
+
+    /// `tenure resource init TLS:TRES:DEV:<area 1> [--num-hosts N]` with this LUN's geometry.
+    fn tenure_init_resource(&self, num_hosts: Option<&str>) {
+        let spec = format!("TLS:TRES:{}:{}", self.path(), self.area(1));
+        let extra: Vec<&str> = num_hosts
+            .map(|n| vec!["--num-hosts", n])
+            .unwrap_or_default();
+        tenure_ok(
+            &[
+                &["resource", "init", &spec][..],
+                &extra,
+                &args(&self.tenure_geometry_args()),
+            ]
+            .concat(),
+        );
+    }
+
     fn sanlock_geometry_args(&self) -> [String; 4] {
         [
             "-Z".into(),
@@ -168,33 +196,8 @@ fn b_tenure_formatted_areas_are_accepted_by_sanlock_direct() {
     for (ss, align) in GEOMETRIES {
         let lun = Lun::new(ss, align);
         let p = lun.path();
-        let geo = lun.tenure_geometry_args();
-        tenure_ok(
-            &[
-                &[
-                    "lockspace",
-                    "init",
-                    &format!("TLS:0:{p}:0"),
-                    "--io-timeout",
-                    "7",
-                ][..],
-                &args(&geo),
-            ]
-            .concat(),
-        );
-        tenure_ok(
-            &[
-                &[
-                    "resource",
-                    "init",
-                    &format!("TLS:TRES:{p}:{}", lun.area(1)),
-                    "--num-hosts",
-                    "17",
-                ][..],
-                &args(&geo),
-            ]
-            .concat(),
-        );
+        lun.tenure_init_lockspace("7");
+        lun.tenure_init_resource(Some("17"));
         let g = lun.geometry;
         let out = sanlock_direct(&["read_leader", "-s", &format!("TLS:1:{p}:0")]);
         let fields = parse_read_leader(&out);
@@ -268,28 +271,9 @@ fn c_sanlock_daemon_joins_and_acquires_tenure_areas() {
     for (ss, align) in GEOMETRIES {
         let lun = Lun::new(ss, align);
         let p = lun.path();
-        let geo = lun.tenure_geometry_args();
         // The io_timeout recorded in a free slot sets the joiner's first delay (2T): 1 s here.
-        tenure_ok(
-            &[
-                &[
-                    "lockspace",
-                    "init",
-                    &format!("TLS:0:{p}:0"),
-                    "--io-timeout",
-                    "1",
-                ][..],
-                &args(&geo),
-            ]
-            .concat(),
-        );
-        tenure_ok(
-            &[
-                &["resource", "init", &format!("TLS:TRES:{p}:{}", lun.area(1))][..],
-                &args(&geo),
-            ]
-            .concat(),
-        );
+        lun.tenure_init_lockspace("1");
+        lun.tenure_init_resource(None);
         let mut py = Command::new("/usr/bin/python3")
             .args([
                 "-c",
