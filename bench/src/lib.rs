@@ -2,6 +2,7 @@
 //! `tenure-bench` command (macro benchmarks on real devices, against a raw io_uring loop and,
 //! in later issues, against sanlock).
 
+pub mod acquire;
 pub mod io;
 pub mod join;
 pub mod report;

@@ -40,6 +40,33 @@ enum Cmd {
         #[arg(long)]
         json: bool,
     },
+    /// Acquire/release of free exclusive leases, throughput, and the device's chain bound.
+    Acquire {
+        /// 512-byte-sector block device or file (overwritten), or `auto`.
+        #[arg(long)]
+        device: String,
+        /// num_hosts of every resource.
+        #[arg(long, default_value_t = 2000)]
+        num_hosts: u64,
+        /// Leases (at most 30 with `auto`: 64 MiB holds 2 × 30 + 1 areas).
+        #[arg(long, default_value_t = 30)]
+        leases: usize,
+        /// Acquirers at once in the throughput run.
+        #[arg(long, default_value_t = 8)]
+        concurrency: usize,
+        /// io_timeout T in seconds.
+        #[arg(long, default_value_t = 1)]
+        io_timeout: u16,
+        /// SANLOCK_RUN_DIR of a running sanlock daemon to measure side by side (bench.py).
+        #[arg(long, value_name = "RUNDIR")]
+        compare_sanlock: Option<PathBuf>,
+        /// Path of sanlock-anchor's bench.py.
+        #[arg(long, default_value = "../shared/tools/sanlock-anchor/bench.py")]
+        sanlock_bench: PathBuf,
+        /// JSON lines instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
     /// Join time on a free slot and after an unclean stop (tenure, and a running sanlock).
     Join {
         /// 512-byte-sector block device or file (overwritten), or `auto`.
@@ -117,6 +144,34 @@ fn main() -> ExitCode {
                 parallel_total: parallel_total.max(1),
             };
             emit(run(&opts), json, &path)
+        }
+        Cmd::Acquire {
+            device,
+            num_hosts,
+            leases,
+            concurrency,
+            io_timeout,
+            compare_sanlock,
+            sanlock_bench,
+            json,
+        } => {
+            let (_auto, path) = match auto_or(&device, 512) {
+                Ok(x) => x,
+                Err(e) => {
+                    eprintln!("tenure-bench: {e}");
+                    return ExitCode::from(1);
+                }
+            };
+            let opts = tenure_bench::acquire::AcquireBenchOptions {
+                device: path.clone(),
+                num_hosts: num_hosts.clamp(1, 2000),
+                leases: leases.clamp(1, 30),
+                concurrency: concurrency.max(1),
+                io_timeout_s: io_timeout.max(1),
+                sanlock_rundir: compare_sanlock,
+                sanlock_bench,
+            };
+            emit(tenure_bench::acquire::run(&opts), json, &path)
         }
         Cmd::Join {
             device,

@@ -1,0 +1,363 @@
+//! `tenure-bench acquire`: acquire and release latency of free exclusive leases, throughput with
+//! several acquirers at once, and the device's bound for an acquire's dependent chain (area
+//! read, then write→read, write→read, write), measured in the same run; with
+//! `--compare-sanlock RUNDIR`, sanlock-anchor's bench.py against a running sanlock daemon on the
+//! same device afterwards (same geometry, same durability).
+
+use std::fs::OpenOptions;
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::PathBuf;
+use std::process::Command;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use io_uring::{opcode, types, IoUring};
+use tenure_core::clock::MonotonicClock;
+use tenure_core::delta::DeltaConfig;
+use tenure_core::dev::{Access, AlignedBuf, Device};
+use tenure_core::direct::{format_lockspace, format_resource, FormatOptions};
+use tenure_core::io::{open_backend, BackendKind, DiskId, EngineConfig};
+use tenure_core::lockspace::{LockspaceSet, LockspaceState};
+use tenure_core::paxos::{blocking, Acquired, PaxosConfig};
+use tenure_core::timeouts::{Timeouts, WATCHDOG_FIRE_DEFAULT_S};
+use tenure_format::{Geometry, LockspaceSpec, Name, ResourceSpec};
+
+use crate::report::{percentiles_us, Measurement};
+
+/// Options of `tenure-bench acquire`.
+#[derive(Clone, Debug)]
+pub struct AcquireBenchOptions {
+    /// 512-byte-sector device or file with room for `2 * leases + 1` 1 MiB areas.
+    pub device: PathBuf,
+    /// num_hosts of every resource.
+    pub num_hosts: u64,
+    /// Leases acquired (and released) one after another, and then in parallel.
+    pub leases: usize,
+    /// Acquirers at once in the throughput run.
+    pub concurrency: usize,
+    /// io_timeout.
+    pub io_timeout_s: u16,
+    /// A running sanlock daemon's SANLOCK_RUN_DIR.
+    pub sanlock_rundir: Option<PathBuf>,
+    /// sanlock-anchor's bench.py.
+    pub sanlock_bench: PathBuf,
+}
+
+const ALIGN: u64 = 1 << 20;
+
+fn err(e: impl std::fmt::Display) -> String {
+    e.to_string()
+}
+
+fn engine(
+    opts: &AcquireBenchOptions,
+) -> Result<Box<dyn tenure_core::io::IoBackend + Send>, String> {
+    let config = EngineConfig {
+        ring_entries: 16,
+        buffer_classes: vec![(512, 16), (1 << 20, 4)],
+        sync_workers: 1,
+    };
+    let dev = Device::open(&opts.device, Access::ReadWrite).map_err(err)?;
+    Ok(open_backend(vec![dev], &config, BackendKind::Uring)
+        .map_err(err)?
+        .0)
+}
+
+fn pcfg(opts: &AcquireBenchOptions, i: usize, generation: u64) -> PaxosConfig {
+    PaxosConfig {
+        space_name: Name::new("BENCH").expect("valid name"),
+        resource_name: Name::new(&format!("r{i}")).expect("valid name"),
+        geometry: Geometry::LEGACY_512,
+        area_offset: (i as u64 + 1) * ALIGN,
+        host_id: 1,
+        generation,
+        timeouts: Timeouts::new(opts.io_timeout_s, WATCHDOG_FIRE_DEFAULT_S),
+        no_wait: true,
+    }
+}
+
+/// The device's bound: the same dependent I/O chain as an uncontended acquire, on a raw ring.
+fn chain_bound(opts: &AcquireBenchOptions, iterations: usize) -> Result<Vec<Duration>, String> {
+    let file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .custom_flags(libc::O_DIRECT | libc::O_DSYNC)
+        .open(&opts.device)
+        .map_err(err)?;
+    let mut ring = IoUring::new(8).map_err(err)?;
+    let area_len = u32::try_from((opts.num_hosts + 2) * 512).map_err(err)?;
+    let mut area = AlignedBuf::new(area_len as usize);
+    let mut sector = AlignedBuf::new(512);
+    let fd = types::Fd(file.as_raw_fd());
+    // Formatted areas past the leases, each used once and never read before, like the leases
+    // an acquire reads (a warm area would be faster than any real first acquire).
+    let first_spare = opts.leases as u64 + 1;
+    let mut one = |e: io_uring::squeue::Entry| -> Result<(), String> {
+        // SAFETY: the buffers and the file outlive the operation; we wait for it right here.
+        unsafe { ring.submission().push(&e) }.map_err(|_| "sq full".to_string())?;
+        ring.submit_and_wait(1).map_err(err)?;
+        let c = ring.completion().next().ok_or("no completion")?;
+        if c.result() < 0 {
+            return Err(format!("raw I/O failed: {}", c.result()));
+        }
+        Ok(())
+    };
+    let mut samples = Vec::with_capacity(iterations);
+    for k in 0..iterations as u64 {
+        let base = (first_spare + k) * ALIGN;
+        let t0 = Instant::now();
+        one(
+            opcode::Read::new(fd, area.as_mut_slice().as_mut_ptr(), area_len)
+                .offset(base)
+                .build(),
+        )?;
+        for _ in 0..2 {
+            one(
+                opcode::Write::new(fd, sector.as_mut_slice().as_mut_ptr(), 512)
+                    .offset(base + 1024)
+                    .build(),
+            )?;
+            one(
+                opcode::Read::new(fd, area.as_mut_slice().as_mut_ptr(), area_len)
+                    .offset(base)
+                    .build(),
+            )?;
+        }
+        one(
+            opcode::Write::new(fd, sector.as_mut_slice().as_mut_ptr(), 512)
+                .offset(base)
+                .build(),
+        )?;
+        samples.push(t0.elapsed());
+    }
+    Ok(samples)
+}
+
+fn sanlock_rows(opts: &AcquireBenchOptions, rundir: &PathBuf) -> Result<Vec<Measurement>, String> {
+    let out = Command::new("/usr/bin/python3")
+        .arg(&opts.sanlock_bench)
+        .arg(&opts.device)
+        .args([
+            "--io-timeout",
+            &opts.io_timeout_s.to_string(),
+            "--leases",
+            &opts.leases.to_string(),
+        ])
+        .args([
+            "--threads",
+            &opts.concurrency.to_string(),
+            "--sector",
+            "512",
+        ])
+        .env("SANLOCK_RUN_DIR", rundir)
+        .output()
+        .map_err(|e| format!("bench.py: {e}"))?;
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    if !out.status.success() {
+        return Err(format!(
+            "bench.py failed: {text}{}",
+            String::from_utf8_lossy(&out.stderr)
+        ));
+    }
+    let field = |key: &str, idx: usize| -> Option<f64> {
+        text.lines()
+            .find(|l| l.starts_with(key))?
+            .split_whitespace()
+            .nth(idx)?
+            .parse()
+            .ok()
+    };
+    let lat = |scenario: &str, key: &str| Measurement {
+        system: "sanlock".into(),
+        scenario: scenario.into(),
+        n: opts.leases,
+        // bench.py prints the median and p90 in ms; it has no p99.
+        percentiles_us: field(key, 2)
+            .zip(field(key, 4))
+            .map(|(p50, p90)| (p50 * 1e3, p90 * 1e3, f64::NAN)),
+        ops_per_s: None,
+    };
+    Ok(vec![
+        lat(
+            "acquire free lease, 512/1M, num_hosts 2000 (bench.py)",
+            "acquire_ms",
+        ),
+        lat("release (bench.py)", "release_ms"),
+        Measurement {
+            system: "sanlock".into(),
+            scenario: format!("acquires/s, {} threads (bench.py)", opts.concurrency),
+            n: opts.leases,
+            percentiles_us: None,
+            ops_per_s: field("parallel_acquires_per_s", 1),
+        },
+    ])
+}
+
+/// Runs the scenarios.
+pub fn run(opts: &AcquireBenchOptions) -> Result<Vec<Measurement>, String> {
+    let t = opts.io_timeout_s;
+    let ls = LockspaceSpec::parse(&format!("BENCH:0:{}:0", opts.device.display())).map_err(err)?;
+    let force = FormatOptions {
+        force: true,
+        ..Default::default()
+    };
+    format_lockspace(&ls, force, u64::from(t)).map_err(err)?;
+    // The leases, then as many spare areas for the device bound.
+    for i in 0..2 * opts.leases {
+        let spec = ResourceSpec::parse(&format!(
+            "BENCH:r{i}:{}:{}",
+            opts.device.display(),
+            (i as u64 + 1) * ALIGN
+        ))
+        .map_err(err)?;
+        format_resource(&spec, force, Some(opts.num_hosts)).map_err(err)?;
+    }
+    // Hold host id 1 for the whole run, renewing in the background like a daemon would.
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut set = LockspaceSet::new(engine(opts)?);
+    let cfg = DeltaConfig {
+        space_name: Name::new("BENCH").map_err(err)?,
+        host_id: 1,
+        host_name: Name::new("bench-acquirer").map_err(err)?,
+        geometry: Geometry::LEGACY_512,
+        area_offset: 0,
+        timeouts: Timeouts::new(t, WATCHDOG_FIRE_DEFAULT_S),
+    };
+    let id = set.add(cfg, DiskId(0)).map_err(err)?;
+    let clock = MonotonicClock;
+    set.join(id, clock.now()).map_err(err)?;
+    let generation = loop {
+        let now = clock.now();
+        set.step(now).map_err(err)?;
+        match set.state(id) {
+            Some(LockspaceState::Joined { generation }) => break generation,
+            Some(LockspaceState::JoinFailed { error }) => return Err(error.to_string()),
+            _ => {}
+        }
+        set.wait(now, now.saturating_add(Duration::from_millis(100)))
+            .map_err(err)?;
+    };
+    let stop2 = Arc::clone(&stop);
+    let renewer = std::thread::spawn(move || {
+        while !stop2.load(Ordering::SeqCst) {
+            let now = clock.now();
+            let _ = set.step(now);
+            let _ = set.wait(now, now.saturating_add(Duration::from_millis(50)));
+        }
+    });
+    let mut no_owner = |_: u64, _: u64| (tenure_core::delta::HostStatus::Free, false);
+    let result = (|| -> Result<Vec<Measurement>, String> {
+        let mut e = engine(opts)?;
+        let (mut acq, mut rel, mut held) =
+            (Vec::new(), Vec::new(), Vec::<(usize, Acquired)>::new());
+        let mut ballots = 0u64;
+        for i in 0..opts.leases {
+            let t0 = Instant::now();
+            let a = blocking::acquire(
+                e.as_mut(),
+                &clock,
+                DiskId(0),
+                pcfg(opts, i, generation),
+                &mut no_owner,
+            )
+            .map_err(err)?
+            .map_err(err)?;
+            acq.push(t0.elapsed());
+            ballots += u64::from(a.ballots);
+            held.push((i, a));
+        }
+        for (i, a) in held.drain(..) {
+            let t0 = Instant::now();
+            blocking::release(e.as_mut(), &clock, DiskId(0), pcfg(opts, i, generation), a)
+                .map_err(err)?
+                .map_err(err)?;
+            rel.push(t0.elapsed());
+        }
+        // Throughput: `concurrency` acquirers, each with its own engine, over all leases.
+        let t0 = Instant::now();
+        let chunks: Vec<Vec<usize>> = (0..opts.concurrency)
+            .map(|c| (c..opts.leases).step_by(opts.concurrency).collect())
+            .collect();
+        let all: Result<Vec<Vec<(usize, Acquired)>>, String> = std::thread::scope(|s| {
+            let handles: Vec<_> = chunks
+                .iter()
+                .map(|chunk| {
+                    s.spawn(move || -> Result<Vec<(usize, Acquired)>, String> {
+                        let mut e = engine(opts)?;
+                        let mut no_owner =
+                            |_: u64, _: u64| (tenure_core::delta::HostStatus::Free, false);
+                        chunk
+                            .iter()
+                            .map(|&i| {
+                                blocking::acquire(
+                                    e.as_mut(),
+                                    &clock,
+                                    DiskId(0),
+                                    pcfg(opts, i, generation),
+                                    &mut no_owner,
+                                )
+                                .map_err(err)?
+                                .map(|a| (i, a))
+                                .map_err(err)
+                            })
+                            .collect()
+                    })
+                })
+                .collect();
+            handles
+                .into_iter()
+                .map(|h| h.join().map_err(|_| "acquirer panicked".to_string())?)
+                .collect()
+        });
+        let elapsed = t0.elapsed();
+        for (i, a) in all?.into_iter().flatten() {
+            blocking::release(e.as_mut(), &clock, DiskId(0), pcfg(opts, i, generation), a)
+                .map_err(err)?
+                .map_err(err)?;
+        }
+        let bound = chain_bound(opts, opts.leases)?;
+        let n = opts.num_hosts;
+        let lat = |scenario: String, mut s: Vec<Duration>| Measurement {
+            system: "tenure".into(),
+            scenario,
+            n: s.len(),
+            percentiles_us: Some(percentiles_us(&mut s)),
+            ops_per_s: None,
+        };
+        let mut rows = vec![
+            lat(
+                format!(
+                    "acquire free lease, 512/1M, num_hosts {n}, {:.1} ballots",
+                    ballots as f64 / opts.leases as f64
+                ),
+                acq,
+            ),
+            lat("release".into(), rel),
+            Measurement {
+                system: "tenure".into(),
+                scenario: format!("acquires/s, {} acquirers", opts.concurrency),
+                n: opts.leases,
+                percentiles_us: None,
+                ops_per_s: Some(opts.leases as f64 / elapsed.as_secs_f64()),
+            },
+        ];
+        let mut b = bound;
+        rows.push(Measurement {
+            system: "device".into(),
+            scenario: format!("acquire chain bound (read, W-R, W-R, W), num_hosts {n}"),
+            n: b.len(),
+            percentiles_us: Some(percentiles_us(&mut b)),
+            ops_per_s: None,
+        });
+        Ok(rows)
+    })();
+    stop.store(true, Ordering::SeqCst);
+    let _ = renewer.join();
+    let mut rows = result?;
+    if let Some(rundir) = &opts.sanlock_rundir {
+        rows.extend(sanlock_rows(opts, rundir)?);
+    }
+    Ok(rows)
+}
