@@ -49,6 +49,10 @@ pub struct PaxosConfig {
     /// Fail at once with [`PaxosError::OwnedRetry`] instead of waiting for an owner whose
     /// delta lease stopped changing to be declared dead.
     pub no_wait: bool,
+    /// The resource's num_hosts if known (from its format or an earlier acquire): the first
+    /// read then covers only those dblocks instead of every possible one. A wrong hint costs
+    /// one more read, never safety: dblocks are always read up to the leader's num_hosts.
+    pub num_hosts_hint: Option<u64>,
 }
 
 /// An I/O the machine wants. Writes take their sector from [`PaxosAcquire::write_data`];
@@ -208,7 +212,11 @@ impl PaxosAcquire {
             owner_cleared: None,
             other_won: None,
         };
-        me.read_area(now, None);
+        let hint = me
+            .cfg
+            .num_hosts_hint
+            .filter(|&n| n >= 1 && n <= me.cfg.geometry.hosts_max());
+        me.read_area(now, hint);
         me
     }
 
@@ -346,6 +354,10 @@ impl PaxosAcquire {
             Err(e) => return self.finish(Err(e)),
         };
         self.num_hosts = leader.num_hosts;
+        if data.len() < self.area_len(Some(leader.num_hosts)) {
+            // The hint was short of the leader's num_hosts: read every dblock that counts.
+            return self.read_area(now, Some(leader.num_hosts));
+        }
         if self.cfg.host_id > leader.num_hosts {
             return self.finish(Err(PaxosError::HostIdAboveNumHosts {
                 host_id: self.cfg.host_id,
@@ -803,5 +815,77 @@ pub mod blocking {
             let outcome = perform(backend, clock, disk, io, &data, m.io_deadline(), &mut buf)?;
             m.handle_io(clock.now(), outcome, &buf);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tenure_format::area::encode_resource_area;
+
+    fn cfg(hint: Option<u64>) -> PaxosConfig {
+        PaxosConfig {
+            space_name: Name::new("LS").expect("name"),
+            resource_name: Name::new("r").expect("name"),
+            geometry: Geometry::LEGACY_512,
+            area_offset: 0,
+            host_id: 1,
+            generation: 1,
+            timeouts: Timeouts::new(1, 10),
+            no_wait: true,
+            num_hosts_hint: hint,
+        }
+    }
+
+    #[test]
+    fn num_hosts_hint_sizes_the_first_read_and_a_short_hint_costs_one_more() {
+        let mut area = vec![0u8; 1 << 20];
+        encode_resource_area(
+            &mut area,
+            Geometry::LEGACY_512,
+            Name::new("LS").expect("n"),
+            Name::new("r").expect("n"),
+            8,
+        );
+        let now = Time::from_nanos(1_000_000_000);
+        // No hint: every possible dblock.
+        let mut m = PaxosAcquire::new(cfg(None), now);
+        assert_eq!(
+            m.poll_io(),
+            Some(PaxosIo::Read {
+                offset: 0,
+                len: 2002 * 512
+            })
+        );
+        // The right hint: leader, request and 8 dblocks; the ballot starts at once.
+        let mut m = PaxosAcquire::new(cfg(Some(8)), now);
+        assert_eq!(
+            m.poll_io(),
+            Some(PaxosIo::Read {
+                offset: 0,
+                len: 10 * 512
+            })
+        );
+        m.handle_io(now, IoOutcome::Done, &area[..10 * 512]);
+        assert!(
+            matches!(m.poll_io(), Some(PaxosIo::WriteThenRead { read_len, .. }) if read_len == 10 * 512)
+        );
+        // A short hint: the leader says 8, so all 8 dblocks are read before any ballot.
+        let mut m = PaxosAcquire::new(cfg(Some(3)), now);
+        assert_eq!(
+            m.poll_io(),
+            Some(PaxosIo::Read {
+                offset: 0,
+                len: 5 * 512
+            })
+        );
+        m.handle_io(now, IoOutcome::Done, &area[..5 * 512]);
+        assert_eq!(
+            m.poll_io(),
+            Some(PaxosIo::Read {
+                offset: 0,
+                len: 10 * 512
+            })
+        );
     }
 }

@@ -122,6 +122,7 @@ fn sanlock_and_tenure_contend_for_one_resource() {
             generation,
             timeouts: Timeouts::new(T, W),
             no_wait: true,
+            num_hosts_hint: Some(4),
         };
         let clock = MonotonicClock;
         let mut owner_status = |host: u64, gen: u64| {
