@@ -77,6 +77,7 @@ fn pcfg(opts: &AcquireBenchOptions, i: usize, generation: u64) -> PaxosConfig {
         no_wait: true,
         // Known from the format, as a daemon knows it after the first acquire.
         num_hosts_hint: Some(opts.num_hosts),
+        expect_lver: None,
     }
 }
 

@@ -53,6 +53,9 @@ pub struct PaxosConfig {
     /// read then covers only those dblocks instead of every possible one. A wrong hint costs
     /// one more read, never safety: dblocks are always read up to the leader's num_hosts.
     pub num_hosts_hint: Option<u64>,
+    /// Acquire only if the lease is still at this lver (the migration hand-off: the source
+    /// releases and passes its lver; the destination fails if anyone took the lease since).
+    pub expect_lver: Option<u64>,
 }
 
 /// An I/O the machine wants. Writes take their sector from [`PaxosAcquire::write_data`];
@@ -127,6 +130,14 @@ pub enum PaxosError {
         host_id: u64,
         /// num_hosts.
         num_hosts: u64,
+    },
+    /// The lease version moved on since the caller last saw it.
+    #[error("lease version is {found}, expected {expected}: someone acquired the lease since")]
+    LverMismatch {
+        /// The lver the caller expected.
+        expected: u64,
+        /// The lver on disk.
+        found: u64,
     },
     /// Too many aborted ballots.
     #[error("gave up after {0} aborted ballots")]
@@ -369,6 +380,12 @@ impl PaxosAcquire {
             Err(e) => return self.finish(Err(e)),
         };
         self.leader = Some(leader);
+        if let Some(expected) = self.cfg.expect_lver.filter(|&l| l != leader.lver) {
+            return self.finish(Err(PaxosError::LverMismatch {
+                expected,
+                found: leader.lver,
+            }));
+        }
         let free = leader.timestamp == 0;
         let ours =
             leader.owner_id == self.cfg.host_id && leader.owner_generation <= self.cfg.generation;
@@ -834,6 +851,7 @@ mod tests {
             timeouts: Timeouts::new(1, 10),
             no_wait: true,
             num_hosts_hint: hint,
+            expect_lver: None,
         }
     }
 
@@ -887,5 +905,48 @@ mod tests {
                 len: 10 * 512
             })
         );
+    }
+
+    #[test]
+    fn conditional_acquire_fails_when_the_lver_moved() {
+        let mut area = vec![0u8; 1 << 20];
+        encode_resource_area(
+            &mut area,
+            Geometry::LEGACY_512,
+            Name::new("LS").expect("n"),
+            Name::new("r").expect("n"),
+            8,
+        );
+        // The lease was acquired and released twice since format: lver 2 on disk.
+        let mut leader = LeaderRecord::decode(&area[..512]).expect("leader");
+        leader.lver = 2;
+        leader.encode_into(&mut area[..512]);
+        let now = Time::from_nanos(1_000_000_000);
+        for (expect, ok) in [(Some(2), true), (Some(1), false), (None, true)] {
+            let mut m = PaxosAcquire::new(
+                PaxosConfig {
+                    expect_lver: expect,
+                    ..cfg(Some(8))
+                },
+                now,
+            );
+            m.poll_io();
+            m.handle_io(now, IoOutcome::Done, &area[..10 * 512]);
+            if ok {
+                assert!(
+                    matches!(m.poll_io(), Some(PaxosIo::WriteThenRead { .. })),
+                    "{expect:?}: ballot starts"
+                );
+            } else {
+                assert_eq!(
+                    m.poll_result(),
+                    Some(Err(PaxosError::LverMismatch {
+                        expected: 1,
+                        found: 2
+                    }))
+                );
+                assert_eq!(m.poll_io(), None, "no write after a mismatch");
+            }
+        }
     }
 }

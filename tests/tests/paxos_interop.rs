@@ -123,6 +123,7 @@ fn sanlock_and_tenure_contend_for_one_resource() {
             timeouts: Timeouts::new(T, W),
             no_wait: true,
             num_hosts_hint: Some(4),
+            expect_lver: None,
         };
         let clock = MonotonicClock;
         let mut owner_status = |host: u64, gen: u64| {

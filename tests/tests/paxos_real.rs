@@ -150,6 +150,7 @@ fn three_hosts_contend_and_the_counter_oracle_sees_no_overlap() {
                             timeouts: Timeouts::new(T, W),
                             no_wait: true,
                             num_hosts_hint: Some(4),
+                            expect_lver: None,
                         };
                         let counter = COUNTERS + r * 512;
                         let clock = MonotonicClock;
