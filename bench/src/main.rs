@@ -87,13 +87,21 @@ enum Cmd {
     },
 }
 
-fn auto_or(device: &str, sector_size: u32) -> Result<(Option<AutoDevice>, PathBuf), String> {
-    if device == "auto" {
-        let a = AutoDevice::create(sector_size)?;
-        let p = a.path.clone();
-        Ok((Some(a), p))
-    } else {
-        Ok((None, PathBuf::from(device)))
+/// The device to use: a loop device made here for `auto` (removed when the guard drops), or
+/// the path given. Prints why and returns the exit code on failure.
+fn auto_or(device: &str, sector_size: u32) -> Result<(Option<AutoDevice>, PathBuf), ExitCode> {
+    if device != "auto" {
+        return Ok((None, PathBuf::from(device)));
+    }
+    match AutoDevice::create(sector_size) {
+        Ok(a) => {
+            let p = a.path.clone();
+            Ok((Some(a), p))
+        }
+        Err(e) => {
+            eprintln!("tenure-bench: {e}");
+            Err(ExitCode::from(1))
+        }
     }
 }
 
@@ -131,10 +139,7 @@ fn main() -> ExitCode {
             }
             let (_auto, path) = match auto_or(&device, sector_size) {
                 Ok(x) => x,
-                Err(e) => {
-                    eprintln!("tenure-bench: {e}");
-                    return ExitCode::from(1);
-                }
+                Err(code) => return code,
             };
             let opts = IoBenchOptions {
                 device: path.clone(),
@@ -157,10 +162,7 @@ fn main() -> ExitCode {
         } => {
             let (_auto, path) = match auto_or(&device, 512) {
                 Ok(x) => x,
-                Err(e) => {
-                    eprintln!("tenure-bench: {e}");
-                    return ExitCode::from(1);
-                }
+                Err(code) => return code,
             };
             let opts = tenure_bench::acquire::AcquireBenchOptions {
                 device: path.clone(),
@@ -182,10 +184,7 @@ fn main() -> ExitCode {
         } => {
             let (_auto, path) = match auto_or(&device, 512) {
                 Ok(x) => x,
-                Err(e) => {
-                    eprintln!("tenure-bench: {e}");
-                    return ExitCode::from(1);
-                }
+                Err(code) => return code,
             };
             let opts = JoinBenchOptions {
                 device: path.clone(),

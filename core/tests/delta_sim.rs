@@ -130,9 +130,7 @@ impl World {
                     Err(tenure_core::io::SubmitError::WriteInFlight { .. }) => {
                         h.lease.handle_io(
                             now,
-                            tenure_core::io::IoOutcome::Failed {
-                                errno: libc_ebusy(),
-                            },
+                            tenure_core::io::IoOutcome::Failed { errno: libc::EBUSY },
                             &[],
                         );
                     }
@@ -613,8 +611,4 @@ fn foreign_or_corrupt_content_in_our_slot_loses_the_lockspace_at_once() {
         }
         assert!(!w.hosts[h].lease.is_joined());
     }
-}
-
-fn libc_ebusy() -> i32 {
-    16
 }

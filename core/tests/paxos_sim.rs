@@ -274,7 +274,7 @@ fn run_seed(seed: u64, crashes: bool, stats: &mut Stats) {
                     Err(tenure_core::io::SubmitError::WriteInFlight { .. }) => {
                         // An older write of ours to that sector may still land: this attempt
                         // fails like an I/O error.
-                        h.outcome = IoOutcome::Failed { errno: 16 };
+                        h.outcome = IoOutcome::Failed { errno: libc::EBUSY };
                         h.awaiting = true;
                         h.io.clear();
                         continue;
