@@ -1,6 +1,254 @@
-//! tenure-watchdog: self-fencing for tenure hosts.
+//! tenure-watchdog: self-fencing for tenure hosts (DESIGN.md "Watchdog", PROTOCOL.md
+//! "Recovery").
 //!
-//! This crate will hold the `/dev/watchdog` driver, the deadline multiplexer that feeds it
-//! only while every lockspace's renewal deadline lies ahead, and the emulated watchdog used by
-//! tests and the daemon's embedded default (DESIGN.md "Watchdog"). It is empty so far: no code
-//! in the workspace may claim fencing protection until it exists.
+//! - [`device`]: the Linux `/dev/watchdog*` driver (set and verify the timeout, keepalive,
+//!   magic close only on a clean disarm, iTCO halving, busy-device holders, probing).
+//! - [`mux`]: the deadline multiplexer — one source per lockspace; the device is fed only
+//!   while every source's renewal deadline lies more than one test interval ahead.
+//! - [`emulated`]: the emulated watchdog process (kills a process group or cgroup when
+//!   starved, records the firing) and its client; used by tests and the daemon's embedded
+//!   default on machines without a watchdog.
+//! - [`marker`]: the armed marker under /run — a restarted daemon never feeds a watchdog its
+//!   predecessor left armed.
+//! - [`fence`]: fence records written before the point of no return, for `tenure why-reset`.
+//!
+//! [`ArmedWatchdog`] puts marker and watchdog together in the only order that is safe
+//! (marker before arming, disarm before clearing the marker); [`Feeder`] drives it from the
+//! multiplexer. The crate stands alone: it knows nothing of lockspaces or disks.
+//!
+//! Glossary: *fire timeout* (W) — seconds from the last keepalive to the reset; *test
+//! interval* — how often the feeder decides, and how early it stops feeding before a
+//! deadline; *deadline* — a lockspace's renewal-fail time; *armed* — a watchdog that will
+//! fire unless fed or cleanly disarmed.
+
+pub mod device;
+pub mod emulated;
+pub mod fence;
+pub mod marker;
+pub mod mux;
+pub mod sys;
+
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+pub use device::{DeviceError, DeviceWatchdog};
+pub use emulated::{EmulatedError, EmulatedWatchdog};
+pub use marker::{ArmedMarker, MarkerError};
+pub use mux::{FeedDecision, Multiplexer, MuxError, SourceId, Withholding};
+
+/// Which watchdog to arm.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum WatchdogSpec {
+    /// A Linux watchdog device.
+    Device(PathBuf),
+    /// An emulated watchdog listening on this socket.
+    Emulated(PathBuf),
+    /// No watchdog: nothing fences this host. For tests only; callers log it loudly.
+    None,
+}
+
+impl std::fmt::Display for WatchdogSpec {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            WatchdogSpec::Device(p) => write!(f, "device {}", p.display()),
+            WatchdogSpec::Emulated(p) => write!(f, "emulated at {}", p.display()),
+            WatchdogSpec::None => write!(f, "none (NO FENCING)"),
+        }
+    }
+}
+
+/// Any failure to arm, feed or disarm.
+#[derive(Debug, thiserror::Error)]
+pub enum WatchdogError {
+    /// The device driver failed.
+    #[error(transparent)]
+    Device(#[from] DeviceError),
+    /// The emulated watchdog failed.
+    #[error(transparent)]
+    Emulated(#[from] EmulatedError),
+    /// The armed marker forbids arming (a reset is pending) or failed.
+    #[error(transparent)]
+    Marker(#[from] MarkerError),
+}
+
+#[derive(Debug)]
+enum Inner {
+    Device(DeviceWatchdog),
+    Emulated(EmulatedWatchdog),
+    None,
+}
+
+/// An armed watchdog with its marker (see the crate docs for the order of operations).
+/// Dropping it without [`ArmedWatchdog::disarm`] leaves it armed and the marker in place.
+#[derive(Debug)]
+pub struct ArmedWatchdog {
+    inner: Inner,
+    marker: Option<ArmedMarker>,
+    spec: WatchdogSpec,
+    fire_timeout_s: u32,
+}
+
+impl ArmedWatchdog {
+    /// Creates the marker in `marker_dir` (refused while a reset is pending), then arms the
+    /// watchdog to fire `fire_timeout_s` after the last keepalive.
+    pub fn arm(
+        spec: &WatchdogSpec,
+        fire_timeout_s: u32,
+        marker_dir: &Path,
+    ) -> Result<Self, WatchdogError> {
+        let (inner, marker) = match spec {
+            WatchdogSpec::None => (Inner::None, None),
+            WatchdogSpec::Device(path) => {
+                let marker = ArmedMarker::create(marker_dir, &spec.to_string())?;
+                match DeviceWatchdog::open(path, fire_timeout_s) {
+                    Ok(d) => (Inner::Device(d), Some(marker)),
+                    Err(e) => {
+                        // Keep the marker when the device may have stayed armed.
+                        let maybe_armed = matches!(
+                            e,
+                            DeviceError::TimeoutUnsupported {
+                                disarmed: false,
+                                ..
+                            }
+                        );
+                        if !maybe_armed {
+                            marker.clear()?;
+                        }
+                        return Err(e.into());
+                    }
+                }
+            }
+            WatchdogSpec::Emulated(socket) => {
+                let marker = ArmedMarker::create(marker_dir, &spec.to_string())?;
+                match EmulatedWatchdog::open(socket, fire_timeout_s) {
+                    Ok(w) => (Inner::Emulated(w), Some(marker)),
+                    Err(e) => {
+                        let maybe_armed = matches!(e, EmulatedError::Io { .. });
+                        if !maybe_armed {
+                            marker.clear()?;
+                        }
+                        return Err(e.into());
+                    }
+                }
+            }
+        };
+        Ok(Self {
+            inner,
+            marker,
+            spec: spec.clone(),
+            fire_timeout_s,
+        })
+    }
+
+    /// Feeds it.
+    pub fn keepalive(&mut self) -> Result<(), WatchdogError> {
+        match &mut self.inner {
+            Inner::Device(d) => d.keepalive()?,
+            Inner::Emulated(e) => e.keepalive()?,
+            Inner::None => {}
+        }
+        Ok(())
+    }
+
+    /// Seconds before it fires, where known.
+    pub fn time_left_s(&mut self) -> Option<i32> {
+        match &mut self.inner {
+            Inner::Device(d) => d.time_left_s(),
+            Inner::Emulated(e) => e.time_left_s(),
+            Inner::None => None,
+        }
+    }
+
+    /// What was armed.
+    pub fn spec(&self) -> &WatchdogSpec {
+        &self.spec
+    }
+
+    /// The fire timeout.
+    pub fn fire_timeout_s(&self) -> u32 {
+        self.fire_timeout_s
+    }
+
+    /// Identity reported by the device or emulator.
+    pub fn identity(&self) -> String {
+        match &self.inner {
+            Inner::Device(d) => d.identity().identity.clone(),
+            Inner::Emulated(e) => e.identity().to_owned(),
+            Inner::None => "none".into(),
+        }
+    }
+
+    /// Disarms cleanly, then removes the marker. Call only when nothing needs fencing.
+    pub fn disarm(self) -> Result<(), WatchdogError> {
+        match self.inner {
+            Inner::Device(d) => d.disarm()?,
+            Inner::Emulated(e) => e.disarm()?,
+            Inner::None => {}
+        }
+        if let Some(m) = self.marker {
+            m.clear()?;
+        }
+        Ok(())
+    }
+}
+
+/// What one [`Feeder::tick`] did.
+#[derive(Debug)]
+pub enum Tick {
+    /// Fed the watchdog.
+    Fed,
+    /// Withheld feeding (see the withholding source).
+    Withheld(Withholding),
+    /// Meant to feed, but the keepalive failed (the watchdog will fire if this persists).
+    FeedFailed(WatchdogError),
+}
+
+/// The multiplexer driving an armed watchdog. Call [`Feeder::tick`] at least once per test
+/// interval from a thread that never touches shared storage.
+#[derive(Debug)]
+pub struct Feeder {
+    /// The watchdog.
+    pub watchdog: ArmedWatchdog,
+    /// The multiplexer.
+    pub mux: Multiplexer,
+    last_fed: Option<Instant>,
+}
+
+impl Feeder {
+    /// A feeder over an armed watchdog.
+    pub fn new(watchdog: ArmedWatchdog, mux: Multiplexer) -> Self {
+        Self {
+            watchdog,
+            mux,
+            last_fed: None,
+        }
+    }
+
+    /// Decides and, when allowed, feeds.
+    pub fn tick(&mut self, now: Instant) -> Tick {
+        match self.mux.poll_feed(now) {
+            FeedDecision::Withhold(w) => Tick::Withheld(w),
+            FeedDecision::Feed => match self.watchdog.keepalive() {
+                Ok(()) => {
+                    self.last_fed = Some(now);
+                    Tick::Fed
+                }
+                Err(e) => Tick::FeedFailed(e),
+            },
+        }
+    }
+
+    /// When the watchdog was last fed.
+    pub fn last_fed(&self) -> Option<Instant> {
+        self.last_fed
+    }
+
+    /// Disarms the watchdog cleanly; refused (the feeder is given back) while any source is
+    /// registered, since a registered source means something may still need fencing.
+    pub fn disarm(self) -> Result<Result<(), WatchdogError>, Box<Self>> {
+        if !self.mux.is_empty() {
+            return Err(Box::new(self));
+        }
+        Ok(self.watchdog.disarm())
+    }
+}
