@@ -3,7 +3,7 @@
 # test suite. Run as root (loop devices, sanlock). `.ci/run` calls this.
 #
 # Installs: sanlock and python3-sanlock (interop), util-linux (losetup), gcc (sanlock-anchor's
-# rlimit shim), fuse3 + python3-fusepy + libfuse2 (the stalled-device file system),
+# rlimit shim, the watchdog test bed), fuse3 + python3-fusepy + libfuse2 (the stalled-device file system),
 # python3-seccomp (denies io_uring to test the fallback). Sets TENURE_TEST_REQUIRE_ALL=1 when
 # root, so a missing prerequisite fails instead of skipping.
 set -euo pipefail

@@ -34,6 +34,9 @@ enum Command {
     /// Resources (paxos leases).
     #[command(subcommand)]
     Resource(ResourceCmd),
+    /// Watchdogs: probe devices, test one, or run the emulated watchdog.
+    #[command(subcommand)]
+    Watchdog(crate::watchdog_cmd::WatchdogCmd),
     /// Read lease areas directly from storage and show every record (sanlock's too).
     Dump {
         /// PATH[:OFFSET[:SIZE]]; OFFSET and SIZE in bytes or with an M suffix (MiB).
@@ -207,6 +210,7 @@ fn run(cli: Cli) -> Result<ExitCode, String> {
             })?;
             Ok(ExitCode::SUCCESS)
         }
+        Command::Watchdog(cmd) => crate::watchdog_cmd::run(cmd),
         Command::Dump { target, json } => {
             let t =
                 DumpTarget::parse(&target).map_err(|e| format!("dump target {target:?}: {e}"))?;

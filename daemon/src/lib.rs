@@ -8,3 +8,4 @@
 
 pub mod cli;
 pub mod render;
+pub mod watchdog_cmd;

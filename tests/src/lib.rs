@@ -681,3 +681,47 @@ impl Drop for LockspaceThread {
         self.stop.store(true, std::sync::atomic::Ordering::SeqCst);
     }
 }
+
+/// The LD_PRELOAD watchdog test bed (`watchdog/testbed/wdshim.c`), compiled once per test
+/// process with gcc into the target directory. `None` (after printing why) when gcc is
+/// missing and skipping is allowed.
+pub fn wdshim_so() -> Option<PathBuf> {
+    static SO: OnceLock<Option<PathBuf>> = OnceLock::new();
+    SO.get_or_init(|| {
+        if !prerequisite(
+            on_path("gcc"),
+            "gcc is needed to build the watchdog test bed shim",
+        ) {
+            return None;
+        }
+        let src = workspace_root().join("watchdog/testbed/wdshim.c");
+        let exe = std::env::current_exe().expect("current exe");
+        let dir = exe
+            .parent()
+            .and_then(Path::parent)
+            .expect("target/<profile>")
+            .join("wdshim");
+        std::fs::create_dir_all(&dir).expect("create wdshim dir");
+        // Named after the source's hash, built under a per-process name and renamed into
+        // place: parallel test binaries never race, and rebuilt sources never pile up.
+        use std::hash::{Hash, Hasher};
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        std::fs::read(&src).expect("read wdshim.c").hash(&mut h);
+        let so = dir.join(format!("wdshim-{:016x}.so", h.finish()));
+        if !so.exists() {
+            let tmp = dir.join(format!("wdshim.{}.tmp", std::process::id()));
+            run_ok(
+                Command::new("gcc")
+                    .args([
+                        "-Wall", "-Wextra", "-Werror", "-shared", "-fPIC", "-O2", "-o",
+                    ])
+                    .arg(&tmp)
+                    .arg(&src)
+                    .arg("-ldl"),
+            );
+            std::fs::rename(&tmp, &so).expect("install wdshim.so");
+        }
+        Some(so)
+    })
+    .clone()
+}

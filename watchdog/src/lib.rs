@@ -178,6 +178,23 @@ impl ArmedWatchdog {
         }
     }
 
+    /// The device identity (device watchdogs only).
+    pub fn device_identity(&self) -> Option<&device::Identity> {
+        match &self.inner {
+            Inner::Device(d) => Some(d.identity()),
+            _ => None,
+        }
+    }
+
+    /// The timeout programmed into the device (half the fire timeout for iTCO); the fire
+    /// timeout for the other kinds.
+    pub fn programmed_timeout_s(&self) -> u32 {
+        match &self.inner {
+            Inner::Device(d) => d.programmed_timeout_s(),
+            _ => self.fire_timeout_s,
+        }
+    }
+
     /// Disarms cleanly, then removes the marker. Call only when nothing needs fencing.
     pub fn disarm(self) -> Result<(), WatchdogError> {
         match self.inner {
