@@ -408,7 +408,7 @@ fn watchdog_test_needs_yes_and_works_on_the_emulated_watchdog() {
             "watchdog",
             "test",
             "--fire-timeout",
-            "1",
+            "2",
             "--feed-for",
             "1",
             "--yes",
@@ -421,7 +421,7 @@ fn watchdog_test_needs_yes_and_works_on_the_emulated_watchdog() {
         .spawn()
         .unwrap();
     let rec = bed.wait_fired(Duration::from_secs(10));
-    assert_eq!(rec.effective_timeout_s, 1);
+    assert_eq!(rec.effective_timeout_s, 2);
     assert_eq!(rec.holder_pid, Some(child.id() as i32));
     assert_eq!(child.wait().unwrap().signal(), Some(libc::SIGKILL));
 }

@@ -299,8 +299,10 @@ fn timer_loop(shared: &Shared) -> Result<Option<FireRecord>, EmulatorError> {
                 let timeout_s = a.timeout_s;
                 let holder_pid = a.holder_pid;
                 st.fired = true;
-                drop(st);
+                // Killed with the lock held: no client gets another reply before its host is
+                // dead, as nothing answers after a hardware reset.
                 let killed = kill_target(&shared.cfg.target);
+                drop(st);
                 let rec = FireRecord {
                     fired_at_unix_ms: unix_ms(),
                     reason: format!(
