@@ -30,7 +30,7 @@ use crate::io::IoOutcome;
 use crate::timeouts::Timeouts;
 
 /// Who acquires which resource.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct PaxosConfig {
     /// Lockspace name.
     pub space_name: Name,
@@ -60,7 +60,7 @@ pub struct PaxosConfig {
 
 /// An I/O the machine wants. Writes take their sector from [`PaxosAcquire::write_data`];
 /// `WriteThenRead` must be issued as a linked chain (the read starts after the write).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum PaxosIo {
     /// Read `len` bytes at `offset`.
     Read {
@@ -86,7 +86,7 @@ pub enum PaxosIo {
 }
 
 /// Why an acquire or release failed.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, thiserror::Error)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, thiserror::Error)]
 pub enum PaxosError {
     /// The owner's delta lease is alive.
     #[error("lease is held by host id {host_id} generation {generation}, which is alive")]
@@ -145,7 +145,7 @@ pub enum PaxosError {
 }
 
 /// Result of an acquire.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize)]
 pub struct Acquired {
     /// The lease version we hold.
     pub lver: u64,
@@ -157,7 +157,7 @@ pub struct Acquired {
     pub ballots: u32,
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 enum Step {
     ReadArea,
     AwaitOwner,
@@ -172,7 +172,7 @@ enum Step {
 pub const BALLOTS_MAX: u32 = 64;
 
 /// One exclusive acquire.
-#[derive(Debug)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct PaxosAcquire {
     cfg: PaxosConfig,
     step: Step,
@@ -278,6 +278,11 @@ impl PaxosAcquire {
     /// When [`PaxosAcquire::handle_timeout`] is due.
     pub fn poll_timeout(&self) -> Option<Time> {
         self.timer
+    }
+
+    /// Ballots started so far (1 when uncontended).
+    pub fn ballots(&self) -> u32 {
+        self.ballots
     }
 
     /// The outcome, once.
@@ -444,7 +449,18 @@ impl PaxosAcquire {
     fn start_ballot(&mut self, now: Time, dblocks: &[(u64, Dblock)]) {
         // Checked by callers: leader is set once the area was read.
         let leader = self.leader.expect("leader read");
-        self.lver = leader.lver + 1;
+        // The next instance follows the leader's lver — and any lver a host won and released:
+        // a release's leader write that lands late (its host crashed or stalled with it in
+        // flight) can roll the leader back. Re-running an instance that was already chosen
+        // and released would let its winner "win" it again while a reader that saw the old
+        // RELEASED flag moves past it: two holders (found by tests/paxos_model.rs).
+        let released_max = dblocks
+            .iter()
+            .filter(|(_, d)| d.flags & DBLOCK_FLAG_RELEASED != 0)
+            .map(|(_, d)| d.lver)
+            .max()
+            .unwrap_or(0);
+        self.lver = leader.lver.max(released_max) + 1;
         let max_hosts = leader.max_hosts.max(1);
         let max_mbal = dblocks
             .iter()
@@ -608,7 +624,7 @@ impl PaxosAcquire {
 
 /// Releasing an exclusive lease: mark our dblock RELEASED, re-read the leader, and free the
 /// leader (timestamp 0) unless another host has written it since.
-#[derive(Debug)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct PaxosRelease {
     cfg: PaxosConfig,
     held: Acquired,
@@ -708,6 +724,61 @@ impl PaxosRelease {
             offset: self.cfg.area_offset,
         });
         self.io_started = now;
+    }
+}
+
+// Hash leaves out the write scratch sector: it is derived from the other fields while a
+// write is pending and stale otherwise, and it is the largest field by far (model checking
+// hashes millions of machines). Equal machines still hash equally.
+impl std::hash::Hash for PaxosAcquire {
+    fn hash<H: std::hash::Hasher>(&self, h: &mut H) {
+        let PaxosAcquire {
+            cfg,
+            step,
+            pending,
+            io_started,
+            io_time_max,
+            timer,
+            owner_query,
+            result,
+            sector: _,
+            leader,
+            num_hosts,
+            lver,
+            mbal,
+            ours,
+            ballots,
+            jitter,
+            owner_cleared,
+            other_won,
+        } = self;
+        (
+            cfg,
+            step,
+            pending,
+            io_started,
+            io_time_max,
+            timer,
+            owner_query,
+        )
+            .hash(h);
+        (result, leader, num_hosts, lver, mbal, ours, ballots, jitter).hash(h);
+        (owner_cleared, other_won).hash(h);
+    }
+}
+
+impl std::hash::Hash for PaxosRelease {
+    fn hash<H: std::hash::Hasher>(&self, h: &mut H) {
+        let PaxosRelease {
+            cfg,
+            held,
+            pending,
+            io_started,
+            sector: _,
+            freeing_leader,
+            result,
+        } = self;
+        (cfg, held, pending, io_started, freeing_leader, result).hash(h);
     }
 }
 

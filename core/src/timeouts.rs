@@ -32,7 +32,7 @@ pub const IO_TIMEOUT_DEFAULT_S: u16 = 10;
 pub const WATCHDOG_FIRE_DEFAULT_S: u32 = 60;
 
 /// The timing rules for one io_timeout and one watchdog fire timeout.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
 pub struct Timeouts {
     /// T, seconds (at least 1).
     pub io_timeout_s: u16,

@@ -117,7 +117,7 @@ pub struct IoRequest {
 }
 
 /// How an operation ended.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum IoOutcome {
     /// All bytes transferred. For reads, [`IoBackend::read_data`] has them until release.
