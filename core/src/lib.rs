@@ -11,6 +11,11 @@
 //!   lockspaces driven over one engine, the stable host name.
 //! - [`paxos`]: paxos leases (exclusive acquire and release so far) as sans-IO state machines.
 //!
+//! Evidence for the protocols: `tests/delta_sim.rs` and `tests/paxos_sim.rs` (seeded
+//! simulations with faults, the safety statement checked after every step) and
+//! `tests/paxos_model.rs` (an exhaustive search over every interleaving of the real paxos
+//! machines, sector-granular reads included, for small configurations).
+//!
 //! Protocol code never reads a clock, sleeps or touches a file descriptor: drivers feed it
 //! completions and time. Unsafe code is denied everywhere except the block-device ioctls in
 //! [`dev`] and the io_uring submission in [`io::uring`].

@@ -88,7 +88,7 @@ const _: () = {
 };
 
 /// Which kind of leader a magic number announces.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum LeaderKind {
     /// Delta lease (lockspace slot).
@@ -129,7 +129,7 @@ impl LeaderKind {
 }
 
 /// A decoded leader record, every field as on disk (integers converted from little-endian).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
 pub struct LeaderRecord {
     /// Magic number.
     pub magic: u32,

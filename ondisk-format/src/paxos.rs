@@ -95,7 +95,7 @@ fn head<const N: usize>(bytes: &[u8]) -> Result<&[u8], DecodeError> {
 }
 
 /// The request record (sector 1 of a resource area).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
 pub struct RequestRecord {
     /// Magic.
     pub magic: u32,
@@ -162,7 +162,7 @@ impl RequestRecord {
 }
 
 /// One host's ballot state for a resource (Disk Paxos "dblock").
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize)]
 pub struct Dblock {
     /// Ballot this host has started (promised).
     pub mbal: u64,
@@ -243,7 +243,7 @@ impl Dblock {
 }
 
 /// A host's shared-mode marker for a resource.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize)]
 pub struct ModeBlock {
     /// SHARED 0x1.
     pub flags: u32,
