@@ -523,6 +523,65 @@ pub fn format_resource(
     Ok(reports)
 }
 
+/// The owners of one disk of a resource, as `tenure resource owners` reports them.
+#[derive(Clone, Debug, Serialize)]
+pub struct OwnersReport {
+    /// Device.
+    pub path: PathBuf,
+    /// Area offset.
+    pub offset: u64,
+    /// Geometry read from the leader.
+    pub geometry: Geometry,
+    /// Who holds it.
+    pub owners: crate::paxos::Owners,
+    /// I/O backend used.
+    pub io_backend: &'static str,
+    /// Why the sync fallback ran, when it did.
+    pub io_fallback_reason: Option<String>,
+}
+
+/// Reads who holds a resource on each of its disks, without acquiring it: the leader's
+/// owner (unless free or released) and the hosts holding it shared.
+pub fn owners(spec: &ResourceSpec, backend: BackendKind) -> Result<Vec<OwnersReport>, DirectError> {
+    if spec.disks.is_empty() {
+        return Err(DirectError::Usage(
+            "a resource needs at least one PATH:OFFSET".into(),
+        ));
+    }
+    let mut out = Vec::with_capacity(spec.disks.len());
+    for disk in &spec.disks {
+        let mut dev = DirectDisk::open(Path::new(&disk.path), Access::Read, backend)?;
+        let first_len = usize::try_from(dev.io_align.max(4096)).unwrap_or(4096);
+        let leader = dev.read(disk.offset, first_len, LeaderRecord::decode)?;
+        let bad = |what: String| {
+            DirectError::Usage(format!("{} at offset {}: {what}", disk.path, disk.offset))
+        };
+        let leader = leader.map_err(|e| bad(format!("no resource leader here: {e}")))?;
+        let g = Geometry::from_leader_fields(leader.sector_size, leader.flags)?;
+        if leader.num_hosts == 0 || leader.num_hosts > g.hosts_max() {
+            return Err(bad(format!(
+                "leader num_hosts {} is out of range",
+                leader.num_hosts
+            )));
+        }
+        let len = usize::try_from((leader.num_hosts + 2) * u64::from(g.sector_size_bytes()))
+            .unwrap_or(usize::MAX);
+        let owners = dev.read(disk.offset, len, |data| {
+            crate::paxos::owners_from_area(data, g, &spec.lockspace, Some(&spec.name))
+        })?;
+        let owners = owners.map_err(|e| bad(e.to_string()))?;
+        out.push(OwnersReport {
+            path: dev.path().to_owned(),
+            offset: disk.offset,
+            geometry: g,
+            owners,
+            io_backend: dev.io_backend,
+            io_fallback_reason: dev.fallback_reason.clone(),
+        });
+    }
+    Ok(out)
+}
+
 /// Everything `dump` found.
 #[derive(Clone, Debug, Serialize)]
 pub struct DumpReport {

@@ -727,6 +727,85 @@ impl PaxosRelease {
     }
 }
 
+/// A host holding a resource, as read from its area.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+pub struct Holder {
+    /// Host id.
+    pub host_id: u64,
+    /// Lockspace generation it holds the lease in.
+    pub generation: u64,
+    /// Leader timestamp for the exclusive owner; 0 for shared holders (none is recorded).
+    pub timestamp: u64,
+}
+
+/// Who holds a resource, read without acquiring it (sanlock's read_resource_owners).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Owners {
+    /// The leader's lease version.
+    pub lver: u64,
+    /// The resource's num_hosts.
+    pub num_hosts: u64,
+    /// The exclusive owner: the host the leader names, unless the lease is free or that host
+    /// marked its dblock RELEASED in this lver.
+    pub exclusive: Option<Holder>,
+    /// Hosts whose mode block says SHARED, in host id order.
+    pub shared: Vec<Holder>,
+    /// The leader names an owner that released (its dblock has RELEASED at this lver).
+    pub owner_released: bool,
+    /// The leader as read.
+    pub leader: LeaderRecord,
+}
+
+/// Reads the owners from a resource area's bytes: leader, request record and the dblock
+/// sectors of hosts 1..num_hosts (fewer bytes is a `Corrupt` "short" error).
+pub fn owners_from_area(
+    data: &[u8],
+    geometry: Geometry,
+    space: &Name,
+    resource: Option<&Name>,
+) -> Result<Owners, PaxosError> {
+    let leader = LeaderRecord::decode_expect(data, LeaderKind::Paxos, geometry, space, resource)
+        .map_err(|e| PaxosError::Corrupt(e.to_string()))?;
+    let ss = geometry.sector_size_bytes() as usize;
+    let mut shared = Vec::new();
+    let mut owner_released = false;
+    for host in 1..=leader.num_hosts {
+        let at = usize::try_from(host + 1)
+            .unwrap_or(usize::MAX)
+            .saturating_mul(ss);
+        let sector = data
+            .get(at..at.saturating_add(ss))
+            .ok_or_else(|| PaxosError::Corrupt(format!("short read: no dblock for host {host}")))?;
+        let d = Dblock::decode(sector)
+            .map_err(|e| PaxosError::Corrupt(format!("dblock of host {host}: {e}")))?;
+        if host == leader.owner_id && d.lver == leader.lver && d.flags & DBLOCK_FLAG_RELEASED != 0 {
+            owner_released = true;
+        }
+        let mode = tenure_format::paxos::ModeBlock::decode_from_sector(sector)
+            .map_err(|e| PaxosError::Corrupt(format!("mode block of host {host}: {e}")))?;
+        if mode.is_shared() {
+            shared.push(Holder {
+                host_id: host,
+                generation: mode.generation,
+                timestamp: 0,
+            });
+        }
+    }
+    let exclusive = (leader.timestamp != 0 && !owner_released).then_some(Holder {
+        host_id: leader.owner_id,
+        generation: leader.owner_generation,
+        timestamp: leader.timestamp,
+    });
+    Ok(Owners {
+        lver: leader.lver,
+        num_hosts: leader.num_hosts,
+        exclusive,
+        shared,
+        owner_released,
+        leader,
+    })
+}
+
 // Hash leaves out the write scratch sector: it is derived from the other fields while a
 // write is pending and stale otherwise, and it is the largest field by far (model checking
 // hashes millions of machines). Equal machines still hash equally.
@@ -1019,5 +1098,67 @@ mod tests {
                 assert_eq!(m.poll_io(), None, "no write after a mismatch");
             }
         }
+    }
+
+    #[test]
+    fn owners_come_from_the_leader_the_owners_released_flag_and_the_mode_blocks() {
+        let g = Geometry::LEGACY_512;
+        let (ls, r) = (Name::new("LS").unwrap(), Name::new("r").unwrap());
+        let mut area = vec![0u8; 1 << 20];
+        encode_resource_area(&mut area, g, ls, r, 4);
+        let area = &mut area[..6 * 512];
+        let free = owners_from_area(area, g, &ls, Some(&r)).unwrap();
+        assert_eq!((free.exclusive, free.shared.len(), free.lver), (None, 0, 0));
+        // Host 3 holds lver 2.
+        let mut leader = LeaderRecord::decode(area).unwrap();
+        leader.owner_id = 3;
+        leader.owner_generation = 9;
+        leader.timestamp = 77;
+        leader.lver = 2;
+        area[..512].fill(0);
+        leader.encode_into(&mut area[..512]);
+        let o = owners_from_area(area, g, &ls, Some(&r)).unwrap();
+        assert_eq!(
+            o.exclusive,
+            Some(Holder {
+                host_id: 3,
+                generation: 9,
+                timestamp: 77
+            })
+        );
+        // It released: its dblock says RELEASED at lver 2.
+        let d = Dblock {
+            lver: 2,
+            mbal: 3,
+            flags: DBLOCK_FLAG_RELEASED,
+            ..Dblock::default()
+        };
+        d.encode_into(&mut area[4 * 512..5 * 512]);
+        let o = owners_from_area(area, g, &ls, Some(&r)).unwrap();
+        assert!(o.exclusive.is_none() && o.owner_released);
+        // Host 2 holds it shared.
+        tenure_format::paxos::ModeBlock {
+            flags: tenure_format::paxos::MODE_FLAG_SHARED,
+            unused: 0,
+            generation: 5,
+        }
+        .encode_into(&mut area[3 * 512..4 * 512]);
+        let o = owners_from_area(area, g, &ls, Some(&r)).unwrap();
+        assert_eq!(
+            o.shared,
+            vec![Holder {
+                host_id: 2,
+                generation: 5,
+                timestamp: 0
+            }]
+        );
+        // Too few bytes for num_hosts: a typed error, not a panic.
+        assert!(matches!(
+            owners_from_area(&area[..4 * 512], g, &ls, Some(&r)),
+            Err(PaxosError::Corrupt(_))
+        ));
+        // Another resource's area is refused.
+        let other = Name::new("x").unwrap();
+        assert!(owners_from_area(area, g, &ls, Some(&other)).is_err());
     }
 }

@@ -77,6 +77,15 @@ enum ResourceCmd {
         #[command(flatten)]
         common: CommonArgs,
     },
+    /// Show who holds a resource (exclusive owner, shared holders, lver), read directly from
+    /// its area without acquiring it.
+    Owners {
+        /// LS:NAME:PATH:OFFSET[:PATH:OFFSET...]
+        spec: String,
+        /// Print the result as JSON.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Debug, Args)]
@@ -207,6 +216,15 @@ fn run(cli: Cli) -> Result<ExitCode, String> {
             warn_fallback(reports.iter().map(|r| &r.io_fallback_reason));
             emit(common.json, &reports, || {
                 render::format_report("resource", &spec.name.escaped(), &reports)
+            })?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Resource(ResourceCmd::Owners { spec, json }) => {
+            let spec = ResourceSpec::parse(&spec).map_err(|e| format!("resource {spec:?}: {e}"))?;
+            let reports = direct::owners(&spec, cli.io_backend).map_err(|e| e.to_string())?;
+            warn_fallback(reports.iter().map(|r| &r.io_fallback_reason));
+            emit(json, &reports, || {
+                render::owners(&spec.name.escaped(), &reports)
             })?;
             Ok(ExitCode::SUCCESS)
         }

@@ -263,3 +263,41 @@ pub fn dump(r: &DumpReport) -> String {
     }
     out
 }
+
+/// `tenure resource owners`: one block per disk.
+pub fn owners(name: &str, reports: &[tenure_core::direct::OwnersReport]) -> String {
+    let mut out = String::new();
+    for r in reports {
+        let o = &r.owners;
+        out.push_str(&format!(
+            "resource {name} on {}:{} ({}), lver {}, num_hosts {}\n",
+            r.path.display(),
+            r.offset,
+            r.geometry,
+            o.lver,
+            o.num_hosts
+        ));
+        match &o.exclusive {
+            Some(h) => out.push_str(&format!(
+                "  exclusive  host {} generation {} (timestamp {})\n",
+                h.host_id, h.generation, h.timestamp
+            )),
+            None if o.owner_released => out.push_str(&format!(
+                "  exclusive  none (host {} released lver {})\n",
+                o.leader.owner_id, o.lver
+            )),
+            None => out.push_str("  exclusive  none\n"),
+        }
+        if o.shared.is_empty() {
+            out.push_str("  shared     none\n");
+        } else {
+            let v: Vec<String> = o
+                .shared
+                .iter()
+                .map(|h| format!("host {} generation {}", h.host_id, h.generation))
+                .collect();
+            out.push_str(&format!("  shared     {}\n", v.join(", ")));
+        }
+    }
+    out
+}

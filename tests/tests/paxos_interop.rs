@@ -1,7 +1,8 @@
 //! Paxos leases contended by real sanlock 3.8.5 and tenure on one resource: sanlock is host 1,
 //! tenure host 2 of one lockspace (own loop devices over one file). Exclusion holds both ways
 //! (each is refused while the other holds, sanlock with -243 "held by another host"), and each
-//! acquires what the other released, with lver advancing on disk as both read it.
+//! acquires what the other released, with lver advancing on disk as both read it; and
+//! `tenure resource owners` agrees with sanlock's read_resource_owners at every turn.
 
 use std::io::{BufRead, BufReader, Write};
 use std::process::{Command, Stdio};
@@ -36,6 +37,11 @@ for line in sys.stdin:
             sanlock.acquire(b"PX", b"R", [(dev, 1048576)], slkfd=fd)
         elif cmd == "release":
             sanlock.release(b"PX", b"R", [(dev, 1048576)], slkfd=fd)
+        elif cmd == "owners":
+            o = sanlock.read_resource_owners(b"PX", b"R", [(dev, 1048576)])
+            hosts = sorted((x["host_id"], x["generation"]) for x in o)
+            print("OWNERS" + "".join(" %d:%d" % h for h in hosts), flush=True)
+            continue
         elif cmd == "quit":
             break
         print("OK", flush=True)
@@ -141,8 +147,37 @@ fn sanlock_and_tenure_contend_for_one_resource() {
             (get("owner_id"), get("lver"), get("timestamp"))
         };
 
+        // tenure's owners view, in the holder script's "OWNERS id:gen ..." form.
+        let tenure_owners = || {
+            let out = tenure_ok(&["resource", "owners", &format!("PX:R:{p}:1M"), "--json"]);
+            let v: serde_json::Value = serde_json::from_str(&out).expect("owners json");
+            let o = &v[0]["owners"];
+            let mut hosts: Vec<(u64, u64)> = o["shared"]
+                .as_array()
+                .expect("shared")
+                .iter()
+                .chain(o["exclusive"].as_object().map(|_| &o["exclusive"]))
+                .map(|h| {
+                    (
+                        h["host_id"].as_u64().unwrap(),
+                        h["generation"].as_u64().unwrap(),
+                    )
+                })
+                .collect();
+            hosts.sort_unstable();
+            let mut line = String::from("OWNERS");
+            for (h, g) in hosts {
+                line.push_str(&format!(" {h}:{g}"));
+            }
+            line
+        };
+        assert_eq!(tenure_owners(), "OWNERS", "a fresh resource has no owner");
+        assert_eq!(sanlock_cmd("owners"), "OWNERS");
         // 1. sanlock holds: tenure is refused because the owner is alive.
         assert_eq!(sanlock_cmd("acquire"), "OK");
+        let seen = sanlock_cmd("owners");
+        assert!(seen.starts_with("OWNERS 1:"), "{seen}");
+        assert_eq!(tenure_owners(), seen, "owners while sanlock holds");
         let r = blocking::acquire(
             engine.as_mut(),
             &clock,
@@ -173,12 +208,20 @@ fn sanlock_and_tenure_contend_for_one_resource() {
         // 3. tenure holds: sanlock is refused with -243 ("Lease is held by another host").
         let refused = sanlock_cmd("acquire");
         assert_eq!(refused, "ERR -243", "sanlock while tenure holds");
+        assert_eq!(tenure_owners(), format!("OWNERS 2:{generation}"));
+        assert_eq!(
+            sanlock_cmd("owners"),
+            tenure_owners(),
+            "owners while tenure holds"
+        );
         // 4. tenure releases: sanlock acquires lver 3 and releases.
         blocking::release(engine.as_mut(), &clock, DiskId(0), pcfg.clone(), held)
             .expect("engine")
             .expect("release");
         let (owner, lver, ts) = leader();
         assert_eq!((owner, lver, ts), (2, 2, 0), "released leader");
+        assert_eq!(tenure_owners(), "OWNERS", "released");
+        assert_eq!(sanlock_cmd("owners"), "OWNERS", "sanlock agrees it is free");
         assert_eq!(sanlock_cmd("acquire"), "OK");
         let (owner, lver, _) = leader();
         assert_eq!(
