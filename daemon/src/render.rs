@@ -299,5 +299,7 @@ pub fn owners(name: &str, reports: &[tenure_core::direct::OwnersReport]) -> Stri
             out.push_str(&format!("  shared     {}\n", v.join(", ")));
         }
     }
+    // The caller adds the final newline.
+    out.pop();
     out
 }
