@@ -78,6 +78,7 @@ fn pcfg(opts: &AcquireBenchOptions, i: usize, generation: u64) -> PaxosConfig {
         // Known from the format, as a daemon knows it after the first acquire.
         num_hosts_hint: Some(opts.num_hosts),
         expect_lver: None,
+        read_lvb: false,
     }
 }
 

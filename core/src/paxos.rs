@@ -15,8 +15,12 @@
 //! - Reads of dblocks start only after our write completed (the driver links them).
 //! - Dblocks above num_hosts are never read; a host above num_hosts cannot acquire.
 //!
-//! Not yet here (issue 5 continues): shared mode, convert, requests, LVB, multi-disk majority,
-//! conditional acquire on lver, retract after failures past phase 2.
+//! Also here: conditional acquire on an expected lver, the lock value block (read before the
+//! commit, written at release before the RELEASED dblock), and reading the owners of a
+//! resource without acquiring it ([`owners_from_area`]).
+//!
+//! Not yet here (issue 5 continues): shared mode, convert, requests, multi-disk majority,
+//! retract after failures past phase 2.
 
 use std::time::Duration;
 
@@ -56,6 +60,10 @@ pub struct PaxosConfig {
     /// Acquire only if the lease is still at this lver (the migration hand-off: the source
     /// releases and passes its lver; the destination fails if anyone took the lease since).
     pub expect_lver: Option<u64>,
+    /// Read the lock value block (sector 2002 of the area) before committing, and return it
+    /// in [`Acquired::lvb`]. Refused at once where that sector lies outside the area (4096-byte
+    /// sectors with an area under 8 MiB).
+    pub read_lvb: bool,
 }
 
 /// An I/O the machine wants. Writes take their sector from [`PaxosAcquire::write_data`];
@@ -142,6 +150,17 @@ pub enum PaxosError {
     /// Too many aborted ballots.
     #[error("gave up after {0} aborted ballots")]
     TooManyRetries(u32),
+    /// This resource's geometry has no room for a lock value block.
+    #[error("{0}")]
+    LvbUnavailable(String),
+    /// More LVB bytes than one sector.
+    #[error("lock value block of {len} bytes does not fit in one {max}-byte sector")]
+    LvbTooLarge {
+        /// Bytes given.
+        len: usize,
+        /// Sector size.
+        max: usize,
+    },
 }
 
 /// Result of an acquire.
@@ -155,6 +174,8 @@ pub struct Acquired {
     pub dblock: Dblock,
     /// Ballots run (1 when uncontended).
     pub ballots: u32,
+    /// The lock value block as read during the acquire (one sector), when asked for.
+    pub lvb: Option<Vec<u8>>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -164,6 +185,7 @@ enum Step {
     Backoff,
     Phase1,
     Phase2,
+    ReadLvb,
     Commit,
     Done,
 }
@@ -196,6 +218,8 @@ pub struct PaxosAcquire {
     owner_cleared: Option<(u64, u64, u64)>,
     /// Phase 2 chose another host's value: we commit it for them and report.
     other_won: Option<u64>,
+    /// The lock value block read before the commit.
+    lvb: Option<Vec<u8>>,
 }
 
 impl PaxosAcquire {
@@ -222,12 +246,18 @@ impl PaxosAcquire {
             jitter,
             owner_cleared: None,
             other_won: None,
+            lvb: None,
         };
         let hint = me
             .cfg
             .num_hosts_hint
             .filter(|&n| n >= 1 && n <= me.cfg.geometry.hosts_max());
         me.read_area(now, hint);
+        if me.cfg.read_lvb {
+            if let Err(e) = me.cfg.geometry.lvb_offset() {
+                me.finish(Err(PaxosError::LvbUnavailable(e.to_string())));
+            }
+        }
         me
     }
 
@@ -310,6 +340,7 @@ impl PaxosAcquire {
                 Step::ReadArea => "read resource area",
                 Step::Phase1 => "phase 1",
                 Step::Phase2 => "phase 2",
+                Step::ReadLvb => "read lock value block",
                 Step::Commit => "commit",
                 _ => "acquire",
             };
@@ -321,17 +352,24 @@ impl PaxosAcquire {
             Step::ReadArea => self.decide(now, data),
             Step::Phase1 => self.after_phase1(now, data),
             Step::Phase2 => self.after_phase2(now, data),
+            Step::ReadLvb => {
+                let ss = self.ss();
+                self.lvb = Some(data.get(..ss).unwrap_or(data).to_vec());
+                self.commit(now);
+            }
             Step::Commit => {
                 if let Some(host_id) = self.other_won {
                     return self.finish(Err(PaxosError::AcquiredByOther { host_id }));
                 }
                 // Checked when committing: leader is set.
                 let leader = self.leader.expect("committed leader");
+                let lvb = self.lvb.take();
                 self.finish(Ok(Acquired {
                     lver: self.lver,
                     leader,
                     dblock: self.ours,
                     ballots: self.ballots,
+                    lvb,
                 }));
             }
             Step::AwaitOwner | Step::Backoff | Step::Done => {}
@@ -596,6 +634,24 @@ impl PaxosAcquire {
             self.other_won = Some(leader.owner_id);
         }
         self.leader = Some(leader);
+        if self.cfg.read_lvb && self.other_won.is_none() {
+            // Only a holder writes the LVB, at its release and before its RELEASED dblock,
+            // which we saw (or it is dead): reading it now gives what it left.
+            let lvb_offset = self.cfg.geometry.lvb_offset().unwrap_or(0);
+            self.step = Step::ReadLvb;
+            self.pending = Some(PaxosIo::Read {
+                offset: self.cfg.area_offset + lvb_offset,
+                len: self.ss(),
+            });
+            self.io_started = now;
+            return;
+        }
+        self.commit(now);
+    }
+
+    fn commit(&mut self, now: Time) {
+        // Checked by callers: the leader to commit is set.
+        let leader = self.leader.expect("leader to commit");
         self.sector.fill(0);
         leader.encode_into(&mut self.sector);
         self.step = Step::Commit;
@@ -632,33 +688,72 @@ pub struct PaxosRelease {
     io_started: Time,
     sector: Vec<u8>,
     freeing_leader: bool,
+    writing_lvb: bool,
     result: Option<Result<(), PaxosError>>,
 }
 
 impl PaxosRelease {
     /// Starts releasing `held` at `now`.
     pub fn new(cfg: PaxosConfig, held: Acquired, now: Time) -> Self {
-        let ss = cfg.geometry.sector_size_bytes() as usize;
-        let mut sector = vec![0u8; ss];
-        Dblock {
-            flags: held.dblock.flags | DBLOCK_FLAG_RELEASED,
-            ..held.dblock
-        }
-        .encode_into(&mut sector);
-        let pending = Some(PaxosIo::WriteThenRead {
-            write_offset: cfg.area_offset + cfg.geometry.dblock_offset(cfg.host_id),
-            read_offset: cfg.area_offset,
-            read_len: ss,
-        });
-        PaxosRelease {
+        let mut me = PaxosRelease {
+            sector: vec![0u8; cfg.geometry.sector_size_bytes() as usize],
             cfg,
             held,
-            pending,
+            pending: None,
             io_started: now,
-            sector,
             freeing_leader: false,
+            writing_lvb: false,
             result: None,
+        };
+        me.write_released(now);
+        me
+    }
+
+    /// Starts releasing `held` at `now`, first writing `lvb` (at most one sector, padded with
+    /// zeros) as the resource's lock value block — before the RELEASED dblock, so the next
+    /// holder, which waits for that flag, reads it.
+    pub fn with_lvb(
+        cfg: PaxosConfig,
+        held: Acquired,
+        lvb: &[u8],
+        now: Time,
+    ) -> Result<Self, PaxosError> {
+        let ss = cfg.geometry.sector_size_bytes() as usize;
+        let lvb_offset = cfg
+            .geometry
+            .lvb_offset()
+            .map_err(|e| PaxosError::LvbUnavailable(e.to_string()))?;
+        if lvb.len() > ss {
+            return Err(PaxosError::LvbTooLarge {
+                len: lvb.len(),
+                max: ss,
+            });
         }
+        let mut me = Self::new(cfg, held, now);
+        me.sector.fill(0);
+        me.sector[..lvb.len()].copy_from_slice(lvb);
+        me.writing_lvb = true;
+        me.pending = Some(PaxosIo::Write {
+            offset: me.cfg.area_offset + lvb_offset,
+        });
+        Ok(me)
+    }
+
+    /// Our dblock with RELEASED (other fields kept, mode block zeroed), then the leader.
+    fn write_released(&mut self, now: Time) {
+        let ss = self.sector.len();
+        self.sector.fill(0);
+        Dblock {
+            flags: self.held.dblock.flags | DBLOCK_FLAG_RELEASED,
+            ..self.held.dblock
+        }
+        .encode_into(&mut self.sector);
+        self.pending = Some(PaxosIo::WriteThenRead {
+            write_offset: self.cfg.area_offset + self.cfg.geometry.dblock_offset(self.cfg.host_id),
+            read_offset: self.cfg.area_offset,
+            read_len: ss,
+        });
+        self.io_started = now;
     }
 
     /// The next I/O (taken).
@@ -693,6 +788,10 @@ impl PaxosRelease {
         if self.freeing_leader {
             self.result = Some(Ok(()));
             return;
+        }
+        if self.writing_lvb {
+            self.writing_lvb = false;
+            return self.write_released(now);
         }
         let leader = match LeaderRecord::decode(data) {
             Ok(l) => l,
@@ -830,6 +929,7 @@ impl std::hash::Hash for PaxosAcquire {
             jitter,
             owner_cleared,
             other_won,
+            lvb,
         } = self;
         (
             cfg,
@@ -842,7 +942,7 @@ impl std::hash::Hash for PaxosAcquire {
         )
             .hash(h);
         (result, leader, num_hosts, lver, mbal, ours, ballots, jitter).hash(h);
-        (owner_cleared, other_won).hash(h);
+        (owner_cleared, other_won, lvb).hash(h);
     }
 }
 
@@ -855,9 +955,19 @@ impl std::hash::Hash for PaxosRelease {
             io_started,
             sector: _,
             freeing_leader,
+            writing_lvb,
             result,
         } = self;
-        (cfg, held, pending, io_started, freeing_leader, result).hash(h);
+        (
+            cfg,
+            held,
+            pending,
+            io_started,
+            freeing_leader,
+            writing_lvb,
+            result,
+        )
+            .hash(h);
     }
 }
 
@@ -969,7 +1079,35 @@ pub mod blocking {
         cfg: PaxosConfig,
         held: Acquired,
     ) -> Result<Result<(), PaxosError>, IoError> {
-        let mut m = PaxosRelease::new(cfg, held, clock.now());
+        run_release(
+            backend,
+            clock,
+            disk,
+            PaxosRelease::new(cfg, held, clock.now()),
+        )
+    }
+
+    /// Runs a release that first writes `lvb` as the lock value block.
+    pub fn release_with_lvb(
+        backend: &mut dyn IoBackend,
+        clock: &dyn Clock,
+        disk: DiskId,
+        cfg: PaxosConfig,
+        held: Acquired,
+        lvb: &[u8],
+    ) -> Result<Result<(), PaxosError>, IoError> {
+        match PaxosRelease::with_lvb(cfg, held, lvb, clock.now()) {
+            Ok(m) => run_release(backend, clock, disk, m),
+            Err(e) => Ok(Err(e)),
+        }
+    }
+
+    fn run_release(
+        backend: &mut dyn IoBackend,
+        clock: &dyn Clock,
+        disk: DiskId,
+        mut m: PaxosRelease,
+    ) -> Result<Result<(), PaxosError>, IoError> {
         let mut buf = Vec::new();
         loop {
             if let Some(r) = m.poll_result() {
@@ -1002,6 +1140,7 @@ mod tests {
             no_wait: true,
             num_hosts_hint: hint,
             expect_lver: None,
+            read_lvb: false,
         }
     }
 
@@ -1076,6 +1215,7 @@ mod tests {
             let mut m = PaxosAcquire::new(
                 PaxosConfig {
                     expect_lver: expect,
+                    read_lvb: false,
                     ..cfg(Some(8))
                 },
                 now,
@@ -1160,5 +1300,131 @@ mod tests {
         // Another resource's area is refused.
         let other = Name::new("x").unwrap();
         assert!(owners_from_area(area, g, &ls, Some(&other)).is_err());
+    }
+
+    /// Runs a machine's I/O synchronously on an in-memory area (owners answer Dead).
+    fn drive_acquire(area: &mut [u8], cfg: PaxosConfig) -> Result<Acquired, PaxosError> {
+        let mut now = Time::from_nanos(1_000_000_000_000);
+        let mut m = PaxosAcquire::new(cfg, now);
+        loop {
+            if let Some(r) = m.poll_result() {
+                return r;
+            }
+            now = now.saturating_add(Duration::from_millis(1));
+            if let Some(io) = m.poll_io() {
+                let data = m.write_data().to_vec();
+                let out = apply(area, io, &data);
+                m.handle_io(now, IoOutcome::Done, &out);
+            } else if m.poll_owner_query().is_some() {
+                m.handle_owner_status(now, HostStatus::Dead, true);
+            } else if let Some(t) = m.poll_timeout() {
+                m.handle_timeout(t);
+            }
+        }
+    }
+
+    fn apply(area: &mut [u8], io: PaxosIo, data: &[u8]) -> Vec<u8> {
+        let read =
+            |area: &[u8], off: u64, len: usize| area[off as usize..off as usize + len].to_vec();
+        match io {
+            PaxosIo::Read { offset, len } => read(area, offset, len),
+            PaxosIo::Write { offset } => {
+                area[offset as usize..offset as usize + data.len()].copy_from_slice(data);
+                Vec::new()
+            }
+            PaxosIo::WriteThenRead {
+                write_offset,
+                read_offset,
+                read_len,
+            } => {
+                area[write_offset as usize..write_offset as usize + data.len()]
+                    .copy_from_slice(data);
+                read(area, read_offset, read_len)
+            }
+        }
+    }
+
+    fn drive_release(area: &mut [u8], mut m: PaxosRelease) -> Result<(), PaxosError> {
+        let now = Time::from_nanos(2_000_000_000_000);
+        loop {
+            if let Some(r) = m.poll_result() {
+                return r;
+            }
+            let io = m.poll_io().expect("release I/O");
+            let data = m.write_data().to_vec();
+            let out = apply(area, io, &data);
+            m.handle_io(now, IoOutcome::Done, &out);
+        }
+    }
+
+    #[test]
+    fn the_lock_value_block_passes_from_holder_to_holder() {
+        let mut area = vec![0u8; 1 << 20];
+        encode_resource_area(
+            &mut area,
+            Geometry::LEGACY_512,
+            Name::new("LS").unwrap(),
+            Name::new("r").unwrap(),
+            4,
+        );
+        let lvb_at = Geometry::LEGACY_512.lvb_offset().unwrap() as usize;
+        area[lvb_at..lvb_at + 5].copy_from_slice(b"hello");
+        let cfg_lvb = PaxosConfig {
+            read_lvb: true,
+            ..cfg(Some(4))
+        };
+        let held = drive_acquire(&mut area, cfg_lvb.clone()).unwrap();
+        let lvb = held.lvb.clone().expect("lvb read");
+        assert_eq!(lvb.len(), 512);
+        assert_eq!(&lvb[..6], b"hello\0");
+        // Too large: refused before any I/O.
+        assert_eq!(
+            PaxosRelease::with_lvb(
+                cfg_lvb.clone(),
+                held.clone(),
+                &[1; 513],
+                Time::from_nanos(1)
+            )
+            .err(),
+            Some(PaxosError::LvbTooLarge { len: 513, max: 512 })
+        );
+        let m =
+            PaxosRelease::with_lvb(cfg_lvb.clone(), held, b"next", Time::from_nanos(1)).unwrap();
+        drive_release(&mut area, m).unwrap();
+        assert_eq!(&area[lvb_at..lvb_at + 5], b"next\0", "written, zero padded");
+        // Host 2 acquires after the release and reads what host 1 left.
+        let host2 = PaxosConfig {
+            host_id: 2,
+            ..cfg_lvb
+        };
+        let held2 = drive_acquire(&mut area, host2).unwrap();
+        assert_eq!(&held2.lvb.unwrap()[..5], b"next\0");
+        assert_eq!(held2.lver, 2);
+        // Without read_lvb there is no LVB in the result.
+        let mut area2 = area.clone();
+        let host3 = PaxosConfig {
+            host_id: 3,
+            ..cfg(Some(4))
+        };
+        assert_eq!(drive_acquire(&mut area2, host3).unwrap().lvb, None);
+    }
+
+    #[test]
+    fn an_lvb_outside_the_area_is_refused_before_any_io() {
+        let g = Geometry::new(
+            tenure_format::SectorSize::B4096,
+            tenure_format::AlignSize::M1,
+        )
+        .unwrap();
+        let cfg = PaxosConfig {
+            geometry: g,
+            read_lvb: true,
+            ..cfg(None)
+        };
+        let mut m = PaxosAcquire::new(cfg, Time::from_nanos(1));
+        assert_eq!(m.poll_io(), None, "no I/O");
+        assert!(
+            matches!(m.poll_result(), Some(Err(PaxosError::LvbUnavailable(msg))) if msg.contains("outside"))
+        );
     }
 }

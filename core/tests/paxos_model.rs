@@ -36,11 +36,14 @@ enum Flight {
         data: Vec<u8>,
         then_read: Option<(usize, usize)>,
     },
-    /// A read of `count` sectors from `first`; `left` has a bit per sector not yet copied.
+    /// A read of `count` sectors from `first`. `from[k]` is the index, in sector
+    /// `first + k`'s history, of the value it had when the read was issued: the read may
+    /// return any value from there to the current one (it copies each sector at some instant
+    /// between issue and completion, and copying has no other effect).
     Read {
         first: usize,
-        buf: Vec<u8>,
-        left: u32,
+        count: usize,
+        from: Vec<u8>,
     },
 }
 
@@ -64,7 +67,9 @@ struct HostState {
 
 #[derive(Clone, PartialEq, Eq, Hash, Debug)]
 struct State {
-    disk: Vec<Vec<u8>>,
+    /// Per sector, the values it held since the oldest pending read of it was issued; the
+    /// last is the current value.
+    disk: Vec<Vec<Vec<u8>>>,
     hosts: Vec<HostState>,
     now: Time,
     /// Ghost: (lver, winner) of every successful acquire so far.
@@ -98,6 +103,7 @@ fn cfg(m: &Model, host_id: u64) -> PaxosConfig {
         no_wait: false,
         num_hosts_hint: Some(m.hosts),
         expect_lver: None,
+        read_lvb: false,
     }
 }
 
@@ -115,8 +121,11 @@ fn hash_sectors<H: Hasher>(bytes: &[u8], h: &mut H) {
 /// million states: about one in a million).
 fn fingerprint(s: &State) -> u64 {
     let mut h = DefaultHasher::new();
-    for sector in &s.disk {
-        hash_sectors(sector, &mut h);
+    for history in &s.disk {
+        history.len().hash(&mut h);
+        for value in history {
+            hash_sectors(value, &mut h);
+        }
     }
     for host in &s.hosts {
         match &host.op {
@@ -136,10 +145,7 @@ fn fingerprint(s: &State) -> u64 {
                 (1u8, sector, then_read).hash(&mut h);
                 hash_sectors(data, &mut h);
             }
-            Flight::Read { first, buf, left } => {
-                (2u8, first, left).hash(&mut h);
-                hash_sectors(buf, &mut h);
-            }
+            Flight::Read { first, count, from } => (2u8, first, count, from).hash(&mut h),
         }
         host.attempts.hash(&mut h);
     }
@@ -152,7 +158,7 @@ fn fingerprint(s: &State) -> u64 {
 enum Event {
     Start,
     WriteLands { host: usize, landed: bool },
-    ReadsSector { host: usize, sector: usize },
+    ReadCompletes { host: usize, choice: usize },
     Timer { host: usize },
     Releases { host: usize },
     Retries { host: usize },
@@ -171,8 +177,12 @@ impl std::fmt::Display for Event {
                     if landed { "lands" } else { "is lost" }
                 )
             }
-            Event::ReadsSector { host, sector } => {
-                write!(f, "host {} reads sector {sector}", host + 1)
+            Event::ReadCompletes { host, choice } => {
+                write!(
+                    f,
+                    "host {} read completes (value choice {choice})",
+                    host + 1
+                )
             }
             Event::Timer { host } => write!(f, "host {} timer", host + 1),
             Event::Releases { host } => write!(f, "host {} releases", host + 1),
@@ -212,7 +222,11 @@ impl Checker {
             Name::new("r").expect("n"),
             m.hosts,
         );
-        let disk: Vec<Vec<u8>> = area.chunks(SS).take(n + 2).map(<[u8]>::to_vec).collect();
+        let disk: Vec<Vec<Vec<u8>>> = area
+            .chunks(SS)
+            .take(n + 2)
+            .map(|c| vec![c.to_vec()])
+            .collect();
         let now = Time::from_nanos(1_000_000_000_000);
         let mut s = State {
             disk,
@@ -325,12 +339,7 @@ impl Checker {
                     }
                     if let Some(io) = a.poll_io() {
                         h.io = flight(io, a.write_data());
-                        if let Some(data) = self.begin_read(s, i) {
-                            let now = s.now;
-                            if let Op::Acquiring(a) = &mut s.hosts[i].op {
-                                a.handle_io(now, IoOutcome::Done, &data);
-                            }
-                        }
+                        issue_if_read(s, i);
                         continue;
                     }
                     return;
@@ -343,12 +352,7 @@ impl Checker {
                     }
                     if let Some(io) = r.poll_io() {
                         h.io = flight(io, r.write_data());
-                        if let Some(data) = self.begin_read(s, i) {
-                            let now = s.now;
-                            if let Op::Releasing(r) = &mut s.hosts[i].op {
-                                r.handle_io(now, IoOutcome::Done, &data);
-                            }
-                        }
+                        issue_if_read(s, i);
                         continue;
                     }
                     return;
@@ -356,22 +360,6 @@ impl Checker {
                 Op::Holding(_) | Op::Finished | Op::Crashed => return,
             }
         }
-    }
-
-    /// A plain read just issued: copy the sectors nobody else can change at once; if that
-    /// completes it, return the data for immediate delivery.
-    fn begin_read(&mut self, s: &mut State, i: usize) -> Option<Vec<u8>> {
-        let Flight::Read { first, left, .. } = &s.hosts[i].io else {
-            return None;
-        };
-        let count = left.count_ones() as usize;
-        let io = start_read(s, i, *first, count);
-        if let Flight::Read { left: 0, buf, .. } = io {
-            s.hosts[i].io = Flight::Idle;
-            return Some(buf);
-        }
-        s.hosts[i].io = io;
-        None
     }
 
     fn deliver(&mut self, s: &mut State, i: usize, data: &[u8]) {
@@ -403,14 +391,16 @@ impl Checker {
                     for land in landed {
                         let mut n = s.clone();
                         if land {
-                            n.disk[*sector].clone_from(data);
+                            n.disk[*sector].push(data.clone());
                         }
                         match then_read {
                             Some((first, count)) => {
-                                n.hosts[i].io = start_read(&n, i, *first, *count);
+                                n.hosts[i].io = issue_read(&n, *first, *count);
+                                prune(&mut n);
                             }
                             None => {
                                 n.hosts[i].io = Flight::Idle;
+                                prune(&mut n);
                                 self.deliver(&mut n, i, &[]);
                             }
                         }
@@ -421,44 +411,42 @@ impl Checker {
                                 landed: land,
                             },
                         );
-                        if matches!(&n.hosts[i].io, Flight::Read { left: 0, .. }) {
-                            let Flight::Read { buf, .. } =
-                                std::mem::replace(&mut n.hosts[i].io, Flight::Idle)
-                            else {
-                                unreachable!()
-                            };
-                            self.deliver(&mut n, i, &buf);
-                        }
                         self.push(n);
                     }
                 }
-                Flight::Read { first, buf, left } => {
-                    for bit in 0..32 {
-                        if left & (1 << bit) == 0 {
-                            continue;
+                Flight::Read { first, count, from } => {
+                    // Completion: every combination of one value per sector, each from its
+                    // value at issue to its current one.
+                    let ranges: Vec<(usize, usize)> = (0..*count)
+                        .map(|k| (usize::from(from[k]), s.disk[first + k].len()))
+                        .collect();
+                    let mut pick: Vec<usize> = ranges.iter().map(|r| r.0).collect();
+                    let mut choice = 0;
+                    loop {
+                        let mut buf = Vec::with_capacity(count * SS);
+                        for (k, &v) in pick.iter().enumerate() {
+                            buf.extend_from_slice(&s.disk[first + k][v]);
                         }
                         let mut n = s.clone();
-                        let mut buf = buf.clone();
-                        buf[bit * SS..(bit + 1) * SS].copy_from_slice(&n.disk[first + bit]);
-                        let left = left & !(1 << bit);
-                        if left == 0 {
-                            n.hosts[i].io = Flight::Idle;
-                            self.deliver(&mut n, i, &buf);
-                        } else {
-                            n.hosts[i].io = Flight::Read {
-                                first: *first,
-                                buf,
-                                left,
-                            };
-                        }
-                        self.current = (
-                            fp,
-                            Event::ReadsSector {
-                                host: i,
-                                sector: first + bit,
-                            },
-                        );
+                        n.hosts[i].io = Flight::Idle;
+                        prune(&mut n);
+                        self.deliver(&mut n, i, &buf);
+                        self.current = (fp, Event::ReadCompletes { host: i, choice });
                         self.push(n);
+                        choice += 1;
+                        // Next combination (odometer).
+                        let mut k = 0;
+                        while k < pick.len() {
+                            pick[k] += 1;
+                            if pick[k] < ranges[k].1 {
+                                break;
+                            }
+                            pick[k] = ranges[k].0;
+                            k += 1;
+                        }
+                        if k == pick.len() {
+                            break;
+                        }
                     }
                 }
                 Flight::Idle => {}
@@ -506,10 +494,11 @@ impl Checker {
                 for &land in lands {
                     let mut n = s.clone();
                     if let (true, Flight::Write { sector, data, .. }) = (land, &h.io) {
-                        n.disk[*sector].clone_from(data);
+                        n.disk[*sector].push(data.clone());
                     }
                     n.hosts[i].op = Op::Crashed;
                     n.hosts[i].io = Flight::Idle;
+                    prune(&mut n);
                     n.crashes += 1;
                     self.current = (
                         fp,
@@ -563,30 +552,58 @@ fn flight(io: PaxosIo, data: &[u8]) -> Flight {
         },
         PaxosIo::Read { offset, len } => Flight::Read {
             first: offset as usize / SS,
-            buf: vec![0; len],
-            left: (1u32 << (len / SS)) - 1,
+            count: len / SS,
+            from: Vec::new(),
         },
     }
 }
 
-/// Starts a read of `count` sectors from `first` by host `i`. Sectors that no other live
-/// host can write while it runs (the request record, which nobody writes here; the reader's
-/// own dblock) are copied at once: their read order cannot matter, and leaving them out of
-/// the interleaving keeps the search small without hiding any behaviour.
-fn start_read(s: &State, i: usize, first: usize, count: usize) -> Flight {
-    let mut buf = vec![0; count * SS];
-    let mut left = 0u32;
-    for k in 0..count {
-        let sector = first + k;
-        let writable_by_others = sector == 0
-            || (sector >= 2 && sector - 2 != i && s.hosts[sector - 2].op != Op::Crashed);
-        if writable_by_others {
-            left |= 1 << k;
-        } else {
-            buf[k * SS..(k + 1) * SS].copy_from_slice(&s.disk[sector]);
+/// A read issued now: each sector may return its current value or any later one.
+fn issue_read(s: &State, first: usize, count: usize) -> Flight {
+    let from = (0..count)
+        .map(|k| u8::try_from(s.disk[first + k].len() - 1).expect("short history"))
+        .collect();
+    Flight::Read { first, count, from }
+}
+
+/// Turns a plain read just taken from a machine into an issued read.
+fn issue_if_read(s: &mut State, i: usize) {
+    if let Flight::Read { first, count, .. } = s.hosts[i].io {
+        s.hosts[i].io = issue_read(s, first, count);
+    }
+}
+
+/// Drops sector values no pending read can return any more, and renumbers the reads'
+/// history indices, so equal situations have equal states.
+fn prune(s: &mut State) {
+    for sector in 0..s.disk.len() {
+        let oldest_needed = s
+            .hosts
+            .iter()
+            .filter_map(|h| match &h.io {
+                Flight::Read { first, count, from }
+                    if (*first..first + count).contains(&sector) =>
+                {
+                    from.get(sector - first).copied()
+                }
+                _ => None,
+            })
+            .min()
+            .map_or(s.disk[sector].len() - 1, usize::from);
+        if oldest_needed == 0 {
+            continue;
+        }
+        s.disk[sector].drain(..oldest_needed);
+        for h in &mut s.hosts {
+            if let Flight::Read { first, count, from } = &mut h.io {
+                if (*first..*first + *count).contains(&sector) {
+                    if let Some(f) = from.get_mut(sector - *first) {
+                        *f -= u8::try_from(oldest_needed).expect("short history");
+                    }
+                }
+            }
         }
     }
-    Flight::Read { first, buf, left }
 }
 
 fn check(s: &State) -> Result<(), String> {

@@ -2,7 +2,8 @@
 //! tenure host 2 of one lockspace (own loop devices over one file). Exclusion holds both ways
 //! (each is refused while the other holds, sanlock with -243 "held by another host"), and each
 //! acquires what the other released, with lver advancing on disk as both read it; and
-//! `tenure resource owners` agrees with sanlock's read_resource_owners at every turn.
+//! `tenure resource owners` agrees with sanlock's read_resource_owners at every turn; the
+//! lock value block passes from sanlock to tenure and back.
 
 use std::io::{BufRead, BufReader, Write};
 use std::process::{Command, Stdio};
@@ -37,6 +38,14 @@ for line in sys.stdin:
             sanlock.acquire(b"PX", b"R", [(dev, 1048576)], slkfd=fd)
         elif cmd == "release":
             sanlock.release(b"PX", b"R", [(dev, 1048576)], slkfd=fd)
+        elif cmd == "acquire_lvb":
+            sanlock.acquire(b"PX", b"R", [(dev, 1048576)], slkfd=fd, lvb=True)
+        elif cmd.startswith("set_lvb "):
+            sanlock.set_lvb(b"PX", b"R", [(dev, 1048576)], cmd[8:].encode())
+        elif cmd == "get_lvb":
+            data = sanlock.get_lvb(b"PX", b"R", [(dev, 1048576)], 32)
+            print("LVB", data.rstrip(b"\0").decode(), flush=True)
+            continue
         elif cmd == "owners":
             o = sanlock.read_resource_owners(b"PX", b"R", [(dev, 1048576)])
             hosts = sorted((x["host_id"], x["generation"]) for x in o)
@@ -130,6 +139,7 @@ fn sanlock_and_tenure_contend_for_one_resource() {
             no_wait: true,
             num_hosts_hint: Some(4),
             expect_lver: None,
+            read_lvb: false,
         };
         let clock = MonotonicClock;
         let mut owner_status = |host: u64, gen: u64| {
@@ -276,6 +286,42 @@ fn sanlock_and_tenure_contend_for_one_resource() {
             assert_eq!(sanlock_cmd("release"), "OK");
             expect_lver += 2;
         }
+        // 6. The lock value block passes both ways (written at release, read at acquire).
+        assert_eq!(sanlock_cmd("acquire_lvb"), "OK");
+        assert_eq!(sanlock_cmd("set_lvb from-sanlock"), "OK");
+        assert_eq!(sanlock_cmd("release"), "OK");
+        let lvb_cfg = PaxosConfig {
+            read_lvb: true,
+            ..pcfg.clone()
+        };
+        let held = blocking::acquire(
+            engine.as_mut(),
+            &clock,
+            DiskId(0),
+            lvb_cfg.clone(),
+            &mut owner_status,
+        )
+        .expect("engine")
+        .unwrap_or_else(|e| panic!("tenure acquire with LVB: {e}"));
+        let lvb = held.lvb.clone().expect("lvb read");
+        assert_eq!(&lvb[..12], b"from-sanlock", "tenure reads sanlock's LVB");
+        blocking::release_with_lvb(
+            engine.as_mut(),
+            &clock,
+            DiskId(0),
+            lvb_cfg,
+            held,
+            b"from-tenure",
+        )
+        .expect("engine")
+        .expect("release with LVB");
+        assert_eq!(sanlock_cmd("acquire_lvb"), "OK");
+        assert_eq!(
+            sanlock_cmd("get_lvb"),
+            "LVB from-tenure",
+            "sanlock reads tenure's LVB"
+        );
+        assert_eq!(sanlock_cmd("release"), "OK");
         let _ = sanlock_cmd("quit");
         ls.leave();
         ls.wait_for("tenure leaves", Duration::from_secs(10), |s| {

@@ -151,6 +151,7 @@ fn three_hosts_contend_and_the_counter_oracle_sees_no_overlap() {
                             no_wait: true,
                             num_hosts_hint: Some(4),
                             expect_lver: None,
+                            read_lvb: false,
                         };
                         let counter = COUNTERS + r * 512;
                         let clock = MonotonicClock;
