@@ -79,6 +79,7 @@ fn pcfg(opts: &AcquireBenchOptions, i: usize, generation: u64) -> PaxosConfig {
         num_hosts_hint: Some(opts.num_hosts),
         expect_lver: None,
         read_lvb: false,
+        shared: false,
     }
 }
 

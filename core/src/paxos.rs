@@ -19,13 +19,22 @@
 //! commit, written at release before the RELEASED dblock), and reading the owners of a
 //! resource without acquiring it ([`owners_from_area`]).
 //!
-//! Not yet here (issue 5 continues): shared mode, convert, requests, multi-disk majority,
-//! retract after failures past phase 2.
+//! Shared mode (spec/PROTOCOL.md "Shared"): a shared acquire wins the leader with SHORT_HOLD,
+//! writes its mode block SHARED together with its RELEASED dblock, and frees the leader; an
+//! exclusive acquire that wins checks the SHARED mode blocks of its phase 2 read and gives the
+//! leader back if any of those hosts is live (or not yet known dead) in that generation. A
+//! dead holder's mode block is ignored but not cleared: writing another host's sector could
+//! clobber a ballot that host runs after rejoining, and its own next dblock write clears it.
+//! An acquire that finds another host's SHORT_HOLD leader retries up to
+//! [`SHORT_HOLD_RETRIES_MAX`] times.
+//!
+//! Not yet here (issue 5 continues): convert, requests, multi-disk majority, retract after
+//! failures past phase 2.
 
 use std::time::Duration;
 
 use serde::Serialize;
-use tenure_format::paxos::{Dblock, DBLOCK_FLAG_RELEASED};
+use tenure_format::paxos::{Dblock, ModeBlock, DBLOCK_FLAG_RELEASED, MODE_FLAG_SHARED};
 use tenure_format::{Geometry, LeaderKind, LeaderRecord, Name};
 
 use crate::clock::Time;
@@ -64,6 +73,10 @@ pub struct PaxosConfig {
     /// in [`Acquired::lvb`]. Refused at once where that sector lies outside the area (4096-byte
     /// sectors with an area under 8 MiB).
     pub read_lvb: bool,
+    /// Acquire in shared mode: win the leader briefly (SHORT_HOLD), mark our mode block
+    /// SHARED with our dblock RELEASED, then free the leader. Any number of hosts may hold a
+    /// lease shared; an exclusive acquire fails while a live host holds it shared.
+    pub shared: bool,
 }
 
 /// An I/O the machine wants. Writes take their sector from [`PaxosAcquire::write_data`];
@@ -150,6 +163,25 @@ pub enum PaxosError {
     /// Too many aborted ballots.
     #[error("gave up after {0} aborted ballots")]
     TooManyRetries(u32),
+    /// An exclusive acquire found a live host holding the lease shared (sanlock: EAGAIN). The
+    /// leader we had won was released again.
+    #[error("lease is held shared by host id {host_id} generation {generation}, which is alive")]
+    SharedBusy {
+        /// A live shared holder.
+        host_id: u64,
+        /// Its generation.
+        generation: u64,
+    },
+    /// Another host kept winning the leader briefly for shared acquires (SHORT_HOLD).
+    #[error(
+        "host id {host_id} holds the leader for a shared acquire; gave up after {retries} retries"
+    )]
+    ShortHoldRetry {
+        /// The host in the leader.
+        host_id: u64,
+        /// Retries made.
+        retries: u32,
+    },
     /// This resource's geometry has no room for a lock value block.
     #[error("{0}")]
     LvbUnavailable(String),
@@ -176,6 +208,8 @@ pub struct Acquired {
     pub ballots: u32,
     /// The lock value block as read during the acquire (one sector), when asked for.
     pub lvb: Option<Vec<u8>>,
+    /// Held shared (our mode block says SHARED; the leader was freed again).
+    pub shared: bool,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -187,7 +221,24 @@ enum Step {
     Phase2,
     ReadLvb,
     Commit,
+    /// Exclusive: asking about the liveness of shared holders seen in phase 2.
+    CheckShared,
+    /// Driving an inner release: freeing the leader after a shared acquire, or unwinding an
+    /// exclusive acquire that met a live shared holder.
+    Inner,
     Done,
+}
+
+/// Retries of an acquire that finds another host's SHORT_HOLD leader (sanlock: 8).
+pub const SHORT_HOLD_RETRIES_MAX: u32 = 8;
+
+/// Why an inner release runs, and what to report when it ends.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+enum InnerGoal {
+    /// Shared acquire: our mode block is SHARED, the leader is being freed.
+    Shared,
+    /// Exclusive acquire met this live shared holder: unwinding.
+    Busy(u64, u64),
 }
 
 /// Ballots before giving up.
@@ -220,6 +271,14 @@ pub struct PaxosAcquire {
     other_won: Option<u64>,
     /// The lock value block read before the commit.
     lvb: Option<Vec<u8>>,
+    /// What we won (kept while shared holders are checked or an inner release runs).
+    won: Option<Acquired>,
+    /// Other hosts' SHARED mode blocks seen in the phase 2 read: (host id, generation).
+    shared_holders: Vec<(u64, u64)>,
+    /// The inner release and why it runs.
+    inner: Option<(Box<PaxosRelease>, InnerGoal)>,
+    /// Retries after finding another host's SHORT_HOLD leader.
+    short_hold_retries: u32,
 }
 
 impl PaxosAcquire {
@@ -247,6 +306,10 @@ impl PaxosAcquire {
             owner_cleared: None,
             other_won: None,
             lvb: None,
+            won: None,
+            shared_holders: Vec::new(),
+            inner: None,
+            short_hold_retries: 0,
         };
         let hint = me
             .cfg
@@ -286,17 +349,26 @@ impl PaxosAcquire {
 
     /// The next I/O (taken: each is returned once).
     pub fn poll_io(&mut self) -> Option<PaxosIo> {
-        self.pending.take()
+        match &mut self.inner {
+            Some((r, _)) => r.poll_io(),
+            None => self.pending.take(),
+        }
     }
 
     /// Deadline of the I/O just taken.
     pub fn io_deadline(&self) -> Time {
-        self.io_started.saturating_add(self.cfg.timeouts.io())
+        match &self.inner {
+            Some((r, _)) => r.io_deadline(),
+            None => self.io_started.saturating_add(self.cfg.timeouts.io()),
+        }
     }
 
     /// The sector to write.
     pub fn write_data(&self) -> &[u8] {
-        &self.sector
+        match &self.inner {
+            Some((r, _)) => r.write_data(),
+            None => &self.sector,
+        }
     }
 
     /// A host whose delta-lease status the machine needs: (host id, generation named by the
@@ -313,6 +385,11 @@ impl PaxosAcquire {
     /// Ballots started so far (1 when uncontended).
     pub fn ballots(&self) -> u32 {
         self.ballots
+    }
+
+    /// Retries so far after finding another host's SHORT_HOLD leader.
+    pub fn short_hold_retries(&self) -> u32 {
+        self.short_hold_retries
     }
 
     /// The outcome, once.
@@ -335,6 +412,34 @@ impl PaxosAcquire {
     /// of the pair (or Done) and `data` the read's bytes.
     pub fn handle_io(&mut self, now: Time, outcome: IoOutcome, data: &[u8]) {
         self.note_io_time(now);
+        if let Some((r, goal)) = &mut self.inner {
+            r.handle_io(now, outcome, data);
+            let goal = *goal;
+            if let Some(res) = r.poll_result() {
+                self.inner = None;
+                let r = match (res, goal) {
+                    (Err(e), _) => Err(e),
+                    (Ok(()), InnerGoal::Busy(host_id, generation)) => Err(PaxosError::SharedBusy {
+                        host_id,
+                        generation,
+                    }),
+                    (Ok(()), InnerGoal::Shared) => {
+                        // Set when the inner release started.
+                        let won = self.won.take().expect("won lease");
+                        Ok(Acquired {
+                            dblock: Dblock {
+                                flags: won.dblock.flags | DBLOCK_FLAG_RELEASED,
+                                ..won.dblock
+                            },
+                            shared: true,
+                            ..won
+                        })
+                    }
+                };
+                self.finish(r);
+            }
+            return;
+        }
         if outcome != IoOutcome::Done {
             let what = match self.step {
                 Step::ReadArea => "read resource area",
@@ -363,16 +468,31 @@ impl PaxosAcquire {
                 }
                 // Checked when committing: leader is set.
                 let leader = self.leader.expect("committed leader");
-                let lvb = self.lvb.take();
-                self.finish(Ok(Acquired {
+                let won = Acquired {
                     lver: self.lver,
                     leader,
                     dblock: self.ours,
                     ballots: self.ballots,
-                    lvb,
-                }));
+                    lvb: self.lvb.take(),
+                    shared: false,
+                };
+                if self.cfg.shared {
+                    // Mode block SHARED with our dblock RELEASED, then free the leader.
+                    let mode = ModeBlock {
+                        flags: MODE_FLAG_SHARED,
+                        unused: 0,
+                        generation: self.cfg.generation,
+                    };
+                    let r = PaxosRelease::leader_release(self.cfg.clone(), won.clone(), mode, now);
+                    self.won = Some(won);
+                    self.step = Step::Inner;
+                    self.inner = Some((Box::new(r), InnerGoal::Shared));
+                    return;
+                }
+                self.won = Some(won);
+                self.next_shared_holder(now);
             }
-            Step::AwaitOwner | Step::Backoff | Step::Done => {}
+            Step::AwaitOwner | Step::Backoff | Step::CheckShared | Step::Inner | Step::Done => {}
         }
     }
 
@@ -453,6 +573,28 @@ impl PaxosAcquire {
     /// The owner's delta-lease status, and whether the delta lease still shows the generation
     /// the leader names.
     pub fn handle_owner_status(&mut self, now: Time, status: HostStatus, same_generation: bool) {
+        if self.step == Step::CheckShared {
+            let (host, generation) = self.shared_holders.remove(0);
+            match (status, same_generation) {
+                (HostStatus::Live | HostStatus::Unknown | HostStatus::Fail, true) => {
+                    // A live (or not yet known dead) shared holder: give the leader back.
+                    let won = self.won.clone().expect("won lease");
+                    let r = PaxosRelease::leader_release(
+                        self.cfg.clone(),
+                        won,
+                        ModeBlock::default(),
+                        now,
+                    );
+                    self.step = Step::Inner;
+                    self.inner = Some((Box::new(r), InnerGoal::Busy(host, generation)));
+                }
+                // Dead, free, or rejoined since: that shared lease is void. Its mode block is
+                // left alone (writing another host's sector could clobber a ballot it runs
+                // after rejoining); its own next dblock write clears it.
+                _ => self.next_shared_holder(now),
+            }
+            return;
+        }
         if self.step != Step::AwaitOwner {
             return;
         }
@@ -466,6 +608,19 @@ impl PaxosAcquire {
                 // about again while the leader still names it.
                 self.owner_cleared = Some((host_id, generation, leader.lver));
                 self.read_area(now, Some(self.num_hosts));
+            }
+            (HostStatus::Live, true)
+                if leader.flags & tenure_format::leader::LEADER_FLAG_SHORT_HOLD != 0 =>
+            {
+                // A shared acquire holds the leader for a moment: try again shortly.
+                self.short_hold_retries += 1;
+                if self.short_hold_retries > SHORT_HOLD_RETRIES_MAX {
+                    return self.finish(Err(PaxosError::ShortHoldRetry {
+                        host_id,
+                        retries: SHORT_HOLD_RETRIES_MAX,
+                    }));
+                }
+                self.backoff(now);
             }
             (HostStatus::Live, true) => self.finish(Err(PaxosError::OwnerAlive {
                 host_id,
@@ -562,10 +717,14 @@ impl PaxosAcquire {
         if self.ballots >= BALLOTS_MAX {
             return self.finish(Err(PaxosError::TooManyRetries(self.ballots)));
         }
+        self.backoff(now);
+    }
+
+    fn backoff(&mut self, now: Time) {
         // Back off for 1..=4 times the slowest I/O seen (at least 100 µs), varied by host and
         // ballot so contenders spread out.
         self.jitter = self.jitter.rotate_left(17)
-            ^ u64::from(self.ballots).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+            ^ u64::from(self.ballots + self.short_hold_retries).wrapping_mul(0xBF58_476D_1CE4_E5B9);
         let unit = self.io_time_max.max(Duration::from_micros(100));
         let factor = 1 + (self.jitter % 4) as u32;
         self.step = Step::Backoff;
@@ -626,9 +785,33 @@ impl PaxosAcquire {
             write_id: self.cfg.host_id,
             write_generation: self.cfg.generation,
             write_timestamp: now.as_secs().max(1),
-            flags: prev.flags & !tenure_format::leader::LEADER_FLAG_SHORT_HOLD,
+            flags: if self.cfg.shared {
+                prev.flags | tenure_format::leader::LEADER_FLAG_SHORT_HOLD
+            } else {
+                prev.flags & !tenure_format::leader::LEADER_FLAG_SHORT_HOLD
+            },
             ..prev
         };
+        if !self.cfg.shared {
+            // Shared holders as of phase 2: a new one needs the leader we now hold, and every
+            // one that got it earlier wrote its mode block before freeing it, so before this
+            // read began.
+            let ss = self.ss();
+            self.shared_holders.clear();
+            for host in (1..=self.num_hosts).filter(|&h| h != self.cfg.host_id) {
+                let at = usize::try_from(host + 1)
+                    .unwrap_or(usize::MAX)
+                    .saturating_mul(ss);
+                if let Some(Ok(mode)) = data
+                    .get(at..at.saturating_add(ss))
+                    .map(ModeBlock::decode_from_sector)
+                {
+                    if mode.is_shared() {
+                        self.shared_holders.push((host, mode.generation));
+                    }
+                }
+            }
+        }
         if leader.owner_id != self.cfg.host_id {
             // Another host's value was chosen: commit it for them, then report.
             self.other_won = Some(leader.owner_id);
@@ -661,6 +844,22 @@ impl PaxosAcquire {
         self.io_started = now;
     }
 
+    /// Exclusive acquire after the commit: ask about the next shared holder seen in phase 2,
+    /// or finish.
+    fn next_shared_holder(&mut self, _now: Time) {
+        match self.shared_holders.first() {
+            Some(&(host, generation)) => {
+                self.step = Step::CheckShared;
+                self.owner_query = Some((host, generation));
+            }
+            None => {
+                // Set at the commit.
+                let won = self.won.take().expect("won lease");
+                self.finish(Ok(won));
+            }
+        }
+    }
+
     /// Time passed: backoff ends, or the owner is asked about again.
     pub fn handle_timeout(&mut self, now: Time) {
         if self.timer.is_none_or(|t| t > now) {
@@ -689,12 +888,26 @@ pub struct PaxosRelease {
     sector: Vec<u8>,
     freeing_leader: bool,
     writing_lvb: bool,
+    /// Mode block written with our RELEASED dblock (zero, or SHARED for a shared acquire).
+    mode: ModeBlock,
+    /// Releasing a shared hold: one write of our sector with the mode block zeroed.
+    only_dblock: bool,
     result: Option<Result<(), PaxosError>>,
 }
 
 impl PaxosRelease {
-    /// Starts releasing `held` at `now`.
+    /// Starts releasing `held` at `now`. A shared hold is released by zeroing our mode
+    /// block (our dblock already says RELEASED); an exclusive one by marking our dblock
+    /// RELEASED and freeing the leader.
     pub fn new(cfg: PaxosConfig, held: Acquired, now: Time) -> Self {
+        let only_dblock = held.shared;
+        let mut me = Self::leader_release(cfg, held, ModeBlock::default(), now);
+        me.only_dblock = only_dblock;
+        me
+    }
+
+    /// Our RELEASED dblock with `mode` in one write, then the leader freed if still ours.
+    fn leader_release(cfg: PaxosConfig, held: Acquired, mode: ModeBlock, now: Time) -> Self {
         let mut me = PaxosRelease {
             sector: vec![0u8; cfg.geometry.sector_size_bytes() as usize],
             cfg,
@@ -703,6 +916,8 @@ impl PaxosRelease {
             io_started: now,
             freeing_leader: false,
             writing_lvb: false,
+            mode,
+            only_dblock: false,
             result: None,
         };
         me.write_released(now);
@@ -748,10 +963,18 @@ impl PaxosRelease {
             ..self.held.dblock
         }
         .encode_into(&mut self.sector);
-        self.pending = Some(PaxosIo::WriteThenRead {
-            write_offset: self.cfg.area_offset + self.cfg.geometry.dblock_offset(self.cfg.host_id),
-            read_offset: self.cfg.area_offset,
-            read_len: ss,
+        self.mode.encode_into(&mut self.sector);
+        let write_offset = self.cfg.area_offset + self.cfg.geometry.dblock_offset(self.cfg.host_id);
+        self.pending = Some(if self.only_dblock {
+            PaxosIo::Write {
+                offset: write_offset,
+            }
+        } else {
+            PaxosIo::WriteThenRead {
+                write_offset,
+                read_offset: self.cfg.area_offset,
+                read_len: ss,
+            }
         });
         self.io_started = now;
     }
@@ -785,7 +1008,7 @@ impl PaxosRelease {
             }));
             return;
         }
-        if self.freeing_leader {
+        if self.freeing_leader || (self.only_dblock && !self.writing_lvb) {
             self.result = Some(Ok(()));
             return;
         }
@@ -930,6 +1153,10 @@ impl std::hash::Hash for PaxosAcquire {
             owner_cleared,
             other_won,
             lvb,
+            won,
+            shared_holders,
+            inner,
+            short_hold_retries,
         } = self;
         (
             cfg,
@@ -942,7 +1169,16 @@ impl std::hash::Hash for PaxosAcquire {
         )
             .hash(h);
         (result, leader, num_hosts, lver, mbal, ours, ballots, jitter).hash(h);
-        (owner_cleared, other_won, lvb).hash(h);
+        (
+            owner_cleared,
+            other_won,
+            lvb,
+            won,
+            shared_holders,
+            inner,
+            short_hold_retries,
+        )
+            .hash(h);
     }
 }
 
@@ -956,18 +1192,12 @@ impl std::hash::Hash for PaxosRelease {
             sector: _,
             freeing_leader,
             writing_lvb,
+            mode,
+            only_dblock,
             result,
         } = self;
-        (
-            cfg,
-            held,
-            pending,
-            io_started,
-            freeing_leader,
-            writing_lvb,
-            result,
-        )
-            .hash(h);
+        (cfg, held, pending, io_started, freeing_leader, writing_lvb).hash(h);
+        (mode, only_dblock, result).hash(h);
     }
 }
 
@@ -1141,6 +1371,7 @@ mod tests {
             num_hosts_hint: hint,
             expect_lver: None,
             read_lvb: false,
+            shared: false,
         }
     }
 
@@ -1216,6 +1447,7 @@ mod tests {
                 PaxosConfig {
                     expect_lver: expect,
                     read_lvb: false,
+                    shared: false,
                     ..cfg(Some(8))
                 },
                 now,
@@ -1304,6 +1536,14 @@ mod tests {
 
     /// Runs a machine's I/O synchronously on an in-memory area (owners answer Dead).
     fn drive_acquire(area: &mut [u8], cfg: PaxosConfig) -> Result<Acquired, PaxosError> {
+        drive_acquire_with(area, cfg, |_| HostStatus::Dead)
+    }
+
+    fn drive_acquire_with(
+        area: &mut [u8],
+        cfg: PaxosConfig,
+        status: impl Fn(u64) -> HostStatus,
+    ) -> Result<Acquired, PaxosError> {
         let mut now = Time::from_nanos(1_000_000_000_000);
         let mut m = PaxosAcquire::new(cfg, now);
         loop {
@@ -1315,8 +1555,8 @@ mod tests {
                 let data = m.write_data().to_vec();
                 let out = apply(area, io, &data);
                 m.handle_io(now, IoOutcome::Done, &out);
-            } else if m.poll_owner_query().is_some() {
-                m.handle_owner_status(now, HostStatus::Dead, true);
+            } else if let Some((host, _)) = m.poll_owner_query() {
+                m.handle_owner_status(now, status(host), true);
             } else if let Some(t) = m.poll_timeout() {
                 m.handle_timeout(t);
             }
@@ -1425,6 +1665,69 @@ mod tests {
         assert_eq!(m.poll_io(), None, "no I/O");
         assert!(
             matches!(m.poll_result(), Some(Err(PaxosError::LvbUnavailable(msg))) if msg.contains("outside"))
+        );
+    }
+
+    #[test]
+    fn shared_holders_coexist_and_keep_an_exclusive_acquirer_out_until_they_release() {
+        let g = Geometry::LEGACY_512;
+        let (ls, r) = (Name::new("LS").unwrap(), Name::new("r").unwrap());
+        let mut area = vec![0u8; 1 << 20];
+        encode_resource_area(&mut area, g, ls, r, 4);
+        let host = |id: u64, shared: bool| PaxosConfig {
+            host_id: id,
+            shared,
+            ..cfg(Some(4))
+        };
+        let s2 = drive_acquire(&mut area, host(2, true)).unwrap();
+        let s3 = drive_acquire_with(&mut area, host(3, true), |_| HostStatus::Live).unwrap();
+        assert!(s2.shared && s3.shared);
+        let o = owners_from_area(&area, g, &ls, Some(&r)).unwrap();
+        assert_eq!(o.exclusive, None, "a shared acquire frees the leader again");
+        let shared: Vec<u64> = o.shared.iter().map(|h| h.host_id).collect();
+        assert_eq!(shared, vec![2, 3]);
+        // Exclusive while they live: busy, and the leader it won is given back.
+        let e = drive_acquire_with(&mut area, host(1, false), |_| HostStatus::Live).unwrap_err();
+        assert_eq!(
+            e,
+            PaxosError::SharedBusy {
+                host_id: 2,
+                generation: 1
+            }
+        );
+        let o = owners_from_area(&area, g, &ls, Some(&r)).unwrap();
+        assert!(o.exclusive.is_none(), "unwound: {o:?}");
+        // A dead shared holder does not count; a live one still does.
+        let e = drive_acquire_with(&mut area, host(1, false), |h| {
+            if h == 2 {
+                HostStatus::Dead
+            } else {
+                HostStatus::Live
+            }
+        })
+        .unwrap_err();
+        assert!(
+            matches!(e, PaxosError::SharedBusy { host_id: 3, .. }),
+            "{e}"
+        );
+        // Both release (one write each: mode block zeroed): exclusive succeeds.
+        for (id, held) in [(2, s2), (3, s3)] {
+            drive_release(
+                &mut area,
+                PaxosRelease::new(host(id, true), held, Time::from_nanos(1)),
+            )
+            .unwrap();
+        }
+        let x = drive_acquire_with(&mut area, host(1, false), |_| HostStatus::Live).unwrap();
+        assert!(!x.shared);
+        let o = owners_from_area(&area, g, &ls, Some(&r)).unwrap();
+        assert_eq!(o.exclusive.map(|h| h.host_id), Some(1));
+        assert!(o.shared.is_empty());
+        // Now a shared acquirer meets a live exclusive owner.
+        let e = drive_acquire_with(&mut area, host(2, true), |_| HostStatus::Live).unwrap_err();
+        assert!(
+            matches!(e, PaxosError::OwnerAlive { host_id: 1, .. }),
+            "{e}"
         );
     }
 }

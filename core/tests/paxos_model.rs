@@ -86,6 +86,8 @@ struct Model {
     /// Fault outside the protocol's model: a write may be reported done without landing.
     lost_writes: bool,
     states_max: usize,
+    /// Bit h-1 set: host h acquires in shared mode.
+    shared_mask: u8,
     /// Reaching `states_max` fails the test (an exhaustive check) instead of ending a
     /// bounded search.
     exhaustive: bool,
@@ -104,6 +106,7 @@ fn cfg(m: &Model, host_id: u64) -> PaxosConfig {
         num_hosts_hint: Some(m.hosts),
         expect_lver: None,
         read_lvb: false,
+        shared: m.shared_mask & (1 << (host_id - 1)) != 0,
     }
 }
 
@@ -209,6 +212,9 @@ struct Checker {
     max_ballots_seen: u32,
     pruned: u64,
     budget_reached: bool,
+    shared_held: bool,
+    exclusive_held: bool,
+    two_shared: bool,
 }
 
 impl Checker {
@@ -252,6 +258,9 @@ impl Checker {
             max_ballots_seen: 0,
             pruned: 0,
             budget_reached: false,
+            shared_held: false,
+            exclusive_held: false,
+            two_shared: false,
         };
         for i in 0..s.hosts.len() {
             c.drain(&mut s, i);
@@ -268,7 +277,7 @@ impl Checker {
         for h in &s.hosts {
             if let Op::Acquiring(a) = &h.op {
                 self.max_ballots_seen = self.max_ballots_seen.max(a.ballots());
-                if a.ballots() > self.m.ballots_max {
+                if a.ballots() > self.m.ballots_max || a.short_hold_retries() > self.m.ballots_max {
                     self.pruned += 1;
                     return;
                 }
@@ -298,6 +307,17 @@ impl Checker {
             if s.hosts.iter().any(|h| matches!(h.op, Op::Holding(_))) {
                 self.acquired_states += 1;
             }
+            let shared_now = s
+                .hosts
+                .iter()
+                .filter(|h| matches!(&h.op, Op::Holding(a) if a.shared))
+                .count();
+            self.shared_held |= shared_now > 0;
+            self.two_shared |= shared_now > 1;
+            self.exclusive_held |= s
+                .hosts
+                .iter()
+                .any(|h| matches!(&h.op, Op::Holding(a) if !a.shared));
             self.stack.push((s, fp));
         }
     }
@@ -607,15 +627,19 @@ fn prune(s: &mut State) {
 }
 
 fn check(s: &State) -> Result<(), String> {
-    let holders: Vec<usize> = s
-        .hosts
-        .iter()
-        .enumerate()
-        .filter(|(_, h)| matches!(h.op, Op::Holding(_)))
-        .map(|(i, _)| i + 1)
-        .collect();
-    if holders.len() > 1 {
-        return Err(format!("hosts {holders:?} hold the lease at once"));
+    let holders = |shared: bool| -> Vec<usize> {
+        s.hosts
+            .iter()
+            .enumerate()
+            .filter(|(_, h)| matches!(&h.op, Op::Holding(a) if a.shared == shared))
+            .map(|(i, _)| i + 1)
+            .collect()
+    };
+    let (exclusive, shared) = (holders(false), holders(true));
+    if exclusive.len() > 1 || (!exclusive.is_empty() && !shared.is_empty()) {
+        return Err(format!(
+            "hosts {exclusive:?} hold the lease exclusively while {shared:?} hold it shared: hold the lease at once"
+        ));
     }
     let mut lvers: Vec<u64> = s.won.iter().map(|(l, _)| *l).collect();
     lvers.sort_unstable();
@@ -632,7 +656,11 @@ fn summary(s: &State) -> Vec<String> {
         .map(|(i, h)| {
             let op = match &h.op {
                 Op::Acquiring(a) => format!("acquiring (ballot {})", a.ballots()),
-                Op::Holding(a) => format!("holding lver {}", a.lver),
+                Op::Holding(a) => format!(
+                    "holding lver {}{}",
+                    a.lver,
+                    if a.shared { " shared" } else { "" }
+                ),
                 Op::Releasing(_) => "releasing".into(),
                 Op::Finished => "finished".into(),
                 Op::Crashed => "crashed".into(),
@@ -666,6 +694,7 @@ fn two_hosts_one_disk_two_ballots_with_retries_releases_and_a_crash() {
         attempts_max: 2,
         crashes_max: 1,
         lost_writes: false,
+        shared_mask: 0,
         states_max: 3_000_000,
         exhaustive: true,
     });
@@ -686,6 +715,7 @@ fn three_hosts_one_disk_two_ballots_bounded() {
         attempts_max: 1,
         crashes_max: 1,
         lost_writes: false,
+        shared_mask: 0,
         states_max: std::env::var("MODEL_STATES")
             .ok()
             .and_then(|v| v.parse().ok())
@@ -707,6 +737,7 @@ fn the_checker_finds_the_violation_lost_writes_cause() {
         attempts_max: 1,
         crashes_max: 0,
         lost_writes: true,
+        shared_mask: 0,
         states_max: 3_000_000,
         exhaustive: true,
     });
@@ -714,5 +745,60 @@ fn the_checker_finds_the_violation_lost_writes_cause() {
     assert!(
         err.contains("hold the lease at once") || err.contains("won twice"),
         "{err}"
+    );
+}
+
+/// One exclusive and one shared acquirer, with retries and releases: never both hold,
+/// and both modes do get the lease in some interleavings.
+#[test]
+fn one_exclusive_and_one_shared_host_never_hold_together() {
+    let mut c = Checker::new(Model {
+        hosts: 2,
+        ballots_max: 2,
+        attempts_max: 2,
+        crashes_max: 0,
+        lost_writes: false,
+        shared_mask: 0b10,
+        states_max: 6_000_000,
+        exhaustive: true,
+    });
+    let states = c.run().unwrap_or_else(|v| panic!("{v}"));
+    eprintln!(
+        "exclusive host 1 + shared host 2: {states} states (exhaustive), {} with a holder",
+        c.acquired_states
+    );
+    assert!(
+        c.shared_held && c.exclusive_held,
+        "both modes acquired somewhere"
+    );
+}
+
+/// Two shared holders and one exclusive acquirer (bounded search): shared holders coexist,
+/// the exclusive one never overlaps them.
+#[test]
+fn two_shared_and_one_exclusive_host_bounded() {
+    let mut c = Checker::new(Model {
+        hosts: 3,
+        ballots_max: 2,
+        attempts_max: 1,
+        crashes_max: 0,
+        lost_writes: false,
+        shared_mask: 0b011,
+        states_max: 2_000_000,
+        exhaustive: false,
+    });
+    let states = c.run().unwrap_or_else(|v| panic!("{v}"));
+    eprintln!(
+        "shared hosts 1, 2 + exclusive host 3: {states} states{}, both shared at once: {}",
+        if c.budget_reached {
+            " (bounded)"
+        } else {
+            " (exhaustive)"
+        },
+        c.two_shared
+    );
+    assert!(
+        c.two_shared,
+        "two shared holders coexisted in some interleaving"
     );
 }

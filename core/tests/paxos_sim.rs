@@ -63,6 +63,7 @@ fn cfg(host_id: u64, no_wait: bool) -> PaxosConfig {
         num_hosts_hint: [None, Some(HOSTS), Some(2), Some(10)][(host_id - 1) as usize % 4],
         expect_lver: None,
         read_lvb: false,
+        shared: false,
     }
 }
 

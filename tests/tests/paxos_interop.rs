@@ -140,6 +140,7 @@ fn sanlock_and_tenure_contend_for_one_resource() {
             num_hosts_hint: Some(4),
             expect_lver: None,
             read_lvb: false,
+            shared: false,
         };
         let clock = MonotonicClock;
         let mut owner_status = |host: u64, gen: u64| {
@@ -292,6 +293,7 @@ fn sanlock_and_tenure_contend_for_one_resource() {
         assert_eq!(sanlock_cmd("release"), "OK");
         let lvb_cfg = PaxosConfig {
             read_lvb: true,
+            shared: false,
             ..pcfg.clone()
         };
         let held = blocking::acquire(

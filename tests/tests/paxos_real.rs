@@ -152,6 +152,7 @@ fn three_hosts_contend_and_the_counter_oracle_sees_no_overlap() {
                             num_hosts_hint: Some(4),
                             expect_lver: None,
                             read_lvb: false,
+                            shared: false,
                         };
                         let counter = COUNTERS + r * 512;
                         let clock = MonotonicClock;
