@@ -3,7 +3,8 @@
 //! (each is refused while the other holds, sanlock with -243 "held by another host"), and each
 //! acquires what the other released, with lver advancing on disk as both read it; and
 //! `tenure resource owners` agrees with sanlock's read_resource_owners at every turn; the
-//! lock value block passes from sanlock to tenure and back.
+//! lock value block passes from sanlock to tenure and back; shared leases coexist across both
+//! and keep either side's exclusive acquire out.
 
 use std::io::{BufRead, BufReader, Write};
 use std::process::{Command, Stdio};
@@ -38,6 +39,8 @@ for line in sys.stdin:
             sanlock.acquire(b"PX", b"R", [(dev, 1048576)], slkfd=fd)
         elif cmd == "release":
             sanlock.release(b"PX", b"R", [(dev, 1048576)], slkfd=fd)
+        elif cmd == "acquire_sh":
+            sanlock.acquire(b"PX", b"R", [(dev, 1048576)], slkfd=fd, shared=True)
         elif cmd == "acquire_lvb":
             sanlock.acquire(b"PX", b"R", [(dev, 1048576)], slkfd=fd, lvb=True)
         elif cmd.startswith("set_lvb "):
@@ -322,6 +325,68 @@ fn sanlock_and_tenure_contend_for_one_resource() {
             sanlock_cmd("get_lvb"),
             "LVB from-tenure",
             "sanlock reads tenure's LVB"
+        );
+        assert_eq!(sanlock_cmd("release"), "OK");
+        // 7. Shared leases across both: they coexist; an exclusive acquire on either side is
+        //    refused while the other holds shared, and succeeds once it released.
+        let sh_cfg = PaxosConfig {
+            shared: true,
+            ..pcfg.clone()
+        };
+        assert_eq!(sanlock_cmd("acquire_sh"), "OK");
+        let sh = blocking::acquire(
+            engine.as_mut(),
+            &clock,
+            DiskId(0),
+            sh_cfg.clone(),
+            &mut owner_status,
+        )
+        .expect("engine")
+        .unwrap_or_else(|e| panic!("tenure shared beside sanlock shared: {e}"));
+        assert!(sh.shared);
+        let seen = sanlock_cmd("owners");
+        eprintln!(
+            "owners with both shared: sanlock {seen:?}, tenure {:?}",
+            tenure_owners()
+        );
+        assert_eq!(tenure_owners(), seen, "owners with two shared holders");
+        blocking::release(engine.as_mut(), &clock, DiskId(0), sh_cfg.clone(), sh)
+            .expect("engine")
+            .expect("release shared");
+        let r = blocking::acquire(
+            engine.as_mut(),
+            &clock,
+            DiskId(0),
+            pcfg.clone(),
+            &mut owner_status,
+        )
+        .expect("engine");
+        assert!(
+            matches!(r, Err(PaxosError::SharedBusy { host_id: 1, .. })),
+            "tenure exclusive while sanlock holds shared: {r:?}"
+        );
+        let sh = blocking::acquire(
+            engine.as_mut(),
+            &clock,
+            DiskId(0),
+            sh_cfg.clone(),
+            &mut owner_status,
+        )
+        .expect("engine")
+        .unwrap_or_else(|e| panic!("tenure shared again: {e}"));
+        assert_eq!(sanlock_cmd("release"), "OK");
+        assert_eq!(
+            sanlock_cmd("acquire"),
+            "ERR 11",
+            "sanlock exclusive while tenure holds shared (EAGAIN)"
+        );
+        blocking::release(engine.as_mut(), &clock, DiskId(0), sh_cfg, sh)
+            .expect("engine")
+            .expect("release shared");
+        assert_eq!(
+            sanlock_cmd("acquire"),
+            "OK",
+            "sanlock exclusive after tenure released"
         );
         assert_eq!(sanlock_cmd("release"), "OK");
         let _ = sanlock_cmd("quit");
