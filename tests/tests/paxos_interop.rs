@@ -13,7 +13,7 @@ use std::time::Duration;
 use tenure_core::clock::MonotonicClock;
 use tenure_core::delta::DeltaConfig;
 use tenure_core::dev::{Access, Device};
-use tenure_core::io::{open_backend, BackendKind, DiskId, EngineConfig};
+use tenure_core::io::{open_backend, BackendKind, DiskId, EngineConfig, IoBackend};
 use tenure_core::paxos::{blocking, PaxosConfig, PaxosError};
 use tenure_core::timeouts::Timeouts;
 use tenure_format::{Geometry, LeaderRecord, Name};
@@ -150,6 +150,10 @@ fn sanlock_and_tenure_contend_for_one_resource() {
             let (status, seen_gen) = ls.snapshot().host(host);
             (status, seen_gen == gen)
         };
+        let mut acquire = |engine: &mut dyn IoBackend, cfg: &PaxosConfig| {
+            blocking::acquire(engine, &clock, DiskId(0), cfg.clone(), &mut owner_status)
+                .expect("engine")
+        };
         let leader = || {
             let out = sanlock_direct(&["read_leader", "-r", &format!("PX:R:{p}:{RES_OFFSET}")]);
             let get = |k: &str| {
@@ -192,29 +196,15 @@ fn sanlock_and_tenure_contend_for_one_resource() {
         let seen = sanlock_cmd("owners");
         assert!(seen.starts_with("OWNERS 1:"), "{seen}");
         assert_eq!(tenure_owners(), seen, "owners while sanlock holds");
-        let r = blocking::acquire(
-            engine.as_mut(),
-            &clock,
-            DiskId(0),
-            pcfg.clone(),
-            &mut owner_status,
-        )
-        .expect("engine");
+        let r = acquire(engine.as_mut(), &pcfg);
         assert!(
             matches!(r, Err(PaxosError::OwnerAlive { host_id: 1, .. })),
             "tenure while sanlock holds: {r:?}"
         );
         // 2. sanlock releases: tenure acquires the next lver.
         assert_eq!(sanlock_cmd("release"), "OK");
-        let held = blocking::acquire(
-            engine.as_mut(),
-            &clock,
-            DiskId(0),
-            pcfg.clone(),
-            &mut owner_status,
-        )
-        .expect("engine")
-        .unwrap_or_else(|e| panic!("tenure after sanlock released: {e}"));
+        let held = acquire(engine.as_mut(), &pcfg)
+            .unwrap_or_else(|e| panic!("tenure after sanlock released: {e}"));
         assert_eq!(held.lver, 2);
         let (owner, lver, ts) = leader();
         assert_eq!((owner, lver), (2, 2), "sanlock reads tenure's leader");
@@ -260,29 +250,15 @@ fn sanlock_and_tenure_contend_for_one_resource() {
         // 5. Alternating a few more rounds: lver keeps advancing, exclusion holds.
         let mut expect_lver = 4;
         for _ in 0..3 {
-            let held = blocking::acquire(
-                engine.as_mut(),
-                &clock,
-                DiskId(0),
-                pcfg.clone(),
-                &mut owner_status,
-            )
-            .expect("engine")
-            .unwrap_or_else(|e| panic!("tenure round: {e}"));
+            let held =
+                acquire(engine.as_mut(), &pcfg).unwrap_or_else(|e| panic!("tenure round: {e}"));
             assert_eq!(held.lver, expect_lver);
             assert_eq!(sanlock_cmd("acquire"), "ERR -243");
             blocking::release(engine.as_mut(), &clock, DiskId(0), pcfg.clone(), held)
                 .expect("engine")
                 .expect("release");
             assert_eq!(sanlock_cmd("acquire"), "OK");
-            let r = blocking::acquire(
-                engine.as_mut(),
-                &clock,
-                DiskId(0),
-                pcfg.clone(),
-                &mut owner_status,
-            )
-            .expect("engine");
+            let r = acquire(engine.as_mut(), &pcfg);
             assert!(
                 matches!(r, Err(PaxosError::OwnerAlive { host_id: 1, .. })),
                 "{r:?}"
@@ -299,15 +275,8 @@ fn sanlock_and_tenure_contend_for_one_resource() {
             shared: false,
             ..pcfg.clone()
         };
-        let held = blocking::acquire(
-            engine.as_mut(),
-            &clock,
-            DiskId(0),
-            lvb_cfg.clone(),
-            &mut owner_status,
-        )
-        .expect("engine")
-        .unwrap_or_else(|e| panic!("tenure acquire with LVB: {e}"));
+        let held = acquire(engine.as_mut(), &lvb_cfg)
+            .unwrap_or_else(|e| panic!("tenure acquire with LVB: {e}"));
         let lvb = held.lvb.clone().expect("lvb read");
         assert_eq!(&lvb[..12], b"from-sanlock", "tenure reads sanlock's LVB");
         blocking::release_with_lvb(
@@ -334,15 +303,8 @@ fn sanlock_and_tenure_contend_for_one_resource() {
             ..pcfg.clone()
         };
         assert_eq!(sanlock_cmd("acquire_sh"), "OK");
-        let sh = blocking::acquire(
-            engine.as_mut(),
-            &clock,
-            DiskId(0),
-            sh_cfg.clone(),
-            &mut owner_status,
-        )
-        .expect("engine")
-        .unwrap_or_else(|e| panic!("tenure shared beside sanlock shared: {e}"));
+        let sh = acquire(engine.as_mut(), &sh_cfg)
+            .unwrap_or_else(|e| panic!("tenure shared beside sanlock shared: {e}"));
         assert!(sh.shared);
         let seen = sanlock_cmd("owners");
         eprintln!(
@@ -353,27 +315,13 @@ fn sanlock_and_tenure_contend_for_one_resource() {
         blocking::release(engine.as_mut(), &clock, DiskId(0), sh_cfg.clone(), sh)
             .expect("engine")
             .expect("release shared");
-        let r = blocking::acquire(
-            engine.as_mut(),
-            &clock,
-            DiskId(0),
-            pcfg.clone(),
-            &mut owner_status,
-        )
-        .expect("engine");
+        let r = acquire(engine.as_mut(), &pcfg);
         assert!(
             matches!(r, Err(PaxosError::SharedBusy { host_id: 1, .. })),
             "tenure exclusive while sanlock holds shared: {r:?}"
         );
-        let sh = blocking::acquire(
-            engine.as_mut(),
-            &clock,
-            DiskId(0),
-            sh_cfg.clone(),
-            &mut owner_status,
-        )
-        .expect("engine")
-        .unwrap_or_else(|e| panic!("tenure shared again: {e}"));
+        let sh = acquire(engine.as_mut(), &sh_cfg)
+            .unwrap_or_else(|e| panic!("tenure shared again: {e}"));
         assert_eq!(sanlock_cmd("release"), "OK");
         assert_eq!(
             sanlock_cmd("acquire"),
