@@ -490,7 +490,7 @@ impl PaxosAcquire {
                     return;
                 }
                 self.won = Some(won);
-                self.next_shared_holder(now);
+                self.next_shared_holder();
             }
             Step::AwaitOwner | Step::Backoff | Step::CheckShared | Step::Inner | Step::Done => {}
         }
@@ -511,9 +511,7 @@ impl PaxosAcquire {
         let ss = self.ss();
         let mut out = Vec::with_capacity(usize::try_from(self.num_hosts).unwrap_or(0));
         for host in 1..=self.num_hosts {
-            let at = usize::try_from(host + 1).unwrap_or(usize::MAX) * ss;
-            let bytes = data
-                .get(at..at + ss)
+            let bytes = host_sector(data, ss, host)
                 .ok_or_else(|| PaxosError::Corrupt("short dblock read".into()))?;
             let d = Dblock::decode(bytes)
                 .map_err(|e| PaxosError::Corrupt(format!("dblock of host {host}: {e}")))?;
@@ -591,7 +589,7 @@ impl PaxosAcquire {
                 // Dead, free, or rejoined since: that shared lease is void. Its mode block is
                 // left alone (writing another host's sector could clobber a ballot it runs
                 // after rejoining); its own next dblock write clears it.
-                _ => self.next_shared_holder(now),
+                _ => self.next_shared_holder(),
             }
             return;
         }
@@ -799,12 +797,8 @@ impl PaxosAcquire {
             let ss = self.ss();
             self.shared_holders.clear();
             for host in (1..=self.num_hosts).filter(|&h| h != self.cfg.host_id) {
-                let at = usize::try_from(host + 1)
-                    .unwrap_or(usize::MAX)
-                    .saturating_mul(ss);
-                if let Some(Ok(mode)) = data
-                    .get(at..at.saturating_add(ss))
-                    .map(ModeBlock::decode_from_sector)
+                if let Some(Ok(mode)) =
+                    host_sector(data, ss, host).map(ModeBlock::decode_from_sector)
                 {
                     if mode.is_shared() {
                         self.shared_holders.push((host, mode.generation));
@@ -846,7 +840,7 @@ impl PaxosAcquire {
 
     /// Exclusive acquire after the commit: ask about the next shared holder seen in phase 2,
     /// or finish.
-    fn next_shared_holder(&mut self, _now: Time) {
+    fn next_shared_holder(&mut self) {
         match self.shared_holders.first() {
             Some(&(host, generation)) => {
                 self.step = Step::CheckShared;
@@ -1060,6 +1054,13 @@ pub struct Holder {
     pub timestamp: u64,
 }
 
+/// Host `host`'s dblock sector (area sector host + 1) within `data`, read from the start of a
+/// resource area; `None` when the read was too short.
+fn host_sector(data: &[u8], ss: usize, host: u64) -> Option<&[u8]> {
+    let at = usize::try_from(host + 1).ok()?.checked_mul(ss)?;
+    data.get(at..at.checked_add(ss)?)
+}
+
 /// Who holds a resource, read without acquiring it (sanlock's read_resource_owners).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct Owners {
@@ -1092,11 +1093,7 @@ pub fn owners_from_area(
     let mut shared = Vec::new();
     let mut owner_released = false;
     for host in 1..=leader.num_hosts {
-        let at = usize::try_from(host + 1)
-            .unwrap_or(usize::MAX)
-            .saturating_mul(ss);
-        let sector = data
-            .get(at..at.saturating_add(ss))
+        let sector = host_sector(data, ss, host)
             .ok_or_else(|| PaxosError::Corrupt(format!("short read: no dblock for host {host}")))?;
         let d = Dblock::decode(sector)
             .map_err(|e| PaxosError::Corrupt(format!("dblock of host {host}: {e}")))?;

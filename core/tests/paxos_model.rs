@@ -679,7 +679,6 @@ fn explore(m: Model) -> (usize, u64, u32) {
                 if c.budget_reached { " (budget reached: bounded search)" } else { " (exhaustive)" },
                 c.acquired_states, c.pruned, c.max_ballots_seen
             );
-            assert!(m.exhaustive || c.budget_reached || states > 0);
             (states, c.acquired_states, c.max_ballots_seen)
         }
         Err(v) => panic!("{m:?}: {v}"),

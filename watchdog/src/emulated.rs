@@ -37,7 +37,7 @@ use std::os::unix::fs::OpenOptionsExt;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Condvar, Mutex};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use crate::device::{WDIOF_KEEPALIVEPING, WDIOF_MAGICCLOSE, WDIOF_SETTIMEOUT};
 
@@ -304,7 +304,7 @@ fn timer_loop(shared: &Shared) -> Result<Option<FireRecord>, EmulatorError> {
                 let killed = kill_target(&shared.cfg.target);
                 drop(st);
                 let rec = FireRecord {
-                    fired_at_unix_ms: unix_ms(),
+                    fired_at_unix_ms: crate::unix_ms(),
                     reason: format!(
                         "not fed for {} ms (timeout {} s x {}); holder {}",
                         since.as_millis(),
@@ -329,13 +329,6 @@ fn timer_loop(shared: &Shared) -> Result<Option<FireRecord>, EmulatorError> {
             }
         }
     }
-}
-
-fn unix_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
 }
 
 fn append_record(path: &Path, rec: &FireRecord) -> Result<(), EmulatorError> {
@@ -729,7 +722,8 @@ pub struct EmulatedWatchdog {
 }
 
 impl EmulatedWatchdog {
-    fn connect(socket: &Path) -> Result<(BufReader<UnixStream>, UnixStream), EmulatedError> {
+    /// A connection that has not opened the device (status and shutdown use it as is).
+    fn connect(socket: &Path) -> Result<Self, EmulatedError> {
         let s = UnixStream::connect(socket).map_err(|source| EmulatedError::Connect {
             socket: socket.to_owned(),
             source,
@@ -740,21 +734,21 @@ impl EmulatedWatchdog {
         };
         s.set_read_timeout(Some(REPLY_TIMEOUT)).map_err(io)?;
         s.set_write_timeout(Some(REPLY_TIMEOUT)).map_err(io)?;
-        let w = s.try_clone().map_err(io)?;
-        Ok((BufReader::new(s), w))
+        let writer = s.try_clone().map_err(io)?;
+        Ok(Self {
+            socket: socket.to_owned(),
+            reader: BufReader::new(s),
+            writer,
+            fire_timeout_s: 0,
+            identity: String::new(),
+        })
     }
 
     /// Opens (arms) the emulated device and programs `fire_timeout_s`, verified by reading
     /// it back. A refused timeout disarms it again.
     pub fn open(socket: &Path, fire_timeout_s: u32) -> Result<Self, EmulatedError> {
-        let (reader, writer) = Self::connect(socket)?;
-        let mut me = Self {
-            socket: socket.to_owned(),
-            reader,
-            writer,
-            fire_timeout_s,
-            identity: String::new(),
-        };
+        let mut me = Self::connect(socket)?;
+        me.fire_timeout_s = fire_timeout_s;
         let r = me.call(&format!("OPEN {}", std::process::id()))?;
         if let Some(pid) = r.strip_prefix("BUSY ") {
             return Err(EmulatedError::Busy {
@@ -868,14 +862,7 @@ impl EmulatedWatchdog {
 
 /// Asks an emulator for its state line ("idle", "armed <ms> holder <pid> ...").
 pub fn query_status(socket: &Path) -> Result<String, EmulatedError> {
-    let (reader, writer) = EmulatedWatchdog::connect(socket)?;
-    let mut c = EmulatedWatchdog {
-        socket: socket.to_owned(),
-        reader,
-        writer,
-        fire_timeout_s: 0,
-        identity: String::new(),
-    };
+    let mut c = EmulatedWatchdog::connect(socket)?;
     let r = c.call("STATUS")?;
     match r.strip_prefix("OK ") {
         Some(s) => Ok(s.to_owned()),
@@ -889,14 +876,7 @@ pub fn query_status(socket: &Path) -> Result<String, EmulatedError> {
 
 /// Asks an idle emulator to exit.
 pub fn shutdown(socket: &Path) -> Result<(), EmulatedError> {
-    let (reader, writer) = EmulatedWatchdog::connect(socket)?;
-    let mut c = EmulatedWatchdog {
-        socket: socket.to_owned(),
-        reader,
-        writer,
-        fire_timeout_s: 0,
-        identity: String::new(),
-    };
+    let mut c = EmulatedWatchdog::connect(socket)?;
     let r = c.call("SHUTDOWN")?;
     c.expect_ok("SHUTDOWN", &r)
 }

@@ -36,6 +36,15 @@ pub use emulated::{EmulatedError, EmulatedWatchdog};
 pub use marker::{ArmedMarker, MarkerError};
 pub use mux::{FeedDecision, Multiplexer, MuxError, SourceId, Withholding};
 
+/// Wall-clock milliseconds since the Unix epoch, for records read by people (markers, fire
+/// records); 0 if the clock is before 1970. Never used for deadlines.
+pub(crate) fn unix_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
 /// Which watchdog to arm.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum WatchdogSpec {

@@ -101,13 +101,6 @@ pub fn pid_start_ticks(pid: i32) -> Option<u64> {
         .ok()
 }
 
-fn unix_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
-}
-
 impl ArmedMarker {
     /// Checks for a pending fence and creates the marker for `watchdog` in `dir` (created if
     /// missing). Call before opening the watchdog.
@@ -124,7 +117,7 @@ impl ArmedMarker {
             pid_start_ticks: pid_start_ticks(me).unwrap_or(0),
             boot_id: boot_id(),
             watchdog: watchdog.to_owned(),
-            armed_at_unix_ms: unix_ms(),
+            armed_at_unix_ms: crate::unix_ms(),
         };
         let body = serde_json::to_vec(&content).map_err(|e| io(std::io::Error::other(e)))?;
         // Two rounds at most: the second after removing a stale marker from an earlier boot.
