@@ -356,6 +356,11 @@ impl DeltaLease {
         )
     }
 
+    /// The configuration this lease was made with.
+    pub fn config(&self) -> &DeltaConfig {
+        &self.cfg
+    }
+
     /// The host status table from renewal reads.
     pub fn hosts(&self) -> &HostTable {
         &self.hosts
@@ -751,6 +756,17 @@ impl HostTable {
         } else {
             HostStatus::Live
         }
+    }
+
+    /// What a paxos acquire asks about a leader's owner: its status, and whether our table
+    /// still shows it in `generation` (false once it rejoined, or when never seen).
+    pub fn owner_status(&self, host_id: u64, generation: u64, now: Time) -> (HostStatus, bool) {
+        let seen = usize::try_from(host_id.saturating_sub(1))
+            .ok()
+            .and_then(|i| self.entries.get(i))
+            .and_then(Option::as_ref)
+            .map(|e| e.generation);
+        (self.status(host_id, now), seen == Some(generation))
     }
 
     /// Every host id seen, with its status.

@@ -11,6 +11,9 @@ use std::time::Duration;
 
 use serde::Serialize;
 
+mod ops;
+pub use ops::{AcquireOptions, HeldResource, OpError, OpId, OpOutcome, ResourceTarget, OPS_MAX};
+
 use crate::clock::Time;
 use crate::delta::{
     DeltaConfig, DeltaError, DeltaEvent, DeltaIo, DeltaLease, HostEntry, HostStatus, JoinPhase,
@@ -108,9 +111,12 @@ struct Entry {
 #[derive(Debug)]
 pub struct LockspaceSet {
     backend: Box<dyn IoBackend + Send>,
-    entries: Vec<Entry>,
+    /// Slots of lockspaces; a removed lockspace leaves `None` for reuse.
+    entries: Vec<Option<Entry>>,
     completions: Vec<Completion>,
     data: Vec<u8>,
+    /// Paxos lease operations in progress (see [`ops`]).
+    ops: ops::Ops,
 }
 
 impl LockspaceSet {
@@ -121,6 +127,7 @@ impl LockspaceSet {
             entries: Vec::new(),
             completions: Vec::with_capacity(256),
             data: Vec::new(),
+            ops: ops::Ops::default(),
         }
     }
 
@@ -131,24 +138,62 @@ impl LockspaceSet {
 
     /// Adds a lockspace whose area is on `disk`.
     pub fn add(&mut self, cfg: DeltaConfig, disk: DiskId) -> Result<LockspaceId, LockspaceError> {
-        if self.entries.len() >= LOCKSPACES_MAX {
-            return Err(LockspaceError::Full(LOCKSPACES_MAX));
-        }
-        self.entries.push(Entry {
+        let entry = Entry {
             lease: DeltaLease::new(cfg),
             disk,
             inflight: None,
             state: LockspaceState::Idle,
             history: VecDeque::with_capacity(RENEWAL_HISTORY_LEN),
             events: VecDeque::with_capacity(8),
-        });
+        };
+        if let Some(i) = self.entries.iter().position(Option::is_none) {
+            self.entries[i] = Some(entry);
+            return Ok(LockspaceId(i));
+        }
+        if self.entries.len() >= LOCKSPACES_MAX {
+            return Err(LockspaceError::Full(LOCKSPACES_MAX));
+        }
+        self.entries.push(Some(entry));
         Ok(LockspaceId(self.entries.len() - 1))
+    }
+
+    /// Forgets a lockspace that is idle, left, lost or failed to join (its slot is reused).
+    /// Refused while it is joining or joined, or while lease operations of it run.
+    pub fn remove(&mut self, id: LockspaceId) -> Result<(), LockspaceError> {
+        let busy_ops = self.ops.count_for(id) > 0;
+        let e = self.entry(id)?;
+        if e.lease.is_joined()
+            || matches!(e.state, LockspaceState::Joining { .. })
+            || e.inflight.is_some()
+            || busy_ops
+        {
+            return Err(LockspaceError::Delta(DeltaError::Misuse(
+                "lockspace is in use: leave it first".into(),
+            )));
+        }
+        self.entries[id.0] = None;
+        Ok(())
     }
 
     fn entry(&mut self, id: LockspaceId) -> Result<&mut Entry, LockspaceError> {
         self.entries
             .get_mut(id.0)
+            .and_then(Option::as_mut)
             .ok_or(LockspaceError::Unknown(id))
+    }
+
+    fn entry_ref(&self, id: LockspaceId) -> Option<&Entry> {
+        self.entries.get(id.0).and_then(Option::as_ref)
+    }
+
+    /// The configuration a lockspace was added with.
+    pub fn config(&self, id: LockspaceId) -> Option<&DeltaConfig> {
+        self.entry_ref(id).map(|e| e.lease.config())
+    }
+
+    /// The disk a lockspace's area is on.
+    pub fn disk(&self, id: LockspaceId) -> Option<DiskId> {
+        self.entry_ref(id).map(|e| e.disk)
     }
 
     /// Starts joining; follow it with [`LockspaceSet::state`].
@@ -171,7 +216,7 @@ impl LockspaceSet {
 
     /// Where the lockspace stands.
     pub fn state(&self, id: LockspaceId) -> Option<LockspaceState> {
-        let e = self.entries.get(id.0)?;
+        let e = self.entry_ref(id)?;
         Some(match (&e.state, e.lease.join_progress()) {
             (LockspaceState::Joining { .. }, Some((phase, wait_until))) => {
                 LockspaceState::Joining { phase, wait_until }
@@ -182,31 +227,27 @@ impl LockspaceSet {
 
     /// Host statuses seen from this lockspace's renewals.
     pub fn hosts(&self, id: LockspaceId, now: Time) -> Vec<(HostEntry, HostStatus)> {
-        self.entries
-            .get(id.0)
+        self.entry_ref(id)
             .map(|e| e.lease.hosts().entries(now))
             .unwrap_or_default()
     }
 
     /// Status of one host id.
     pub fn host_status(&self, id: LockspaceId, host_id: u64, now: Time) -> HostStatus {
-        self.entries
-            .get(id.0)
+        self.entry_ref(id)
             .map_or(HostStatus::Free, |e| e.lease.hosts().status(host_id, now))
     }
 
     /// The last renewals, oldest first.
     pub fn renewal_history(&self, id: LockspaceId) -> Vec<RenewalRecord> {
-        self.entries
-            .get(id.0)
+        self.entry_ref(id)
             .map(|e| e.history.iter().cloned().collect())
             .unwrap_or_default()
     }
 
     /// The instant after which the lockspace must be considered lost (for the watchdog).
     pub fn renewal_deadline(&self, id: LockspaceId) -> Option<Time> {
-        self.entries
-            .get(id.0)
+        self.entry_ref(id)
             .filter(|e| e.lease.is_joined())
             .and_then(|e| e.lease.renewal_deadline())
     }
@@ -215,6 +256,7 @@ impl LockspaceSet {
     pub fn take_events(&mut self, id: LockspaceId) -> Vec<DeltaEvent> {
         self.entries
             .get_mut(id.0)
+            .and_then(Option::as_mut)
             .map(|e| e.events.drain(..).collect())
             .unwrap_or_default()
     }
@@ -234,13 +276,20 @@ impl LockspaceSet {
     pub fn next_wakeup(&self) -> Option<Time> {
         self.entries
             .iter()
+            .flatten()
             .filter_map(|e| e.lease.poll_timeout())
+            .chain(self.ops.next_timeout())
             .chain(self.backend.next_deadline())
             .min()
     }
 
     fn issue(&mut self, now: Time) {
-        for e in self.entries.iter_mut().filter(|e| e.inflight.is_none()) {
+        for e in self
+            .entries
+            .iter_mut()
+            .flatten()
+            .filter(|e| e.inflight.is_none())
+        {
             let Some(io) = e.lease.poll_io() else {
                 continue;
             };
@@ -291,10 +340,12 @@ impl LockspaceSet {
             let Some(e) = self
                 .entries
                 .iter_mut()
+                .flatten()
                 .find(|e| e.inflight.is_some_and(|(id, _)| id == c.id))
             else {
-                // A late completion of an I/O whose lockspace moved on: nothing to route.
-                self.backend.release(c.id);
+                // A paxos operation's I/O, or a late completion of an I/O whose owner moved
+                // on (nothing to route).
+                self.ops.complete(self.backend.as_mut(), c);
                 continue;
             };
             e.inflight = None;
@@ -307,7 +358,7 @@ impl LockspaceSet {
             self.backend.release(c.id);
             e.lease.handle_io(now, c.outcome, &self.data);
         }
-        for e in &mut self.entries {
+        for e in self.entries.iter_mut().flatten() {
             if e.lease.poll_timeout().is_some_and(|t| t <= now) {
                 e.lease.handle_timeout(now);
             }
@@ -320,6 +371,7 @@ impl LockspaceSet {
             }
         }
         self.issue(now);
+        self.ops.advance(now, self.backend.as_mut(), &self.entries);
         self.backend.flush()?;
         Ok(())
     }
@@ -391,6 +443,7 @@ mod tests {
     use crate::clock::{Clock, SimClock};
     use crate::io::sim::{SimBackend, SimConfig};
     use crate::io::EngineConfig;
+    use crate::paxos::PaxosError;
     use crate::timeouts::Timeouts;
     use tenure_format::area::{encode_lockspace_area, lockspace_sector0};
     use tenure_format::{Geometry, LeaderRecord, Name};
@@ -503,5 +556,152 @@ mod tests {
             (slot.timestamp, slot.owner_id, slot.owner_generation),
             (0, 4, 1)
         );
+    }
+
+    /// Two hosts (two entries of one lockspace on two views of one disk) contend through the
+    /// operation API: exclusion, all-or-nothing unwinding, release, hand-off.
+    #[test]
+    fn paxos_operations_exclude_unwind_and_hand_off() {
+        use tenure_format::area::encode_resource_area;
+        let clock = SimClock::new(Time::from_nanos(50_000_000_000));
+        let engine = EngineConfig {
+            ring_entries: 32,
+            buffer_classes: vec![(512, 32), (1 << 20, 8)],
+            sync_workers: 0,
+        };
+        let mut sim = SimBackend::new(
+            &[(512, 4 << 20)],
+            &engine,
+            SimConfig::healthy(11),
+            clock.clone(),
+        );
+        let g = Geometry::LEGACY_512;
+        let ls = Name::new("A").expect("name");
+        sim.load(DiskId(0), 0, &formatted("A"));
+        for (i, r) in ["R1", "R2"].iter().enumerate() {
+            let mut area = vec![0u8; 1 << 20];
+            encode_resource_area(&mut area, g, ls, Name::new(r).expect("name"), 4);
+            sim.load(DiskId(0), (i as u64 + 1) << 20, &area);
+        }
+        let view2 = sim.add_view(DiskId(0));
+        let mut set = LockspaceSet::new(Box::new(sim));
+        let cfg = |host_id| DeltaConfig {
+            space_name: ls,
+            host_id,
+            host_name: Name::new(&format!("node-{host_id}")).expect("name"),
+            geometry: g,
+            area_offset: 0,
+            timeouts: Timeouts::new(1, 10),
+        };
+        let h1 = set.add(cfg(1), DiskId(0)).expect("add");
+        let h2 = set.add(cfg(2), view2).expect("add");
+        let target = |name: &str, disk, mb: u64| ResourceTarget {
+            name: Name::new(name).expect("name"),
+            disk,
+            area_offset: mb << 20,
+            geometry: g,
+            num_hosts_hint: Some(4),
+            expect_lver: None,
+        };
+        // Not joined yet: refused with a typed error.
+        assert_eq!(
+            set.start_acquire(
+                h1,
+                vec![target("R1", DiskId(0), 1)],
+                AcquireOptions::default(),
+                clock.now()
+            ),
+            Err(OpError::NotJoined)
+        );
+        let run = |set: &mut LockspaceSet, until: &dyn Fn(&LockspaceSet) -> bool| {
+            let end = clock.now().saturating_add(Duration::from_secs(30));
+            while !until(set) {
+                assert!(clock.now() < end, "timed out");
+                let now = clock.now();
+                set.step(now).expect("step");
+                set.wait(now, end).expect("wait");
+            }
+        };
+        set.join(h1, clock.now()).expect("join");
+        set.join(h2, clock.now()).expect("join");
+        run(&mut set, &|s| {
+            matches!(s.state(h1), Some(LockspaceState::Joined { .. }))
+                && matches!(s.state(h2), Some(LockspaceState::Joined { .. }))
+        });
+        // Let each see the other renew (live, not merely unknown).
+        let t = clock.now().saturating_add(Duration::from_secs(5));
+        run(&mut set, &|_| clock.now() >= t);
+        let outcome = |set: &mut LockspaceSet, id: OpId| -> OpOutcome {
+            let end = clock.now().saturating_add(Duration::from_secs(30));
+            loop {
+                let now = clock.now();
+                set.step(now).expect("step");
+                while let Some((got, o)) = set.take_op_result() {
+                    if got == id {
+                        return o;
+                    }
+                }
+                assert!(now < end, "operation did not end");
+                set.wait(now, end).expect("wait");
+            }
+        };
+        let opts = AcquireOptions::default();
+        let id = set
+            .start_acquire(h1, vec![target("R2", DiskId(0), 2)], opts, clock.now())
+            .expect("start");
+        let OpOutcome::Acquired(h1_r2) = outcome(&mut set, id) else {
+            panic!("host 1 acquires R2");
+        };
+        assert_eq!(h1_r2[0].acquired.leader.owner_id, 1);
+        // Host 2 asks for R1 and R2 together: R2 is held by live host 1, so nothing is held.
+        let id = set
+            .start_acquire(
+                h2,
+                vec![target("R1", view2, 1), target("R2", view2, 2)],
+                opts,
+                clock.now(),
+            )
+            .expect("start");
+        match outcome(&mut set, id) {
+            OpOutcome::Failed {
+                resource,
+                error: OpError::Paxos(PaxosError::OwnerAlive { host_id: 1, .. }),
+                still_held,
+            } => {
+                assert_eq!(resource, Name::new("R2").expect("name"));
+                assert!(still_held.is_empty());
+            }
+            other => panic!("expected OwnerAlive on R2, got {other:?}"),
+        }
+        // R1 was won and given back: host 1 takes it without contention.
+        let id = set
+            .start_acquire(h1, vec![target("R1", DiskId(0), 1)], opts, clock.now())
+            .expect("start");
+        let OpOutcome::Acquired(h1_r1) = outcome(&mut set, id) else {
+            panic!("host 1 acquires R1 after host 2 unwound it");
+        };
+        assert!(
+            h1_r1[0].acquired.lver >= 2,
+            "R1 was held once by host 2 and released"
+        );
+        // Host 1 releases both; host 2 then gets both in one call.
+        let held = h1_r1.into_iter().chain(h1_r2).map(|h| (h, None)).collect();
+        let id = set.start_release(h1, held, clock.now()).expect("start");
+        assert_eq!(outcome(&mut set, id), OpOutcome::Released);
+        let id = set
+            .start_acquire(
+                h2,
+                vec![target("R1", view2, 1), target("R2", view2, 2)],
+                opts,
+                clock.now(),
+            )
+            .expect("start");
+        let OpOutcome::Acquired(h2_both) = outcome(&mut set, id) else {
+            panic!("host 2 acquires both");
+        };
+        assert!(h2_both.iter().all(|h| h.acquired.leader.owner_id == 2));
+        assert_eq!(set.ops_in_flight(), 0);
+        // A lockspace in use cannot be removed.
+        assert!(set.remove(h2).is_err());
     }
 }

@@ -244,6 +244,9 @@ pub enum IoError {
     /// All worker threads are gone.
     #[error("I/O worker threads exited")]
     WorkersGone,
+    /// The engine holds as many disks as it can, or cannot take this one.
+    #[error("cannot add disk: {0}")]
+    AddDisk(String),
 }
 
 /// Sizes and counts of the engine's preallocated resources.
@@ -303,6 +306,31 @@ pub trait IoBackend: std::fmt::Debug {
     fn in_flight(&self) -> usize;
     /// The earliest deadline of an operation not yet completed or timed out.
     fn next_deadline(&self) -> Option<Time>;
+    /// Registers another device (a lockspace or resource on a new disk) and returns its id.
+    fn add_disk(&mut self, device: Device) -> Result<DiskId, IoError>;
+    /// A descriptor that becomes readable when a completion may be waiting, for a reactor that
+    /// also polls sockets; `poll` resets it. None when the backend has none (the simulator).
+    fn notify_fd(&self) -> Option<std::os::fd::BorrowedFd<'_>>;
+}
+
+/// Disks one engine can hold.
+pub const DISKS_MAX: usize = 256;
+
+/// Reads an eventfd until it is empty (a nonblocking eventfd: one read resets it).
+pub(crate) fn drain_eventfd(fd: &nix::sys::eventfd::EventFd) {
+    // EAGAIN (nothing pending) is the normal case; any other error leaves the counter set,
+    // which only costs a spurious wake-up.
+    let _ = fd.read();
+}
+
+pub(crate) fn new_eventfd() -> Result<nix::sys::eventfd::EventFd, IoError> {
+    use nix::sys::eventfd::{EfdFlags, EventFd};
+    EventFd::from_value_and_flags(0, EfdFlags::EFD_CLOEXEC | EfdFlags::EFD_NONBLOCK).map_err(|e| {
+        IoError::Uring {
+            what: "eventfd",
+            source: std::io::Error::from(e),
+        }
+    })
 }
 
 /// Which backend [`open_backend`] chose, and why.

@@ -443,6 +443,17 @@ impl SimBackend {
 }
 
 impl IoBackend for SimBackend {
+    fn add_disk(&mut self, device: crate::dev::Device) -> Result<DiskId, IoError> {
+        Err(IoError::AddDisk(format!(
+            "the simulator has no real devices ({})",
+            device.path().display()
+        )))
+    }
+
+    fn notify_fd(&self) -> Option<std::os::fd::BorrowedFd<'_>> {
+        None
+    }
+
     fn name(&self) -> &'static str {
         "sim"
     }

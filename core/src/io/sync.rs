@@ -10,6 +10,8 @@ use std::os::unix::fs::FileExt;
 use std::sync::mpsc::{channel, Receiver, RecvTimeoutError, Sender};
 use std::sync::{Arc, Mutex};
 
+use nix::sys::eventfd::EventFd;
+
 use crate::clock::Time;
 use crate::dev::{AlignedBuf, Device};
 use crate::io::slots::SlotTable;
@@ -47,10 +49,14 @@ fn run(job: &mut Job) -> i32 {
     }
 }
 
-fn worker(jobs: Arc<Mutex<Receiver<Job>>>, done: Sender<Done>) {
+fn worker(jobs: Arc<Mutex<Receiver<Job>>>, done: Sender<Done>, notify: Arc<EventFd>) {
     loop {
         // A poisoned lock means another worker panicked; with panic=abort that cannot
         // happen in release builds, and in tests the process is failing anyway.
+        // Top of the loop = just after the previous job's results were sent (and once at
+        // start-up, a harmless spurious wake-up): tell a polling reactor. A failed write only
+        // delays it to its next timer.
+        let _ = notify.write(1);
         let job = match jobs.lock().map(|rx| rx.recv()) {
             Ok(Ok(job)) => job,
             _ => return,
@@ -94,6 +100,8 @@ pub struct SyncBackend {
     queued: Vec<Job>,
     /// Completions received by `wait`, reported by the next `poll`.
     held: Vec<Completion>,
+    /// Written by workers after each result.
+    notify: Arc<EventFd>,
 }
 
 impl std::fmt::Debug for SyncBackend {
@@ -112,11 +120,13 @@ impl SyncBackend {
         let (jobs_tx, jobs_rx) = channel::<Job>();
         let (done_tx, done_rx) = channel::<Done>();
         let jobs_rx = Arc::new(Mutex::new(jobs_rx));
+        let notify = Arc::new(crate::io::new_eventfd()?);
         for n in 0..config.sync_workers.max(1) {
             let (rx, tx) = (Arc::clone(&jobs_rx), done_tx.clone());
+            let nf = Arc::clone(&notify);
             std::thread::Builder::new()
                 .name(format!("tenure-io-{n}"))
-                .spawn(move || worker(rx, tx))
+                .spawn(move || worker(rx, tx, nf))
                 .map_err(IoError::Thread)?;
         }
         let limit = config.ring_entries.max(2) as usize * 2;
@@ -134,6 +144,7 @@ impl SyncBackend {
             done: done_rx,
             queued: Vec::new(),
             held: Vec::new(),
+            notify,
         })
     }
 
@@ -175,6 +186,26 @@ impl IoBackend for SyncBackend {
 
     fn disk(&self, disk: DiskId) -> Option<&DiskInfo> {
         self.disks.get(usize::from(disk.0)).map(|(_, i)| i)
+    }
+
+    fn add_disk(&mut self, device: Device) -> Result<DiskId, IoError> {
+        if self.disks.len() >= crate::io::DISKS_MAX {
+            return Err(IoError::AddDisk(format!(
+                "the engine holds {} disks already",
+                crate::io::DISKS_MAX
+            )));
+        }
+        let info = DiskInfo::of(&device);
+        self.disks.push((Arc::new(device), info));
+        // Fewer than DISKS_MAX (256) disks: the index fits u16.
+        Ok(DiskId(
+            u16::try_from(self.disks.len() - 1).expect("disk index fits u16"),
+        ))
+    }
+
+    fn notify_fd(&self) -> Option<std::os::fd::BorrowedFd<'_>> {
+        use std::os::fd::AsFd;
+        Some(self.notify.as_fd())
     }
 
     fn start_read(&mut self, req: IoRequest) -> Result<IoId, SubmitError> {
@@ -225,6 +256,8 @@ impl IoBackend for SyncBackend {
     }
 
     fn poll(&mut self, now: Time, out: &mut Vec<Completion>) -> Result<(), IoError> {
+        // Reset first: a result sent after this read signals again.
+        crate::io::drain_eventfd(&self.notify);
         out.append(&mut self.held);
         while let Ok(d) = self.done.try_recv() {
             self.absorb(d, out);

@@ -10,7 +10,7 @@
 //! again until the kernel's completion for it has been reaped (zombies included), and on the
 //! buffers of operations still in flight never being freed (see `Drop`).
 
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
 
 use io_uring::{opcode, squeue, types, IoUring};
 
@@ -34,6 +34,8 @@ pub struct UringBackend {
     disks: Vec<(Device, DiskInfo)>,
     /// SQEs pushed but not yet submitted (their slots are Queued).
     queued: Vec<IoId>,
+    /// Signalled by the kernel for every completion (IORING_REGISTER_EVENTFD).
+    notify: nix::sys::eventfd::EventFd,
 }
 
 impl std::fmt::Debug for UringBackend {
@@ -61,11 +63,19 @@ impl UringBackend {
             let info = DiskInfo::of(&d);
             (d, info)
         });
+        let notify = crate::io::new_eventfd()?;
+        ring.submitter()
+            .register_eventfd(notify.as_fd().as_raw_fd())
+            .map_err(|source| IoError::Uring {
+                what: "io_uring_register(EVENTFD)",
+                source,
+            })?;
         Ok(UringBackend {
             ring,
             slots: SlotTable::new(&config.buffer_classes, cq),
             disks: disks.collect(),
             queued: Vec::with_capacity(cq),
+            notify,
         })
     }
 
@@ -174,6 +184,25 @@ impl IoBackend for UringBackend {
         self.info(disk)
     }
 
+    fn add_disk(&mut self, device: Device) -> Result<DiskId, IoError> {
+        if self.disks.len() >= crate::io::DISKS_MAX {
+            return Err(IoError::AddDisk(format!(
+                "the engine holds {} disks already",
+                crate::io::DISKS_MAX
+            )));
+        }
+        let info = DiskInfo::of(&device);
+        self.disks.push((device, info));
+        // Fewer than DISKS_MAX (256) disks: the index fits u16.
+        Ok(DiskId(
+            u16::try_from(self.disks.len() - 1).expect("disk index fits u16"),
+        ))
+    }
+
+    fn notify_fd(&self) -> Option<BorrowedFd<'_>> {
+        Some(self.notify.as_fd())
+    }
+
     fn start_read(&mut self, req: IoRequest) -> Result<IoId, SubmitError> {
         self.start_one(IoKind::Read, req, None)
     }
@@ -232,6 +261,8 @@ impl IoBackend for UringBackend {
     }
 
     fn poll(&mut self, now: Time, out: &mut Vec<Completion>) -> Result<(), IoError> {
+        // Reset the notification first: a completion posted after this read signals again.
+        crate::io::drain_eventfd(&self.notify);
         for cqe in self.ring.completion() {
             if let Some(c) = self
                 .slots
