@@ -12,7 +12,10 @@ use std::time::Duration;
 use serde::Serialize;
 
 mod ops;
-pub use ops::{AcquireOptions, HeldResource, OpError, OpId, OpOutcome, ResourceTarget, OPS_MAX};
+pub use ops::{
+    AcquireOptions, HeldResource, OpError, OpId, OpOutcome, ResourceTarget, OPS_MAX,
+    RESOURCES_PER_OP_MAX,
+};
 
 use crate::clock::Time;
 use crate::delta::{
@@ -129,6 +132,11 @@ impl LockspaceSet {
             data: Vec::new(),
             ops: ops::Ops::default(),
         }
+    }
+
+    /// The engine's completion eventfd (see [`IoBackend::notify_fd`]).
+    pub fn notify_fd(&self) -> Option<std::os::fd::BorrowedFd<'_>> {
+        self.backend.notify_fd()
     }
 
     /// The engine (for sharing it with other protocol drivers, and for tests).

@@ -7,5 +7,10 @@
 #![forbid(unsafe_code)]
 
 pub mod cli;
+pub mod client;
+pub mod config;
+pub mod proto;
 pub mod render;
+pub mod server;
+pub mod supervise;
 pub mod watchdog_cmd;

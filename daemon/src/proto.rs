@@ -1,0 +1,284 @@
+//! tenured's native client protocol, version 1 (documented for users in docs/protocol.md).
+//!
+//! Framing: every message is a 4-byte little-endian length followed by that many bytes of
+//! UTF-8 JSON; at most [`FRAME_MAX_BYTES`]. The client sends one request and reads one reply;
+//! the first request of a connection must be `hello` with the protocol version. The
+//! connection is the registration: when it closes, the daemon releases its leases.
+//!
+//! Invariants: a frame longer than the limit, invalid JSON or an unknown field is answered
+//! with an error reply (`bad_request`) and the connection is closed when the stream can no
+//! longer be trusted (bad length); nothing a client sends can affect another client.
+
+use std::io::{Read, Write};
+
+use serde::{Deserialize, Serialize};
+
+/// Protocol version spoken by this build.
+pub const PROTOCOL_VERSION: u32 = 1;
+
+/// Largest frame accepted or sent.
+pub const FRAME_MAX_BYTES: usize = 64 * 1024;
+
+/// A request.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "snake_case", deny_unknown_fields)]
+pub enum Request {
+    /// First request of a connection.
+    Hello {
+        /// Protocol version the client speaks.
+        version: u32,
+        /// A name for this client (shown by `status`).
+        #[serde(default)]
+        name: Option<String>,
+    },
+    /// Lockspaces, leases, watchdog and clients.
+    Status,
+    /// Join a lockspace: `NAME:HOST_ID:PATH:OFFSET`. With `wait`, the reply comes when the
+    /// join ended; otherwise at once (follow it with `lockspace_list`).
+    LockspaceAdd {
+        /// Lockspace spec.
+        spec: String,
+        /// Reply when joined (or failed).
+        #[serde(default)]
+        wait: bool,
+    },
+    /// Leave a lockspace (refused while leases are held in it).
+    LockspaceRemove {
+        /// Lockspace name.
+        name: String,
+        /// Reply when left.
+        #[serde(default)]
+        wait: bool,
+    },
+    /// Lockspaces and where they stand.
+    LockspaceList,
+    /// The host table of a lockspace.
+    Hosts {
+        /// Lockspace name.
+        lockspace: String,
+    },
+    /// Acquire one or more resources (`LS:NAME:PATH:OFFSET[:LVER|:SH]`), all or nothing.
+    Acquire {
+        /// Resource specs.
+        resources: Vec<String>,
+        /// Fail at once when an owner is not yet dead instead of waiting.
+        #[serde(default)]
+        no_wait: bool,
+        /// Return the lock value blocks.
+        #[serde(default)]
+        lvb: bool,
+        /// Acquire for this pid (privileged clients only; the lease lives until that pid
+        /// exits or releases it).
+        #[serde(default)]
+        pid: Option<i32>,
+    },
+    /// Release resources (by `LS:NAME`), or all of this client's (or pid's) leases.
+    Release {
+        /// `LS:NAME` of each lease; empty with `all`.
+        #[serde(default)]
+        resources: Vec<String>,
+        /// Release every lease.
+        #[serde(default)]
+        all: bool,
+        /// Leases of this pid (privileged clients only).
+        #[serde(default)]
+        pid: Option<i32>,
+        /// Lock value block to write first (hex), for a single resource.
+        #[serde(default)]
+        lvb_hex: Option<String>,
+    },
+    /// Leases of this client (or of a pid) with their state strings.
+    Inquire {
+        /// Leases of this pid (privileged clients only).
+        #[serde(default)]
+        pid: Option<i32>,
+    },
+    /// A program run instead of SIGTERM when this client's leases are lost.
+    KillPath {
+        /// Program (absolute path).
+        path: String,
+        /// Its arguments.
+        #[serde(default)]
+        args: Vec<String>,
+    },
+}
+
+/// A reply: `{"ok": ...}` or `{"error": {...}}`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", deny_unknown_fields)]
+pub enum Reply {
+    /// Success, with a request-specific value.
+    Ok(serde_json::Value),
+    /// Failure.
+    Error(ErrorReply),
+}
+
+/// Error codes (stable; scripts match on them).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorCode {
+    /// Malformed, oversized or unknown request.
+    BadRequest,
+    /// Protocol version not supported, or `hello` missing.
+    Version,
+    /// The client may not do this (SO_PEERCRED).
+    Permission,
+    /// No such lockspace or lease.
+    NotFound,
+    /// Already exists / already held.
+    Exists,
+    /// Another request of this client is still running, or the lockspace is in use.
+    Busy,
+    /// A limit was reached.
+    Full,
+    /// The lease is held by a live host.
+    OwnerAlive,
+    /// The lease's owner is not yet dead (no_wait).
+    OwnedRetry,
+    /// The lease is not at the expected lver.
+    LverMismatch,
+    /// The lease is held shared by a live host.
+    SharedBusy,
+    /// Lockspace not joined (yet).
+    NotJoined,
+    /// The lockspace was lost.
+    LockspaceLost,
+    /// Storage I/O failed.
+    Io,
+    /// A record on disk is damaged or foreign.
+    Corrupt,
+    /// Anything else.
+    Failed,
+}
+
+/// An error reply.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ErrorReply {
+    /// Machine-readable code.
+    pub code: ErrorCode,
+    /// One sentence for humans.
+    pub message: String,
+    /// Structured details (owner host id and generation, lver, ...).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub details: Option<serde_json::Value>,
+}
+
+impl ErrorReply {
+    /// An error without details.
+    pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
+        ErrorReply {
+            code,
+            message: message.into(),
+            details: None,
+        }
+    }
+}
+
+impl std::fmt::Display for ErrorReply {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}", self.message)
+    }
+}
+
+/// Framing errors.
+#[derive(Debug, thiserror::Error)]
+pub enum FrameError {
+    /// The peer announced a frame above the limit.
+    #[error("frame of {0} bytes exceeds the {FRAME_MAX_BYTES}-byte limit")]
+    TooLarge(usize),
+    /// The stream failed or ended.
+    #[error("connection: {0}")]
+    Io(#[from] std::io::Error),
+    /// The frame is not the expected JSON.
+    #[error("malformed message: {0}")]
+    Json(#[from] serde_json::Error),
+}
+
+/// Encodes one frame.
+pub fn encode<T: Serialize>(msg: &T) -> Result<Vec<u8>, FrameError> {
+    let body = serde_json::to_vec(msg)?;
+    if body.len() > FRAME_MAX_BYTES {
+        return Err(FrameError::TooLarge(body.len()));
+    }
+    let mut out = Vec::with_capacity(4 + body.len());
+    // body.len() <= FRAME_MAX_BYTES fits u32.
+    out.extend_from_slice(&(body.len() as u32).to_le_bytes());
+    out.extend_from_slice(&body);
+    Ok(out)
+}
+
+/// What [`split_frame`] found at the start of a buffer.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Split {
+    /// Not a whole frame yet.
+    Incomplete,
+    /// A whole frame: its body is `buf[4..4 + len]`.
+    Frame(usize),
+    /// The length prefix exceeds the limit: the stream cannot be resynchronised.
+    TooLarge(usize),
+}
+
+/// Looks for a whole frame at the start of `buf`.
+pub fn split_frame(buf: &[u8]) -> Split {
+    let Some(prefix) = buf.get(..4) else {
+        return Split::Incomplete;
+    };
+    let len = u32::from_le_bytes([prefix[0], prefix[1], prefix[2], prefix[3]]) as usize;
+    if len > FRAME_MAX_BYTES {
+        return Split::TooLarge(len);
+    }
+    if buf.len() < 4 + len {
+        Split::Incomplete
+    } else {
+        Split::Frame(len)
+    }
+}
+
+/// Blocking write of one frame (clients).
+pub fn write_frame<T: Serialize>(w: &mut impl Write, msg: &T) -> Result<(), FrameError> {
+    w.write_all(&encode(msg)?)?;
+    Ok(())
+}
+
+/// Blocking read of one frame (clients).
+pub fn read_frame<T: for<'de> Deserialize<'de>>(r: &mut impl Read) -> Result<T, FrameError> {
+    let mut prefix = [0u8; 4];
+    r.read_exact(&mut prefix)?;
+    let len = u32::from_le_bytes(prefix) as usize;
+    if len > FRAME_MAX_BYTES {
+        return Err(FrameError::TooLarge(len));
+    }
+    let mut body = vec![0u8; len];
+    r.read_exact(&mut body)?;
+    Ok(serde_json::from_slice(&body)?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn frames_round_trip_and_limits_hold() {
+        let req = Request::Acquire {
+            resources: vec!["LS:r:/dev/x:1M".into()],
+            no_wait: false,
+            lvb: false,
+            pid: None,
+        };
+        let bytes = encode(&req).expect("encode");
+        assert_eq!(split_frame(&bytes[..3]), Split::Incomplete);
+        assert_eq!(split_frame(&bytes[..bytes.len() - 1]), Split::Incomplete);
+        assert_eq!(split_frame(&bytes), Split::Frame(bytes.len() - 4));
+        let back: Request = read_frame(&mut &bytes[..]).expect("decode");
+        assert_eq!(back, req);
+        let huge = (u32::MAX).to_le_bytes();
+        assert_eq!(split_frame(&huge), Split::TooLarge(u32::MAX as usize));
+        // Unknown fields and ops are refused, not ignored.
+        assert!(serde_json::from_str::<Request>(r#"{"op":"status","x":1}"#).is_err());
+        assert!(serde_json::from_str::<Request>(r#"{"op":"format_disk"}"#).is_err());
+        let r = Reply::Error(ErrorReply::new(ErrorCode::OwnerAlive, "held"));
+        let j = serde_json::to_string(&r).expect("json");
+        assert_eq!(j, r#"{"error":{"code":"owner_alive","message":"held"}}"#);
+    }
+}

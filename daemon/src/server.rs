@@ -1,0 +1,1922 @@
+//! The reactor: one thread owning the I/O engine, every lockspace and lease operation, the
+//! client socket and its connections. It sleeps in poll(2) on the engine's completion eventfd,
+//! the listening socket, the connections, a signalfd, the supervisor's wake-up eventfd and
+//! the pidfds of processes that hold leases on someone else's behalf, with a timeout at the
+//! next protocol timer. Nothing in it blocks on storage: device opens and the first read of an
+//! area (to learn its geometry) run on short-lived probe threads.
+//!
+//! Invariants:
+//! - A connection has at most one request in progress; further frames wait in its buffer.
+//! - A lease belongs to a connection (released when it closes) or, when acquired on behalf
+//!   of another pid, to that pid (released when it exits); its holder pid is registered with
+//!   the supervisor before the reply goes out, and removed only when the pid holds no other
+//!   lease in that lockspace.
+//! - A lease of a lost lockspace is never released on disk and never given back to anyone:
+//!   it is dropped only when the supervisor reports every holder dead.
+//! - Client input never panics the daemon; limits on connections, frame size and buffers.
+
+use std::collections::HashMap;
+use std::io::{Read, Write};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::{Path, PathBuf};
+use std::sync::mpsc::{channel, Receiver, Sender};
+use std::sync::Arc;
+use std::time::Duration;
+
+use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+use nix::sys::eventfd::EventFd;
+use nix::sys::signal::{SigSet, Signal};
+use nix::sys::signalfd::{SfdFlags, SignalFd};
+use nix::sys::socket::{getsockopt, sockopt::PeerCredentials};
+use serde_json::json;
+use tenure_core::clock::{MonotonicClock, Time};
+use tenure_core::delta::{DeltaConfig, DeltaEvent};
+use tenure_core::dev::{Access, Device};
+use tenure_core::direct::{BackendKind, DirectDisk};
+use tenure_core::io::{open_backend, DiskId, EngineConfig};
+use tenure_core::lockspace::{
+    AcquireOptions, HeldResource, LockspaceId, LockspaceSet, LockspaceState, OpError, OpId,
+    OpOutcome, ResourceTarget,
+};
+use tenure_core::paxos::PaxosError;
+use tenure_core::timeouts::Timeouts;
+use tenure_format::{Geometry, LeaderRecord, LockspaceSpec, Name, ResourceMode, ResourceSpec};
+use tenure_watchdog::fence::RenewalNote;
+
+use crate::config::Config;
+use crate::proto::{self, ErrorCode, ErrorReply, Reply, Request, Split, PROTOCOL_VERSION};
+use crate::supervise::{instant_of, Supervisor, SupervisorConfig};
+
+/// Connections at once.
+pub const CLIENTS_MAX: usize = 256;
+/// Leases held at once.
+pub const LEASES_MAX: usize = 8192;
+/// Probe threads at once.
+const PROBES_MAX: usize = 16;
+/// Unsent reply bytes before a connection that does not read is dropped.
+const OUTBUF_MAX: usize = 1 << 20;
+
+/// Server errors (start-up; the running reactor reports per request).
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    /// Setting something up failed.
+    #[error("{what}: {source}")]
+    Setup {
+        /// What.
+        what: String,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The engine failed.
+    #[error("I/O engine: {0}")]
+    Engine(String),
+    /// Configuration.
+    #[error("{0}")]
+    Config(String),
+}
+
+fn setup(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> ServerError {
+    let what = what.into();
+    move |source| ServerError::Setup { what, source }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+struct ClientKey {
+    idx: usize,
+    serial: u64,
+}
+
+#[derive(Debug)]
+struct Conn {
+    serial: u64,
+    stream: UnixStream,
+    pid: i32,
+    uid: u32,
+    name: String,
+    hello: bool,
+    inbuf: Vec<u8>,
+    outbuf: Vec<u8>,
+    /// A request is in progress (reply comes later).
+    busy: bool,
+    /// Close once the output is flushed.
+    closing: bool,
+    kill_path: Option<(String, Vec<String>)>,
+    /// A request waiting for probes to finish.
+    deferred: Option<Request>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Owner {
+    /// Released when this connection closes.
+    Conn(ClientKey),
+    /// Acquired on behalf of a pid: released when that pid exits.
+    Pid(i32),
+    /// Its release failed: still ours on disk, no holder.
+    Orphan,
+}
+
+#[derive(Debug)]
+struct Lease {
+    space: String,
+    resource: Name,
+    location: (String, u64),
+    held: HeldResource,
+    owner: Owner,
+    pid: i32,
+    client_name: String,
+    acquired_unix_ms: u64,
+}
+
+impl Lease {
+    fn state_string(&self) -> String {
+        format!(
+            "{}:{}:{}:{}:{}",
+            self.space,
+            self.resource.escaped(),
+            self.location.0.replace(':', "\\:"),
+            self.location.1,
+            self.held.acquired.lver
+        )
+    }
+
+    fn json(&self) -> serde_json::Value {
+        json!({
+            "lockspace": self.space,
+            "resource": self.resource.escaped(),
+            "path": self.location.0,
+            "offset": self.location.1,
+            "lver": self.held.acquired.lver,
+            "shared": self.held.acquired.shared,
+            "pid": self.pid,
+            "client": self.client_name,
+            "owner": match self.owner {
+                Owner::Conn(_) => "connection",
+                Owner::Pid(_) => "pid",
+                Owner::Orphan => "orphan (release failed)",
+            },
+            "acquired_unix_ms": self.acquired_unix_ms,
+            "state": self.state_string(),
+        })
+    }
+}
+
+#[derive(Debug)]
+struct Space {
+    name: String,
+    id: LockspaceId,
+    spec: LockspaceSpec,
+    join_waiters: Vec<ClientKey>,
+    leave_waiters: Vec<ClientKey>,
+    lost: Option<String>,
+    /// The supervisor cleared it (all holders dead); forgotten once no operation runs.
+    cleared: bool,
+}
+
+#[derive(Debug)]
+enum Pending {
+    Acquire {
+        client: ClientKey,
+        client_name: String,
+        space: String,
+        locations: Vec<(String, u64)>,
+        owner: Owner,
+        pid: i32,
+    },
+    Release {
+        client: Option<ClientKey>,
+        leases: Vec<Lease>,
+    },
+}
+
+type ProbeKey = (PathBuf, u64);
+
+#[derive(Debug)]
+struct ProbeResult {
+    key: ProbeKey,
+    device: Option<Result<Device, String>>,
+    leader: Result<LeaderRecord, String>,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct AreaInfo {
+    geometry: Geometry,
+    num_hosts: u64,
+}
+
+/// The running daemon.
+#[derive(Debug)]
+pub struct Server {
+    cfg: Config,
+    host_name: Name,
+    clock: MonotonicClock,
+    set: LockspaceSet,
+    backend_name: &'static str,
+    fallback_reason: Option<String>,
+    listener: UnixListener,
+    socket_path: PathBuf,
+    conns: Vec<Option<Conn>>,
+    next_serial: u64,
+    spaces: Vec<Space>,
+    leases: Vec<Lease>,
+    pending: HashMap<OpId, Pending>,
+    disks: HashMap<PathBuf, DiskId>,
+    areas: HashMap<ProbeKey, Result<AreaInfo, String>>,
+    probing: HashMap<ProbeKey, ()>,
+    probe_tx: Sender<ProbeResult>,
+    probe_rx: Receiver<ProbeResult>,
+    wake: Arc<EventFd>,
+    signals: SignalFd,
+    sup: Option<Supervisor>,
+    /// Pids holding leases acquired on their behalf, watched for exit.
+    watched: HashMap<i32, OwnedFd>,
+    started: Time,
+    stopping: bool,
+}
+
+fn unix_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+fn err(code: ErrorCode, message: impl Into<String>) -> Reply {
+    Reply::Error(ErrorReply::new(code, message))
+}
+
+fn op_error_reply(resource: Name, e: &OpError) -> Reply {
+    let r = resource.escaped();
+    let (code, details) = match e {
+        OpError::Paxos(PaxosError::OwnerAlive {
+            host_id,
+            generation,
+        }) => (
+            ErrorCode::OwnerAlive,
+            Some(json!({"host_id": host_id, "generation": generation})),
+        ),
+        OpError::Paxos(PaxosError::OwnedRetry {
+            host_id,
+            generation,
+        }) => (
+            ErrorCode::OwnedRetry,
+            Some(json!({"host_id": host_id, "generation": generation})),
+        ),
+        OpError::Paxos(PaxosError::LverMismatch { .. }) => (ErrorCode::LverMismatch, None),
+        OpError::Paxos(PaxosError::SharedBusy {
+            host_id,
+            generation,
+        }) => (
+            ErrorCode::SharedBusy,
+            Some(json!({"host_id": host_id, "generation": generation})),
+        ),
+        OpError::Paxos(PaxosError::Io { .. }) => (ErrorCode::Io, None),
+        OpError::Paxos(PaxosError::Corrupt(_)) => (ErrorCode::Corrupt, None),
+        OpError::NotJoined => (ErrorCode::NotJoined, None),
+        OpError::LockspaceLost => (ErrorCode::LockspaceLost, None),
+        OpError::Full(_) => (ErrorCode::Full, None),
+        OpError::UnknownLockspace => (ErrorCode::NotFound, None),
+        _ => (ErrorCode::Failed, None),
+    };
+    let mut e = ErrorReply::new(code, format!("{r}: {e}"));
+    e.details = details;
+    Reply::Error(e)
+}
+
+fn probe(key: ProbeKey, need_device: bool) -> ProbeResult {
+    let device =
+        need_device.then(|| Device::open(&key.0, Access::ReadWrite).map_err(|e| e.to_string()));
+    let leader = (|| {
+        let mut d =
+            DirectDisk::open(&key.0, Access::Read, BackendKind::Auto).map_err(|e| e.to_string())?;
+        d.read(key.1, 4096, LeaderRecord::decode)
+            .map_err(|e| e.to_string())?
+            .map_err(|e| format!("no lease area here: {e}"))
+    })();
+    ProbeResult {
+        key,
+        device,
+        leader,
+    }
+}
+
+impl Server {
+    /// Sets up the engine, the socket, the signal handling and the supervisor. Call from the
+    /// main thread before any other thread is started (SIGTERM/SIGINT are blocked here and
+    /// read from a signalfd; threads inherit the mask).
+    pub fn new(cfg: Config, backend: BackendKind) -> Result<Self, ServerError> {
+        let mut mask = SigSet::empty();
+        mask.add(Signal::SIGTERM);
+        mask.add(Signal::SIGINT);
+        mask.add(Signal::SIGHUP);
+        mask.thread_block().map_err(|e| ServerError::Setup {
+            what: "blocking signals".into(),
+            source: e.into(),
+        })?;
+        let signals = SignalFd::with_flags(&mask, SfdFlags::SFD_NONBLOCK | SfdFlags::SFD_CLOEXEC)
+            .map_err(|e| ServerError::Setup {
+            what: "signalfd".into(),
+            source: e.into(),
+        })?;
+        let host_name = tenure_core::hostname::host_name(cfg.host_name.as_deref())
+            .map_err(|e| ServerError::Config(format!("host name: {e}")))?;
+        let engine = EngineConfig {
+            ring_entries: 256,
+            buffer_classes: vec![(4096, 512), (1 << 20, 64), (8 << 20, 8)],
+            sync_workers: 4,
+        };
+        let (set_backend, choice) = open_backend(Vec::new(), &engine, backend)
+            .map_err(|e| ServerError::Engine(e.to_string()))?;
+        if let Some(r) = &choice.fallback_reason {
+            tracing::warn!(reason = %r, "io_uring unavailable: using the pread/pwrite fallback");
+        }
+        std::fs::create_dir_all(&cfg.run_dir)
+            .map_err(setup(format!("creating {}", cfg.run_dir.display())))?;
+        std::fs::create_dir_all(&cfg.state_dir)
+            .map_err(setup(format!("creating {}", cfg.state_dir.display())))?;
+        let socket_path = cfg.socket_path();
+        let listener = bind(&socket_path, cfg.socket_group.as_deref())?;
+        let wake = Arc::new(
+            EventFd::from_value_and_flags(
+                0,
+                nix::sys::eventfd::EfdFlags::EFD_CLOEXEC
+                    | nix::sys::eventfd::EfdFlags::EFD_NONBLOCK,
+            )
+            .map_err(|e| ServerError::Setup {
+                what: "eventfd".into(),
+                source: e.into(),
+            })?,
+        );
+        let watchdog = match cfg.watchdog.kind.as_str() {
+            "device" => tenure_watchdog::WatchdogSpec::Device(cfg.watchdog.device.clone()),
+            "emulated" => tenure_watchdog::WatchdogSpec::Emulated(cfg.emulated_socket()),
+            _ => {
+                tracing::warn!("watchdog = none: NOTHING FENCES THIS HOST if it loses a lockspace with leases held (tests only)");
+                tenure_watchdog::WatchdogSpec::None
+            }
+        };
+        let sup = Supervisor::start(
+            SupervisorConfig {
+                watchdog,
+                fire_timeout_s: cfg.watchdog.fire_timeout_s,
+                marker_dir: cfg.run_dir.clone(),
+                state_dir: cfg.state_dir.clone(),
+                kill_grace: Duration::from_secs(cfg.supervision.kill_grace_s),
+                sigkill_max: cfg.supervision.sigkill_max,
+            },
+            Arc::clone(&wake),
+        )
+        .map_err(setup("starting the supervisor thread"))?;
+        let (probe_tx, probe_rx) = channel();
+        let clock = MonotonicClock;
+        Ok(Server {
+            started: clock.now(),
+            cfg,
+            host_name,
+            clock,
+            set: LockspaceSet::new(set_backend),
+            backend_name: choice.name,
+            fallback_reason: choice.fallback_reason,
+            listener,
+            socket_path,
+            conns: Vec::new(),
+            next_serial: 0,
+            spaces: Vec::new(),
+            leases: Vec::new(),
+            pending: HashMap::new(),
+            disks: HashMap::new(),
+            areas: HashMap::new(),
+            probing: HashMap::new(),
+            probe_tx,
+            probe_rx,
+            wake,
+            signals,
+            sup: Some(sup),
+            watched: HashMap::new(),
+            stopping: false,
+        })
+    }
+
+    /// The client socket.
+    pub fn socket_path(&self) -> &Path {
+        &self.socket_path
+    }
+
+    /// The I/O backend in use.
+    pub fn backend_name(&self) -> &'static str {
+        self.backend_name
+    }
+
+    fn sup(&self) -> &Supervisor {
+        // Present until run() returns.
+        self.sup
+            .as_ref()
+            .expect("supervisor runs while the server runs")
+    }
+
+    /// Joins the configured lockspaces and serves until SIGTERM/SIGINT finds no lease held.
+    pub fn run(mut self) -> Result<(), ServerError> {
+        for l in self.cfg.lockspaces.clone() {
+            let spec = format!(
+                "{}:{}:{}:{}",
+                l.name.replace(':', "\\:"),
+                l.host_id,
+                l.path.display().to_string().replace(':', "\\:"),
+                l.offset
+                    .bytes()
+                    .map_err(|e| ServerError::Config(e.to_string()))?
+            );
+            // Configured lockspaces join in the background; failures are logged and shown
+            // by `status`.
+            if let Some(Reply::Error(e)) = self.request_lockspace_add(None, &spec, false) {
+                tracing::error!(lockspace = %l.name, error = %e.message, "cannot join configured lockspace");
+            }
+        }
+        tracing::info!(socket = %self.socket_path.display(), io_backend = self.backend_name, "tenured serving");
+        loop {
+            let now = self.clock.now();
+            if let Err(e) = self.set.step(now) {
+                // The engine itself failed (not one I/O): nothing can be renewed any more;
+                // the supervisor's deadlines and the watchdog take it from here.
+                tracing::error!(error = %e, "I/O engine failed");
+                return Err(ServerError::Engine(e.to_string()));
+            }
+            self.after_step(now);
+            if self.stopping && self.ready_to_exit() {
+                break;
+            }
+            self.wait_and_serve()?;
+        }
+        tracing::info!("all lockspaces left: exiting");
+        if let Some(sup) = self.sup.take() {
+            sup.stop();
+        }
+        let _ = std::fs::remove_file(&self.socket_path);
+        Ok(())
+    }
+
+    fn ready_to_exit(&self) -> bool {
+        self.spaces.is_empty() && self.pending.is_empty()
+    }
+
+    fn after_step(&mut self, now: Time) {
+        while let Some((id, outcome)) = self.set.take_op_result() {
+            self.op_done(now, id, outcome);
+        }
+        for i in 0..self.spaces.len() {
+            let id = self.spaces[i].id;
+            for ev in self.set.take_events(id) {
+                self.space_event(now, i, ev);
+            }
+        }
+        for name in self.sup().take_cleared() {
+            if let Some(s) = self.spaces.iter_mut().find(|s| s.name == name) {
+                s.cleared = true;
+            }
+            let dropped: Vec<Lease> = {
+                let (gone, keep) = std::mem::take(&mut self.leases)
+                    .into_iter()
+                    .partition(|l| l.space == name);
+                self.leases = keep;
+                gone
+            };
+            tracing::warn!(lockspace = %name, leases = dropped.len(), "lost lockspace cleared: its leases are gone");
+        }
+        // Forget cleared, left or failed lockspaces once no operation of theirs runs.
+        let mut i = 0;
+        while i < self.spaces.len() {
+            let s = &self.spaces[i];
+            let done = s.cleared
+                && !self.pending.values().any(|p| match p {
+                    Pending::Acquire { space, .. } => *space == s.name,
+                    Pending::Release { leases, .. } => leases.iter().any(|l| l.space == s.name),
+                });
+            if done && self.set.remove(s.id).is_ok() {
+                let s = self.spaces.remove(i);
+                let _ = self.sup().remove_space(&s.name);
+                for w in s.join_waiters.iter().chain(&s.leave_waiters) {
+                    let reason = s.lost.clone().unwrap_or_else(|| "lockspace gone".into());
+                    self.reply(*w, err(ErrorCode::LockspaceLost, reason));
+                }
+                continue;
+            }
+            i += 1;
+        }
+        if self.stopping {
+            self.begin_leaving_all(now);
+        }
+    }
+
+    fn space_event(&mut self, now: Time, i: usize, ev: DeltaEvent) {
+        let name = self.spaces[i].name.clone();
+        let id = self.spaces[i].id;
+        match ev {
+            DeltaEvent::Joined { generation } => {
+                let deadline = self.set.renewal_deadline(id).unwrap_or(now);
+                tracing::info!(lockspace = %name, generation, "joined");
+                if let Err(e) = self
+                    .sup()
+                    .joined(&name, generation, instant_of(deadline, now))
+                {
+                    tracing::error!(lockspace = %name, error = %e, "supervisor refused the join: leaving");
+                    let _ = self.set.leave(id, now);
+                }
+                let waiters = std::mem::take(&mut self.spaces[i].join_waiters);
+                for w in waiters {
+                    self.reply(
+                        w,
+                        Reply::Ok(json!({"lockspace": name, "generation": generation})),
+                    );
+                }
+            }
+            DeltaEvent::JoinFailed { error } => {
+                tracing::error!(lockspace = %name, error = %error, "join failed");
+                let waiters = std::mem::take(&mut self.spaces[i].join_waiters);
+                for w in waiters {
+                    self.reply(w, err(ErrorCode::Failed, format!("join {name}: {error}")));
+                }
+                self.spaces[i].cleared = true;
+            }
+            DeltaEvent::Renewed {
+                read_latency,
+                write_latency,
+            } => {
+                if let Some(d) = self.set.renewal_deadline(id) {
+                    let note = RenewalNote {
+                        at_unix_ms: unix_ms(),
+                        latency_ms: (read_latency + write_latency).as_millis() as u64,
+                        ok: true,
+                        error: None,
+                    };
+                    self.sup().renewed(&name, instant_of(d, now), note);
+                }
+            }
+            DeltaEvent::RenewalFailed { error } => {
+                tracing::warn!(lockspace = %name, error = %error, "renewal failed");
+                self.sup().renewal_failed(
+                    &name,
+                    RenewalNote {
+                        at_unix_ms: unix_ms(),
+                        latency_ms: 0,
+                        ok: false,
+                        error: Some(error.to_string()),
+                    },
+                );
+            }
+            DeltaEvent::Lost { error } => {
+                tracing::error!(lockspace = %name, error = %error, "lockspace lost: its lease holders will be killed");
+                self.spaces[i].lost = Some(error.to_string());
+                self.sup().lost(&name);
+            }
+            DeltaEvent::Released => {
+                tracing::info!(lockspace = %name, "left");
+                let waiters = std::mem::take(&mut self.spaces[i].leave_waiters);
+                for w in waiters {
+                    self.reply(w, Reply::Ok(json!({"lockspace": name, "left": true})));
+                }
+                self.spaces[i].cleared = true;
+            }
+        }
+    }
+
+    fn begin_leaving_all(&mut self, now: Time) {
+        if !self.leases.is_empty() {
+            return;
+        }
+        for s in &self.spaces {
+            if matches!(self.set.state(s.id), Some(LockspaceState::Joined { .. })) {
+                let _ = self.set.leave(s.id, now);
+            } else if !matches!(self.set.state(s.id), Some(LockspaceState::Joining { .. })) {
+                // Idle, failed, left or lost: nothing to release on disk.
+            }
+        }
+        for s in &mut self.spaces {
+            if matches!(
+                self.set.state(s.id),
+                Some(
+                    LockspaceState::JoinFailed { .. } | LockspaceState::Left | LockspaceState::Idle
+                )
+            ) {
+                s.cleared = true;
+            }
+        }
+    }
+
+    fn wait_and_serve(&mut self) -> Result<(), ServerError> {
+        let now = self.clock.now();
+        let timeout = self
+            .set
+            .next_wakeup()
+            .map_or(Duration::from_secs(1), |t| t.saturating_since(now))
+            .min(Duration::from_secs(1));
+        // Sub-millisecond timers round up: never spin.
+        let ms = u16::try_from(timeout.as_millis().max(1)).unwrap_or(1000);
+        let mut fds: Vec<PollFd<'_>> = Vec::with_capacity(8 + self.conns.len());
+        fds.push(PollFd::new(self.signals.as_fd(), PollFlags::POLLIN));
+        fds.push(PollFd::new(self.wake.as_fd(), PollFlags::POLLIN));
+        fds.push(PollFd::new(self.listener.as_fd(), PollFlags::POLLIN));
+        let notify: Option<BorrowedFd<'_>> = self.set.notify_fd();
+        let base = fds.len();
+        if let Some(n) = notify {
+            fds.push(PollFd::new(n, PollFlags::POLLIN));
+        }
+        let conn_base = fds.len();
+        let mut conn_idx = Vec::with_capacity(self.conns.len());
+        for (i, c) in self.conns.iter().enumerate() {
+            if let Some(c) = c {
+                let mut fl = PollFlags::empty();
+                if !c.busy && !c.closing && c.inbuf.len() < proto::FRAME_MAX_BYTES + 4 {
+                    fl |= PollFlags::POLLIN;
+                }
+                if !c.outbuf.is_empty() {
+                    fl |= PollFlags::POLLOUT;
+                }
+                fds.push(PollFd::new(c.stream.as_fd(), fl));
+                conn_idx.push(i);
+            }
+        }
+        let pid_base = fds.len();
+        let pids: Vec<i32> = self.watched.keys().copied().collect();
+        for p in &pids {
+            fds.push(PollFd::new(self.watched[p].as_fd(), PollFlags::POLLIN));
+        }
+        let _ = base;
+        match poll(&mut fds, PollTimeout::from(ms)) {
+            Ok(_) => {}
+            Err(nix::errno::Errno::EINTR) => return Ok(()),
+            Err(e) => {
+                return Err(ServerError::Setup {
+                    what: "poll".into(),
+                    source: e.into(),
+                })
+            }
+        }
+        let ready = |f: &PollFd<'_>| f.revents().is_some_and(|r| !r.is_empty());
+        let sig = ready(&fds[0]);
+        let woke = ready(&fds[1]);
+        let accept = ready(&fds[2]);
+        let conn_ready: Vec<(usize, PollFlags)> = fds[conn_base..pid_base]
+            .iter()
+            .zip(&conn_idx)
+            .filter_map(|(f, &i)| f.revents().filter(|r| !r.is_empty()).map(|r| (i, r)))
+            .collect();
+        let exited: Vec<i32> = fds[pid_base..]
+            .iter()
+            .zip(&pids)
+            .filter(|(f, _)| ready(f))
+            .map(|(_, p)| *p)
+            .collect();
+        drop(fds);
+        if sig {
+            while let Ok(Some(s)) = self.signals.read_signal() {
+                self.on_signal(s.ssi_signo as i32);
+            }
+        }
+        if woke {
+            let _ = self.wake.read();
+        }
+        while let Ok(r) = self.probe_rx.try_recv() {
+            self.probe_done(r);
+        }
+        if accept {
+            self.accept();
+        }
+        for (i, flags) in conn_ready {
+            if flags.intersects(PollFlags::POLLOUT) {
+                self.flush(i);
+            }
+            if flags.intersects(PollFlags::POLLIN | PollFlags::POLLHUP | PollFlags::POLLERR) {
+                self.read_conn(i);
+            }
+        }
+        for p in exited {
+            self.watched.remove(&p);
+            self.release_owner(Owner::Pid(p), None);
+        }
+        Ok(())
+    }
+
+    fn on_signal(&mut self, signo: i32) {
+        if signo == libc::SIGHUP {
+            tracing::info!("SIGHUP ignored (configuration is read at start-up)");
+            return;
+        }
+        let held = self.leases.len();
+        if held > 0 {
+            let pids: Vec<i32> = self.leases.iter().map(|l| l.pid).collect();
+            tracing::error!(
+                leases = held,
+                ?pids,
+                "asked to stop while leases are held: refusing (exiting now would leave the \
+                 watchdog to reset this host). Release the leases or stop their holders first."
+            );
+            return;
+        }
+        tracing::info!(signal = signo, "stopping: leaving every lockspace");
+        self.stopping = true;
+        let now = self.clock.now();
+        self.begin_leaving_all(now);
+    }
+
+    // ---- connections ----
+
+    fn accept(&mut self) {
+        loop {
+            let (stream, _) = match self.listener.accept() {
+                Ok(x) => x,
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return,
+                Err(e) => {
+                    tracing::warn!(error = %e, "accept failed");
+                    return;
+                }
+            };
+            let cred = match getsockopt(&stream, PeerCredentials) {
+                Ok(c) => c,
+                Err(e) => {
+                    tracing::warn!(error = %e, "SO_PEERCRED failed: connection dropped");
+                    continue;
+                }
+            };
+            if stream.set_nonblocking(true).is_err() {
+                continue;
+            }
+            let slot = match self.conns.iter().position(Option::is_none) {
+                Some(i) => i,
+                None if self.conns.len() < CLIENTS_MAX => {
+                    self.conns.push(None);
+                    self.conns.len() - 1
+                }
+                None => {
+                    // Full: tell it why, best effort, and drop it.
+                    let mut s = stream;
+                    if let Ok(b) = proto::encode(&err(
+                        ErrorCode::Full,
+                        format!("too many clients ({CLIENTS_MAX})"),
+                    )) {
+                        let _ = s.write(&b);
+                    }
+                    continue;
+                }
+            };
+            self.next_serial += 1;
+            self.conns[slot] = Some(Conn {
+                serial: self.next_serial,
+                stream,
+                pid: cred.pid(),
+                uid: cred.uid(),
+                name: format!("pid {}", cred.pid()),
+                hello: false,
+                inbuf: Vec::with_capacity(512),
+                outbuf: Vec::new(),
+                busy: false,
+                closing: false,
+                kill_path: None,
+                deferred: None,
+            });
+        }
+    }
+
+    fn key(&self, idx: usize) -> Option<ClientKey> {
+        self.conns
+            .get(idx)
+            .and_then(Option::as_ref)
+            .map(|c| ClientKey {
+                idx,
+                serial: c.serial,
+            })
+    }
+
+    fn conn(&mut self, k: ClientKey) -> Option<&mut Conn> {
+        self.conns
+            .get_mut(k.idx)
+            .and_then(Option::as_mut)
+            .filter(|c| c.serial == k.serial)
+    }
+
+    fn reply(&mut self, k: ClientKey, r: Reply) {
+        let Some(c) = self.conn(k) else {
+            return;
+        };
+        c.busy = false;
+        match proto::encode(&r) {
+            Ok(b) => c.outbuf.extend_from_slice(&b),
+            Err(e) => {
+                let fallback = err(ErrorCode::Failed, format!("reply too large: {e}"));
+                if let Ok(b) = proto::encode(&fallback) {
+                    c.outbuf.extend_from_slice(&b);
+                }
+            }
+        }
+        self.flush(k.idx);
+        // Frames that arrived while busy.
+        self.process_frames(k.idx);
+    }
+
+    fn flush(&mut self, idx: usize) {
+        let Some(c) = self.conns.get_mut(idx).and_then(Option::as_mut) else {
+            return;
+        };
+        while !c.outbuf.is_empty() {
+            match c.stream.write(&c.outbuf) {
+                Ok(0) => break,
+                Ok(n) => {
+                    c.outbuf.drain(..n);
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+                Err(_) => {
+                    c.outbuf.clear();
+                    c.closing = true;
+                    break;
+                }
+            }
+        }
+        let drop_it = (c.closing && c.outbuf.is_empty()) || c.outbuf.len() > OUTBUF_MAX;
+        if drop_it {
+            self.close(idx);
+        }
+    }
+
+    fn read_conn(&mut self, idx: usize) {
+        let mut buf = [0u8; 16 * 1024];
+        let mut eof = false;
+        {
+            let Some(c) = self.conns.get_mut(idx).and_then(Option::as_mut) else {
+                return;
+            };
+            while c.inbuf.len() < proto::FRAME_MAX_BYTES + 4 {
+                match c.stream.read(&mut buf) {
+                    Ok(0) => {
+                        eof = true;
+                        break;
+                    }
+                    Ok(n) => c.inbuf.extend_from_slice(&buf[..n]),
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                    Err(_) => {
+                        eof = true;
+                        break;
+                    }
+                }
+            }
+        }
+        self.process_frames(idx);
+        if eof {
+            self.close(idx);
+        }
+    }
+
+    fn process_frames(&mut self, idx: usize) {
+        loop {
+            let Some(k) = self.key(idx) else {
+                return;
+            };
+            let Some(c) = self.conn(k) else {
+                return;
+            };
+            if c.busy || c.closing {
+                return;
+            }
+            let len = match proto::split_frame(&c.inbuf) {
+                Split::Incomplete => return,
+                Split::TooLarge(n) => {
+                    c.inbuf.clear();
+                    c.closing = true;
+                    let r = err(
+                        ErrorCode::BadRequest,
+                        format!(
+                            "frame of {n} bytes exceeds the {}-byte limit; closing",
+                            proto::FRAME_MAX_BYTES
+                        ),
+                    );
+                    if let Ok(b) = proto::encode(&r) {
+                        c.outbuf.extend_from_slice(&b);
+                    }
+                    self.flush(idx);
+                    return;
+                }
+                Split::Frame(n) => n,
+            };
+            let body: Vec<u8> = c.inbuf.drain(..4 + len).skip(4).collect();
+            let req = match serde_json::from_slice::<Request>(&body) {
+                Ok(r) => r,
+                Err(e) => {
+                    c.busy = true;
+                    self.reply(
+                        k,
+                        err(ErrorCode::BadRequest, format!("malformed request: {e}")),
+                    );
+                    return;
+                }
+            };
+            if let Some(c) = self.conn(k) {
+                c.busy = true;
+            }
+            if let Some(r) = self.dispatch(k, req) {
+                self.reply(k, r);
+                return;
+            }
+        }
+    }
+
+    fn close(&mut self, idx: usize) {
+        let Some(key) = self.key(idx) else {
+            return;
+        };
+        self.conns[idx] = None;
+        // Its leases go; pending acquires release what they win when they end.
+        self.release_owner(Owner::Conn(key), None);
+    }
+
+    // ---- requests ----
+
+    fn dispatch(&mut self, k: ClientKey, req: Request) -> Option<Reply> {
+        let hello = self.conn(k).is_some_and(|c| c.hello);
+        if !hello {
+            return Some(match req {
+                Request::Hello { version, name } if version == PROTOCOL_VERSION => {
+                    let c = self.conn(k)?;
+                    c.hello = true;
+                    if let Some(n) = name {
+                        c.name = n.chars().take(64).collect();
+                    }
+                    Reply::Ok(json!({
+                        "version": PROTOCOL_VERSION,
+                        "daemon": env!("CARGO_PKG_VERSION"),
+                        "host_name": self.host_name.escaped(),
+                    }))
+                }
+                Request::Hello { version, .. } => {
+                    if let Some(c) = self.conn(k) {
+                        c.closing = true;
+                    }
+                    err(
+                        ErrorCode::Version,
+                        format!("protocol version {version} is not supported (this daemon speaks {PROTOCOL_VERSION})"),
+                    )
+                }
+                _ => err(ErrorCode::Version, "the first request must be hello"),
+            });
+        }
+        match req {
+            Request::Hello { .. } => Some(err(ErrorCode::BadRequest, "hello was already said")),
+            Request::Status => Some(Reply::Ok(self.status())),
+            Request::LockspaceList => Some(Reply::Ok(self.lockspace_list())),
+            Request::Hosts { lockspace } => Some(self.hosts(&lockspace)),
+            Request::LockspaceAdd { spec, wait } => {
+                self.request_lockspace_add(Some(k), &spec, wait)
+            }
+            Request::LockspaceRemove { name, wait } => self.lockspace_remove(k, &name, wait),
+            Request::Acquire { .. } => self.acquire(k, req),
+            Request::Release {
+                resources,
+                all,
+                pid,
+                lvb_hex,
+            } => self.release(k, &resources, all, pid, lvb_hex.as_deref()),
+            Request::Inquire { pid } => Some(self.inquire(k, pid)),
+            Request::KillPath { path, args } => {
+                if !path.starts_with('/') || args.len() > 16 {
+                    return Some(err(
+                        ErrorCode::BadRequest,
+                        "kill path must be an absolute program path with at most 16 arguments",
+                    ));
+                }
+                let c = self.conn(k)?;
+                c.kill_path = Some((path, args));
+                Some(Reply::Ok(json!({})))
+            }
+        }
+    }
+
+    fn space_index(&self, name: &str) -> Option<usize> {
+        self.spaces.iter().position(|s| s.name == name)
+    }
+
+    /// Starts probes for `keys` not known yet; true when all are known.
+    fn ensure_probed(&mut self, keys: &[ProbeKey]) -> bool {
+        let mut all = true;
+        for key in keys {
+            if self.areas.contains_key(key) {
+                continue;
+            }
+            all = false;
+            if self.probing.contains_key(key) || self.probing.len() >= PROBES_MAX {
+                continue;
+            }
+            self.probing.insert(key.clone(), ());
+            let need_device = !self.disks.contains_key(&key.0);
+            let (tx, key, wake) = (self.probe_tx.clone(), key.clone(), Arc::clone(&self.wake));
+            let spawned = std::thread::Builder::new()
+                .name("tenured-probe".into())
+                .spawn(move || {
+                    let r = probe(key, need_device);
+                    let _ = tx.send(r);
+                    let _ = wake.write(1);
+                });
+            if let Err(e) = spawned {
+                tracing::error!(error = %e, "cannot start probe thread");
+            }
+        }
+        all
+    }
+
+    fn probe_done(&mut self, r: ProbeResult) {
+        self.probing.remove(&r.key);
+        let mut result = r.leader.and_then(|l| {
+            let geometry = Geometry::from_leader_fields(l.sector_size, l.flags)
+                .map_err(|e| format!("unsupported geometry: {e}"))?;
+            Ok(AreaInfo {
+                geometry,
+                num_hosts: l.num_hosts,
+            })
+        });
+        match r.device {
+            Some(Ok(dev)) if !self.disks.contains_key(&r.key.0) => {
+                match self.set.backend_mut().add_disk(dev) {
+                    Ok(id) => {
+                        self.disks.insert(r.key.0.clone(), id);
+                    }
+                    Err(e) => result = Err(e.to_string()),
+                }
+            }
+            Some(Err(e)) if !self.disks.contains_key(&r.key.0) => result = Err(e),
+            _ => {}
+        }
+        let failed = result.is_err();
+        self.areas.insert(r.key.clone(), result);
+        // Re-dispatch every deferred request (each checks its own keys again).
+        for idx in 0..self.conns.len() {
+            let Some(k) = self.key(idx) else { continue };
+            let Some(req) = self.conn(k).and_then(|c| c.deferred.take()) else {
+                continue;
+            };
+            if let Some(reply) = self.dispatch(k, req) {
+                self.reply(k, reply);
+            }
+        }
+        if failed {
+            // Failed probes are not cached: a later request tries again.
+            self.areas.remove(&r.key);
+        }
+    }
+
+    fn area(&self, key: &ProbeKey) -> Option<Result<AreaInfo, String>> {
+        self.areas.get(key).cloned()
+    }
+
+    fn request_lockspace_add(
+        &mut self,
+        k: Option<ClientKey>,
+        spec: &str,
+        wait: bool,
+    ) -> Option<Reply> {
+        let spec = match LockspaceSpec::parse(spec) {
+            Ok(s) => s,
+            Err(e) => return Some(err(ErrorCode::BadRequest, format!("lockspace spec: {e}"))),
+        };
+        let name = spec.name.escaped();
+        if self.space_index(&name).is_some() {
+            return Some(err(
+                ErrorCode::Exists,
+                format!("lockspace {name} is already added"),
+            ));
+        }
+        if self.stopping {
+            return Some(err(ErrorCode::Busy, "tenured is stopping"));
+        }
+        let key = (PathBuf::from(&spec.disk.path), spec.disk.offset);
+        if !self.ensure_probed(std::slice::from_ref(&key)) {
+            match k {
+                Some(k) => {
+                    let c = self.conn(k)?;
+                    c.deferred = Some(Request::LockspaceAdd {
+                        spec: format!(
+                            "{}:{}:{}:{}",
+                            name.replace(':', "\\:"),
+                            spec.host_id,
+                            spec.disk.path.replace(':', "\\:"),
+                            spec.disk.offset
+                        ),
+                        wait,
+                    });
+                    return None;
+                }
+                None => {
+                    // Start-up: wait for the probe here (nothing else runs yet).
+                    while !self.areas.contains_key(&key) {
+                        match self.probe_rx.recv_timeout(Duration::from_secs(60)) {
+                            Ok(r) => {
+                                let done = r.key == key;
+                                let fail = self.probe_failed_now(r);
+                                if done {
+                                    if let Some(e) = fail {
+                                        return Some(err(ErrorCode::Io, e));
+                                    }
+                                }
+                            }
+                            Err(_) => return Some(err(ErrorCode::Io, "probe timed out")),
+                        }
+                    }
+                }
+            }
+        }
+        let info = match self.area(&key) {
+            Some(Ok(i)) => i,
+            Some(Err(e)) => return Some(err(ErrorCode::Io, format!("{}: {e}", spec.disk.path))),
+            None => return Some(err(ErrorCode::Io, "probe failed")),
+        };
+        if spec.host_id == 0 || spec.host_id > info.geometry.hosts_max() {
+            return Some(err(
+                ErrorCode::BadRequest,
+                format!(
+                    "host id {} is out of range (1..={})",
+                    spec.host_id,
+                    info.geometry.hosts_max()
+                ),
+            ));
+        }
+        let Some(&disk) = self.disks.get(&key.0) else {
+            return Some(err(ErrorCode::Io, "device not open"));
+        };
+        if let Err(e) = self.sup().add_space(&name, spec.host_id) {
+            return Some(err(
+                ErrorCode::Failed,
+                format!("cannot supervise {name}: {e}"),
+            ));
+        }
+        let dcfg = DeltaConfig {
+            space_name: spec.name,
+            host_id: spec.host_id,
+            host_name: self.host_name,
+            geometry: info.geometry,
+            area_offset: spec.disk.offset,
+            // Validated at load: 1..=IO_TIMEOUT_MAX_S fits u16.
+            timeouts: Timeouts::new(
+                u16::try_from(self.cfg.io_timeout_s).unwrap_or(u16::MAX),
+                self.cfg.watchdog.fire_timeout_s,
+            ),
+        };
+        let id = match self.set.add(dcfg, disk) {
+            Ok(id) => id,
+            Err(e) => {
+                let _ = self.sup().remove_space(&name);
+                return Some(err(ErrorCode::Full, e.to_string()));
+            }
+        };
+        let now = self.clock.now();
+        if let Err(e) = self.set.join(id, now) {
+            let _ = self.set.remove(id);
+            let _ = self.sup().remove_space(&name);
+            return Some(err(ErrorCode::Failed, e.to_string()));
+        }
+        tracing::info!(lockspace = %name, host_id = spec.host_id, path = %spec.disk.path, "joining");
+        let mut space = Space {
+            name: name.clone(),
+            id,
+            spec,
+            join_waiters: Vec::new(),
+            leave_waiters: Vec::new(),
+            lost: None,
+            cleared: false,
+        };
+        match (k, wait) {
+            (Some(k), true) => {
+                space.join_waiters.push(k);
+                self.spaces.push(space);
+                None
+            }
+            _ => {
+                self.spaces.push(space);
+                Some(Reply::Ok(json!({"lockspace": name, "state": "joining"})))
+            }
+        }
+    }
+
+    /// Handles a probe result during start-up; returns its error if it failed.
+    fn probe_failed_now(&mut self, r: ProbeResult) -> Option<String> {
+        let key = r.key.clone();
+        self.probe_done(r);
+        match self.areas.get(&key) {
+            Some(Ok(_)) => None,
+            _ => Some(format!("{}: cannot read the lease area", key.0.display())),
+        }
+    }
+
+    fn lockspace_remove(&mut self, k: ClientKey, name: &str, wait: bool) -> Option<Reply> {
+        let Some(i) = self.space_index(name) else {
+            return Some(err(ErrorCode::NotFound, format!("no lockspace {name}")));
+        };
+        let held = self.leases.iter().filter(|l| l.space == name).count();
+        if held > 0 {
+            return Some(err(
+                ErrorCode::Busy,
+                format!("lockspace {name} has {held} lease(s) held; release them first"),
+            ));
+        }
+        let now = self.clock.now();
+        let id = self.spaces[i].id;
+        match self.set.state(id) {
+            Some(LockspaceState::Joined { .. } | LockspaceState::Joining { .. }) => {
+                if let Err(e) = self.set.leave(id, now) {
+                    return Some(err(ErrorCode::Busy, e.to_string()));
+                }
+                if wait {
+                    self.spaces[i].leave_waiters.push(k);
+                    return None;
+                }
+                Some(Reply::Ok(json!({"lockspace": name, "state": "leaving"})))
+            }
+            _ => {
+                self.spaces[i].cleared = true;
+                Some(Reply::Ok(json!({"lockspace": name, "left": true})))
+            }
+        }
+    }
+
+    fn lockspace_list(&self) -> serde_json::Value {
+        let now = self.clock.now();
+        let list: Vec<_> = self
+            .spaces
+            .iter()
+            .map(|s| {
+                let state = self.set.state(s.id);
+                let (state_name, detail) = match &state {
+                    Some(LockspaceState::Joining { phase, wait_until }) => (
+                        "joining",
+                        json!({"phase": format!("{phase:?}"), "wait_ms": wait_until.map(|t| t.saturating_since(now).as_millis() as u64)}),
+                    ),
+                    Some(LockspaceState::Joined { generation }) => ("joined", json!({"generation": generation})),
+                    Some(LockspaceState::JoinFailed { error }) => ("join_failed", json!({"error": error.to_string()})),
+                    Some(LockspaceState::Lost { error }) => ("lost", json!({"error": error.to_string()})),
+                    Some(LockspaceState::Left) => ("left", json!({})),
+                    Some(LockspaceState::Idle) | None => ("idle", json!({})),
+                };
+                let history = self.set.renewal_history(s.id);
+                let last: Vec<_> = history
+                    .iter()
+                    .rev()
+                    .take(8)
+                    .map(|r| {
+                        json!({
+                            "ago_ms": now.saturating_since(r.at).as_millis() as u64,
+                            "read_ms": r.read_latency.map(|d| d.as_secs_f64() * 1e3),
+                            "write_ms": r.write_latency.map(|d| d.as_secs_f64() * 1e3),
+                            "error": r.error,
+                        })
+                    })
+                    .collect();
+                json!({
+                    "name": s.name,
+                    "host_id": s.spec.host_id,
+                    "path": s.spec.disk.path,
+                    "offset": s.spec.disk.offset,
+                    "state": state_name,
+                    "detail": detail,
+                    "renewal_deadline_in_ms": self.set.renewal_deadline(s.id).map(|d| d.saturating_since(now).as_millis() as u64),
+                    "leases": self.leases.iter().filter(|l| l.space == s.name).count(),
+                    "last_renewals": last,
+                })
+            })
+            .collect();
+        json!({"lockspaces": list})
+    }
+
+    fn hosts(&self, name: &str) -> Reply {
+        let Some(i) = self.space_index(name) else {
+            return err(ErrorCode::NotFound, format!("no lockspace {name}"));
+        };
+        let now = self.clock.now();
+        let hosts: Vec<_> = self
+            .set
+            .hosts(self.spaces[i].id, now)
+            .into_iter()
+            .map(|(e, st)| {
+                json!({
+                    "host_id": e.host_id,
+                    "name": e.owner_name.escaped(),
+                    "generation": e.generation,
+                    "timestamp": e.timestamp,
+                    "io_timeout": e.io_timeout,
+                    "status": format!("{st:?}").to_lowercase(),
+                    "last_change_ms_ago": e.last_change.map(|t| now.saturating_since(t).as_millis() as u64),
+                })
+            })
+            .collect();
+        Reply::Ok(json!({"lockspace": name, "hosts": hosts}))
+    }
+
+    fn status(&self) -> serde_json::Value {
+        let now = self.clock.now();
+        json!({
+            "daemon": env!("CARGO_PKG_VERSION"),
+            "host_name": self.host_name.escaped(),
+            "uptime_s": now.saturating_since(self.started).as_secs(),
+            "io_backend": self.backend_name,
+            "io_fallback_reason": self.fallback_reason,
+            "io_timeout_s": self.cfg.io_timeout_s,
+            "socket": self.socket_path,
+            "clients": self.conns.iter().flatten().map(|c| json!({"pid": c.pid, "uid": c.uid, "name": c.name})).collect::<Vec<_>>(),
+            "lockspaces": self.lockspace_list()["lockspaces"],
+            "leases": self.leases.iter().map(Lease::json).collect::<Vec<_>>(),
+            "operations_in_flight": self.set.ops_in_flight(),
+            "supervisor": self.sup().status(),
+        })
+    }
+
+    fn privileged_pid(&mut self, k: ClientKey, pid: Option<i32>) -> Result<(i32, bool), Reply> {
+        let c = self
+            .conn(k)
+            .ok_or_else(|| err(ErrorCode::Failed, "client gone"))?;
+        match pid {
+            None => Ok((c.pid, false)),
+            Some(p) if p == c.pid => Ok((p, false)),
+            Some(p) if c.uid == 0 => {
+                if p <= 0 {
+                    return Err(err(ErrorCode::BadRequest, format!("pid {p} is not valid")));
+                }
+                Ok((p, true))
+            }
+            Some(p) => Err(err(
+                ErrorCode::Permission,
+                format!(
+                    "only root may act for another pid ({p}); this client runs as uid {}",
+                    c.uid
+                ),
+            )),
+        }
+    }
+
+    fn acquire(&mut self, k: ClientKey, req: Request) -> Option<Reply> {
+        let Request::Acquire {
+            resources,
+            no_wait,
+            lvb,
+            pid,
+        } = &req
+        else {
+            return Some(err(ErrorCode::Failed, "internal: not an acquire"));
+        };
+        let (pid, on_behalf) = match self.privileged_pid(k, *pid) {
+            Ok(x) => x,
+            Err(r) => return Some(r),
+        };
+        if resources.is_empty() || resources.len() > tenure_core::lockspace::RESOURCES_PER_OP_MAX {
+            return Some(err(
+                ErrorCode::BadRequest,
+                format!(
+                    "acquire takes 1 to {} resources",
+                    tenure_core::lockspace::RESOURCES_PER_OP_MAX
+                ),
+            ));
+        }
+        let mut specs = Vec::with_capacity(resources.len());
+        for r in resources {
+            match ResourceSpec::parse(r) {
+                Ok(s) if s.disks.len() == 1 => specs.push(s),
+                Ok(s) => {
+                    return Some(err(
+                        ErrorCode::BadRequest,
+                        format!(
+                            "{}: leases on {} disks are not supported yet (one PATH:OFFSET)",
+                            s.name.escaped(),
+                            s.disks.len()
+                        ),
+                    ))
+                }
+                Err(e) => {
+                    return Some(err(
+                        ErrorCode::BadRequest,
+                        format!("resource spec {r:?}: {e}"),
+                    ))
+                }
+            }
+        }
+        let space = specs[0].lockspace.escaped();
+        if specs.iter().any(|s| s.lockspace.escaped() != space) {
+            return Some(err(
+                ErrorCode::BadRequest,
+                "all resources of one acquire must be in one lockspace",
+            ));
+        }
+        let shared = specs[0].mode == ResourceMode::Shared;
+        if specs
+            .iter()
+            .any(|s| (s.mode == ResourceMode::Shared) != shared)
+        {
+            return Some(err(
+                ErrorCode::BadRequest,
+                "one acquire takes either shared or exclusive resources, not both",
+            ));
+        }
+        let Some(si) = self.space_index(&space) else {
+            return Some(err(
+                ErrorCode::NotFound,
+                format!("no lockspace {space} (add it first)"),
+            ));
+        };
+        if let Some(why) = &self.spaces[si].lost {
+            return Some(err(
+                ErrorCode::LockspaceLost,
+                format!("lockspace {space} was lost: {why}"),
+            ));
+        }
+        if self.stopping {
+            return Some(err(ErrorCode::Busy, "tenured is stopping"));
+        }
+        for s in &specs {
+            if self
+                .leases
+                .iter()
+                .any(|l| l.space == space && l.resource == s.name)
+            {
+                return Some(err(
+                    ErrorCode::Exists,
+                    format!("{} is already held on this host", s.name.escaped()),
+                ));
+            }
+        }
+        if self.leases.len() + specs.len() > LEASES_MAX {
+            return Some(err(
+                ErrorCode::Full,
+                format!("too many leases ({LEASES_MAX})"),
+            ));
+        }
+        let keys: Vec<ProbeKey> = specs
+            .iter()
+            .map(|s| (PathBuf::from(&s.disks[0].path), s.disks[0].offset))
+            .collect();
+        if !self.ensure_probed(&keys) {
+            let c = self.conn(k)?;
+            c.deferred = Some(req.clone());
+            return None;
+        }
+        let mut targets = Vec::with_capacity(specs.len());
+        for (s, key) in specs.iter().zip(&keys) {
+            let info = match self.area(key) {
+                Some(Ok(i)) => i,
+                Some(Err(e)) => {
+                    return Some(err(ErrorCode::Io, format!("{}: {e}", key.0.display())))
+                }
+                None => return Some(err(ErrorCode::Io, "probe failed")),
+            };
+            let Some(&disk) = self.disks.get(&key.0) else {
+                return Some(err(ErrorCode::Io, "device not open"));
+            };
+            targets.push(ResourceTarget {
+                name: s.name,
+                disk,
+                area_offset: key.1,
+                geometry: info.geometry,
+                num_hosts_hint: Some(info.num_hosts),
+                expect_lver: match s.mode {
+                    ResourceMode::ExclusiveAtLver(v) => Some(v),
+                    _ => None,
+                },
+            });
+        }
+        let opts = AcquireOptions {
+            shared,
+            no_wait: *no_wait,
+            read_lvb: *lvb,
+        };
+        let now = self.clock.now();
+        let id = match self
+            .set
+            .start_acquire(self.spaces[si].id, targets, opts, now)
+        {
+            Ok(id) => id,
+            Err(e) => return Some(op_error_reply(specs[0].name, &e)),
+        };
+        let client_name = self.conn(k).map(|c| c.name.clone()).unwrap_or_default();
+        let owner = if on_behalf {
+            Owner::Pid(pid)
+        } else {
+            Owner::Conn(k)
+        };
+        self.pending.insert(
+            id,
+            Pending::Acquire {
+                client: k,
+                client_name,
+                space,
+                locations: specs
+                    .iter()
+                    .map(|s| (s.disks[0].path.clone(), s.disks[0].offset))
+                    .collect(),
+                owner,
+                pid,
+            },
+        );
+        None
+    }
+
+    fn op_done(&mut self, now: Time, id: OpId, outcome: OpOutcome) {
+        let Some(p) = self.pending.remove(&id) else {
+            return;
+        };
+        match p {
+            Pending::Acquire {
+                client,
+                client_name,
+                space,
+                locations,
+                owner,
+                pid,
+            } => match outcome {
+                OpOutcome::Acquired(held) => {
+                    let kill_path = self.conn(client).and_then(|c| c.kill_path.clone());
+                    let alive_owner = match owner {
+                        Owner::Conn(k) => self.conn(k).is_some(),
+                        _ => true,
+                    };
+                    let holder = if alive_owner {
+                        self.sup().add_holder(&space, pid, kill_path)
+                    } else {
+                        Err(crate::supervise::SuperviseError::Pid(
+                            pid,
+                            "client disconnected".into(),
+                        ))
+                    };
+                    let leases: Vec<Lease> = held
+                        .into_iter()
+                        .zip(locations)
+                        .map(|(h, loc)| Lease {
+                            space: space.clone(),
+                            resource: h.target.name,
+                            location: loc,
+                            held: h,
+                            owner,
+                            pid,
+                            client_name: client_name.clone(),
+                            acquired_unix_ms: unix_ms(),
+                        })
+                        .collect();
+                    if let Err(e) = holder {
+                        // The holder is gone: give the leases back at once.
+                        tracing::info!(lockspace = %space, pid, error = %e, "holder gone before the acquire ended: releasing");
+                        self.reply(
+                            client,
+                            err(ErrorCode::Failed, format!("holder pid {pid}: {e}")),
+                        );
+                        self.start_release(now, None, leases, None);
+                        return;
+                    }
+                    if let Owner::Pid(p) = owner {
+                        if let std::collections::hash_map::Entry::Vacant(v) = self.watched.entry(p)
+                        {
+                            if let Some(fd) = rustix::process::Pid::from_raw(p).and_then(|pp| {
+                                rustix::process::pidfd_open(
+                                    pp,
+                                    rustix::process::PidfdFlags::empty(),
+                                )
+                                .ok()
+                            }) {
+                                v.insert(fd);
+                            }
+                        }
+                    }
+                    let reply: Vec<_> = leases
+                        .iter()
+                        .map(|l| {
+                            let mut j = l.json();
+                            if let Some(lvb) = &l.held.acquired.lvb {
+                                j["lvb_hex"] = json!(hex(lvb));
+                            }
+                            j
+                        })
+                        .collect();
+                    for l in &leases {
+                        tracing::info!(lockspace = %l.space, resource = %l.resource.escaped(), lver = l.held.acquired.lver, pid, "acquired");
+                    }
+                    self.leases.extend(leases);
+                    self.reply(client, Reply::Ok(json!({"leases": reply})));
+                }
+                OpOutcome::Failed {
+                    resource,
+                    error,
+                    still_held,
+                } => {
+                    if !still_held.is_empty() {
+                        tracing::error!(lockspace = %space, count = still_held.len(), "acquire failed and unwinding it failed too: leases stay ours on disk");
+                        self.adopt_orphans(&space, still_held);
+                    }
+                    self.reply(client, op_error_reply(resource, &error));
+                }
+                OpOutcome::Released => {}
+            },
+            Pending::Release { client, leases } => {
+                let reply = match outcome {
+                    OpOutcome::Released => {
+                        for l in &leases {
+                            tracing::info!(lockspace = %l.space, resource = %l.resource.escaped(), "released");
+                        }
+                        Reply::Ok(
+                            json!({"released": leases.iter().map(|l| l.resource.escaped()).collect::<Vec<_>>()}),
+                        )
+                    }
+                    OpOutcome::Failed {
+                        resource,
+                        error,
+                        still_held,
+                    } => {
+                        if matches!(error, OpError::LockspaceLost | OpError::NotJoined) {
+                            // Void with the lockspace: nothing to do on disk.
+                        } else if let Some(l) = leases.first() {
+                            let space = l.space.clone();
+                            self.adopt_orphans(&space, still_held);
+                        }
+                        op_error_reply(resource, &error)
+                    }
+                    OpOutcome::Acquired(_) => err(ErrorCode::Failed, "internal: release acquired"),
+                };
+                self.forget_holders(&leases);
+                if let Some(c) = client {
+                    self.reply(c, reply);
+                }
+            }
+        }
+    }
+
+    fn adopt_orphans(&mut self, space: &str, held: Vec<HeldResource>) {
+        for h in held {
+            self.leases.push(Lease {
+                space: space.to_owned(),
+                resource: h.target.name,
+                location: (String::from("?"), h.target.area_offset),
+                held: h,
+                owner: Owner::Orphan,
+                pid: 0,
+                client_name: String::new(),
+                acquired_unix_ms: unix_ms(),
+            });
+        }
+    }
+
+    /// Unregisters holder pids that hold nothing more in a lockspace.
+    fn forget_holders(&mut self, gone: &[Lease]) {
+        for l in gone {
+            if l.pid == 0 {
+                continue;
+            }
+            let still = self
+                .leases
+                .iter()
+                .any(|x| x.space == l.space && x.pid == l.pid);
+            if !still {
+                self.sup().remove_holder(&l.space, l.pid);
+            }
+        }
+    }
+
+    fn start_release(
+        &mut self,
+        now: Time,
+        client: Option<ClientKey>,
+        leases: Vec<Lease>,
+        lvb: Option<Vec<u8>>,
+    ) -> Option<Reply> {
+        if leases.is_empty() {
+            return Some(Reply::Ok(json!({"released": []})));
+        }
+        // Group by lockspace, at most RESOURCES_PER_OP_MAX per operation; the client gets
+        // its reply with the last group (one group in practice).
+        let mut groups: Vec<Vec<Lease>> = Vec::new();
+        for l in leases {
+            match groups.iter_mut().find(|g| {
+                g[0].space == l.space && g.len() < tenure_core::lockspace::RESOURCES_PER_OP_MAX
+            }) {
+                Some(g) => g.push(l),
+                None => groups.push(vec![l]),
+            }
+        }
+        let n = groups.len();
+        for (gi, g) in groups.into_iter().enumerate() {
+            let Some(si) = self.space_index(&g[0].space) else {
+                self.forget_holders(&g);
+                continue;
+            };
+            let held: Vec<(HeldResource, Option<Vec<u8>>)> =
+                g.iter().map(|l| (l.held.clone(), lvb.clone())).collect();
+            let who = if gi + 1 == n { client } else { None };
+            match self.set.start_release(self.spaces[si].id, held, now) {
+                Ok(id) => {
+                    self.pending.insert(
+                        id,
+                        Pending::Release {
+                            client: who,
+                            leases: g,
+                        },
+                    );
+                }
+                Err(e) => {
+                    let void = matches!(e, OpError::LockspaceLost | OpError::NotJoined);
+                    if !void {
+                        // Could not even start: keep them as ours, without holder.
+                        let space = g[0].space.clone();
+                        self.adopt_orphans(&space, g.iter().map(|l| l.held.clone()).collect());
+                    }
+                    self.forget_holders(&g);
+                    if let Some(c) = who {
+                        self.reply(c, op_error_reply(g[0].resource, &e));
+                    }
+                }
+            }
+        }
+        None
+    }
+
+    /// Releases every lease of `owner` (connection closed, pid exited).
+    fn release_owner(&mut self, owner: Owner, client: Option<ClientKey>) {
+        let (mine, keep): (Vec<Lease>, Vec<Lease>) = std::mem::take(&mut self.leases)
+            .into_iter()
+            .partition(|l| l.owner == owner);
+        self.leases = keep;
+        // Leases of a lost lockspace stay until the supervisor clears it (holders dead).
+        let (lost, mine): (Vec<Lease>, Vec<Lease>) = mine.into_iter().partition(|l| {
+            self.spaces
+                .iter()
+                .any(|s| s.name == l.space && s.lost.is_some())
+        });
+        self.leases.extend(lost);
+        if mine.is_empty() {
+            return;
+        }
+        let now = self.clock.now();
+        if let Some(r) = self.start_release(now, client, mine, None) {
+            if let Some(c) = client {
+                self.reply(c, r);
+            }
+        }
+    }
+
+    fn release(
+        &mut self,
+        k: ClientKey,
+        resources: &[String],
+        all: bool,
+        pid: Option<i32>,
+        lvb_hex: Option<&str>,
+    ) -> Option<Reply> {
+        let (pid, on_behalf) = match self.privileged_pid(k, pid) {
+            Ok(x) => x,
+            Err(r) => return Some(r),
+        };
+        let owner_ok = |l: &Lease| {
+            if on_behalf {
+                l.pid == pid
+            } else {
+                l.owner == Owner::Conn(k)
+            }
+        };
+        let lvb = match lvb_hex.map(unhex).transpose() {
+            Ok(v) => v,
+            Err(e) => return Some(err(ErrorCode::BadRequest, format!("lvb_hex: {e}"))),
+        };
+        if all == !resources.is_empty() {
+            return Some(err(ErrorCode::BadRequest, "give either resources or all"));
+        }
+        if lvb.is_some() && resources.len() != 1 {
+            return Some(err(
+                ErrorCode::BadRequest,
+                "an LVB is written for exactly one resource",
+            ));
+        }
+        let mut wanted: Vec<(String, Name)> = Vec::new();
+        for r in resources {
+            let (ls, name) = match r.split_once(':') {
+                Some((a, b)) => (a.to_owned(), b),
+                None => {
+                    return Some(err(
+                        ErrorCode::BadRequest,
+                        format!("{r:?}: expected LOCKSPACE:RESOURCE"),
+                    ))
+                }
+            };
+            match Name::new(name) {
+                Ok(n) => wanted.push((ls, n)),
+                Err(e) => return Some(err(ErrorCode::BadRequest, format!("{r:?}: {e}"))),
+            }
+        }
+        for (ls, n) in &wanted {
+            if !self
+                .leases
+                .iter()
+                .any(|l| owner_ok(l) && &l.space == ls && l.resource == *n)
+            {
+                return Some(err(
+                    ErrorCode::NotFound,
+                    format!("{ls}:{} is not held by this client", n.escaped()),
+                ));
+            }
+        }
+        let lost: Vec<&Lease> = self
+            .leases
+            .iter()
+            .filter(|l| {
+                owner_ok(l)
+                    && (all
+                        || wanted
+                            .iter()
+                            .any(|(s, n)| *s == l.space && *n == l.resource))
+            })
+            .filter(|l| {
+                self.spaces
+                    .iter()
+                    .any(|s| s.name == l.space && s.lost.is_some())
+            })
+            .collect();
+        if !lost.is_empty() {
+            return Some(err(
+                ErrorCode::LockspaceLost,
+                format!(
+                    "{}: its lockspace was lost; the lease ends when its holders are dead",
+                    lost[0].resource.escaped()
+                ),
+            ));
+        }
+        let (mine, keep): (Vec<Lease>, Vec<Lease>) =
+            std::mem::take(&mut self.leases).into_iter().partition(|l| {
+                owner_ok(l)
+                    && (all
+                        || wanted
+                            .iter()
+                            .any(|(s, n)| *s == l.space && *n == l.resource))
+            });
+        self.leases = keep;
+        let now = self.clock.now();
+        self.start_release(now, Some(k), mine, lvb)
+    }
+
+    fn inquire(&mut self, k: ClientKey, pid: Option<i32>) -> Reply {
+        let (pid, on_behalf) = match self.privileged_pid(k, pid) {
+            Ok(x) => x,
+            Err(r) => return r,
+        };
+        let mine: Vec<&Lease> = self
+            .leases
+            .iter()
+            .filter(|l| {
+                if on_behalf {
+                    l.pid == pid
+                } else {
+                    l.owner == Owner::Conn(k)
+                }
+            })
+            .collect();
+        let state = mine
+            .iter()
+            .map(|l| l.state_string())
+            .collect::<Vec<_>>()
+            .join(" ");
+        Reply::Ok(json!({
+            "leases": mine.iter().map(|l| l.json()).collect::<Vec<_>>(),
+            "state": state,
+        }))
+    }
+}
+
+fn hex(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+fn unhex(s: &str) -> Result<Vec<u8>, String> {
+    if s.len() % 2 != 0 || s.len() > 8192 {
+        return Err("even number of hex digits, at most 8192".into());
+    }
+    (0..s.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(&s[i..i + 2], 16).map_err(|e| e.to_string()))
+        .collect()
+}
+
+fn bind(path: &Path, group: Option<&str>) -> Result<UnixListener, ServerError> {
+    if let Ok(s) = UnixStream::connect(path) {
+        drop(s);
+        return Err(ServerError::Config(format!(
+            "{} is in use: another tenured is running",
+            path.display()
+        )));
+    }
+    // A stale socket of a daemon that died.
+    let _ = std::fs::remove_file(path);
+    let l = UnixListener::bind(path).map_err(setup(format!("binding {}", path.display())))?;
+    l.set_nonblocking(true)
+        .map_err(setup("nonblocking listener"))?;
+    let mode = if group.is_some() { 0o660 } else { 0o600 };
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
+        .map_err(setup(format!("chmod {}", path.display())))?;
+    if let Some(g) = group {
+        let gid = nix::unistd::Group::from_name(g)
+            .ok()
+            .flatten()
+            .ok_or_else(|| ServerError::Config(format!("socket_group {g:?} does not exist")))?
+            .gid;
+        nix::unistd::chown(path, None, Some(gid)).map_err(|e| ServerError::Setup {
+            what: format!("chown {}", path.display()),
+            source: e.into(),
+        })?;
+    }
+    let _ = l.as_raw_fd();
+    Ok(l)
+}
