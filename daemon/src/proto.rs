@@ -31,8 +31,9 @@ pub enum Request {
         #[serde(default)]
         name: Option<String>,
     },
-    /// Lockspaces, leases, watchdog and clients.
-    Status,
+    /// Lockspaces, leases, watchdog and clients. (Variants without fields are written `{}`
+    /// so that unknown fields are refused for them too.)
+    Status {},
     /// Join a lockspace: `NAME:HOST_ID:PATH:OFFSET`. With `wait`, the reply comes when the
     /// join ended; otherwise at once (follow it with `lockspace_list`).
     LockspaceAdd {
@@ -51,7 +52,7 @@ pub enum Request {
         wait: bool,
     },
     /// Lockspaces and where they stand.
-    LockspaceList,
+    LockspaceList {},
     /// The host table of a lockspace.
     Hosts {
         /// Lockspace name.

@@ -960,8 +960,8 @@ impl Server {
         }
         match req {
             Request::Hello { .. } => Some(err(ErrorCode::BadRequest, "hello was already said")),
-            Request::Status => Some(Reply::Ok(self.status())),
-            Request::LockspaceList => Some(Reply::Ok(self.lockspace_list())),
+            Request::Status {} => Some(Reply::Ok(self.status())),
+            Request::LockspaceList {} => Some(Reply::Ok(self.lockspace_list())),
             Request::Hosts { lockspace } => Some(self.hosts(&lockspace)),
             Request::LockspaceAdd { spec, wait } => {
                 self.request_lockspace_add(Some(k), &spec, wait)
