@@ -22,6 +22,10 @@ pub struct Cli {
     /// io_uring, or sync.
     #[arg(long, global = true, value_name = "BACKEND", default_value = "auto", value_parser = parse_backend, env = "TENURE_IO_BACKEND")]
     io_backend: BackendKind,
+    /// tenured's socket (default: /run/tenure/tenured.sock, or tenured-data/tenured.sock in
+    /// this directory when only that one exists — the embedded default).
+    #[arg(long, global = true, value_name = "PATH", env = "TENURE_SOCKET")]
+    socket: Option<std::path::PathBuf>,
     #[command(subcommand)]
     command: Command,
 }
@@ -37,6 +41,35 @@ enum Command {
     /// Watchdogs: probe devices, test one, or run the emulated watchdog.
     #[command(subcommand)]
     Watchdog(crate::watchdog_cmd::WatchdogCmd),
+    /// What tenured is doing: lockspaces with renewals and deadlines, leases with holders,
+    /// the watchdog.
+    Status {
+        /// Print the daemon's reply as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Run a command while holding leases: acquire, exec the command (same pid, the lease
+    /// connection stays open in it), leases released when it exits; exit code of the command.
+    Run {
+        /// Resource to hold (LS:NAME:PATH:OFFSET[:LVER|:SH]); repeat for several.
+        #[arg(long = "lease", value_name = "RES", required = true)]
+        leases: Vec<String>,
+        /// Fail at once when an owner is not yet dead instead of waiting for it.
+        #[arg(long)]
+        no_wait: bool,
+        /// The command and its arguments.
+        #[arg(last = true, required = true, value_name = "CMD")]
+        command: Vec<String>,
+    },
+    /// Why was this host reset? The fence records tenured wrote before losing a lockspace.
+    WhyReset {
+        /// tenured's state directory.
+        #[arg(long, value_name = "DIR", default_value = "/var/lib/tenure")]
+        state_dir: std::path::PathBuf,
+        /// Print the records as JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// Read lease areas directly from storage and show every record (sanlock's too).
     Dump {
         /// PATH[:OFFSET[:SIZE]]; OFFSET and SIZE in bytes or with an M suffix (MiB).
@@ -61,10 +94,82 @@ enum LockspaceCmd {
         #[command(flatten)]
         common: CommonArgs,
     },
+    /// Join a lockspace through tenured (shows progress until joined).
+    Join {
+        /// NAME:HOST_ID:PATH:OFFSET
+        spec: String,
+        /// Return at once instead of following the join.
+        #[arg(long)]
+        no_wait: bool,
+        /// Print the result as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Leave a lockspace (release our host id); refused while leases are held in it.
+    Leave {
+        /// Lockspace name.
+        name: String,
+        /// Print the result as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Lockspaces tenured holds, with join progress, renewals and deadlines.
+    List {
+        /// Print the result as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Hosts of a lockspace as this host sees them (live, fail, dead, ...).
+    Hosts {
+        /// Lockspace name.
+        name: String,
+        /// Print the result as JSON.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Debug, Subcommand)]
 enum ResourceCmd {
+    /// Acquire resources for a running process (root): the leases live until it exits or
+    /// they are released. All or nothing.
+    Acquire {
+        /// LS:NAME:PATH:OFFSET[:LVER|:SH], one or more.
+        #[arg(required = true)]
+        resources: Vec<String>,
+        /// The holder pid.
+        #[arg(short, long)]
+        pid: i32,
+        /// Fail at once when an owner is not yet dead instead of waiting for it.
+        #[arg(long)]
+        no_wait: bool,
+        /// Print the result as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Release resources (LS:NAME) of a process, or all of them with --all.
+    Release {
+        /// LS:NAME of each lease.
+        resources: Vec<String>,
+        /// Release every lease of the pid.
+        #[arg(long, conflicts_with = "resources")]
+        all: bool,
+        /// The holder pid.
+        #[arg(short, long)]
+        pid: i32,
+        /// Print the result as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Leases of a process, with their state strings (LS:NAME:PATH:OFFSET:LVER).
+    Inquire {
+        /// The holder pid.
+        #[arg(short, long)]
+        pid: i32,
+        /// Print the result as JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// Format a resource (paxos lease) area on each of its disks. Direct: no daemon involved.
     Init {
         /// LS:NAME:PATH:OFFSET[:PATH:OFFSET...]
@@ -176,7 +281,37 @@ fn emit(
 }
 
 fn run(cli: Cli) -> Result<ExitCode, String> {
+    use crate::daemon_cmd as d;
+    let socket = || d::socket_path(cli.socket.as_deref());
     match cli.command {
+        Command::Status { json } => d::status(&socket(), json),
+        Command::Run {
+            leases,
+            no_wait,
+            command,
+        } => d::run(&socket(), &leases, no_wait, &command),
+        Command::WhyReset { state_dir, json } => d::why_reset(&state_dir, json),
+        Command::Lockspace(LockspaceCmd::Join {
+            spec,
+            no_wait,
+            json,
+        }) => d::join(&socket(), &spec, !no_wait, json),
+        Command::Lockspace(LockspaceCmd::Leave { name, json }) => d::leave(&socket(), &name, json),
+        Command::Lockspace(LockspaceCmd::List { json }) => d::list(&socket(), json),
+        Command::Lockspace(LockspaceCmd::Hosts { name, json }) => d::hosts(&socket(), &name, json),
+        Command::Resource(ResourceCmd::Acquire {
+            resources,
+            pid,
+            no_wait,
+            json,
+        }) => d::acquire(&socket(), &resources, pid, no_wait, json),
+        Command::Resource(ResourceCmd::Release {
+            resources,
+            all,
+            pid,
+            json,
+        }) => d::release(&socket(), &resources, all, pid, json),
+        Command::Resource(ResourceCmd::Inquire { pid, json }) => d::inquire(&socket(), pid, json),
         Command::Lockspace(LockspaceCmd::Init {
             spec,
             geometry,

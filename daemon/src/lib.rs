@@ -1,14 +1,16 @@
 //! tenured: the host daemon and the `tenure` command line.
 //!
-//! So far only the direct commands exist (`tenure lockspace init`, `tenure resource init`,
-//! `tenure dump`), which work on storage without any daemon. The daemon itself, the client
-//! protocol and the lease-holder supervision come with the daemon issue.
+//! Library modules: [`config`] (tenured.toml and the embedded default), [`proto`] (the native
+//! client protocol), [`client`] (its Rust client), [`server`] (the reactor), [`supervise`]
+//! (holder supervision and watchdog feeding), and the `tenure` command line ([`cli`],
+//! [`daemon_cmd`], [`render`], [`watchdog_cmd`]). The binaries are thin glue over these.
 
 #![forbid(unsafe_code)]
 
 pub mod cli;
 pub mod client;
 pub mod config;
+pub mod daemon_cmd;
 pub mod proto;
 pub mod render;
 pub mod server;

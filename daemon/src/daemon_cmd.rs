@@ -1,0 +1,593 @@
+//! The `tenure` commands that talk to tenured: status, lockspace join/leave/list/hosts,
+//! resource acquire/release/inquire, run, and why-reset (which reads the fence log directly,
+//! since after a reset the daemon may not be running).
+//!
+//! Human output is a table or a few lines; `--json` prints the daemon's reply unchanged.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+use crate::client::{Client, ClientError};
+use crate::proto::Request;
+
+/// Socket used when neither --socket nor TENURE_SOCKET is given and no daemon socket exists
+/// in the usual places.
+pub const SOCKET_DEFAULT: &str = "/run/tenure/tenured.sock";
+/// The embedded default's socket, relative to the directory tenured was started in.
+pub const SOCKET_EMBEDDED: &str = "tenured-data/tenured.sock";
+
+/// Picks the daemon socket: explicit, else the system one if present, else the embedded
+/// default's in the current directory if present, else the system one (for the error).
+pub fn socket_path(explicit: Option<&Path>) -> PathBuf {
+    if let Some(p) = explicit {
+        return p.to_owned();
+    }
+    if Path::new(SOCKET_DEFAULT).exists() {
+        return PathBuf::from(SOCKET_DEFAULT);
+    }
+    if Path::new(SOCKET_EMBEDDED).exists() {
+        return PathBuf::from(SOCKET_EMBEDDED);
+    }
+    PathBuf::from(SOCKET_DEFAULT)
+}
+
+/// Resource specs with their paths made absolute: the daemon resolves paths from its own
+/// working directory, not the client's.
+fn abs_resources(specs: &[String]) -> Result<Vec<String>, String> {
+    specs
+        .iter()
+        .map(|t| {
+            let mut r = tenure_format::ResourceSpec::parse(t)
+                .map_err(|e| format!("resource {t:?}: {e}"))?;
+            for d in &mut r.disks {
+                d.path = std::path::absolute(&d.path)
+                    .map_err(|e| format!("{}: {e}", d.path))?
+                    .display()
+                    .to_string();
+            }
+            Ok(r.to_string())
+        })
+        .collect()
+}
+
+fn abs_lockspace(spec: &str) -> Result<String, String> {
+    let mut l = tenure_format::LockspaceSpec::parse(spec)
+        .map_err(|e| format!("lockspace {spec:?}: {e}"))?;
+    l.disk.path = std::path::absolute(&l.disk.path)
+        .map_err(|e| format!("{}: {e}", l.disk.path))?
+        .display()
+        .to_string();
+    Ok(l.to_string())
+}
+
+fn connect(socket: &Path) -> Result<Client, String> {
+    Client::connect(socket, Some("tenure")).map_err(|e| e.to_string())
+}
+
+fn call(c: &mut Client, req: &Request) -> Result<Value, String> {
+    c.call(req).map_err(|e| match e {
+        ClientError::Daemon(r) => match r.details {
+            Some(d) => format!("{} ({:?}; {d})", r.message, r.code),
+            None => format!("{} ({:?})", r.message, r.code),
+        },
+        other => other.to_string(),
+    })
+}
+
+fn print(json: bool, v: &Value, human: impl FnOnce(&Value) -> String) -> Result<(), String> {
+    let text = if json {
+        serde_json::to_string_pretty(v).map_err(|e| e.to_string())?
+    } else {
+        human(v)
+    };
+    writeln!(std::io::stdout().lock(), "{text}").map_err(|e| format!("writing output: {e}"))
+}
+
+fn s(v: &Value) -> String {
+    match v {
+        Value::String(s) => s.clone(),
+        Value::Null => "-".into(),
+        other => other.to_string(),
+    }
+}
+
+fn table(header: &[&str], rows: &[Vec<String>]) -> String {
+    let mut w: Vec<usize> = header.iter().map(|h| h.len()).collect();
+    for r in rows {
+        for (i, c) in r.iter().enumerate() {
+            w[i] = w[i].max(c.len());
+        }
+    }
+    let line = |cells: Vec<String>| {
+        cells
+            .iter()
+            .enumerate()
+            .map(|(i, c)| format!("{c:<width$}", width = w[i]))
+            .collect::<Vec<_>>()
+            .join("  ")
+            .trim_end()
+            .to_owned()
+    };
+    let mut out = vec![line(header.iter().map(|h| h.to_string()).collect())];
+    out.extend(rows.iter().map(|r| line(r.clone())));
+    out.join("\n")
+}
+
+fn leases_table(leases: &[Value]) -> String {
+    if leases.is_empty() {
+        return "no leases held".into();
+    }
+    let rows: Vec<Vec<String>> = leases
+        .iter()
+        .map(|l| {
+            vec![
+                s(&l["lockspace"]),
+                s(&l["resource"]),
+                s(&l["lver"]),
+                if l["shared"] == Value::Bool(true) {
+                    "shared".into()
+                } else {
+                    "exclusive".into()
+                },
+                s(&l["pid"]),
+                s(&l["client"]),
+                s(&l["state"]),
+            ]
+        })
+        .collect();
+    table(
+        &[
+            "LOCKSPACE",
+            "RESOURCE",
+            "LVER",
+            "MODE",
+            "PID",
+            "CLIENT",
+            "STATE STRING",
+        ],
+        &rows,
+    )
+}
+
+fn lockspaces_table(list: &[Value]) -> String {
+    if list.is_empty() {
+        return "no lockspaces".into();
+    }
+    let rows: Vec<Vec<String>> = list
+        .iter()
+        .map(|l| {
+            let detail = &l["detail"];
+            let state = match s(&l["state"]).as_str() {
+                "joining" => format!(
+                    "joining ({}, {} s left in this wait)",
+                    s(&detail["phase"]),
+                    detail["wait_ms"]
+                        .as_u64()
+                        .map_or("-".into(), |ms| format!("{:.1}", ms as f64 / 1e3))
+                ),
+                "joined" => format!("joined (generation {})", s(&detail["generation"])),
+                other => match detail.get("error") {
+                    Some(e) => format!("{other}: {}", s(e)),
+                    None => other.to_owned(),
+                },
+            };
+            let last = l["last_renewals"]
+                .as_array()
+                .and_then(|a| a.first())
+                .map(|r| match &r["error"] {
+                    Value::Null => format!(
+                        "ok {} s ago ({:.1}+{:.1} ms)",
+                        r["ago_ms"].as_u64().unwrap_or(0) / 1000,
+                        r["read_ms"].as_f64().unwrap_or(0.0),
+                        r["write_ms"].as_f64().unwrap_or(0.0)
+                    ),
+                    e => format!("FAILED: {}", s(e)),
+                })
+                .unwrap_or_else(|| "-".into());
+            vec![
+                s(&l["name"]),
+                s(&l["host_id"]),
+                state,
+                l["renewal_deadline_in_ms"]
+                    .as_u64()
+                    .map_or("-".into(), |ms| format!("{:.1} s", ms as f64 / 1e3)),
+                last,
+                s(&l["leases"]),
+                format!("{}:{}", s(&l["path"]), s(&l["offset"])),
+            ]
+        })
+        .collect();
+    table(
+        &[
+            "LOCKSPACE",
+            "HOST",
+            "STATE",
+            "DEADLINE IN",
+            "LAST RENEWAL",
+            "LEASES",
+            "AREA",
+        ],
+        &rows,
+    )
+}
+
+/// `tenure status`.
+pub fn status(socket: &Path, json: bool) -> Result<ExitCode, String> {
+    let mut c = connect(socket)?;
+    let v = call(&mut c, &Request::Status {})?;
+    print(json, &v, |v| {
+        let sup = &v["supervisor"];
+        let mut out = vec![
+            format!(
+                "tenured {} on {} — host {}, up {} s, I/O {}{}, io_timeout {} s",
+                s(&v["daemon"]),
+                s(&v["socket"]),
+                s(&v["host_name"]),
+                s(&v["uptime_s"]),
+                s(&v["io_backend"]),
+                match &v["io_fallback_reason"] {
+                    Value::Null => String::new(),
+                    r => format!(" (fallback: {})", s(r)),
+                },
+                s(&v["io_timeout_s"]),
+            ),
+            format!(
+                "watchdog: {} — {}, fires {} s after the last keepalive; last fed {}; {}",
+                s(&sup["watchdog"]),
+                if sup["armed"] == Value::Bool(true) {
+                    "armed"
+                } else {
+                    "not armed"
+                },
+                s(&sup["fire_timeout_s"]),
+                sup["last_fed_ms_ago"]
+                    .as_u64()
+                    .map_or("never".into(), |ms| format!("{ms} ms ago")),
+                s(&sup["last_tick"]),
+            ),
+            String::new(),
+            lockspaces_table(v["lockspaces"].as_array().map_or(&[], |a| a.as_slice())),
+            String::new(),
+            leases_table(v["leases"].as_array().map_or(&[], |a| a.as_slice())),
+        ];
+        let killing: Vec<String> = sup["spaces"]
+            .as_array()
+            .map(|a| {
+                a.iter()
+                    .filter(|sp| !sp["killing_for_ms"].is_null())
+                    .map(|sp| {
+                        format!(
+                            "lockspace {} LOST: killing holders {} for {} ms{}",
+                            s(&sp["name"]),
+                            sp["holders"],
+                            s(&sp["killing_for_ms"]),
+                            if sp["cleared"] == Value::Bool(true) {
+                                " (cleared)"
+                            } else {
+                                ""
+                            }
+                        )
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        if !killing.is_empty() {
+            out.push(String::new());
+            out.extend(killing);
+        }
+        out.join("\n")
+    })?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `tenure lockspace join`: adds the lockspace and follows the join with progress.
+pub fn join(socket: &Path, spec: &str, wait: bool, json: bool) -> Result<ExitCode, String> {
+    let mut c = connect(socket)?;
+    let v = call(
+        &mut c,
+        &Request::LockspaceAdd {
+            spec: abs_lockspace(spec)?,
+            wait: false,
+        },
+    )?;
+    let name = s(&v["lockspace"]);
+    if !wait {
+        print(json, &v, |_| {
+            format!("joining lockspace {name} (follow with `tenure lockspace list`)")
+        })?;
+        return Ok(ExitCode::SUCCESS);
+    }
+    let start = Instant::now();
+    let tty = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let mut last_line = String::new();
+    loop {
+        let list = call(&mut c, &Request::LockspaceList {})?;
+        let Some(l) = list["lockspaces"]
+            .as_array()
+            .and_then(|a| a.iter().find(|l| l["name"] == Value::String(name.clone())))
+            .cloned()
+        else {
+            return Err(format!("lockspace {name} disappeared while joining"));
+        };
+        match s(&l["state"]).as_str() {
+            "joined" => {
+                if tty {
+                    eprintln!();
+                }
+                print(json, &l, |l| {
+                    format!(
+                        "joined lockspace {name} as host {} generation {} in {:.1} s",
+                        s(&l["host_id"]),
+                        s(&l["detail"]["generation"]),
+                        start.elapsed().as_secs_f64()
+                    )
+                })?;
+                return Ok(ExitCode::SUCCESS);
+            }
+            "joining" => {
+                let line = format!(
+                    "joining {name}: {} ({} s left in this step, {:.0} s so far)",
+                    s(&l["detail"]["phase"]),
+                    l["detail"]["wait_ms"]
+                        .as_u64()
+                        .map_or("-".into(), |ms| format!("{:.1}", ms as f64 / 1e3)),
+                    start.elapsed().as_secs_f64()
+                );
+                if tty {
+                    eprint!("\r{line}   ");
+                } else if line.split(" (").next() != last_line.split(" (").next() {
+                    eprintln!("{line}");
+                }
+                last_line = line;
+            }
+            other => {
+                if tty {
+                    eprintln!();
+                }
+                return Err(format!("join of {name} ended: {other} {}", l["detail"]));
+            }
+        }
+        std::thread::sleep(Duration::from_millis(250));
+    }
+}
+
+/// `tenure lockspace leave`.
+pub fn leave(socket: &Path, name: &str, json: bool) -> Result<ExitCode, String> {
+    let mut c = connect(socket)?;
+    let v = call(
+        &mut c,
+        &Request::LockspaceRemove {
+            name: name.to_owned(),
+            wait: true,
+        },
+    )?;
+    print(json, &v, |_| format!("left lockspace {name}"))?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `tenure lockspace list`.
+pub fn list(socket: &Path, json: bool) -> Result<ExitCode, String> {
+    let mut c = connect(socket)?;
+    let v = call(&mut c, &Request::LockspaceList {})?;
+    print(json, &v, |v| {
+        lockspaces_table(v["lockspaces"].as_array().map_or(&[], |a| a.as_slice()))
+    })?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `tenure lockspace hosts`.
+pub fn hosts(socket: &Path, name: &str, json: bool) -> Result<ExitCode, String> {
+    let mut c = connect(socket)?;
+    let v = call(
+        &mut c,
+        &Request::Hosts {
+            lockspace: name.to_owned(),
+        },
+    )?;
+    print(json, &v, |v| {
+        let rows: Vec<Vec<String>> = v["hosts"]
+            .as_array()
+            .map(|a| {
+                a.iter()
+                    .map(|h| {
+                        vec![
+                            s(&h["host_id"]),
+                            s(&h["status"]),
+                            s(&h["generation"]),
+                            s(&h["timestamp"]),
+                            s(&h["io_timeout"]),
+                            h["last_change_ms_ago"]
+                                .as_u64()
+                                .map_or("never seen".into(), |ms| {
+                                    format!("{:.1} s ago", ms as f64 / 1e3)
+                                }),
+                            s(&h["name"]),
+                        ]
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        table(
+            &[
+                "HOST",
+                "STATUS",
+                "GEN",
+                "TIMESTAMP",
+                "IO_TIMEOUT",
+                "LAST RENEWAL SEEN",
+                "NAME",
+            ],
+            &rows,
+        )
+    })?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `tenure resource acquire -p PID`.
+pub fn acquire(
+    socket: &Path,
+    resources: &[String],
+    pid: i32,
+    no_wait: bool,
+    json: bool,
+) -> Result<ExitCode, String> {
+    let mut c = connect(socket)?;
+    let v = call(
+        &mut c,
+        &Request::Acquire {
+            resources: abs_resources(resources)?,
+            no_wait,
+            lvb: false,
+            pid: Some(pid),
+        },
+    )?;
+    print(json, &v, |v| {
+        leases_table(v["leases"].as_array().map_or(&[], |a| a.as_slice()))
+    })?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `tenure resource release -p PID`.
+pub fn release(
+    socket: &Path,
+    resources: &[String],
+    all: bool,
+    pid: i32,
+    json: bool,
+) -> Result<ExitCode, String> {
+    let mut c = connect(socket)?;
+    let v = call(
+        &mut c,
+        &Request::Release {
+            resources: resources.to_vec(),
+            all,
+            pid: Some(pid),
+            lvb_hex: None,
+        },
+    )?;
+    print(json, &v, |v| format!("released {}", v["released"]))?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `tenure resource inquire -p PID`.
+pub fn inquire(socket: &Path, pid: i32, json: bool) -> Result<ExitCode, String> {
+    let mut c = connect(socket)?;
+    let v = call(&mut c, &Request::Inquire { pid: Some(pid) })?;
+    print(json, &v, |v| {
+        leases_table(v["leases"].as_array().map_or(&[], |a| a.as_slice()))
+    })?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `tenure run --lease RES... -- CMD`: acquires on a connection that stays open across exec,
+/// then becomes CMD (same pid): the leases live exactly as long as CMD, the exit code is
+/// CMD's, and a lost lockspace kills CMD itself.
+pub fn run(
+    socket: &Path,
+    leases: &[String],
+    no_wait: bool,
+    cmd: &[String],
+) -> Result<ExitCode, String> {
+    use std::os::fd::AsRawFd;
+    use std::os::unix::process::CommandExt;
+    let Some((prog, args)) = cmd.split_first() else {
+        return Err("run needs a command after --".into());
+    };
+    let mut c = Client::connect(socket, Some(&format!("run {prog}"))).map_err(|e| e.to_string())?;
+    call(
+        &mut c,
+        &Request::Acquire {
+            resources: abs_resources(leases)?,
+            no_wait,
+            lvb: false,
+            pid: None,
+        },
+    )?;
+    // Keep the registered connection open in CMD: clear close-on-exec.
+    let fd = c.stream().as_raw_fd();
+    nix::fcntl::fcntl(
+        fd,
+        nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::empty()),
+    )
+    .map_err(|e| format!("keeping the lease connection across exec: {e}"))?;
+    let e = std::process::Command::new(prog).args(args).exec();
+    // exec returned: CMD did not start. Closing the connection (by exiting) releases.
+    Err(format!("cannot run {prog}: {e}"))
+}
+
+/// `tenure why-reset`: the fence records, newest last.
+pub fn why_reset(state_dir: &Path, json: bool) -> Result<ExitCode, String> {
+    use tenure_watchdog::fence::{FenceLog, LogLine};
+    let log = FenceLog::new(state_dir);
+    let lines = log.read_all().map_err(|e| e.to_string())?;
+    let this_boot = tenure_watchdog::marker::boot_id();
+    let records: Vec<Value> = lines
+        .iter()
+        .map(|l| match l {
+            LogLine::Record(r) => {
+                let mut v = serde_json::to_value(r).unwrap_or(Value::Null);
+                v["this_boot"] = Value::Bool(r.boot_id == this_boot);
+                v
+            }
+            LogLine::Damaged { file, line, error } => {
+                serde_json::json!({"torn_line": line, "file": file, "error": error})
+            }
+        })
+        .collect();
+    let v = serde_json::json!({"log": log.path(), "records": records});
+    print(json, &v, |v| {
+        let recs = v["records"].as_array().map_or(&[][..], |a| a.as_slice());
+        if recs.is_empty() {
+            return format!(
+                "no fence records in {}: tenured never lost a lockspace while leases were held here",
+                s(&v["log"])
+            );
+        }
+        let mut out = vec![format!(
+            "{} fence record(s) in {} (newest last):",
+            recs.len(),
+            s(&v["log"])
+        )];
+        for r in recs {
+            if let Some(line) = r.get("torn_line") {
+                out.push(format!("  line {line}: damaged record"));
+                continue;
+            }
+            out.push(format!(
+                "  at {} ms since epoch{}: lockspace {} host {} generation {}\n    {}\n    holders alive: {:?}; watchdog {} (fires after {} s)",
+                s(&r["written_at_unix_ms"]),
+                if r["this_boot"] == Value::Bool(true) { " (this boot)" } else { " (an earlier boot)" },
+                s(&r["lockspace"]),
+                s(&r["host_id"]),
+                s(&r["generation"]),
+                s(&r["reason"]),
+                r["pids_alive"],
+                s(&r["watchdog"]),
+                s(&r["fire_timeout_s"]),
+            ));
+            if let Some(ren) = r["last_renewals"].as_array() {
+                for n in ren.iter().rev().take(4).rev() {
+                    out.push(format!(
+                        "      renewal at {}: {} ({} ms){}",
+                        s(&n["at_unix_ms"]),
+                        if n["ok"] == Value::Bool(true) {
+                            "ok"
+                        } else {
+                            "FAILED"
+                        },
+                        s(&n["latency_ms"]),
+                        n.get("error")
+                            .map(|e| format!(": {}", s(e)))
+                            .unwrap_or_default()
+                    ));
+                }
+            }
+        }
+        out.join("\n")
+    })?;
+    Ok(ExitCode::SUCCESS)
+}
