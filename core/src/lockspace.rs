@@ -176,7 +176,7 @@ impl LockspaceSet {
             || busy_ops
         {
             return Err(LockspaceError::Delta(DeltaError::Misuse(
-                "lockspace is in use: leave it first".into(),
+                "lockspace is in use: leave it first",
             )));
         }
         self.entries[id.0] = None;

@@ -263,6 +263,11 @@ fn op_error_reply(resource: Name, e: &OpError) -> Reply {
             ErrorCode::OwnedRetry,
             Some(json!({"host_id": host_id, "generation": generation})),
         ),
+        // Contention inside one ballot: the other host holds it now, as if we had found it
+        // held.
+        OpError::Paxos(PaxosError::AcquiredByOther { host_id }) => {
+            (ErrorCode::OwnerAlive, Some(json!({"host_id": host_id})))
+        }
         OpError::Paxos(PaxosError::LverMismatch { .. }) => (ErrorCode::LverMismatch, None),
         OpError::Paxos(PaxosError::SharedBusy {
             host_id,
@@ -1773,7 +1778,7 @@ impl Server {
             Ok(v) => v,
             Err(e) => return Some(err(ErrorCode::BadRequest, format!("lvb_hex: {e}"))),
         };
-        if all == !resources.is_empty() {
+        if all != resources.is_empty() {
             return Some(err(ErrorCode::BadRequest, "give either resources or all"));
         }
         if lvb.is_some() && resources.len() != 1 {

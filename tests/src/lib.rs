@@ -329,7 +329,17 @@ pub fn sanlock_direct(args: &[&str]) -> String {
 /// the same profile as the running test, so tests never exercise a stale binary.
 pub fn tenure_bin() -> PathBuf {
     static BIN: OnceLock<PathBuf> = OnceLock::new();
-    BIN.get_or_init(|| {
+    BIN.get_or_init(|| build_bin("tenure")).clone()
+}
+
+/// Path of the `tenured` binary, built like [`tenure_bin`].
+pub fn tenured_bin() -> PathBuf {
+    static BIN: OnceLock<PathBuf> = OnceLock::new();
+    BIN.get_or_init(|| build_bin("tenured")).clone()
+}
+
+fn build_bin(name: &str) -> PathBuf {
+    {
         let exe = std::env::current_exe().expect("current exe");
         // target/<profile>/deps/<test> → target/<profile>
         let profile_dir = exe
@@ -345,7 +355,7 @@ pub fn tenure_bin() -> PathBuf {
             "-p",
             "tenured",
             "--bin",
-            "tenure",
+            name,
             "--target-dir",
         ])
         .arg(&target_dir);
@@ -354,9 +364,8 @@ pub fn tenure_bin() -> PathBuf {
         }
         cmd.current_dir(workspace_root());
         run_ok(&mut cmd);
-        profile_dir.join("tenure")
-    })
-    .clone()
+        profile_dir.join(name)
+    }
 }
 
 /// Runs `tenure` with `args`; returns the whole output (any exit status).

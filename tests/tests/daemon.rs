@@ -1,0 +1,745 @@
+//! tenured end to end: real daemons, one loop device each over one shared backing file, each
+//! host in its own process group with its own emulated watchdog (which kills that group when
+//! starved), io_timeout 1. Clients are the real `tenure` CLI and raw sockets.
+//!
+//! Oracle: every lease holder runs `mkdir ORACLE || exit 99; ...; rmdir ORACLE` on a directory
+//! all hosts share, so two holders at once show up as exit status 99.
+
+use std::io::{Read, Write};
+use std::os::unix::net::UnixStream;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+use tenure_tests::{
+    is_root, loop_devices_available, prerequisite, tenure_bin, tenured_bin, BackingFile, LoopDevice,
+};
+
+const T: u64 = 1;
+const W: u64 = 8;
+const LS: &str = "DM";
+
+fn can_run() -> bool {
+    prerequisite(is_root(), "root") && prerequisite(loop_devices_available(), "loop devices")
+}
+
+fn kill_group(pgid: i32) {
+    let _ = nix::sys::signal::killpg(
+        nix::unistd::Pid::from_raw(pgid),
+        nix::sys::signal::Signal::SIGKILL,
+    );
+}
+
+/// One simulated host: tenured in its own process group, its emulated watchdog (own group,
+/// kills the host's group when it fires), a loop device of its own.
+struct Host {
+    id: u64,
+    dir: tempfile::TempDir,
+    dev: LoopDevice,
+    /// Leader of the host's process group (what the watchdog kills).
+    leader: Child,
+    tenured: Child,
+    emulator: Child,
+}
+
+impl Host {
+    fn start(id: u64, backing: &Path) -> Host {
+        let dev = LoopDevice::attach(backing, 512);
+        let dir = tempfile::Builder::new()
+            .prefix("tenured-host-")
+            .tempdir_in("/var/tmp")
+            .unwrap();
+        let d = dir.path();
+        let cfg = format!(
+            r#"host_name = "host-{id}"
+io_timeout_s = {T}
+run_dir = "{d}/run"
+state_dir = "{d}/state"
+socket = "{d}/tenured.sock"
+[watchdog]
+kind = "emulated"
+emulated_socket = "{d}/wd.sock"
+fire_timeout_s = {W}
+[supervision]
+kill_grace_s = 2
+sigkill_max = 3
+[[lockspace]]
+name = "{LS}"
+host_id = {id}
+path = "{dev}"
+offset = 0
+"#,
+            d = d.display(),
+            dev = dev.path_str()
+        );
+        std::fs::write(d.join("tenured.toml"), cfg).unwrap();
+        let leader = Command::new("sleep")
+            .arg("3600")
+            .process_group(0)
+            .spawn()
+            .unwrap();
+        let emulator = Command::new(tenure_bin())
+            .args(["watchdog", "emulate", "--socket"])
+            .arg(d.join("wd.sock"))
+            .args(["--kill-pgid", &leader.id().to_string(), "--record"])
+            .arg(d.join("fired.log"))
+            .arg("--clear-on-fire")
+            .arg(d.join("run/watchdog-armed"))
+            .process_group(0)
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(d.join("emulator.log")).unwrap())
+            .spawn()
+            .unwrap();
+        let t0 = Instant::now();
+        while UnixStream::connect(d.join("wd.sock")).is_err() {
+            assert!(
+                t0.elapsed() < Duration::from_secs(10),
+                "emulator did not start"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let tenured = Command::new(tenured_bin())
+            .arg("--config")
+            .arg(d.join("tenured.toml"))
+            .process_group(leader.id() as i32)
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(d.join("tenured.log")).unwrap())
+            .spawn()
+            .unwrap();
+        Host {
+            id,
+            dir,
+            dev,
+            leader,
+            tenured,
+            emulator,
+        }
+    }
+
+    fn socket(&self) -> PathBuf {
+        self.dir.path().join("tenured.sock")
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("tenured.log")).unwrap_or_default()
+    }
+
+    fn pgid(&self) -> i32 {
+        self.leader.id() as i32
+    }
+
+    fn tenure(&self, args: &[&str]) -> Command {
+        let mut c = Command::new(tenure_bin());
+        c.arg("--socket").arg(self.socket()).args(args);
+        c
+    }
+
+    fn json(&self, args: &[&str]) -> Value {
+        let out = self.tenure(args).arg("--json").output().unwrap();
+        assert!(
+            out.status.success(),
+            "host {} tenure {args:?}: {}\n--- tenured log ---\n{}",
+            self.id,
+            String::from_utf8_lossy(&out.stderr),
+            self.log()
+        );
+        serde_json::from_slice(&out.stdout).unwrap()
+    }
+
+    fn resource(&self, name: &str, mb: u64) -> String {
+        format!("{LS}:{name}:{}:{}M", self.dev.path_str(), mb)
+    }
+
+    fn wait_joined(&self, within: Duration) {
+        let t0 = Instant::now();
+        loop {
+            if self.socket().exists() {
+                let out = self
+                    .tenure(&["lockspace", "list", "--json"])
+                    .output()
+                    .unwrap();
+                if out.status.success() {
+                    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+                    if v["lockspaces"][0]["state"] == "joined" {
+                        return;
+                    }
+                }
+            }
+            assert!(
+                t0.elapsed() < within,
+                "host {} did not join within {within:?}\n{}",
+                self.id,
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+}
+
+impl Drop for Host {
+    fn drop(&mut self) {
+        // The emulator first (so it cannot fire at the test bed), then the host's group.
+        let _ = self.emulator.kill();
+        let _ = self.emulator.wait();
+        kill_group(self.pgid());
+        let _ = self.tenured.wait();
+        let _ = self.leader.wait();
+    }
+}
+
+fn format_area(dev: &str, resources: &[(&str, u64)]) {
+    let t = tenure_bin();
+    let ok = |args: &[&str]| {
+        let out = Command::new(&t).args(args).output().unwrap();
+        assert!(
+            out.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    // Free slots record our io_timeout: the join waits 2T of the slot's recorded T.
+    ok(&[
+        "lockspace",
+        "init",
+        &format!("{LS}:0:{dev}:0"),
+        "--io-timeout",
+        "1",
+    ]);
+    for (r, mb) in resources {
+        ok(&[
+            "resource",
+            "init",
+            &format!("{LS}:{r}:{dev}:{mb}M"),
+            "--num-hosts",
+            "8",
+        ]);
+    }
+}
+
+fn oracle_cmd(oracle: &Path, hold: &str) -> String {
+    format!(
+        "mkdir {o} 2>/dev/null || exit 99; sleep {hold}; rmdir {o}",
+        o = oracle.display()
+    )
+}
+
+/// Runs `tenure run --lease` for `res` until it succeeded `want` times or `within` passes;
+/// returns (successes, refusals). Any overlap (exit 99) fails the test.
+fn contend(host: &Host, res: &str, oracle: &Path, want: u32, within: Duration) -> (u32, u32) {
+    let (mut ok, mut refused) = (0, 0);
+    let t0 = Instant::now();
+    while ok < want && t0.elapsed() < within {
+        let out: Output = host
+            .tenure(&[
+                "run",
+                "--lease",
+                res,
+                "--",
+                "sh",
+                "-c",
+                &oracle_cmd(oracle, "0.2"),
+            ])
+            .output()
+            .unwrap();
+        match out.status.code() {
+            Some(0) => ok += 1,
+            Some(99) => panic!("host {}: two holders at once (oracle)", host.id),
+            _ => {
+                let err = String::from_utf8_lossy(&out.stderr);
+                assert!(
+                    err.contains("OwnerAlive") || err.contains("OwnedRetry"),
+                    "host {} unexpected failure: {err}",
+                    host.id
+                );
+                refused += 1;
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
+    }
+    (ok, refused)
+}
+
+#[test]
+fn three_hosts_hand_leases_over_and_run_protects_the_command() {
+    if !can_run() {
+        return;
+    }
+    let backing = BackingFile::new(16 << 20);
+    let base = LoopDevice::attach(backing.path(), 512);
+    format_area(&base.path_str(), &[("R", 1), ("S", 2)]);
+    let hosts: Vec<Host> = (1..=3).map(|id| Host::start(id, backing.path())).collect();
+    for h in &hosts {
+        h.wait_joined(Duration::from_secs(30));
+    }
+    // Every host sees the others live.
+    std::thread::sleep(Duration::from_secs(3 * T));
+    let v = hosts[0].json(&["lockspace", "hosts", LS]);
+    let live = v["hosts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|h| h["status"] == "live")
+        .count();
+    assert_eq!(live, 3, "{v}");
+
+    // A lease held by `run` shows in status with its holder pid; another host is refused.
+    let oracle_dir = tempfile::tempdir().unwrap();
+    let oracle = oracle_dir.path().join("held");
+    let mut holder = hosts[0]
+        .tenure(&[
+            "run",
+            "--lease",
+            &hosts[0].resource("R", 1),
+            "--",
+            "sh",
+            "-c",
+            &oracle_cmd(&oracle, "3"),
+        ])
+        .spawn()
+        .unwrap();
+    let t0 = Instant::now();
+    let st = loop {
+        let st = hosts[0].json(&["status"]);
+        if st["leases"].as_array().is_some_and(|l| !l.is_empty()) {
+            break st;
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(10),
+            "lease never showed: {st}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert_eq!(st["leases"][0]["pid"], holder.id() as i64, "{st}");
+    assert_eq!(
+        st["supervisor"]["spaces"][0]["holders"][0],
+        holder.id() as i64
+    );
+    let out = hosts[1]
+        .tenure(&["run", "--lease", &hosts[1].resource("R", 1), "--", "true"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("host id 1") && err.contains("OwnerAlive"),
+        "{err}"
+    );
+    // Exit code of the command; the connection closing released the lease.
+    let rc = holder.wait().unwrap();
+    assert!(rc.success(), "holder: {rc:?}");
+    let out = hosts[1]
+        .tenure(&[
+            "run",
+            "--lease",
+            &hosts[1].resource("R", 1),
+            "--",
+            "sh",
+            "-c",
+            "exit 7",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(7),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    // All three contend for S; each gets it several times, never two at once.
+    let results: Vec<(u32, u32)> = std::thread::scope(|s| {
+        let hs: Vec<_> = hosts
+            .iter()
+            .map(|h| {
+                let res = h.resource("S", 2);
+                let oracle = &oracle;
+                s.spawn(move || contend(h, &res, oracle, 3, Duration::from_secs(60)))
+            })
+            .collect();
+        hs.into_iter().map(|j| j.join().unwrap()).collect()
+    });
+    for (h, (ok, refused)) in hosts.iter().zip(&results) {
+        assert_eq!(
+            *ok, 3,
+            "host {} got S {ok} times ({refused} refusals)",
+            h.id
+        );
+    }
+    let refusals: u32 = results.iter().map(|r| r.1).sum();
+    assert!(refusals > 0, "contention never happened: {results:?}");
+    eprintln!("contention: (successes, refusals) per host {results:?}");
+
+    // Acquire for another pid (root), inquire with the state string, release.
+    let mut sleeper = Command::new("sleep").arg("60").spawn().unwrap();
+    let pid = sleeper.id().to_string();
+    let v = hosts[2].json(&[
+        "resource",
+        "acquire",
+        "-p",
+        &pid,
+        &hosts[2].resource("R", 1),
+    ]);
+    let lver = v["leases"][0]["lver"].as_u64().unwrap();
+    let inq = hosts[2].json(&["resource", "inquire", "-p", &pid]);
+    let state = inq["state"].as_str().unwrap();
+    assert!(
+        state.ends_with(&format!(":1048576:{lver}")) && state.starts_with("DM:R:"),
+        "{state}"
+    );
+    // The pid exiting releases it: host 1 can take R afterwards.
+    let _ = sleeper.kill();
+    let _ = sleeper.wait();
+    let t0 = Instant::now();
+    loop {
+        let out = hosts[0]
+            .tenure(&["run", "--lease", &hosts[0].resource("R", 1), "--", "true"])
+            .output()
+            .unwrap();
+        if out.status.success() {
+            break;
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(10),
+            "R not released after its pid exited: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+
+    // Clean leave and exit on SIGTERM with nothing held; the watchdog is disarmed (no fire).
+    for h in &hosts {
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(h.tenured.id() as i32),
+            nix::sys::signal::Signal::SIGTERM,
+        )
+        .unwrap();
+    }
+    for mut h in hosts {
+        let t0 = Instant::now();
+        let status = loop {
+            if let Some(s) = h.tenured.try_wait().unwrap() {
+                break s;
+            }
+            assert!(
+                t0.elapsed() < Duration::from_secs(15),
+                "host {} did not exit: {}",
+                h.id,
+                h.log()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        };
+        assert!(status.success(), "host {}: {status:?}\n{}", h.id, h.log());
+        assert!(h.log().contains("watchdog disarmed"), "{}", h.log());
+        assert!(!h.dir.path().join("fired.log").exists());
+    }
+}
+
+#[test]
+fn killed_daemon_is_fenced_and_its_lease_taken_only_after_host_dead_time() {
+    if !can_run() {
+        return;
+    }
+    let backing = BackingFile::new(16 << 20);
+    let base = LoopDevice::attach(backing.path(), 512);
+    format_area(&base.path_str(), &[("R", 1)]);
+    let h1 = Host::start(1, backing.path());
+    let h2 = Host::start(2, backing.path());
+    h1.wait_joined(Duration::from_secs(30));
+    h2.wait_joined(Duration::from_secs(30));
+    std::thread::sleep(Duration::from_secs(3 * T));
+    // A holder inside host 1's process group (what the watchdog resets).
+    let mut holder = h1
+        .tenure(&["run", "--lease", &h1.resource("R", 1), "--", "sleep", "600"])
+        .process_group(h1.pgid())
+        .spawn()
+        .unwrap();
+    let t0 = Instant::now();
+    while h1.json(&["status"])["leases"]
+        .as_array()
+        .is_none_or(|l| l.is_empty())
+    {
+        assert!(t0.elapsed() < Duration::from_secs(10));
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // SIGKILL tenured only: nobody feeds the watchdog any more.
+    let killed_at = Instant::now();
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(h1.tenured.id() as i32),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    // Host 2 tries without waiting for the owner; it succeeds only once host 1 is dead.
+    let mut refusals = Vec::new();
+    let took_at = loop {
+        let out = h2
+            .tenure(&[
+                "run",
+                "--no-wait",
+                "--lease",
+                &h2.resource("R", 1),
+                "--",
+                "true",
+            ])
+            .output()
+            .unwrap();
+        if out.status.success() {
+            break Instant::now();
+        }
+        refusals.push(String::from_utf8_lossy(&out.stderr).into_owned());
+        assert!(
+            killed_at.elapsed() < Duration::from_secs(60),
+            "never taken over: {:?}\n{}",
+            refusals.last(),
+            h2.log()
+        );
+        std::thread::sleep(Duration::from_millis(250));
+    };
+    let after = took_at.duration_since(killed_at);
+    // Host dead = 8T + W after its last renewal, which was at most one renewal interval (2T)
+    // before the kill.
+    let min = Duration::from_secs(8 * T + W - 2 * T);
+    assert!(
+        after >= min,
+        "taken over {after:?} after the kill (< {min:?})"
+    );
+    assert!(
+        refusals.iter().any(|r| r.contains("OwnedRetry")),
+        "the owner should have been 'not dead yet' for a while: {refusals:?}"
+    );
+    // The watchdog fired and killed the holder.
+    let rec = std::fs::read_to_string(h1.dir.path().join("fired.log")).unwrap_or_default();
+    assert!(!rec.is_empty(), "emulated watchdog did not fire");
+    let status = holder.wait().unwrap();
+    assert!(
+        status.code().is_none(),
+        "holder should have been killed: {status:?}"
+    );
+    eprintln!("taken over {after:?} after SIGKILL of tenured (minimum {min:?})");
+}
+
+/// Sends `bytes` and reads until `replies` whole frames arrived, the daemon closed, or 10 s
+/// passed (the connection stays open meanwhile: closing it is a client leaving).
+fn raw(socket: &Path, bytes: &[u8], replies: usize) -> Vec<u8> {
+    let mut s = UnixStream::connect(socket).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let _ = s.write_all(bytes);
+    let mut out = Vec::new();
+    let mut buf = [0u8; 4096];
+    let whole = |out: &[u8]| {
+        let (mut at, mut n) = (0, 0);
+        while at + 4 <= out.len() {
+            let len = u32::from_le_bytes(out[at..at + 4].try_into().unwrap()) as usize;
+            if at + 4 + len > out.len() {
+                break;
+            }
+            at += 4 + len;
+            n += 1;
+        }
+        n
+    };
+    while whole(&out) < replies {
+        match s.read(&mut buf) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => out.extend_from_slice(&buf[..n]),
+        }
+    }
+    out
+}
+
+fn frame(json: &str) -> Vec<u8> {
+    let mut v = (json.len() as u32).to_le_bytes().to_vec();
+    v.extend_from_slice(json.as_bytes());
+    v
+}
+
+fn first_reply(bytes: &[u8]) -> Value {
+    assert!(bytes.len() >= 4, "no reply");
+    let n = u32::from_le_bytes(bytes[..4].try_into().unwrap()) as usize;
+    serde_json::from_slice(&bytes[4..4 + n]).unwrap()
+}
+
+#[test]
+fn bad_clients_get_errors_and_the_daemon_is_unaffected() {
+    if !can_run() {
+        return;
+    }
+    let backing = BackingFile::new(16 << 20);
+    let base = LoopDevice::attach(backing.path(), 512);
+    format_area(&base.path_str(), &[("R", 1)]);
+    let h = Host::start(1, backing.path());
+    h.wait_joined(Duration::from_secs(30));
+    // A good client holds a lease throughout.
+    let mut holder = h
+        .tenure(&["run", "--lease", &h.resource("R", 1), "--", "sleep", "60"])
+        .spawn()
+        .unwrap();
+    let sock = h.socket();
+    // Garbage: a length prefix far above the limit.
+    let r = first_reply(&raw(&sock, b"\xff\xff\xff\x7fgarbage", 1));
+    assert_eq!(r["error"]["code"], "bad_request", "{r}");
+    // A request before hello.
+    let r = first_reply(&raw(&sock, &frame(r#"{"op":"status"}"#), 1));
+    assert_eq!(r["error"]["code"], "version", "{r}");
+    // Wrong protocol version.
+    let r = first_reply(&raw(&sock, &frame(r#"{"op":"hello","version":99}"#), 1));
+    assert_eq!(r["error"]["code"], "version", "{r}");
+    // Malformed JSON, unknown op, unknown field after a good hello: errors, connection usable.
+    let mut msgs = frame(r#"{"op":"hello","version":1}"#);
+    msgs.extend(frame("{not json"));
+    msgs.extend(frame(r#"{"op":"format_everything"}"#));
+    msgs.extend(frame(r#"{"op":"status","verbose":true}"#));
+    msgs.extend(frame(
+        r#"{"op":"acquire","resources":["DM:R:/nonexistent:1M"],"pid":1}"#,
+    ));
+    msgs.extend(frame(r#"{"op":"status"}"#));
+    let out = raw(&sock, &msgs, 6);
+    let mut replies = Vec::new();
+    let mut at = 0;
+    while at + 4 <= out.len() {
+        let n = u32::from_le_bytes(out[at..at + 4].try_into().unwrap()) as usize;
+        replies.push(serde_json::from_slice::<Value>(&out[at + 4..at + 4 + n]).unwrap());
+        at += 4 + n;
+    }
+    assert_eq!(replies.len(), 6, "{replies:?}");
+    assert!(replies[0]["ok"].is_object());
+    for r in &replies[1..4] {
+        assert_eq!(r["error"]["code"], "bad_request", "{r}");
+    }
+    // Root may act for pid 1, but the device does not exist: an I/O error, not a crash.
+    assert!(replies[4]["error"].is_object(), "{}", replies[4]);
+    assert!(replies[5]["ok"]["leases"].is_array(), "{}", replies[5]);
+    // Half a message, then the client vanishes.
+    let mut half = frame(r#"{"op":"hello","version":1}"#);
+    half.truncate(10);
+    raw(&sock, &half, 0);
+    // Huge length with the connection held open: the daemon answers and closes.
+    let r = first_reply(&raw(&sock, &(1u32 << 30).to_le_bytes(), 1));
+    assert_eq!(r["error"]["code"], "bad_request");
+    // Another uid cannot even connect (socket mode 0600, root's).
+    let out = Command::new("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+        .arg(tenure_bin())
+        .arg("--socket")
+        .arg(&sock)
+        .arg("status")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("Permission denied"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // The daemon is unaffected: the lease is still held, status works.
+    let st = h.json(&["status"]);
+    assert_eq!(st["leases"].as_array().unwrap().len(), 1, "{st}");
+    assert_eq!(st["lockspaces"][0]["state"], "joined");
+    let _ = holder.kill();
+    let _ = holder.wait();
+}
+
+#[test]
+fn embedded_default_starts_serves_and_stops_cleanly() {
+    if !prerequisite(is_root(), "root") {
+        return;
+    }
+    let dir = tempfile::Builder::new()
+        .prefix("tenured-embedded-")
+        .tempdir_in("/var/tmp")
+        .unwrap();
+    let data = dir.path().join("data");
+    let mut d = Command::new(tenured_bin())
+        .arg("--data-dir")
+        .arg(&data)
+        .current_dir(dir.path())
+        .process_group(0)
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(dir.path().join("log")).unwrap())
+        .spawn()
+        .unwrap();
+    let log = || std::fs::read_to_string(dir.path().join("log")).unwrap_or_default();
+    struct Kill(i32);
+    impl Drop for Kill {
+        fn drop(&mut self) {
+            kill_group(self.0);
+        }
+    }
+    let _guard = Kill(d.id() as i32);
+    let sock = data.join("tenured.sock");
+    let t = || {
+        let mut c = Command::new(tenure_bin());
+        c.arg("--socket").arg(&sock).current_dir(dir.path());
+        c
+    };
+    let t0 = Instant::now();
+    loop {
+        let out = t().args(["lockspace", "list", "--json"]).output().unwrap();
+        if out.status.success() {
+            let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+            if v["lockspaces"][0]["state"] == "joined" {
+                break;
+            }
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(30),
+            "embedded default did not join:\n{}",
+            log()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert!(log().contains("embedded default"), "{}", log());
+    // The tour: run a command under a lease of the formatted file, with a relative path.
+    let out = t()
+        .args([
+            "run",
+            "--lease",
+            "tenure:r0:data/leases.img:1M",
+            "--",
+            "sh",
+            "-c",
+            "exit 7",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(7),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = t().args(["status"]).output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("armed") && text.contains("joined (generation 1)"),
+        "{text}"
+    );
+    // SIGTERM: leave, disarm, stop the emulator, exit 0.
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(d.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    let t0 = Instant::now();
+    let status = loop {
+        if let Some(s) = d.try_wait().unwrap() {
+            break s;
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(15),
+            "did not stop:\n{}",
+            log()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert!(status.success(), "{status:?}\n{}", log());
+    let t0 = Instant::now();
+    while UnixStream::connect(data.join("watchdog.sock")).is_ok() {
+        assert!(
+            t0.elapsed() < Duration::from_secs(5),
+            "emulator still running"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
