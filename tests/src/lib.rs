@@ -504,6 +504,12 @@ impl StallFs {
         fs
     }
 
+    /// The plain file behind the FUSE file (other hosts attach their loop devices here: they
+    /// see the same bytes without the faults).
+    pub fn backing(&self) -> PathBuf {
+        self.dir.path().join("backing")
+    }
+
     /// The FUSE-backed file.
     pub fn lun(&self) -> PathBuf {
         self.dir.path().join("mnt/lun")

@@ -2,8 +2,13 @@
 //! host in its own process group with its own emulated watchdog (which kills that group when
 //! starved), io_timeout 1. Clients are the real `tenure` CLI and raw sockets.
 //!
-//! Oracle: every lease holder runs `mkdir ORACLE || exit 99; ...; rmdir ORACLE` on a directory
-//! all hosts share, so two holders at once show up as exit status 99.
+//! Oracle: every lease holder holds `flock -n` on a file all hosts share for as long as it
+//! holds the lease, so two holders alive at once show up as exit status 99 (a killed holder
+//! drops its flock when it dies, so it leaves nothing stale behind).
+//!
+//! The supervisor signals the registered holder pid, not its children (as sanlock does): a
+//! child that inherited the holder's resources outlives it. The oracle therefore lives in the
+//! holder process itself (`flock -o`).
 
 use std::io::{Read, Write};
 use std::os::unix::net::UnixStream;
@@ -14,7 +19,8 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 use tenure_tests::{
-    is_root, loop_devices_available, prerequisite, tenure_bin, tenured_bin, BackingFile, LoopDevice,
+    fuse_available, is_root, loop_devices_available, prerequisite, tenure_bin, tenured_bin,
+    BackingFile, LoopDevice, StallFs,
 };
 
 const T: u64 = 1;
@@ -46,6 +52,11 @@ struct Host {
 
 impl Host {
     fn start(id: u64, backing: &Path) -> Host {
+        Self::start_with(id, backing, W)
+    }
+
+    /// A host whose watchdog fires `w` seconds after the last keepalive.
+    fn start_with(id: u64, backing: &Path, w: u64) -> Host {
         let dev = LoopDevice::attach(backing, 512);
         let dir = tempfile::Builder::new()
             .prefix("tenured-host-")
@@ -61,7 +72,7 @@ socket = "{d}/tenured.sock"
 [watchdog]
 kind = "emulated"
 emulated_socket = "{d}/wd.sock"
-fire_timeout_s = {W}
+fire_timeout_s = {w}
 [supervision]
 kill_grace_s = 2
 sigkill_max = 3
@@ -218,9 +229,11 @@ fn format_area(dev: &str, resources: &[(&str, u64)]) {
     }
 }
 
+/// `flock -o` holds the lock in the flock process itself (the registered holder), not in its
+/// `sleep` child: killing the holder frees the oracle even though the child lives on.
 fn oracle_cmd(oracle: &Path, hold: &str) -> String {
     format!(
-        "mkdir {o} 2>/dev/null || exit 99; sleep {hold}; rmdir {o}",
+        "exec flock -n -o -E 99 {o} sleep {hold}",
         o = oracle.display()
     )
 }
@@ -742,4 +755,296 @@ fn embedded_default_starts_serves_and_stops_cleanly() {
         );
         std::thread::sleep(Duration::from_millis(100));
     }
+}
+
+/// Waits for a child to end; its raw wait status.
+fn wait_end(c: &mut Child, within: Duration, what: &str) -> std::process::ExitStatus {
+    let t0 = Instant::now();
+    loop {
+        if let Some(s) = c.try_wait().unwrap() {
+            return s;
+        }
+        assert!(
+            t0.elapsed() < within,
+            "{what} still running after {within:?}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn wait_lease_shown(h: &Host, n: usize) {
+    let t0 = Instant::now();
+    while h.json(&["status"])["leases"].as_array().map_or(0, Vec::len) < n {
+        assert!(
+            t0.elapsed() < Duration::from_secs(10),
+            "leases never showed"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// A holder in host `h`'s process group running `sh -c script` under a lease.
+fn holder(h: &Host, res: &str, script: &str) -> Child {
+    h.tenure(&["run", "--lease", res, "--", "sh", "-c", script])
+        .process_group(h.pgid())
+        .spawn()
+        .unwrap()
+}
+
+#[test]
+fn stalled_storage_kills_holders_after_8t_without_resetting_the_host() {
+    if !can_run() || !fuse_available() {
+        return;
+    }
+    use std::os::unix::process::ExitStatusExt;
+    let fs = StallFs::start(16 << 20);
+    let base = LoopDevice::attach(&fs.backing(), 512);
+    format_area(&base.path_str(), &[("R", 1), ("S", 2)]);
+    let h1 = Host::start(1, &fs.lun());
+    let h2 = Host::start(2, &fs.backing());
+    h1.wait_joined(Duration::from_secs(30));
+    h2.wait_joined(Duration::from_secs(30));
+    // One holder that dies on SIGTERM, one that ignores it.
+    let mut polite = holder(&h1, &h1.resource("R", 1), "exec sleep 600");
+    let mut stubborn = holder(&h1, &h1.resource("S", 2), "trap '' TERM; exec sleep 600");
+    wait_lease_shown(&h1, 2);
+    let stalled_at = Instant::now();
+    fs.hang_reads(true);
+    fs.hang_writes(true);
+    let s = wait_end(&mut polite, Duration::from_secs(30), "polite holder");
+    let polite_after = stalled_at.elapsed();
+    assert_eq!(s.signal(), Some(libc::SIGTERM), "{s:?}");
+    let s = wait_end(&mut stubborn, Duration::from_secs(30), "stubborn holder");
+    let stubborn_after = stalled_at.elapsed();
+    assert_eq!(s.signal(), Some(libc::SIGKILL), "{s:?}");
+    // Not before 8T after the last good renewal (at most 2T before the stall).
+    assert!(
+        polite_after >= Duration::from_secs(6 * T),
+        "killed after {polite_after:?}"
+    );
+    assert!(
+        stubborn_after >= polite_after + Duration::from_secs(1),
+        "{stubborn_after:?}"
+    );
+    // The host is not reset: the daemon still serves, the watchdog never fires.
+    std::thread::sleep(Duration::from_secs(W + 2));
+    assert!(h1.tenured.id() > 0);
+    let st = h1.json(&["status"]);
+    assert!(st["leases"].as_array().unwrap().is_empty(), "{st}");
+    assert!(
+        !h1.dir.path().join("fired.log").exists(),
+        "watchdog fired although every holder died:\n{}",
+        h1.log()
+    );
+    assert!(h1.log().contains("all holders dead"), "{}", h1.log());
+    // Its fence record tells why.
+    let why = h1
+        .tenure(&["why-reset", "--state-dir"])
+        .arg(h1.dir.path().join("state"))
+        .output()
+        .unwrap();
+    let why = String::from_utf8_lossy(&why.stdout);
+    assert!(
+        why.contains("lockspace DM") && why.contains("renewals of lockspace DM failed"),
+        "{why}"
+    );
+    // Host 2 takes R once host 1 is dead to it.
+    let t0 = Instant::now();
+    loop {
+        let out = h2
+            .tenure(&[
+                "run",
+                "--no-wait",
+                "--lease",
+                &h2.resource("R", 1),
+                "--",
+                "true",
+            ])
+            .output()
+            .unwrap();
+        if out.status.success() {
+            break;
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(40),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    eprintln!(
+        "stall: SIGTERM holder dead after {polite_after:?}, SIGTERM-ignoring holder SIGKILLed after {stubborn_after:?}; R taken by host 2 {:?} after the stall",
+        stalled_at.elapsed()
+    );
+    fs.hang_reads(false);
+    fs.hang_writes(false);
+}
+
+/// A cgroup v1 freezer group, thawed and removed on drop.
+struct Frozen(PathBuf);
+
+impl Frozen {
+    fn new() -> Option<Frozen> {
+        let root = Path::new("/sys/fs/cgroup/freezer");
+        if !root.join("cgroup.procs").exists() {
+            return None;
+        }
+        let p = root.join(format!("tenure-test-{}", std::process::id()));
+        std::fs::create_dir_all(&p).ok()?;
+        Some(Frozen(p))
+    }
+
+    fn freeze(&self, pid: u32) {
+        std::fs::write(self.0.join("cgroup.procs"), pid.to_string()).unwrap();
+        std::fs::write(self.0.join("freezer.state"), "FROZEN").unwrap();
+    }
+}
+
+impl Drop for Frozen {
+    fn drop(&mut self) {
+        let _ = std::fs::write(self.0.join("freezer.state"), "THAWED");
+        if let Ok(pids) = std::fs::read_to_string(self.0.join("cgroup.procs")) {
+            for p in pids.lines().filter_map(|l| l.trim().parse::<i32>().ok()) {
+                let _ = nix::sys::signal::kill(
+                    nix::unistd::Pid::from_raw(p),
+                    nix::sys::signal::Signal::SIGKILL,
+                );
+            }
+        }
+        let t0 = Instant::now();
+        while std::fs::remove_dir(&self.0).is_err() && t0.elapsed() < Duration::from_secs(5) {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+#[test]
+fn a_holder_that_cannot_be_killed_lets_the_watchdog_fire() {
+    if !can_run() || !fuse_available() {
+        return;
+    }
+    let Some(frozen) = Frozen::new() else {
+        prerequisite(false, "cgroup v1 freezer at /sys/fs/cgroup/freezer");
+        return;
+    };
+    let fs = StallFs::start(16 << 20);
+    let base = LoopDevice::attach(&fs.backing(), 512);
+    format_area(&base.path_str(), &[("R", 1)]);
+    let h1 = Host::start(1, &fs.lun());
+    h1.wait_joined(Duration::from_secs(30));
+    let mut stuck = holder(&h1, &h1.resource("R", 1), "exec sleep 600");
+    wait_lease_shown(&h1, 1);
+    // Frozen: SIGTERM and SIGKILL stay pending, the holder never dies.
+    frozen.freeze(stuck.id());
+    fs.hang_reads(true);
+    fs.hang_writes(true);
+    let t0 = Instant::now();
+    let fired = h1.dir.path().join("fired.log");
+    while !fired.exists() {
+        assert!(
+            t0.elapsed() < Duration::from_secs(8 * T + W + 15),
+            "watchdog never fired:\n{}",
+            h1.log()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let fired_after = t0.elapsed();
+    // Fired no earlier than the renewal deadline plus most of W.
+    assert!(
+        fired_after >= Duration::from_secs(6 * T + W - 2),
+        "{fired_after:?}"
+    );
+    let log = h1.log();
+    assert!(log.contains("holders survive SIGKILL"), "{log}");
+    let rec = std::fs::read_to_string(h1.dir.path().join("state/fence.log")).unwrap();
+    assert!(
+        rec.contains(&format!("{}", stuck.id())),
+        "fence record names the holder: {rec}"
+    );
+    drop(frozen);
+    let _ = stuck.wait();
+    fs.hang_reads(false);
+    fs.hang_writes(false);
+    eprintln!("unkillable holder: watchdog fired {fired_after:?} after the stall");
+}
+
+#[test]
+fn a_paused_daemon_does_not_resume_holding_what_another_host_may_take() {
+    if !can_run() {
+        return;
+    }
+    let backing = BackingFile::new(16 << 20);
+    let base = LoopDevice::attach(backing.path(), 512);
+    format_area(&base.path_str(), &[("R", 1)]);
+    // W longer than the pause: the daemon resumes before its watchdog would fire.
+    const W_LONG: u64 = 14;
+    let h1 = Host::start_with(1, backing.path(), W_LONG);
+    let h2 = Host::start_with(2, backing.path(), W_LONG);
+    h1.wait_joined(Duration::from_secs(30));
+    h2.wait_joined(Duration::from_secs(30));
+    std::thread::sleep(Duration::from_secs(3 * T));
+    let oracle_dir = tempfile::tempdir().unwrap();
+    let oracle = oracle_dir.path().join("held");
+    let mut h = holder(&h1, &h1.resource("R", 1), &oracle_cmd(&oracle, "600"));
+    wait_lease_shown(&h1, 1);
+    // Pause tenured (reactor and supervisor) past the renewal fail time, then resume.
+    let pid = nix::unistd::Pid::from_raw(h1.tenured.id() as i32);
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGSTOP).unwrap();
+    std::thread::sleep(Duration::from_secs(8 * T + 2));
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGCONT).unwrap();
+    // It resumes, finds its renewal deadline passed, kills the holder at once and holds
+    // nothing any more; the holder dying in time spares the host.
+    let s = wait_end(&mut h, Duration::from_secs(5), "holder of a resumed host");
+    assert!(!s.success(), "{s:?}");
+    // The supervisor notices the death within a poll (100 ms) and clears the lockspace.
+    let t0 = Instant::now();
+    let st = loop {
+        let st = h1.json(&["status"]);
+        if st["leases"].as_array().unwrap().is_empty() {
+            break st;
+        }
+        assert!(t0.elapsed() < Duration::from_secs(3), "{st}");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert_ne!(st["lockspaces"][0]["state"], "joined", "{st}");
+    std::thread::sleep(Duration::from_secs(3));
+    let fired = h1.dir.path().join("fired.log").exists();
+    assert!(
+        !fired,
+        "reset although its holder died in time:\n{}",
+        h1.log()
+    );
+    // Host 2 takes R (after host-dead time) and the oracle is free: no overlap.
+    let t0 = Instant::now();
+    loop {
+        let out = h2
+            .tenure(&[
+                "run",
+                "--no-wait",
+                "--lease",
+                &h2.resource("R", 1),
+                "--",
+                "sh",
+                "-c",
+                &oracle_cmd(&oracle, "0.1"),
+            ])
+            .output()
+            .unwrap();
+        match out.status.code() {
+            Some(0) => break,
+            Some(99) => panic!("host 2 found the paused host's holder still inside"),
+            _ => {}
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(40),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    eprintln!(
+        "pause: host 1 resumed after {}s, lost the lockspace and killed its holder; host 2 took R {:?} after the resume",
+        8 * T + 2,
+        t0.elapsed()
+    );
 }
