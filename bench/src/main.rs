@@ -67,6 +67,34 @@ enum Cmd {
         #[arg(long)]
         json: bool,
     },
+    /// Acquire/release through the daemon's socket: tenured started here on the device, and a
+    /// running sanlock daemon through python3-sanlock (bench.py) on the same device afterwards.
+    Daemon {
+        /// 512-byte-sector block device or file (overwritten), or `auto`.
+        #[arg(long)]
+        device: String,
+        /// Leases (at most 60 with `auto`).
+        #[arg(long, default_value_t = 30)]
+        leases: usize,
+        /// Clients at once in the throughput run.
+        #[arg(long, default_value_t = 8)]
+        concurrency: usize,
+        /// Acquire+release rounds over all leases in the latency run.
+        #[arg(long, default_value_t = 3)]
+        rounds: usize,
+        /// io_timeout T in seconds.
+        #[arg(long, default_value_t = 1)]
+        io_timeout: u16,
+        /// SANLOCK_RUN_DIR of a running sanlock daemon to measure side by side (bench.py).
+        #[arg(long, value_name = "RUNDIR")]
+        compare_sanlock: Option<PathBuf>,
+        /// Path of sanlock-anchor's bench.py.
+        #[arg(long, default_value = "../shared/tools/sanlock-anchor/bench.py")]
+        sanlock_bench: PathBuf,
+        /// JSON lines instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
     /// Join time on a free slot and after an unclean stop (tenure, and a running sanlock).
     Join {
         /// 512-byte-sector block device or file (overwritten), or `auto`.
@@ -174,6 +202,31 @@ fn main() -> ExitCode {
                 sanlock_bench,
             };
             emit(tenure_bench::acquire::run(&opts), json, &path)
+        }
+        Cmd::Daemon {
+            device,
+            leases,
+            concurrency,
+            rounds,
+            io_timeout,
+            compare_sanlock,
+            sanlock_bench,
+            json,
+        } => {
+            let (_auto, path) = match auto_or(&device, 512) {
+                Ok(x) => x,
+                Err(code) => return code,
+            };
+            let opts = tenure_bench::daemon::DaemonBenchOptions {
+                device: path.clone(),
+                leases: leases.clamp(1, 60),
+                concurrency: concurrency.max(1),
+                rounds: rounds.max(1),
+                io_timeout_s: io_timeout.max(1),
+                sanlock_rundir: compare_sanlock,
+                sanlock_bench,
+            };
+            emit(tenure_bench::daemon::run(&opts), json, &path)
         }
         Cmd::Join {
             device,

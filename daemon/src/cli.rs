@@ -38,6 +38,9 @@ enum Command {
     /// Resources (paxos leases).
     #[command(subcommand)]
     Resource(ResourceCmd),
+    /// Lock value blocks of held leases (through tenured).
+    #[command(subcommand)]
+    Lvb(LvbCmd),
     /// Watchdogs: probe devices, test one, or run the emulated watchdog.
     #[command(subcommand)]
     Watchdog(crate::watchdog_cmd::WatchdogCmd),
@@ -143,6 +146,9 @@ enum ResourceCmd {
         /// Fail at once when an owner is not yet dead instead of waiting for it.
         #[arg(long)]
         no_wait: bool,
+        /// Read the lock value block (see `tenure lvb get`).
+        #[arg(long)]
+        lvb: bool,
         /// Print the result as JSON.
         #[arg(long)]
         json: bool,
@@ -187,6 +193,34 @@ enum ResourceCmd {
     Owners {
         /// LS:NAME:PATH:OFFSET[:PATH:OFFSET...]
         spec: String,
+        /// Print the result as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum LvbCmd {
+    /// The LVB read when the lease was acquired (it must have been acquired with --lvb).
+    Get {
+        /// LS:NAME of the lease.
+        resource: String,
+        /// The holder pid.
+        #[arg(short, long)]
+        pid: i32,
+        /// Print the result as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Sets the LVB written when the lease is released.
+    Set {
+        /// LS:NAME of the lease.
+        resource: String,
+        /// The value in hex (at most one sector).
+        hex: String,
+        /// The holder pid.
+        #[arg(short, long)]
+        pid: i32,
         /// Print the result as JSON.
         #[arg(long)]
         json: bool,
@@ -303,8 +337,20 @@ fn run(cli: Cli) -> Result<ExitCode, String> {
             resources,
             pid,
             no_wait,
+            lvb,
             json,
-        }) => d::acquire(&socket(), &resources, pid, no_wait, json),
+        }) => d::acquire(&socket(), &resources, pid, no_wait, lvb, json),
+        Command::Lvb(LvbCmd::Get {
+            resource,
+            pid,
+            json,
+        }) => d::lvb_get(&socket(), &resource, pid, json),
+        Command::Lvb(LvbCmd::Set {
+            resource,
+            hex,
+            pid,
+            json,
+        }) => d::lvb_set(&socket(), &resource, &hex, pid, json),
         Command::Resource(ResourceCmd::Release {
             resources,
             all,

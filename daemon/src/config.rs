@@ -372,5 +372,14 @@ offset = "1M"
         Config::embedded(Path::new("/tmp/x"))
             .validate()
             .expect("embedded default is valid");
+        // The shipped example parses and keeps the documented defaults.
+        let example = Config::parse(
+            Path::new("packaging/tenured.toml"),
+            include_str!("../../packaging/tenured.toml"),
+        )
+        .expect("packaging/tenured.toml");
+        assert_eq!(example.io_timeout_s, 10);
+        assert_eq!(example.watchdog.fire_timeout_s, 60);
+        assert_eq!(example.supervision.kill_grace_s, 40);
     }
 }

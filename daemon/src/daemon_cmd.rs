@@ -433,6 +433,7 @@ pub fn acquire(
     resources: &[String],
     pid: i32,
     no_wait: bool,
+    lvb: bool,
     json: bool,
 ) -> Result<ExitCode, String> {
     let mut c = connect(socket)?;
@@ -441,12 +442,51 @@ pub fn acquire(
         &Request::Acquire {
             resources: abs_resources(resources)?,
             no_wait,
-            lvb: false,
+            lvb,
             pid: Some(pid),
         },
     )?;
     print(json, &v, |v| {
         leases_table(v["leases"].as_array().map_or(&[], |a| a.as_slice()))
+    })?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `tenure lvb get -p PID LS:NAME`.
+pub fn lvb_get(socket: &Path, resource: &str, pid: i32, json: bool) -> Result<ExitCode, String> {
+    let mut c = connect(socket)?;
+    let v = call(
+        &mut c,
+        &Request::LvbGet {
+            resource: resource.to_owned(),
+            pid: Some(pid),
+        },
+    )?;
+    print(json, &v, |v| {
+        s(&v["lvb_hex"]).trim_end_matches("00").to_owned()
+    })?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `tenure lvb set -p PID LS:NAME HEX`.
+pub fn lvb_set(
+    socket: &Path,
+    resource: &str,
+    hex: &str,
+    pid: i32,
+    json: bool,
+) -> Result<ExitCode, String> {
+    let mut c = connect(socket)?;
+    let v = call(
+        &mut c,
+        &Request::LvbSet {
+            resource: resource.to_owned(),
+            hex: hex.to_owned(),
+            pid: Some(pid),
+        },
+    )?;
+    print(json, &v, |_| {
+        format!("{resource}: LVB is written when the lease is released")
     })?;
     Ok(ExitCode::SUCCESS)
 }

@@ -94,6 +94,30 @@ pub enum Request {
         #[serde(default)]
         pid: Option<i32>,
     },
+    /// Who holds a resource (`LS:NAME:PATH:OFFSET`), read from disk without acquiring it; each
+    /// owner's liveness as this host sees it when the lockspace is joined here.
+    Owners {
+        /// Resource spec.
+        resource: String,
+    },
+    /// The lock value block read when the lease was acquired (acquire with `lvb`).
+    LvbGet {
+        /// `LS:NAME` of a lease of this client (or of `pid`).
+        resource: String,
+        /// Lease of this pid (privileged clients only).
+        #[serde(default)]
+        pid: Option<i32>,
+    },
+    /// Sets the lock value block written when the lease is released.
+    LvbSet {
+        /// `LS:NAME` of a lease of this client (or of `pid`).
+        resource: String,
+        /// The value (hex, at most one sector).
+        hex: String,
+        /// Lease of this pid (privileged clients only).
+        #[serde(default)]
+        pid: Option<i32>,
+    },
     /// A program run instead of SIGTERM when this client's leases are lost.
     KillPath {
         /// Program (absolute path).

@@ -127,6 +127,8 @@ struct Lease {
     pid: i32,
     client_name: String,
     acquired_unix_ms: u64,
+    /// Set with lvb_set; written by the release.
+    lvb_to_write: Option<Vec<u8>>,
 }
 
 impl Lease {
@@ -226,6 +228,10 @@ pub struct Server {
     probing: HashMap<ProbeKey, ()>,
     probe_tx: Sender<ProbeResult>,
     probe_rx: Receiver<ProbeResult>,
+    /// Replies computed on helper threads (direct reads that may block on storage).
+    job_tx: Sender<(ClientKey, Reply)>,
+    job_rx: Receiver<(ClientKey, Reply)>,
+    jobs_running: usize,
     wake: Arc<EventFd>,
     signals: SignalFd,
     sup: Option<Supervisor>,
@@ -374,6 +380,7 @@ impl Server {
         )
         .map_err(setup("starting the supervisor thread"))?;
         let (probe_tx, probe_rx) = channel();
+        let (job_tx, job_rx) = channel();
         let clock = MonotonicClock;
         Ok(Server {
             started: clock.now(),
@@ -395,6 +402,9 @@ impl Server {
             probing: HashMap::new(),
             probe_tx,
             probe_rx,
+            job_tx,
+            job_rx,
+            jobs_running: 0,
             wake,
             signals,
             sup: Some(sup),
@@ -683,6 +693,10 @@ impl Server {
         }
         while let Ok(r) = self.probe_rx.try_recv() {
             self.probe_done(r);
+        }
+        while let Ok((k, r)) = self.job_rx.try_recv() {
+            self.jobs_running -= 1;
+            self.reply(k, r);
         }
         if accept {
             self.accept();
@@ -980,6 +994,9 @@ impl Server {
                 lvb_hex,
             } => self.release(k, &resources, all, pid, lvb_hex.as_deref()),
             Request::Inquire { pid } => Some(self.inquire(k, pid)),
+            Request::Owners { resource } => self.owners(k, &resource),
+            Request::LvbGet { resource, pid } => Some(self.lvb_get(k, &resource, pid)),
+            Request::LvbSet { resource, hex, pid } => Some(self.lvb_set(k, &resource, &hex, pid)),
             Request::KillPath { path, args } => {
                 if !path.starts_with('/') || args.len() > 16 {
                     return Some(err(
@@ -1555,6 +1572,7 @@ impl Server {
                             pid,
                             client_name: client_name.clone(),
                             acquired_unix_ms: unix_ms(),
+                            lvb_to_write: None,
                         })
                         .collect();
                     if let Err(e) = holder {
@@ -1654,6 +1672,7 @@ impl Server {
                 pid: 0,
                 client_name: String::new(),
                 acquired_unix_ms: unix_ms(),
+                lvb_to_write: None,
             });
         }
     }
@@ -1701,8 +1720,15 @@ impl Server {
                 self.forget_holders(&g);
                 continue;
             };
-            let held: Vec<(HeldResource, Option<Vec<u8>>)> =
-                g.iter().map(|l| (l.held.clone(), lvb.clone())).collect();
+            let held: Vec<(HeldResource, Option<Vec<u8>>)> = g
+                .iter()
+                .map(|l| {
+                    (
+                        l.held.clone(),
+                        lvb.clone().or_else(|| l.lvb_to_write.clone()),
+                    )
+                })
+                .collect();
             let who = if gi + 1 == n { client } else { None };
             match self.set.start_release(self.spaces[si].id, held, now) {
                 Ok(id) => {
@@ -1851,6 +1877,146 @@ impl Server {
         self.leases = keep;
         let now = self.clock.now();
         self.start_release(now, Some(k), mine, lvb)
+    }
+
+    /// The lease `LS:NAME` of this client (or of `pid` for privileged clients).
+    fn own_lease(
+        &mut self,
+        k: ClientKey,
+        resource: &str,
+        pid: Option<i32>,
+    ) -> Result<usize, Reply> {
+        let (pid, on_behalf) = self.privileged_pid(k, pid)?;
+        let Some((ls, name)) = resource.split_once(':') else {
+            return Err(err(
+                ErrorCode::BadRequest,
+                format!("{resource:?}: expected LOCKSPACE:RESOURCE"),
+            ));
+        };
+        let name = Name::new(name)
+            .map_err(|e| err(ErrorCode::BadRequest, format!("{resource:?}: {e}")))?;
+        self.leases
+            .iter()
+            .position(|l| {
+                l.space == ls
+                    && l.resource == name
+                    && if on_behalf {
+                        l.pid == pid
+                    } else {
+                        l.owner == Owner::Conn(k)
+                    }
+            })
+            .ok_or_else(|| {
+                err(
+                    ErrorCode::NotFound,
+                    format!("{resource} is not held by this client"),
+                )
+            })
+    }
+
+    fn lvb_get(&mut self, k: ClientKey, resource: &str, pid: Option<i32>) -> Reply {
+        let i = match self.own_lease(k, resource, pid) {
+            Ok(i) => i,
+            Err(r) => return r,
+        };
+        match &self.leases[i].held.acquired.lvb {
+            Some(v) => Reply::Ok(json!({"resource": resource, "lvb_hex": hex(v)})),
+            None => err(
+                ErrorCode::BadRequest,
+                format!("{resource} was acquired without reading its LVB (acquire with lvb)"),
+            ),
+        }
+    }
+
+    fn lvb_set(&mut self, k: ClientKey, resource: &str, value: &str, pid: Option<i32>) -> Reply {
+        let i = match self.own_lease(k, resource, pid) {
+            Ok(i) => i,
+            Err(r) => return r,
+        };
+        let v = match unhex(value) {
+            Ok(v) => v,
+            Err(e) => return err(ErrorCode::BadRequest, format!("lvb: {e}")),
+        };
+        let l = &self.leases[i];
+        let ss = l.held.target.geometry.sector_size_bytes() as usize;
+        if v.len() > ss {
+            return err(
+                ErrorCode::BadRequest,
+                format!("an LVB is at most one sector ({ss} bytes), not {}", v.len()),
+            );
+        }
+        if let Err(e) = l.held.target.geometry.lvb_offset() {
+            return err(
+                ErrorCode::Failed,
+                format!("{resource}: no LVB in this geometry: {e}"),
+            );
+        }
+        self.leases[i].lvb_to_write = Some(v);
+        Reply::Ok(json!({"resource": resource, "written_at_release": true}))
+    }
+
+    fn owners(&mut self, k: ClientKey, resource: &str) -> Option<Reply> {
+        let spec = match ResourceSpec::parse(resource) {
+            Ok(s) => s,
+            Err(e) => return Some(err(ErrorCode::BadRequest, format!("resource spec: {e}"))),
+        };
+        if self.jobs_running >= PROBES_MAX {
+            return Some(err(ErrorCode::Full, "too many direct reads in progress"));
+        }
+        // Liveness of the hosts named, from our host table when we are in that lockspace.
+        let now = self.clock.now();
+        let table: Vec<(u64, u64, String)> = self
+            .space_index(&spec.lockspace.escaped())
+            .map(|i| {
+                self.set
+                    .hosts(self.spaces[i].id, now)
+                    .into_iter()
+                    .map(|(e, st)| (e.host_id, e.generation, format!("{st:?}").to_lowercase()))
+                    .collect()
+            })
+            .unwrap_or_default();
+        let (tx, wake) = (self.job_tx.clone(), Arc::clone(&self.wake));
+        self.jobs_running += 1;
+        let spawned = std::thread::Builder::new()
+            .name("tenured-owners".into())
+            .spawn(move || {
+                let r = match tenure_core::direct::owners(&spec, BackendKind::Sync) {
+                    Ok(reports) => {
+                        let status = |h: u64, g: u64| {
+                            table
+                                .iter()
+                                .find(|(id, gen, _)| *id == h && *gen == g)
+                                .map_or("unknown here", |(_, _, s)| s.as_str())
+                                .to_owned()
+                        };
+                        let disks: Vec<_> = reports
+                            .iter()
+                            .map(|r| {
+                                let o = &r.owners;
+                                json!({
+                                    "path": r.path,
+                                    "offset": r.offset,
+                                    "lver": o.lver,
+                                    "exclusive": o.exclusive.as_ref().map(|h| json!({"host_id": h.host_id, "generation": h.generation, "timestamp": h.timestamp, "status": status(h.host_id, h.generation)})),
+                                    "shared": o.shared.iter().map(|h| json!({"host_id": h.host_id, "generation": h.generation, "status": status(h.host_id, h.generation)})).collect::<Vec<_>>(),
+                                })
+                            })
+                            .collect();
+                        Reply::Ok(json!({"resource": spec.name.escaped(), "disks": disks}))
+                    }
+                    Err(e) => err(ErrorCode::Io, e.to_string()),
+                };
+                let _ = tx.send((k, r));
+                let _ = wake.write(1);
+            });
+        if let Err(e) = spawned {
+            self.jobs_running -= 1;
+            return Some(err(
+                ErrorCode::Failed,
+                format!("cannot start a reader thread: {e}"),
+            ));
+        }
+        None
     }
 
     fn inquire(&mut self, k: ClientKey, pid: Option<i32>) -> Reply {

@@ -401,6 +401,41 @@ fn three_hosts_hand_leases_over_and_run_protects_the_command() {
         state.ends_with(&format!(":1048576:{lver}")) && state.starts_with("DM:R:"),
         "{state}"
     );
+    // Owners through the daemon, with liveness from host 1's table: host 3 holds R, live.
+    let mut q = frame(r#"{"op":"hello","version":1}"#);
+    q.extend(frame(&format!(
+        r#"{{"op":"owners","resource":"{}"}}"#,
+        hosts[2].resource("R", 1)
+    )));
+    let out = raw(&hosts[0].socket(), &q, 2);
+    let n = u32::from_le_bytes(out[..4].try_into().unwrap()) as usize;
+    let owners = first_reply(&out[4 + n..]);
+    let ex = &owners["ok"]["disks"][0]["exclusive"];
+    assert_eq!(
+        (ex["host_id"].as_u64(), ex["status"].as_str()),
+        (Some(3), Some("live")),
+        "{owners}"
+    );
+    // An LVB set while holding is written at release and read by the next holder.
+    hosts[2].json(&["lvb", "set", "-p", &pid, "DM:R", "c0ffee"]);
+    hosts[2].json(&["resource", "release", "-p", &pid, "DM:R"]);
+    let v = hosts[2].json(&[
+        "resource",
+        "acquire",
+        "-p",
+        &pid,
+        "--lvb",
+        &hosts[2].resource("R", 1),
+    ]);
+    assert!(
+        v["leases"][0]["lvb_hex"]
+            .as_str()
+            .unwrap()
+            .starts_with("c0ffee00"),
+        "{v}"
+    );
+    let g = hosts[2].json(&["lvb", "get", "-p", &pid, "DM:R"]);
+    assert!(g["lvb_hex"].as_str().unwrap().starts_with("c0ffee"), "{g}");
     // The pid exiting releases it: host 1 can take R afterwards.
     let _ = sleeper.kill();
     let _ = sleeper.wait();
@@ -462,12 +497,10 @@ fn killed_daemon_is_fenced_and_its_lease_taken_only_after_host_dead_time() {
     h1.wait_joined(Duration::from_secs(30));
     h2.wait_joined(Duration::from_secs(30));
     std::thread::sleep(Duration::from_secs(3 * T));
-    // A holder inside host 1's process group (what the watchdog resets).
-    let mut holder = h1
-        .tenure(&["run", "--lease", &h1.resource("R", 1), "--", "sleep", "600"])
-        .process_group(h1.pgid())
-        .spawn()
-        .unwrap();
+    // A holder inside host 1's process group (what the watchdog resets), holding the oracle.
+    let oracle_dir = tempfile::tempdir().unwrap();
+    let oracle = oracle_dir.path().join("held");
+    let mut holder = spawn_holder(&h1, &h1.resource("R", 1), &oracle_cmd(&oracle, "600"));
     let t0 = Instant::now();
     while h1.json(&["status"])["leases"]
         .as_array()
@@ -493,10 +526,17 @@ fn killed_daemon_is_fenced_and_its_lease_taken_only_after_host_dead_time() {
                 "--lease",
                 &h2.resource("R", 1),
                 "--",
-                "true",
+                "sh",
+                "-c",
+                &oracle_cmd(&oracle, "0.1"),
             ])
             .output()
             .unwrap();
+        assert_ne!(
+            out.status.code(),
+            Some(99),
+            "host 1's holder still held the oracle"
+        );
         if out.status.success() {
             break Instant::now();
         }
@@ -784,7 +824,7 @@ fn wait_lease_shown(h: &Host, n: usize) {
 }
 
 /// A holder in host `h`'s process group running `sh -c script` under a lease.
-fn holder(h: &Host, res: &str, script: &str) -> Child {
+fn spawn_holder(h: &Host, res: &str, script: &str) -> Child {
     h.tenure(&["run", "--lease", res, "--", "sh", "-c", script])
         .process_group(h.pgid())
         .spawn()
@@ -805,8 +845,10 @@ fn stalled_storage_kills_holders_after_8t_without_resetting_the_host() {
     h1.wait_joined(Duration::from_secs(30));
     h2.wait_joined(Duration::from_secs(30));
     // One holder that dies on SIGTERM, one that ignores it.
-    let mut polite = holder(&h1, &h1.resource("R", 1), "exec sleep 600");
-    let mut stubborn = holder(&h1, &h1.resource("S", 2), "trap '' TERM; exec sleep 600");
+    let oracle_dir = tempfile::tempdir().unwrap();
+    let oracle = oracle_dir.path().join("held");
+    let mut polite = spawn_holder(&h1, &h1.resource("R", 1), &oracle_cmd(&oracle, "600"));
+    let mut stubborn = spawn_holder(&h1, &h1.resource("S", 2), "trap '' TERM; exec sleep 600");
     wait_lease_shown(&h1, 2);
     let stalled_at = Instant::now();
     fs.hang_reads(true);
@@ -848,7 +890,7 @@ fn stalled_storage_kills_holders_after_8t_without_resetting_the_host() {
         why.contains("lockspace DM") && why.contains("renewals of lockspace DM failed"),
         "{why}"
     );
-    // Host 2 takes R once host 1 is dead to it.
+    // Host 2 takes R once host 1 is dead to it, and finds the oracle free.
     let t0 = Instant::now();
     loop {
         let out = h2
@@ -858,10 +900,13 @@ fn stalled_storage_kills_holders_after_8t_without_resetting_the_host() {
                 "--lease",
                 &h2.resource("R", 1),
                 "--",
-                "true",
+                "sh",
+                "-c",
+                &oracle_cmd(&oracle, "0.1"),
             ])
             .output()
             .unwrap();
+        assert_ne!(out.status.code(), Some(99), "overlap with host 1's holder");
         if out.status.success() {
             break;
         }
@@ -932,7 +977,7 @@ fn a_holder_that_cannot_be_killed_lets_the_watchdog_fire() {
     format_area(&base.path_str(), &[("R", 1)]);
     let h1 = Host::start(1, &fs.lun());
     h1.wait_joined(Duration::from_secs(30));
-    let mut stuck = holder(&h1, &h1.resource("R", 1), "exec sleep 600");
+    let mut stuck = spawn_holder(&h1, &h1.resource("R", 1), "exec sleep 600");
     wait_lease_shown(&h1, 1);
     // Frozen: SIGTERM and SIGKILL stay pending, the holder never dies.
     frozen.freeze(stuck.id());
@@ -985,7 +1030,7 @@ fn a_paused_daemon_does_not_resume_holding_what_another_host_may_take() {
     std::thread::sleep(Duration::from_secs(3 * T));
     let oracle_dir = tempfile::tempdir().unwrap();
     let oracle = oracle_dir.path().join("held");
-    let mut h = holder(&h1, &h1.resource("R", 1), &oracle_cmd(&oracle, "600"));
+    let mut h = spawn_holder(&h1, &h1.resource("R", 1), &oracle_cmd(&oracle, "600"));
     wait_lease_shown(&h1, 1);
     // Pause tenured (reactor and supervisor) past the renewal fail time, then resume.
     let pid = nix::unistd::Pid::from_raw(h1.tenured.id() as i32);

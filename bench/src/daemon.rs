@@ -1,0 +1,313 @@
+//! `tenure-bench daemon`: acquire/release latency and throughput through tenured's socket
+//! (native protocol, the Rust client), with a real tenured started here on the device; with
+//! `--compare-sanlock RUNDIR`, sanlock-anchor's bench.py against a running sanlock daemon on
+//! the same device afterwards (same geometry: 512-byte sectors, 1 MiB areas, num_hosts 2000;
+//! both daemons without a watchdog — sanlock runs `-w 0` — so neither pays for feeding one).
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use tenure_core::direct::{format_lockspace, format_resource, FormatOptions};
+use tenure_format::{LockspaceSpec, ResourceSpec};
+use tenured::client::Client;
+use tenured::proto::Request;
+
+use crate::report::{percentiles_us, Measurement};
+
+/// Options of `tenure-bench daemon`.
+#[derive(Clone, Debug)]
+pub struct DaemonBenchOptions {
+    /// 512-byte-sector device or file (overwritten) with room for `leases + 1` areas.
+    pub device: PathBuf,
+    /// Leases.
+    pub leases: usize,
+    /// Clients at once in the throughput run.
+    pub concurrency: usize,
+    /// io_timeout.
+    pub io_timeout_s: u16,
+    /// Rounds of acquire+release per lease in the latency run.
+    pub rounds: usize,
+    /// A running sanlock daemon's SANLOCK_RUN_DIR.
+    pub sanlock_rundir: Option<PathBuf>,
+    /// sanlock-anchor's bench.py.
+    pub sanlock_bench: PathBuf,
+}
+
+const ALIGN: u64 = 1 << 20;
+
+fn err(e: impl std::fmt::Display) -> String {
+    e.to_string()
+}
+
+struct Daemon {
+    child: Child,
+    dir: PathBuf,
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        // Nothing is held any more when we get here on success; on failure, kill it (no
+        // watchdog is armed: it runs with watchdog none).
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn tenured_path() -> Result<PathBuf, String> {
+    let exe = std::env::current_exe().map_err(err)?;
+    let p = exe.with_file_name("tenured");
+    if p.exists() {
+        Ok(p)
+    } else {
+        Err(format!(
+            "{} not found: build it with `cargo build --release -p tenured`",
+            p.display()
+        ))
+    }
+}
+
+fn start(opts: &DaemonBenchOptions) -> Result<Daemon, String> {
+    let dir = std::env::temp_dir().join(format!("tenure-bench-daemon-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).map_err(err)?;
+    let child = Command::new(tenured_path()?)
+        .args(["--config", "/dev/null"])
+        .arg("--run-dir")
+        .arg(&dir)
+        .arg("--state-dir")
+        .arg(&dir)
+        .args([
+            "--watchdog",
+            "none",
+            "--io-timeout",
+            &opts.io_timeout_s.to_string(),
+        ])
+        .args(["--kill-grace", "2", "--sigkill-max", "2"])
+        .arg("--lockspace")
+        .arg(format!("BENCH:1:{}:0", opts.device.display()))
+        .args(["--log", "warn"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .map_err(|e| format!("starting tenured: {e}"))?;
+    let d = Daemon { child, dir };
+    let sock = d.dir.join("tenured.sock");
+    let t0 = Instant::now();
+    loop {
+        if let Ok(mut c) = Client::connect(&sock, Some("bench")) {
+            let v = c.call(&Request::LockspaceList {}).map_err(err)?;
+            if v["lockspaces"][0]["state"] == "joined" {
+                return Ok(d);
+            }
+        }
+        if t0.elapsed() > Duration::from_secs(60) {
+            return Err("tenured did not join within 60 s".into());
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn spec(opts: &DaemonBenchOptions, i: usize) -> String {
+    format!(
+        "BENCH:r{i}:{}:{}",
+        opts.device.display(),
+        (i as u64 + 1) * ALIGN
+    )
+}
+
+/// Runs the scenarios.
+pub fn run(opts: &DaemonBenchOptions) -> Result<Vec<Measurement>, String> {
+    let ls = LockspaceSpec::parse(&format!("BENCH:0:{}:0", opts.device.display())).map_err(err)?;
+    let force = FormatOptions {
+        force: true,
+        ..Default::default()
+    };
+    format_lockspace(&ls, force, u64::from(opts.io_timeout_s)).map_err(err)?;
+    for i in 0..opts.leases {
+        let r = ResourceSpec::parse(&spec(opts, i)).map_err(err)?;
+        format_resource(&r, force, Some(2000)).map_err(err)?;
+    }
+    let d = start(opts)?;
+    let sock = d.dir.join("tenured.sock");
+    let mut c = Client::connect(&sock, Some("bench")).map_err(err)?;
+    // Warm-up: the daemon opens the device and learns each area's geometry on first use.
+    for i in 0..opts.leases {
+        c.call(&Request::Acquire {
+            resources: vec![spec(opts, i)],
+            no_wait: true,
+            lvb: false,
+            pid: None,
+        })
+        .map_err(err)?;
+        c.call(&Request::Release {
+            resources: vec![format!("BENCH:r{i}")],
+            all: false,
+            pid: None,
+            lvb_hex: None,
+        })
+        .map_err(err)?;
+    }
+    let (mut acq, mut rel) = (Vec::new(), Vec::new());
+    for _ in 0..opts.rounds {
+        for i in 0..opts.leases {
+            let t0 = Instant::now();
+            c.call(&Request::Acquire {
+                resources: vec![spec(opts, i)],
+                no_wait: true,
+                lvb: false,
+                pid: None,
+            })
+            .map_err(err)?;
+            acq.push(t0.elapsed());
+        }
+        for i in 0..opts.leases {
+            let t0 = Instant::now();
+            c.call(&Request::Release {
+                resources: vec![format!("BENCH:r{i}")],
+                all: false,
+                pid: None,
+                lvb_hex: None,
+            })
+            .map_err(err)?;
+            rel.push(t0.elapsed());
+        }
+    }
+    // Throughput: `concurrency` clients, each acquiring its share of the leases.
+    let t0 = Instant::now();
+    let results: Vec<Result<Client, String>> = std::thread::scope(|s| {
+        let hs: Vec<_> = (0..opts.concurrency)
+            .map(|k| {
+                let sock = sock.clone();
+                s.spawn(move || -> Result<Client, String> {
+                    let mut c = Client::connect(&sock, Some("bench")).map_err(err)?;
+                    for i in (k..opts.leases).step_by(opts.concurrency) {
+                        c.call(&Request::Acquire {
+                            resources: vec![spec(opts, i)],
+                            no_wait: true,
+                            lvb: false,
+                            pid: None,
+                        })
+                        .map_err(err)?;
+                    }
+                    Ok(c)
+                })
+            })
+            .collect();
+        hs.into_iter()
+            .map(|h| h.join().map_err(|_| "client panicked".to_string())?)
+            .collect()
+    });
+    let elapsed = t0.elapsed();
+    let clients: Vec<Client> = results.into_iter().collect::<Result<_, _>>()?;
+    for mut cl in clients {
+        cl.call(&Request::Release {
+            resources: Vec::new(),
+            all: true,
+            pid: None,
+            lvb_hex: None,
+        })
+        .map_err(err)?;
+    }
+    leave(&sock, d)?;
+    let lat = |scenario: &str, mut s: Vec<Duration>| Measurement {
+        system: "tenure".into(),
+        scenario: scenario.into(),
+        n: s.len(),
+        percentiles_us: Some(percentiles_us(&mut s)),
+        ops_per_s: None,
+    };
+    let mut rows = vec![
+        lat("daemon acquire free lease, 512/1M, num_hosts 2000", acq),
+        lat("daemon release", rel),
+        Measurement {
+            system: "tenure".into(),
+            scenario: format!("daemon acquires/s, {} clients", opts.concurrency),
+            n: opts.leases,
+            percentiles_us: None,
+            ops_per_s: Some(opts.leases as f64 / elapsed.as_secs_f64()),
+        },
+    ];
+    if let Some(rundir) = &opts.sanlock_rundir {
+        rows.extend(sanlock_rows(opts, rundir)?);
+    }
+    Ok(rows)
+}
+
+/// Leaves the lockspace and lets the daemon exit cleanly.
+fn leave(sock: &Path, mut d: Daemon) -> Result<(), String> {
+    let mut c = Client::connect(sock, Some("bench")).map_err(err)?;
+    c.call(&Request::LockspaceRemove {
+        name: "BENCH".into(),
+        wait: true,
+    })
+    .map_err(err)?;
+    let _ = nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(d.child.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    );
+    let t0 = Instant::now();
+    while d.child.try_wait().map_err(err)?.is_none() {
+        if t0.elapsed() > Duration::from_secs(10) {
+            return Err("tenured did not exit after SIGTERM".into());
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    Ok(())
+}
+
+fn sanlock_rows(opts: &DaemonBenchOptions, rundir: &Path) -> Result<Vec<Measurement>, String> {
+    let out = Command::new("/usr/bin/python3")
+        .arg(&opts.sanlock_bench)
+        .arg(&opts.device)
+        .args(["--io-timeout", &opts.io_timeout_s.to_string()])
+        .args(["--leases", &opts.leases.to_string()])
+        .args([
+            "--threads",
+            &opts.concurrency.to_string(),
+            "--sector",
+            "512",
+        ])
+        .env("SANLOCK_RUN_DIR", rundir)
+        .output()
+        .map_err(|e| format!("bench.py: {e}"))?;
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    if !out.status.success() {
+        return Err(format!(
+            "bench.py failed: {text}{}",
+            String::from_utf8_lossy(&out.stderr)
+        ));
+    }
+    let field = |key: &str, idx: usize| -> Option<f64> {
+        text.lines()
+            .find(|l| l.starts_with(key))?
+            .split_whitespace()
+            .nth(idx)?
+            .parse()
+            .ok()
+    };
+    let lat = |scenario: &str, key: &str| Measurement {
+        system: "sanlock".into(),
+        scenario: scenario.into(),
+        n: opts.leases,
+        // bench.py prints the median and p90 in ms; it has no p99.
+        percentiles_us: field(key, 2)
+            .zip(field(key, 4))
+            .map(|(p50, p90)| (p50 * 1e3, p90 * 1e3, f64::NAN)),
+        ops_per_s: None,
+    };
+    Ok(vec![
+        lat("daemon acquire free lease (python3-sanlock)", "acquire_ms"),
+        lat("daemon release (python3-sanlock)", "release_ms"),
+        Measurement {
+            system: "sanlock".into(),
+            scenario: format!(
+                "daemon acquires/s, {} threads (python3-sanlock)",
+                opts.concurrency
+            ),
+            n: opts.leases,
+            percentiles_us: None,
+            ops_per_s: field("parallel_acquires_per_s", 1),
+        },
+    ])
+}
