@@ -75,8 +75,6 @@ fn pcfg(opts: &AcquireBenchOptions, i: usize, generation: u64) -> PaxosConfig {
         generation,
         timeouts: Timeouts::new(opts.io_timeout_s, WATCHDOG_FIRE_DEFAULT_S),
         no_wait: true,
-        // Known from the format, as a daemon knows it after the first acquire.
-        num_hosts_hint: Some(opts.num_hosts),
         expect_lver: None,
         read_lvb: false,
         shared: false,

@@ -608,7 +608,6 @@ mod tests {
             disk,
             area_offset: mb << 20,
             geometry: g,
-            num_hosts_hint: Some(4),
             expect_lver: None,
         };
         // Not joined yet: refused with a typed error.

@@ -1,9 +1,10 @@
 //! Paxos leases (one resource) as a sans-IO state machine: exclusive acquire and release on one
 //! disk (spec/PROTOCOL.md "Paxos lease"; Gafni & Lamport, Disk Paxos).
 //!
-//! An acquire reads the resource area (leader, request record, the dblocks of hosts
-//! 1..num_hosts) in one I/O, decides whether a ballot may run — asking its driver for the
-//! owner's delta-lease status when the leader names a live-looking owner — then runs phase 1
+//! An acquire first reads the leader, the request record and the dblocks up to its own (a
+//! free leader needs no more; one naming another owner costs a read of every dblock), decides
+//! whether a ballot may run — asking its driver for the owner's delta-lease status when the
+//! leader names a live-looking owner — then runs phase 1
 //! (write our dblock, then read all dblocks), phase 2 (write our dblock with the chosen value,
 //! then read all), and commits by writing the leader. A ballot that meets a higher mbal or lver
 //! aborts and retries with a larger ballot after a backoff scaled to the measured I/O time.
@@ -62,10 +63,6 @@ pub struct PaxosConfig {
     /// Fail at once with [`PaxosError::OwnedRetry`] instead of waiting for an owner whose
     /// delta lease stopped changing to be declared dead.
     pub no_wait: bool,
-    /// The resource's num_hosts if known (from its format or an earlier acquire): the first
-    /// read then covers only those dblocks instead of every possible one. A wrong hint costs
-    /// one more read, never safety: dblocks are always read up to the leader's num_hosts.
-    pub num_hosts_hint: Option<u64>,
     /// Acquire only if the lease is still at this lver (the migration hand-off: the source
     /// releases and passes its lver; the destination fails if anyone took the lease since).
     pub expect_lver: Option<u64>,
@@ -311,11 +308,12 @@ impl PaxosAcquire {
             inner: None,
             short_hold_retries: 0,
         };
-        let hint = me
-            .cfg
-            .num_hosts_hint
-            .filter(|&n| n >= 1 && n <= me.cfg.geometry.hosts_max());
-        me.read_area(now, hint);
+        // The first read covers the leader, the request record and the dblocks up to ours
+        // (our bal/inp must survive into the ballot). A free leader needs nothing more: the
+        // ballot's own reads see every dblock, and phase 1 aborts on whatever the skipped
+        // ones would have told (higher mbal or lver, an instance already released).
+        // A leader naming another owner costs a full read (its dblock may say RELEASED).
+        me.read_prefix(now);
         if me.cfg.read_lvb {
             if let Err(e) = me.cfg.geometry.lvb_offset() {
                 me.finish(Err(PaxosError::LvbUnavailable(e.to_string())));
@@ -332,6 +330,16 @@ impl PaxosAcquire {
     fn area_len(&self, num_hosts: Option<u64>) -> usize {
         let n = num_hosts.unwrap_or(self.cfg.geometry.hosts_max());
         usize::try_from(n + 2).unwrap_or(usize::MAX) * self.ss()
+    }
+
+    fn read_prefix(&mut self, now: Time) {
+        let n = self.cfg.host_id.min(self.cfg.geometry.hosts_max());
+        self.step = Step::ReadArea;
+        self.pending = Some(PaxosIo::Read {
+            offset: self.cfg.area_offset,
+            len: self.area_len(Some(n)),
+        });
+        self.io_started = now;
     }
 
     fn read_area(&mut self, now: Time, num_hosts: Option<u64>) {
@@ -526,20 +534,13 @@ impl PaxosAcquire {
             Err(e) => return self.finish(Err(e)),
         };
         self.num_hosts = leader.num_hosts;
-        if data.len() < self.area_len(Some(leader.num_hosts)) {
-            // The hint was short of the leader's num_hosts: read every dblock that counts.
-            return self.read_area(now, Some(leader.num_hosts));
-        }
         if self.cfg.host_id > leader.num_hosts {
             return self.finish(Err(PaxosError::HostIdAboveNumHosts {
                 host_id: self.cfg.host_id,
                 num_hosts: leader.num_hosts,
             }));
         }
-        let dblocks = match self.dblocks(data) {
-            Ok(d) => d,
-            Err(e) => return self.finish(Err(e)),
-        };
+        let full = data.len() >= self.area_len(Some(leader.num_hosts));
         self.leader = Some(leader);
         if let Some(expected) = self.cfg.expect_lver.filter(|&l| l != leader.lver) {
             return self.finish(Err(PaxosError::LverMismatch {
@@ -552,6 +553,28 @@ impl PaxosAcquire {
             leader.owner_id == self.cfg.host_id && leader.owner_generation <= self.cfg.generation;
         let cleared =
             self.owner_cleared == Some((leader.owner_id, leader.owner_generation, leader.lver));
+        if !free && !ours && !cleared && !full {
+            // Another owner: its dblock (RELEASED?) and everyone's are needed.
+            return self.read_area(now, Some(leader.num_hosts));
+        }
+        let dblocks = if full {
+            self.dblocks(data)
+        } else {
+            // Only ours matters before the ballot (see `read_prefix`).
+            let ss = self.ss();
+            host_sector(data, ss, self.cfg.host_id)
+                .ok_or_else(|| PaxosError::Corrupt("short dblock read".into()))
+                .and_then(|b| {
+                    Dblock::decode(b).map_err(|e| {
+                        PaxosError::Corrupt(format!("dblock of host {}: {e}", self.cfg.host_id))
+                    })
+                })
+                .map(|d| vec![(self.cfg.host_id, d)])
+        };
+        let dblocks = match dblocks {
+            Ok(d) => d,
+            Err(e) => return self.finish(Err(e)),
+        };
         if !free && !ours && !cleared {
             // The owner released in this lver: its dblock says so.
             let owner_released = dblocks.iter().any(|(h, d)| {
@@ -742,6 +765,19 @@ impl PaxosAcquire {
             }
         }
         if self.must_abort(&dblocks) {
+            return self.abort(now);
+        }
+        // This instance was already chosen and released by someone (the leader we started
+        // from was rolled back by a late release write, and our first read skipped that
+        // host's dblock). Going on would re-commit its chosen value — naming a host that
+        // released — and leave the lease stuck with it; start over from a full read, which
+        // moves past the instance. (Safety does not rest on this: the model check holds
+        // without it; our own RELEASED dblock, which the first read does cover, is what
+        // keeps a winner from re-running its own instance.)
+        let decided = dblocks.iter().any(|(h, d)| {
+            *h != self.cfg.host_id && d.lver == self.lver && d.flags & DBLOCK_FLAG_RELEASED != 0
+        });
+        if decided {
             return self.abort(now);
         }
         // Phase 2 value: the inp of the highest bal among this lver's dblocks, else ours.
@@ -1355,7 +1391,7 @@ mod tests {
     use super::*;
     use tenure_format::area::encode_resource_area;
 
-    fn cfg(hint: Option<u64>) -> PaxosConfig {
+    fn cfg() -> PaxosConfig {
         PaxosConfig {
             space_name: Name::new("LS").expect("name"),
             resource_name: Name::new("r").expect("name"),
@@ -1365,7 +1401,6 @@ mod tests {
             generation: 1,
             timeouts: Timeouts::new(1, 10),
             no_wait: true,
-            num_hosts_hint: hint,
             expect_lver: None,
             read_lvb: false,
             shared: false,
@@ -1373,7 +1408,7 @@ mod tests {
     }
 
     #[test]
-    fn num_hosts_hint_sizes_the_first_read_and_a_short_hint_costs_one_more() {
+    fn the_first_read_stops_at_our_dblock_and_another_owner_costs_a_full_read() {
         let mut area = vec![0u8; 1 << 20];
         encode_resource_area(
             &mut area,
@@ -1383,38 +1418,30 @@ mod tests {
             8,
         );
         let now = Time::from_nanos(1_000_000_000);
-        // No hint: every possible dblock.
-        let mut m = PaxosAcquire::new(cfg(None), now);
+        // Host 1: leader, request and dblock 1.
+        let mut m = PaxosAcquire::new(cfg(), now);
         assert_eq!(
             m.poll_io(),
             Some(PaxosIo::Read {
                 offset: 0,
-                len: 2002 * 512
+                len: 3 * 512
             })
         );
-        // The right hint: leader, request and 8 dblocks; the ballot starts at once.
-        let mut m = PaxosAcquire::new(cfg(Some(8)), now);
-        assert_eq!(
-            m.poll_io(),
-            Some(PaxosIo::Read {
-                offset: 0,
-                len: 10 * 512
-            })
-        );
-        m.handle_io(now, IoOutcome::Done, &area[..10 * 512]);
+        // A free leader: the ballot starts at once and reads all 8 dblocks.
+        m.handle_io(now, IoOutcome::Done, &area[..3 * 512]);
         assert!(
             matches!(m.poll_io(), Some(PaxosIo::WriteThenRead { read_len, .. }) if read_len == 10 * 512)
         );
-        // A short hint: the leader says 8, so all 8 dblocks are read before any ballot.
-        let mut m = PaxosAcquire::new(cfg(Some(3)), now);
-        assert_eq!(
-            m.poll_io(),
-            Some(PaxosIo::Read {
-                offset: 0,
-                len: 5 * 512
-            })
-        );
-        m.handle_io(now, IoOutcome::Done, &area[..5 * 512]);
+        // A leader naming host 2: its dblock (RELEASED?) is needed, so everything is read.
+        let mut held = LeaderRecord::decode(&area[..512]).expect("leader");
+        held.owner_id = 2;
+        held.owner_generation = 1;
+        held.timestamp = 77;
+        held.lver = 1;
+        held.encode_into(&mut area[..512]);
+        let mut m = PaxosAcquire::new(cfg(), now);
+        assert!(m.poll_io().is_some());
+        m.handle_io(now, IoOutcome::Done, &area[..3 * 512]);
         assert_eq!(
             m.poll_io(),
             Some(PaxosIo::Read {
@@ -1445,7 +1472,7 @@ mod tests {
                     expect_lver: expect,
                     read_lvb: false,
                     shared: false,
-                    ..cfg(Some(8))
+                    ..cfg()
                 },
                 now,
             );
@@ -1608,7 +1635,7 @@ mod tests {
         area[lvb_at..lvb_at + 5].copy_from_slice(b"hello");
         let cfg_lvb = PaxosConfig {
             read_lvb: true,
-            ..cfg(Some(4))
+            ..cfg()
         };
         let held = drive_acquire(&mut area, cfg_lvb.clone()).unwrap();
         let lvb = held.lvb.clone().expect("lvb read");
@@ -1641,7 +1668,7 @@ mod tests {
         let mut area2 = area.clone();
         let host3 = PaxosConfig {
             host_id: 3,
-            ..cfg(Some(4))
+            ..cfg()
         };
         assert_eq!(drive_acquire(&mut area2, host3).unwrap().lvb, None);
     }
@@ -1656,7 +1683,7 @@ mod tests {
         let cfg = PaxosConfig {
             geometry: g,
             read_lvb: true,
-            ..cfg(None)
+            ..cfg()
         };
         let mut m = PaxosAcquire::new(cfg, Time::from_nanos(1));
         assert_eq!(m.poll_io(), None, "no I/O");
@@ -1674,7 +1701,7 @@ mod tests {
         let host = |id: u64, shared: bool| PaxosConfig {
             host_id: id,
             shared,
-            ..cfg(Some(4))
+            ..cfg()
         };
         let s2 = drive_acquire(&mut area, host(2, true)).unwrap();
         let s3 = drive_acquire_with(&mut area, host(3, true), |_| HostStatus::Live).unwrap();

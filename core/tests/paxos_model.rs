@@ -103,7 +103,6 @@ fn cfg(m: &Model, host_id: u64) -> PaxosConfig {
         generation: 1,
         timeouts: Timeouts::new(1, 10),
         no_wait: false,
-        num_hosts_hint: Some(m.hosts),
         expect_lver: None,
         read_lvb: false,
         shared: m.shared_mask & (1 << (host_id - 1)) != 0,

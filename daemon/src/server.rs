@@ -204,7 +204,6 @@ struct ProbeResult {
 #[derive(Debug, Clone, Copy)]
 struct AreaInfo {
     geometry: Geometry,
-    num_hosts: u64,
 }
 
 /// The running daemon.
@@ -1048,10 +1047,7 @@ impl Server {
         let mut result = r.leader.and_then(|l| {
             let geometry = Geometry::from_leader_fields(l.sector_size, l.flags)
                 .map_err(|e| format!("unsupported geometry: {e}"))?;
-            Ok(AreaInfo {
-                geometry,
-                num_hosts: l.num_hosts,
-            })
+            Ok(AreaInfo { geometry })
         });
         match r.device {
             Some(Ok(dev)) if !self.disks.contains_key(&r.key.0) => {
@@ -1490,7 +1486,6 @@ impl Server {
                 disk,
                 area_offset: key.1,
                 geometry: info.geometry,
-                num_hosts_hint: Some(info.num_hosts),
                 expect_lver: match s.mode {
                     ResourceMode::ExclusiveAtLver(v) => Some(v),
                     _ => None,

@@ -140,7 +140,6 @@ fn sanlock_and_tenure_contend_for_one_resource() {
             generation,
             timeouts: Timeouts::new(T, W),
             no_wait: true,
-            num_hosts_hint: Some(4),
             expect_lver: None,
             read_lvb: false,
             shared: false,

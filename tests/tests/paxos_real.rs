@@ -149,7 +149,6 @@ fn three_hosts_contend_and_the_counter_oracle_sees_no_overlap() {
                             generation,
                             timeouts: Timeouts::new(T, W),
                             no_wait: true,
-                            num_hosts_hint: Some(4),
                             expect_lver: None,
                             read_lvb: false,
                             shared: false,

@@ -45,8 +45,6 @@ pub struct ResourceTarget {
     pub area_offset: u64,
     /// The area's geometry.
     pub geometry: Geometry,
-    /// num_hosts if known (sizes the first read; see [`PaxosConfig::num_hosts_hint`]).
-    pub num_hosts_hint: Option<u64>,
     /// Acquire only if the lease is still at this lver.
     pub expect_lver: Option<u64>,
 }
@@ -521,7 +519,6 @@ impl super::LockspaceSet {
                 generation,
                 timeouts: dcfg.timeouts,
                 no_wait: opts.no_wait,
-                num_hosts_hint: t.num_hosts_hint,
                 expect_lver: t.expect_lver,
                 read_lvb: opts.read_lvb,
                 shared: opts.shared,
