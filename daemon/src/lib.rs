@@ -13,6 +13,7 @@ pub mod config;
 pub mod daemon_cmd;
 pub mod proto;
 pub mod render;
+pub mod sanlock_wire;
 pub mod server;
 pub mod supervise;
 pub mod watchdog_cmd;
