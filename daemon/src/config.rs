@@ -161,6 +161,21 @@ pub struct Config {
     /// Lockspaces joined at start-up.
     #[serde(default, rename = "lockspace")]
     pub lockspaces: Vec<LockspaceConfig>,
+    /// The sanlock-compatible client socket (off unless enabled).
+    #[serde(default)]
+    pub sanlock: SanlockConfig,
+}
+
+/// The sanlock-compatible listener (docs/sanlock-compat.md).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SanlockConfig {
+    /// Serve `sanlock.sock` for unmodified sanlock clients (libvirt, python3-sanlock).
+    #[serde(default)]
+    pub enabled: bool,
+    /// Its directory; default `$SANLOCK_RUN_DIR`, else `/run/sanlock`.
+    #[serde(default)]
+    pub run_dir: Option<PathBuf>,
 }
 
 fn default_io_timeout() -> u64 {
@@ -185,6 +200,7 @@ impl Default for Config {
             watchdog: WatchdogConfig::default(),
             supervision: SupervisionConfig::default(),
             lockspaces: Vec::new(),
+            sanlock: SanlockConfig::default(),
         }
     }
 }
@@ -267,6 +283,7 @@ impl Config {
                 path: data_dir.join("leases.img"),
                 offset: OffsetValue::Bytes(0),
             }],
+            sanlock: SanlockConfig::default(),
         }
     }
 
@@ -318,6 +335,18 @@ impl Config {
         self.socket
             .clone()
             .unwrap_or_else(|| self.run_dir.join("tenured.sock"))
+    }
+
+    /// The sanlock-compatible socket's directory, when enabled (`SANLOCK_RUN_DIR` honoured).
+    pub fn sanlock_socket_dir(&self) -> Option<PathBuf> {
+        if !self.sanlock.enabled {
+            return None;
+        }
+        Some(self.sanlock.run_dir.clone().unwrap_or_else(|| {
+            std::env::var_os("SANLOCK_RUN_DIR")
+                .filter(|v| !v.is_empty())
+                .map_or_else(|| PathBuf::from("/run/sanlock"), PathBuf::from)
+        }))
     }
 
     /// The emulated watchdog's socket path.

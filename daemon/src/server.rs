@@ -49,6 +49,26 @@ use crate::config::Config;
 use crate::proto::{self, ErrorCode, ErrorReply, Reply, Request, Split, PROTOCOL_VERSION};
 use crate::supervise::{instant_of, Supervisor, SupervisorConfig};
 
+mod sanlock;
+
+/// Which protocol a connection speaks.
+#[derive(Debug)]
+enum Proto {
+    /// tenured's native protocol (docs/protocol.md).
+    Native,
+    /// sanlock's client protocol (spec/SANLOCK-WIRE.md).
+    Sanlock(sanlock::SanlockConn),
+}
+
+/// A request waiting for probes (device open, geometry) before it can run.
+#[derive(Debug)]
+enum Deferred {
+    /// Re-dispatched as a native request.
+    Native(Request),
+    /// A sanlock acquire for a target connection.
+    SanlockAcquire(Request, ClientKey),
+}
+
 /// Connections at once.
 pub const CLIENTS_MAX: usize = 256;
 /// Leases held at once.
@@ -104,7 +124,9 @@ struct Conn {
     closing: bool,
     kill_path: Option<(String, Vec<String>)>,
     /// A request waiting for probes to finish.
-    deferred: Option<Request>,
+    deferred: Option<Deferred>,
+    /// The protocol it speaks.
+    proto: Proto,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -217,6 +239,10 @@ pub struct Server {
     fallback_reason: Option<String>,
     listener: UnixListener,
     socket_path: PathBuf,
+    /// The sanlock-compatible socket, when enabled.
+    sanlock_listener: Option<(UnixListener, PathBuf)>,
+    /// INQ_LOCKSPACE with INQ_WAIT: (client, lockspace name).
+    inq_waiters: Vec<(ClientKey, String)>,
     conns: Vec<Option<Conn>>,
     next_serial: u64,
     spaces: Vec<Space>,
@@ -346,7 +372,18 @@ impl Server {
         std::fs::create_dir_all(&cfg.state_dir)
             .map_err(setup(format!("creating {}", cfg.state_dir.display())))?;
         let socket_path = cfg.socket_path();
-        let listener = bind(&socket_path, cfg.socket_group.as_deref())?;
+        let listener = bind(&socket_path, cfg.socket_group.as_deref(), 0o600)?;
+        let sanlock_listener = match cfg.sanlock_socket_dir() {
+            Some(dir) => {
+                std::fs::create_dir_all(&dir)
+                    .map_err(setup(format!("creating {}", dir.display())))?;
+                let p = dir.join("sanlock.sock");
+                let l = bind(&p, cfg.socket_group.as_deref(), 0o660)?;
+                tracing::info!(socket = %p.display(), "sanlock-compatible socket enabled");
+                Some((l, p))
+            }
+            None => None,
+        };
         let wake = Arc::new(
             EventFd::from_value_and_flags(
                 0,
@@ -391,6 +428,8 @@ impl Server {
             fallback_reason: choice.fallback_reason,
             listener,
             socket_path,
+            sanlock_listener,
+            inq_waiters: Vec::new(),
             conns: Vec::new(),
             next_serial: 0,
             spaces: Vec::new(),
@@ -517,6 +556,9 @@ impl Server {
             }
             i += 1;
         }
+        if !self.inq_waiters.is_empty() {
+            self.sanlock_inq_waiters();
+        }
         if self.stopping {
             self.begin_leaving_all(now);
         }
@@ -630,6 +672,10 @@ impl Server {
         fds.push(PollFd::new(self.signals.as_fd(), PollFlags::POLLIN));
         fds.push(PollFd::new(self.wake.as_fd(), PollFlags::POLLIN));
         fds.push(PollFd::new(self.listener.as_fd(), PollFlags::POLLIN));
+        let sl_at = fds.len();
+        if let Some((l, _)) = &self.sanlock_listener {
+            fds.push(PollFd::new(l.as_fd(), PollFlags::POLLIN));
+        }
         let notify: Option<BorrowedFd<'_>> = self.set.notify_fd();
         let base = fds.len();
         if let Some(n) = notify {
@@ -670,6 +716,7 @@ impl Server {
         let sig = ready(&fds[0]);
         let woke = ready(&fds[1]);
         let accept = ready(&fds[2]);
+        let accept_sanlock = self.sanlock_listener.is_some() && ready(&fds[sl_at]);
         let conn_ready: Vec<(usize, PollFlags)> = fds[conn_base..pid_base]
             .iter()
             .zip(&conn_idx)
@@ -698,7 +745,10 @@ impl Server {
             self.reply(k, r);
         }
         if accept {
-            self.accept();
+            self.accept(false);
+        }
+        if accept_sanlock {
+            self.accept(true);
         }
         for (i, flags) in conn_ready {
             if flags.intersects(PollFlags::POLLOUT) {
@@ -739,9 +789,13 @@ impl Server {
 
     // ---- connections ----
 
-    fn accept(&mut self) {
+    fn accept(&mut self, sanlock: bool) {
         loop {
-            let (stream, _) = match self.listener.accept() {
+            let listener = match (&self.sanlock_listener, sanlock) {
+                (Some((l, _)), true) => l,
+                _ => &self.listener,
+            };
+            let (stream, _) = match listener.accept() {
                 Ok(x) => x,
                 Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return,
                 Err(e) => {
@@ -783,14 +837,24 @@ impl Server {
                 stream,
                 pid: cred.pid(),
                 uid: cred.uid(),
-                name: format!("pid {}", cred.pid()),
-                hello: false,
+                name: if sanlock {
+                    cred.pid().to_string()
+                } else {
+                    format!("pid {}", cred.pid())
+                },
+                // sanlock clients have no hello; the native layer treats them as greeted.
+                hello: sanlock,
                 inbuf: Vec::with_capacity(512),
                 outbuf: Vec::new(),
                 busy: false,
                 closing: false,
                 kill_path: None,
                 deferred: None,
+                proto: if sanlock {
+                    Proto::Sanlock(sanlock::SanlockConn::default())
+                } else {
+                    Proto::Native
+                },
             });
         }
     }
@@ -816,6 +880,9 @@ impl Server {
         let Some(c) = self.conn(k) else {
             return;
         };
+        if matches!(c.proto, Proto::Sanlock(_)) {
+            return self.sanlock_reply(k, r);
+        }
         c.busy = false;
         match proto::encode(&r) {
             Ok(b) => c.outbuf.extend_from_slice(&b),
@@ -892,6 +959,9 @@ impl Server {
             let Some(c) = self.conn(k) else {
                 return;
             };
+            if matches!(c.proto, Proto::Sanlock(_)) {
+                return self.process_sanlock(k);
+            }
             if c.busy || c.closing {
                 return;
             }
@@ -985,14 +1055,14 @@ impl Server {
                 self.request_lockspace_add(Some(k), &spec, wait)
             }
             Request::LockspaceRemove { name, wait } => self.lockspace_remove(k, &name, wait),
-            Request::Acquire { .. } => self.acquire(k, req),
+            Request::Acquire { .. } => self.acquire(k, req, None),
             Request::Release {
                 resources,
                 all,
                 pid,
                 lvb_hex,
-            } => self.release(k, &resources, all, pid, lvb_hex.as_deref()),
-            Request::Inquire { pid } => Some(self.inquire(k, pid)),
+            } => self.release(None, k, &resources, all, pid, lvb_hex.as_deref()),
+            Request::Inquire { pid } => Some(self.inquire(k, pid, None)),
             Request::Owners { resource } => self.owners(k, &resource),
             Request::LvbGet { resource, pid } => Some(self.lvb_get(k, &resource, pid)),
             Request::LvbSet { resource, hex, pid } => Some(self.lvb_set(k, &resource, &hex, pid)),
@@ -1066,10 +1136,22 @@ impl Server {
         // Re-dispatch every deferred request (each checks its own keys again).
         for idx in 0..self.conns.len() {
             let Some(k) = self.key(idx) else { continue };
-            let Some(req) = self.conn(k).and_then(|c| c.deferred.take()) else {
+            let Some(d) = self.conn(k).and_then(|c| c.deferred.take()) else {
                 continue;
             };
-            if let Some(reply) = self.dispatch(k, req) {
+            let reply = match d {
+                Deferred::Native(req) => self.dispatch(k, req),
+                Deferred::SanlockAcquire(req, target) => {
+                    let r = self.acquire(k, req.clone(), Some(target));
+                    if let Some(c) = self.conn(k) {
+                        if let Some(Deferred::Native(_)) = c.deferred {
+                            c.deferred = Some(Deferred::SanlockAcquire(req, target));
+                        }
+                    }
+                    r
+                }
+            };
+            if let Some(reply) = reply {
                 self.reply(k, reply);
             }
         }
@@ -1108,7 +1190,7 @@ impl Server {
             match k {
                 Some(k) => {
                     let c = self.conn(k)?;
-                    c.deferred = Some(Request::LockspaceAdd {
+                    c.deferred = Some(Deferred::Native(Request::LockspaceAdd {
                         spec: format!(
                             "{}:{}:{}:{}",
                             name.replace(':', "\\:"),
@@ -1117,7 +1199,7 @@ impl Server {
                             spec.disk.offset
                         ),
                         wait,
-                    });
+                    }));
                     return None;
                 }
                 None => {
@@ -1342,6 +1424,24 @@ impl Server {
         })
     }
 
+    /// The holder pid a request acts for, and whether it is "on behalf of" a pid (matched by
+    /// pid) rather than a connection's own leases. `target` is a registered connection chosen
+    /// by the sanlock protocol (its own or one found by pid).
+    fn resolve(
+        &mut self,
+        k: ClientKey,
+        pid: Option<i32>,
+        target: Option<ClientKey>,
+    ) -> Result<(i32, bool), Reply> {
+        match target {
+            Some(t) => self
+                .conn(t)
+                .map(|c| (c.pid, false))
+                .ok_or_else(|| err(ErrorCode::NotFound, "client gone")),
+            None => self.privileged_pid(k, pid),
+        }
+    }
+
     fn privileged_pid(&mut self, k: ClientKey, pid: Option<i32>) -> Result<(i32, bool), Reply> {
         let c = self
             .conn(k)
@@ -1365,7 +1465,7 @@ impl Server {
         }
     }
 
-    fn acquire(&mut self, k: ClientKey, req: Request) -> Option<Reply> {
+    fn acquire(&mut self, k: ClientKey, req: Request, target: Option<ClientKey>) -> Option<Reply> {
         let Request::Acquire {
             resources,
             no_wait,
@@ -1375,10 +1475,11 @@ impl Server {
         else {
             return Some(err(ErrorCode::Failed, "internal: not an acquire"));
         };
-        let (pid, on_behalf) = match self.privileged_pid(k, *pid) {
+        let (pid, on_behalf) = match self.resolve(k, *pid, target) {
             Ok(x) => x,
             Err(r) => return Some(r),
         };
+        let me = target.unwrap_or(k);
         if resources.is_empty() || resources.len() > tenure_core::lockspace::RESOURCES_PER_OP_MAX {
             return Some(err(
                 ErrorCode::BadRequest,
@@ -1466,7 +1567,7 @@ impl Server {
             .collect();
         if !self.ensure_probed(&keys) {
             let c = self.conn(k)?;
-            c.deferred = Some(req.clone());
+            c.deferred = Some(Deferred::Native(req.clone()));
             return None;
         }
         let mut targets = Vec::with_capacity(specs.len());
@@ -1505,11 +1606,11 @@ impl Server {
             Ok(id) => id,
             Err(e) => return Some(op_error_reply(specs[0].name, &e)),
         };
-        let client_name = self.conn(k).map(|c| c.name.clone()).unwrap_or_default();
+        let client_name = self.conn(me).map(|c| c.name.clone()).unwrap_or_default();
         let owner = if on_behalf {
             Owner::Pid(pid)
         } else {
-            Owner::Conn(k)
+            Owner::Conn(me)
         };
         self.pending.insert(
             id,
@@ -1542,7 +1643,10 @@ impl Server {
                 pid,
             } => match outcome {
                 OpOutcome::Acquired(held) => {
-                    let kill_path = self.conn(client).and_then(|c| c.kill_path.clone());
+                    let kill_path = match owner {
+                        Owner::Conn(o) => self.conn(o).and_then(|c| c.kill_path.clone()),
+                        _ => self.conn(client).and_then(|c| c.kill_path.clone()),
+                    };
                     let alive_owner = match owner {
                         Owner::Conn(k) => self.conn(k).is_some(),
                         _ => true,
@@ -1776,23 +1880,26 @@ impl Server {
         }
     }
 
+    #[allow(clippy::too_many_arguments)]
     fn release(
         &mut self,
+        target: Option<ClientKey>,
         k: ClientKey,
         resources: &[String],
         all: bool,
         pid: Option<i32>,
         lvb_hex: Option<&str>,
     ) -> Option<Reply> {
-        let (pid, on_behalf) = match self.privileged_pid(k, pid) {
+        let (pid, on_behalf) = match self.resolve(k, pid, target) {
             Ok(x) => x,
             Err(r) => return Some(r),
         };
+        let me = target.unwrap_or(k);
         let owner_ok = |l: &Lease| {
             if on_behalf {
                 l.pid == pid
             } else {
-                l.owner == Owner::Conn(k)
+                l.owner == Owner::Conn(me)
             }
         };
         let lvb = match lvb_hex.map(unhex).transpose() {
@@ -2014,11 +2121,12 @@ impl Server {
         None
     }
 
-    fn inquire(&mut self, k: ClientKey, pid: Option<i32>) -> Reply {
-        let (pid, on_behalf) = match self.privileged_pid(k, pid) {
+    fn inquire(&mut self, k: ClientKey, pid: Option<i32>, target: Option<ClientKey>) -> Reply {
+        let (pid, on_behalf) = match self.resolve(k, pid, target) {
             Ok(x) => x,
             Err(r) => return r,
         };
+        let me = target.unwrap_or(k);
         let mine: Vec<&Lease> = self
             .leases
             .iter()
@@ -2026,7 +2134,7 @@ impl Server {
                 if on_behalf {
                     l.pid == pid
                 } else {
-                    l.owner == Owner::Conn(k)
+                    l.owner == Owner::Conn(me)
                 }
             })
             .collect();
@@ -2056,7 +2164,7 @@ fn unhex(s: &str) -> Result<Vec<u8>, String> {
         .collect()
 }
 
-fn bind(path: &Path, group: Option<&str>) -> Result<UnixListener, ServerError> {
+fn bind(path: &Path, group: Option<&str>, mode_alone: u32) -> Result<UnixListener, ServerError> {
     if let Ok(s) = UnixStream::connect(path) {
         drop(s);
         return Err(ServerError::Config(format!(
@@ -2069,7 +2177,7 @@ fn bind(path: &Path, group: Option<&str>) -> Result<UnixListener, ServerError> {
     let l = UnixListener::bind(path).map_err(setup(format!("binding {}", path.display())))?;
     l.set_nonblocking(true)
         .map_err(setup("nonblocking listener"))?;
-    let mode = if group.is_some() { 0o660 } else { 0o600 };
+    let mode = if group.is_some() { 0o660 } else { mode_alone };
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
         .map_err(setup(format!("chmod {}", path.display())))?;
     if let Some(g) = group {

@@ -65,6 +65,12 @@ struct Flags {
     /// Lockspaces to join at start (NAME:HOST_ID:PATH:OFFSET), in addition to the config's.
     #[arg(long = "lockspace", value_name = "SPEC")]
     lockspaces: Vec<String>,
+    /// Serve the sanlock-compatible socket (sanlock.sock) for unmodified sanlock clients.
+    #[arg(long)]
+    sanlock_compat: bool,
+    /// Directory of sanlock.sock (default: $SANLOCK_RUN_DIR, else /run/sanlock).
+    #[arg(long, value_name = "DIR")]
+    sanlock_run_dir: Option<PathBuf>,
     /// I/O backend: auto, io_uring or sync.
     #[arg(long, value_name = "BACKEND", default_value = "auto")]
     io_backend: String,
@@ -181,6 +187,12 @@ fn run(flags: Flags) -> Result<(), String> {
     }
     if let Some(v) = flags.sigkill_max {
         cfg.supervision.sigkill_max = v;
+    }
+    if flags.sanlock_compat {
+        cfg.sanlock.enabled = true;
+    }
+    if let Some(v) = flags.sanlock_run_dir {
+        cfg.sanlock.run_dir = Some(v);
     }
     for spec in &flags.lockspaces {
         let s = LockspaceSpec::parse(spec).map_err(|e| format!("--lockspace {spec}: {e}"))?;

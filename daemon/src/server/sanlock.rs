@@ -1,0 +1,591 @@
+//! The sanlock-compatible listener (spec/SANLOCK-WIRE.md): unmodified libsanlock clients
+//! (python3-sanlock, libvirt, `sanlock client`) talk to tenured on `$SANLOCK_RUN_DIR/
+//! sanlock.sock`. Every command maps to the same internal operation as the native protocol
+//! (acquire, release, inquire, lockspace add/remove...), so semantics and on-disk effects are
+//! identical; only the framing and the result numbers differ.
+//!
+//! Invariants: a registered connection owns its leases exactly like a native one (released
+//! when it closes); "on behalf of pid" (`data2`) targets the registered connection of that
+//! pid; input sanlock ignores is ignored the same way (no reply, connection kept); nothing a
+//! client sends can panic the daemon.
+
+use super::{ClientKey, Deferred, LockspaceState, Owner, Proto, Server};
+use crate::proto::{ErrorCode, Reply, Request};
+use crate::sanlock_wire::{self as w, cmd, flags, rv, Body, Header, Parsed};
+
+/// Per-connection state of a sanlock client.
+#[derive(Debug, Default)]
+pub(super) struct SanlockConn {
+    /// REGISTER was received: this connection is a client that can hold leases.
+    pub registered: bool,
+    /// RESTRICT flags.
+    pub restrict: u32,
+    /// The request being answered.
+    pub current: Option<Header>,
+    /// Close after the reply (main-loop commands).
+    pub close_after: bool,
+}
+
+/// Builds the spec string of a resource: `LS:NAME:PATH:OFFSET[:PATH:OFFSET...][:LVER|:SH]`.
+fn resource_spec(r: &w::Resource) -> String {
+    let esc = |s: &str| s.replace('\\', "\\\\").replace(':', "\\:");
+    let mut s = format!("{}:{}", esc(&r.lockspace), esc(&r.name));
+    for d in &r.disks {
+        s.push_str(&format!(":{}:{}", esc(&d.path), d.offset));
+    }
+    if r.flags & flags::RES_SHARED != 0 {
+        s.push_str(":SH");
+    } else if r.flags & flags::RES_LVER != 0 {
+        s.push_str(&format!(":{}", r.lver));
+    }
+    s
+}
+
+/// The sanlock result for an error of the native layer, for command `c`.
+fn result_of(c: u32, code: ErrorCode) -> i32 {
+    match (c, code) {
+        (_, ErrorCode::OwnerAlive) => rv::SANLK_ACQUIRE_IDLIVE,
+        (_, ErrorCode::OwnedRetry) => rv::SANLK_ACQUIRE_OWNED_RETRY,
+        (_, ErrorCode::LverMismatch) => rv::SANLK_ACQUIRE_LVER,
+        (_, ErrorCode::SharedBusy) => rv::EAGAIN,
+        (_, ErrorCode::Exists) => rv::EEXIST,
+        (cmd::ACQUIRE, ErrorCode::NotFound | ErrorCode::NotJoined | ErrorCode::LockspaceLost) => {
+            rv::ENOSPC
+        }
+        (cmd::RELEASE, ErrorCode::NotFound) => rv::EPERM,
+        (_, ErrorCode::NotFound) => rv::ENOENT,
+        (_, ErrorCode::NotJoined | ErrorCode::LockspaceLost) => rv::ENOSPC,
+        (_, ErrorCode::Busy) => rv::EBUSY,
+        (_, ErrorCode::Full) => rv::E2BIG,
+        (_, ErrorCode::BadRequest | ErrorCode::Version) => rv::EINVAL,
+        (_, ErrorCode::Permission) => rv::EPERM,
+        (cmd::ADD_LOCKSPACE, ErrorCode::Io) => rv::ENODEV,
+        (_, ErrorCode::Io) => rv::SANLK_AIO_TIMEOUT,
+        (_, ErrorCode::Corrupt) => rv::SANLK_LEADER_MAGIC,
+        (_, ErrorCode::Failed) => rv::SANLK_ERROR,
+    }
+}
+
+/// Main-loop commands: the daemon closes the connection after the reply.
+fn closes_after(c: u32) -> bool {
+    matches!(
+        c,
+        cmd::STATUS
+            | cmd::HOST_STATUS
+            | cmd::RENEWAL
+            | cmd::LOG_DUMP
+            | cmd::GET_LOCKSPACES
+            | cmd::GET_HOSTS
+            | cmd::SET_CONFIG
+            | cmd::END_EVENT
+            | cmd::SHUTDOWN
+    )
+}
+
+impl Server {
+    fn sconn(&mut self, k: ClientKey) -> Option<&mut SanlockConn> {
+        match &mut self.conn(k)?.proto {
+            Proto::Sanlock(s) => Some(s),
+            Proto::Native => None,
+        }
+    }
+
+    /// Parses and handles whole messages of a sanlock connection.
+    pub(super) fn process_sanlock(&mut self, k: ClientKey) {
+        loop {
+            let Some(c) = self.conn(k) else { return };
+            if c.busy || c.closing {
+                return;
+            }
+            let restricted =
+                matches!(&c.proto, Proto::Sanlock(s) if s.restrict & flags::RESTRICT_ALL != 0);
+            match w::parse(&c.inbuf) {
+                Parsed::NeedMore => return,
+                Parsed::Ignored(n) => {
+                    c.inbuf.drain(..n);
+                }
+                Parsed::Invalid(n, h, result) => {
+                    c.inbuf.drain(..n);
+                    if restricted {
+                        continue;
+                    }
+                    c.busy = true;
+                    self.sanlock_send(k, h, result, 0, &[]);
+                }
+                Parsed::Message(n, h, body) => {
+                    c.inbuf.drain(..n);
+                    if restricted {
+                        // RESTRICT_ALL: everything on this connection is ignored.
+                        continue;
+                    }
+                    if h.cmd == cmd::REGISTER {
+                        if let Some(s) = self.sconn(k) {
+                            s.registered = true;
+                        }
+                        continue;
+                    }
+                    c.busy = true;
+                    if let Some(s) = self.sconn(k) {
+                        s.current = Some(h);
+                        s.close_after = closes_after(h.cmd);
+                    }
+                    self.sanlock_dispatch(k, h, body);
+                }
+            }
+        }
+    }
+
+    /// Sends a reply header (and payload) for `h`.
+    fn sanlock_send(&mut self, k: ClientKey, h: Header, result: i32, data2: u32, payload: &[u8]) {
+        let Some(c) = self.conn(k) else { return };
+        c.busy = false;
+        let mut reply = h.reply(result, data2, payload.len());
+        if h.cmd == cmd::VERSION {
+            reply.seq = 0;
+            reply.cmd_flags = 0;
+        }
+        c.outbuf.extend_from_slice(&reply.encode());
+        c.outbuf.extend_from_slice(payload);
+        if let Proto::Sanlock(s) = &mut c.proto {
+            s.current = None;
+            if s.close_after {
+                c.closing = true;
+            }
+        }
+        self.flush(k.idx);
+    }
+
+    /// A native-layer reply arriving for a sanlock connection (asynchronous operations).
+    pub(super) fn sanlock_reply(&mut self, k: ClientKey, r: Reply) {
+        let Some(h) = self.sconn(k).and_then(|s| s.current) else {
+            if let Some(c) = self.conn(k) {
+                c.busy = false;
+            }
+            return;
+        };
+        match r {
+            Reply::Ok(_) => self.sanlock_send(k, h, 0, 0, &[]),
+            Reply::Error(e) => {
+                let result = result_of(h.cmd, e.code);
+                tracing::debug!(cmd = h.cmd, result, error = %e.message, "sanlock client request failed");
+                self.sanlock_send(k, h, result, 0, &[]);
+            }
+        }
+        self.process_sanlock(k);
+    }
+
+    /// The registered client a target command acts for: `data2 = -1` is this connection
+    /// (which must be registered), otherwise the registered connection of that pid.
+    fn sanlock_target(&mut self, k: ClientKey, data2: u32) -> Result<ClientKey, i32> {
+        if data2 == u32::MAX {
+            return match self.sconn(k) {
+                Some(s) if s.registered => Ok(k),
+                _ => Err(rv::EBUSY),
+            };
+        }
+        let pid = data2 as i32;
+        let found = self.conns.iter().enumerate().find_map(|(i, c)| {
+            let c = c.as_ref()?;
+            match &c.proto {
+                Proto::Sanlock(s) if s.registered && c.pid == pid => Some(ClientKey {
+                    idx: i,
+                    serial: c.serial,
+                }),
+                _ => None,
+            }
+        });
+        found.ok_or(rv::ESRCH)
+    }
+
+    fn sanlock_dispatch(&mut self, k: ClientKey, h: Header, body: Body) {
+        let done = |me: &mut Server, result: i32| me.sanlock_send(k, h, result, 0, &[]);
+        match (h.cmd, body) {
+            (cmd::VERSION, _) => self.sanlock_send(k, h, 0, w::DAEMON_VERSION, &[]),
+            (cmd::RESTRICT, _) => {
+                if let Some(s) = self.sconn(k) {
+                    s.restrict = h.cmd_flags;
+                }
+                done(self, 0);
+            }
+            (cmd::ADD_LOCKSPACE, Body::Lockspace(ls)) => {
+                if ls.name.is_empty() || ls.host_id == 0 || ls.disk.path.is_empty() {
+                    return done(self, rv::EINVAL);
+                }
+                let esc = |s: &str| s.replace('\\', "\\\\").replace(':', "\\:");
+                let spec = format!(
+                    "{}:{}:{}:{}",
+                    esc(&ls.name),
+                    ls.host_id,
+                    esc(&ls.disk.path),
+                    ls.disk.offset
+                );
+                if let Some(i) = self.space_index(&ls.name) {
+                    let s = &self.spaces[i].spec;
+                    let same = s.host_id == ls.host_id
+                        && s.disk.path == ls.disk.path
+                        && s.disk.offset == ls.disk.offset;
+                    let joining = matches!(
+                        self.set.state(self.spaces[i].id),
+                        Some(LockspaceState::Joining { .. })
+                    );
+                    return done(
+                        self,
+                        match (same, joining) {
+                            (true, true) => rv::EINPROGRESS,
+                            (true, false) => rv::EEXIST,
+                            (false, _) => rv::EINVAL,
+                        },
+                    );
+                }
+                let wait = h.cmd_flags & flags::ADD_ASYNC == 0;
+                if let Some(r) = self.request_lockspace_add(Some(k), &spec, wait) {
+                    self.sanlock_reply(k, r);
+                }
+            }
+            (cmd::INQ_LOCKSPACE, Body::Lockspace(ls)) => {
+                let r = self.sanlock_inq(&ls.name);
+                if r == rv::EINPROGRESS && h.cmd_flags & flags::INQ_WAIT != 0 {
+                    self.inq_waiters.push((k, ls.name));
+                    return;
+                }
+                done(self, r);
+            }
+            (cmd::REM_LOCKSPACE, Body::Lockspace(ls)) => {
+                if self.space_index(&ls.name).is_none() {
+                    return done(self, rv::ENOENT);
+                }
+                let wait = h.cmd_flags & flags::REM_ASYNC == 0;
+                if let Some(r) = self.lockspace_remove(k, &ls.name, wait) {
+                    self.sanlock_reply(k, r);
+                }
+            }
+            (cmd::GET_LOCKSPACES, _) => {
+                let mut payload = Vec::new();
+                let mut n = 0;
+                for s in &self.spaces {
+                    let fl = match self.set.state(s.id) {
+                        Some(LockspaceState::Joined { .. }) => 0,
+                        Some(LockspaceState::Joining { .. }) => flags::LSF_ADD,
+                        _ => flags::LSF_REM,
+                    };
+                    payload.extend(
+                        w::Lockspace {
+                            name: s.name.clone(),
+                            host_id: s.spec.host_id,
+                            flags: fl,
+                            disk: w::Disk {
+                                path: s.spec.disk.path.clone(),
+                                offset: s.spec.disk.offset,
+                            },
+                        }
+                        .encode(),
+                    );
+                    n += 1;
+                }
+                self.sanlock_send(k, h, 0, n, &payload);
+            }
+            (cmd::GET_HOSTS, Body::Lockspace(ls)) => {
+                let Some(i) = self.space_index(&ls.name) else {
+                    return done(self, rv::ENOENT);
+                };
+                if !matches!(
+                    self.set.state(self.spaces[i].id),
+                    Some(LockspaceState::Joined { .. })
+                ) {
+                    return done(self, rv::ENOENT);
+                }
+                let now = self.clock.now();
+                let mut payload = Vec::new();
+                let mut n = 0;
+                for (e, st) in self.set.hosts(self.spaces[i].id, now) {
+                    if ls.host_id != 0 && e.host_id != ls.host_id {
+                        continue;
+                    }
+                    if ls.host_id == 0 && e.timestamp == 0 {
+                        continue;
+                    }
+                    use tenure_core::delta::HostStatus as S;
+                    let state = match st {
+                        S::Unknown => flags::HOST_UNKNOWN,
+                        S::Free => flags::HOST_FREE,
+                        S::Live => flags::HOST_LIVE,
+                        S::Fail => flags::HOST_FAIL,
+                        S::Dead => flags::HOST_DEAD,
+                    };
+                    payload.extend(
+                        w::Host {
+                            host_id: e.host_id,
+                            generation: e.generation,
+                            timestamp: e.timestamp,
+                            io_timeout: u32::from(e.io_timeout),
+                            flags: state,
+                        }
+                        .encode(),
+                    );
+                    n += 1;
+                }
+                self.sanlock_send(k, h, 0, n, &payload);
+            }
+            (cmd::ACQUIRE, Body::Acquire(res, owner_name)) => {
+                let target = match self.sanlock_target(k, h.data2) {
+                    Ok(t) => t,
+                    Err(e) => return done(self, e),
+                };
+                if !owner_name.is_empty() {
+                    if let Some(c) = self.conn(target) {
+                        c.name = owner_name.chars().take(48).collect();
+                    }
+                }
+                if res.is_empty() {
+                    return done(self, 0);
+                }
+                let req = Request::Acquire {
+                    resources: res.iter().map(resource_spec).collect(),
+                    no_wait: h.cmd_flags & flags::ACQUIRE_OWNER_NOWAIT != 0,
+                    lvb: h.cmd_flags & flags::ACQUIRE_LVB != 0,
+                    pid: None,
+                };
+                self.sanlock_acquire(k, req, target);
+            }
+            (cmd::RELEASE, Body::Resources(res)) => {
+                let target = match self.sanlock_target(k, h.data2) {
+                    Ok(t) => t,
+                    Err(e) => return done(self, e),
+                };
+                let all = h.cmd_flags & flags::REL_ALL != 0;
+                if all && !self.leases.iter().any(|l| l.owner == Owner::Conn(target)) {
+                    return done(self, 0);
+                }
+                let names: Vec<String> = if all {
+                    Vec::new()
+                } else {
+                    res.iter()
+                        .map(|r| format!("{}:{}", r.lockspace, r.name))
+                        .collect()
+                };
+                if !all && names.is_empty() {
+                    return done(self, 0);
+                }
+                if let Some(r) = self.release(Some(target), k, &names, all, None, None) {
+                    self.sanlock_reply(k, r);
+                }
+            }
+            (cmd::INQUIRE, _) => {
+                let target = match self.sanlock_target(k, h.data2) {
+                    Ok(t) => t,
+                    Err(e) => return done(self, e),
+                };
+                let mine: Vec<String> = self
+                    .leases
+                    .iter()
+                    .filter(|l| l.owner == Owner::Conn(target))
+                    .map(|l| {
+                        let lver = if l.held.acquired.shared {
+                            "SH".to_owned()
+                        } else {
+                            l.held.acquired.lver.to_string()
+                        };
+                        format!(
+                            "{}:{}:{}:{}:{}",
+                            l.space,
+                            l.resource.escaped(),
+                            w::escape_path(&l.location.0),
+                            l.location.1,
+                            lver
+                        )
+                    })
+                    .collect();
+                if mine.is_empty() {
+                    return self.sanlock_send(k, h, 0, 0, &[]);
+                }
+                let mut text = mine.join(" ").into_bytes();
+                text.push(0);
+                let n = mine.len() as u32;
+                self.sanlock_send(k, h, 0, n, &text);
+            }
+            (cmd::KILLPATH, Body::KillPath(path, args)) => {
+                let target = match self.sanlock_target(k, h.data2) {
+                    Ok(t) => t,
+                    Err(e) => return done(self, e),
+                };
+                let mut argv = split_args(&args);
+                if argv.len() > 7 {
+                    return done(self, rv::EINVAL);
+                }
+                if path.is_empty() {
+                    return done(self, rv::EINVAL);
+                }
+                if h.cmd_flags & 0x1 != 0 {
+                    if let Some(c) = self.conn(target) {
+                        argv.push(c.pid.to_string());
+                    }
+                }
+                if let Some(c) = self.conn(target) {
+                    c.kill_path = Some((path, argv));
+                }
+                done(self, 0);
+            }
+            (cmd::STATUS, _) => {
+                let payload = self.sanlock_status();
+                self.sanlock_send(k, h, 0, 0, &payload);
+            }
+            (c, _) => {
+                tracing::info!(cmd = c, "sanlock client command not implemented");
+                done(self, rv::EINVAL);
+            }
+        }
+    }
+
+    fn sanlock_acquire(&mut self, k: ClientKey, req: Request, target: ClientKey) {
+        if let Some(r) = self.acquire(k, req.clone(), Some(target)) {
+            self.sanlock_reply(k, r);
+        } else if let Some(c) = self.conn(k) {
+            // Deferred for a probe, or in progress: remember how to re-run it.
+            if c.deferred.is_some() {
+                c.deferred = Some(Deferred::SanlockAcquire(req, target));
+            }
+        }
+    }
+
+    /// INQ_LOCKSPACE's result for a lockspace name.
+    pub(super) fn sanlock_inq(&self, name: &str) -> i32 {
+        match self
+            .space_index(name)
+            .map(|i| self.set.state(self.spaces[i].id))
+        {
+            Some(Some(LockspaceState::Joined { .. })) if !self.stopping => 0,
+            Some(Some(LockspaceState::Joining { .. })) => rv::EINPROGRESS,
+            Some(Some(LockspaceState::Joined { .. })) => rv::EINPROGRESS,
+            _ => rv::ENOENT,
+        }
+    }
+
+    /// Answers INQ_LOCKSPACE waiters whose lockspace is no longer in progress.
+    pub(super) fn sanlock_inq_waiters(&mut self) {
+        let waiters = std::mem::take(&mut self.inq_waiters);
+        for (k, name) in waiters {
+            let r = self.sanlock_inq(&name);
+            if r == rv::EINPROGRESS && self.conn(k).is_some() {
+                self.inq_waiters.push((k, name));
+                continue;
+            }
+            if let Some(h) = self.sconn(k).and_then(|s| s.current) {
+                self.sanlock_send(k, h, r, 0, &[]);
+                self.process_sanlock(k);
+            }
+        }
+    }
+
+    /// STATUS records: the daemon, then one per lockspace and per lease (sanlk_state).
+    fn sanlock_status(&self) -> Vec<u8> {
+        let mut out = Vec::new();
+        let mut record =
+            |typ: u32, data32: u32, data64: u64, name: &str, text: &str, bin: &[u8]| {
+                let mut st = vec![0u8; 80];
+                st[..4].copy_from_slice(&typ.to_le_bytes());
+                st[8..12].copy_from_slice(&data32.to_le_bytes());
+                st[16..24].copy_from_slice(&data64.to_le_bytes());
+                let nb = name.as_bytes();
+                let n = nb.len().min(48);
+                st[24..24 + n].copy_from_slice(&nb[..n]);
+                let str_len = (text.len() + 1) as u32;
+                st[72..76].copy_from_slice(&str_len.to_le_bytes());
+                out.extend(st);
+                out.extend(text.as_bytes());
+                out.push(0);
+                out.extend(bin);
+            };
+        let host = self.host_name.escaped();
+        record(
+            1,
+            0,
+            0,
+            &host,
+            &format!(
+                "our_host_name={host} use_aio=1 version_str=tenured-{}",
+                env!("CARGO_PKG_VERSION")
+            ),
+            &[],
+        );
+        for s in &self.spaces {
+            let ls = w::Lockspace {
+                name: s.name.clone(),
+                host_id: s.spec.host_id,
+                flags: 0,
+                disk: w::Disk {
+                    path: s.spec.disk.path.clone(),
+                    offset: s.spec.disk.offset,
+                },
+            };
+            let list = match self.set.state(s.id) {
+                Some(LockspaceState::Joined { .. }) => "spaces",
+                Some(LockspaceState::Joining { .. }) => "add",
+                _ => "rem",
+            };
+            record(
+                3,
+                0,
+                s.spec.host_id,
+                &s.name,
+                &format!("list={list}"),
+                &ls.encode(),
+            );
+        }
+        for l in &self.leases {
+            let r = w::Resource {
+                lockspace: l.space.clone(),
+                name: l.resource.escaped(),
+                lver: l.held.acquired.lver,
+                flags: if l.held.acquired.shared {
+                    flags::RES_SHARED
+                } else {
+                    0
+                },
+                num_disks: 1,
+                ..w::Resource::default()
+            };
+            let mut bin = r.encode_head().to_vec();
+            let mut d = vec![0u8; w::DISK_LEN];
+            let p = l.location.0.as_bytes();
+            let n = p.len().min(1023);
+            d[..n].copy_from_slice(&p[..n]);
+            d[1024..1032].copy_from_slice(&l.location.1.to_le_bytes());
+            bin.extend(d);
+            record(
+                4,
+                l.pid as u32,
+                l.held.acquired.lver,
+                &l.resource.escaped(),
+                "list=held",
+                &bin,
+            );
+        }
+        out
+    }
+}
+
+/// Splits KILLPATH args on whitespace; `\` escapes a space or backslash.
+fn split_args(s: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut cur = String::new();
+    let mut chars = s.chars();
+    while let Some(c) = chars.next() {
+        match c {
+            '\\' => {
+                if let Some(n) = chars.next() {
+                    cur.push(n);
+                }
+            }
+            c if c.is_whitespace() => {
+                if !cur.is_empty() {
+                    out.push(std::mem::take(&mut cur));
+                }
+            }
+            c => cur.push(c),
+        }
+    }
+    if !cur.is_empty() {
+        out.push(cur);
+    }
+    out
+}
