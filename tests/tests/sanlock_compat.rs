@@ -1,0 +1,314 @@
+//! Unmodified sanlock clients against tenured's sanlock-compatible socket: python3-sanlock
+//! (Debian's, through libsanlock_client) and raw sockets, with a second tenured host on the
+//! same storage speaking the native protocol. Mixed protocols must see the same leases.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::os::unix::net::UnixStream;
+use std::os::unix::process::CommandExt;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use tenure_tests::{
+    is_root, prerequisite, sanlock_available, tenure_bin, tenured_bin, BackingFile, LoopDevice,
+};
+
+struct Daemon {
+    dir: tempfile::TempDir,
+    child: Child,
+}
+
+impl Daemon {
+    fn start(sanlock: bool, lockspace: Option<String>) -> Daemon {
+        let dir = tempfile::Builder::new()
+            .prefix("tenured-sl-")
+            .tempdir_in("/var/tmp")
+            .unwrap();
+        let d = dir.path();
+        let mut c = Command::new(tenured_bin());
+        c.args(["--config", "/dev/null", "--run-dir"])
+            .arg(d.join("run"))
+            .arg("--state-dir")
+            .arg(d.join("state"))
+            .args(["--watchdog", "none", "--io-timeout", "1"])
+            .args(["--kill-grace", "2", "--sigkill-max", "2"])
+            .process_group(0)
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(d.join("log")).unwrap());
+        if let Some(ls) = lockspace {
+            c.arg("--lockspace").arg(ls);
+        }
+        if sanlock {
+            c.arg("--sanlock-compat")
+                .arg("--sanlock-run-dir")
+                .arg(d.join("sl"));
+        }
+        let child = c.spawn().unwrap();
+        let me = Daemon { dir, child };
+        let t0 = Instant::now();
+        while !me.socket().exists() {
+            assert!(t0.elapsed() < Duration::from_secs(10), "{}", me.log());
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        me
+    }
+
+    fn socket(&self) -> PathBuf {
+        self.dir.path().join("run/tenured.sock")
+    }
+
+    fn sanlock_dir(&self) -> PathBuf {
+        self.dir.path().join("sl")
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("log")).unwrap_or_default()
+    }
+
+    fn tenure(&self, args: &[&str]) -> std::process::Output {
+        Command::new(tenure_bin())
+            .arg("--socket")
+            .arg(self.socket())
+            .args(args)
+            .output()
+            .unwrap()
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = nix::sys::signal::killpg(
+            nix::unistd::Pid::from_raw(self.child.id() as i32),
+            nix::sys::signal::Signal::SIGKILL,
+        );
+        let _ = self.child.wait();
+    }
+}
+
+fn python(d: &Daemon, script: &str) -> Child {
+    Command::new("/usr/bin/python3")
+        .arg("-c")
+        .arg(script)
+        .env("SANLOCK_RUN_DIR", d.sanlock_dir())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap()
+}
+
+fn finish(mut c: Child, what: &str, log: &str) -> String {
+    let mut out = String::new();
+    c.stdout.take().unwrap().read_to_string(&mut out).unwrap();
+    let mut err = String::new();
+    c.stderr.take().unwrap().read_to_string(&mut err).unwrap();
+    let st = c.wait().unwrap();
+    assert!(
+        st.success(),
+        "{what} failed:\n{out}\n{err}\n--- tenured ---\n{log}"
+    );
+    out
+}
+
+#[test]
+fn python3_sanlock_drives_tenured_and_sees_the_same_leases_as_native_clients() {
+    if !prerequisite(is_root(), "root") || !sanlock_available() {
+        return;
+    }
+    let backing = BackingFile::new(16 << 20);
+    let d1 = LoopDevice::attach(backing.path(), 512);
+    let d2 = LoopDevice::attach(backing.path(), 512);
+    let (p1, p2) = (d1.path_str(), d2.path_str());
+    let t = |args: &[&str]| {
+        let out = Command::new(tenure_bin()).args(args).output().unwrap();
+        assert!(
+            out.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    t(&[
+        "lockspace",
+        "init",
+        &format!("LS:0:{p1}:0"),
+        "--io-timeout",
+        "1",
+    ]);
+    for (r, mb) in [("R1", 1), ("R2", 2)] {
+        t(&[
+            "resource",
+            "init",
+            &format!("LS:{r}:{p1}:{mb}M"),
+            "--num-hosts",
+            "8",
+        ]);
+    }
+    // Host 2: native only, joined at start; it holds R2 through `tenure run`.
+    let h2 = Daemon::start(false, Some(format!("LS:2:{p2}:0")));
+    // Host 1: the sanlock-compatible socket; python3-sanlock joins it.
+    let h1 = Daemon::start(true, None);
+    let t0 = Instant::now();
+    loop {
+        let out = h2.tenure(&["lockspace", "list", "--json"]);
+        if String::from_utf8_lossy(&out.stdout).contains("\"joined\"") {
+            break;
+        }
+        assert!(t0.elapsed() < Duration::from_secs(20), "{}", h2.log());
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let mut holder2 = Command::new(tenure_bin())
+        .arg("--socket")
+        .arg(h2.socket())
+        .args([
+            "run",
+            "--lease",
+            &format!("LS:R2:{p2}:2M"),
+            "--",
+            "sleep",
+            "60",
+        ])
+        .spawn()
+        .unwrap();
+
+    let lifecycle = format!(
+        r#"
+import sanlock, os, time
+p = b"{p1}"
+assert sanlock.add_lockspace(b"LS", 1, p, 0, wait=False) is None
+assert sanlock.inq_lockspace(b"LS", 1, p, 0) is None          # in progress
+assert sanlock.inq_lockspace(b"LS", 1, p, 0, wait=True) is True
+def errno(f):
+    try:
+        f()
+    except sanlock.SanlockException as e:
+        return e.errno
+    return 0
+assert errno(lambda: sanlock.add_lockspace(b"LS", 1, p, 0)) == 17
+assert errno(lambda: sanlock.add_lockspace(b"LS", 3, p, 0)) == 22
+ls = sanlock.get_lockspaces()
+assert ls == [{{'lockspace': b'LS', 'host_id': 1, 'path': "{p1}", 'offset': 0, 'flags': 0}}], ls
+fd = sanlock.register()
+sanlock.acquire(b"LS", b"R1", [(p, 1048576)], slkfd=fd)
+q = sanlock.inquire(slkfd=fd)
+assert len(q) == 1 and q[0]['resource'] == b'R1' and q[0]['flags'] == 1 and q[0]['version'] >= 1, q
+assert sanlock.inquire(pid=os.getpid()) == q
+assert errno(lambda: sanlock.acquire(b"LS", b"R1", [(p, 1048576)], slkfd=fd)) == 17
+sanlock.release(b"LS", b"R1", [(p, 1048576)], slkfd=fd)
+assert errno(lambda: sanlock.release(b"LS", b"R1", [(p, 1048576)], slkfd=fd)) == 1
+# R2 is held by live host 2 (native protocol): -243, "Lease is held by another host".
+for _ in range(100):
+    e = errno(lambda: sanlock.acquire(b"LS", b"R2", [(p, 2 * 1048576)], slkfd=fd))
+    if e == -243:
+        break
+    time.sleep(0.1)
+assert e == -243, e
+assert errno(lambda: sanlock.inquire(pid=999999)) == 3
+hosts = sanlock.get_hosts(b"LS")
+assert any(h['host_id'] == 2 and h['flags'] in (1, 3) for h in hosts), hosts
+# Shared: the state string says SH.
+sanlock.acquire(b"LS", b"R1", [(p, 1048576)], slkfd=fd, shared=True)
+q = sanlock.inquire(slkfd=fd)
+assert q[0]['flags'] == 4, q
+sanlock.release(b"LS", b"R1", [(p, 1048576)], slkfd=fd)
+# Hold R1 exclusively and tell the test; the lease goes when this process exits.
+sanlock.acquire(b"LS", b"R1", [(p, 1048576)], slkfd=fd)
+print("HELD", flush=True)
+time.sleep(4)
+print("DONE")
+"#
+    );
+    let mut py = python(&h1, &lifecycle);
+    let mut lines = BufReader::new(py.stdout.take().unwrap()).lines();
+    let first = lines.next().map(|l| l.unwrap()).unwrap_or_default();
+    if first != "HELD" {
+        let mut err = String::new();
+        py.stderr.take().unwrap().read_to_string(&mut err).unwrap();
+        let _ = py.wait();
+        panic!("python: {first}\n{err}\n--- tenured ---\n{}", h1.log());
+    }
+    // The native side sees the python client's lease: status on host 1, refusal on host 2.
+    let st = h1.tenure(&["status", "--json"]);
+    let st: serde_json::Value = serde_json::from_slice(&st.stdout).unwrap();
+    assert_eq!(st["leases"][0]["resource"], "R1", "{st}");
+    assert_eq!(st["leases"][0]["pid"], py.id() as i64, "{st}");
+    let out = h2.tenure(&[
+        "run",
+        "--no-wait",
+        "--lease",
+        &format!("LS:R1:{p2}:1M"),
+        "--",
+        "true",
+    ]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("OwnerAlive") && err.contains("host id 1"),
+        "{err}"
+    );
+    assert_eq!(lines.next().map(|l| l.unwrap()).as_deref(), Some("DONE"));
+    let st = py.wait().unwrap();
+    assert!(st.success());
+    // The connection closed with the process: host 2 gets R1 now.
+    let t0 = Instant::now();
+    loop {
+        let out = h2.tenure(&[
+            "run",
+            "--no-wait",
+            "--lease",
+            &format!("LS:R1:{p2}:1M"),
+            "--",
+            "true",
+        ]);
+        if out.status.success() {
+            break;
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(10),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+
+    // Raw socket: bad magic and an unknown command are ignored (no reply, connection open);
+    // VERSION on the same connection is answered with 3.8.5 and seq 0.
+    let mut s = UnixStream::connect(h1.sanlock_dir().join("sanlock.sock")).unwrap();
+    s.set_read_timeout(Some(Duration::from_millis(500)))
+        .unwrap();
+    let hdr = |magic: u32, cmd: u32, seq: u32| {
+        let mut v = Vec::new();
+        for x in [magic, 1, cmd, 0, 32, seq, 0, 0] {
+            v.extend_from_slice(&x.to_le_bytes());
+        }
+        v
+    };
+    s.write_all(&hdr(0xdead_beef, 28, 5)).unwrap();
+    s.write_all(&hdr(0x0428_2010, 99, 6)).unwrap();
+    let mut buf = [0u8; 32];
+    assert!(
+        s.read_exact(&mut buf).is_err(),
+        "no reply to ignored messages"
+    );
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    s.write_all(&hdr(0x0428_2010, 28, 1234)).unwrap();
+    s.read_exact(&mut buf).unwrap();
+    let word = |i: usize| u32::from_le_bytes(buf[i * 4..i * 4 + 4].try_into().unwrap());
+    assert_eq!(
+        (word(0), word(2), word(5), word(7)),
+        (0x0428_2010, 28, 0, 0x0308_0500)
+    );
+
+    // Leave through python; the daemon is idle again.
+    let _ = holder2.kill();
+    let _ = holder2.wait();
+    let rem = python(
+        &h1,
+        &format!(
+            r#"
+import sanlock
+assert sanlock.rem_lockspace(b"LS", 1, b"{p1}", 0) is None
+assert sanlock.inq_lockspace(b"LS", 1, b"{p1}", 0) is False
+print("ok")
+"#
+        ),
+    );
+    assert_eq!(finish(rem, "rem_lockspace", &h1.log()).trim(), "ok");
+}
