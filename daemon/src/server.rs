@@ -216,6 +216,15 @@ enum Pending {
 
 type ProbeKey = (PathBuf, u64);
 
+/// A reply computed on a helper thread.
+#[derive(Debug)]
+enum JobReply {
+    /// For a native client.
+    Native(Reply),
+    /// For a sanlock client: result, data2, payload.
+    Sanlock(i32, u32, Vec<u8>),
+}
+
 #[derive(Debug)]
 struct ProbeResult {
     key: ProbeKey,
@@ -254,8 +263,8 @@ pub struct Server {
     probe_tx: Sender<ProbeResult>,
     probe_rx: Receiver<ProbeResult>,
     /// Replies computed on helper threads (direct reads that may block on storage).
-    job_tx: Sender<(ClientKey, Reply)>,
-    job_rx: Receiver<(ClientKey, Reply)>,
+    job_tx: Sender<(ClientKey, JobReply)>,
+    job_rx: Receiver<(ClientKey, JobReply)>,
     jobs_running: usize,
     wake: Arc<EventFd>,
     signals: SignalFd,
@@ -742,7 +751,12 @@ impl Server {
         }
         while let Ok((k, r)) = self.job_rx.try_recv() {
             self.jobs_running -= 1;
-            self.reply(k, r);
+            match r {
+                JobReply::Native(r) => self.reply(k, r),
+                JobReply::Sanlock(result, data2, payload) => {
+                    self.sanlock_job_done(k, result, data2, &payload)
+                }
+            }
         }
         if accept {
             self.accept(false);
@@ -2108,7 +2122,7 @@ impl Server {
                     }
                     Err(e) => err(ErrorCode::Io, e.to_string()),
                 };
-                let _ = tx.send((k, r));
+                let _ = tx.send((k, JobReply::Native(r)));
                 let _ = wake.write(1);
             });
         if let Err(e) = spawned {
@@ -2119,6 +2133,26 @@ impl Server {
             ));
         }
         None
+    }
+
+    /// Runs `f` (direct storage I/O that may block) on a helper thread; its reply comes back
+    /// through the job channel. False when too many run already or no thread could start.
+    fn spawn_job(&mut self, k: ClientKey, f: impl FnOnce() -> JobReply + Send + 'static) -> bool {
+        if self.jobs_running >= PROBES_MAX {
+            return false;
+        }
+        let (tx, wake) = (self.job_tx.clone(), Arc::clone(&self.wake));
+        let spawned = std::thread::Builder::new()
+            .name("tenured-job".into())
+            .spawn(move || {
+                let r = f();
+                let _ = tx.send((k, r));
+                let _ = wake.write(1);
+            });
+        if spawned.is_ok() {
+            self.jobs_running += 1;
+        }
+        spawned.is_ok()
     }
 
     fn inquire(&mut self, k: ClientKey, pid: Option<i32>, target: Option<ClientKey>) -> Reply {

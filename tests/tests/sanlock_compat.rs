@@ -173,6 +173,16 @@ fn python3_sanlock_drives_tenured_and_sees_the_same_leases_as_native_clients() {
         r#"
 import sanlock, os, time
 p = b"{p1}"
+# Storage commands: the daemon formats and reads areas.
+sanlock.write_resource(b"LS", b"R3", [(p, 3 * 1048576)])
+r = sanlock.read_resource(p, 3 * 1048576)
+assert r['lockspace'] == b'LS' and r['resource'] == b'R3', r
+assert sanlock.read_lockspace(p)['lockspace'] == b'LS'
+try:
+    sanlock.read_resource(p, 5 * 1048576)
+    raise SystemExit("read of an unformatted area succeeded")
+except sanlock.SanlockException as e:
+    assert e.errno == -223, e
 assert sanlock.add_lockspace(b"LS", 1, p, 0, wait=False) is None
 assert sanlock.inq_lockspace(b"LS", 1, p, 0) is None          # in progress
 assert sanlock.inq_lockspace(b"LS", 1, p, 0, wait=True) is True
@@ -188,6 +198,8 @@ ls = sanlock.get_lockspaces()
 assert ls == [{{'lockspace': b'LS', 'host_id': 1, 'path': "{p1}", 'offset': 0, 'flags': 0}}], ls
 fd = sanlock.register()
 sanlock.acquire(b"LS", b"R1", [(p, 1048576)], slkfd=fd)
+o = sanlock.read_resource_owners(b"LS", b"R1", [(p, 1048576)])
+assert len(o) == 1 and o[0]['host_id'] == 1, o
 q = sanlock.inquire(slkfd=fd)
 assert len(q) == 1 and q[0]['resource'] == b'R1' and q[0]['flags'] == 1 and q[0]['version'] >= 1, q
 assert sanlock.inquire(pid=os.getpid()) == q

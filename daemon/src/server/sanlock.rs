@@ -9,9 +9,11 @@
 //! pid; input sanlock ignores is ignored the same way (no reply, connection kept); nothing a
 //! client sends can panic the daemon.
 
-use super::{ClientKey, Deferred, LockspaceState, Owner, Proto, Server};
+use super::{ClientKey, Deferred, JobReply, LockspaceState, Owner, Proto, Server};
 use crate::proto::{ErrorCode, Reply, Request};
 use crate::sanlock_wire::{self as w, cmd, flags, rv, Body, Header, Parsed};
+use tenure_core::direct::{self, BackendKind, DirectError, FormatOptions};
+use tenure_format::{AlignSize, LockspaceSpec, ResourceSpec, SectorSize};
 
 /// Per-connection state of a sanlock client.
 #[derive(Debug, Default)]
@@ -425,6 +427,187 @@ impl Server {
                 }
                 done(self, 0);
             }
+            (cmd::ALIGN, Body::ResourceWithDisks(r)) => {
+                let path = r.disks.first().map(|d| d.path.clone()).unwrap_or_default();
+                if path.is_empty() {
+                    return done(self, rv::ENODEV);
+                }
+                self.sanlock_job(k, h, move || {
+                    match tenure_core::dev::Device::open(
+                        std::path::Path::new(&path),
+                        tenure_core::dev::Access::Read,
+                    ) {
+                        Ok(d) => {
+                            let bytes: i32 = if d.logical_sector_size() == Some(4096) {
+                                8 << 20
+                            } else {
+                                1 << 20
+                            };
+                            JobReply::Sanlock(bytes, 0, Vec::new())
+                        }
+                        Err(_) => JobReply::Sanlock(rv::ENODEV, 0, Vec::new()),
+                    }
+                });
+            }
+            (cmd::WRITE_LOCKSPACE, Body::Lockspace(ls)) => {
+                if ls.name.is_empty() || ls.disk.path.is_empty() {
+                    return done(self, rv::EINVAL);
+                }
+                let opts = match format_options(ls.flags) {
+                    Ok(o) => o,
+                    Err(e) => return done(self, e),
+                };
+                let io_timeout = if h.data2 == 0 { 10 } else { u64::from(h.data2) };
+                let spec = format!(
+                    "{}:0:{}:{}",
+                    esc(&ls.name),
+                    esc(&ls.disk.path),
+                    ls.disk.offset
+                );
+                self.sanlock_job(k, h, move || {
+                    let r = LockspaceSpec::parse(&spec)
+                        .map_err(|_| rv::EINVAL)
+                        .and_then(|spec| {
+                            direct::format_lockspace(&spec, opts, io_timeout)
+                                .map_err(|e| direct_rv(&e))
+                        });
+                    JobReply::Sanlock(r.map_or_else(|e| e, |_| 0), 0, Vec::new())
+                });
+            }
+            (cmd::WRITE_RESOURCE, Body::ResourceWithDisks(r)) => {
+                if r.lockspace.is_empty() || r.name.is_empty() {
+                    return done(self, rv::EINVAL);
+                }
+                let opts = match format_options(r.flags) {
+                    Ok(o) => o,
+                    Err(e) => return done(self, e),
+                };
+                // The daemon takes num_hosts from `data` (spec §4.3); 0 = every host.
+                let num_hosts = (h.data != 0).then_some(u64::from(h.data));
+                let spec = resource_spec(&w::Resource { flags: 0, ..r });
+                self.sanlock_job(k, h, move || {
+                    let r = ResourceSpec::parse(&spec)
+                        .map_err(|_| rv::EINVAL)
+                        .and_then(|spec| {
+                            direct::format_resource(&spec, opts, num_hosts)
+                                .map_err(|e| direct_rv(&e))
+                        });
+                    JobReply::Sanlock(r.map_or_else(|e| e, |_| 0), 0, Vec::new())
+                });
+            }
+            (cmd::READ_RESOURCE_OWNERS, Body::ResourceWithDisks(r)) => {
+                let spec = resource_spec(&w::Resource {
+                    flags: 0,
+                    ..r.clone()
+                });
+                self.sanlock_job(k, h, move || {
+                    let spec = match ResourceSpec::parse(&spec) {
+                        Ok(s) => s,
+                        Err(_) => return JobReply::Sanlock(rv::EINVAL, 0, Vec::new()),
+                    };
+                    match direct::owners(&spec, BackendKind::Sync) {
+                        Ok(reports) => {
+                            let Some(o) = reports.first().map(|rep| &rep.owners) else {
+                                return JobReply::Sanlock(rv::EINVAL, 0, Vec::new());
+                            };
+                            let mut hosts = Vec::new();
+                            if let Some(x) = &o.exclusive {
+                                hosts.push(w::Host {
+                                    host_id: x.host_id,
+                                    generation: x.generation,
+                                    timestamp: x.timestamp,
+                                    io_timeout: 0,
+                                    flags: 0,
+                                });
+                            }
+                            for x in &o.shared {
+                                hosts.push(w::Host {
+                                    host_id: x.host_id,
+                                    generation: x.generation,
+                                    timestamp: 0,
+                                    io_timeout: 0,
+                                    flags: 0,
+                                });
+                            }
+                            let res = w::Resource {
+                                lver: o.lver,
+                                flags: if o.shared.is_empty() {
+                                    0
+                                } else {
+                                    flags::RES_SHARED
+                                },
+                                num_disks: r.num_disks,
+                                disks: Vec::new(),
+                                ..r
+                            };
+                            let mut payload = res.encode_head().to_vec();
+                            for x in &hosts {
+                                payload.extend(x.encode());
+                            }
+                            JobReply::Sanlock(0, hosts.len() as u32, payload)
+                        }
+                        Err(e) => JobReply::Sanlock(direct_rv(&e), 0, Vec::new()),
+                    }
+                });
+            }
+            (cmd::READ_LOCKSPACE, Body::Lockspace(ls)) => {
+                let fallback = ls.encode();
+                self.sanlock_job(k, h, move || {
+                    read_area(
+                        &ls.disk.path,
+                        ls.disk.offset,
+                        ls.host_id.max(1),
+                        |l, g| {
+                            let out = w::Lockspace {
+                                name: if ls.name.is_empty() {
+                                    l.space_name.escaped()
+                                } else {
+                                    ls.name.clone()
+                                },
+                                host_id: ls.host_id.max(1),
+                                flags: geometry_flags(g),
+                                disk: ls.disk.clone(),
+                            };
+                            if !ls.name.is_empty() && ls.name != l.space_name.escaped() {
+                                return (-226, 0, out.encode());
+                            }
+                            (0, u32::from(l.io_timeout), out.encode())
+                        },
+                        true,
+                        fallback,
+                    )
+                });
+            }
+            (cmd::READ_RESOURCE, Body::ResourceWithDisks(r)) => {
+                let d = r.disks.first().cloned().unwrap_or_default();
+                let fallback = r.encode_head().to_vec();
+                self.sanlock_job(k, h, move || {
+                    read_area(
+                        &d.path,
+                        d.offset,
+                        0,
+                        |l, g| {
+                            let out = w::Resource {
+                                lockspace: l.space_name.escaped(),
+                                name: l.resource_name.escaped(),
+                                lver: l.lver,
+                                flags: geometry_flags(g),
+                                ..r.clone()
+                            };
+                            let code = if !r.lockspace.is_empty() && r.lockspace != out.lockspace {
+                                -226
+                            } else if !r.name.is_empty() && r.name != out.name {
+                                -227
+                            } else {
+                                0
+                            };
+                            (code, 0, out.encode_head().to_vec())
+                        },
+                        false,
+                        fallback,
+                    )
+                });
+            }
             (cmd::STATUS, _) => {
                 let payload = self.sanlock_status();
                 self.sanlock_send(k, h, 0, 0, &payload);
@@ -433,6 +616,31 @@ impl Server {
                 tracing::info!(cmd = c, "sanlock client command not implemented");
                 done(self, rv::EINVAL);
             }
+        }
+    }
+
+    fn sanlock_job(
+        &mut self,
+        k: ClientKey,
+        h: Header,
+        f: impl FnOnce() -> JobReply + Send + 'static,
+    ) {
+        if !self.spawn_job(k, f) {
+            self.sanlock_send(k, h, rv::EBUSY, 0, &[]);
+        }
+    }
+
+    /// A helper thread's reply for a sanlock client.
+    pub(super) fn sanlock_job_done(
+        &mut self,
+        k: ClientKey,
+        result: i32,
+        data2: u32,
+        payload: &[u8],
+    ) {
+        if let Some(h) = self.sconn(k).and_then(|s| s.current) {
+            self.sanlock_send(k, h, result, data2, payload);
+            self.process_sanlock(k);
         }
     }
 
@@ -562,6 +770,106 @@ impl Server {
         }
         out
     }
+}
+
+fn esc(s: &str) -> String {
+    s.replace('\\', "\\\\").replace(':', "\\:")
+}
+
+/// Format options from SANLK_RES_/LSF_ ALIGN and SECTOR flags (both or neither).
+fn format_options(fl: u32) -> Result<FormatOptions, i32> {
+    let sector = match fl & 0x300 {
+        0 => None,
+        0x100 => Some(SectorSize::B512),
+        0x200 => Some(SectorSize::B4096),
+        _ => return Err(rv::EINVAL),
+    };
+    let align = match fl & 0xF0 {
+        0 => None,
+        0x10 => Some(AlignSize::M1),
+        0x20 => Some(AlignSize::M2),
+        0x40 => Some(AlignSize::M4),
+        0x80 => Some(AlignSize::M8),
+        _ => return Err(rv::EINVAL),
+    };
+    if sector.is_some() != align.is_some() {
+        return Err(rv::EINVAL);
+    }
+    Ok(FormatOptions {
+        sector_size: sector,
+        align,
+        force: true,
+        backend: BackendKind::Auto,
+    })
+}
+
+/// The sanlock result for a direct-I/O failure.
+fn direct_rv(e: &DirectError) -> i32 {
+    match e {
+        DirectError::Device(_) => rv::ENODEV,
+        DirectError::TimedOut { .. } => rv::SANLK_AIO_TIMEOUT,
+        DirectError::Usage(_) => rv::EINVAL,
+        _ => rv::SANLK_ERROR,
+    }
+}
+
+/// SANLK_RES_/LSF_ ALIGN and SECTOR flags of a geometry.
+fn geometry_flags(g: tenure_format::Geometry) -> u32 {
+    let sector = if g.sector_size_bytes() == 4096 {
+        0x200
+    } else {
+        0x100
+    };
+    let align = match g.area_bytes() >> 20 {
+        1 => 0x10,
+        2 => 0x20,
+        4 => 0x40,
+        _ => 0x80,
+    };
+    sector | align
+}
+
+/// Reads the leader at `offset` (a lockspace's slot `host_id`, or a resource's leader) and
+/// builds the reply with `f`; failures get sanlock's results (no leader: −223).
+fn read_area(
+    path: &str,
+    offset: u64,
+    host_id: u64,
+    f: impl FnOnce(&tenure_format::LeaderRecord, tenure_format::Geometry) -> (i32, u32, Vec<u8>),
+    lockspace: bool,
+    // The struct the client reads whatever the result (READ_LOCKSPACE/READ_RESOURCE always
+    // send it, spec §4.3).
+    fallback: Vec<u8>,
+) -> JobReply {
+    use tenure_format::{Geometry, LeaderRecord};
+    let mut d = match direct::DirectDisk::open(
+        std::path::Path::new(path),
+        tenure_core::dev::Access::Read,
+        BackendKind::Sync,
+    ) {
+        Ok(d) => d,
+        Err(e) => return JobReply::Sanlock(direct_rv(&e), 0, fallback),
+    };
+    let first = match d.read(offset, 4096, LeaderRecord::decode) {
+        Ok(Ok(l)) => l,
+        Ok(Err(_)) => return JobReply::Sanlock(rv::SANLK_LEADER_MAGIC, 0, fallback),
+        Err(e) => return JobReply::Sanlock(direct_rv(&e), 0, fallback),
+    };
+    let Ok(g) = Geometry::from_leader_fields(first.sector_size, first.flags) else {
+        return JobReply::Sanlock(rv::SANLK_LEADER_MAGIC, 0, fallback);
+    };
+    let leader = if lockspace && host_id > 1 {
+        let at = offset + g.delta_slot_offset(host_id);
+        match d.read(at, g.sector_size_bytes() as usize, LeaderRecord::decode) {
+            Ok(Ok(l)) => l,
+            Ok(Err(_)) => return JobReply::Sanlock(rv::SANLK_LEADER_MAGIC, 0, fallback),
+            Err(e) => return JobReply::Sanlock(direct_rv(&e), 0, fallback),
+        }
+    } else {
+        first
+    };
+    let (code, data2, payload) = f(&leader, g);
+    JobReply::Sanlock(code, data2, payload)
 }
 
 /// Splits KILLPATH args on whitespace; `\` escapes a space or backslash.
