@@ -189,6 +189,10 @@ pub struct DeltaLease {
     max_written_ts: u64,
     /// A release asked for during a renewal.
     release_requested: bool,
+    /// The join's claim was confirmed too late to count as our last renewal (the slot's
+    /// recorded T, which sets the wait, is much longer than ours): a renewal runs first and
+    /// its success completes the join.
+    join_renewal: bool,
     last_renewal: Option<Time>,
     bitmap: HostBitmap,
     hosts: HostTable,
@@ -221,6 +225,7 @@ impl DeltaLease {
             last_written: None,
             max_written_ts: 0,
             release_requested: false,
+            join_renewal: false,
             last_renewal: None,
             bitmap: HostBitmap::default(),
             hosts,
@@ -350,10 +355,11 @@ impl DeltaLease {
 
     /// True while we hold our host id.
     pub fn is_joined(&self) -> bool {
-        matches!(
-            self.state,
-            State::Joined | State::RenewRead | State::RenewWrite { .. }
-        )
+        !self.join_renewal
+            && matches!(
+                self.state,
+                State::Joined | State::RenewRead | State::RenewWrite { .. }
+            )
     }
 
     /// The configuration this lease was made with.
@@ -480,6 +486,22 @@ impl DeltaLease {
                         }
                         self.last_written = Some(mine);
                         self.state = State::Joined;
+                        let claimed = self.last_renewal.unwrap_or(now);
+                        let budget_left = self
+                            .cfg
+                            .timeouts
+                            .renewal_fail()
+                            .saturating_sub(now.saturating_since(claimed));
+                        if budget_left <= self.cfg.timeouts.renewal_interval() {
+                            // The wait used the slot's old T, longer than ours: the claim is
+                            // too old to hold the lockspace by. Renew now, with no deadline
+                            // running yet (nothing can be held before Joined), and report the
+                            // join when that renewal is confirmed.
+                            self.join_renewal = true;
+                            self.last_renewal = None;
+                            self.timer = Some(now);
+                            return;
+                        }
                         self.timer = self
                             .last_renewal
                             .map(|t| t.saturating_add(self.cfg.timeouts.renewal_interval()));
@@ -562,9 +584,15 @@ impl DeltaLease {
                     self.io_started
                         .saturating_add(self.cfg.timeouts.renewal_interval()),
                 );
-                self.event = Some(DeltaEvent::Renewed {
-                    read_latency,
-                    write_latency,
+                self.event = Some(if std::mem::take(&mut self.join_renewal) {
+                    DeltaEvent::Joined {
+                        generation: self.seen.map_or(0, |r| r.owner_generation),
+                    }
+                } else {
+                    DeltaEvent::Renewed {
+                        read_latency,
+                        write_latency,
+                    }
                 });
             }
             State::Release => {
@@ -590,6 +618,10 @@ impl DeltaLease {
     }
 
     fn renewal_failed(&mut self, now: Time, error: DeltaError) {
+        if std::mem::take(&mut self.join_renewal) {
+            // The renewal that was to complete a join failed: the join fails.
+            return self.fail_join(error);
+        }
         // A timed-out renewal write may land later; the next renewal's check of our sector
         // accepts any timestamp we wrote since the last confirmed renewal.
         self.state = State::Joined;

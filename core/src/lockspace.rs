@@ -457,12 +457,75 @@ mod tests {
     use tenure_format::{Geometry, LeaderRecord, Name};
 
     fn formatted(name: &str) -> Vec<u8> {
+        formatted_with_t(name, 1)
+    }
+
+    fn formatted_with_t(name: &str, io_timeout: u16) -> Vec<u8> {
         let g = Geometry::LEGACY_512;
         let mut area = vec![0u8; 1 << 20];
         let n = Name::new(name).expect("name");
-        encode_lockspace_area(&mut area, g, n, 1);
-        lockspace_sector0(&mut area[..512], g, n, 1);
+        encode_lockspace_area(&mut area, g, n, io_timeout);
+        lockspace_sector0(&mut area[..512], g, n, io_timeout);
         area
+    }
+
+    /// Regression: free slots formatted with io_timeout 10, joined with io_timeout 1. The
+    /// claim wait (2 × the slot's 10 s) outlasts our 8 × 1 s budget; the join used to end
+    /// "lost" the moment it completed. It now renews first and reports Joined after that.
+    #[test]
+    fn joining_a_slot_with_a_longer_recorded_t_renews_before_reporting_joined() {
+        let clock = SimClock::new(Time::from_nanos(50_000_000_000));
+        let engine = EngineConfig {
+            ring_entries: 16,
+            buffer_classes: vec![(512, 16), (1 << 20, 4)],
+            sync_workers: 0,
+        };
+        let mut sim = SimBackend::new(
+            &[(512, 1 << 20)],
+            &engine,
+            SimConfig::healthy(5),
+            clock.clone(),
+        );
+        sim.load(DiskId(0), 0, &formatted_with_t("A", 10));
+        let mut set = LockspaceSet::new(Box::new(sim));
+        let id = set
+            .add(
+                DeltaConfig {
+                    space_name: Name::new("A").expect("name"),
+                    host_id: 2,
+                    host_name: Name::new("node-2").expect("name"),
+                    geometry: Geometry::LEGACY_512,
+                    area_offset: 0,
+                    timeouts: Timeouts::new(1, 10),
+                },
+                DiskId(0),
+            )
+            .expect("add");
+        let start = clock.now();
+        set.join(id, start).expect("join");
+        let end = start.saturating_add(Duration::from_secs(40));
+        let mut joined_at = None;
+        while clock.now() < end {
+            let now = clock.now();
+            set.step(now).expect("step");
+            match set.state(id) {
+                Some(LockspaceState::Joined { .. }) if joined_at.is_none() => joined_at = Some(now),
+                Some(LockspaceState::Lost { error } | LockspaceState::JoinFailed { error }) => {
+                    panic!("{error}")
+                }
+                _ => {}
+            }
+            set.wait(now, end).expect("wait");
+        }
+        let joined_at = joined_at.expect("joined");
+        assert!(
+            joined_at.saturating_since(start) >= Duration::from_secs(20),
+            "waited 2 × 10 s"
+        );
+        let now = clock.now();
+        assert!(matches!(set.state(id), Some(LockspaceState::Joined { .. })));
+        let deadline = set.renewal_deadline(id).expect("deadline");
+        assert!(deadline > now, "renewals keep the lockspace");
     }
 
     #[test]

@@ -633,6 +633,12 @@ impl Server {
                 tracing::error!(lockspace = %name, error = %error, "lockspace lost: its lease holders will be killed");
                 self.spaces[i].lost = Some(error.to_string());
                 self.sup().lost(&name);
+                for w in std::mem::take(&mut self.spaces[i].join_waiters) {
+                    self.reply(
+                        w,
+                        err(ErrorCode::LockspaceLost, format!("join {name}: {error}")),
+                    );
+                }
             }
             DeltaEvent::Released => {
                 tracing::info!(lockspace = %name, "left");
@@ -649,21 +655,16 @@ impl Server {
         if !self.leases.is_empty() {
             return;
         }
-        for s in &self.spaces {
-            if matches!(self.set.state(s.id), Some(LockspaceState::Joined { .. })) {
-                let _ = self.set.leave(s.id, now);
-            } else if !matches!(self.set.state(s.id), Some(LockspaceState::Joining { .. })) {
-                // Idle, failed, left or lost: nothing to release on disk.
-            }
-        }
+        // Joined lockspaces release their host id (Left follows); a joining one is left once
+        // joined (the next pass); failed, left, idle and lost ones (holding no lease, checked
+        // above) have nothing to release on disk.
         for s in &mut self.spaces {
-            if matches!(
-                self.set.state(s.id),
-                Some(
-                    LockspaceState::JoinFailed { .. } | LockspaceState::Left | LockspaceState::Idle
-                )
-            ) {
-                s.cleared = true;
+            match self.set.state(s.id) {
+                Some(LockspaceState::Joined { .. }) => {
+                    let _ = self.set.leave(s.id, now);
+                }
+                Some(LockspaceState::Joining { .. }) => {}
+                _ => s.cleared = true,
             }
         }
     }

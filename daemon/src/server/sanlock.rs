@@ -457,7 +457,12 @@ impl Server {
                     Ok(o) => o,
                     Err(e) => return done(self, e),
                 };
-                let io_timeout = if h.data2 == 0 { 10 } else { u64::from(h.data2) };
+                // 0 = the daemon's io_timeout (sanlock: its -o value).
+                let io_timeout = if h.data2 == 0 {
+                    self.cfg.io_timeout_s
+                } else {
+                    u64::from(h.data2)
+                };
                 let spec = format!(
                     "{}:0:{}:{}",
                     esc(&ls.name),
