@@ -216,6 +216,15 @@ assert e == -243, e
 assert errno(lambda: sanlock.inquire(pid=999999)) == 3
 hosts = sanlock.get_hosts(b"LS")
 assert any(h['host_id'] == 2 and h['flags'] in (1, 3) for h in hosts), hosts
+# LVB: set while holding (written at release), read by the next acquire with lvb.
+sanlock.acquire(b"LS", b"R1", [(p, 1048576)], slkfd=fd, lvb=True)
+sanlock.set_lvb(b"LS", b"R1", [(p, 1048576)], b"hello")
+assert sanlock.get_lvb(b"LS", b"R1", [(p, 1048576)], 16) == b"hello" + b"\0" * 11
+sanlock.release(b"LS", b"R1", [(p, 1048576)], slkfd=fd)
+assert errno(lambda: sanlock.get_lvb(b"LS", b"R1", [(p, 1048576)], 16)) == 2
+sanlock.acquire(b"LS", b"R1", [(p, 1048576)], slkfd=fd, lvb=True)
+assert sanlock.get_lvb(b"LS", b"R1", [(p, 1048576)], 8) == b"hello\0\0\0"
+sanlock.release(b"LS", b"R1", [(p, 1048576)], slkfd=fd)
 # Shared: the state string says SH.
 sanlock.acquire(b"LS", b"R1", [(p, 1048576)], slkfd=fd, shared=True)
 q = sanlock.inquire(slkfd=fd)
@@ -323,4 +332,24 @@ print("ok")
         ),
     );
     assert_eq!(finish(rem, "rem_lockspace", &h1.log()).trim(), "ok");
+    // `sanlock client shutdown -w 1` stops the idle daemon.
+    let out = Command::new("sanlock")
+        .args(["client", "shutdown", "-f", "0", "-w", "1"])
+        .env("SANLOCK_RUN_DIR", h1.sanlock_dir())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let mut h1 = h1;
+    let t0 = Instant::now();
+    while h1.child.try_wait().unwrap().is_none() {
+        assert!(
+            t0.elapsed() < Duration::from_secs(10),
+            "tenured did not shut down"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
 }

@@ -613,6 +613,76 @@ impl Server {
                     )
                 });
             }
+            (cmd::SET_LVB, Body::SetLvb(r, bytes)) => {
+                let Some(i) = self.held_on_host(&r) else {
+                    return done(self, rv::ENOENT);
+                };
+                let l = &mut self.leases[i];
+                if l.held.acquired.lvb.is_none() {
+                    return done(self, rv::EINVAL);
+                }
+                let ss = l.held.target.geometry.sector_size_bytes() as usize;
+                if bytes.len() > ss.min(4096) {
+                    return done(self, rv::E2BIG);
+                }
+                l.lvb_to_write = Some(bytes);
+                done(self, 0);
+            }
+            (cmd::GET_LVB, Body::Resources(rs)) => {
+                let Some(r) = rs.first() else {
+                    return done(self, rv::EINVAL);
+                };
+                let Some(i) = self.held_on_host(r) else {
+                    return done(self, rv::ENOENT);
+                };
+                let l = &self.leases[i];
+                let Some(lvb) = l.held.acquired.lvb.clone() else {
+                    return done(self, rv::EINVAL);
+                };
+                // The value to be written at release if one was set since, else what was read.
+                let value = l.lvb_to_write.clone().unwrap_or(lvb);
+                let ss = l.held.target.geometry.sector_size_bytes() as usize;
+                let len = if h.data2 == 0 {
+                    ss
+                } else {
+                    (h.data2 as usize).min(ss)
+                };
+                let mut payload = value;
+                payload.resize(len, 0);
+                self.sanlock_send(k, h, 0, 0, &payload);
+            }
+            (cmd::SHUTDOWN | cmd::SHUTDOWN_WAIT, _) => {
+                // Refused while any lockspace exists (forced shutdown, which kills holders,
+                // is not offered: stop them, leave, then shut down).
+                if !self.spaces.is_empty() {
+                    if h.cmd == cmd::SHUTDOWN {
+                        // No reply: the connection closes.
+                        if let Some(c) = self.conn(k) {
+                            c.busy = false;
+                            c.closing = true;
+                        }
+                        return;
+                    }
+                    return done(self, rv::EBUSY);
+                }
+                tracing::info!("shutdown asked by a sanlock client");
+                self.stopping = true;
+                if h.cmd == cmd::SHUTDOWN_WAIT {
+                    let fin = Header {
+                        cmd: 0,
+                        cmd_flags: 0,
+                        seq: 0,
+                        ..h
+                    };
+                    if let Some(s) = self.sconn(k) {
+                        s.close_after = true;
+                    }
+                    self.sanlock_send(k, fin, 0, 0, &[]);
+                } else if let Some(c) = self.conn(k) {
+                    c.busy = false;
+                    c.closing = true;
+                }
+            }
             (cmd::STATUS, _) => {
                 let payload = self.sanlock_status();
                 self.sanlock_send(k, h, 0, 0, &payload);
@@ -647,6 +717,13 @@ impl Server {
             self.sanlock_send(k, h, result, data2, payload);
             self.process_sanlock(k);
         }
+    }
+
+    /// A lease held on this host (any client) by lockspace and resource name.
+    fn held_on_host(&self, r: &w::Resource) -> Option<usize> {
+        self.leases
+            .iter()
+            .position(|l| l.space == r.lockspace && l.resource.escaped() == r.name)
     }
 
     fn sanlock_acquire(&mut self, k: ClientKey, req: Request, target: ClientKey) {
