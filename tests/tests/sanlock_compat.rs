@@ -353,3 +353,115 @@ print("ok")
         std::thread::sleep(Duration::from_millis(50));
     }
 }
+
+/// The `sanlock client` command line (sanlock 3.8.5's own) against tenured: version, add,
+/// inq, gets, status, host_status, renewal, log_dump, command (acquire then exec), inquire -p,
+/// read, rem, shutdown.
+#[test]
+fn the_sanlock_client_cli_works_against_tenured() {
+    if !prerequisite(is_root(), "root") || !sanlock_available() {
+        return;
+    }
+    let backing = BackingFile::new(16 << 20);
+    let dev = LoopDevice::attach(backing.path(), 512);
+    let p = dev.path_str();
+    let t = |args: &[&str]| {
+        let out = Command::new(tenure_bin()).args(args).output().unwrap();
+        assert!(
+            out.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    t(&[
+        "lockspace",
+        "init",
+        &format!("LS:0:{p}:0"),
+        "--io-timeout",
+        "1",
+    ]);
+    t(&[
+        "resource",
+        "init",
+        &format!("LS:R1:{p}:1M"),
+        "--num-hosts",
+        "8",
+    ]);
+    let mut d = Daemon::start(true, None);
+    let sanlock = |args: &[&str]| -> String {
+        let out = Command::new("timeout")
+            .arg("20")
+            .arg("sanlock")
+            .arg("client")
+            .args(args)
+            .env("SANLOCK_RUN_DIR", d.sanlock_dir())
+            .output()
+            .unwrap();
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(
+            out.status.success(),
+            "sanlock client {args:?}: {text}\n{}",
+            d.log()
+        );
+        text
+    };
+    let ls = format!("LS:1:{p}:0");
+    let res = format!("LS:R1:{p}:1048576");
+    assert!(sanlock(&["version"]).contains("daemon version 3.8.5"));
+    assert!(sanlock(&["add_lockspace", "-s", &ls]).contains("add_lockspace done 0"));
+    assert!(sanlock(&["inq_lockspace", "-s", &ls]).contains("inq_lockspace done 0"));
+    let gets = sanlock(&["gets", "-h", "1"]);
+    assert!(
+        gets.contains(&format!("s {ls}")) && gets.contains("LIVE"),
+        "{gets}"
+    );
+    std::thread::sleep(Duration::from_secs(3));
+    assert!(sanlock(&["host_status", "-s", "LS"]).contains("1 timestamp"));
+    assert!(sanlock(&["renewal", "-s", "LS"]).contains("read_ms="));
+    // log_dump: the header's data is the byte count, which the CLI also uses as its exit
+    // status; only the text matters.
+    let dump = Command::new("sanlock")
+        .args(["client", "log_dump"])
+        .env("SANLOCK_RUN_DIR", d.sanlock_dir())
+        .output()
+        .unwrap();
+    assert!(String::from_utf8_lossy(&dump.stdout).contains("tenured"));
+    // command: registers, acquires, then execs the command (which holds the lease).
+    let mut cmd = Command::new("sanlock")
+        .args(["client", "command", "-r", &res, "-c", "/bin/sleep", "4"])
+        .env("SANLOCK_RUN_DIR", d.sanlock_dir())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let t0 = Instant::now();
+    let status = loop {
+        let st = sanlock(&["status"]);
+        if st.contains(&format!("r {res}:")) {
+            break st;
+        }
+        assert!(t0.elapsed() < Duration::from_secs(10), "{st}");
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let pid = cmd.id().to_string();
+    assert!(status.contains(&format!("p {pid}")), "{status}");
+    let inq = sanlock(&["inquire", "-p", &pid]);
+    assert!(inq.contains(&format!("\"{res}:")), "{inq}");
+    assert!(cmd.wait().unwrap().success());
+    let read = sanlock(&["read", "-r", &res]);
+    assert!(read.contains(&format!("r {res}:1")), "{read}");
+    assert!(sanlock(&["rem_lockspace", "-s", &ls]).contains("rem_lockspace done 0"));
+    assert!(sanlock(&["shutdown", "-w", "1"]).contains("shutdown done 0"));
+    let t0 = Instant::now();
+    while d.child.try_wait().unwrap().is_none() {
+        assert!(
+            t0.elapsed() < Duration::from_secs(10),
+            "tenured did not shut down"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}

@@ -683,6 +683,71 @@ impl Server {
                     c.closing = true;
                 }
             }
+            (cmd::HOST_STATUS, Body::Lockspace(ls)) => {
+                let Some(i) = self.space_index(&ls.name) else {
+                    return done(self, rv::ENOSPC);
+                };
+                let now = self.clock.now();
+                let mut payload = Vec::new();
+                for (e, st) in self.set.hosts(self.spaces[i].id, now) {
+                    let text = format!(
+                        "last_check={} last_live={} last_req=0 owner_id={} owner_generation={} timestamp={} io_timeout={} owner_name={} status={st:?}",
+                        now.as_secs(),
+                        e.last_change.map_or(0, |t| t.as_secs()),
+                        e.host_id,
+                        e.generation,
+                        e.timestamp,
+                        e.io_timeout,
+                        e.owner_name.escaped()
+                    );
+                    state_record(
+                        &mut payload,
+                        5,
+                        e.host_id as u32,
+                        e.timestamp,
+                        "",
+                        &text,
+                        &[],
+                    );
+                }
+                self.sanlock_send(k, h, 0, 0, &payload);
+            }
+            (cmd::RENEWAL, Body::Lockspace(ls)) => {
+                let Some(i) = self.space_index(&ls.name) else {
+                    return done(self, rv::ENOSPC);
+                };
+                let mut payload = Vec::new();
+                for r in self.set.renewal_history(self.spaces[i].id) {
+                    let ms =
+                        |d: Option<std::time::Duration>| d.map_or(-1, |d| d.as_millis() as i64);
+                    let text = format!(
+                        "timestamp={} read_ms={} write_ms={} next_timeouts=0 next_errors={}",
+                        r.at.as_secs(),
+                        ms(r.read_latency),
+                        ms(r.write_latency),
+                        u32::from(r.error.is_some())
+                    );
+                    state_record(&mut payload, 6, 0, r.at.as_secs(), "", &text, &[]);
+                }
+                let t = u32::try_from(self.cfg.io_timeout_s).unwrap_or(0);
+                self.sanlock_send(k, h, 0, t, &payload);
+            }
+            (cmd::LOG_DUMP, _) => {
+                // No in-memory log: tenured logs to stderr/journal (the CLI prints any text).
+                let text = format!(
+                    "tenured {} keeps no in-memory log; see its journal (journalctl -u tenured) or `tenure status`\n",
+                    env!("CARGO_PKG_VERSION")
+                );
+                let n = text.len() as i32;
+                let reply = h.reply(n, 0, 0);
+                if let Some(c) = self.conn(k) {
+                    c.busy = false;
+                    c.outbuf.extend_from_slice(&reply.encode());
+                    c.outbuf.extend_from_slice(text.as_bytes());
+                    c.closing = true;
+                }
+                self.flush(k.idx);
+            }
             (cmd::STATUS, _) => {
                 let payload = self.sanlock_status();
                 self.sanlock_send(k, h, 0, 0, &payload);
@@ -771,19 +836,7 @@ impl Server {
         let mut out = Vec::new();
         let mut record =
             |typ: u32, data32: u32, data64: u64, name: &str, text: &str, bin: &[u8]| {
-                let mut st = vec![0u8; 80];
-                st[..4].copy_from_slice(&typ.to_le_bytes());
-                st[8..12].copy_from_slice(&data32.to_le_bytes());
-                st[16..24].copy_from_slice(&data64.to_le_bytes());
-                let nb = name.as_bytes();
-                let n = nb.len().min(48);
-                st[24..24 + n].copy_from_slice(&nb[..n]);
-                let str_len = (text.len() + 1) as u32;
-                st[72..76].copy_from_slice(&str_len.to_le_bytes());
-                out.extend(st);
-                out.extend(text.as_bytes());
-                out.push(0);
-                out.extend(bin);
+                state_record(&mut out, typ, data32, data64, name, text, bin)
             };
         let host = self.host_name.escaped();
         record(
@@ -797,6 +850,28 @@ impl Server {
             ),
             &[],
         );
+        // One CLIENT record per registered sanlock connection and per native client holding
+        // leases (the CLI prints them as `p PID NAME`).
+        for c in self.conns.iter().flatten() {
+            let show = match &c.proto {
+                Proto::Sanlock(sc) => sc.registered,
+                Proto::Native => self.leases.iter().any(|l| l.pid == c.pid),
+            };
+            if show {
+                let restrict = match &c.proto {
+                    Proto::Sanlock(sc) => sc.restrict,
+                    Proto::Native => 0,
+                };
+                record(
+                    2,
+                    c.pid as u32,
+                    0,
+                    &c.name,
+                    &format!("restricted={restrict}"),
+                    &[],
+                );
+            }
+        }
         for s in &self.spaces {
             let ls = w::Lockspace {
                 name: s.name.clone(),
@@ -952,6 +1027,31 @@ fn read_area(
     };
     let (code, data2, payload) = f(&leader, g);
     JobReply::Sanlock(code, data2, payload)
+}
+
+/// Appends one sanlk_state record (80 bytes, the NUL-terminated text, then `bin`).
+fn state_record(
+    out: &mut Vec<u8>,
+    typ: u32,
+    data32: u32,
+    data64: u64,
+    name: &str,
+    text: &str,
+    bin: &[u8],
+) {
+    let mut st = vec![0u8; 80];
+    st[..4].copy_from_slice(&typ.to_le_bytes());
+    st[8..12].copy_from_slice(&data32.to_le_bytes());
+    st[16..24].copy_from_slice(&data64.to_le_bytes());
+    let nb = name.as_bytes();
+    let n = nb.len().min(48);
+    st[24..24 + n].copy_from_slice(&nb[..n]);
+    let str_len = u32::try_from(text.len() + 1).unwrap_or(u32::MAX);
+    st[72..76].copy_from_slice(&str_len.to_le_bytes());
+    out.extend(st);
+    out.extend(text.as_bytes());
+    out.push(0);
+    out.extend(bin);
 }
 
 /// Splits KILLPATH args on whitespace; `\` escapes a space or backslash.
