@@ -32,6 +32,9 @@ pub struct DaemonBenchOptions {
     pub sanlock_rundir: Option<PathBuf>,
     /// sanlock-anchor's bench.py.
     pub sanlock_bench: PathBuf,
+    /// Drive tenured through its sanlock-compatible socket with bench.py (python3-sanlock),
+    /// the same client workload as for the sanlock daemon, instead of the native protocol.
+    pub sanlock_protocol: bool,
 }
 
 const ALIGN: u64 = 1 << 20;
@@ -71,6 +74,38 @@ fn tenured_path() -> Result<PathBuf, String> {
 fn start(opts: &DaemonBenchOptions) -> Result<Daemon, String> {
     let dir = std::env::temp_dir().join(format!("tenure-bench-daemon-{}", std::process::id()));
     std::fs::create_dir_all(&dir).map_err(err)?;
+    if opts.sanlock_protocol {
+        // bench.py formats, joins and leaves by itself through the sanlock socket.
+        let child = Command::new(tenured_path()?)
+            .args(["--config", "/dev/null"])
+            .arg("--run-dir")
+            .arg(&dir)
+            .arg("--state-dir")
+            .arg(&dir)
+            .args([
+                "--watchdog",
+                "none",
+                "--io-timeout",
+                &opts.io_timeout_s.to_string(),
+            ])
+            .args(["--kill-grace", "2", "--sigkill-max", "2", "--log", "warn"])
+            .arg("--sanlock-compat")
+            .arg("--sanlock-run-dir")
+            .arg(dir.join("sl"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .map_err(|e| format!("starting tenured: {e}"))?;
+        let d = Daemon { child, dir };
+        let t0 = Instant::now();
+        while !d.dir.join("sl/sanlock.sock").exists() {
+            if t0.elapsed() > Duration::from_secs(10) {
+                return Err("tenured's sanlock socket did not appear".into());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        return Ok(d);
+    }
     let child = Command::new(tenured_path()?)
         .args(["--config", "/dev/null"])
         .arg("--run-dir")
@@ -118,6 +153,15 @@ fn spec(opts: &DaemonBenchOptions, i: usize) -> String {
 
 /// Runs the scenarios.
 pub fn run(opts: &DaemonBenchOptions) -> Result<Vec<Measurement>, String> {
+    if opts.sanlock_protocol {
+        let d = start(opts)?;
+        let mut rows = bench_py_rows(opts, &d.dir.join("sl"), "tenure")?;
+        drop(d);
+        if let Some(rundir) = &opts.sanlock_rundir {
+            rows.extend(bench_py_rows(opts, rundir, "sanlock")?);
+        }
+        return Ok(rows);
+    }
     let ls = LockspaceSpec::parse(&format!("BENCH:0:{}:0", opts.device.display())).map_err(err)?;
     let force = FormatOptions {
         force: true,
@@ -229,7 +273,7 @@ pub fn run(opts: &DaemonBenchOptions) -> Result<Vec<Measurement>, String> {
         },
     ];
     if let Some(rundir) = &opts.sanlock_rundir {
-        rows.extend(sanlock_rows(opts, rundir)?);
+        rows.extend(bench_py_rows(opts, rundir, "sanlock")?);
     }
     Ok(rows)
 }
@@ -256,7 +300,12 @@ fn leave(sock: &Path, mut d: Daemon) -> Result<(), String> {
     Ok(())
 }
 
-fn sanlock_rows(opts: &DaemonBenchOptions, rundir: &Path) -> Result<Vec<Measurement>, String> {
+/// bench.py (python3-sanlock) against the daemon whose sanlock socket is in `rundir`.
+fn bench_py_rows(
+    opts: &DaemonBenchOptions,
+    rundir: &Path,
+    system: &str,
+) -> Result<Vec<Measurement>, String> {
     let out = Command::new("/usr/bin/python3")
         .arg(&opts.sanlock_bench)
         .arg(&opts.device)
@@ -287,7 +336,7 @@ fn sanlock_rows(opts: &DaemonBenchOptions, rundir: &Path) -> Result<Vec<Measurem
             .ok()
     };
     let lat = |scenario: &str, key: &str| Measurement {
-        system: "sanlock".into(),
+        system: system.into(),
         scenario: scenario.into(),
         n: opts.leases,
         // bench.py prints the median and p90 in ms; it has no p99.
@@ -297,10 +346,17 @@ fn sanlock_rows(opts: &DaemonBenchOptions, rundir: &Path) -> Result<Vec<Measurem
         ops_per_s: None,
     };
     Ok(vec![
+        Measurement {
+            system: system.into(),
+            scenario: "join a lockspace (python3-sanlock)".into(),
+            n: 1,
+            percentiles_us: field("join_s", 1).map(|s| (s * 1e6, s * 1e6, s * 1e6)),
+            ops_per_s: None,
+        },
         lat("daemon acquire free lease (python3-sanlock)", "acquire_ms"),
         lat("daemon release (python3-sanlock)", "release_ms"),
         Measurement {
-            system: "sanlock".into(),
+            system: system.into(),
             scenario: format!(
                 "daemon acquires/s, {} threads (python3-sanlock)",
                 opts.concurrency

@@ -91,6 +91,10 @@ enum Cmd {
         /// Path of sanlock-anchor's bench.py.
         #[arg(long, default_value = "../shared/tools/sanlock-anchor/bench.py")]
         sanlock_bench: PathBuf,
+        /// native (the Rust client) or sanlock (bench.py through tenured's sanlock socket: the
+        /// same python3-sanlock workload for both daemons).
+        #[arg(long, default_value = "native")]
+        protocol: String,
         /// JSON lines instead of a table.
         #[arg(long)]
         json: bool,
@@ -211,8 +215,13 @@ fn main() -> ExitCode {
             io_timeout,
             compare_sanlock,
             sanlock_bench,
+            protocol,
             json,
         } => {
+            if !["native", "sanlock"].contains(&protocol.as_str()) {
+                eprintln!("tenure-bench: --protocol must be native or sanlock");
+                return ExitCode::from(2);
+            }
             let (_auto, path) = match auto_or(&device, 512) {
                 Ok(x) => x,
                 Err(code) => return code,
@@ -225,6 +234,7 @@ fn main() -> ExitCode {
                 io_timeout_s: io_timeout.max(1),
                 sanlock_rundir: compare_sanlock,
                 sanlock_bench,
+                sanlock_protocol: protocol == "sanlock",
             };
             emit(tenure_bench::daemon::run(&opts), json, &path)
         }
