@@ -252,6 +252,8 @@ pub struct Server {
     sanlock_listener: Option<(UnixListener, PathBuf)>,
     /// INQ_LOCKSPACE with INQ_WAIT: (client, lockspace name).
     inq_waiters: Vec<(ClientKey, String)>,
+    /// REM_LOCKSPACE waiting for killed holders: (client to answer, unless async; lockspace).
+    rem_after_kill: Vec<(Option<ClientKey>, String)>,
     conns: Vec<Option<Conn>>,
     next_serial: u64,
     spaces: Vec<Space>,
@@ -439,6 +441,7 @@ impl Server {
             socket_path,
             sanlock_listener,
             inq_waiters: Vec::new(),
+            rem_after_kill: Vec::new(),
             conns: Vec::new(),
             next_serial: 0,
             spaces: Vec::new(),
@@ -567,6 +570,9 @@ impl Server {
         }
         if !self.inq_waiters.is_empty() {
             self.sanlock_inq_waiters();
+        }
+        if !self.rem_after_kill.is_empty() {
+            self.sanlock_rem_after_kill();
         }
         if self.stopping {
             self.begin_leaving_all(now);

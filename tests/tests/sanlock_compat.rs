@@ -320,13 +320,30 @@ print("DONE")
     // Leave through python; the daemon is idle again.
     let _ = holder2.kill();
     let _ = holder2.wait();
+    // Removal with a holder: REM_UNUSED refuses (EBUSY); a plain removal SIGKILLs the holder
+    // and returns once the lockspace is gone.
     let rem = python(
         &h1,
         &format!(
             r#"
-import sanlock
-assert sanlock.rem_lockspace(b"LS", 1, b"{p1}", 0) is None
-assert sanlock.inq_lockspace(b"LS", 1, b"{p1}", 0) is False
+import os, sanlock, signal, subprocess, sys, time
+p = b"{p1}"
+child = subprocess.Popen([sys.executable, "-c", '''
+import sanlock, sys, time
+fd = sanlock.register()
+sanlock.acquire(b"LS", b"R1", [(b"{p1}", 1048576)], slkfd=fd)
+print("held", flush=True)
+time.sleep(60)
+'''], stdout=subprocess.PIPE)
+assert child.stdout.readline().strip() == b"held"
+try:
+    sanlock.rem_lockspace(b"LS", 1, p, 0, unused=True)
+    raise SystemExit("rem unused succeeded with a holder")
+except sanlock.SanlockException as e:
+    assert e.errno == 16, e
+assert sanlock.rem_lockspace(b"LS", 1, p, 0) is None
+assert child.wait(timeout=10) == -signal.SIGKILL, child.returncode
+assert sanlock.inq_lockspace(b"LS", 1, p, 0) is False
 print("ok")
 "#
         ),

@@ -257,6 +257,39 @@ impl Server {
                     return done(self, rv::ENOENT);
                 }
                 let wait = h.cmd_flags & flags::REM_ASYNC == 0;
+                let holders: Vec<i32> = self
+                    .leases
+                    .iter()
+                    .filter(|l| l.space == ls.name && l.pid > 0)
+                    .map(|l| l.pid)
+                    .collect();
+                if !holders.is_empty() {
+                    if h.cmd_flags & flags::REM_UNUSED != 0 {
+                        return done(self, rv::EBUSY);
+                    }
+                    // sanlock's removal: SIGKILL every holder (no kill path), wait for their
+                    // leases to go, then leave.
+                    for pid in holders {
+                        tracing::warn!(lockspace = %ls.name, pid, "lockspace removal: killing lease holder");
+                        if let Some(p) = rustix::process::Pid::from_raw(pid) {
+                            if let Ok(fd) =
+                                rustix::process::pidfd_open(p, rustix::process::PidfdFlags::empty())
+                            {
+                                let _ = rustix::process::pidfd_send_signal(
+                                    &fd,
+                                    rustix::process::Signal::KILL,
+                                );
+                            }
+                        }
+                    }
+                    if !wait {
+                        self.sanlock_send(k, h, 0, 0, &[]);
+                        self.rem_after_kill.push((None, ls.name));
+                    } else {
+                        self.rem_after_kill.push((Some(k), ls.name));
+                    }
+                    return;
+                }
                 if let Some(r) = self.lockspace_remove(k, &ls.name, wait) {
                     self.sanlock_reply(k, r);
                 }
@@ -812,6 +845,36 @@ impl Server {
             Some(Some(LockspaceState::Joining { .. })) => rv::EINPROGRESS,
             Some(Some(LockspaceState::Joined { .. })) => rv::EINPROGRESS,
             _ => rv::ENOENT,
+        }
+    }
+
+    /// Lockspace removals waiting for their killed holders' leases to go.
+    pub(super) fn sanlock_rem_after_kill(&mut self) {
+        let pending = std::mem::take(&mut self.rem_after_kill);
+        for (k, name) in pending {
+            let releasing = self.pending.values().any(|p| match p {
+                super::Pending::Release { leases, .. } => leases.iter().any(|l| l.space == name),
+                super::Pending::Acquire { space, .. } => *space == name,
+            });
+            if self.leases.iter().any(|l| l.space == name) || releasing {
+                self.rem_after_kill.push((k, name));
+                continue;
+            }
+            match k {
+                Some(k) => {
+                    if let Some(r) = self.lockspace_remove(k, &name, true) {
+                        self.sanlock_reply(k, r);
+                    }
+                }
+                None => {
+                    // REM_ASYNC: already answered; leave without a waiter.
+                    if let Some(i) = self.space_index(&name) {
+                        let id = self.spaces[i].id;
+                        let now = self.clock.now();
+                        let _ = self.set.leave(id, now);
+                    }
+                }
+            }
         }
     }
 
