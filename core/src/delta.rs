@@ -141,6 +141,13 @@ pub enum DeltaEvent {
     },
     /// We released our host id (timestamp 0 written).
     Released,
+    /// Live hosts have our bit set in their bitmap: they ask us to look at the request
+    /// records of the leases we hold (or send an event). Reported by each renewal read that
+    /// sees it.
+    BitSet {
+        /// Who set it.
+        from: Vec<u64>,
+    },
 }
 
 /// Progress of a join, for "phase and time left".
@@ -555,6 +562,18 @@ impl DeltaLease {
                 let last = confirmed;
                 self.hosts
                     .observe(now, self.cfg.geometry, &self.cfg.space_name, data);
+                let from: Vec<u64> = self
+                    .hosts
+                    .entries
+                    .iter()
+                    .flatten()
+                    .filter(|e| e.bit_for_us && e.host_id != self.cfg.host_id)
+                    .map(|e| e.host_id)
+                    .collect();
+                if !from.is_empty() {
+                    // Drained by the driver before the renewal write completes.
+                    self.event = Some(DeltaEvent::BitSet { from });
+                }
                 // A timestamp must change to count as a renewal, and must differ from every
                 // timestamp a late write of ours may still bring.
                 let stamp = Self::stamp(now).max(self.max_written_ts + 1);
@@ -700,6 +719,8 @@ pub struct HostEntry {
     pub first_seen: Time,
     /// When we last saw its timestamp change (our clock).
     pub last_change: Option<Time>,
+    /// Its bitmap has our host id's bit set (a request for a lease we hold, or an event).
+    pub bit_for_us: bool,
 }
 
 /// Host statuses from renewal reads, on our own monotonic clock.
@@ -744,6 +765,7 @@ impl HostTable {
                         e.last_change = Some(now);
                     }
                     e.io_timeout = l.io_timeout;
+                    e.bit_for_us = d.bitmap.get(self.our_host_id);
                 }
                 _ => {
                     if l.timestamp == 0 && l.owner_generation == 0 {
@@ -758,6 +780,7 @@ impl HostTable {
                         io_timeout: l.io_timeout,
                         first_seen: now,
                         last_change: None,
+                        bit_for_us: d.bitmap.get(self.our_host_id),
                     });
                 }
             }

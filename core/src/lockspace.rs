@@ -120,6 +120,8 @@ pub struct LockspaceSet {
     data: Vec<u8>,
     /// Paxos lease operations in progress (see [`ops`]).
     ops: ops::Ops,
+    /// Bitmap bits to clear at a time: (lockspace, host id, when).
+    bit_expiry: Vec<(LockspaceId, u64, Time)>,
 }
 
 impl LockspaceSet {
@@ -131,6 +133,7 @@ impl LockspaceSet {
             completions: Vec::with_capacity(256),
             data: Vec::new(),
             ops: ops::Ops::default(),
+            bit_expiry: Vec::new(),
         }
     }
 
@@ -269,6 +272,24 @@ impl LockspaceSet {
             .unwrap_or_default()
     }
 
+    /// Sets host `host_id`'s bit in our bitmap of lockspace `id` until `until` (then it is
+    /// cleared by `step`): how a request or event reaches that host (PROTOCOL "Requests": for
+    /// 6T).
+    pub fn set_bitmap_bit_until(
+        &mut self,
+        id: LockspaceId,
+        host_id: u64,
+        until: Time,
+    ) -> Result<(), LockspaceError> {
+        self.entry(id)?.lease.set_bitmap_bit(host_id, true);
+        self.bit_expiry
+            .retain(|(i, h, _)| !(*i == id && *h == host_id));
+        if self.bit_expiry.len() < 4096 {
+            self.bit_expiry.push((id, host_id, until));
+        }
+        Ok(())
+    }
+
     /// Sets host `host_id`'s bit in our bitmap of lockspace `id`.
     pub fn set_bitmap_bit(
         &mut self,
@@ -287,6 +308,7 @@ impl LockspaceSet {
             .flatten()
             .filter_map(|e| e.lease.poll_timeout())
             .chain(self.ops.next_timeout())
+            .chain(self.bit_expiry.iter().map(|(_, _, t)| *t))
             .chain(self.backend.next_deadline())
             .min()
     }
@@ -341,6 +363,18 @@ impl LockspaceSet {
     /// One round: collect completions and expiries, advance every lockspace, hand all new I/O
     /// to the engine in one batch. Never blocks.
     pub fn step(&mut self, now: Time) -> Result<(), LockspaceError> {
+        let mut i = 0;
+        while i < self.bit_expiry.len() {
+            let (id, host, until) = self.bit_expiry[i];
+            if until <= now {
+                self.bit_expiry.swap_remove(i);
+                if let Some(e) = self.entries.get_mut(id.0).and_then(Option::as_mut) {
+                    e.lease.set_bitmap_bit(host, false);
+                }
+            } else {
+                i += 1;
+            }
+        }
         self.completions.clear();
         self.backend.poll(now, &mut self.completions)?;
         for i in 0..self.completions.len() {
@@ -422,6 +456,7 @@ impl LockspaceSet {
                 write_latency: Some(*write_latency),
                 error: None,
             }),
+            DeltaEvent::BitSet { .. } => None,
             DeltaEvent::RenewalFailed { error } => Some(RenewalRecord {
                 at: now,
                 read_latency: None,

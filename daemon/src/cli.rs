@@ -167,6 +167,18 @@ enum ResourceCmd {
         #[arg(long)]
         json: bool,
     },
+    /// Ask the host holding a resource to give it up (its holder gets SIGTERM or its kill
+    /// path; SIGKILL with --force). Our lockspace must be joined.
+    Request {
+        /// LS:NAME:PATH:OFFSET
+        resource: String,
+        /// SIGKILL the holder instead of the graceful SIGTERM / kill path.
+        #[arg(long)]
+        force: bool,
+        /// Print the result as JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// Leases of a process, with their state strings (LS:NAME:PATH:OFFSET:LVER).
     Inquire {
         /// The holder pid.
@@ -358,6 +370,11 @@ fn run(cli: Cli) -> Result<ExitCode, String> {
             json,
         }) => d::release(&socket(), &resources, all, pid, json),
         Command::Resource(ResourceCmd::Inquire { pid, json }) => d::inquire(&socket(), pid, json),
+        Command::Resource(ResourceCmd::Request {
+            resource,
+            force,
+            json,
+        }) => d::request(&socket(), &resource, force, json),
         Command::Lockspace(LockspaceCmd::Init {
             spec,
             geometry,

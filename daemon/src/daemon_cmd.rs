@@ -513,6 +513,31 @@ pub fn release(
     Ok(ExitCode::SUCCESS)
 }
 
+/// `tenure resource request RES [--force]`.
+pub fn request(socket: &Path, resource: &str, force: bool, json: bool) -> Result<ExitCode, String> {
+    let mut c = connect(socket)?;
+    let res = abs_resources(&[resource.to_owned()])?.remove(0);
+    let v = call(
+        &mut c,
+        &Request::Request {
+            resource: res,
+            force,
+        },
+    )?;
+    print(json, &v, |v| match v["owner"].as_u64() {
+        Some(h) => format!(
+            "request written; host {h} is asked to give {resource} up ({})",
+            if force {
+                "SIGKILL"
+            } else {
+                "SIGTERM or kill path"
+            }
+        ),
+        None => format!("{resource} is free: nothing to request"),
+    })?;
+    Ok(ExitCode::SUCCESS)
+}
+
 /// `tenure resource inquire -p PID`.
 pub fn inquire(socket: &Path, pid: i32, json: bool) -> Result<ExitCode, String> {
     let mut c = connect(socket)?;

@@ -118,6 +118,16 @@ pub enum Request {
         #[serde(default)]
         pid: Option<i32>,
     },
+    /// Ask the host holding a resource to give it up: writes the request record and sets the
+    /// owner's bit in our bitmap for 6T; the owner SIGKILLs (force) or SIGTERMs / runs the kill
+    /// path of (graceful) its holder.
+    Request {
+        /// Resource spec (`LS:NAME:PATH:OFFSET`).
+        resource: String,
+        /// FORCE (SIGKILL) instead of GRACEFUL.
+        #[serde(default)]
+        force: bool,
+    },
     /// A program run instead of SIGTERM when this client's leases are lost.
     KillPath {
         /// Program (absolute path).

@@ -223,6 +223,19 @@ enum JobReply {
     Native(Reply),
     /// For a sanlock client: result, data2, payload.
     Sanlock(i32, u32, Vec<u8>),
+    /// A request record was written (or the lease was free): the owner to signal through our
+    /// bitmap in `space`, or the sanlock result of the failure.
+    Requested {
+        space: String,
+        result: Result<Option<u64>, i32>,
+        sanlock: bool,
+    },
+    /// The request record of a lease we hold, read after another host set our bit.
+    Examined {
+        space: String,
+        resource: Name,
+        record: Option<tenure_format::paxos::RequestRecord>,
+    },
 }
 
 #[derive(Debug)]
@@ -646,6 +659,10 @@ impl Server {
                     );
                 }
             }
+            DeltaEvent::BitSet { from } => {
+                tracing::info!(lockspace = %name, ?from, "hosts set our bit: examining request records");
+                self.examine(&name);
+            }
             DeltaEvent::Released => {
                 tracing::info!(lockspace = %name, "left");
                 let waiters = std::mem::take(&mut self.spaces[i].leave_waiters);
@@ -763,6 +780,16 @@ impl Server {
                 JobReply::Sanlock(result, data2, payload) => {
                     self.sanlock_job_done(k, result, data2, &payload)
                 }
+                JobReply::Requested {
+                    space,
+                    result,
+                    sanlock,
+                } => self.requested(k, &space, result, sanlock),
+                JobReply::Examined {
+                    space,
+                    resource,
+                    record,
+                } => self.examined(&space, resource, record),
             }
         }
         if accept {
@@ -1085,6 +1112,9 @@ impl Server {
             } => self.release(None, k, &resources, all, pid, lvb_hex.as_deref()),
             Request::Inquire { pid } => Some(self.inquire(k, pid, None)),
             Request::Owners { resource } => self.owners(k, &resource),
+            Request::Request { resource, force } => {
+                self.start_request(k, &resource, None, if force { 1 } else { 2 }, false)
+            }
             Request::LvbGet { resource, pid } => Some(self.lvb_get(k, &resource, pid)),
             Request::LvbSet { resource, hex, pid } => Some(self.lvb_set(k, &resource, &hex, pid)),
             Request::KillPath { path, args } => {
@@ -2162,6 +2192,167 @@ impl Server {
         spawned.is_ok()
     }
 
+    /// Reads the request record of every lease held in `space` (helper threads).
+    fn examine(&mut self, space: &str) {
+        let targets: Vec<(Name, String, u64)> = self
+            .leases
+            .iter()
+            .filter(|l| l.space == space && l.owner != Owner::Orphan)
+            .map(|l| (l.resource, l.location.0.clone(), l.location.1))
+            .collect();
+        for (resource, path, offset) in targets {
+            let space = space.to_owned();
+            // Examinations are answered to nobody: a placeholder key.
+            let k = ClientKey {
+                idx: usize::MAX,
+                serial: 0,
+            };
+            self.spawn_job(k, move || {
+                let record = read_request_record(&path, offset).ok();
+                JobReply::Examined {
+                    space,
+                    resource,
+                    record,
+                }
+            });
+        }
+    }
+
+    /// Acts on a request record newer than the lease we hold: FORCE → SIGKILL the holder
+    /// (SIGTERM if SIGKILL is restricted), GRACEFUL → its kill path, else SIGTERM (SIGKILL if
+    /// SIGTERM is restricted). The lease goes when the holder exits.
+    fn examined(
+        &mut self,
+        space: &str,
+        resource: Name,
+        record: Option<tenure_format::paxos::RequestRecord>,
+    ) {
+        let Some(rec) = record else { return };
+        let Some(l) = self
+            .leases
+            .iter()
+            .find(|l| l.space == space && l.resource == resource)
+        else {
+            return;
+        };
+        if rec.force_mode == 0 || rec.lver <= l.held.acquired.lver {
+            return;
+        }
+        let (pid, owner) = (l.pid, l.owner);
+        let (kill_path, restrict) = match owner {
+            Owner::Conn(c) => self
+                .conn(c)
+                .map(|c| {
+                    let r = match &c.proto {
+                        Proto::Sanlock(s) => s.restrict,
+                        Proto::Native => 0,
+                    };
+                    (c.kill_path.clone(), r)
+                })
+                .unwrap_or((None, 0)),
+            _ => (None, 0),
+        };
+        use crate::sanlock_wire::flags::{RESTRICT_SIGKILL, RESTRICT_SIGTERM};
+        let sig = match (rec.force_mode, kill_path) {
+            (1, _) if restrict & RESTRICT_SIGKILL != 0 => Some(rustix::process::Signal::TERM),
+            (1, _) => Some(rustix::process::Signal::KILL),
+            (_, Some((path, args))) => {
+                tracing::warn!(lockspace = %space, resource = %resource.escaped(), pid, kill_path = %path, "graceful request: running the kill path");
+                let _ = std::process::Command::new(&path)
+                    .args(&args)
+                    .stdin(std::process::Stdio::null())
+                    .spawn();
+                None
+            }
+            _ if restrict & RESTRICT_SIGTERM != 0 => Some(rustix::process::Signal::KILL),
+            _ => Some(rustix::process::Signal::TERM),
+        };
+        if let Some(sig) = sig {
+            tracing::warn!(lockspace = %space, resource = %resource.escaped(), pid, request_lver = rec.lver, force_mode = rec.force_mode, "another host requested this lease: signalling its holder");
+            if let Some(p) = rustix::process::Pid::from_raw(pid) {
+                if let Ok(fd) = rustix::process::pidfd_open(p, rustix::process::PidfdFlags::empty())
+                {
+                    let _ = rustix::process::pidfd_send_signal(&fd, sig);
+                }
+            }
+        }
+    }
+
+    /// Starts a request for a resource held elsewhere: writes its request record (helper
+    /// thread), then sets the owner's bit in our bitmap of that lockspace for 6T.
+    fn start_request(
+        &mut self,
+        k: ClientKey,
+        spec: &str,
+        lver: Option<u64>,
+        force_mode: u32,
+        sanlock: bool,
+    ) -> Option<Reply> {
+        let spec = match ResourceSpec::parse(spec) {
+            Ok(s) if s.disks.len() == 1 => s,
+            Ok(_) => return Some(err(ErrorCode::BadRequest, "one PATH:OFFSET")),
+            Err(e) => return Some(err(ErrorCode::BadRequest, format!("resource spec: {e}"))),
+        };
+        let space = spec.lockspace.escaped();
+        let joined = self.space_index(&space).is_some_and(|i| {
+            matches!(
+                self.set.state(self.spaces[i].id),
+                Some(LockspaceState::Joined { .. })
+            )
+        });
+        if !joined {
+            return Some(err(
+                ErrorCode::NotJoined,
+                format!("lockspace {space} is not joined"),
+            ));
+        }
+        let (path, offset) = (spec.disks[0].path.clone(), spec.disks[0].offset);
+        let started = self.spawn_job(k, move || JobReply::Requested {
+            space,
+            result: write_request_record(&path, offset, lver, force_mode),
+            sanlock,
+        });
+        if !started {
+            return Some(err(ErrorCode::Full, "too many direct I/Os in progress"));
+        }
+        None
+    }
+
+    fn requested(
+        &mut self,
+        k: ClientKey,
+        space: &str,
+        result: Result<Option<u64>, i32>,
+        sanlock: bool,
+    ) {
+        if let Ok(Some(owner)) = result {
+            if let Some(i) = self.space_index(space) {
+                let id = self.spaces[i].id;
+                let now = self.clock.now();
+                // PROTOCOL "Requests": the owner's bit stays set for 6T.
+                let until = now.saturating_add(Duration::from_secs(6 * self.cfg.io_timeout_s));
+                let _ = self.set.set_bitmap_bit_until(id, owner, until);
+                tracing::info!(lockspace = %space, owner, "request written; owner's bit set for 6T");
+            }
+        }
+        if sanlock {
+            let r = match result {
+                Ok(_) => 0,
+                Err(e) => e,
+            };
+            self.sanlock_job_done(k, r, 0, &[]);
+        } else {
+            let r = match result {
+                Ok(owner) => Reply::Ok(json!({"owner": owner, "written": owner.is_some()})),
+                Err(e) => err(
+                    ErrorCode::Failed,
+                    format!("request failed (sanlock result {e})"),
+                ),
+            };
+            self.reply(k, r);
+        }
+    }
+
     fn inquire(&mut self, k: ClientKey, pid: Option<i32>, target: Option<ClientKey>) -> Reply {
         let (pid, on_behalf) = match self.resolve(k, pid, target) {
             Ok(x) => x,
@@ -2189,6 +2380,64 @@ impl Server {
             "state": state,
         }))
     }
+}
+
+/// Reads the request record (sector 1) of the lease area at `offset`.
+fn read_request_record(
+    path: &str,
+    offset: u64,
+) -> Result<tenure_format::paxos::RequestRecord, String> {
+    let mut d = DirectDisk::open(Path::new(path), Access::Read, BackendKind::Sync)
+        .map_err(|e| e.to_string())?;
+    let leader = d
+        .read(offset, 4096, LeaderRecord::decode)
+        .map_err(|e| e.to_string())?
+        .map_err(|e| e.to_string())?;
+    let ss = u64::from(leader.sector_size);
+    d.read(
+        offset + ss,
+        ss as usize,
+        tenure_format::paxos::RequestRecord::decode,
+    )
+    .map_err(|e| e.to_string())?
+    .map_err(|e| e.to_string())
+}
+
+/// Writes a request record for the lease at `offset` (spec/SANLOCK-WIRE.md "REQUEST"): lver
+/// given, or (None) the owner's lver + 1; a free lease is left alone. Returns the owner to
+/// signal, or sanlock's result.
+fn write_request_record(
+    path: &str,
+    offset: u64,
+    lver: Option<u64>,
+    force_mode: u32,
+) -> Result<Option<u64>, i32> {
+    use crate::sanlock_wire::rv;
+    use tenure_format::paxos::RequestRecord;
+    let mut d = DirectDisk::open(Path::new(path), Access::ReadWrite, BackendKind::Sync)
+        .map_err(|_| rv::ENODEV)?;
+    let leader = d
+        .read(offset, 4096, LeaderRecord::decode)
+        .map_err(|_| rv::SANLK_AIO_TIMEOUT)?
+        .map_err(|_| rv::SANLK_LEADER_MAGIC)?;
+    if leader.timestamp == 0 && force_mode != 0 {
+        return Ok(None);
+    }
+    let lver = lver.unwrap_or(leader.lver + 1);
+    if force_mode != 0 && lver <= leader.lver {
+        return Err(-272); // SANLK_REQUEST_OLD
+    }
+    let ss = leader.sector_size as usize;
+    let mut sector = vec![0u8; ss];
+    RequestRecord {
+        lver,
+        force_mode,
+        ..RequestRecord::FORMATTED
+    }
+    .encode_into(&mut sector);
+    d.write(offset + ss as u64, &sector)
+        .map_err(|_| rv::SANLK_AIO_TIMEOUT)?;
+    Ok((force_mode != 0).then_some(leader.owner_id))
 }
 
 fn hex(b: &[u8]) -> String {

@@ -1093,3 +1093,65 @@ fn a_paused_daemon_does_not_resume_holding_what_another_host_may_take() {
         t0.elapsed()
     );
 }
+
+#[test]
+fn a_request_from_another_host_makes_the_holder_give_the_lease_up() {
+    if !can_run() {
+        return;
+    }
+    use std::os::unix::process::ExitStatusExt;
+    let backing = BackingFile::new(16 << 20);
+    let base = LoopDevice::attach(backing.path(), 512);
+    format_area(&base.path_str(), &[("R", 1), ("S", 2)]);
+    let h1 = Host::start(1, backing.path());
+    let h2 = Host::start(2, backing.path());
+    h1.wait_joined(Duration::from_secs(30));
+    h2.wait_joined(Duration::from_secs(30));
+    // Graceful: the holder gets SIGTERM; force: SIGKILL.
+    for (res, mb, force, signal) in [
+        ("R", 1, false, libc::SIGTERM),
+        ("S", 2, true, libc::SIGKILL),
+    ] {
+        let mut held = spawn_holder(&h1, &h1.resource(res, mb), "exec sleep 600");
+        wait_lease_shown(&h1, 1);
+        let t0 = Instant::now();
+        let mut args = vec!["resource", "request"];
+        let r2 = h2.resource(res, mb);
+        args.push(&r2);
+        if force {
+            args.push("--force");
+        }
+        let v = h2.json(&args);
+        assert_eq!(v["owner"], 1, "{v}");
+        let s = wait_end(&mut held, Duration::from_secs(20), "requested holder");
+        assert_eq!(s.signal(), Some(signal), "{s:?}\n{}", h1.log());
+        let took = t0.elapsed();
+        // Then host 2 gets it (host 1 released it when its holder exited).
+        let t1 = Instant::now();
+        loop {
+            let out = h2
+                .tenure(&["run", "--no-wait", "--lease", &r2, "--", "true"])
+                .output()
+                .unwrap();
+            if out.status.success() {
+                break;
+            }
+            assert!(
+                t1.elapsed() < Duration::from_secs(10),
+                "{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        eprintln!("request {res} (force {force}): holder signalled {took:?} after the request");
+        while h1.json(&["status"])["leases"]
+            .as_array()
+            .is_some_and(|l| !l.is_empty())
+        {
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+    // A free lease: nothing to request.
+    let v = h2.json(&["resource", "request", &h2.resource("R", 1)]);
+    assert_eq!(v["owner"], serde_json::Value::Null, "{v}");
+}

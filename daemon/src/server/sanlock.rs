@@ -646,6 +646,18 @@ impl Server {
                     )
                 });
             }
+            (cmd::REQUEST, Body::ResourceWithDisks(r)) => {
+                // NEXT_LVER with lver 0: the owner's lver + 1; lver 0 and force 0 clears.
+                let lver = if h.cmd_flags & 0x1 != 0 && r.lver == 0 {
+                    None
+                } else {
+                    Some(r.lver)
+                };
+                let spec = resource_spec(&w::Resource { flags: 0, ..r });
+                if let Some(reply) = self.start_request(k, &spec, lver, h.data, true) {
+                    self.sanlock_reply(k, reply);
+                }
+            }
             (cmd::SET_LVB, Body::SetLvb(r, bytes)) => {
                 let Some(i) = self.held_on_host(&r) else {
                     return done(self, rv::ENOENT);
