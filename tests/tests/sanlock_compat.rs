@@ -10,7 +10,8 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use tenure_tests::{
-    is_root, prerequisite, sanlock_available, tenure_bin, tenured_bin, BackingFile, LoopDevice,
+    is_root, prerequisite, sanlock_available, sanlock_lock, tenure_bin, tenured_bin, BackingFile,
+    LoopDevice, SanlockDaemon,
 };
 
 struct Daemon {
@@ -481,4 +482,146 @@ fn the_sanlock_client_cli_works_against_tenured() {
         );
         std::thread::sleep(Duration::from_millis(50));
     }
+}
+
+/// Requests cross between the real sanlock daemon (host 1) and tenured (host 2): tenure's
+/// FORCE request makes sanlock SIGKILL its holder, and sanlock's makes tenured SIGKILL its own.
+#[test]
+fn requests_cross_between_sanlock_and_tenured() {
+    if !prerequisite(is_root(), "root") || !sanlock_available() {
+        return;
+    }
+    let _serial = sanlock_lock();
+    let backing = BackingFile::new(16 << 20);
+    let d1 = LoopDevice::attach(backing.path(), 512);
+    let d2 = LoopDevice::attach(backing.path(), 512);
+    let (p1, p2) = (d1.path_str(), d2.path_str());
+    let t = |args: &[&str]| {
+        let out = Command::new(tenure_bin()).args(args).output().unwrap();
+        assert!(
+            out.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    t(&[
+        "lockspace",
+        "init",
+        &format!("LS:0:{p1}:0"),
+        "--io-timeout",
+        "1",
+    ]);
+    for (r, mb) in [("R1", 1), ("R2", 2)] {
+        t(&[
+            "resource",
+            "init",
+            &format!("LS:{r}:{p1}:{mb}M"),
+            "--num-hosts",
+            "8",
+        ]);
+    }
+    let sl = SanlockDaemon::start();
+    // Host 1 (sanlock): join and hold R1 in a process that sanlock will have to kill.
+    let mut holder = Command::new("/usr/bin/python3")
+        .arg("-c")
+        .arg(format!(
+            r#"
+import sanlock, time
+sanlock.add_lockspace(b"LS", 1, b"{p1}", iotimeout=1)
+fd = sanlock.register()
+sanlock.acquire(b"LS", b"R1", [(b"{p1}", 1048576)], slkfd=fd)
+print("held", flush=True)
+time.sleep(120)
+"#
+        ))
+        .env("SANLOCK_RUN_DIR", sl.rundir())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(holder.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    assert_eq!(line.trim(), "held");
+    // Host 2 (tenured).
+    let h2 = Daemon::start(false, Some(format!("LS:2:{p2}:0")));
+    let t0 = Instant::now();
+    loop {
+        let out = h2.tenure(&["lockspace", "list", "--json"]);
+        if String::from_utf8_lossy(&out.stdout).contains("\"joined\"") {
+            break;
+        }
+        assert!(t0.elapsed() < Duration::from_secs(20), "{}", h2.log());
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    std::thread::sleep(Duration::from_secs(3));
+    // tenure → sanlock.
+    let out = h2.tenure(&["resource", "request", "--force", &format!("LS:R1:{p2}:1M")]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let t0 = Instant::now();
+    let status = loop {
+        if let Some(s) = holder.try_wait().unwrap() {
+            break s;
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(30),
+            "sanlock did not kill its holder"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    use std::os::unix::process::ExitStatusExt;
+    assert_eq!(status.signal(), Some(libc::SIGKILL), "{status:?}");
+    let to_sanlock = t0.elapsed();
+    // sanlock → tenure: host 2 holds R2; a FORCE request from host 1 kills its holder.
+    let mut held = Command::new(tenure_bin())
+        .arg("--socket")
+        .arg(h2.socket())
+        .args([
+            "run",
+            "--lease",
+            &format!("LS:R2:{p2}:2M"),
+            "--",
+            "sleep",
+            "120",
+        ])
+        .spawn()
+        .unwrap();
+    let t0 = Instant::now();
+    while !String::from_utf8_lossy(&h2.tenure(&["status", "--json"]).stdout).contains("\"R2\"") {
+        assert!(t0.elapsed() < Duration::from_secs(10));
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    sl.python(&format!(
+        r#"
+import sanlock
+sanlock.request(b"LS", b"R2", [(b"{p1}", 2 * 1048576)], action=sanlock.REQ_FORCE)
+"#
+    ));
+    let t0 = Instant::now();
+    let status = loop {
+        if let Some(s) = held.try_wait().unwrap() {
+            break s;
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(30),
+            "tenured did not kill its holder\n{}",
+            h2.log()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert_eq!(status.signal(), Some(libc::SIGKILL), "{status:?}");
+    eprintln!(
+        "tenure → sanlock request honoured in {to_sanlock:?}; sanlock → tenure in {:?}",
+        t0.elapsed()
+    );
+    let _ = sl.python(&format!(
+        r#"
+import sanlock
+sanlock.rem_lockspace(b"LS", 1, b"{p1}")
+"#
+    ));
 }
