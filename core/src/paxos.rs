@@ -936,6 +936,32 @@ impl PaxosRelease {
         me
     }
 
+    /// Converts a lease we hold exclusively to shared: our dblock RELEASED with our mode
+    /// block SHARED in one write, then the leader freed — the tail of a shared acquire, so an
+    /// exclusive acquirer that finds the leader released still meets our SHARED mode block.
+    /// On success the lease is held as [`PaxosRelease::as_shared`] describes. (Shared →
+    /// exclusive is not offered: see `conversions_keep_exclusion` in tests/paxos_model.rs.)
+    pub fn to_shared(cfg: PaxosConfig, held: Acquired, now: Time) -> Self {
+        let mode = ModeBlock {
+            flags: MODE_FLAG_SHARED,
+            unused: 0,
+            generation: cfg.generation,
+        };
+        Self::leader_release(cfg, held, mode, now)
+    }
+
+    /// What an exclusive lease becomes once [`PaxosRelease::to_shared`] succeeded.
+    pub fn as_shared(held: &Acquired) -> Acquired {
+        Acquired {
+            dblock: Dblock {
+                flags: held.dblock.flags | DBLOCK_FLAG_RELEASED,
+                ..held.dblock
+            },
+            shared: true,
+            ..held.clone()
+        }
+    }
+
     /// Our RELEASED dblock with `mode` in one write, then the leader freed if still ours.
     fn leader_release(cfg: PaxosConfig, held: Acquired, mode: ModeBlock, now: Time) -> Self {
         let mut me = PaxosRelease {

@@ -54,6 +54,9 @@ enum Op {
     Acquiring(Box<PaxosAcquire>),
     Holding(Acquired),
     Releasing(Box<PaxosRelease>),
+    /// Exclusive → shared: holds it exclusively until its RELEASED+SHARED dblock write has
+    /// landed (`marked`), shared from then on.
+    ConvertingDown(Box<PaxosRelease>, Acquired, bool),
     Finished,
     Crashed,
 }
@@ -91,6 +94,9 @@ struct Model {
     /// Reaching `states_max` fails the test (an exhaustive check) instead of ending a
     /// bounded search.
     exhaustive: bool,
+    /// Holders may convert (shared → exclusive, exclusive → shared); each conversion counts
+    /// as an attempt.
+    convert: bool,
 }
 
 fn cfg(m: &Model, host_id: u64) -> PaxosConfig {
@@ -136,6 +142,7 @@ fn fingerprint(s: &State) -> u64 {
             Op::Releasing(r) => (2u8, r).hash(&mut h),
             Op::Finished => 3u8.hash(&mut h),
             Op::Crashed => 4u8.hash(&mut h),
+            Op::ConvertingDown(r, held, marked) => (6u8, r, held, marked).hash(&mut h),
         }
         match &host.io {
             Flight::Idle => 0u8.hash(&mut h),
@@ -164,6 +171,7 @@ enum Event {
     Timer { host: usize },
     Releases { host: usize },
     Retries { host: usize },
+    Converts { host: usize },
     Crashes { host: usize, write_landed: bool },
 }
 
@@ -189,6 +197,7 @@ impl std::fmt::Display for Event {
             Event::Timer { host } => write!(f, "host {} timer", host + 1),
             Event::Releases { host } => write!(f, "host {} releases", host + 1),
             Event::Retries { host } => write!(f, "host {} retries acquire", host + 1),
+            Event::Converts { host } => write!(f, "host {} converts", host + 1),
             Event::Crashes { host, write_landed } => {
                 write!(
                     f,
@@ -214,6 +223,7 @@ struct Checker {
     shared_held: bool,
     exclusive_held: bool,
     two_shared: bool,
+    converted_down: bool,
 }
 
 impl Checker {
@@ -260,6 +270,7 @@ impl Checker {
             shared_held: false,
             exclusive_held: false,
             two_shared: false,
+            converted_down: false,
         };
         for i in 0..s.hosts.len() {
             c.drain(&mut s, i);
@@ -363,6 +374,20 @@ impl Checker {
                     }
                     return;
                 }
+                Op::ConvertingDown(r, held, _) => {
+                    if let Some(res) = r.poll_result() {
+                        assert!(res.is_ok(), "conversion failed in the model: {res:?}");
+                        self.converted_down = true;
+                        h.op = Op::Holding(PaxosRelease::as_shared(held));
+                        continue;
+                    }
+                    if let Some(io) = r.poll_io() {
+                        h.io = flight(io, r.write_data());
+                        issue_if_read(s, i);
+                        continue;
+                    }
+                    return;
+                }
                 Op::Releasing(r) => {
                     if let Some(res) = r.poll_result() {
                         assert!(res.is_ok(), "release failed in the model: {res:?}");
@@ -385,7 +410,9 @@ impl Checker {
         let now = s.now;
         match &mut s.hosts[i].op {
             Op::Acquiring(a) => a.handle_io(now, IoOutcome::Done, data),
-            Op::Releasing(r) => r.handle_io(now, IoOutcome::Done, data),
+            Op::Releasing(r) | Op::ConvertingDown(r, _, _) => {
+                r.handle_io(now, IoOutcome::Done, data)
+            }
             other => panic!("I/O completion for a host in {other:?}"),
         }
         self.drain(s, i);
@@ -411,6 +438,10 @@ impl Checker {
                         let mut n = s.clone();
                         if land {
                             n.disk[*sector].push(data.clone());
+                            // Its RELEASED+SHARED dblock is on disk: it holds shared now.
+                            if let Op::ConvertingDown(_, _, marked) = &mut n.hosts[i].op {
+                                *marked = true;
+                            }
                         }
                         match then_read {
                             Some((first, count)) => {
@@ -492,6 +523,19 @@ impl Checker {
                 self.drain(&mut n, i);
                 self.current = (fp, Event::Releases { host: i });
                 self.push(n);
+            }
+            // An exclusive holder converts to shared (counts as an attempt).
+            if let (true, Op::Holding(held)) = (self.m.convert, &h.op) {
+                if h.attempts < self.m.attempts_max && !held.shared {
+                    let mut n = s.clone();
+                    let r =
+                        PaxosRelease::to_shared(cfg(&self.m, i as u64 + 1), held.clone(), n.now);
+                    n.hosts[i].op = Op::ConvertingDown(Box::new(r), held.clone(), false);
+                    n.hosts[i].attempts += 1;
+                    self.drain(&mut n, i);
+                    self.current = (fp, Event::Converts { host: i });
+                    self.push(n);
+                }
             }
             // A finished host tries again.
             if h.op == Op::Finished && h.io == Flight::Idle && h.attempts < self.m.attempts_max {
@@ -630,7 +674,11 @@ fn check(s: &State) -> Result<(), String> {
         s.hosts
             .iter()
             .enumerate()
-            .filter(|(_, h)| matches!(&h.op, Op::Holding(a) if a.shared == shared))
+            .filter(|(_, h)| match &h.op {
+                Op::Holding(a) => a.shared == shared,
+                Op::ConvertingDown(_, _, marked) => *marked == shared,
+                _ => false,
+            })
             .map(|(i, _)| i + 1)
             .collect()
     };
@@ -661,6 +709,9 @@ fn summary(s: &State) -> Vec<String> {
                     if a.shared { " shared" } else { "" }
                 ),
                 Op::Releasing(_) => "releasing".into(),
+                Op::ConvertingDown(_, _, m) => {
+                    format!("converting exclusive → shared (marked {m})")
+                }
                 Op::Finished => "finished".into(),
                 Op::Crashed => "crashed".into(),
             };
@@ -695,6 +746,7 @@ fn two_hosts_one_disk_two_ballots_with_retries_releases_and_a_crash() {
         shared_mask: 0,
         states_max: 3_000_000,
         exhaustive: true,
+        convert: false,
     });
     assert!(held > 0, "some interleaving acquires");
     assert!(ballots >= 2, "contention made a second ballot happen");
@@ -719,6 +771,7 @@ fn three_hosts_one_disk_two_ballots_bounded() {
             .and_then(|v| v.parse().ok())
             .unwrap_or(4_000_000),
         exhaustive: false,
+        convert: false,
     });
     assert!(states >= 1_000_000, "searched only {states} states");
     assert!(held > 0);
@@ -738,6 +791,7 @@ fn the_checker_finds_the_violation_lost_writes_cause() {
         shared_mask: 0,
         states_max: 3_000_000,
         exhaustive: true,
+        convert: false,
     });
     let err = c.run().expect_err("lost writes must break exclusion");
     assert!(
@@ -759,6 +813,7 @@ fn one_exclusive_and_one_shared_host_never_hold_together() {
         shared_mask: 0b10,
         states_max: 6_000_000,
         exhaustive: true,
+        convert: false,
     });
     let states = c.run().unwrap_or_else(|v| panic!("{v}"));
     eprintln!(
@@ -784,6 +839,7 @@ fn two_shared_and_one_exclusive_host_bounded() {
         shared_mask: 0b011,
         states_max: 2_000_000,
         exhaustive: false,
+        convert: false,
     });
     let states = c.run().unwrap_or_else(|v| panic!("{v}"));
     eprintln!(
@@ -799,4 +855,31 @@ fn two_shared_and_one_exclusive_host_bounded() {
         c.two_shared,
         "two shared holders coexisted in some interleaving"
     );
+}
+
+/// Conversion exclusive → shared: host 1 acquires exclusively and may convert to shared,
+/// host 2 acquires shared, both release and retry: never an exclusive holder together with
+/// another holder, never an lver won twice (exhaustive). Shared → exclusive is not offered: a
+/// version that kept its SHARED mode block through the exclusive ballot was modelled here too,
+/// and this search found an interleaving (3 attempts, 1 ballot) where it ended exclusive at
+/// lver 3 while the other host held lver 4 shared.
+#[test]
+fn conversions_keep_exclusion() {
+    let mut c = Checker::new(Model {
+        hosts: 2,
+        ballots_max: 1,
+        attempts_max: 3,
+        crashes_max: 0,
+        lost_writes: false,
+        shared_mask: 0b10,
+        states_max: 3_000_000,
+        exhaustive: true,
+        convert: true,
+    });
+    let states = c.run().unwrap_or_else(|v| panic!("{v}"));
+    eprintln!(
+        "exclusive → shared conversions, exclusive host 1 + shared host 2: {states} states (exhaustive), converted: {}",
+        c.converted_down
+    );
+    assert!(c.converted_down, "a conversion happens");
 }

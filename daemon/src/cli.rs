@@ -167,6 +167,18 @@ enum ResourceCmd {
         #[arg(long)]
         json: bool,
     },
+    /// Convert a process's exclusive lease (LS:NAME) to shared (shared → exclusive is not
+    /// offered).
+    Convert {
+        /// LS:NAME of the lease.
+        resource: String,
+        /// The holder pid.
+        #[arg(short, long)]
+        pid: i32,
+        /// Print the result as JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// Ask the host holding a resource to give it up (its holder gets SIGTERM or its kill
     /// path; SIGKILL with --force). Our lockspace must be joined.
     Request {
@@ -370,6 +382,11 @@ fn run(cli: Cli) -> Result<ExitCode, String> {
             json,
         }) => d::release(&socket(), &resources, all, pid, json),
         Command::Resource(ResourceCmd::Inquire { pid, json }) => d::inquire(&socket(), pid, json),
+        Command::Resource(ResourceCmd::Convert {
+            resource,
+            pid,
+            json,
+        }) => d::convert(&socket(), &resource, pid, json),
         Command::Resource(ResourceCmd::Request {
             resource,
             force,

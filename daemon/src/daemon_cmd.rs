@@ -513,6 +513,21 @@ pub fn release(
     Ok(ExitCode::SUCCESS)
 }
 
+/// `tenure resource convert -p PID LS:NAME` (to shared).
+pub fn convert(socket: &Path, resource: &str, pid: i32, json: bool) -> Result<ExitCode, String> {
+    let mut c = connect(socket)?;
+    let v = call(
+        &mut c,
+        &Request::Convert {
+            resource: resource.to_owned(),
+            shared: true,
+            pid: Some(pid),
+        },
+    )?;
+    print(json, &v, |_| format!("{resource} is now held shared"))?;
+    Ok(ExitCode::SUCCESS)
+}
+
 /// `tenure resource request RES [--force]`.
 pub fn request(socket: &Path, resource: &str, force: bool, json: bool) -> Result<ExitCode, String> {
     let mut c = connect(socket)?;

@@ -118,6 +118,17 @@ pub enum Request {
         #[serde(default)]
         pid: Option<i32>,
     },
+    /// Convert a lease of this client (or of `pid`) from exclusive to shared (`shared: true`).
+    /// Shared → exclusive is refused (not offered: release and acquire exclusively).
+    Convert {
+        /// `LS:NAME` of the lease.
+        resource: String,
+        /// The mode wanted.
+        shared: bool,
+        /// Lease of this pid (privileged clients only).
+        #[serde(default)]
+        pid: Option<i32>,
+    },
     /// Ask the host holding a resource to give it up: writes the request record and sets the
     /// owner's bit in our bitmap for 6T; the owner SIGKILLs (force) or SIGTERMs / runs the kill
     /// path of (graceful) its holder.

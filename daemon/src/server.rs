@@ -212,6 +212,11 @@ enum Pending {
         client: Option<ClientKey>,
         leases: Vec<Lease>,
     },
+    Convert {
+        client: ClientKey,
+        space: String,
+        resource: Name,
+    },
 }
 
 type ProbeKey = (PathBuf, u64);
@@ -567,7 +572,9 @@ impl Server {
             let s = &self.spaces[i];
             let done = s.cleared
                 && !self.pending.values().any(|p| match p {
-                    Pending::Acquire { space, .. } => *space == s.name,
+                    Pending::Acquire { space, .. } | Pending::Convert { space, .. } => {
+                        *space == s.name
+                    }
                     Pending::Release { leases, .. } => leases.iter().any(|l| l.space == s.name),
                 });
             if done && self.set.remove(s.id).is_ok() {
@@ -1112,6 +1119,11 @@ impl Server {
             } => self.release(None, k, &resources, all, pid, lvb_hex.as_deref()),
             Request::Inquire { pid } => Some(self.inquire(k, pid, None)),
             Request::Owners { resource } => self.owners(k, &resource),
+            Request::Convert {
+                resource,
+                shared,
+                pid,
+            } => self.convert(k, &resource, shared, pid),
             Request::Request { resource, force } => {
                 self.start_request(k, &resource, None, if force { 1 } else { 2 }, false)
             }
@@ -1778,6 +1790,31 @@ impl Server {
                 }
                 OpOutcome::Released => {}
             },
+            Pending::Convert {
+                client,
+                space,
+                resource,
+            } => {
+                let reply = match outcome {
+                    OpOutcome::Acquired(mut held) => {
+                        let h = held.remove(0);
+                        if let Some(l) = self
+                            .leases
+                            .iter_mut()
+                            .find(|l| l.space == space && l.resource == resource)
+                        {
+                            l.held = h;
+                        }
+                        tracing::info!(lockspace = %space, resource = %resource.escaped(), "converted to shared");
+                        Reply::Ok(json!({"resource": resource.escaped(), "shared": true}))
+                    }
+                    OpOutcome::Failed {
+                        resource, error, ..
+                    } => op_error_reply(resource, &error),
+                    OpOutcome::Released => err(ErrorCode::Failed, "internal: convert released"),
+                };
+                self.reply(client, reply);
+            }
             Pending::Release { client, leases } => {
                 let reply = match outcome {
                     OpOutcome::Released => {
@@ -2065,6 +2102,57 @@ impl Server {
                     format!("{resource} is not held by this client"),
                 )
             })
+    }
+
+    fn convert(
+        &mut self,
+        k: ClientKey,
+        resource: &str,
+        shared: bool,
+        pid: Option<i32>,
+    ) -> Option<Reply> {
+        let i = match self.own_lease(k, resource, pid) {
+            Ok(i) => i,
+            Err(r) => return Some(r),
+        };
+        let l = &self.leases[i];
+        if l.held.acquired.shared == shared {
+            return Some(err(
+                ErrorCode::Exists,
+                format!("{resource} is already held in that mode"),
+            ));
+        }
+        if !shared {
+            return Some(err(
+                ErrorCode::Failed,
+                "shared → exclusive conversion is not offered: release and acquire exclusively",
+            ));
+        }
+        if self.pending.values().any(|p| matches!(p, Pending::Convert { space, resource: r, .. } if *space == l.space && *r == l.resource)) {
+            return Some(err(ErrorCode::Busy, format!("{resource} is being converted")));
+        }
+        let Some(si) = self.space_index(&l.space) else {
+            return Some(err(ErrorCode::NotFound, "lockspace gone"));
+        };
+        let (space, res, held) = (l.space.clone(), l.resource, l.held.clone());
+        let now = self.clock.now();
+        match self
+            .set
+            .start_convert_to_shared(self.spaces[si].id, held, now)
+        {
+            Ok(id) => {
+                self.pending.insert(
+                    id,
+                    Pending::Convert {
+                        client: k,
+                        space,
+                        resource: res,
+                    },
+                );
+                None
+            }
+            Err(e) => Some(op_error_reply(res, &e)),
+        }
     }
 
     fn lvb_get(&mut self, k: ClientKey, resource: &str, pid: Option<i32>) -> Reply {

@@ -416,6 +416,46 @@ fn three_hosts_hand_leases_over_and_run_protects_the_command() {
         (Some(3), Some("live")),
         "{owners}"
     );
+    // Exclusive → shared: then host 1 may hold it shared too, but not exclusively.
+    hosts[2].json(&["resource", "convert", "-p", &pid, "DM:R"]);
+    let inq = hosts[2].json(&["resource", "inquire", "-p", &pid]);
+    assert_eq!(inq["leases"][0]["shared"], true, "{inq}");
+    let out = hosts[0]
+        .tenure(&[
+            "run",
+            "--no-wait",
+            "--lease",
+            &hosts[0].resource("R", 1),
+            "--",
+            "true",
+        ])
+        .output()
+        .unwrap();
+    let e = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && e.contains("SharedBusy"), "{e}");
+    let out = hosts[0]
+        .tenure(&[
+            "run",
+            "--lease",
+            &format!("{}:SH", hosts[0].resource("R", 1)),
+            "--",
+            "true",
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    hosts[2].json(&["resource", "release", "-p", &pid, "DM:R"]);
+    hosts[2].json(&[
+        "resource",
+        "acquire",
+        "-p",
+        &pid,
+        &hosts[2].resource("R", 1),
+    ]);
     // An LVB set while holding is written at release and read by the next holder.
     hosts[2].json(&["lvb", "set", "-p", &pid, "DM:R", "c0ffee"]);
     hosts[2].json(&["resource", "release", "-p", &pid, "DM:R"]);

@@ -93,6 +93,9 @@ pub enum OpError {
     /// The protocol refused or failed.
     #[error(transparent)]
     Paxos(#[from] PaxosError),
+    /// A conversion to the mode the lease is already held in.
+    #[error("the lease is already held in that mode")]
+    AlreadyInMode,
 }
 
 /// How an operation ended.
@@ -165,6 +168,8 @@ enum Kind {
     /// An acquire failed; releasing what it won.
     Unwind,
     Release,
+    /// Exclusive → shared.
+    ToShared,
 }
 
 #[derive(Debug)]
@@ -446,6 +451,27 @@ fn conclude(now: Time, op: &mut Op) -> Option<OpOutcome> {
             }
             None
         }
+        Kind::ToShared => {
+            let (k, r) = results.into_iter().next().expect("one resource");
+            let held = HeldResource {
+                target: op.targets[k].clone(),
+                cfg: op.cfgs[k].clone(),
+                acquired: op.won[k].clone().expect("converting what is held"),
+            };
+            Some(match r {
+                Some(Ok(_)) => OpOutcome::Acquired(vec![HeldResource {
+                    acquired: PaxosRelease::as_shared(&held.acquired),
+                    ..held
+                }]),
+                Some(Err(e)) => OpOutcome::Failed {
+                    resource: held.target.name,
+                    error: OpError::Paxos(e),
+                    // Not known to be shared: still counted as held exclusively.
+                    still_held: vec![held],
+                },
+                None => unreachable!("concluded with a machine running"),
+            })
+        }
         Kind::Unwind | Kind::Release => {
             let mut still_held = Vec::new();
             let mut first_err = None;
@@ -589,6 +615,36 @@ impl super::LockspaceSet {
         op.id = self.ops.next_id();
         let id = op.id;
         self.ops.ops.push(op);
+        Ok(id)
+    }
+
+    /// Starts converting a lease held exclusively to shared (the result is
+    /// [`OpOutcome::Acquired`] with the lease as now held). Shared → exclusive is not offered.
+    pub fn start_convert_to_shared(
+        &mut self,
+        ls: LockspaceId,
+        held: HeldResource,
+        now: Time,
+    ) -> Result<OpId, OpError> {
+        let (generation, _) = self.check_op(ls, 1)?;
+        if held.cfg.generation != generation {
+            return Err(OpError::LockspaceLost);
+        }
+        if held.acquired.shared {
+            return Err(OpError::AlreadyInMode);
+        }
+        let m = PaxosRelease::to_shared(held.cfg.clone(), held.acquired.clone(), now);
+        let id = self.ops.next_id();
+        self.ops.ops.push(Op {
+            id,
+            ls,
+            kind: Kind::ToShared,
+            subs: vec![Sub::new(0, held.target.disk, Machine::Release(Box::new(m)))],
+            targets: vec![held.target],
+            cfgs: vec![held.cfg],
+            won: vec![Some(held.acquired)],
+            failure: None,
+        });
         Ok(id)
     }
 

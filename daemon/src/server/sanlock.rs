@@ -658,6 +658,35 @@ impl Server {
                     self.sanlock_reply(k, reply);
                 }
             }
+            (cmd::CONVERT, Body::Resources(rs)) => {
+                let target = match self.sanlock_target(k, h.data2) {
+                    Ok(t) => t,
+                    Err(e) => return done(self, e),
+                };
+                let Some(r) = rs.first() else {
+                    return done(self, rv::EINVAL);
+                };
+                let want_shared = r.flags & flags::RES_SHARED != 0;
+                let Some(l) = self.leases.iter().find(|l| {
+                    l.owner == Owner::Conn(target)
+                        && l.space == r.lockspace
+                        && l.resource.escaped() == r.name
+                }) else {
+                    return done(self, rv::ENOENT);
+                };
+                if l.held.acquired.shared == want_shared {
+                    return done(self, rv::EALREADY);
+                }
+                if !want_shared {
+                    // Shared → exclusive is not offered (see docs/sanlock-compat.md).
+                    return done(self, rv::EINVAL);
+                }
+                let name = format!("{}:{}", r.lockspace, r.name);
+                let pid = self.conn(target).map(|c| c.pid);
+                if let Some(reply) = self.convert(k, &name, true, pid) {
+                    self.sanlock_reply(k, reply);
+                }
+            }
             (cmd::SET_LVB, Body::SetLvb(r, bytes)) => {
                 let Some(i) = self.held_on_host(&r) else {
                     return done(self, rv::ENOENT);
@@ -866,7 +895,9 @@ impl Server {
         for (k, name) in pending {
             let releasing = self.pending.values().any(|p| match p {
                 super::Pending::Release { leases, .. } => leases.iter().any(|l| l.space == name),
-                super::Pending::Acquire { space, .. } => *space == name,
+                super::Pending::Acquire { space, .. } | super::Pending::Convert { space, .. } => {
+                    *space == name
+                }
             });
             if self.leases.iter().any(|l| l.space == name) || releasing {
                 self.rem_after_kill.push((k, name));
