@@ -1260,13 +1260,49 @@ impl std::hash::Hash for PaxosRelease {
     }
 }
 
+/// Hands one I/O of a paxos machine to an engine: a read, a write of `data`, or a linked
+/// write→read chain. Returns the (write, read) ids started.
+pub fn start_io(
+    backend: &mut dyn crate::io::IoBackend,
+    disk: crate::io::DiskId,
+    io: PaxosIo,
+    data: &[u8],
+    deadline: Time,
+) -> Result<(Option<crate::io::IoId>, Option<crate::io::IoId>), crate::io::SubmitError> {
+    let req = |offset, len| crate::io::IoRequest {
+        disk,
+        offset,
+        len,
+        deadline,
+    };
+    match io {
+        PaxosIo::Read { offset, len } => backend
+            .start_read(req(offset, len))
+            .map(|r| (None, Some(r))),
+        PaxosIo::Write { offset } => backend
+            .start_write(req(offset, data.len()), data)
+            .map(|w| (Some(w), None)),
+        PaxosIo::WriteThenRead {
+            write_offset,
+            read_offset,
+            read_len,
+        } => backend
+            .start_chain(
+                req(write_offset, data.len()),
+                data,
+                req(read_offset, read_len),
+            )
+            .map(|(w, r)| (Some(w), Some(r))),
+    }
+}
+
 /// Blocking drivers for one acquire or release over an engine (direct use, tests and tools;
 /// the daemon drives the machines from its reactor).
 pub mod blocking {
     use super::*;
     use crate::clock::Clock;
     use crate::io::drive::complete_on;
-    use crate::io::{DiskId, IoBackend, IoError, IoKind, IoRequest};
+    use crate::io::{DiskId, IoBackend, IoError, IoKind};
 
     /// One I/O of a machine, performed to completion: (combined outcome, read data).
     fn perform(
@@ -1278,31 +1314,7 @@ pub mod blocking {
         deadline: Time,
         out: &mut Vec<u8>,
     ) -> Result<IoOutcome, IoError> {
-        let req = |offset, len| IoRequest {
-            disk,
-            offset,
-            len,
-            deadline,
-        };
-        let started = match io {
-            PaxosIo::Read { offset, len } => backend
-                .start_read(req(offset, len))
-                .map(|r| (None, Some(r))),
-            PaxosIo::Write { offset } => backend
-                .start_write(req(offset, data.len()), data)
-                .map(|w| (Some(w), None)),
-            PaxosIo::WriteThenRead {
-                write_offset,
-                read_offset,
-                read_len,
-            } => backend
-                .start_chain(
-                    req(write_offset, data.len()),
-                    data,
-                    req(read_offset, read_len),
-                )
-                .map(|(w, r)| (Some(w), Some(r))),
-        };
+        let started = start_io(backend, disk, io, data, deadline);
         let Ok((w, r)) = started else {
             return Ok(IoOutcome::Failed { errno: libc::EBUSY });
         };

@@ -21,7 +21,7 @@ use tenure_format::{Geometry, Name};
 
 use super::{Entry, LockspaceId};
 use crate::clock::Time;
-use crate::io::{Completion, DiskId, IoBackend, IoId, IoKind, IoOutcome, IoRequest};
+use crate::io::{Completion, DiskId, IoBackend, IoId, IoKind, IoOutcome};
 use crate::paxos::{Acquired, PaxosAcquire, PaxosConfig, PaxosError, PaxosIo, PaxosRelease};
 
 /// Operations in flight at once in one set.
@@ -361,31 +361,7 @@ fn start(backend: &mut dyn IoBackend, io: PaxosIo, deadline: Time, s: &mut Sub) 
         Machine::Acquire(m) => m.write_data(),
         Machine::Release(m) => m.write_data(),
     };
-    let req = |offset, len| IoRequest {
-        disk,
-        offset,
-        len,
-        deadline,
-    };
-    let started = match io {
-        PaxosIo::Read { offset, len } => backend
-            .start_read(req(offset, len))
-            .map(|r| (None, Some(r))),
-        PaxosIo::Write { offset } => backend
-            .start_write(req(offset, data.len()), data)
-            .map(|w| (Some(w), None)),
-        PaxosIo::WriteThenRead {
-            write_offset,
-            read_offset,
-            read_len,
-        } => backend
-            .start_chain(
-                req(write_offset, data.len()),
-                data,
-                req(read_offset, read_len),
-            )
-            .map(|(w, r)| (Some(w), Some(r))),
-    };
+    let started = crate::paxos::start_io(backend, disk, io, data, deadline);
     match started {
         Ok((w, r)) => {
             s.write = w;
