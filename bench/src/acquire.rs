@@ -9,7 +9,6 @@ use std::fs::OpenOptions;
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::PathBuf;
-use std::process::Command;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -142,61 +141,33 @@ fn chain_bound(opts: &AcquireBenchOptions, iterations: usize) -> Result<Vec<Dura
 }
 
 fn sanlock_rows(opts: &AcquireBenchOptions, rundir: &PathBuf) -> Result<Vec<Measurement>, String> {
-    let out = Command::new("/usr/bin/python3")
-        .arg(&opts.sanlock_bench)
-        .arg(&opts.device)
-        .args([
-            "--io-timeout",
-            &opts.io_timeout_s.to_string(),
-            "--leases",
-            &opts.leases.to_string(),
-        ])
-        .args([
-            "--threads",
-            &opts.concurrency.to_string(),
-            "--sector",
-            "512",
-        ])
-        .env("SANLOCK_RUN_DIR", rundir)
-        .output()
-        .map_err(|e| format!("bench.py: {e}"))?;
-    let text = String::from_utf8_lossy(&out.stdout).into_owned();
-    if !out.status.success() {
-        return Err(format!(
-            "bench.py failed: {text}{}",
-            String::from_utf8_lossy(&out.stderr)
-        ));
-    }
-    let field = |key: &str, idx: usize| -> Option<f64> {
-        text.lines()
-            .find(|l| l.starts_with(key))?
-            .split_whitespace()
-            .nth(idx)?
-            .parse()
-            .ok()
-    };
-    let lat = |scenario: &str, key: &str| Measurement {
+    let b = crate::bench_py::run(
+        &opts.sanlock_bench,
+        &opts.device,
+        opts.io_timeout_s,
+        opts.leases,
+        opts.concurrency,
+        rundir,
+    )?;
+    let lat = |scenario: &str, v: Option<(f64, f64)>| Measurement {
         system: "sanlock".into(),
         scenario: scenario.into(),
         n: opts.leases,
-        // bench.py prints the median and p90 in ms; it has no p99.
-        percentiles_us: field(key, 2)
-            .zip(field(key, 4))
-            .map(|(p50, p90)| (p50 * 1e3, p90 * 1e3, f64::NAN)),
+        percentiles_us: v.map(|(p50, p90)| (p50 * 1e3, p90 * 1e3, f64::NAN)),
         ops_per_s: None,
     };
     Ok(vec![
         lat(
             "acquire free lease, 512/1M, num_hosts 2000 (bench.py)",
-            "acquire_ms",
+            b.acquire_ms,
         ),
-        lat("release (bench.py)", "release_ms"),
+        lat("release (bench.py)", b.release_ms),
         Measurement {
             system: "sanlock".into(),
             scenario: format!("acquires/s, {} threads (bench.py)", opts.concurrency),
             n: opts.leases,
             percentiles_us: None,
-            ops_per_s: field("parallel_acquires_per_s", 1),
+            ops_per_s: b.parallel_per_s,
         },
     ])
 }

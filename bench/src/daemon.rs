@@ -306,43 +306,19 @@ fn bench_py_rows(
     rundir: &Path,
     system: &str,
 ) -> Result<Vec<Measurement>, String> {
-    let out = Command::new("/usr/bin/python3")
-        .arg(&opts.sanlock_bench)
-        .arg(&opts.device)
-        .args(["--io-timeout", &opts.io_timeout_s.to_string()])
-        .args(["--leases", &opts.leases.to_string()])
-        .args([
-            "--threads",
-            &opts.concurrency.to_string(),
-            "--sector",
-            "512",
-        ])
-        .env("SANLOCK_RUN_DIR", rundir)
-        .output()
-        .map_err(|e| format!("bench.py: {e}"))?;
-    let text = String::from_utf8_lossy(&out.stdout).into_owned();
-    if !out.status.success() {
-        return Err(format!(
-            "bench.py failed: {text}{}",
-            String::from_utf8_lossy(&out.stderr)
-        ));
-    }
-    let field = |key: &str, idx: usize| -> Option<f64> {
-        text.lines()
-            .find(|l| l.starts_with(key))?
-            .split_whitespace()
-            .nth(idx)?
-            .parse()
-            .ok()
-    };
-    let lat = |scenario: &str, key: &str| Measurement {
+    let b = crate::bench_py::run(
+        &opts.sanlock_bench,
+        &opts.device,
+        opts.io_timeout_s,
+        opts.leases,
+        opts.concurrency,
+        rundir,
+    )?;
+    let lat = |scenario: &str, v: Option<(f64, f64)>| Measurement {
         system: system.into(),
         scenario: scenario.into(),
         n: opts.leases,
-        // bench.py prints the median and p90 in ms; it has no p99.
-        percentiles_us: field(key, 2)
-            .zip(field(key, 4))
-            .map(|(p50, p90)| (p50 * 1e3, p90 * 1e3, f64::NAN)),
+        percentiles_us: v.map(|(p50, p90)| (p50 * 1e3, p90 * 1e3, f64::NAN)),
         ops_per_s: None,
     };
     Ok(vec![
@@ -350,11 +326,11 @@ fn bench_py_rows(
             system: system.into(),
             scenario: "join a lockspace (python3-sanlock)".into(),
             n: 1,
-            percentiles_us: field("join_s", 1).map(|s| (s * 1e6, s * 1e6, s * 1e6)),
+            percentiles_us: b.join_s.map(|s| (s * 1e6, s * 1e6, s * 1e6)),
             ops_per_s: None,
         },
-        lat("daemon acquire free lease (python3-sanlock)", "acquire_ms"),
-        lat("daemon release (python3-sanlock)", "release_ms"),
+        lat("daemon acquire free lease (python3-sanlock)", b.acquire_ms),
+        lat("daemon release (python3-sanlock)", b.release_ms),
         Measurement {
             system: system.into(),
             scenario: format!(
@@ -363,7 +339,7 @@ fn bench_py_rows(
             ),
             n: opts.leases,
             percentiles_us: None,
-            ops_per_s: field("parallel_acquires_per_s", 1),
+            ops_per_s: b.parallel_per_s,
         },
     ])
 }

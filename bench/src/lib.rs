@@ -3,6 +3,7 @@
 //! in later issues, against sanlock).
 
 pub mod acquire;
+pub mod bench_py;
 pub mod daemon;
 pub mod io;
 pub mod join;

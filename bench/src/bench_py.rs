@@ -1,0 +1,82 @@
+//! sanlock-anchor's `bench.py` (python3-sanlock against a daemon's sanlock socket): runs it
+//! and reads its figures. Used for the sanlock daemon, and for tenured's sanlock-compatible
+//! socket by `tenure-bench daemon --protocol sanlock`.
+
+use std::path::Path;
+use std::process::Command;
+
+/// What bench.py printed (milliseconds are medians and p90s; it reports no p99).
+#[derive(Clone, Debug, PartialEq)]
+pub struct BenchPy {
+    /// Join time, seconds.
+    pub join_s: Option<f64>,
+    /// Acquire (median, p90), ms.
+    pub acquire_ms: Option<(f64, f64)>,
+    /// Release (median, p90), ms.
+    pub release_ms: Option<(f64, f64)>,
+    /// Acquires per second with several threads.
+    pub parallel_per_s: Option<f64>,
+}
+
+/// Runs bench.py on `device` against the daemon whose socket is in `rundir`.
+pub fn run(
+    script: &Path,
+    device: &Path,
+    io_timeout_s: u16,
+    leases: usize,
+    threads: usize,
+    rundir: &Path,
+) -> Result<BenchPy, String> {
+    let out = Command::new("/usr/bin/python3")
+        .arg(script)
+        .arg(device)
+        .args(["--io-timeout", &io_timeout_s.to_string()])
+        .args(["--leases", &leases.to_string()])
+        .args(["--threads", &threads.to_string(), "--sector", "512"])
+        .env("SANLOCK_RUN_DIR", rundir)
+        .output()
+        .map_err(|e| format!("bench.py: {e}"))?;
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    if !out.status.success() {
+        return Err(format!(
+            "bench.py failed: {text}{}",
+            String::from_utf8_lossy(&out.stderr)
+        ));
+    }
+    Ok(parse(&text))
+}
+
+/// Reads bench.py's output lines.
+pub fn parse(text: &str) -> BenchPy {
+    let field = |key: &str, idx: usize| -> Option<f64> {
+        text.lines()
+            .find(|l| l.starts_with(key))?
+            .split_whitespace()
+            .nth(idx)?
+            .parse()
+            .ok()
+    };
+    let pair = |key: &str| field(key, 2).zip(field(key, 4));
+    BenchPy {
+        join_s: field("join_s", 1),
+        acquire_ms: pair("acquire_ms"),
+        release_ms: pair("release_ms"),
+        parallel_per_s: field("parallel_acquires_per_s", 1),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_bench_py_output() {
+        let b = parse(
+            "join_s 3.01\nacquire_ms median 6.000 p90 9.500\nrelease_ms median 0.830 p90 0.950\nparallel_acquires_per_s 306 (threads 8, leases 30, errors 0)\n",
+        );
+        assert_eq!(b.join_s, Some(3.01));
+        assert_eq!(b.acquire_ms, Some((6.0, 9.5)));
+        assert_eq!(b.release_ms, Some((0.83, 0.95)));
+        assert_eq!(b.parallel_per_s, Some(306.0));
+    }
+}
