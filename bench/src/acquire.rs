@@ -140,7 +140,10 @@ fn chain_bound(opts: &AcquireBenchOptions, iterations: usize) -> Result<Vec<Dura
     Ok(samples)
 }
 
-fn sanlock_rows(opts: &AcquireBenchOptions, rundir: &PathBuf) -> Result<Vec<Measurement>, String> {
+fn sanlock_rows(
+    opts: &AcquireBenchOptions,
+    rundir: &std::path::Path,
+) -> Result<Vec<Measurement>, String> {
     let b = crate::bench_py::run(
         &opts.sanlock_bench,
         &opts.device,
