@@ -74,72 +74,44 @@ fn tenured_path() -> Result<PathBuf, String> {
 fn start(opts: &DaemonBenchOptions) -> Result<Daemon, String> {
     let dir = std::env::temp_dir().join(format!("tenure-bench-daemon-{}", std::process::id()));
     std::fs::create_dir_all(&dir).map_err(err)?;
-    if opts.sanlock_protocol {
-        // bench.py formats, joins and leaves by itself through the sanlock socket.
-        let child = Command::new(tenured_path()?)
-            .args(["--config", "/dev/null"])
-            .arg("--run-dir")
-            .arg(&dir)
-            .arg("--state-dir")
-            .arg(&dir)
-            .args([
-                "--watchdog",
-                "none",
-                "--io-timeout",
-                &opts.io_timeout_s.to_string(),
-            ])
-            .args(["--kill-grace", "2", "--sigkill-max", "2", "--log", "warn"])
-            .arg("--sanlock-compat")
-            .arg("--sanlock-run-dir")
-            .arg(dir.join("sl"))
-            .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .map_err(|e| format!("starting tenured: {e}"))?;
-        let d = Daemon { child, dir };
-        let t0 = Instant::now();
-        while !d.dir.join("sl/sanlock.sock").exists() {
-            if t0.elapsed() > Duration::from_secs(10) {
-                return Err("tenured's sanlock socket did not appear".into());
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        return Ok(d);
-    }
-    let child = Command::new(tenured_path()?)
-        .args(["--config", "/dev/null"])
+    let mut cmd = Command::new(tenured_path()?);
+    cmd.args(["--config", "/dev/null"])
         .arg("--run-dir")
         .arg(&dir)
         .arg("--state-dir")
         .arg(&dir)
-        .args([
-            "--watchdog",
-            "none",
-            "--io-timeout",
-            &opts.io_timeout_s.to_string(),
-        ])
-        .args(["--kill-grace", "2", "--sigkill-max", "2"])
-        .arg("--lockspace")
-        .arg(format!("BENCH:1:{}:0", opts.device.display()))
-        .args(["--log", "warn"])
+        .args(["--watchdog", "none", "--io-timeout"])
+        .arg(opts.io_timeout_s.to_string())
+        .args(["--kill-grace", "2", "--sigkill-max", "2", "--log", "warn"])
         .stdout(Stdio::null())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .map_err(|e| format!("starting tenured: {e}"))?;
+        .stderr(Stdio::inherit());
+    if opts.sanlock_protocol {
+        // bench.py formats, joins and leaves by itself through the sanlock socket.
+        cmd.arg("--sanlock-compat")
+            .arg("--sanlock-run-dir")
+            .arg(dir.join("sl"));
+    } else {
+        cmd.arg("--lockspace")
+            .arg(format!("BENCH:1:{}:0", opts.device.display()));
+    }
+    let child = cmd.spawn().map_err(|e| format!("starting tenured: {e}"))?;
     let d = Daemon { child, dir };
-    let sock = d.dir.join("tenured.sock");
     let t0 = Instant::now();
     loop {
-        if let Ok(mut c) = Client::connect(&sock, Some("bench")) {
-            let v = c.call(&Request::LockspaceList {}).map_err(err)?;
-            if v["lockspaces"][0]["state"] == "joined" {
-                return Ok(d);
-            }
+        let ready = if opts.sanlock_protocol {
+            d.dir.join("sl/sanlock.sock").exists()
+        } else {
+            Client::connect(&d.dir.join("tenured.sock"), Some("bench"))
+                .and_then(|mut c| c.call(&Request::LockspaceList {}))
+                .is_ok_and(|v| v["lockspaces"][0]["state"] == "joined")
+        };
+        if ready {
+            return Ok(d);
         }
         if t0.elapsed() > Duration::from_secs(60) {
-            return Err("tenured did not join within 60 s".into());
+            return Err("tenured did not get ready within 60 s".into());
         }
-        std::thread::sleep(Duration::from_millis(100));
+        std::thread::sleep(Duration::from_millis(50));
     }
 }
 

@@ -486,11 +486,7 @@ impl PaxosAcquire {
                 };
                 if self.cfg.shared {
                     // Mode block SHARED with our dblock RELEASED, then free the leader.
-                    let mode = ModeBlock {
-                        flags: MODE_FLAG_SHARED,
-                        unused: 0,
-                        generation: self.cfg.generation,
-                    };
+                    let mode = shared_mode(self.cfg.generation);
                     let r = PaxosRelease::leader_release(self.cfg.clone(), won.clone(), mode, now);
                     self.won = Some(won);
                     self.step = Step::Inner;
@@ -942,11 +938,7 @@ impl PaxosRelease {
     /// On success the lease is held as [`PaxosRelease::as_shared`] describes. (Shared →
     /// exclusive is not offered: see `conversions_keep_exclusion` in tests/paxos_model.rs.)
     pub fn to_shared(cfg: PaxosConfig, held: Acquired, now: Time) -> Self {
-        let mode = ModeBlock {
-            flags: MODE_FLAG_SHARED,
-            unused: 0,
-            generation: cfg.generation,
-        };
+        let mode = shared_mode(cfg.generation);
         Self::leader_release(cfg, held, mode, now)
     }
 
@@ -1257,6 +1249,15 @@ impl std::hash::Hash for PaxosRelease {
         } = self;
         (cfg, held, pending, io_started, freeing_leader, writing_lvb).hash(h);
         (mode, only_dblock, result).hash(h);
+    }
+}
+
+/// Our mode block while holding a lease shared in `generation`.
+fn shared_mode(generation: u64) -> ModeBlock {
+    ModeBlock {
+        flags: MODE_FLAG_SHARED,
+        unused: 0,
+        generation,
     }
 }
 
