@@ -837,6 +837,34 @@ fn embedded_default_starts_serves_and_stops_cleanly() {
     }
 }
 
+/// Runs `tenure run --no-wait --lease RES -- sh -c SCRIPT` on `h` until it succeeds, within
+/// `within`; exit status 99 (the oracle's overlap) fails the test at once.
+fn take_over(h: &Host, res: &str, script: &str, within: Duration) {
+    let t0 = Instant::now();
+    loop {
+        let out = h
+            .tenure(&["run", "--no-wait", "--lease", res, "--", "sh", "-c", script])
+            .output()
+            .unwrap();
+        assert_ne!(
+            out.status.code(),
+            Some(99),
+            "host {}: two holders at once (oracle)",
+            h.id
+        );
+        if out.status.success() {
+            return;
+        }
+        assert!(
+            t0.elapsed() < within,
+            "host {} never got {res}: {}",
+            h.id,
+            String::from_utf8_lossy(&out.stderr)
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
 /// Waits for a child to end; its raw wait status.
 fn wait_end(c: &mut Child, within: Duration, what: &str) -> std::process::ExitStatus {
     let t0 = Instant::now();
@@ -931,32 +959,12 @@ fn stalled_storage_kills_holders_after_8t_without_resetting_the_host() {
         "{why}"
     );
     // Host 2 takes R once host 1 is dead to it, and finds the oracle free.
-    let t0 = Instant::now();
-    loop {
-        let out = h2
-            .tenure(&[
-                "run",
-                "--no-wait",
-                "--lease",
-                &h2.resource("R", 1),
-                "--",
-                "sh",
-                "-c",
-                &oracle_cmd(&oracle, "0.1"),
-            ])
-            .output()
-            .unwrap();
-        assert_ne!(out.status.code(), Some(99), "overlap with host 1's holder");
-        if out.status.success() {
-            break;
-        }
-        assert!(
-            t0.elapsed() < Duration::from_secs(40),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        std::thread::sleep(Duration::from_millis(250));
-    }
+    take_over(
+        &h2,
+        &h2.resource("R", 1),
+        &oracle_cmd(&oracle, "0.1"),
+        Duration::from_secs(40),
+    );
     eprintln!(
         "stall: SIGTERM holder dead after {polite_after:?}, SIGTERM-ignoring holder SIGKILLed after {stubborn_after:?}; R taken by host 2 {:?} after the stall",
         stalled_at.elapsed()
@@ -1101,32 +1109,12 @@ fn a_paused_daemon_does_not_resume_holding_what_another_host_may_take() {
     );
     // Host 2 takes R (after host-dead time) and the oracle is free: no overlap.
     let t0 = Instant::now();
-    loop {
-        let out = h2
-            .tenure(&[
-                "run",
-                "--no-wait",
-                "--lease",
-                &h2.resource("R", 1),
-                "--",
-                "sh",
-                "-c",
-                &oracle_cmd(&oracle, "0.1"),
-            ])
-            .output()
-            .unwrap();
-        match out.status.code() {
-            Some(0) => break,
-            Some(99) => panic!("host 2 found the paused host's holder still inside"),
-            _ => {}
-        }
-        assert!(
-            t0.elapsed() < Duration::from_secs(40),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        std::thread::sleep(Duration::from_millis(250));
-    }
+    take_over(
+        &h2,
+        &h2.resource("R", 1),
+        &oracle_cmd(&oracle, "0.1"),
+        Duration::from_secs(40),
+    );
     eprintln!(
         "pause: host 1 resumed after {}s, lost the lockspace and killed its holder; host 2 took R {:?} after the resume",
         8 * T + 2,
@@ -1167,22 +1155,7 @@ fn a_request_from_another_host_makes_the_holder_give_the_lease_up() {
         assert_eq!(s.signal(), Some(signal), "{s:?}\n{}", h1.log());
         let took = t0.elapsed();
         // Then host 2 gets it (host 1 released it when its holder exited).
-        let t1 = Instant::now();
-        loop {
-            let out = h2
-                .tenure(&["run", "--no-wait", "--lease", &r2, "--", "true"])
-                .output()
-                .unwrap();
-            if out.status.success() {
-                break;
-            }
-            assert!(
-                t1.elapsed() < Duration::from_secs(10),
-                "{}",
-                String::from_utf8_lossy(&out.stderr)
-            );
-            std::thread::sleep(Duration::from_millis(100));
-        }
+        take_over(&h2, &r2, "true", Duration::from_secs(10));
         eprintln!("request {res} (force {force}): holder signalled {took:?} after the request");
         while h1.json(&["status"])["leases"]
             .as_array()
