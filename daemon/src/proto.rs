@@ -139,6 +139,20 @@ pub enum Request {
         #[serde(default)]
         force: bool,
     },
+    /// Restrictions this client puts on itself (sanlock's RESTRICT): `all` refuses every further
+    /// request on this connection (its leases stay held); `no_sigkill` / `no_sigterm` make the
+    /// daemon send the other signal when it would send that one.
+    Restrict {
+        /// Refuse every further request on this connection.
+        #[serde(default)]
+        all: bool,
+        /// Never SIGKILL this client (SIGTERM instead).
+        #[serde(default)]
+        no_sigkill: bool,
+        /// Never SIGTERM this client (SIGKILL instead).
+        #[serde(default)]
+        no_sigterm: bool,
+    },
     /// A program run instead of SIGTERM when this client's leases are lost.
     KillPath {
         /// Program (absolute path).
@@ -326,5 +340,22 @@ mod tests {
         let r = Reply::Error(ErrorReply::new(ErrorCode::OwnerAlive, "held"));
         let j = serde_json::to_string(&r).expect("json");
         assert_eq!(j, r#"{"error":{"code":"owner_alive","message":"held"}}"#);
+    }
+
+    proptest::proptest! {
+        /// Any bytes: framing and request decoding never panic; a frame is never longer than
+        /// the buffer or the limit.
+        #[test]
+        fn frames_and_requests_from_any_bytes_never_panic(bytes in proptest::collection::vec(proptest::num::u8::ANY, 0..2048)) {
+            match split_frame(&bytes) {
+                Split::Frame(n) => {
+                    proptest::prop_assert!(n + 4 <= bytes.len() && n <= FRAME_MAX_BYTES);
+                    let _ = serde_json::from_slice::<Request>(&bytes[4..4 + n]);
+                }
+                Split::TooLarge(n) => proptest::prop_assert!(n > FRAME_MAX_BYTES),
+                Split::Incomplete => {}
+            }
+            let _ = serde_json::from_slice::<Request>(&bytes);
+        }
     }
 }

@@ -667,4 +667,26 @@ mod tests {
         ));
         assert_eq!(escape_path("/a b:c\\d"), "/a\\ b\\:c\\\\d");
     }
+
+    proptest::proptest! {
+        /// Any bytes: parse never panics, and what it consumes is within the buffer and at
+        /// least a header (so a reader always makes progress or waits for more).
+        #[test]
+        fn parse_never_panics_and_always_progresses(bytes in proptest::collection::vec(proptest::num::u8::ANY, 0..4096), cmd in 0u32..48, data in 0u32..12) {
+            let mut buf = bytes.clone();
+            // Half the cases with a valid magic and a real command, to get past the header.
+            if buf.len() >= HEADER_LEN && data % 2 == 0 {
+                buf[..4].copy_from_slice(&MAGIC.to_le_bytes());
+                buf[4..8].copy_from_slice(&PROTO.to_le_bytes());
+                buf[8..12].copy_from_slice(&cmd.to_le_bytes());
+                buf[24..28].copy_from_slice(&data.to_le_bytes());
+            }
+            match parse(&buf) {
+                Parsed::NeedMore => {}
+                Parsed::Ignored(n) | Parsed::Message(n, _, _) | Parsed::Invalid(n, _, _) => {
+                    proptest::prop_assert!(n >= HEADER_LEN && n <= buf.len());
+                }
+            }
+        }
+    }
 }

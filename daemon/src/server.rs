@@ -127,6 +127,8 @@ struct Conn {
     deferred: Option<Deferred>,
     /// The protocol it speaks.
     proto: Proto,
+    /// Restrictions it put on itself (sanlock's RESTRICT bits: ALL, no SIGKILL, no SIGTERM).
+    restrict: u32,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -910,6 +912,7 @@ impl Server {
                 } else {
                     Proto::Native
                 },
+                restrict: 0,
             });
         }
     }
@@ -1101,8 +1104,38 @@ impl Server {
                 _ => err(ErrorCode::Version, "the first request must be hello"),
             });
         }
+        if self
+            .conn(k)
+            .is_some_and(|c| c.restrict & crate::sanlock_wire::flags::RESTRICT_ALL != 0)
+        {
+            return Some(err(
+                ErrorCode::Permission,
+                "this connection restricted itself: no further requests",
+            ));
+        }
         match req {
             Request::Hello { .. } => Some(err(ErrorCode::BadRequest, "hello was already said")),
+            Request::Restrict {
+                all,
+                no_sigkill,
+                no_sigterm,
+            } => {
+                use crate::sanlock_wire::flags::{
+                    RESTRICT_ALL, RESTRICT_SIGKILL, RESTRICT_SIGTERM,
+                };
+                if no_sigkill && no_sigterm {
+                    return Some(err(
+                        ErrorCode::BadRequest,
+                        "a holder must be killable by one of SIGKILL and SIGTERM",
+                    ));
+                }
+                let c = self.conn(k)?;
+                let bit = |on: bool, b: u32| if on { b } else { 0 };
+                c.restrict = bit(all, RESTRICT_ALL)
+                    | bit(no_sigkill, RESTRICT_SIGKILL)
+                    | bit(no_sigterm, RESTRICT_SIGTERM);
+                Some(Reply::Ok(json!({})))
+            }
             Request::Status {} => Some(Reply::Ok(self.status())),
             Request::LockspaceList {} => Some(Reply::Ok(self.lockspace_list())),
             Request::Hosts { lockspace } => Some(self.hosts(&lockspace)),
@@ -1706,16 +1739,20 @@ impl Server {
                 pid,
             } => match outcome {
                 OpOutcome::Acquired(held) => {
-                    let kill_path = match owner {
-                        Owner::Conn(o) => self.conn(o).and_then(|c| c.kill_path.clone()),
-                        _ => self.conn(client).and_then(|c| c.kill_path.clone()),
+                    let (kill_path, restrict) = match owner {
+                        Owner::Conn(o) => self
+                            .conn(o)
+                            .map_or((None, 0), |c| (c.kill_path.clone(), c.restrict)),
+                        _ => self
+                            .conn(client)
+                            .map_or((None, 0), |c| (c.kill_path.clone(), 0)),
                     };
                     let alive_owner = match owner {
                         Owner::Conn(k) => self.conn(k).is_some(),
                         _ => true,
                     };
                     let holder = if alive_owner {
-                        self.sup().add_holder(&space, pid, kill_path)
+                        self.sup().add_holder(&space, pid, kill_path, restrict)
                     } else {
                         Err(crate::supervise::SuperviseError::Pid(
                             pid,
@@ -2330,13 +2367,7 @@ impl Server {
         let (kill_path, restrict) = match owner {
             Owner::Conn(c) => self
                 .conn(c)
-                .map(|c| {
-                    let r = match &c.proto {
-                        Proto::Sanlock(s) => s.restrict,
-                        Proto::Native => 0,
-                    };
-                    (c.kill_path.clone(), r)
-                })
+                .map(|c| (c.kill_path.clone(), c.restrict))
                 .unwrap_or((None, 0)),
             _ => (None, 0),
         };

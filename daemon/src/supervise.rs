@@ -60,6 +60,8 @@ pub struct SupervisorConfig {
 struct Holder {
     pidfd: OwnedFd,
     kill_path: Option<(String, Vec<String>)>,
+    /// sanlock RESTRICT bits: SIGKILL (0x2) or SIGTERM (0x4) replaced by the other signal.
+    restrict: u32,
     signalled: bool,
 }
 
@@ -311,6 +313,7 @@ impl Supervisor {
         name: &str,
         pid: i32,
         kill_path: Option<(String, Vec<String>)>,
+        restrict: u32,
     ) -> Result<(), SuperviseError> {
         let p = Pid::from_raw(pid).ok_or(SuperviseError::Pid(pid, "not a valid pid".into()))?;
         let fd = rustix::process::pidfd_open(p, PidfdFlags::empty())
@@ -326,6 +329,7 @@ impl Supervisor {
         space.holders.entry(pid).or_insert(Holder {
             pidfd: fd,
             kill_path,
+            restrict,
             signalled: false,
         });
         drop(st);
@@ -465,6 +469,12 @@ pub enum SuperviseError {
 }
 
 fn signal(pid: i32, h: &mut Holder, sig: Signal) {
+    // A holder that restricted one signal gets the other.
+    let sig = match sig {
+        s if s == Signal::KILL && h.restrict & 0x2 != 0 => Signal::TERM,
+        s if s == Signal::TERM && h.restrict & 0x4 != 0 => Signal::KILL,
+        s => s,
+    };
     match rustix::process::pidfd_send_signal(&h.pidfd, sig) {
         Ok(()) => h.signalled = true,
         // ESRCH: it exited in the meantime.

@@ -703,6 +703,15 @@ fn bad_clients_get_errors_and_the_daemon_is_unaffected() {
     // Root may act for pid 1, but the device does not exist: an I/O error, not a crash.
     assert!(replies[4]["error"].is_object(), "{}", replies[4]);
     assert!(replies[5]["ok"]["leases"].is_array(), "{}", replies[5]);
+    // A client that restricted itself gets no further request served.
+    let mut msgs = frame(r#"{"op":"hello","version":1}"#);
+    msgs.extend(frame(r#"{"op":"restrict","all":true}"#));
+    msgs.extend(frame(r#"{"op":"status"}"#));
+    let out = raw(&sock, &msgs, 3);
+    let n0 = u32::from_le_bytes(out[..4].try_into().unwrap()) as usize;
+    let n1 = u32::from_le_bytes(out[4 + n0..8 + n0].try_into().unwrap()) as usize;
+    let third = first_reply(&out[8 + n0 + n1..]);
+    assert_eq!(third["error"]["code"], "permission", "{third}");
     // Half a message, then the client vanishes.
     let mut half = frame(r#"{"op":"hello","version":1}"#);
     half.truncate(10);

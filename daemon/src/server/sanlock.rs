@@ -20,8 +20,6 @@ use tenure_format::{AlignSize, LockspaceSpec, ResourceSpec, SectorSize};
 pub(super) struct SanlockConn {
     /// REGISTER was received: this connection is a client that can hold leases.
     pub registered: bool,
-    /// RESTRICT flags.
-    pub restrict: u32,
     /// The request being answered.
     pub current: Option<Header>,
     /// Close after the reply (main-loop commands).
@@ -99,8 +97,7 @@ impl Server {
             if c.busy || c.closing {
                 return;
             }
-            let restricted =
-                matches!(&c.proto, Proto::Sanlock(s) if s.restrict & flags::RESTRICT_ALL != 0);
+            let restricted = c.restrict & flags::RESTRICT_ALL != 0;
             match w::parse(&c.inbuf) {
                 Parsed::NeedMore => return,
                 Parsed::Ignored(n) => {
@@ -204,8 +201,8 @@ impl Server {
         match (h.cmd, body) {
             (cmd::VERSION, _) => self.sanlock_send(k, h, 0, w::DAEMON_VERSION, &[]),
             (cmd::RESTRICT, _) => {
-                if let Some(s) = self.sconn(k) {
-                    s.restrict = h.cmd_flags;
+                if let Some(c) = self.conn(k) {
+                    c.restrict = h.cmd_flags;
                 }
                 done(self, 0);
             }
@@ -964,10 +961,7 @@ impl Server {
                 Proto::Native => self.leases.iter().any(|l| l.pid == c.pid),
             };
             if show {
-                let restrict = match &c.proto {
-                    Proto::Sanlock(sc) => sc.restrict,
-                    Proto::Native => 0,
-                };
+                let restrict = c.restrict;
                 record(
                     2,
                     c.pid as u32,
