@@ -152,27 +152,14 @@ fn sanlock_rows(
         opts.concurrency,
         rundir,
     )?;
-    let lat = |scenario: &str, v: Option<(f64, f64)>| Measurement {
-        system: "sanlock".into(),
-        scenario: scenario.into(),
-        n: opts.leases,
-        percentiles_us: v.map(|(p50, p90)| (p50 * 1e3, p90 * 1e3, f64::NAN)),
-        ops_per_s: None,
-    };
-    Ok(vec![
-        lat(
-            "acquire free lease, 512/1M, num_hosts 2000 (bench.py)",
-            b.acquire_ms,
-        ),
-        lat("release (bench.py)", b.release_ms),
-        Measurement {
-            system: "sanlock".into(),
-            scenario: format!("acquires/s, {} threads (bench.py)", opts.concurrency),
-            n: opts.leases,
-            percentiles_us: None,
-            ops_per_s: b.parallel_per_s,
-        },
-    ])
+    Ok(crate::bench_py::rows(
+        &b,
+        "sanlock",
+        "512/1M, num_hosts 2000, bench.py",
+        opts.leases,
+        opts.concurrency,
+        false,
+    ))
 }
 
 /// Runs the scenarios.

@@ -46,6 +46,47 @@ pub fn run(
     Ok(parse(&text))
 }
 
+/// The measurements of one bench.py run, as `system`, scenarios named `label` plus what
+/// they measure (a join row only when `with_join`).
+pub fn rows(
+    b: &BenchPy,
+    system: &str,
+    label: &str,
+    leases: usize,
+    threads: usize,
+    with_join: bool,
+) -> Vec<crate::report::Measurement> {
+    use crate::report::Measurement;
+    let lat = |scenario: String, v: Option<(f64, f64)>| Measurement {
+        system: system.into(),
+        scenario,
+        n: leases,
+        // bench.py prints the median and p90; it has no p99.
+        percentiles_us: v.map(|(p50, p90)| (p50 * 1e3, p90 * 1e3, f64::NAN)),
+        ops_per_s: None,
+    };
+    let mut out = Vec::with_capacity(4);
+    if with_join {
+        out.push(Measurement {
+            system: system.into(),
+            scenario: format!("join a lockspace ({label})"),
+            n: 1,
+            percentiles_us: b.join_s.map(|s| (s * 1e6, s * 1e6, s * 1e6)),
+            ops_per_s: None,
+        });
+    }
+    out.push(lat(format!("acquire free lease ({label})"), b.acquire_ms));
+    out.push(lat(format!("release ({label})"), b.release_ms));
+    out.push(Measurement {
+        system: system.into(),
+        scenario: format!("acquires/s, {threads} threads ({label})"),
+        n: leases,
+        percentiles_us: None,
+        ops_per_s: b.parallel_per_s,
+    });
+    out
+}
+
 /// Reads bench.py's output lines.
 pub fn parse(text: &str) -> BenchPy {
     let field = |key: &str, idx: usize| -> Option<f64> {

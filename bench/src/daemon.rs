@@ -115,6 +115,24 @@ fn start(opts: &DaemonBenchOptions) -> Result<Daemon, String> {
     }
 }
 
+fn acquire(opts: &DaemonBenchOptions, i: usize) -> Request {
+    Request::Acquire {
+        resources: vec![spec(opts, i)],
+        no_wait: true,
+        lvb: false,
+        pid: None,
+    }
+}
+
+fn release(i: usize) -> Request {
+    Request::Release {
+        resources: vec![format!("BENCH:r{i}")],
+        all: false,
+        pid: None,
+        lvb_hex: None,
+    }
+}
+
 fn spec(opts: &DaemonBenchOptions, i: usize) -> String {
     format!(
         "BENCH:r{i}:{}:{}",
@@ -149,43 +167,19 @@ pub fn run(opts: &DaemonBenchOptions) -> Result<Vec<Measurement>, String> {
     let mut c = Client::connect(&sock, Some("bench")).map_err(err)?;
     // Warm-up: the daemon opens the device and learns each area's geometry on first use.
     for i in 0..opts.leases {
-        c.call(&Request::Acquire {
-            resources: vec![spec(opts, i)],
-            no_wait: true,
-            lvb: false,
-            pid: None,
-        })
-        .map_err(err)?;
-        c.call(&Request::Release {
-            resources: vec![format!("BENCH:r{i}")],
-            all: false,
-            pid: None,
-            lvb_hex: None,
-        })
-        .map_err(err)?;
+        c.call(&acquire(opts, i)).map_err(err)?;
+        c.call(&release(i)).map_err(err)?;
     }
     let (mut acq, mut rel) = (Vec::new(), Vec::new());
     for _ in 0..opts.rounds {
         for i in 0..opts.leases {
             let t0 = Instant::now();
-            c.call(&Request::Acquire {
-                resources: vec![spec(opts, i)],
-                no_wait: true,
-                lvb: false,
-                pid: None,
-            })
-            .map_err(err)?;
+            c.call(&acquire(opts, i)).map_err(err)?;
             acq.push(t0.elapsed());
         }
         for i in 0..opts.leases {
             let t0 = Instant::now();
-            c.call(&Request::Release {
-                resources: vec![format!("BENCH:r{i}")],
-                all: false,
-                pid: None,
-                lvb_hex: None,
-            })
-            .map_err(err)?;
+            c.call(&release(i)).map_err(err)?;
             rel.push(t0.elapsed());
         }
     }
@@ -198,13 +192,7 @@ pub fn run(opts: &DaemonBenchOptions) -> Result<Vec<Measurement>, String> {
                 s.spawn(move || -> Result<Client, String> {
                     let mut c = Client::connect(&sock, Some("bench")).map_err(err)?;
                     for i in (k..opts.leases).step_by(opts.concurrency) {
-                        c.call(&Request::Acquire {
-                            resources: vec![spec(opts, i)],
-                            no_wait: true,
-                            lvb: false,
-                            pid: None,
-                        })
-                        .map_err(err)?;
+                        c.call(&acquire(opts, i)).map_err(err)?;
                     }
                     Ok(c)
                 })
@@ -286,32 +274,12 @@ fn bench_py_rows(
         opts.concurrency,
         rundir,
     )?;
-    let lat = |scenario: &str, v: Option<(f64, f64)>| Measurement {
-        system: system.into(),
-        scenario: scenario.into(),
-        n: opts.leases,
-        percentiles_us: v.map(|(p50, p90)| (p50 * 1e3, p90 * 1e3, f64::NAN)),
-        ops_per_s: None,
-    };
-    Ok(vec![
-        Measurement {
-            system: system.into(),
-            scenario: "join a lockspace (python3-sanlock)".into(),
-            n: 1,
-            percentiles_us: b.join_s.map(|s| (s * 1e6, s * 1e6, s * 1e6)),
-            ops_per_s: None,
-        },
-        lat("daemon acquire free lease (python3-sanlock)", b.acquire_ms),
-        lat("daemon release (python3-sanlock)", b.release_ms),
-        Measurement {
-            system: system.into(),
-            scenario: format!(
-                "daemon acquires/s, {} threads (python3-sanlock)",
-                opts.concurrency
-            ),
-            n: opts.leases,
-            percentiles_us: None,
-            ops_per_s: b.parallel_per_s,
-        },
-    ])
+    Ok(crate::bench_py::rows(
+        &b,
+        system,
+        "daemon, python3-sanlock",
+        opts.leases,
+        opts.concurrency,
+        true,
+    ))
 }

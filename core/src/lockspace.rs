@@ -491,6 +491,23 @@ mod tests {
     use tenure_format::area::{encode_lockspace_area, lockspace_sector0};
     use tenure_format::{Geometry, LeaderRecord, Name};
 
+    /// A simulated 512-byte-sector disk of `size` bytes on a clock of its own, healthy.
+    fn sim_disk(size: u64, seed: u64) -> (SimClock, SimBackend) {
+        let clock = SimClock::new(Time::from_nanos(50_000_000_000));
+        let engine = EngineConfig {
+            ring_entries: 32,
+            buffer_classes: vec![(512, 32), (1 << 20, 8)],
+            sync_workers: 0,
+        };
+        let sim = SimBackend::new(
+            &[(512, size)],
+            &engine,
+            SimConfig::healthy(seed),
+            clock.clone(),
+        );
+        (clock, sim)
+    }
+
     fn formatted(name: &str) -> Vec<u8> {
         formatted_with_t(name, 1)
     }
@@ -509,18 +526,7 @@ mod tests {
     /// "lost" the moment it completed. It now renews first and reports Joined after that.
     #[test]
     fn joining_a_slot_with_a_longer_recorded_t_renews_before_reporting_joined() {
-        let clock = SimClock::new(Time::from_nanos(50_000_000_000));
-        let engine = EngineConfig {
-            ring_entries: 16,
-            buffer_classes: vec![(512, 16), (1 << 20, 4)],
-            sync_workers: 0,
-        };
-        let mut sim = SimBackend::new(
-            &[(512, 1 << 20)],
-            &engine,
-            SimConfig::healthy(5),
-            clock.clone(),
-        );
+        let (clock, mut sim) = sim_disk(1 << 20, 5);
         sim.load(DiskId(0), 0, &formatted_with_t("A", 10));
         let mut set = LockspaceSet::new(Box::new(sim));
         let id = set
@@ -565,18 +571,7 @@ mod tests {
 
     #[test]
     fn two_lockspaces_on_one_engine_join_renew_and_leave() {
-        let clock = SimClock::new(Time::from_nanos(50_000_000_000));
-        let engine = EngineConfig {
-            ring_entries: 16,
-            buffer_classes: vec![(512, 16), (1 << 20, 4)],
-            sync_workers: 0,
-        };
-        let mut sim = SimBackend::new(
-            &[(512, 2 << 20)],
-            &engine,
-            SimConfig::healthy(9),
-            clock.clone(),
-        );
+        let (clock, mut sim) = sim_disk(2 << 20, 9);
         sim.load(DiskId(0), 0, &formatted("A"));
         sim.load(DiskId(0), 1 << 20, &formatted("B"));
         let mut set = LockspaceSet::new(Box::new(sim));
@@ -669,18 +664,7 @@ mod tests {
     #[test]
     fn paxos_operations_exclude_unwind_and_hand_off() {
         use tenure_format::area::encode_resource_area;
-        let clock = SimClock::new(Time::from_nanos(50_000_000_000));
-        let engine = EngineConfig {
-            ring_entries: 32,
-            buffer_classes: vec![(512, 32), (1 << 20, 8)],
-            sync_workers: 0,
-        };
-        let mut sim = SimBackend::new(
-            &[(512, 4 << 20)],
-            &engine,
-            SimConfig::healthy(11),
-            clock.clone(),
-        );
+        let (clock, mut sim) = sim_disk(4 << 20, 11);
         let g = Geometry::LEGACY_512;
         let ls = Name::new("A").expect("name");
         sim.load(DiskId(0), 0, &formatted("A"));

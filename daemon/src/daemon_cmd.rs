@@ -78,6 +78,12 @@ fn call(c: &mut Client, req: &Request) -> Result<Value, String> {
     })
 }
 
+/// One request on a fresh connection.
+fn ask(socket: &Path, req: &Request) -> Result<Value, String> {
+    let mut c = connect(socket)?;
+    call(&mut c, req)
+}
+
 fn print(json: bool, v: &Value, human: impl FnOnce(&Value) -> String) -> Result<(), String> {
     let text = if json {
         serde_json::to_string_pretty(v).map_err(|e| e.to_string())?
@@ -217,8 +223,7 @@ fn lockspaces_table(list: &[Value]) -> String {
 
 /// `tenure status`.
 pub fn status(socket: &Path, json: bool) -> Result<ExitCode, String> {
-    let mut c = connect(socket)?;
-    let v = call(&mut c, &Request::Status {})?;
+    let v = ask(socket, &Request::Status {})?;
     print(json, &v, |v| {
         let sup = &v["supervisor"];
         let mut out = vec![
@@ -357,9 +362,8 @@ pub fn join(socket: &Path, spec: &str, wait: bool, json: bool) -> Result<ExitCod
 
 /// `tenure lockspace leave`.
 pub fn leave(socket: &Path, name: &str, json: bool) -> Result<ExitCode, String> {
-    let mut c = connect(socket)?;
-    let v = call(
-        &mut c,
+    let v = ask(
+        socket,
         &Request::LockspaceRemove {
             name: name.to_owned(),
             wait: true,
@@ -371,8 +375,7 @@ pub fn leave(socket: &Path, name: &str, json: bool) -> Result<ExitCode, String> 
 
 /// `tenure lockspace list`.
 pub fn list(socket: &Path, json: bool) -> Result<ExitCode, String> {
-    let mut c = connect(socket)?;
-    let v = call(&mut c, &Request::LockspaceList {})?;
+    let v = ask(socket, &Request::LockspaceList {})?;
     print(json, &v, |v| {
         lockspaces_table(v["lockspaces"].as_array().map_or(&[], |a| a.as_slice()))
     })?;
@@ -381,9 +384,8 @@ pub fn list(socket: &Path, json: bool) -> Result<ExitCode, String> {
 
 /// `tenure lockspace hosts`.
 pub fn hosts(socket: &Path, name: &str, json: bool) -> Result<ExitCode, String> {
-    let mut c = connect(socket)?;
-    let v = call(
-        &mut c,
+    let v = ask(
+        socket,
         &Request::Hosts {
             lockspace: name.to_owned(),
         },
@@ -436,9 +438,8 @@ pub fn acquire(
     lvb: bool,
     json: bool,
 ) -> Result<ExitCode, String> {
-    let mut c = connect(socket)?;
-    let v = call(
-        &mut c,
+    let v = ask(
+        socket,
         &Request::Acquire {
             resources: abs_resources(resources)?,
             no_wait,
@@ -454,9 +455,8 @@ pub fn acquire(
 
 /// `tenure lvb get -p PID LS:NAME`.
 pub fn lvb_get(socket: &Path, resource: &str, pid: i32, json: bool) -> Result<ExitCode, String> {
-    let mut c = connect(socket)?;
-    let v = call(
-        &mut c,
+    let v = ask(
+        socket,
         &Request::LvbGet {
             resource: resource.to_owned(),
             pid: Some(pid),
@@ -476,9 +476,8 @@ pub fn lvb_set(
     pid: i32,
     json: bool,
 ) -> Result<ExitCode, String> {
-    let mut c = connect(socket)?;
-    let v = call(
-        &mut c,
+    let v = ask(
+        socket,
         &Request::LvbSet {
             resource: resource.to_owned(),
             hex: hex.to_owned(),
@@ -499,9 +498,8 @@ pub fn release(
     pid: i32,
     json: bool,
 ) -> Result<ExitCode, String> {
-    let mut c = connect(socket)?;
-    let v = call(
-        &mut c,
+    let v = ask(
+        socket,
         &Request::Release {
             resources: resources.to_vec(),
             all,
@@ -515,9 +513,8 @@ pub fn release(
 
 /// `tenure resource convert -p PID LS:NAME` (to shared).
 pub fn convert(socket: &Path, resource: &str, pid: i32, json: bool) -> Result<ExitCode, String> {
-    let mut c = connect(socket)?;
-    let v = call(
-        &mut c,
+    let v = ask(
+        socket,
         &Request::Convert {
             resource: resource.to_owned(),
             shared: true,
@@ -530,10 +527,9 @@ pub fn convert(socket: &Path, resource: &str, pid: i32, json: bool) -> Result<Ex
 
 /// `tenure resource request RES [--force]`.
 pub fn request(socket: &Path, resource: &str, force: bool, json: bool) -> Result<ExitCode, String> {
-    let mut c = connect(socket)?;
     let res = abs_resources(&[resource.to_owned()])?.remove(0);
-    let v = call(
-        &mut c,
+    let v = ask(
+        socket,
         &Request::Request {
             resource: res,
             force,
@@ -555,8 +551,7 @@ pub fn request(socket: &Path, resource: &str, force: bool, json: bool) -> Result
 
 /// `tenure resource inquire -p PID`.
 pub fn inquire(socket: &Path, pid: i32, json: bool) -> Result<ExitCode, String> {
-    let mut c = connect(socket)?;
-    let v = call(&mut c, &Request::Inquire { pid: Some(pid) })?;
+    let v = ask(socket, &Request::Inquire { pid: Some(pid) })?;
     print(json, &v, |v| {
         leases_table(v["leases"].as_array().map_or(&[], |a| a.as_slice()))
     })?;
