@@ -497,6 +497,22 @@ fn three_hosts_hand_leases_over_and_run_protects_the_command() {
     }
 
     // Clean leave and exit on SIGTERM with nothing held; the watchdog is disarmed (no fire).
+    // A `run` that just exited is released asynchronously: wait until nothing is held, since
+    // tenured refuses SIGTERM while a lease is.
+    for h in &hosts {
+        let t0 = Instant::now();
+        while h.json(&["status"])["leases"]
+            .as_array()
+            .is_some_and(|l| !l.is_empty())
+        {
+            assert!(
+                t0.elapsed() < Duration::from_secs(10),
+                "host {} still holds",
+                h.id
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
     for h in &hosts {
         nix::sys::signal::kill(
             nix::unistd::Pid::from_raw(h.tenured.id() as i32),
