@@ -833,6 +833,18 @@ fn embedded_default_starts_serves_and_stops_cleanly() {
         text.contains("armed") && text.contains("joined (generation 1)"),
         "{text}"
     );
+    // The run's lease is released asynchronously after it exited; SIGTERM is refused while a
+    // lease is held.
+    let t0 = Instant::now();
+    loop {
+        let out = t().args(["status", "--json"]).output().unwrap();
+        let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+        if v["leases"].as_array().is_some_and(|l| l.is_empty()) {
+            break;
+        }
+        assert!(t0.elapsed() < Duration::from_secs(10), "{v}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
     // SIGTERM: leave, disarm, stop the emulator, exit 0.
     nix::sys::signal::kill(
         nix::unistd::Pid::from_raw(d.id() as i32),
