@@ -147,7 +147,34 @@ pub enum DeltaEvent {
     BitSet {
         /// Who set it.
         from: Vec<u64>,
+        /// Host events published by those of them whose timestamp changed since the last
+        /// read (sanlock delivers on each such renewal while the bit stays set).
+        events: Vec<ReceivedEvent>,
     },
+}
+
+/// A small message one host publishes in its delta lease for others (sanlock's
+/// `sanlk_host_event`): carried in the leader's write_id / write_generation / write_timestamp
+/// fields, addressed through the host bitmap.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct HostEvent {
+    /// The generation of the addressed host the sender meant (receivers filter on it).
+    pub generation: u64,
+    /// Event value; 0 = none.
+    pub event: u64,
+    /// Free data.
+    pub data: u64,
+}
+
+/// A host event read from another host's delta lease.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+pub struct ReceivedEvent {
+    /// Sender's host id.
+    pub from_host_id: u64,
+    /// Sender's generation.
+    pub from_generation: u64,
+    /// What it published.
+    pub event: HostEvent,
 }
 
 /// Progress of a join, for "phase and time left".
@@ -202,6 +229,8 @@ pub struct DeltaLease {
     join_renewal: bool,
     last_renewal: Option<Time>,
     bitmap: HostBitmap,
+    /// The host event our renewals publish.
+    published: HostEvent,
     hosts: HostTable,
 }
 
@@ -235,6 +264,7 @@ impl DeltaLease {
             join_renewal: false,
             last_renewal: None,
             bitmap: HostBitmap::default(),
+            published: HostEvent::default(),
             hosts,
         }
     }
@@ -382,6 +412,23 @@ impl DeltaLease {
     /// Sets or clears host `host_id`'s bit in our bitmap (carried by the next renewals).
     pub fn set_bitmap_bit(&mut self, host_id: u64, on: bool) {
         self.bitmap.set(host_id, on);
+    }
+
+    /// Sets every host's bit but our own (an event for all hosts).
+    pub fn set_all_bitmap_bits(&mut self) {
+        for h in 1..=self.cfg.geometry.hosts_max().min(2000) {
+            self.bitmap.set(h, h != self.cfg.host_id);
+        }
+    }
+
+    /// The host event the next renewals publish (all zero: none).
+    pub fn set_published_event(&mut self, event: HostEvent) {
+        self.published = event;
+    }
+
+    /// The host event our renewals publish.
+    pub fn published_event(&self) -> HostEvent {
+        self.published
     }
 
     fn fail_join(&mut self, error: DeltaError) {
@@ -541,16 +588,17 @@ impl DeltaLease {
                 let confirmed = self.last_written.expect("renewing implies written");
                 // Renewal writes that timed out may land at any later time, in any order: the
                 // sector is ours if it is what we confirmed with a timestamp we wrote since.
-                let is_ours = LeaderRecord {
+                // The event fields are ours too and change between renewals.
+                let strip = |r: &LeaderRecord| LeaderRecord {
                     timestamp: 0,
                     checksum: 0,
-                    ..cur
-                } == LeaderRecord {
-                    timestamp: 0,
-                    checksum: 0,
-                    ..confirmed
-                } && (confirmed.timestamp..=self.max_written_ts)
-                    .contains(&cur.timestamp);
+                    write_id: 0,
+                    write_generation: 0,
+                    write_timestamp: 0,
+                    ..*r
+                };
+                let is_ours = strip(&cur) == strip(&confirmed)
+                    && (confirmed.timestamp..=self.max_written_ts).contains(&cur.timestamp);
                 if !is_ours {
                     return self.lose(DeltaError::Foreign {
                         owner_id: cur.owner_id,
@@ -562,23 +610,33 @@ impl DeltaLease {
                 let last = confirmed;
                 self.hosts
                     .observe(now, self.cfg.geometry, &self.cfg.space_name, data);
-                let from: Vec<u64> = self
-                    .hosts
-                    .entries
-                    .iter()
-                    .flatten()
-                    .filter(|e| e.bit_for_us && e.host_id != self.cfg.host_id)
-                    .map(|e| e.host_id)
-                    .collect();
+                let mut from = Vec::new();
+                let mut events = Vec::new();
+                for e in self.hosts.entries.iter().flatten() {
+                    if !e.bit_for_us || e.host_id == self.cfg.host_id {
+                        continue;
+                    }
+                    from.push(e.host_id);
+                    if e.changed && e.event.event != 0 {
+                        events.push(ReceivedEvent {
+                            from_host_id: e.host_id,
+                            from_generation: e.generation,
+                            event: e.event,
+                        });
+                    }
+                }
                 if !from.is_empty() {
                     // Drained by the driver before the renewal write completes.
-                    self.event = Some(DeltaEvent::BitSet { from });
+                    self.event = Some(DeltaEvent::BitSet { from, events });
                 }
                 // A timestamp must change to count as a renewal, and must differ from every
                 // timestamp a late write of ours may still bring.
                 let stamp = Self::stamp(now).max(self.max_written_ts + 1);
                 let rec = LeaderRecord {
                     timestamp: stamp,
+                    write_id: self.published.generation,
+                    write_generation: self.published.event,
+                    write_timestamp: self.published.data,
                     ..last
                 };
                 self.seen = Some(rec);
@@ -721,6 +779,18 @@ pub struct HostEntry {
     pub last_change: Option<Time>,
     /// Its bitmap has our host id's bit set (a request for a lease we hold, or an event).
     pub bit_for_us: bool,
+    /// The host event it publishes.
+    pub event: HostEvent,
+    /// Its timestamp changed (or it appeared) in the last read.
+    pub changed: bool,
+}
+
+fn event_of(l: &LeaderRecord) -> HostEvent {
+    HostEvent {
+        generation: l.write_id,
+        event: l.write_generation,
+        data: l.write_timestamp,
+    }
 }
 
 /// Host statuses from renewal reads, on our own monotonic clock.
@@ -760,12 +830,14 @@ impl HostTable {
                 Some(e)
                     if e.generation == l.owner_generation && e.owner_name == l.resource_name =>
                 {
-                    if e.timestamp != l.timestamp {
+                    e.changed = e.timestamp != l.timestamp;
+                    if e.changed {
                         e.timestamp = l.timestamp;
                         e.last_change = Some(now);
                     }
                     e.io_timeout = l.io_timeout;
                     e.bit_for_us = d.bitmap.get(self.our_host_id);
+                    e.event = event_of(&l);
                 }
                 _ => {
                     if l.timestamp == 0 && l.owner_generation == 0 {
@@ -781,6 +853,8 @@ impl HostTable {
                         first_seen: now,
                         last_change: None,
                         bit_for_us: d.bitmap.get(self.our_host_id),
+                        event: event_of(&l),
+                        changed: l.timestamp != 0,
                     });
                 }
             }

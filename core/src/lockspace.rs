@@ -19,7 +19,8 @@ pub use ops::{
 
 use crate::clock::Time;
 use crate::delta::{
-    DeltaConfig, DeltaError, DeltaEvent, DeltaIo, DeltaLease, HostEntry, HostStatus, JoinPhase,
+    DeltaConfig, DeltaError, DeltaEvent, DeltaIo, DeltaLease, HostEntry, HostEvent, HostStatus,
+    JoinPhase,
 };
 use crate::io::{
     Completion, DiskId, IoBackend, IoError, IoId, IoKind, IoOutcome, IoRequest, SubmitError,
@@ -100,6 +101,51 @@ pub enum LockspaceError {
     Io(#[from] IoError),
 }
 
+/// A change to the host event this host publishes (sanlock's SET_EVENT and its flags).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SetEvent {
+    /// The addressed host id (1..=max hosts), whose bit is set.
+    pub host_id: u64,
+    /// What to publish (`generation` 0 with `cur_generation`: the target's current one).
+    pub event: HostEvent,
+    /// Fill in the target's current generation when `event.generation` is 0.
+    pub cur_generation: bool,
+    /// Clear the target's bit (every bit with `all_hosts`) instead of setting it.
+    pub clear_host: bool,
+    /// Stop publishing an event.
+    pub clear_event: bool,
+    /// Replace a different event (event or data) published less than 6T ago (else: busy).
+    /// The same event and data for another host is always accepted.
+    pub replace: bool,
+    /// Address every host.
+    pub all_hosts: bool,
+}
+
+/// Why a [`SetEvent`] was refused.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum EventError {
+    /// No such lockspace.
+    #[error("unknown lockspace")]
+    Unknown,
+    /// The lockspace is not joined.
+    #[error("lockspace not joined")]
+    NotJoined,
+    /// The host id is outside 1..=max.
+    #[error("host id {host_id} outside 1..={max}")]
+    HostId {
+        /// Given.
+        host_id: u64,
+        /// Largest valid.
+        max: u64,
+    },
+    /// Another event was published less than 6T ago (pass `replace`).
+    #[error("a different event was published {age_ms} ms ago (less than 6 io timeouts): set replace to overwrite it")]
+    Busy {
+        /// Its age.
+        age_ms: u64,
+    },
+}
+
 #[derive(Debug)]
 struct Entry {
     lease: DeltaLease,
@@ -108,6 +154,8 @@ struct Entry {
     state: LockspaceState,
     history: VecDeque<RenewalRecord>,
     events: VecDeque<DeltaEvent>,
+    /// When the published host event was last set.
+    event_set_at: Option<Time>,
 }
 
 /// Lockspaces on one engine.
@@ -156,6 +204,7 @@ impl LockspaceSet {
             state: LockspaceState::Idle,
             history: VecDeque::with_capacity(RENEWAL_HISTORY_LEN),
             events: VecDeque::with_capacity(8),
+            event_set_at: None,
         };
         if let Some(i) = self.entries.iter().position(Option::is_none) {
             self.entries[i] = Some(entry);
@@ -286,6 +335,83 @@ impl LockspaceSet {
             .retain(|(i, h, _)| !(*i == id && *h == host_id));
         if self.bit_expiry.len() < 4096 {
             self.bit_expiry.push((id, host_id, until));
+        }
+        Ok(())
+    }
+
+    /// Publishes, replaces or clears the host event of lockspace `id` and sets or clears the
+    /// addressed bits (set bits expire after 6T). Published at our next renewal; receivers
+    /// see it on each of our renewals while their bit stays set.
+    pub fn set_event(
+        &mut self,
+        id: LockspaceId,
+        req: SetEvent,
+        now: Time,
+    ) -> Result<(), EventError> {
+        let e = self
+            .entries
+            .get_mut(id.0)
+            .and_then(Option::as_mut)
+            .ok_or(EventError::Unknown)?;
+        if !e.lease.is_joined() {
+            return Err(EventError::NotJoined);
+        }
+        let cfg = e.lease.config();
+        let (max, ours) = (cfg.geometry.hosts_max().min(2000), cfg.host_id);
+        let six_t = Duration::from_secs(6 * u64::from(cfg.timeouts.io_timeout_s));
+        if !(1..=max).contains(&req.host_id) {
+            return Err(EventError::HostId {
+                host_id: req.host_id,
+                max,
+            });
+        }
+        let targets: Vec<u64> = if req.all_hosts {
+            (1..=max).filter(|h| *h != ours).collect()
+        } else {
+            vec![req.host_id]
+        };
+        if req.clear_host || req.clear_event {
+            if req.clear_event {
+                e.lease.set_published_event(HostEvent::default());
+                e.event_set_at = None;
+            }
+            if req.clear_host {
+                for h in &targets {
+                    e.lease.set_bitmap_bit(*h, false);
+                }
+                self.bit_expiry
+                    .retain(|(i, h, _)| !(*i == id && targets.contains(h)));
+            }
+            return Ok(());
+        }
+        let mut event = req.event;
+        if req.cur_generation && event.generation == 0 {
+            event.generation = e
+                .lease
+                .hosts()
+                .entries(now)
+                .iter()
+                .find(|(h, _)| h.host_id == req.host_id)
+                .map_or(0, |(h, _)| h.generation);
+        }
+        let current = e.lease.published_event();
+        if let Some(at) = e.event_set_at {
+            let age = now.saturating_since(at);
+            let different = (current.event, current.data) != (event.event, event.data);
+            if current.event != 0 && different && age < six_t && !req.replace {
+                return Err(EventError::Busy {
+                    age_ms: age.as_millis() as u64,
+                });
+            }
+        }
+        e.lease.set_published_event(event);
+        e.event_set_at = Some(now);
+        let until = now.saturating_add(six_t);
+        self.bit_expiry
+            .retain(|(i, h, _)| !(*i == id && targets.contains(h)));
+        for h in targets {
+            e.lease.set_bitmap_bit(h, true);
+            self.bit_expiry.push((id, h, until));
         }
         Ok(())
     }
@@ -792,5 +918,140 @@ mod tests {
         assert_eq!(set.ops_in_flight(), 0);
         // A lockspace in use cannot be removed.
         assert!(set.remove(h2).is_err());
+    }
+    /// Host events: host 2 publishes one for host 1, which receives it (with host 2's id and
+    /// generation and its own generation filled in) on host 2's renewals while the bit lasts
+    /// (6T), and no more after; a different event within 6T is refused unless replaced.
+    #[test]
+    fn host_events_reach_the_addressed_host_while_its_bit_lasts() {
+        let (clock, mut sim) = sim_disk(1 << 20, 12);
+        sim.load(DiskId(0), 0, &formatted("A"));
+        let view2 = sim.add_view(DiskId(0));
+        let mut set = LockspaceSet::new(Box::new(sim));
+        let cfg = |host_id| DeltaConfig {
+            space_name: Name::new("A").expect("name"),
+            host_id,
+            host_name: Name::new(&format!("node-{host_id}")).expect("name"),
+            geometry: Geometry::LEGACY_512,
+            area_offset: 0,
+            timeouts: Timeouts::new(1, 10),
+        };
+        let h1 = set.add(cfg(1), DiskId(0)).expect("add");
+        let h2 = set.add(cfg(2), view2).expect("add");
+        let ev = |event, data| SetEvent {
+            host_id: 1,
+            event: HostEvent {
+                generation: 0,
+                event,
+                data,
+            },
+            cur_generation: true,
+            ..SetEvent::default()
+        };
+        assert_eq!(
+            set.set_event(h2, ev(0x55, 0x66), clock.now()),
+            Err(EventError::NotJoined)
+        );
+        set.join(h1, clock.now()).expect("join");
+        set.join(h2, clock.now()).expect("join");
+        // Runs for `secs`, returning the events host 1 received.
+        let run = |set: &mut LockspaceSet, secs| {
+            let end = clock.now().saturating_add(Duration::from_secs(secs));
+            let mut got = Vec::new();
+            while clock.now() < end {
+                let now = clock.now();
+                set.step(now).expect("step");
+                for e in set.take_events(h1) {
+                    if let DeltaEvent::BitSet { events, .. } = e {
+                        got.extend(events.into_iter().map(|x| (now, x)));
+                    }
+                }
+                set.take_events(h2);
+                set.wait(now, end).expect("wait");
+            }
+            got
+        };
+        assert!(run(&mut set, 6).is_empty(), "no event before one is set");
+        let Some(LockspaceState::Joined { generation: gen1 }) = set.state(h1) else {
+            panic!("host 1 joined");
+        };
+        let Some(LockspaceState::Joined { generation: gen2 }) = set.state(h2) else {
+            panic!("host 2 joined");
+        };
+        assert_eq!(
+            set.set_event(
+                h2,
+                SetEvent {
+                    host_id: 0,
+                    ..ev(1, 1)
+                },
+                clock.now()
+            ),
+            Err(EventError::HostId {
+                host_id: 0,
+                max: 2000
+            })
+        );
+        let t0 = clock.now();
+        set.set_event(h2, ev(0x55, 0x66), t0).expect("set");
+        assert!(
+            matches!(
+                set.set_event(h2, ev(0x56, 0), clock.now()),
+                Err(EventError::Busy { .. })
+            ),
+            "a different event within 6T is refused"
+        );
+        set.set_event(h2, ev(0x55, 0x66), clock.now())
+            .expect("the same event again is accepted");
+        let got = run(&mut set, 14);
+        assert!(!got.is_empty(), "host 1 received the event");
+        for (at, e) in &got {
+            assert_eq!(
+                *e,
+                crate::delta::ReceivedEvent {
+                    from_host_id: 2,
+                    from_generation: gen2,
+                    event: HostEvent {
+                        generation: gen1,
+                        event: 0x55,
+                        data: 0x66
+                    }
+                }
+            );
+            assert!(
+                at.saturating_since(t0) <= Duration::from_secs(6 + 2 + 1),
+                "delivered only while the bit lasts (6T) plus one renewal round"
+            );
+        }
+        assert!(got.len() >= 2, "repeated on each renewal: {}", got.len());
+        // Replace: accepted within 6T, delivered with the new value.
+        set.set_event(h2, ev(0x77, 1), clock.now())
+            .expect("after 6T");
+        set.set_event(
+            h2,
+            SetEvent {
+                replace: true,
+                ..ev(0x78, 2)
+            },
+            clock.now(),
+        )
+        .expect("replace");
+        let got = run(&mut set, 5);
+        assert!(!got.is_empty() && got.iter().all(|(_, e)| e.event.event == 0x78));
+        // Clearing the bit stops deliveries at once.
+        set.set_event(
+            h2,
+            SetEvent {
+                clear_host: true,
+                ..ev(0, 0)
+            },
+            clock.now(),
+        )
+        .expect("clear");
+        run(&mut set, 3);
+        assert!(
+            run(&mut set, 6).is_empty(),
+            "nothing after the bit is cleared"
+        );
     }
 }

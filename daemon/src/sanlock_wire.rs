@@ -106,6 +106,15 @@ pub mod flags {
     pub const HOST_LIVE: u32 = 3;
     pub const HOST_FAIL: u32 = 4;
     pub const HOST_DEAD: u32 = 5;
+    pub const EVENT_CUR_GENERATION: u32 = 0x1;
+    pub const EVENT_CLEAR_HOSTID: u32 = 0x2;
+    pub const EVENT_CLEAR_EVENT: u32 = 0x4;
+    pub const EVENT_REPLACE_EVENT: u32 = 0x8;
+    pub const EVENT_ALL_HOSTS: u32 = 0x10;
+    pub const CONFIG_USED: u32 = 1;
+    pub const CONFIG_UNUSED: u32 = 2;
+    pub const CONFIG_USED_BY_ORPHANS: u32 = 4;
+    pub const CONFIG_UNUSED_BY_ORPHANS: u32 = 8;
 }
 
 /// Result codes (negative on the wire).
@@ -122,6 +131,7 @@ pub mod rv {
     pub const EINVAL: i32 = -22;
     pub const ENOSPC: i32 = -28;
     pub const ERANGE: i32 = -34;
+    pub const ENOCSI: i32 = -50;
     pub const ENOTCONN: i32 = -107;
     pub const EALREADY: i32 = -114;
     pub const EINPROGRESS: i32 = -115;
@@ -380,6 +390,62 @@ pub enum Body {
     ResourceWithDisks(Resource),
     /// A resource and LVB bytes.
     SetLvb(Resource, Vec<u8>),
+    /// A lockspace and a `sanlk_host_event` (host_id, generation, event, data).
+    Event(Lockspace, HostEvent),
+}
+
+/// `sanlk_host_event` (32 bytes).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct HostEvent {
+    /// Addressed host id (our own in delivered events).
+    pub host_id: u64,
+    /// Generation of the addressed host.
+    pub generation: u64,
+    /// Event value.
+    pub event: u64,
+    /// Data.
+    pub data: u64,
+}
+
+impl HostEvent {
+    /// Decodes 32 bytes.
+    pub fn decode(b: &[u8]) -> Self {
+        let u = |i: usize| u64::from_le_bytes(b[i..i + 8].try_into().expect("8 bytes"));
+        HostEvent {
+            host_id: u(0),
+            generation: u(8),
+            event: u(16),
+            data: u(24),
+        }
+    }
+}
+
+/// The 80-byte `event_cb` message written to event fds: header {SM_CB_PROTO 1,
+/// SM_CB_GET_EVENT 1, length 80}, the event, the sender's host id and generation.
+pub fn event_cb(he: &HostEvent, from_host_id: u64, from_generation: u64) -> [u8; 80] {
+    let mut m = [0u8; 80];
+    let h = Header {
+        magic: MAGIC,
+        version: 1,
+        cmd: 1,
+        length: 80,
+        ..Header::default()
+    };
+    m[..HEADER_LEN].copy_from_slice(&h.encode());
+    for (i, v) in [
+        he.host_id,
+        he.generation,
+        he.event,
+        he.data,
+        from_host_id,
+        from_generation,
+    ]
+    .iter()
+    .enumerate()
+    {
+        m[32 + 8 * i..40 + 8 * i].copy_from_slice(&v.to_le_bytes());
+    }
+    m
 }
 
 /// What [`parse`] found at the start of a buffer.
@@ -566,7 +632,10 @@ pub fn parse(buf: &[u8]) -> Parsed {
             Parsed::Message(
                 HEADER_LEN + LS_LEN + 32,
                 h,
-                Body::Lockspace(Lockspace::decode(&p[..LS_LEN])),
+                Body::Event(
+                    Lockspace::decode(&p[..LS_LEN]),
+                    HostEvent::decode(&p[LS_LEN..LS_LEN + 32]),
+                ),
             )
         }
         _ => Parsed::Ignored(HEADER_LEN),

@@ -198,6 +198,8 @@ struct Space {
     lost: Option<String>,
     /// The supervisor cleared it (all holders dead); forgotten once no operation runs.
     cleared: bool,
+    /// sanlock event fds registered for it (REG_EVENT); closed when it goes.
+    event_fds: Vec<UnixStream>,
 }
 
 #[derive(Debug)]
@@ -668,9 +670,13 @@ impl Server {
                     );
                 }
             }
-            DeltaEvent::BitSet { from } => {
+            DeltaEvent::BitSet { from, events } => {
                 tracing::info!(lockspace = %name, ?from, "hosts set our bit: examining request records");
-                self.examine(&name);
+                self.examine(&name, None);
+                if !events.is_empty() {
+                    let our_host_id = self.spaces[i].spec.host_id;
+                    self.deliver_events(i, our_host_id, &events);
+                }
             }
             DeltaEvent::Released => {
                 tracing::info!(lockspace = %name, "left");
@@ -1375,6 +1381,7 @@ impl Server {
             leave_waiters: Vec::new(),
             lost: None,
             cleared: false,
+            event_fds: Vec::new(),
         };
         match (k, wait) {
             (Some(k), true) => {
@@ -2317,12 +2324,14 @@ impl Server {
         spawned.is_ok()
     }
 
-    /// Reads the request record of every lease held in `space` (helper threads).
-    fn examine(&mut self, space: &str) {
+    /// Reads the request record of every lease held in `space` (only `resource`, if given)
+    /// on helper threads, and acts on newer requests ([`Server::examined`]).
+    fn examine(&mut self, space: &str, resource: Option<Name>) {
         let targets: Vec<(Name, String, u64)> = self
             .leases
             .iter()
             .filter(|l| l.space == space && l.owner != Owner::Orphan)
+            .filter(|l| resource.is_none_or(|r| r == l.resource))
             .map(|l| (l.resource, l.location.0.clone(), l.location.1))
             .collect();
         for (resource, path, offset) in targets {

@@ -625,3 +625,165 @@ sanlock.rem_lockspace(b"LS", 1, b"{p1}")
 "#
     ));
 }
+
+/// An event listener: registers, says so, waits up to 30 s for events, prints them as JSON.
+const EVENT_LISTENER: &str = r#"
+import sanlock, select, json, time
+fd = sanlock.reg_event(b"LS")
+print("registered", flush=True)
+evs = []
+end = time.time() + 30
+while not evs and time.time() < end:
+    r, _, _ = select.select([fd], [], [], 1)
+    if r:
+        evs = sanlock.get_event(fd)
+sanlock.end_event(fd, b"LS")
+print(json.dumps(evs), flush=True)
+"#;
+
+fn listen(rundir: &std::path::Path) -> (Child, BufReader<std::process::ChildStdout>) {
+    let mut c = Command::new("/usr/bin/python3")
+        .arg("-c")
+        .arg(EVENT_LISTENER)
+        .env("SANLOCK_RUN_DIR", rundir)
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut out = BufReader::new(c.stdout.take().unwrap());
+    let mut line = String::new();
+    out.read_line(&mut line).unwrap();
+    assert_eq!(line.trim(), "registered");
+    (c, out)
+}
+
+fn events_of(mut c: Child, mut out: BufReader<std::process::ChildStdout>) -> serde_json::Value {
+    let mut line = String::new();
+    out.read_line(&mut line).unwrap();
+    assert!(c.wait().unwrap().success());
+    serde_json::from_str(line.trim()).unwrap()
+}
+
+/// Host events (REG_EVENT / SET_EVENT / END_EVENT and the delta-lease carriage) cross between
+/// the real sanlock daemon (host 1) and tenured (host 2), both ways, each driven through
+/// python3-sanlock.
+#[test]
+fn host_events_cross_between_sanlock_and_tenured() {
+    if !prerequisite(is_root(), "root") || !sanlock_available() {
+        return;
+    }
+    let _serial = sanlock_lock();
+    let backing = BackingFile::new(16 << 20);
+    let d1 = LoopDevice::attach(backing.path(), 512);
+    let d2 = LoopDevice::attach(backing.path(), 512);
+    let (p1, p2) = (d1.path_str(), d2.path_str());
+    let out = Command::new(tenure_bin())
+        .args([
+            "lockspace",
+            "init",
+            &format!("LS:0:{p1}:0"),
+            "--io-timeout",
+            "1",
+        ])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let sl = SanlockDaemon::start();
+    sl.python(&format!(
+        "import sanlock\nsanlock.add_lockspace(b\"LS\", 1, b\"{p1}\", iotimeout=1)\n"
+    ));
+    let h2 = Daemon::start(true, Some(format!("LS:2:{p2}:0")));
+    let t0 = Instant::now();
+    loop {
+        let out = h2.tenure(&["lockspace", "list", "--json"]);
+        if String::from_utf8_lossy(&out.stdout).contains("\"joined\"") {
+            break;
+        }
+        assert!(t0.elapsed() < Duration::from_secs(20), "{}", h2.log());
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    // Both see each other renew.
+    std::thread::sleep(Duration::from_secs(4));
+    let t = python;
+    // Refusals on tenured's side.
+    let refusals = finish(
+        t(
+            &h2,
+            r#"
+import sanlock
+for f in (lambda: sanlock.reg_event(b"NOPE"),
+          lambda: sanlock.set_event(b"LS", 0, 0, 1),
+          lambda: sanlock.set_event(b"NOPE", 1, 0, 1)):
+    try:
+        f()
+        print("ok")
+    except sanlock.SanlockException as e:
+        print(e.errno)
+"#,
+        ),
+        "refusals",
+        &h2.log(),
+    );
+    assert_eq!(
+        refusals.split_whitespace().collect::<Vec<_>>(),
+        ["2", "22", "2"]
+    );
+
+    // sanlock (host 1) → tenured (host 2).
+    let (c, out) = listen(&h2.sanlock_dir());
+    let sent = Instant::now();
+    sl.python(
+        "import sanlock\nsanlock.set_event(b\"LS\", 2, 0, 0x55, data=0x66, flags=sanlock.SETEV_CUR_GENERATION)\n",
+    );
+    let evs = events_of(c, out);
+    let to_tenured = sent.elapsed();
+    let e = &evs[0];
+    assert_eq!(
+        (&e["from_host_id"], &e["host_id"], &e["event"], &e["data"]),
+        (&1.into(), &2.into(), &0x55.into(), &0x66.into()),
+        "{evs}\n{}",
+        h2.log()
+    );
+    assert!(
+        e["generation"].as_u64().unwrap() >= 1,
+        "CUR_GENERATION filled in: {e}"
+    );
+
+    // tenured (host 2) → sanlock (host 1), then a different event within 6T is busy.
+    let (c, out) = listen(sl.rundir());
+    let sent = Instant::now();
+    let busy = finish(
+        t(
+            &h2,
+            r#"
+import sanlock
+sanlock.set_event(b"LS", 1, 0, 0x77, data=0x88, flags=sanlock.SETEV_CUR_GENERATION)
+sanlock.set_event(b"LS", 1, 0, 0x77, data=0x88, flags=sanlock.SETEV_CUR_GENERATION)
+try:
+    sanlock.set_event(b"LS", 1, 0, 0x79, data=1)
+    print("ok")
+except sanlock.SanlockException as e:
+    print(e.errno)
+"#,
+        ),
+        "set_event",
+        &h2.log(),
+    );
+    assert_eq!(busy.trim(), "16", "a different event within 6T: EBUSY");
+    let evs = events_of(c, out);
+    let to_sanlock = sent.elapsed();
+    let e = &evs[0];
+    assert_eq!(
+        (&e["from_host_id"], &e["host_id"], &e["event"], &e["data"]),
+        (&2.into(), &1.into(), &0x77.into(), &0x88.into()),
+        "{evs}\n{}",
+        h2.log()
+    );
+    assert!(e["from_generation"].as_u64().unwrap() >= 1, "{e}");
+    assert!(e["generation"].as_u64().unwrap() >= 1, "{e}");
+    eprintln!(
+        "host event sanlock → tenured in {to_tenured:?}; tenured → sanlock in {to_sanlock:?}"
+    );
+    let _ = sl.python(&format!(
+        "import sanlock\nsanlock.rem_lockspace(b\"LS\", 1, b\"{p1}\")\n"
+    ));
+}

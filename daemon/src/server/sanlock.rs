@@ -12,8 +12,14 @@
 use super::{ClientKey, Deferred, JobReply, LockspaceState, Owner, Proto, Server};
 use crate::proto::{ErrorCode, Reply, Request};
 use crate::sanlock_wire::{self as w, cmd, flags, rv, Body, Header, Parsed};
+use std::os::fd::AsRawFd;
+use std::os::unix::net::UnixStream;
+
+use nix::sys::socket::MsgFlags;
+use tenure_core::delta::{HostEvent, ReceivedEvent};
 use tenure_core::direct::{self, BackendKind, DirectError, FormatOptions};
-use tenure_format::{AlignSize, LockspaceSpec, ResourceSpec, SectorSize};
+use tenure_core::lockspace::{EventError, SetEvent};
+use tenure_format::{AlignSize, LockspaceSpec, Name, ResourceSpec, SectorSize};
 
 /// Per-connection state of a sanlock client.
 #[derive(Debug, Default)]
@@ -823,6 +829,31 @@ impl Server {
                 let payload = self.sanlock_status();
                 self.sanlock_send(k, h, 0, 0, &payload);
             }
+            (cmd::EXAMINE_LOCKSPACE, Body::Lockspace(ls)) => {
+                // Re-read the request records of the leases held in it; data is always 0.
+                if self.space_index(&ls.name).is_some() {
+                    self.examine(&ls.name, None);
+                }
+                done(self, 0);
+            }
+            (cmd::EXAMINE_RESOURCE, Body::Resources(rs)) => {
+                if let (Some(r), true) = (rs.first(), self.space_index(&rs[0].lockspace).is_some())
+                {
+                    if let Ok(name) = Name::new(&r.name) {
+                        self.examine(&r.lockspace, Some(name));
+                    }
+                }
+                done(self, 0);
+            }
+            (cmd::REG_EVENT, Body::Event(ls, _)) => self.sanlock_reg_event(k, h, &ls.name),
+            (cmd::END_EVENT, Body::Lockspace(ls)) => {
+                let r = self.sanlock_end_event(&ls.name);
+                done(self, r);
+            }
+            (cmd::SET_EVENT, Body::Event(ls, he)) => {
+                let r = self.sanlock_set_event(&ls.name, h.cmd_flags, he);
+                done(self, r);
+            }
             (c, _) => {
                 tracing::info!(cmd = c, "sanlock client command not implemented");
                 done(self, rv::EINVAL);
@@ -852,6 +883,126 @@ impl Server {
         if let Some(h) = self.sconn(k).and_then(|s| s.current) {
             self.sanlock_send(k, h, result, data2, payload);
             self.process_sanlock(k);
+        }
+    }
+
+    /// REG_EVENT: the connection becomes an event fd of a joined lockspace (32 at most; dead
+    /// ones are dropped first when full). It is answered, then no longer read.
+    fn sanlock_reg_event(&mut self, k: ClientKey, h: Header, name: &str) {
+        let done = |me: &mut Server, result: i32| me.sanlock_send(k, h, result, 0, &[]);
+        if name.is_empty() {
+            return done(self, rv::EINVAL);
+        }
+        let Some(i) = self.space_index(name).filter(|i| {
+            matches!(
+                self.set.state(self.spaces[*i].id),
+                Some(LockspaceState::Joined { .. })
+            )
+        }) else {
+            return done(self, rv::ENOENT);
+        };
+        if self.sconn(k).is_some_and(|s| s.registered) {
+            // Its leases live with the connection: it cannot turn into an event fd.
+            return done(self, rv::EBUSY);
+        }
+        if self.spaces[i].event_fds.len() >= EVENT_FDS_MAX {
+            self.spaces[i].event_fds.retain(|fd| !peer_gone(fd));
+            if self.spaces[i].event_fds.len() >= EVENT_FDS_MAX {
+                return done(self, rv::ENOCSI);
+            }
+        }
+        let Some(c) = self.conn(k) else { return };
+        c.closing = false;
+        if let Proto::Sanlock(s) = &mut c.proto {
+            s.close_after = false;
+        }
+        self.sanlock_send(k, h, 0, 0, &[]);
+        let Some(c) = self.conns.get_mut(k.idx).and_then(Option::take) else {
+            return;
+        };
+        if c.outbuf.is_empty() {
+            tracing::info!(lockspace = %name, pid = c.pid, "event fd registered");
+            self.spaces[i].event_fds.push(c.stream);
+        }
+    }
+
+    /// END_EVENT: every event fd of the lockspace whose client wrote `1` or closed is forgotten.
+    fn sanlock_end_event(&mut self, name: &str) -> i32 {
+        if name.is_empty() {
+            return rv::EINVAL;
+        }
+        let Some(i) = self.space_index(name) else {
+            return rv::ENOENT;
+        };
+        self.spaces[i].event_fds.retain(|fd| {
+            let mut b = [0u8; 4];
+            match nix::sys::socket::recv(fd.as_raw_fd(), &mut b, MsgFlags::MSG_DONTWAIT) {
+                Ok(4) => u32::from_le_bytes(b) != 1,
+                Ok(0) => false,
+                Ok(_) => true,
+                Err(nix::errno::Errno::EAGAIN) => true,
+                Err(_) => false,
+            }
+        });
+        0
+    }
+
+    /// SET_EVENT: publish (or clear) the host event of a joined lockspace.
+    fn sanlock_set_event(&mut self, name: &str, fl: u32, he: w::HostEvent) -> i32 {
+        if name.is_empty() {
+            return rv::EINVAL;
+        }
+        let Some(i) = self.space_index(name) else {
+            return rv::ENOENT;
+        };
+        let req = SetEvent {
+            host_id: he.host_id,
+            event: HostEvent {
+                generation: he.generation,
+                event: he.event,
+                data: he.data,
+            },
+            cur_generation: fl & flags::EVENT_CUR_GENERATION != 0,
+            clear_host: fl & flags::EVENT_CLEAR_HOSTID != 0,
+            clear_event: fl & flags::EVENT_CLEAR_EVENT != 0,
+            replace: fl & flags::EVENT_REPLACE_EVENT != 0,
+            all_hosts: fl & flags::EVENT_ALL_HOSTS != 0,
+        };
+        let now = self.clock.now();
+        match self.set.set_event(self.spaces[i].id, req, now) {
+            Ok(()) => {
+                tracing::info!(lockspace = %name, host_id = he.host_id, event = he.event, data = he.data, flags = fl, "host event set");
+                0
+            }
+            Err(EventError::Unknown | EventError::NotJoined) => rv::ENOENT,
+            Err(EventError::HostId { .. }) => rv::EINVAL,
+            Err(EventError::Busy { .. }) => rv::EBUSY,
+        }
+    }
+
+    /// Writes received host events to the lockspace's event fds (non-blocking; a failed send
+    /// drops that fd).
+    pub(super) fn deliver_events(&mut self, i: usize, our_host_id: u64, events: &[ReceivedEvent]) {
+        let space = &mut self.spaces[i];
+        for e in events {
+            tracing::info!(lockspace = %space.name, from = e.from_host_id, event = e.event.event, data = e.event.data, fds = space.event_fds.len(), "host event received");
+            let he = w::HostEvent {
+                host_id: our_host_id,
+                generation: e.event.generation,
+                event: e.event.event,
+                data: e.event.data,
+            };
+            let msg = w::event_cb(&he, e.from_host_id, e.from_generation);
+            space.event_fds.retain(|fd| {
+                matches!(
+                    nix::sys::socket::send(
+                        fd.as_raw_fd(),
+                        &msg,
+                        MsgFlags::MSG_DONTWAIT | MsgFlags::MSG_NOSIGNAL,
+                    ),
+                    Ok(80)
+                )
+            });
         }
     }
 
@@ -1178,4 +1329,20 @@ fn split_args(s: &str) -> Vec<String> {
         out.push(cur);
     }
     out
+}
+
+/// Event fds one lockspace keeps (sanlock's limit).
+const EVENT_FDS_MAX: usize = 32;
+
+/// The other end of an event fd closed (or it failed).
+fn peer_gone(fd: &UnixStream) -> bool {
+    let mut b = [0u8; 1];
+    !matches!(
+        nix::sys::socket::recv(
+            fd.as_raw_fd(),
+            &mut b,
+            MsgFlags::MSG_DONTWAIT | MsgFlags::MSG_PEEK
+        ),
+        Err(nix::errno::Errno::EAGAIN) | Ok(1..)
+    )
 }
