@@ -116,6 +116,22 @@ enum LockspaceCmd {
         #[arg(long)]
         json: bool,
     },
+    /// Mark a joined lockspace used (or not): while used it cannot be left, and if it is
+    /// lost the watchdog resets the host even when no process holds a lease in it (sanlock's
+    /// `set_config -u`). `--used-by-orphans`: the same while orphan leases exist (`-O`).
+    Config {
+        /// Lockspace name.
+        name: String,
+        /// Mark used (true) or not (false).
+        #[arg(long)]
+        used: Option<bool>,
+        /// Mark used while orphan leases exist (true) or not (false).
+        #[arg(long)]
+        used_by_orphans: Option<bool>,
+        /// Print the result as JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// Lockspaces tenured holds, with join progress, renewals and deadlines.
     List {
         /// Print the result as JSON.
@@ -355,6 +371,12 @@ fn run(cli: Cli) -> Result<ExitCode, String> {
             json,
         }) => d::join(&socket(), &spec, !no_wait, json),
         Command::Lockspace(LockspaceCmd::Leave { name, json }) => d::leave(&socket(), &name, json),
+        Command::Lockspace(LockspaceCmd::Config {
+            name,
+            used,
+            used_by_orphans,
+            json,
+        }) => d::config(&socket(), &name, used, used_by_orphans, json),
         Command::Lockspace(LockspaceCmd::List { json }) => d::list(&socket(), json),
         Command::Lockspace(LockspaceCmd::Hosts { name, json }) => d::hosts(&socket(), &name, json),
         Command::Resource(ResourceCmd::Acquire {

@@ -373,6 +373,31 @@ pub fn leave(socket: &Path, name: &str, json: bool) -> Result<ExitCode, String> 
     Ok(ExitCode::SUCCESS)
 }
 
+/// `tenure lockspace config`.
+pub fn config(
+    socket: &Path,
+    name: &str,
+    used: Option<bool>,
+    used_by_orphans: Option<bool>,
+    json: bool,
+) -> Result<ExitCode, String> {
+    let v = ask(
+        socket,
+        &Request::LockspaceConfig {
+            name: name.to_owned(),
+            used,
+            used_by_orphans,
+        },
+    )?;
+    print(json, &v, |v| {
+        format!(
+            "lockspace {name}: used {}, used by orphans {}",
+            v["used"], v["used_by_orphans"]
+        )
+    })?;
+    Ok(ExitCode::SUCCESS)
+}
+
 /// `tenure lockspace list`.
 pub fn list(socket: &Path, json: bool) -> Result<ExitCode, String> {
     let v = ask(socket, &Request::LockspaceList {})?;

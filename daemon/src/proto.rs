@@ -51,6 +51,19 @@ pub enum Request {
         #[serde(default)]
         wait: bool,
     },
+    /// Mark a lockspace used (sanlock's SET_CONFIG): while used, it cannot be removed, and if
+    /// it is lost it is never cleared — the watchdog resets the host as if an unkillable
+    /// process held a lease in it. `used_by_orphans`: the same while orphan leases exist.
+    LockspaceConfig {
+        /// Lockspace name.
+        name: String,
+        /// Set or clear "used".
+        #[serde(default)]
+        used: Option<bool>,
+        /// Set or clear "used while orphans exist".
+        #[serde(default)]
+        used_by_orphans: Option<bool>,
+    },
     /// Lockspaces and where they stand.
     LockspaceList {},
     /// The host table of a lockspace.

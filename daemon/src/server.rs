@@ -200,6 +200,10 @@ struct Space {
     cleared: bool,
     /// sanlock event fds registered for it (REG_EVENT); closed when it goes.
     event_fds: Vec<UnixStream>,
+    /// Marked used (LockspaceConfig / SET_CONFIG).
+    used: bool,
+    /// Marked used while orphans exist.
+    used_by_orphans: bool,
 }
 
 #[derive(Debug)]
@@ -1149,6 +1153,11 @@ impl Server {
                 self.request_lockspace_add(Some(k), &spec, wait)
             }
             Request::LockspaceRemove { name, wait } => self.lockspace_remove(k, &name, wait),
+            Request::LockspaceConfig {
+                name,
+                used,
+                used_by_orphans,
+            } => Some(self.lockspace_config(&name, used, used_by_orphans)),
             Request::Acquire { .. } => self.acquire(k, req, None),
             Request::Release {
                 resources,
@@ -1382,6 +1391,8 @@ impl Server {
             lost: None,
             cleared: false,
             event_fds: Vec::new(),
+            used: false,
+            used_by_orphans: false,
         };
         match (k, wait) {
             (Some(k), true) => {
@@ -1406,10 +1417,64 @@ impl Server {
         }
     }
 
+    /// Marks a lockspace used / used while orphans exist, and tells the supervisor what that
+    /// means now.
+    fn lockspace_config(
+        &mut self,
+        name: &str,
+        used: Option<bool>,
+        used_by_orphans: Option<bool>,
+    ) -> Reply {
+        let Some(i) = self.space_index(name) else {
+            return err(ErrorCode::NotFound, format!("no lockspace {name}"));
+        };
+        let lost = self.spaces[i].lost.is_some()
+            || !matches!(
+                self.set.state(self.spaces[i].id),
+                Some(LockspaceState::Joined { .. } | LockspaceState::Joining { .. })
+            );
+        if lost && (used == Some(true) || used_by_orphans == Some(true)) {
+            return err(
+                ErrorCode::LockspaceLost,
+                format!("lockspace {name} is lost or left: it cannot be marked used"),
+            );
+        }
+        if let Some(u) = used {
+            self.spaces[i].used = u;
+        }
+        if let Some(u) = used_by_orphans {
+            self.spaces[i].used_by_orphans = u;
+        }
+        self.refresh_used(name);
+        let s = &self.spaces[i];
+        tracing::info!(lockspace = %name, used = s.used, used_by_orphans = s.used_by_orphans, "lockspace config");
+        Reply::Ok(json!({"lockspace": name, "used": s.used, "used_by_orphans": s.used_by_orphans}))
+    }
+
+    /// Tells the supervisor whether a lockspace counts as used now.
+    fn refresh_used(&mut self, name: &str) {
+        let Some(i) = self.space_index(name) else {
+            return;
+        };
+        let orphans = self
+            .leases
+            .iter()
+            .any(|l| l.space == name && l.owner == Owner::Orphan);
+        let s = &self.spaces[i];
+        let used = s.used || (s.used_by_orphans && orphans);
+        let _ = self.sup().set_used(name, used);
+    }
+
     fn lockspace_remove(&mut self, k: ClientKey, name: &str, wait: bool) -> Option<Reply> {
         let Some(i) = self.space_index(name) else {
             return Some(err(ErrorCode::NotFound, format!("no lockspace {name}")));
         };
+        if self.spaces[i].used {
+            return Some(err(
+                ErrorCode::Busy,
+                format!("lockspace {name} is marked used: clear it first (lockspace config)"),
+            ));
+        }
         let held = self.leases.iter().filter(|l| l.space == name).count();
         if held > 0 {
             return Some(err(
@@ -1906,6 +1971,7 @@ impl Server {
                 lvb_to_write: None,
             });
         }
+        self.refresh_used(space);
     }
 
     /// Unregisters holder pids that hold nothing more in a lockspace.

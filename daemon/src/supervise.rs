@@ -82,6 +82,9 @@ struct Space {
     holders: HashMap<i32, Holder>,
     killing: Option<Killing>,
     cleared: bool,
+    /// Marked used (sanlock SET_CONFIG): like an unkillable holder, a loss is never cleared,
+    /// so the watchdog fires.
+    used: bool,
     renewals: Vec<RenewalNote>,
 }
 
@@ -108,6 +111,8 @@ pub struct SpaceStatus {
     pub killing_for_ms: Option<u64>,
     /// All holders dead after a loss; the lockspace no longer feeds the watchdog.
     pub cleared: bool,
+    /// Marked used: a loss resets the host even without holders.
+    pub used: bool,
 }
 
 /// Supervisor view for `status`.
@@ -222,6 +227,7 @@ impl Supervisor {
                 holders: HashMap::new(),
                 killing: None,
                 cleared: false,
+                used: false,
                 renewals: Vec::new(),
             },
         );
@@ -337,6 +343,20 @@ impl Supervisor {
         Ok(())
     }
 
+    /// Marks the lockspace used or not (sanlock's SET_CONFIG USED): a used lockspace that is
+    /// lost is never cleared, as if an unkillable process held a lease in it.
+    pub fn set_used(&self, name: &str, used: bool) -> Result<(), SuperviseError> {
+        let mut st = self.lock();
+        let space = st
+            .spaces
+            .get_mut(name)
+            .ok_or_else(|| SuperviseError::Unknown(name.to_owned()))?;
+        space.used = used;
+        drop(st);
+        self.poke();
+        Ok(())
+    }
+
     /// A process holds no more leases in the lockspace.
     pub fn remove_holder(&self, name: &str, pid: i32) {
         let mut st = self.lock();
@@ -411,6 +431,7 @@ impl Supervisor {
                     .as_ref()
                     .map(|k| now.duration_since(k.started).as_millis() as u64),
                 cleared: s.cleared,
+                used: s.used,
             })
             .collect();
         spaces.sort_by(|a, b| a.name.cmp(&b.name));
@@ -552,7 +573,7 @@ fn supervise(st: &mut State, now: Instant) -> Instant {
         s.holders.retain(|_, h| alive(&h.pidfd));
         if s.killing.is_none() {
             tracing::error!(lockspace = %name, holders = s.holders.len(), "renewal deadline passed: lockspace lost");
-            if !s.holders.is_empty() {
+            if !s.holders.is_empty() || s.used {
                 let rec = fence_record(&st.cfg, name, s);
                 if let Err(e) = FenceLog::new(&st.cfg.state_dir).append(rec) {
                     tracing::error!(error = %e, "fence record not written");
@@ -572,6 +593,13 @@ fn supervise(st: &mut State, now: Instant) -> Instant {
             });
         }
         let k = s.killing.as_mut().expect("set above");
+        if s.holders.is_empty() && s.used {
+            if !k.gave_up {
+                k.gave_up = true;
+                tracing::error!(lockspace = %name, "lockspace lost while marked used: it is not cleared and the watchdog will fire");
+            }
+            continue;
+        }
         if s.holders.is_empty() {
             s.cleared = true;
             if let (Some(src), Some(feeder)) = (s.source.take(), st.feeder.as_mut()) {

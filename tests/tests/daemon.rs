@@ -1098,6 +1098,60 @@ fn a_holder_that_cannot_be_killed_lets_the_watchdog_fire() {
     eprintln!("unkillable holder: watchdog fired {fired_after:?} after the stall");
 }
 
+/// A lockspace marked used (`tenure lockspace config --used true`, sanlock's SET_CONFIG) can
+/// neither be left nor cleared after a loss: with no lease holder at all, a storage hang lets
+/// the watchdog fire. Before that: leaving is refused until it is unmarked.
+#[test]
+fn a_lockspace_marked_used_lets_the_watchdog_fire_when_lost() {
+    if !can_run() || !fuse_available() {
+        return;
+    }
+    let fs = StallFs::start(16 << 20);
+    let base = LoopDevice::attach(&fs.backing(), 512);
+    format_area(&base.path_str(), &[("R", 1)]);
+    let h1 = Host::start(1, &fs.lun());
+    h1.wait_joined(Duration::from_secs(30));
+    let v = h1.json(&["lockspace", "config", "DM", "--used", "true"]);
+    assert_eq!(v["used"], true, "{v}");
+    let out = h1.tenure(&["lockspace", "leave", "DM"]).output().unwrap();
+    assert!(!out.status.success(), "leaving a used lockspace is refused");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("marked used"),
+        "{out:?}"
+    );
+    let v = h1.json(&["lockspace", "config", "DM", "--used", "false"]);
+    assert_eq!(v["used"], false, "{v}");
+    let v = h1.json(&["lockspace", "config", "DM", "--used", "true"]);
+    assert_eq!(v["used"], true, "{v}");
+    let out = h1
+        .tenure(&["lockspace", "config", "NOPE", "--used", "true"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success(), "unknown lockspace refused");
+    fs.hang_reads(true);
+    fs.hang_writes(true);
+    let t0 = Instant::now();
+    let fired = h1.dir.path().join("fired.log");
+    while !fired.exists() {
+        assert!(
+            t0.elapsed() < Duration::from_secs(8 * T + W + 15),
+            "watchdog never fired:\n{}",
+            h1.log()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let fired_after = t0.elapsed();
+    assert!(
+        fired_after >= Duration::from_secs(6 * T + W - 2),
+        "{fired_after:?}"
+    );
+    let log = h1.log();
+    assert!(log.contains("lost while marked used"), "{log}");
+    fs.hang_reads(false);
+    fs.hang_writes(false);
+    eprintln!("used lockspace without holders: watchdog fired {fired_after:?} after the stall");
+}
+
 #[test]
 fn a_paused_daemon_does_not_resume_holding_what_another_host_may_take() {
     if !can_run() {

@@ -472,6 +472,67 @@ fn the_sanlock_client_cli_works_against_tenured() {
     assert!(cmd.wait().unwrap().success());
     let read = sanlock(&["read", "-r", &res]);
     assert!(read.contains(&format!("r {res}:1")), "{read}");
+    // examine: a request record written straight to disk (no bitmap bit, so nothing notices
+    // it) acts once the client asks tenured to examine the resource: FORCE → SIGKILL.
+    let mut cmd = Command::new("sanlock")
+        .args(["client", "command", "-r", &res, "-c", "/bin/sleep", "60"])
+        .env("SANLOCK_RUN_DIR", d.sanlock_dir())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let t0 = Instant::now();
+    while !sanlock(&["status"]).contains(&format!("r {res}:")) {
+        assert!(t0.elapsed() < Duration::from_secs(10));
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let out = Command::new("/usr/bin/python3")
+        .arg("-c")
+        .arg(format!(
+            r#"
+import os, struct
+rec = struct.pack("<IIQI", 0x08292011, 0x00010001, 100, 1).ljust(512, b"\0")
+fd = os.open("{p}", os.O_RDWR)
+os.pwrite(fd, rec, 1048576 + 512)
+os.fsync(fd)
+os.close(fd)
+"#
+        ))
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    std::thread::sleep(Duration::from_secs(3));
+    assert!(cmd.try_wait().unwrap().is_none(), "nothing examined yet");
+    assert!(sanlock(&["examine", "-s", &ls]).contains("done 0"));
+    let t0 = Instant::now();
+    let status = loop {
+        if let Some(s) = cmd.try_wait().unwrap() {
+            break s;
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(10),
+            "examine did not act on the request\n{}",
+            d.log()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    use std::os::unix::process::ExitStatusExt;
+    assert_eq!(status.signal(), Some(libc::SIGKILL), "{status:?}");
+    let t0 = Instant::now();
+    while sanlock(&["status"]).contains(&format!("r {res}:")) {
+        assert!(t0.elapsed() < Duration::from_secs(10));
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // set_config: a used lockspace cannot be removed until it is unmarked.
+    assert!(sanlock(&["set_config", "-s", &ls, "-u", "1"]).contains("done 0"));
+    let rem = Command::new("sanlock")
+        .args(["client", "rem_lockspace", "-s", &ls])
+        .env("SANLOCK_RUN_DIR", d.sanlock_dir())
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&rem.stdout);
+    assert!(text.contains("rem_lockspace done -16"), "{text}");
+    assert!(sanlock(&["set_config", "-s", &ls, "-u", "0"]).contains("done 0"));
     assert!(sanlock(&["rem_lockspace", "-s", &ls]).contains("rem_lockspace done 0"));
     assert!(sanlock(&["shutdown", "-w", "1"]).contains("shutdown done 0"));
     let t0 = Instant::now();

@@ -256,8 +256,11 @@ impl Server {
                 done(self, r);
             }
             (cmd::REM_LOCKSPACE, Body::Lockspace(ls)) => {
-                if self.space_index(&ls.name).is_none() {
+                let Some(i) = self.space_index(&ls.name) else {
                     return done(self, rv::ENOENT);
+                };
+                if self.spaces[i].used {
+                    return done(self, rv::EBUSY);
                 }
                 let wait = h.cmd_flags & flags::REM_ASYNC == 0;
                 let holders: Vec<i32> = self
@@ -844,6 +847,17 @@ impl Server {
                     }
                 }
                 done(self, 0);
+            }
+            (cmd::SET_CONFIG, Body::Lockspace(ls)) => {
+                let (used, by_orphans) = match h.data {
+                    flags::CONFIG_USED => (Some(true), None),
+                    flags::CONFIG_UNUSED => (Some(false), None),
+                    flags::CONFIG_USED_BY_ORPHANS => (None, Some(true)),
+                    flags::CONFIG_UNUSED_BY_ORPHANS => (None, Some(false)),
+                    _ => return done(self, rv::EINVAL),
+                };
+                let r = self.lockspace_config(&ls.name, used, by_orphans);
+                self.sanlock_reply(k, r);
             }
             (cmd::REG_EVENT, Body::Event(ls, _)) => self.sanlock_reg_event(k, h, &ls.name),
             (cmd::END_EVENT, Body::Lockspace(ls)) => {
