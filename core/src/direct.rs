@@ -19,6 +19,8 @@ use tenure_format::{
 
 use std::time::Duration;
 
+pub mod rindex;
+
 use crate::dev::{Access, Device, DeviceError, DeviceKind};
 use crate::io::drive::{complete, deadline_in};
 pub use crate::io::BackendKind;
