@@ -64,6 +64,37 @@ pub enum Request {
         #[serde(default)]
         used_by_orphans: Option<bool>,
     },
+    /// A resource index operation (sanlock's rindex; docs/protocol.md). `create`, `delete`
+    /// and `rebuild` hold the index's private lease through the joined lockspace (unless
+    /// `no_lockspace`); the others are plain disk operations.
+    Rindex {
+        /// `LOCKSPACE:PATH:OFFSET`.
+        rindex: String,
+        /// What to do.
+        action: RindexAction,
+        /// Resource name (lookup, add, create, delete).
+        #[serde(default)]
+        name: Option<String>,
+        /// Lease offset (lookup, add, remove).
+        #[serde(default)]
+        offset: Option<u64>,
+        /// num_hosts of a created lease (0 or absent: the geometry's maximum).
+        #[serde(default)]
+        num_hosts: Option<u64>,
+        /// Entries of a formatted index (absent: 4096).
+        #[serde(default)]
+        max_resources: Option<u32>,
+        /// Sector size for format (absent: the device's).
+        #[serde(default)]
+        sector_size: Option<u32>,
+        /// Align size in MiB for format (1, 2, 4, 8; absent: the sector size's default).
+        #[serde(default)]
+        align_mb: Option<u32>,
+        /// Create / delete / rebuild without the private lease (no joined lockspace needed;
+        /// the caller serialises).
+        #[serde(default)]
+        no_lockspace: bool,
+    },
     /// Lockspaces and where they stand.
     LockspaceList {},
     /// The host table of a lockspace.
@@ -222,6 +253,26 @@ pub enum ErrorCode {
     Corrupt,
     /// Anything else.
     Failed,
+}
+
+/// Resource index actions.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RindexAction {
+    /// Write an empty index and its private lease.
+    Format,
+    /// Offset of a name; name at an offset; or the next free slot.
+    Lookup,
+    /// Write the entry an offset maps to.
+    Add,
+    /// Clear the entry an offset maps to.
+    Remove,
+    /// Write a new lease in the first free slot and its entry.
+    Create,
+    /// Clear a named lease and its entry.
+    Delete,
+    /// Rebuild the entries from the leases on disk.
+    Rebuild,
 }
 
 /// An error reply.

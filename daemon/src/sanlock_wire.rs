@@ -111,6 +111,9 @@ pub mod flags {
     pub const EVENT_CLEAR_EVENT: u32 = 0x4;
     pub const EVENT_REPLACE_EVENT: u32 = 0x8;
     pub const EVENT_ALL_HOSTS: u32 = 0x10;
+    pub const RX_NO_LOCKSPACE: u32 = 0x1;
+    pub const RXUP_ADD: u32 = 0x10000;
+    pub const RXUP_REM: u32 = 0x20000;
     pub const CONFIG_USED: u32 = 1;
     pub const CONFIG_UNUSED: u32 = 2;
     pub const CONFIG_USED_BY_ORPHANS: u32 = 4;
@@ -392,6 +395,43 @@ pub enum Body {
     SetLvb(Resource, Vec<u8>),
     /// A lockspace and a `sanlk_host_event` (host_id, generation, event, data).
     Event(Lockspace, HostEvent),
+    /// A `sanlk_rindex` and, for UPDATE/LOOKUP/CREATE/DELETE, a `sanlk_rentry`.
+    Rindex(RindexArg, Option<Rentry>),
+}
+
+/// `sanlk_rindex` (1104 bytes).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct RindexArg {
+    /// SANLK_RIF_* (ALIGN / SECTOR like resources).
+    pub flags: u32,
+    /// Entries (format; 0 = default).
+    pub max_resources: u32,
+    /// Lockspace name.
+    pub lockspace: String,
+    /// Where the index is.
+    pub disk: Disk,
+}
+
+/// `sanlk_rentry` (64 bytes).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Rentry {
+    /// Resource name.
+    pub name: String,
+    /// Lease offset.
+    pub offset: u64,
+}
+
+/// Size of `sanlk_rentry`.
+pub const RENTRY_LEN: usize = 64;
+
+impl Rentry {
+    /// The 64 bytes.
+    pub fn encode(&self) -> [u8; RENTRY_LEN] {
+        let mut o = [0u8; RENTRY_LEN];
+        put_text(&mut o[..48], &self.name);
+        o[48..56].copy_from_slice(&self.offset.to_le_bytes());
+        o
+    }
 }
 
 /// `sanlk_host_event` (32 bytes).
@@ -624,6 +664,29 @@ pub fn parse(buf: &[u8]) -> Parsed {
                     ..Resource::default()
                 }),
             )
+        }
+        cmd::FORMAT_RINDEX
+        | cmd::REBUILD_RINDEX
+        | cmd::UPDATE_RINDEX
+        | cmd::LOOKUP_RINDEX
+        | cmd::CREATE_RESOURCE
+        | cmd::DELETE_RESOURCE => {
+            let with_entry = !matches!(h.cmd, cmd::FORMAT_RINDEX | cmd::REBUILD_RINDEX);
+            let n = LS_LEN + if with_entry { RENTRY_LEN } else { 0 };
+            if need(n) {
+                return Parsed::NeedMore;
+            }
+            let rx = RindexArg {
+                flags: u32_at(p, 0),
+                max_resources: u32_at(p, 4),
+                lockspace: text(&p[16..64]),
+                disk: Disk::decode(&p[64..64 + DISK_LEN]),
+            };
+            let entry = with_entry.then(|| Rentry {
+                name: text(&p[LS_LEN..LS_LEN + 48]),
+                offset: u64_at(p, LS_LEN + 48),
+            });
+            Parsed::Message(HEADER_LEN + n, h, Body::Rindex(rx, entry))
         }
         cmd::REG_EVENT | cmd::SET_EVENT => {
             if need(LS_LEN + 32) {

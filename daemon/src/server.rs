@@ -49,6 +49,7 @@ use crate::config::Config;
 use crate::proto::{self, ErrorCode, ErrorReply, Reply, Request, Split, PROTOCOL_VERSION};
 use crate::supervise::{instant_of, Supervisor, SupervisorConfig};
 
+mod rindex;
 mod sanlock;
 
 /// Which protocol a connection speaks.
@@ -225,6 +226,18 @@ enum Pending {
         space: String,
         resource: Name,
     },
+    /// Acquiring a resource index's private lease.
+    Rindex {
+        client: ClientKey,
+        space: String,
+        job: Box<rindex::RindexJob>,
+    },
+    /// Releasing it; then `reply` goes out.
+    RindexRelease {
+        client: ClientKey,
+        space: String,
+        reply: Box<Reply>,
+    },
 }
 
 type ProbeKey = (PathBuf, u64);
@@ -249,13 +262,19 @@ enum JobReply {
         resource: Name,
         record: Option<tenure_format::paxos::RequestRecord>,
     },
+    /// A resource index operation ran under its private lease, which is to be released.
+    RindexDone {
+        space: String,
+        held: Box<HeldResource>,
+        reply: Reply,
+    },
 }
 
 #[derive(Debug)]
 struct ProbeResult {
     key: ProbeKey,
     device: Option<Result<Device, String>>,
-    leader: Result<LeaderRecord, String>,
+    geometry: Result<Geometry, String>,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -360,17 +379,26 @@ fn op_error_reply(resource: Name, e: &OpError) -> Reply {
 fn probe(key: ProbeKey, need_device: bool) -> ProbeResult {
     let device =
         need_device.then(|| Device::open(&key.0, Access::ReadWrite).map_err(|e| e.to_string()));
-    let leader = (|| {
+    // A lease area's leader, or a resource index header (its geometry is what counts).
+    let geometry = (|| {
         let mut d =
             DirectDisk::open(&key.0, Access::Read, BackendKind::Auto).map_err(|e| e.to_string())?;
-        d.read(key.1, 4096, LeaderRecord::decode)
-            .map_err(|e| e.to_string())?
-            .map_err(|e| format!("no lease area here: {e}"))
+        d.read(key.1, 4096, |b| match LeaderRecord::decode(b) {
+            Ok(l) => Geometry::from_leader_fields(l.sector_size, l.flags)
+                .map_err(|e| format!("unsupported geometry: {e}")),
+            Err(e) => match tenure_format::rindex::RindexHeader::decode(b) {
+                Ok(h) => h
+                    .geometry()
+                    .map_err(|e| format!("unsupported geometry: {e}")),
+                Err(_) => Err(format!("no lease area here: {e}")),
+            },
+        })
+        .map_err(|e| e.to_string())?
     })();
     ProbeResult {
         key,
         device,
-        leader,
+        geometry,
     }
 }
 
@@ -580,9 +608,10 @@ impl Server {
             let s = &self.spaces[i];
             let done = s.cleared
                 && !self.pending.values().any(|p| match p {
-                    Pending::Acquire { space, .. } | Pending::Convert { space, .. } => {
-                        *space == s.name
-                    }
+                    Pending::Acquire { space, .. }
+                    | Pending::Convert { space, .. }
+                    | Pending::Rindex { space, .. }
+                    | Pending::RindexRelease { space, .. } => *space == s.name,
                     Pending::Release { leases, .. } => leases.iter().any(|l| l.space == s.name),
                 });
             if done && self.set.remove(s.id).is_ok() {
@@ -809,6 +838,9 @@ impl Server {
                     resource,
                     record,
                 } => self.examined(&space, resource, record),
+                JobReply::RindexDone { space, held, reply } => {
+                    self.rindex_done(k, &space, *held, reply)
+                }
             }
         }
         if accept {
@@ -1153,6 +1185,7 @@ impl Server {
                 self.request_lockspace_add(Some(k), &spec, wait)
             }
             Request::LockspaceRemove { name, wait } => self.lockspace_remove(k, &name, wait),
+            r @ Request::Rindex { .. } => self.rindex(k, &r),
             Request::LockspaceConfig {
                 name,
                 used,
@@ -1225,11 +1258,7 @@ impl Server {
 
     fn probe_done(&mut self, r: ProbeResult) {
         self.probing.remove(&r.key);
-        let mut result = r.leader.and_then(|l| {
-            let geometry = Geometry::from_leader_fields(l.sector_size, l.flags)
-                .map_err(|e| format!("unsupported geometry: {e}"))?;
-            Ok(AreaInfo { geometry })
-        });
+        let mut result = r.geometry.map(|geometry| AreaInfo { geometry });
         match r.device {
             Some(Ok(dev)) if !self.disks.contains_key(&r.key.0) => {
                 match self.set.backend_mut().add_disk(dev) {
@@ -1923,6 +1952,28 @@ impl Server {
                     OpOutcome::Released => err(ErrorCode::Failed, "internal: convert released"),
                 };
                 self.reply(client, reply);
+            }
+            Pending::Rindex { client, space, job } => match outcome {
+                OpOutcome::Acquired(mut held) if !held.is_empty() => {
+                    self.rindex_locked(client, space, job, held.remove(0));
+                }
+                OpOutcome::Failed {
+                    resource, error, ..
+                } => {
+                    let r = op_error_reply(resource, &error);
+                    self.reply(client, r);
+                }
+                _ => self.reply(client, err(ErrorCode::Failed, "internal: rindex lease")),
+            },
+            Pending::RindexRelease {
+                client,
+                space,
+                reply,
+            } => {
+                if let OpOutcome::Failed { error, .. } = &outcome {
+                    tracing::warn!(lockspace = %space, error = %error, "the resource index's private lease was not released");
+                }
+                self.reply(client, *reply);
             }
             Pending::Release { client, leases } => {
                 let reply = match outcome {

@@ -42,4 +42,4 @@ pub use leader::{LeaderKind, LeaderRecord};
 pub use name::Name;
 pub use paxos::{Dblock, ModeBlock, RequestRecord};
 pub use rindex::{RindexEntry, RindexHeader};
-pub use spec::{DiskLocation, DumpTarget, LockspaceSpec, ResourceMode, ResourceSpec};
+pub use spec::{DiskLocation, DumpTarget, LockspaceSpec, ResourceMode, ResourceSpec, RindexSpec};

@@ -186,6 +186,49 @@ impl fmt::Display for LockspaceSpec {
     }
 }
 
+/// A parsed resource index location `LOCKSPACE:PATH:OFFSET` (sanlock's `-x`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct RindexSpec {
+    /// Lockspace name.
+    pub lockspace: Name,
+    /// Where the index is.
+    pub disk: DiskLocation,
+}
+
+impl RindexSpec {
+    /// Parses `LOCKSPACE:PATH:OFFSET`.
+    pub fn parse(text: &str) -> Result<Self, SpecError> {
+        let fields = split_fields(text)?;
+        let [name, path, offset]: [String; 3] =
+            fields
+                .try_into()
+                .map_err(|f: Vec<String>| SpecError::Fields {
+                    what: "resource index",
+                    form: "LOCKSPACE:PATH:OFFSET",
+                    found: f.len(),
+                })?;
+        Ok(RindexSpec {
+            lockspace: parse_name("lockspace name", &name)?,
+            disk: DiskLocation {
+                path: parse_path(path)?,
+                offset: parse_offset("offset", &offset)?,
+            },
+        })
+    }
+}
+
+impl fmt::Display for RindexSpec {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{}:{}:{}",
+            escape(&name_text(&self.lockspace)),
+            escape(&self.disk.path),
+            self.disk.offset
+        )
+    }
+}
+
 impl ResourceSpec {
     /// Parses `LOCKSPACE:NAME:PATH:OFFSET[:PATH:OFFSET...][:LVER|:SH]`.
     pub fn parse(text: &str) -> Result<Self, SpecError> {

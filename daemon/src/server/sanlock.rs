@@ -168,6 +168,9 @@ impl Server {
             }
             return;
         };
+        if (cmd::FORMAT_RINDEX..=cmd::REBUILD_RINDEX).contains(&h.cmd) {
+            return self.sanlock_rindex_reply(k, h, r);
+        }
         match r {
             Reply::Ok(_) => self.sanlock_send(k, h, 0, 0, &[]),
             Reply::Error(e) => {
@@ -859,6 +862,48 @@ impl Server {
                 let r = self.lockspace_config(&ls.name, used, by_orphans);
                 self.sanlock_reply(k, r);
             }
+            (c, Body::Rindex(rx, entry)) => {
+                use crate::proto::RindexAction as A;
+                let action = match c {
+                    cmd::FORMAT_RINDEX => A::Format,
+                    cmd::REBUILD_RINDEX => A::Rebuild,
+                    cmd::LOOKUP_RINDEX => A::Lookup,
+                    cmd::CREATE_RESOURCE => A::Create,
+                    cmd::DELETE_RESOURCE => A::Delete,
+                    _ if h.cmd_flags & flags::RXUP_ADD != 0 => A::Add,
+                    _ if h.cmd_flags & flags::RXUP_REM != 0 => A::Remove,
+                    _ => return self.sanlock_send(k, h, rv::EINVAL, 0, &[0; w::RENTRY_LEN]),
+                };
+                let (sector_size, align_mb) = match format_options(rx.flags) {
+                    Ok(o) => (
+                        o.sector_size.map(|s| s.bytes()),
+                        o.align.map(|a| (a.bytes() >> 20) as u32),
+                    ),
+                    Err(e) => return done(self, e),
+                };
+                let entry = entry.unwrap_or_default();
+                let esc = |s: &str| s.replace('\\', "\\\\").replace(':', "\\:");
+                let req = Request::Rindex {
+                    rindex: format!(
+                        "{}:{}:{}",
+                        esc(&rx.lockspace),
+                        esc(&rx.disk.path),
+                        rx.disk.offset
+                    ),
+                    action,
+                    name: Some(entry.name).filter(|n| !n.is_empty()),
+                    offset: Some(entry.offset),
+                    // CREATE takes num_hosts from `data` (as WRITE_RESOURCE does).
+                    num_hosts: Some(u64::from(h.data)),
+                    max_resources: Some(rx.max_resources),
+                    sector_size,
+                    align_mb,
+                    no_lockspace: h.cmd_flags & flags::RX_NO_LOCKSPACE != 0,
+                };
+                if let Some(r) = self.rindex(k, &req) {
+                    self.sanlock_reply(k, r);
+                }
+            }
             (cmd::REG_EVENT, Body::Event(ls, _)) => self.sanlock_reg_event(k, h, &ls.name),
             (cmd::END_EVENT, Body::Lockspace(ls)) => {
                 let r = self.sanlock_end_event(&ls.name);
@@ -898,6 +943,48 @@ impl Server {
             self.sanlock_send(k, h, result, data2, payload);
             self.process_sanlock(k);
         }
+    }
+
+    /// The reply to a rindex command: UPDATE / LOOKUP / CREATE / DELETE always carry a
+    /// `sanlk_rentry` (zeros on error): LOOKUP the entry found, UPDATE add the entry written,
+    /// CREATE the new offset (no name), UPDATE remove and DELETE zeros — as sanlock 3.8.5.
+    fn sanlock_rindex_reply(&mut self, k: ClientKey, h: Header, r: Reply) {
+        let with_entry = !matches!(h.cmd, cmd::FORMAT_RINDEX | cmd::REBUILD_RINDEX);
+        let (result, entry) = match &r {
+            Reply::Ok(v) => {
+                let name = v["name"].as_str().unwrap_or_default().to_owned();
+                let offset = v["offset"].as_u64().unwrap_or(0);
+                let e = match h.cmd {
+                    cmd::LOOKUP_RINDEX => w::Rentry { name, offset },
+                    cmd::UPDATE_RINDEX if h.cmd_flags & flags::RXUP_ADD != 0 => {
+                        w::Rentry { name, offset }
+                    }
+                    cmd::CREATE_RESOURCE => w::Rentry {
+                        name: String::new(),
+                        offset,
+                    },
+                    _ => w::Rentry::default(),
+                };
+                (0, e)
+            }
+            Reply::Error(e) => {
+                let result = e
+                    .details
+                    .as_ref()
+                    .and_then(|d| d["sanlock_result"].as_i64())
+                    .and_then(|v| i32::try_from(v).ok())
+                    .unwrap_or_else(|| result_of(h.cmd, e.code));
+                tracing::debug!(cmd = h.cmd, result, error = %e.message, "sanlock rindex request failed");
+                (result, w::Rentry::default())
+            }
+        };
+        let payload = if with_entry {
+            entry.encode().to_vec()
+        } else {
+            Vec::new()
+        };
+        self.sanlock_send(k, h, result, 0, &payload);
+        self.process_sanlock(k);
     }
 
     /// REG_EVENT: the connection becomes an event fd of a joined lockspace (32 at most; dead
@@ -1057,9 +1144,10 @@ impl Server {
         for (k, name) in pending {
             let releasing = self.pending.values().any(|p| match p {
                 super::Pending::Release { leases, .. } => leases.iter().any(|l| l.space == name),
-                super::Pending::Acquire { space, .. } | super::Pending::Convert { space, .. } => {
-                    *space == name
-                }
+                super::Pending::Acquire { space, .. }
+                | super::Pending::Convert { space, .. }
+                | super::Pending::Rindex { space, .. }
+                | super::Pending::RindexRelease { space, .. } => *space == name,
             });
             if self.leases.iter().any(|l| l.space == name) || releasing {
                 self.rem_after_kill.push((k, name));

@@ -1,0 +1,285 @@
+//! Resource index requests (native `rindex`, sanlock's FORMAT/UPDATE/LOOKUP/REBUILD_RINDEX and
+//! CREATE/DELETE_RESOURCE): plain disk operations run on helper threads; create, delete and
+//! rebuild first acquire the index's private lease (`rindex_lease`) through the joined
+//! lockspace's paxos engine, run the disk operation, then release it.
+//!
+//! Invariant: the private lease is released whatever the disk operation's outcome; a client
+//! that goes away meanwhile changes nothing but who gets the reply.
+
+use std::path::Path;
+
+use serde_json::json;
+use tenure_core::direct::rindex::{self, Rindex, RindexError};
+use tenure_core::direct::{BackendKind, FormatOptions};
+use tenure_core::lockspace::{AcquireOptions, HeldResource, ResourceTarget};
+use tenure_format::{AlignSize, Name, RindexSpec, SectorSize};
+
+use super::{err, ClientKey, Deferred, JobReply, LockspaceState, Pending, Server};
+use crate::proto::{ErrorCode, ErrorReply, Reply, Request, RindexAction};
+
+/// One rindex request, parsed.
+#[derive(Clone, Debug)]
+pub(super) struct RindexJob {
+    spec: RindexSpec,
+    action: RindexAction,
+    name: Option<Name>,
+    offset: u64,
+    num_hosts: u64,
+    max_resources: u32,
+    sector_size: Option<u32>,
+    align_mb: Option<u32>,
+}
+
+fn rindex_error(e: &RindexError) -> Reply {
+    let code = match e {
+        RindexError::Direct(_) => ErrorCode::Io,
+        RindexError::Magic { .. } | RindexError::Version { .. } | RindexError::Lockspace { .. } => {
+            ErrorCode::Corrupt
+        }
+        RindexError::Offset { .. } | RindexError::Diff { .. } | RindexError::Usage(_) => {
+            ErrorCode::BadRequest
+        }
+        RindexError::NotFound(_) => ErrorCode::NotFound,
+        RindexError::Full(_) => ErrorCode::Full,
+    };
+    Reply::Error(ErrorReply {
+        code,
+        message: e.to_string(),
+        details: Some(json!({"sanlock_result": e.sanlock_result()})),
+    })
+}
+
+impl RindexJob {
+    /// Runs the disk part (helper thread). The private lease, when needed, is held.
+    fn run(&self) -> Reply {
+        let path = Path::new(&self.spec.disk.path);
+        let rx = self.spec.disk.offset;
+        let ls = self.spec.lockspace;
+        if self.action == RindexAction::Format {
+            let sector_size = match self
+                .sector_size
+                .map(|s| SectorSize::from_bytes(u64::from(s)))
+            {
+                None => None,
+                Some(Ok(s)) => Some(s),
+                Some(Err(e)) => return rindex_error(&RindexError::Usage(e.to_string())),
+            };
+            let align = match self
+                .align_mb
+                .map(|m| AlignSize::from_bytes(u64::from(m) << 20))
+            {
+                None => None,
+                Some(Ok(a)) => Some(a),
+                Some(Err(e)) => return rindex_error(&RindexError::Usage(e.to_string())),
+            };
+            let opts = FormatOptions {
+                sector_size,
+                align,
+                force: true,
+                backend: BackendKind::Auto,
+            };
+            return match rindex::format(path, rx, ls, self.max_resources, opts) {
+                Ok(r) => Reply::Ok(json!({"formatted": true, "geometry": r.geometry})),
+                Err(e) => rindex_error(&e),
+            };
+        }
+        let mut ix = match Rindex::open(path, rx, &ls, BackendKind::Auto) {
+            Ok(ix) => ix,
+            Err(e) => return rindex_error(&e),
+        };
+        let name = self.name;
+        let need_name =
+            || name.ok_or_else(|| RindexError::Usage("this action needs a resource name".into()));
+        let r = match self.action {
+            RindexAction::Format => unreachable!("handled above"),
+            RindexAction::Lookup => ix
+                .lookup(name.as_ref(), self.offset)
+                .map(|e| json!({"name": e.name.escaped(), "offset": e.offset})),
+            RindexAction::Add => need_name()
+                .and_then(|n| ix.add(&n, self.offset).map(|()| n))
+                .map(|n| json!({"name": n.escaped(), "offset": self.offset})),
+            RindexAction::Remove => ix
+                .remove(self.offset)
+                .map(|()| json!({"removed": self.offset})),
+            RindexAction::Create => need_name()
+                .and_then(|n| ix.create(&n, self.num_hosts).map(|o| (n, o)))
+                .map(|(n, o)| json!({"name": n.escaped(), "offset": o})),
+            RindexAction::Delete => need_name()
+                .and_then(|n| ix.delete(&n).map(|o| (n, o)))
+                .map(|(n, o)| json!({"deleted": n.escaped(), "offset": o})),
+            RindexAction::Rebuild => ix.rebuild().map(|n| json!({"entries": n})),
+        };
+        match r {
+            Ok(v) => Reply::Ok(v),
+            Err(e) => rindex_error(&e),
+        }
+    }
+}
+
+impl Server {
+    /// A rindex request (native or translated from sanlock).
+    pub(super) fn rindex(&mut self, k: ClientKey, req: &Request) -> Option<Reply> {
+        let Request::Rindex {
+            rindex,
+            action,
+            name,
+            offset,
+            num_hosts,
+            max_resources,
+            sector_size,
+            align_mb,
+            no_lockspace,
+        } = req
+        else {
+            return Some(err(ErrorCode::Failed, "internal: not a rindex request"));
+        };
+        let spec = match RindexSpec::parse(rindex) {
+            Ok(s) => s,
+            Err(e) => return Some(err(ErrorCode::BadRequest, format!("rindex: {e}"))),
+        };
+        let name = match name.as_deref().filter(|n| !n.is_empty()).map(Name::new) {
+            None => None,
+            Some(Ok(n)) => Some(n),
+            Some(Err(e)) => return Some(err(ErrorCode::BadRequest, format!("name: {e}"))),
+        };
+        let job = RindexJob {
+            spec,
+            action: *action,
+            name,
+            offset: offset.unwrap_or(0),
+            num_hosts: num_hosts.unwrap_or(0),
+            max_resources: max_resources.unwrap_or(0),
+            sector_size: *sector_size,
+            align_mb: *align_mb,
+        };
+        let locked = matches!(
+            action,
+            RindexAction::Create | RindexAction::Delete | RindexAction::Rebuild
+        ) && !no_lockspace;
+        if !locked {
+            if !self.spawn_job(k, move || JobReply::Native(job.run())) {
+                return Some(err(ErrorCode::Full, "too many direct I/Os in progress"));
+            }
+            return None;
+        }
+        // The private lease is taken through the joined lockspace of the index.
+        let space = job.spec.lockspace.escaped();
+        let Some(si) = self.space_index(&space).filter(|&i| {
+            matches!(
+                self.set.state(self.spaces[i].id),
+                Some(LockspaceState::Joined { .. })
+            ) && self.spaces[i].lost.is_none()
+        }) else {
+            return Some(err(
+                ErrorCode::NotFound,
+                format!("lockspace {space} is not joined on this host"),
+            ));
+        };
+        let key = (
+            std::path::PathBuf::from(&job.spec.disk.path),
+            job.spec.disk.offset,
+        );
+        if !self.ensure_probed(std::slice::from_ref(&key)) {
+            let c = self.conn(k)?;
+            c.deferred = Some(Deferred::Native(req.clone()));
+            return None;
+        }
+        let geometry = match self.area(&key) {
+            Some(Ok(i)) => i.geometry,
+            Some(Err(e)) => {
+                // No index there (-274, as sanlock), or the device cannot be used (-19).
+                let (code, result) = if e.starts_with("no lease area") {
+                    (ErrorCode::Corrupt, -274)
+                } else {
+                    (ErrorCode::Io, -libc::ENODEV)
+                };
+                return Some(Reply::Error(ErrorReply {
+                    code,
+                    message: format!("resource index at {}:{}: {e}", key.0.display(), key.1),
+                    details: Some(json!({"sanlock_result": result})),
+                }));
+            }
+            None => return Some(err(ErrorCode::Io, "probe failed")),
+        };
+        let Some(&disk) = self.disks.get(&key.0) else {
+            return Some(err(ErrorCode::Io, "device not open"));
+        };
+        let target = ResourceTarget {
+            name: rindex::lease_name(),
+            disk,
+            area_offset: key.1 + geometry.area_bytes(),
+            geometry,
+            expect_lver: None,
+        };
+        let now = self.clock.now();
+        match self.set.start_acquire(
+            self.spaces[si].id,
+            vec![target],
+            AcquireOptions::default(),
+            now,
+        ) {
+            Ok(id) => {
+                self.pending.insert(
+                    id,
+                    Pending::Rindex {
+                        client: k,
+                        space,
+                        job: Box::new(job),
+                    },
+                );
+                None
+            }
+            Err(e) => Some(super::op_error_reply(rindex::lease_name(), &e)),
+        }
+    }
+
+    /// The private lease is held: run the disk part, then release it.
+    pub(super) fn rindex_locked(
+        &mut self,
+        k: ClientKey,
+        space: String,
+        job: Box<RindexJob>,
+        held: HeldResource,
+    ) {
+        let started = self.spawn_job(k, move || JobReply::RindexDone {
+            space,
+            held: Box::new(held),
+            reply: job.run(),
+        });
+        if !started {
+            tracing::error!("no helper thread for a rindex operation; its private lease stays held until the next one");
+            self.reply(k, err(ErrorCode::Full, "too many direct I/Os in progress"));
+        }
+    }
+
+    /// The disk part ended: release the private lease, then answer.
+    pub(super) fn rindex_done(
+        &mut self,
+        k: ClientKey,
+        space: &str,
+        held: HeldResource,
+        reply: Reply,
+    ) {
+        let now = self.clock.now();
+        let started = self.space_index(space).map(|i| {
+            self.set
+                .start_release(self.spaces[i].id, vec![(held, None)], now)
+        });
+        match started {
+            Some(Ok(id)) => {
+                self.pending.insert(
+                    id,
+                    Pending::RindexRelease {
+                        client: k,
+                        space: space.to_owned(),
+                        reply: Box::new(reply),
+                    },
+                );
+            }
+            other => {
+                tracing::warn!(lockspace = %space, error = ?other.map(|r| r.err()), "the resource index's private lease could not be released");
+                self.reply(k, reply);
+            }
+        }
+    }
+}
