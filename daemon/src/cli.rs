@@ -41,6 +41,40 @@ enum Command {
     /// Lock value blocks of held leases (through tenured).
     #[command(subcommand)]
     Lvb(LvbCmd),
+    /// Resource index (sanlock's rindex) through tenured: format, lookup, add, remove, and —
+    /// under the index's private lease, in a joined lockspace — create, delete, rebuild.
+    Rindex {
+        /// What to do.
+        #[arg(value_enum)]
+        action: crate::proto::RindexAction,
+        /// The index: LOCKSPACE:PATH:OFFSET (offsets accept an M suffix).
+        rindex: String,
+        /// Resource name (lookup, add, create, delete).
+        #[arg(long)]
+        name: Option<String>,
+        /// Lease offset in bytes (lookup, add, remove).
+        #[arg(long)]
+        offset: Option<u64>,
+        /// num_hosts of a created lease (default: the geometry's maximum).
+        #[arg(long)]
+        num_hosts: Option<u64>,
+        /// Entries of a formatted index (default 4096).
+        #[arg(long)]
+        max_resources: Option<u32>,
+        /// Sector size for format (default: the device's).
+        #[arg(long)]
+        sector_size: Option<u32>,
+        /// Align size in MiB for format: 1, 2, 4 or 8.
+        #[arg(long)]
+        align_mb: Option<u32>,
+        /// Create / delete / rebuild without the private lease (no lockspace needed; you
+        /// serialise).
+        #[arg(long)]
+        no_lockspace: bool,
+        /// Print the result as JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// Watchdogs: probe devices, test one, or run the emulated watchdog.
     #[command(subcommand)]
     Watchdog(crate::watchdog_cmd::WatchdogCmd),
@@ -386,6 +420,32 @@ fn run(cli: Cli) -> Result<ExitCode, String> {
             lvb,
             json,
         }) => d::acquire(&socket(), &resources, pid, no_wait, lvb, json),
+        Command::Rindex {
+            action,
+            rindex,
+            name,
+            offset,
+            num_hosts,
+            max_resources,
+            sector_size,
+            align_mb,
+            no_lockspace,
+            json,
+        } => d::rindex(
+            &socket(),
+            &crate::proto::Request::Rindex {
+                rindex,
+                action,
+                name,
+                offset,
+                num_hosts,
+                max_resources,
+                sector_size,
+                align_mb,
+                no_lockspace,
+            },
+            json,
+        ),
         Command::Lvb(LvbCmd::Get {
             resource,
             pid,

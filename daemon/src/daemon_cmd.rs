@@ -398,6 +398,26 @@ pub fn config(
     Ok(ExitCode::SUCCESS)
 }
 
+/// `tenure rindex ACTION RINDEX ...`.
+pub fn rindex(socket: &Path, req: &Request, json: bool) -> Result<ExitCode, String> {
+    let v = ask(socket, req)?;
+    print(json, &v, |v| {
+        if let Some(o) = v["offset"].as_u64() {
+            match v["name"].as_str().or(v["deleted"].as_str()) {
+                Some(n) if !n.is_empty() => format!("{n} {o}"),
+                _ => format!("- {o}"),
+            }
+        } else if let Some(n) = v["entries"].as_u64() {
+            format!("rebuilt: {n} entries")
+        } else if let Some(o) = v["removed"].as_u64() {
+            format!("removed the entry of {o}")
+        } else {
+            "done".to_owned()
+        }
+    })?;
+    Ok(ExitCode::SUCCESS)
+}
+
 /// `tenure lockspace list`.
 pub fn list(socket: &Path, json: bool) -> Result<ExitCode, String> {
     let v = ask(socket, &Request::LockspaceList {})?;

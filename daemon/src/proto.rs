@@ -256,7 +256,7 @@ pub enum ErrorCode {
 }
 
 /// Resource index actions.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "snake_case")]
 pub enum RindexAction {
     /// Write an empty index and its private lease.

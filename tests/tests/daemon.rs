@@ -1098,6 +1098,73 @@ fn a_holder_that_cannot_be_killed_lets_the_watchdog_fire() {
     eprintln!("unkillable holder: watchdog fired {fired_after:?} after the stall");
 }
 
+/// The resource index through the native CLI (`tenure rindex`): format, create under the
+/// private lease, lookup by name / next free slot, delete, add / remove, rebuild; errors for
+/// an unknown name and a bad offset.
+#[test]
+fn rindex_through_the_native_cli() {
+    if !can_run() {
+        return;
+    }
+    let backing = BackingFile::new(16 << 20);
+    let base = LoopDevice::attach(backing.path(), 512);
+    format_area(&base.path_str(), &[]);
+    let h1 = Host::start(1, backing.path());
+    h1.wait_joined(Duration::from_secs(30));
+    let x = format!("{LS}:{}:4M", h1.dev.path_str());
+    let rx = |args: &[&str]| -> Value {
+        let mut all = vec!["rindex"];
+        all.extend_from_slice(&args[..1]);
+        all.push(&x);
+        all.extend_from_slice(&args[1..]);
+        h1.json(&all)
+    };
+    rx(&["format"]);
+    assert_eq!(rx(&["create", "--name", "vm1"])["offset"], 6 << 20);
+    assert_eq!(
+        rx(&["create", "--name", "vm2", "--num-hosts", "4"])["offset"],
+        7 << 20
+    );
+    assert_eq!(rx(&["lookup", "--name", "vm2"])["offset"], 7 << 20);
+    assert_eq!(rx(&["lookup"])["offset"], 8 << 20, "next free slot");
+    assert_eq!(rx(&["delete", "--name", "vm1"])["offset"], 6 << 20);
+    assert_eq!(
+        rx(&["lookup"])["offset"],
+        6 << 20,
+        "the deleted slot is free again"
+    );
+    let fails = |args: &[&str], what: &str| {
+        let mut all = vec!["rindex", args[0], &x];
+        all.extend_from_slice(&args[1..]);
+        let out = h1.tenure(&all).output().unwrap();
+        assert!(!out.status.success(), "{args:?}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains(what), "{args:?}: {err}");
+    };
+    fails(&["lookup", "--name", "vm1"], "no resource");
+    fails(
+        &["add", "--name", "x", "--offset", "123"],
+        "not a resource lease slot",
+    );
+    rx(&["remove", "--offset", &(7u64 << 20).to_string()]);
+    fails(&["lookup", "--name", "vm2"], "no resource");
+    assert_eq!(
+        rx(&["rebuild"])["entries"],
+        1,
+        "vm2's lease is still on disk"
+    );
+    assert_eq!(rx(&["lookup", "--name", "vm2"])["offset"], 7 << 20);
+    // The created lease is a real one: acquire it through the daemon.
+    let v = h1.json(&[
+        "resource",
+        "acquire",
+        "-p",
+        &std::process::id().to_string(),
+        &format!("{LS}:vm2:{}:7M", h1.dev.path_str()),
+    ]);
+    assert!(v.to_string().contains("vm2"), "{v}");
+}
+
 /// A lockspace marked used (`tenure lockspace config --used true`, sanlock's SET_CONFIG) can
 /// neither be left nor cleared after a loss: with no lease holder at all, a storage hang lets
 /// the watchdog fire. Before that: leaving is refused until it is unmarked.
