@@ -223,6 +223,8 @@ enum Step {
     /// Driving an inner release: freeing the leader after a shared acquire, or unwinding an
     /// exclusive acquire that met a live shared holder.
     Inner,
+    /// A conversion to exclusive succeeded: clearing our SHARED mode block.
+    ClearMode,
     Done,
 }
 
@@ -276,6 +278,14 @@ pub struct PaxosAcquire {
     inner: Option<(Box<PaxosRelease>, InnerGoal)>,
     /// Retries after finding another host's SHORT_HOLD leader.
     short_hold_retries: u32,
+    /// Converting a shared hold to exclusive: our SHARED mode block, kept in every dblock
+    /// write (and in the unwind's RELEASED one) so the shared hold lasts until we are
+    /// exclusive; cleared by one last write after success.
+    keep_mode: Option<ModeBlock>,
+    /// Our dblock as last written (flags included), for a conversion that fails: its shared
+    /// hold must release exactly this, never an older dblock (that would erase a ballot of
+    /// ours another host may rely on — found by tests/paxos_model.rs).
+    last_written: Option<Dblock>,
 }
 
 impl PaxosAcquire {
@@ -307,6 +317,8 @@ impl PaxosAcquire {
             shared_holders: Vec::new(),
             inner: None,
             short_hold_retries: 0,
+            keep_mode: None,
+            last_written: None,
         };
         // The first read covers the leader, the request record and the dblocks up to ours
         // (our bal/inp must survive into the ballot). A free leader needs nothing more: the
@@ -320,6 +332,29 @@ impl PaxosAcquire {
             }
         }
         me
+    }
+
+    /// Converts a lease we hold shared (`held`, acquired in `cfg.generation`) to exclusive:
+    /// an exclusive acquire whose dblock writes keep our SHARED mode block, so we stay a
+    /// shared holder throughout. Success: we hold it exclusively and our mode block is
+    /// cleared. [`PaxosError::SharedBusy`] (another live shared holder) or any other failure:
+    /// we still hold it shared (our mode block still says SHARED).
+    pub fn convert_to_exclusive(cfg: PaxosConfig, held: &Acquired, now: Time) -> Self {
+        debug_assert!(held.shared && !cfg.shared);
+        let generation = cfg.generation;
+        let mut me = Self::new(cfg, now);
+        me.keep_mode = Some(shared_mode(generation));
+        me
+    }
+
+    /// The shared hold a failed [`PaxosAcquire::convert_to_exclusive`] leaves: `held` with
+    /// our dblock as the conversion last wrote it (a ballot's, or RELEASED after meeting a
+    /// live shared holder). Its release writes that dblock back with the mode block zeroed.
+    pub fn shared_hold_after_failure(&self, held: &Acquired) -> Acquired {
+        Acquired {
+            dblock: self.last_written.unwrap_or(held.dblock),
+            ..held.clone()
+        }
     }
 
     fn ss(&self) -> usize {
@@ -496,6 +531,10 @@ impl PaxosAcquire {
                 self.won = Some(won);
                 self.next_shared_holder();
             }
+            Step::ClearMode => {
+                let won = self.won.take().expect("won lease");
+                self.finish(Ok(won));
+            }
             Step::AwaitOwner | Step::Backoff | Step::CheckShared | Step::Inner | Step::Done => {}
         }
     }
@@ -596,10 +635,15 @@ impl PaxosAcquire {
                 (HostStatus::Live | HostStatus::Unknown | HostStatus::Fail, true) => {
                     // A live (or not yet known dead) shared holder: give the leader back.
                     let won = self.won.clone().expect("won lease");
+                    self.last_written = Some(Dblock {
+                        flags: won.dblock.flags | DBLOCK_FLAG_RELEASED,
+                        ..won.dblock
+                    });
+                    // A conversion keeps its shared hold: SHARED stays with the RELEASED dblock.
                     let r = PaxosRelease::leader_release(
                         self.cfg.clone(),
                         won,
-                        ModeBlock::default(),
+                        self.keep_mode.unwrap_or_default(),
                         now,
                     );
                     self.step = Step::Inner;
@@ -714,6 +758,10 @@ impl PaxosAcquire {
     fn write_dblock_then_read(&mut self, now: Time) {
         self.sector.fill(0);
         self.ours.encode_into(&mut self.sector);
+        self.last_written = Some(self.ours);
+        if let Some(mode) = self.keep_mode {
+            mode.encode_into(&mut self.sector);
+        }
         self.pending = Some(PaxosIo::WriteThenRead {
             write_offset: self.dblock_offset(),
             read_offset: self.cfg.area_offset,
@@ -878,6 +926,16 @@ impl PaxosAcquire {
                 self.step = Step::CheckShared;
                 self.owner_query = Some((host, generation));
             }
+            None if self.keep_mode.is_some() => {
+                // Converted: exclusive now; our mode block goes with one more write.
+                self.keep_mode = None;
+                self.sector.fill(0);
+                self.ours.encode_into(&mut self.sector);
+                self.step = Step::ClearMode;
+                self.pending = Some(PaxosIo::Write {
+                    offset: self.dblock_offset(),
+                });
+            }
             None => {
                 // Set at the commit.
                 let won = self.won.take().expect("won lease");
@@ -936,7 +994,7 @@ impl PaxosRelease {
     /// block SHARED in one write, then the leader freed — the tail of a shared acquire, so an
     /// exclusive acquirer that finds the leader released still meets our SHARED mode block.
     /// On success the lease is held as [`PaxosRelease::as_shared`] describes. (Shared →
-    /// exclusive is not offered: see `conversions_keep_exclusion` in tests/paxos_model.rs.)
+    /// exclusive: [`PaxosAcquire::convert_to_exclusive`].)
     pub fn to_shared(cfg: PaxosConfig, held: Acquired, now: Time) -> Self {
         let mode = shared_mode(cfg.generation);
         Self::leader_release(cfg, held, mode, now)
@@ -1002,12 +1060,20 @@ impl PaxosRelease {
         Ok(me)
     }
 
-    /// Our dblock with RELEASED (other fields kept, mode block zeroed), then the leader.
+    /// Our dblock with RELEASED (other fields kept, mode block zeroed), then the leader. A
+    /// shared hold writes its recorded dblock back as it is (RELEASED since its acquire —
+    /// unless a failed conversion left a ballot's dblock, which must not be marked RELEASED:
+    /// that instance was not won).
     fn write_released(&mut self, now: Time) {
         let ss = self.sector.len();
         self.sector.fill(0);
+        let flags = if self.only_dblock {
+            self.held.dblock.flags
+        } else {
+            self.held.dblock.flags | DBLOCK_FLAG_RELEASED
+        };
         Dblock {
-            flags: self.held.dblock.flags | DBLOCK_FLAG_RELEASED,
+            flags,
             ..self.held.dblock
         }
         .encode_into(&mut self.sector);
@@ -1208,6 +1274,8 @@ impl std::hash::Hash for PaxosAcquire {
             shared_holders,
             inner,
             short_hold_retries,
+            keep_mode,
+            last_written,
         } = self;
         (
             cfg,
@@ -1228,6 +1296,8 @@ impl std::hash::Hash for PaxosAcquire {
             shared_holders,
             inner,
             short_hold_retries,
+            keep_mode,
+            last_written,
         )
             .hash(h);
     }
@@ -1351,6 +1421,44 @@ pub mod blocking {
         loop {
             if let Some(r) = m.poll_result() {
                 return Ok(r);
+            }
+            if let Some(io) = m.poll_io() {
+                let data = m.write_data().to_vec();
+                let outcome = perform(backend, clock, disk, io, &data, m.io_deadline(), &mut buf)?;
+                m.handle_io(clock.now(), outcome, &buf);
+                continue;
+            }
+            if let Some((host, generation)) = m.poll_owner_query() {
+                let (status, same) = owner_status(host, generation);
+                m.handle_owner_status(clock.now(), status, same);
+                continue;
+            }
+            if let Some(t) = m.poll_timeout() {
+                let now = clock.now();
+                if t > now {
+                    backend.wait(now, t)?;
+                }
+                m.handle_timeout(clock.now());
+            }
+        }
+    }
+
+    /// Runs a conversion of the shared hold `held` to exclusive to its end: Ok(exclusive
+    /// hold), or Err with why and the shared hold to keep (see
+    /// [`PaxosAcquire::shared_hold_after_failure`]).
+    pub fn convert_to_exclusive(
+        backend: &mut dyn IoBackend,
+        clock: &dyn Clock,
+        disk: DiskId,
+        cfg: PaxosConfig,
+        held: &Acquired,
+        owner_status: &mut dyn FnMut(u64, u64) -> (HostStatus, bool),
+    ) -> Result<Result<Acquired, (PaxosError, Acquired)>, IoError> {
+        let mut m = PaxosAcquire::convert_to_exclusive(cfg, held, clock.now());
+        let mut buf = Vec::new();
+        loop {
+            if let Some(r) = m.poll_result() {
+                return Ok(r.map_err(|e| (e, m.shared_hold_after_failure(held))));
             }
             if let Some(io) = m.poll_io() {
                 let data = m.write_data().to_vec();

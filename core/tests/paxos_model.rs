@@ -57,6 +57,9 @@ enum Op {
     /// Exclusive → shared: holds it exclusively until its RELEASED+SHARED dblock write has
     /// landed (`marked`), shared from then on.
     ConvertingDown(Box<PaxosRelease>, Acquired, bool),
+    /// Shared → exclusive: a shared holder until the conversion reports success; on failure
+    /// it still holds the lease shared.
+    ConvertingUp(Box<PaxosAcquire>, Acquired),
     Finished,
     Crashed,
 }
@@ -94,9 +97,10 @@ struct Model {
     /// Reaching `states_max` fails the test (an exhaustive check) instead of ending a
     /// bounded search.
     exhaustive: bool,
-    /// Holders may convert (shared → exclusive, exclusive → shared); each conversion counts
-    /// as an attempt.
+    /// Exclusive holders may convert to shared; each conversion counts as an attempt.
     convert: bool,
+    /// Shared holders may convert to exclusive; each conversion counts as an attempt.
+    convert_up: bool,
 }
 
 fn cfg(m: &Model, host_id: u64) -> PaxosConfig {
@@ -143,6 +147,7 @@ fn fingerprint(s: &State) -> u64 {
             Op::Finished => 3u8.hash(&mut h),
             Op::Crashed => 4u8.hash(&mut h),
             Op::ConvertingDown(r, held, marked) => (6u8, r, held, marked).hash(&mut h),
+            Op::ConvertingUp(a, held) => (7u8, a, held).hash(&mut h),
         }
         match &host.io {
             Flight::Idle => 0u8.hash(&mut h),
@@ -224,6 +229,7 @@ struct Checker {
     exclusive_held: bool,
     two_shared: bool,
     converted_down: bool,
+    converted_up: bool,
 }
 
 impl Checker {
@@ -271,6 +277,7 @@ impl Checker {
             exclusive_held: false,
             two_shared: false,
             converted_down: false,
+            converted_up: false,
         };
         for i in 0..s.hosts.len() {
             c.drain(&mut s, i);
@@ -285,7 +292,7 @@ impl Checker {
             return;
         }
         for h in &s.hosts {
-            if let Op::Acquiring(a) = &h.op {
+            if let Op::Acquiring(a) | Op::ConvertingUp(a, _) = &h.op {
                 self.max_ballots_seen = self.max_ballots_seen.max(a.ballots());
                 if a.ballots() > self.m.ballots_max || a.short_hold_retries() > self.m.ballots_max {
                     self.pruned += 1;
@@ -295,6 +302,7 @@ impl Checker {
         }
         if let Err(v) = check(&s) {
             let mut trace = vec![self.current.1.to_string()];
+            let mut chain = vec![self.current.0];
             let mut at = self.current.0;
             while let Some((parent, ev)) = self.seen.get(&at) {
                 trace.push(format!("{ev}"));
@@ -302,12 +310,15 @@ impl Checker {
                     break;
                 }
                 at = *parent;
+                chain.push(at);
             }
             trace.reverse();
+            chain.reverse();
             self.violation = Some(format!(
-                "{v}\nstate: {:#?}\ntrace (oldest first):\n  {}",
+                "{v}\nstate: {:#?}\ntrace (oldest first):\n  {}\nstates along the trace:\n{}",
                 summary(&s),
-                trace.join("\n  ")
+                trace.join("\n  "),
+                explain(self.m, &chain).join("\n")
             ));
             return;
         }
@@ -374,6 +385,34 @@ impl Checker {
                     }
                     return;
                 }
+                Op::ConvertingUp(a, held) => {
+                    if let Some(r) = a.poll_result() {
+                        match r {
+                            Ok(acq) => {
+                                s.won.push((acq.lver, host_id));
+                                self.converted_up = true;
+                                h.op = Op::Holding(acq);
+                            }
+                            Err(_) => h.op = Op::Holding(a.shared_hold_after_failure(held)),
+                        }
+                        continue;
+                    }
+                    if let Some((owner, _gen)) = a.poll_owner_query() {
+                        let status = if crashed[owner as usize - 1] {
+                            HostStatus::Dead
+                        } else {
+                            HostStatus::Live
+                        };
+                        a.handle_owner_status(now, status, true);
+                        continue;
+                    }
+                    if let Some(io) = a.poll_io() {
+                        h.io = flight(io, a.write_data());
+                        issue_if_read(s, i);
+                        continue;
+                    }
+                    return;
+                }
                 Op::ConvertingDown(r, held, _) => {
                     if let Some(res) = r.poll_result() {
                         assert!(res.is_ok(), "conversion failed in the model: {res:?}");
@@ -409,7 +448,7 @@ impl Checker {
     fn deliver(&mut self, s: &mut State, i: usize, data: &[u8]) {
         let now = s.now;
         match &mut s.hosts[i].op {
-            Op::Acquiring(a) => a.handle_io(now, IoOutcome::Done, data),
+            Op::Acquiring(a) | Op::ConvertingUp(a, _) => a.handle_io(now, IoOutcome::Done, data),
             Op::Releasing(r) | Op::ConvertingDown(r, _, _) => {
                 r.handle_io(now, IoOutcome::Done, data)
             }
@@ -502,12 +541,12 @@ impl Checker {
                 Flight::Idle => {}
             }
             // Timers (backoff; owner re-query).
-            if let Op::Acquiring(a) = &h.op {
+            if let Op::Acquiring(a) | Op::ConvertingUp(a, _) = &h.op {
                 if let Some(t) = a.poll_timeout() {
                     let mut n = s.clone();
                     n.now = n.now.max(t);
                     let now = n.now;
-                    if let Op::Acquiring(a) = &mut n.hosts[i].op {
+                    if let Op::Acquiring(a) | Op::ConvertingUp(a, _) = &mut n.hosts[i].op {
                         a.handle_timeout(now);
                     }
                     self.drain(&mut n, i);
@@ -531,6 +570,20 @@ impl Checker {
                     let r =
                         PaxosRelease::to_shared(cfg(&self.m, i as u64 + 1), held.clone(), n.now);
                     n.hosts[i].op = Op::ConvertingDown(Box::new(r), held.clone(), false);
+                    n.hosts[i].attempts += 1;
+                    self.drain(&mut n, i);
+                    self.current = (fp, Event::Converts { host: i });
+                    self.push(n);
+                }
+            }
+            // A shared holder converts to exclusive (counts as an attempt).
+            if let (true, Op::Holding(held)) = (self.m.convert_up, &h.op) {
+                if h.attempts < self.m.attempts_max && held.shared {
+                    let mut n = s.clone();
+                    let mut c = cfg(&self.m, i as u64 + 1);
+                    c.shared = false;
+                    let a = PaxosAcquire::convert_to_exclusive(c, held, n.now);
+                    n.hosts[i].op = Op::ConvertingUp(Box::new(a), held.clone());
                     n.hosts[i].attempts += 1;
                     self.drain(&mut n, i);
                     self.current = (fp, Event::Converts { host: i });
@@ -595,6 +648,41 @@ impl Checker {
         }
         Ok(self.seen.len())
     }
+}
+
+/// Replays a counterexample's chain of state fingerprints from the initial state and
+/// describes every state on the way (the event that led to it, then disk and hosts).
+fn explain(m: Model, chain: &[u64]) -> Vec<String> {
+    let mut c = Checker::new(m);
+    let Some((mut state, fp0)) = c.stack.pop() else {
+        return vec!["(no initial state)".into()];
+    };
+    let mut out = Vec::new();
+    if chain.first() != Some(&fp0) {
+        return vec!["(replay: initial state differs)".into()];
+    }
+    let mut fp = fp0;
+    for next in &chain[1..] {
+        c.stack.clear();
+        c.seen.clear();
+        c.violation = None;
+        c.successors(&state, fp);
+        let Some(found) = c.stack.iter().position(|(_, f)| f == next) else {
+            out.push("(replay lost the trace)".into());
+            break;
+        };
+        let (s, f) = c.stack.swap_remove(found);
+        let event = c
+            .seen
+            .get(&f)
+            .map(|(_, e)| e.to_string())
+            .unwrap_or_default();
+        out.push(format!("-- {event}"));
+        out.extend(summary(&s).into_iter().map(|l| format!("     {l}")));
+        state = s;
+        fp = f;
+    }
+    out
 }
 
 fn flight(io: PaxosIo, data: &[u8]) -> Flight {
@@ -677,6 +765,7 @@ fn check(s: &State) -> Result<(), String> {
             .filter(|(_, h)| match &h.op {
                 Op::Holding(a) => a.shared == shared,
                 Op::ConvertingDown(_, _, marked) => *marked == shared,
+                Op::ConvertingUp(..) => shared,
                 _ => false,
             })
             .map(|(i, _)| i + 1)
@@ -697,27 +786,45 @@ fn check(s: &State) -> Result<(), String> {
 }
 
 fn summary(s: &State) -> Vec<String> {
-    s.hosts
-        .iter()
-        .enumerate()
-        .map(|(i, h)| {
-            let op = match &h.op {
-                Op::Acquiring(a) => format!("acquiring (ballot {})", a.ballots()),
-                Op::Holding(a) => format!(
-                    "holding lver {}{}",
-                    a.lver,
-                    if a.shared { " shared" } else { "" }
-                ),
-                Op::Releasing(_) => "releasing".into(),
-                Op::ConvertingDown(_, _, m) => {
-                    format!("converting exclusive → shared (marked {m})")
-                }
-                Op::Finished => "finished".into(),
-                Op::Crashed => "crashed".into(),
-            };
-            format!("host {}: {op}; won so far {:?}", i + 1, s.won)
-        })
-        .collect()
+    use tenure_format::paxos::{Dblock, ModeBlock};
+    let cur = |k: usize| s.disk[k].last().expect("value");
+    let mut out = Vec::new();
+    if let Ok(l) = tenure_format::LeaderRecord::decode(cur(0)) {
+        out.push(format!(
+            "disk leader: owner {} lver {} ts {} flags {:#x}",
+            l.owner_id, l.lver, l.timestamp, l.flags
+        ));
+    }
+    for h in 1..=s.hosts.len() {
+        let sec = cur(h + 1);
+        let d = Dblock::decode_unchecked(sec).expect("dblock");
+        let m = ModeBlock::decode_from_sector(sec).expect("mode");
+        out.push(format!(
+            "disk dblock {h}: mbal {} bal {} inp {} lver {} flags {} mode {}",
+            d.mbal, d.bal, d.inp, d.lver, d.flags, m.flags
+        ));
+    }
+    out.extend(s.hosts.iter().enumerate().map(|(i, h)| {
+        let op = match &h.op {
+            Op::Acquiring(a) => format!("acquiring (ballot {})", a.ballots()),
+            Op::Holding(a) => format!(
+                "holding lver {}{}",
+                a.lver,
+                if a.shared { " shared" } else { "" }
+            ),
+            Op::Releasing(_) => "releasing".into(),
+            Op::ConvertingDown(_, _, m) => {
+                format!("converting exclusive → shared (marked {m})")
+            }
+            Op::ConvertingUp(a, _) => {
+                format!("converting shared → exclusive (ballot {})", a.ballots())
+            }
+            Op::Finished => "finished".into(),
+            Op::Crashed => "crashed".into(),
+        };
+        format!("host {}: {op}; won so far {:?}", i + 1, s.won)
+    }));
+    out
 }
 
 fn explore(m: Model) -> (usize, u64, u32) {
@@ -747,6 +854,7 @@ fn two_hosts_one_disk_two_ballots_with_retries_releases_and_a_crash() {
         states_max: 3_000_000,
         exhaustive: true,
         convert: false,
+        convert_up: false,
     });
     assert!(held > 0, "some interleaving acquires");
     assert!(ballots >= 2, "contention made a second ballot happen");
@@ -772,6 +880,7 @@ fn three_hosts_one_disk_two_ballots_bounded() {
             .unwrap_or(4_000_000),
         exhaustive: false,
         convert: false,
+        convert_up: false,
     });
     assert!(states >= 1_000_000, "searched only {states} states");
     assert!(held > 0);
@@ -792,6 +901,7 @@ fn the_checker_finds_the_violation_lost_writes_cause() {
         states_max: 3_000_000,
         exhaustive: true,
         convert: false,
+        convert_up: false,
     });
     let err = c.run().expect_err("lost writes must break exclusion");
     assert!(
@@ -814,6 +924,7 @@ fn one_exclusive_and_one_shared_host_never_hold_together() {
         states_max: 6_000_000,
         exhaustive: true,
         convert: false,
+        convert_up: false,
     });
     let states = c.run().unwrap_or_else(|v| panic!("{v}"));
     eprintln!(
@@ -840,6 +951,7 @@ fn two_shared_and_one_exclusive_host_bounded() {
         states_max: 2_000_000,
         exhaustive: false,
         convert: false,
+        convert_up: false,
     });
     let states = c.run().unwrap_or_else(|v| panic!("{v}"));
     eprintln!(
@@ -859,10 +971,8 @@ fn two_shared_and_one_exclusive_host_bounded() {
 
 /// Conversion exclusive → shared: host 1 acquires exclusively and may convert to shared,
 /// host 2 acquires shared, both release and retry: never an exclusive holder together with
-/// another holder, never an lver won twice (exhaustive). Shared → exclusive is not offered: a
-/// version that kept its SHARED mode block through the exclusive ballot was modelled here too,
-/// and this search found an interleaving (3 attempts, 1 ballot) where it ended exclusive at
-/// lver 3 while the other host held lver 4 shared.
+/// another holder, never an lver won twice (exhaustive). Shared → exclusive: see
+/// `shared_to_exclusive_conversions_keep_exclusion`.
 #[test]
 fn conversions_keep_exclusion() {
     let mut c = Checker::new(Model {
@@ -875,6 +985,7 @@ fn conversions_keep_exclusion() {
         states_max: 3_000_000,
         exhaustive: true,
         convert: true,
+        convert_up: false,
     });
     let states = c.run().unwrap_or_else(|v| panic!("{v}"));
     eprintln!(
@@ -882,4 +993,65 @@ fn conversions_keep_exclusion() {
         c.converted_down
     );
     assert!(c.converted_down, "a conversion happens");
+}
+
+/// Conversion shared → exclusive (`PaxosAcquire::convert_to_exclusive`), 3 attempts and 1
+/// ballot per host, releases and retries: never an exclusive holder together with another
+/// holder, never an lver won twice. Shared host 1 + exclusive host 2 converting both ways:
+/// exhaustive (3,010,105 states). Two shared hosts converting up: the first 2 M states here;
+/// `MODEL_EXHAUSTIVE=1 cargo test --release -p tenure-core --test paxos_model
+/// shared_to_exclusive` runs it to the end (28,808,172 states, 8 min, no violation).
+///
+/// This search found a real hole in the first version: a conversion that failed (SharedBusy
+/// after winning the instance, so its dblock said RELEASED at the new lver) left the shared
+/// hold's record with the older dblock; releasing the shared hold wrote that older dblock back,
+/// erasing our accepted value of the newer instance, and the other host then chose a second
+/// value for it — exclusive at lver 3 beside a shared hold at lver 4. A failed conversion now
+/// hands back the shared hold with the dblock as last written
+/// (`PaxosAcquire::shared_hold_after_failure`), and a shared release writes it back as is.
+#[test]
+fn shared_to_exclusive_conversions_keep_exclusion() {
+    let env = |k: &str, d: u64| {
+        std::env::var(k)
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(d)
+    };
+    // (shared mask, convert down too, exhaustive, budget, what)
+    for (mask, down, exhaustive, budget, what) in [
+        (
+            0b01u8,
+            true,
+            true,
+            4_000_000,
+            "shared host 1, exclusive host 2, converting both ways",
+        ),
+        (0b11, false, false, 2_000_000, "two shared hosts"),
+    ] {
+        let full = env("MODEL_EXHAUSTIVE", 0) == 1;
+        let mut c = Checker::new(Model {
+            hosts: 2,
+            ballots_max: 1,
+            attempts_max: 3,
+            crashes_max: 0,
+            lost_writes: false,
+            shared_mask: mask,
+            states_max: if full { 60_000_000 } else { budget },
+            exhaustive: exhaustive || full,
+            convert: down,
+            convert_up: true,
+        });
+        let states = c.run().unwrap_or_else(|v| panic!("{what}: {v}"));
+        eprintln!(
+            "shared → exclusive conversions, {what}: {states} states{}, converted up: {}, down: {}",
+            if c.budget_reached {
+                " (bounded)"
+            } else {
+                " (exhaustive)"
+            },
+            c.converted_up,
+            c.converted_down
+        );
+        assert!(c.converted_up, "{what}: a conversion to exclusive happens");
+    }
 }

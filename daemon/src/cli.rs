@@ -217,14 +217,18 @@ enum ResourceCmd {
         #[arg(long)]
         json: bool,
     },
-    /// Convert a process's exclusive lease (LS:NAME) to shared (shared → exclusive is not
-    /// offered).
+    /// Convert a process's lease (LS:NAME) from exclusive to shared, or with --exclusive from
+    /// shared to exclusive (refused with SharedBusy while another live host holds it shared;
+    /// the lease stays shared then).
     Convert {
         /// LS:NAME of the lease.
         resource: String,
         /// The holder pid.
         #[arg(short, long)]
         pid: i32,
+        /// Convert shared → exclusive (default: exclusive → shared).
+        #[arg(long)]
+        exclusive: bool,
         /// Print the result as JSON.
         #[arg(long)]
         json: bool,
@@ -467,8 +471,9 @@ fn run(cli: Cli) -> Result<ExitCode, String> {
         Command::Resource(ResourceCmd::Convert {
             resource,
             pid,
+            exclusive,
             json,
-        }) => d::convert(&socket(), &resource, pid, json),
+        }) => d::convert(&socket(), &resource, pid, !exclusive, json),
         Command::Resource(ResourceCmd::Request {
             resource,
             force,

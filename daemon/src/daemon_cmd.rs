@@ -557,16 +557,23 @@ pub fn release(
 }
 
 /// `tenure resource convert -p PID LS:NAME` (to shared).
-pub fn convert(socket: &Path, resource: &str, pid: i32, json: bool) -> Result<ExitCode, String> {
+pub fn convert(
+    socket: &Path,
+    resource: &str,
+    pid: i32,
+    shared: bool,
+    json: bool,
+) -> Result<ExitCode, String> {
     let v = ask(
         socket,
         &Request::Convert {
             resource: resource.to_owned(),
-            shared: true,
+            shared,
             pid: Some(pid),
         },
     )?;
-    print(json, &v, |_| format!("{resource} is now held shared"))?;
+    let mode = if shared { "shared" } else { "exclusively" };
+    print(json, &v, |_| format!("{resource} is now held {mode}"))?;
     Ok(ExitCode::SUCCESS)
 }
 

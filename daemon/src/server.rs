@@ -154,6 +154,9 @@ struct Lease {
     acquired_unix_ms: u64,
     /// Set with lvb_set; written by the release.
     lvb_to_write: Option<Vec<u8>>,
+    /// A conversion runs: a release waits for it (its result replaces `held`; releasing the
+    /// record from before would be unsafe), and an owner gone meanwhile releases after it.
+    converting: bool,
 }
 
 impl Lease {
@@ -1873,6 +1876,7 @@ impl Server {
                             client_name: client_name.clone(),
                             acquired_unix_ms: unix_ms(),
                             lvb_to_write: None,
+                            converting: false,
                         })
                         .collect();
                     if let Err(e) = holder {
@@ -1933,24 +1937,49 @@ impl Server {
                 space,
                 resource,
             } => {
+                let at = self
+                    .leases
+                    .iter()
+                    .position(|l| l.space == space && l.resource == resource);
                 let reply = match outcome {
                     OpOutcome::Acquired(mut held) => {
                         let h = held.remove(0);
-                        if let Some(l) = self
-                            .leases
-                            .iter_mut()
-                            .find(|l| l.space == space && l.resource == resource)
-                        {
-                            l.held = h;
+                        let shared = h.acquired.shared;
+                        if let Some(i) = at {
+                            self.leases[i].held = h;
                         }
-                        tracing::info!(lockspace = %space, resource = %resource.escaped(), "converted to shared");
-                        Reply::Ok(json!({"resource": resource.escaped(), "shared": true}))
+                        tracing::info!(lockspace = %space, resource = %resource.escaped(), shared, "converted");
+                        Reply::Ok(json!({"resource": resource.escaped(), "shared": shared}))
                     }
                     OpOutcome::Failed {
-                        resource, error, ..
-                    } => op_error_reply(resource, &error),
+                        resource: r,
+                        error,
+                        mut still_held,
+                    } => {
+                        // Still held in the old mode; a conversion to exclusive rewrote our
+                        // dblock, and the hold's record must say so.
+                        if let (Some(i), Some(h)) = (at, still_held.pop()) {
+                            self.leases[i].held = h;
+                        }
+                        op_error_reply(r, &error)
+                    }
                     OpOutcome::Released => err(ErrorCode::Failed, "internal: convert released"),
                 };
+                if let Some(i) = at {
+                    self.leases[i].converting = false;
+                    // Its owner went away meanwhile: release it now.
+                    let gone = match self.leases[i].owner {
+                        Owner::Conn(c) => self.conn(c).is_none(),
+                        Owner::Pid(p) => rustix::process::Pid::from_raw(p)
+                            .is_none_or(|p| rustix::process::test_kill_process(p).is_err()),
+                        Owner::Orphan => false,
+                    };
+                    if gone {
+                        let l = self.leases.remove(i);
+                        let now = self.clock.now();
+                        let _ = self.start_release(now, None, vec![l], None);
+                    }
+                }
                 self.reply(client, reply);
             }
             Pending::Rindex { client, space, job } => match outcome {
@@ -2020,6 +2049,7 @@ impl Server {
                 client_name: String::new(),
                 acquired_unix_ms: unix_ms(),
                 lvb_to_write: None,
+                converting: false,
             });
         }
         self.refresh_used(space);
@@ -2107,9 +2137,10 @@ impl Server {
 
     /// Releases every lease of `owner` (connection closed, pid exited).
     fn release_owner(&mut self, owner: Owner, client: Option<ClientKey>) {
+        // A lease being converted is released when the conversion ends (Pending::Convert).
         let (mine, keep): (Vec<Lease>, Vec<Lease>) = std::mem::take(&mut self.leases)
             .into_iter()
-            .partition(|l| l.owner == owner);
+            .partition(|l| l.owner == owner && !l.converting);
         self.leases = keep;
         // Leases of a lost lockspace stay until the supervisor clears it (holders dead).
         let (lost, mine): (Vec<Lease>, Vec<Lease>) = mine.into_iter().partition(|l| {
@@ -2191,6 +2222,19 @@ impl Server {
                     format!("{ls}:{} is not held by this client", n.escaped()),
                 ));
             }
+        }
+        let selected = |l: &Lease| {
+            owner_ok(l)
+                && (all
+                    || wanted
+                        .iter()
+                        .any(|(s, n)| *s == l.space && *n == l.resource))
+        };
+        if let Some(l) = self.leases.iter().find(|l| selected(l) && l.converting) {
+            return Some(err(
+                ErrorCode::Busy,
+                format!("{}:{} is being converted", l.space, l.resource.escaped()),
+            ));
         }
         let lost: Vec<&Lease> = self
             .leases
@@ -2283,25 +2327,27 @@ impl Server {
                 format!("{resource} is already held in that mode"),
             ));
         }
-        if !shared {
+        if l.converting {
             return Some(err(
-                ErrorCode::Failed,
-                "shared → exclusive conversion is not offered: release and acquire exclusively",
+                ErrorCode::Busy,
+                format!("{resource} is being converted"),
             ));
-        }
-        if self.pending.values().any(|p| matches!(p, Pending::Convert { space, resource: r, .. } if *space == l.space && *r == l.resource)) {
-            return Some(err(ErrorCode::Busy, format!("{resource} is being converted")));
         }
         let Some(si) = self.space_index(&l.space) else {
             return Some(err(ErrorCode::NotFound, "lockspace gone"));
         };
         let (space, res, held) = (l.space.clone(), l.resource, l.held.clone());
         let now = self.clock.now();
-        match self
-            .set
-            .start_convert_to_shared(self.spaces[si].id, held, now)
-        {
+        let started = if shared {
+            self.set
+                .start_convert_to_shared(self.spaces[si].id, held, now)
+        } else {
+            self.set
+                .start_convert_to_exclusive(self.spaces[si].id, held, now)
+        };
+        match started {
             Ok(id) => {
+                self.leases[i].converting = true;
                 self.pending.insert(
                     id,
                     Pending::Convert {

@@ -448,6 +448,49 @@ fn three_hosts_hand_leases_over_and_run_protects_the_command() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
+    // Shared → exclusive: refused while host 1 holds it shared too (still shared after),
+    // done once host 1 released; then host 1 cannot hold it shared.
+    let mut sh1 = spawn_holder(
+        &hosts[0],
+        &format!("{}:SH", hosts[0].resource("R", 1)),
+        "exec sleep 600",
+    );
+    wait_lease_shown(&hosts[0], 1);
+    let out = hosts[2]
+        .tenure(&["resource", "convert", "--exclusive", "-p", &pid, "DM:R"])
+        .output()
+        .unwrap();
+    let e = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && e.contains("SharedBusy"), "{e}");
+    let inq = hosts[2].json(&["resource", "inquire", "-p", &pid]);
+    assert_eq!(inq["leases"][0]["shared"], true, "still shared: {inq}");
+    let _ = sh1.kill();
+    let _ = sh1.wait();
+    let t0 = Instant::now();
+    while !hosts[0].json(&["status"])["leases"]
+        .as_array()
+        .is_some_and(|a| a.is_empty())
+    {
+        assert!(t0.elapsed() < Duration::from_secs(10), "host 1 released");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let v = hosts[2].json(&["resource", "convert", "--exclusive", "-p", &pid, "DM:R"]);
+    assert_eq!(v["shared"], false, "{v}");
+    let inq = hosts[2].json(&["resource", "inquire", "-p", &pid]);
+    assert_eq!(inq["leases"][0]["shared"], false, "{inq}");
+    let out = hosts[0]
+        .tenure(&[
+            "run",
+            "--no-wait",
+            "--lease",
+            &format!("{}:SH", hosts[0].resource("R", 1)),
+            "--",
+            "true",
+        ])
+        .output()
+        .unwrap();
+    let e = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && e.contains("OwnerAlive"), "{e}");
     hosts[2].json(&["resource", "release", "-p", &pid, "DM:R"]);
     hosts[2].json(&[
         "resource",

@@ -327,13 +327,114 @@ fn sanlock_and_tenure_contend_for_one_resource() {
             "ERR 11",
             "sanlock exclusive while tenure holds shared (EAGAIN)"
         );
-        blocking::release(engine.as_mut(), &clock, DiskId(0), sh_cfg, sh)
+        blocking::release(engine.as_mut(), &clock, DiskId(0), sh_cfg.clone(), sh)
             .expect("engine")
             .expect("release shared");
         assert_eq!(
             sanlock_cmd("acquire"),
             "OK",
             "sanlock exclusive after tenure released"
+        );
+        assert_eq!(sanlock_cmd("release"), "OK");
+        // 8. Shared → exclusive conversions across both. tenure's is refused while sanlock
+        //    holds shared (and tenure stays shared), succeeds once sanlock released, and then
+        //    keeps sanlock out; sanlock's (`sanlock client convert`) is refused while tenure
+        //    holds shared and succeeds once tenure released.
+        let ex_cfg = PaxosConfig {
+            no_wait: false,
+            ..pcfg.clone()
+        };
+        assert_eq!(sanlock_cmd("acquire_sh"), "OK");
+        let sh = blocking::acquire(
+            engine.as_mut(),
+            &clock,
+            DiskId(0),
+            sh_cfg.clone(),
+            &mut owner_status,
+        )
+        .expect("engine")
+        .expect("tenure shared");
+        let (e, sh) = blocking::convert_to_exclusive(
+            engine.as_mut(),
+            &clock,
+            DiskId(0),
+            ex_cfg.clone(),
+            &sh,
+            &mut owner_status,
+        )
+        .expect("engine")
+        .expect_err("tenure converts while sanlock holds shared");
+        assert!(
+            matches!(e, PaxosError::SharedBusy { host_id: 1, .. }),
+            "{e:?}"
+        );
+        assert_eq!(
+            tenure_owners(),
+            sanlock_cmd("owners"),
+            "both still shared after the refused conversion"
+        );
+        assert!(tenure_owners().contains("2:"), "tenure still holds shared");
+        assert_eq!(sanlock_cmd("release"), "OK");
+        let ex = blocking::convert_to_exclusive(
+            engine.as_mut(),
+            &clock,
+            DiskId(0),
+            ex_cfg.clone(),
+            &sh,
+            &mut owner_status,
+        )
+        .expect("engine")
+        .unwrap_or_else(|(e, _)| panic!("tenure converts after sanlock released: {e:?}"));
+        assert!(!ex.shared);
+        assert_eq!(leader().0, 2, "the leader names tenure");
+        assert_eq!(
+            sanlock_cmd("acquire_sh"),
+            "ERR -243",
+            "sanlock shared while tenure holds exclusively"
+        );
+        blocking::release(engine.as_mut(), &clock, DiskId(0), ex_cfg, ex)
+            .expect("engine")
+            .expect("release exclusive");
+        let sh = blocking::acquire(
+            engine.as_mut(),
+            &clock,
+            DiskId(0),
+            sh_cfg.clone(),
+            &mut owner_status,
+        )
+        .expect("engine")
+        .expect("tenure shared");
+        assert_eq!(sanlock_cmd("acquire_sh"), "OK");
+        let holder_pid = holder.id().to_string();
+        let sl_res = format!("PX:R:{}:{RES_OFFSET}", dev_sanlock.path_str());
+        let convert = daemon.client(&["convert", "-r", &sl_res, "-p", &holder_pid]);
+        let text = String::from_utf8_lossy(&convert.stdout).into_owned();
+        assert!(
+            !text.contains("done 0"),
+            "sanlock converts while tenure holds shared: {text}"
+        );
+        eprintln!(
+            "sanlock's conversion while tenure holds shared: {}",
+            text.trim()
+        );
+        blocking::release(engine.as_mut(), &clock, DiskId(0), sh_cfg, sh)
+            .expect("engine")
+            .expect("release shared");
+        let convert = daemon.client(&["convert", "-r", &sl_res, "-p", &holder_pid]);
+        let text = String::from_utf8_lossy(&convert.stdout).into_owned();
+        assert!(text.contains("done 0"), "sanlock converts: {text}");
+        assert_eq!(leader().0, 1, "the leader names sanlock's host");
+        let r = blocking::acquire(
+            engine.as_mut(),
+            &clock,
+            DiskId(0),
+            pcfg.clone(),
+            &mut owner_status,
+        )
+        .expect("engine");
+        assert!(
+            matches!(r, Err(PaxosError::OwnerAlive { host_id: 1, .. })),
+            "tenure exclusive while sanlock holds it exclusively after converting: {r:?}"
         );
         assert_eq!(sanlock_cmd("release"), "OK");
         let _ = sanlock_cmd("quit");

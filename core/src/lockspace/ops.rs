@@ -170,6 +170,8 @@ enum Kind {
     Release,
     /// Exclusive → shared.
     ToShared,
+    /// Shared → exclusive.
+    ToExclusive,
 }
 
 #[derive(Debug)]
@@ -381,6 +383,35 @@ fn start(backend: &mut dyn IoBackend, io: PaxosIo, deadline: Time, s: &mut Sub) 
 
 /// All machines of `op` are done: the outcome, or None when an unwind was started.
 fn conclude(now: Time, op: &mut Op) -> Option<OpOutcome> {
+    if op.kind == Kind::ToExclusive {
+        let s = op.subs.remove(0);
+        let shared_hold = op.won[0].clone().expect("converting what is held");
+        let Machine::Acquire(m) = &s.machine else {
+            unreachable!("a conversion to exclusive runs an acquire");
+        };
+        let target = op.targets[0].clone();
+        return Some(match s.done {
+            Some(Ok(Some(acquired))) => OpOutcome::Acquired(vec![HeldResource {
+                target,
+                cfg: PaxosConfig {
+                    shared: false,
+                    ..op.cfgs[0].clone()
+                },
+                acquired,
+            }]),
+            Some(Err(e)) => OpOutcome::Failed {
+                resource: target.name,
+                error: OpError::Paxos(e),
+                // Still held shared, with our dblock as the conversion left it.
+                still_held: vec![HeldResource {
+                    target,
+                    cfg: op.cfgs[0].clone(),
+                    acquired: m.shared_hold_after_failure(&shared_hold),
+                }],
+            },
+            _ => unreachable!("concluded with a machine running"),
+        });
+    }
     let results: Vec<_> = op.subs.drain(..).map(|s| (s.target, s.done)).collect();
     match op.kind {
         Kind::Acquire => {
@@ -448,6 +479,7 @@ fn conclude(now: Time, op: &mut Op) -> Option<OpOutcome> {
                 None => unreachable!("concluded with a machine running"),
             })
         }
+        Kind::ToExclusive => unreachable!("concluded above"),
         Kind::Unwind | Kind::Release => {
             let mut still_held = Vec::new();
             let mut first_err = None;
@@ -595,7 +627,7 @@ impl super::LockspaceSet {
     }
 
     /// Starts converting a lease held exclusively to shared (the result is
-    /// [`OpOutcome::Acquired`] with the lease as now held). Shared → exclusive is not offered.
+    /// [`OpOutcome::Acquired`] with the lease as now held).
     pub fn start_convert_to_shared(
         &mut self,
         ls: LockspaceId,
@@ -616,6 +648,46 @@ impl super::LockspaceSet {
             ls,
             kind: Kind::ToShared,
             subs: vec![Sub::new(0, held.target.disk, Machine::Release(Box::new(m)))],
+            targets: vec![held.target],
+            cfgs: vec![held.cfg],
+            won: vec![Some(held.acquired)],
+            failure: None,
+        });
+        Ok(id)
+    }
+
+    /// Starts converting a lease held shared to exclusive. Success: [`OpOutcome::Acquired`]
+    /// with the lease held exclusively. Failure ([`PaxosError::SharedBusy`] while another
+    /// live host holds it shared, or any other): [`OpOutcome::Failed`] whose `still_held`
+    /// is the shared hold to keep — its record must replace the caller's (the conversion
+    /// rewrote our dblock; releasing an older one would be unsafe).
+    pub fn start_convert_to_exclusive(
+        &mut self,
+        ls: LockspaceId,
+        held: HeldResource,
+        now: Time,
+    ) -> Result<OpId, OpError> {
+        let (generation, _) = self.check_op(ls, 1)?;
+        if held.cfg.generation != generation {
+            return Err(OpError::LockspaceLost);
+        }
+        if !held.acquired.shared {
+            return Err(OpError::AlreadyInMode);
+        }
+        let cfg = PaxosConfig {
+            shared: false,
+            no_wait: false,
+            expect_lver: None,
+            read_lvb: false,
+            ..held.cfg.clone()
+        };
+        let m = PaxosAcquire::convert_to_exclusive(cfg, &held.acquired, now);
+        let id = self.ops.next_id();
+        self.ops.ops.push(Op {
+            id,
+            ls,
+            kind: Kind::ToExclusive,
+            subs: vec![Sub::new(0, held.target.disk, Machine::Acquire(Box::new(m)))],
             targets: vec![held.target],
             cfgs: vec![held.cfg],
             won: vec![Some(held.acquired)],

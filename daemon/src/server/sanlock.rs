@@ -686,13 +686,9 @@ impl Server {
                 if l.held.acquired.shared == want_shared {
                     return done(self, rv::EALREADY);
                 }
-                if !want_shared {
-                    // Shared → exclusive is not offered (see docs/sanlock-compat.md).
-                    return done(self, rv::EINVAL);
-                }
                 let name = format!("{}:{}", r.lockspace, r.name);
                 let pid = self.conn(target).map(|c| c.pid);
-                if let Some(reply) = self.convert(k, &name, true, pid) {
+                if let Some(reply) = self.convert(k, &name, want_shared, pid) {
                     self.sanlock_reply(k, reply);
                 }
             }
