@@ -523,6 +523,49 @@ os.close(fd)
         assert!(t0.elapsed() < Duration::from_secs(10));
         std::thread::sleep(Duration::from_millis(100));
     }
+    // convert: a shared lease held by `command` becomes exclusive; converting again is
+    // -EALREADY (-114).
+    let mut cmd = Command::new("sanlock")
+        .args([
+            "client",
+            "command",
+            "-r",
+            &format!("{res}:SH"),
+            "-c",
+            "/bin/sleep",
+            "60",
+        ])
+        .env("SANLOCK_RUN_DIR", d.sanlock_dir())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let pid = cmd.id().to_string();
+    let t0 = Instant::now();
+    while !sanlock(&["inquire", "-p", &pid]).contains(":SH") {
+        assert!(t0.elapsed() < Duration::from_secs(10));
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(sanlock(&["convert", "-r", &res, "-p", &pid]).contains("convert done 0"));
+    let inq = sanlock(&["inquire", "-p", &pid]);
+    assert!(
+        inq.contains(&format!("\"{res}:")) && !inq.contains(":SH"),
+        "{inq}"
+    );
+    let again = Command::new("sanlock")
+        .args(["client", "convert", "-r", &res, "-p", &pid])
+        .env("SANLOCK_RUN_DIR", d.sanlock_dir())
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&again.stdout);
+    assert!(text.contains("convert done -114"), "{text}");
+    let _ = cmd.kill();
+    let _ = cmd.wait();
+    let t0 = Instant::now();
+    while sanlock(&["status"]).contains(&format!("r {res}:")) {
+        assert!(t0.elapsed() < Duration::from_secs(10));
+        std::thread::sleep(Duration::from_millis(100));
+    }
     // set_config: a used lockspace cannot be removed until it is unmarked.
     assert!(sanlock(&["set_config", "-s", &ls, "-u", "1"]).contains("done 0"));
     let rem = Command::new("sanlock")
