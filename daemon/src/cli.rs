@@ -135,6 +135,9 @@ enum LockspaceCmd {
     Join {
         /// NAME:HOST_ID:PATH:OFFSET
         spec: String,
+        /// This lockspace's io_timeout T in seconds (default: tenured's io_timeout_s).
+        #[arg(long)]
+        io_timeout: Option<u64>,
         /// Return at once instead of following the join.
         #[arg(long)]
         no_wait: bool,
@@ -405,9 +408,10 @@ fn run(cli: Cli) -> Result<ExitCode, String> {
         Command::WhyReset { state_dir, json } => d::why_reset(&state_dir, json),
         Command::Lockspace(LockspaceCmd::Join {
             spec,
+            io_timeout,
             no_wait,
             json,
-        }) => d::join(&socket(), &spec, !no_wait, json),
+        }) => d::join(&socket(), &spec, io_timeout, !no_wait, json),
         Command::Lockspace(LockspaceCmd::Leave { name, json }) => d::leave(&socket(), &name, json),
         Command::Lockspace(LockspaceCmd::Config {
             name,

@@ -290,13 +290,20 @@ pub fn status(socket: &Path, json: bool) -> Result<ExitCode, String> {
 }
 
 /// `tenure lockspace join`: adds the lockspace and follows the join with progress.
-pub fn join(socket: &Path, spec: &str, wait: bool, json: bool) -> Result<ExitCode, String> {
+pub fn join(
+    socket: &Path,
+    spec: &str,
+    io_timeout_s: Option<u64>,
+    wait: bool,
+    json: bool,
+) -> Result<ExitCode, String> {
     let mut c = connect(socket)?;
     let v = call(
         &mut c,
         &Request::LockspaceAdd {
             spec: abs_lockspace(spec)?,
             wait: false,
+            io_timeout_s,
         },
     )?;
     let name = s(&v["lockspace"]);

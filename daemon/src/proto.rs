@@ -42,6 +42,9 @@ pub enum Request {
         /// Reply when joined (or failed).
         #[serde(default)]
         wait: bool,
+        /// This lockspace's io_timeout T in seconds (absent: the daemon's).
+        #[serde(default)]
+        io_timeout_s: Option<u64>,
     },
     /// Leave a lockspace (refused while leases are held in it).
     LockspaceRemove {

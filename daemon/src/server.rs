@@ -551,7 +551,7 @@ impl Server {
             );
             // Configured lockspaces join in the background; failures are logged and shown
             // by `status`.
-            if let Some(Reply::Error(e)) = self.request_lockspace_add(None, &spec, false) {
+            if let Some(Reply::Error(e)) = self.request_lockspace_add(None, &spec, false, None) {
                 tracing::error!(lockspace = %l.name, error = %e.message, "cannot join configured lockspace");
             }
         }
@@ -1184,9 +1184,11 @@ impl Server {
             Request::Status {} => Some(Reply::Ok(self.status())),
             Request::LockspaceList {} => Some(Reply::Ok(self.lockspace_list())),
             Request::Hosts { lockspace } => Some(self.hosts(&lockspace)),
-            Request::LockspaceAdd { spec, wait } => {
-                self.request_lockspace_add(Some(k), &spec, wait)
-            }
+            Request::LockspaceAdd {
+                spec,
+                wait,
+                io_timeout_s,
+            } => self.request_lockspace_add(Some(k), &spec, wait, io_timeout_s),
             Request::LockspaceRemove { name, wait } => self.lockspace_remove(k, &name, wait),
             r @ Request::Rindex { .. } => self.rindex(k, &r),
             Request::LockspaceConfig {
@@ -1313,11 +1315,22 @@ impl Server {
         k: Option<ClientKey>,
         spec: &str,
         wait: bool,
+        io_timeout_s: Option<u64>,
     ) -> Option<Reply> {
         let spec = match LockspaceSpec::parse(spec) {
             Ok(s) => s,
             Err(e) => return Some(err(ErrorCode::BadRequest, format!("lockspace spec: {e}"))),
         };
+        let io_timeout = io_timeout_s.unwrap_or(self.cfg.io_timeout_s);
+        if !(1..=crate::config::IO_TIMEOUT_MAX_S).contains(&io_timeout) {
+            return Some(err(
+                ErrorCode::BadRequest,
+                format!(
+                    "io_timeout_s {io_timeout} is out of range (1..={})",
+                    crate::config::IO_TIMEOUT_MAX_S
+                ),
+            ));
+        }
         let name = spec.name.escaped();
         if self.space_index(&name).is_some() {
             return Some(err(
@@ -1342,6 +1355,7 @@ impl Server {
                             spec.disk.offset
                         ),
                         wait,
+                        io_timeout_s,
                     }));
                     return None;
                 }
@@ -1394,9 +1408,9 @@ impl Server {
             host_name: self.host_name,
             geometry: info.geometry,
             area_offset: spec.disk.offset,
-            // Validated at load: 1..=IO_TIMEOUT_MAX_S fits u16.
+            // Validated above: 1..=IO_TIMEOUT_MAX_S fits u16.
             timeouts: Timeouts::new(
-                u16::try_from(self.cfg.io_timeout_s).unwrap_or(u16::MAX),
+                u16::try_from(io_timeout).unwrap_or(u16::MAX),
                 self.cfg.watchdog.fire_timeout_s,
             ),
         };
@@ -1573,6 +1587,7 @@ impl Server {
                     "offset": s.spec.disk.offset,
                     "state": state_name,
                     "detail": detail,
+                    "io_timeout_s": self.set.config(s.id).map(|c| c.timeouts.io_timeout_s),
                     "renewal_deadline_in_ms": self.set.renewal_deadline(s.id).map(|d| d.saturating_since(now).as_millis() as u64),
                     "leases": self.leases.iter().filter(|l| l.space == s.name).count(),
                     "last_renewals": last,
@@ -2621,7 +2636,10 @@ impl Server {
                 let id = self.spaces[i].id;
                 let now = self.clock.now();
                 // PROTOCOL "Requests": the owner's bit stays set for 6T.
-                let until = now.saturating_add(Duration::from_secs(6 * self.cfg.io_timeout_s));
+                let t = self.set.config(id).map_or(self.cfg.io_timeout_s, |c| {
+                    u64::from(c.timeouts.io_timeout_s)
+                });
+                let until = now.saturating_add(Duration::from_secs(6 * t));
                 let _ = self.set.set_bitmap_bit_until(id, owner, until);
                 tracing::info!(lockspace = %space, owner, "request written; owner's bit set for 6T");
             }

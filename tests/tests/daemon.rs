@@ -1143,9 +1143,9 @@ fn a_holder_that_cannot_be_killed_lets_the_watchdog_fire() {
 
 /// The resource index through the native CLI (`tenure rindex`): format, create under the
 /// private lease, lookup by name / next free slot, delete, add / remove, rebuild; errors for
-/// an unknown name and a bad offset.
+/// an unknown name and a bad offset. Then a lockspace joined with its own io_timeout.
 #[test]
-fn rindex_through_the_native_cli() {
+fn rindex_and_a_per_lockspace_io_timeout_through_the_native_cli() {
     if !can_run() {
         return;
     }
@@ -1197,6 +1197,41 @@ fn rindex_through_the_native_cli() {
         "vm2's lease is still on disk"
     );
     assert_eq!(rx(&["lookup", "--name", "vm2"])["offset"], 7 << 20);
+    // A lockspace joined with its own io_timeout (sanlock's ADD_LOCKSPACE io_timeout).
+    let out = Command::new(tenure_bin())
+        .args([
+            "lockspace",
+            "init",
+            &format!("LS2:0:{}:12M", h1.dev.path_str()),
+            "--io-timeout",
+            "1",
+        ])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let ls2 = format!("LS2:1:{}:12M", h1.dev.path_str());
+    let out = h1
+        .tenure(&["lockspace", "join", &ls2, "--io-timeout", "0"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success(), "io_timeout 0 is refused");
+    h1.json(&["lockspace", "join", &ls2, "--io-timeout", "3"]);
+    let list = h1.json(&["lockspace", "list"]);
+    let t: Vec<(String, u64)> = list["lockspaces"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| {
+            (
+                l["name"].as_str().unwrap().to_owned(),
+                l["io_timeout_s"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    assert!(
+        t.contains(&("LS2".to_owned(), 3)) && t.contains(&(LS.to_owned(), T)),
+        "{t:?}"
+    );
     // The created lease is a real one: acquire it through the daemon.
     let v = h1.json(&[
         "resource",

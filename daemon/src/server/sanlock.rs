@@ -246,7 +246,9 @@ impl Server {
                     );
                 }
                 let wait = h.cmd_flags & flags::ADD_ASYNC == 0;
-                if let Some(r) = self.request_lockspace_add(Some(k), &spec, wait) {
+                // data = io_timeout (0 = the daemon's).
+                let t = (h.data != 0).then_some(u64::from(h.data));
+                if let Some(r) = self.request_lockspace_add(Some(k), &spec, wait, t) {
                     self.sanlock_reply(k, r);
                 }
             }
@@ -808,7 +810,10 @@ impl Server {
                     );
                     state_record(&mut payload, 6, 0, r.at.as_secs(), "", &text, &[]);
                 }
-                let t = u32::try_from(self.cfg.io_timeout_s).unwrap_or(0);
+                let t = self
+                    .set
+                    .config(self.spaces[i].id)
+                    .map_or(0, |c| u32::from(c.timeouts.io_timeout_s));
                 self.sanlock_send(k, h, 0, t, &payload);
             }
             (cmd::LOG_DUMP, _) => {
