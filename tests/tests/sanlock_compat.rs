@@ -317,6 +317,42 @@ print("DONE")
         (word(0), word(2), word(5), word(7)),
         (0x0428_2010, 28, 0, 0x0308_0500)
     );
+    // Not supported, refused clearly: a PERSISTENT lease, RELEASE with REL_ORPHAN or
+    // REL_RENAME (-EINVAL), ACQUIRE_ORPHAN_ONLY (-ENOENT: no orphan to adopt).
+    let mut r = UnixStream::connect(h1.sanlock_dir().join("sanlock.sock")).unwrap();
+    r.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let msg = |cmd: u32, flags: u32, data: u32, payload: &[u8]| {
+        let mut v = Vec::new();
+        let len = 32 + payload.len() as u32;
+        for x in [0x0428_2010u32, 1, cmd, flags, len, 0, data, u32::MAX] {
+            v.extend_from_slice(&x.to_le_bytes());
+        }
+        v.extend_from_slice(payload);
+        v
+    };
+    let result = |r: &mut UnixStream| {
+        let mut b = [0u8; 32];
+        r.read_exact(&mut b).unwrap();
+        i32::from_le_bytes(b[24..28].try_into().unwrap())
+    };
+    r.write_all(&msg(1, 0, 0, &[])).unwrap(); // REGISTER: no reply
+    let mut res = vec![0u8; 128 + 1040 + 56];
+    res[..2].copy_from_slice(b"LS");
+    res[48..50].copy_from_slice(b"R9");
+    res[124..128].copy_from_slice(&1u32.to_le_bytes()); // num_disks
+    res[128..128 + p1.len()].copy_from_slice(p1.as_bytes());
+    res[128 + 1024..128 + 1032].copy_from_slice(&(1u64 << 20).to_le_bytes());
+    let mut persistent = res.clone();
+    persistent[120..124].copy_from_slice(&8u32.to_le_bytes()); // RES_PERSISTENT
+    r.write_all(&msg(7, 0, 1, &persistent)).unwrap();
+    assert_eq!(result(&mut r), -22, "PERSISTENT");
+    r.write_all(&msg(7, 0x4, 1, &res)).unwrap();
+    assert_eq!(result(&mut r), -2, "ACQUIRE_ORPHAN_ONLY");
+    r.write_all(&msg(8, 0x4, 1, &res[..128])).unwrap();
+    assert_eq!(result(&mut r), -22, "REL_ORPHAN");
+    r.write_all(&msg(8, 0x2, 1, &res[..128])).unwrap();
+    assert_eq!(result(&mut r), -22, "REL_RENAME");
+    drop(r);
 
     // Leave through python; the daemon is idle again.
     let _ = holder2.kill();

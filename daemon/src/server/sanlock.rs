@@ -382,6 +382,16 @@ impl Server {
                         c.name = owner_name.chars().take(48).collect();
                     }
                 }
+                // Persistent leases and orphans (a lease kept after its holder exits) are not
+                // supported: refused clearly rather than acquired as something else.
+                if res.iter().any(|r| r.flags & flags::RES_PERSISTENT != 0) {
+                    tracing::info!("sanlock ACQUIRE of a PERSISTENT lease refused (not supported)");
+                    return done(self, rv::EINVAL);
+                }
+                if h.cmd_flags & flags::ACQUIRE_ORPHAN_ONLY != 0 {
+                    // No orphan exists to adopt.
+                    return done(self, rv::ENOENT);
+                }
                 if res.is_empty() {
                     return done(self, 0);
                 }
@@ -398,6 +408,13 @@ impl Server {
                     Ok(t) => t,
                     Err(e) => return done(self, e),
                 };
+                if h.cmd_flags & (flags::REL_ORPHAN | flags::REL_RENAME) != 0 {
+                    tracing::info!(
+                        flags = h.cmd_flags,
+                        "sanlock RELEASE with REL_ORPHAN / REL_RENAME refused (not supported)"
+                    );
+                    return done(self, rv::EINVAL);
+                }
                 let all = h.cmd_flags & flags::REL_ALL != 0;
                 if all && !self.leases.iter().any(|l| l.owner == Owner::Conn(target)) {
                     return done(self, 0);
