@@ -302,6 +302,8 @@ pub struct Server {
     inq_waiters: Vec<(ClientKey, String)>,
     /// REM_LOCKSPACE waiting for killed holders: (client to answer, unless async; lockspace).
     rem_after_kill: Vec<(Option<ClientKey>, String)>,
+    /// sanlock SHUTDOWN_WAIT callers answered when tenured exits.
+    shutdown_waiters: Vec<(ClientKey, crate::sanlock_wire::Header)>,
     conns: Vec<Option<Conn>>,
     next_serial: u64,
     spaces: Vec<Space>,
@@ -499,6 +501,7 @@ impl Server {
             sanlock_listener,
             inq_waiters: Vec::new(),
             rem_after_kill: Vec::new(),
+            shutdown_waiters: Vec::new(),
             conns: Vec::new(),
             next_serial: 0,
             spaces: Vec::new(),
@@ -571,6 +574,9 @@ impl Server {
             self.wait_and_serve()?;
         }
         tracing::info!("all lockspaces left: exiting");
+        for (k, h) in std::mem::take(&mut self.shutdown_waiters) {
+            self.sanlock_shutdown_reply(k, h);
+        }
         if let Some(sup) = self.sup.take() {
             sup.stop();
         }

@@ -1038,3 +1038,84 @@ fn rindex_commands_match_sanlock() {
         );
     }
 }
+
+/// `sanlock client shutdown -f 1 -w 1` with a lockspace joined and a lease held: the holder is
+/// SIGKILLed, the lockspace left, the reply comes when tenured exits (0), and it exits. Not
+/// forced, the same is refused (-16) first.
+#[test]
+fn forced_shutdown_kills_holders_leaves_and_exits() {
+    if !prerequisite(is_root(), "root") || !sanlock_available() {
+        return;
+    }
+    let backing = BackingFile::new(16 << 20);
+    let dev = LoopDevice::attach(backing.path(), 512);
+    let p = dev.path_str();
+    for args in [
+        vec![
+            "lockspace",
+            "init",
+            &format!("LS:0:{p}:0"),
+            "--io-timeout",
+            "1",
+        ],
+        vec![
+            "resource",
+            "init",
+            &format!("LS:R1:{p}:1M"),
+            "--num-hosts",
+            "8",
+        ],
+    ] {
+        let out = Command::new(tenure_bin()).args(&args).output().unwrap();
+        assert!(out.status.success(), "{args:?}: {out:?}");
+    }
+    let mut d = Daemon::start(true, Some(format!("LS:1:{p}:0")));
+    let client = |args: &[&str]| -> String {
+        let out = Command::new("timeout")
+            .arg("30")
+            .arg("sanlock")
+            .arg("client")
+            .args(args)
+            .env("SANLOCK_RUN_DIR", d.sanlock_dir())
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let t0 = Instant::now();
+    while !client(&["inq_lockspace", "-s", &format!("LS:1:{p}:0")]).contains("done 0") {
+        assert!(t0.elapsed() < Duration::from_secs(20), "{}", d.log());
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let res = format!("LS:R1:{p}:1048576");
+    let mut holder = Command::new("sanlock")
+        .args(["client", "command", "-r", &res, "-c", "/bin/sleep", "60"])
+        .env("SANLOCK_RUN_DIR", d.sanlock_dir())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let t0 = Instant::now();
+    while !client(&["status"]).contains(&format!("r {res}:")) {
+        assert!(t0.elapsed() < Duration::from_secs(10), "{}", d.log());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(client(&["shutdown", "-f", "0", "-w", "1"]).contains("done -16"));
+    let out = client(&["shutdown", "-f", "1", "-w", "1"]);
+    assert!(out.contains("shutdown done 0"), "{out}\n{}", d.log());
+    use std::os::unix::process::ExitStatusExt;
+    let st = holder.wait().unwrap();
+    assert_eq!(st.signal(), Some(libc::SIGKILL), "{st:?}");
+    let t0 = Instant::now();
+    let exit = loop {
+        if let Some(s) = d.child.try_wait().unwrap() {
+            break s;
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(10),
+            "tenured did not exit"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(exit.success(), "{exit:?}\n{}", d.log());
+    assert!(d.log().contains("left"), "{}", d.log());
+}

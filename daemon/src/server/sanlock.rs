@@ -749,9 +749,42 @@ impl Server {
                 payload.resize(len, 0);
                 self.sanlock_send(k, h, 0, 0, &payload);
             }
+            (cmd::SHUTDOWN | cmd::SHUTDOWN_WAIT, _) if h.data != 0 && !self.spaces.is_empty() => {
+                // Forced: SIGKILL every lease holder (as sanlock does), then leave every
+                // lockspace once their leases are released, then exit. SHUTDOWN_WAIT is
+                // answered at exit.
+                let pids: Vec<i32> = self
+                    .leases
+                    .iter()
+                    .map(|l| l.pid)
+                    .filter(|p| *p > 0)
+                    .collect();
+                tracing::warn!(?pids, "forced shutdown asked by a sanlock client: killing lease holders, then leaving every lockspace");
+                for pid in pids {
+                    if let Some(p) = rustix::process::Pid::from_raw(pid) {
+                        if let Ok(fd) =
+                            rustix::process::pidfd_open(p, rustix::process::PidfdFlags::empty())
+                        {
+                            let _ = rustix::process::pidfd_send_signal(
+                                &fd,
+                                rustix::process::Signal::KILL,
+                            );
+                        }
+                    }
+                }
+                self.stopping = true;
+                if h.cmd == cmd::SHUTDOWN_WAIT {
+                    if let Some(c) = self.conn(k) {
+                        c.busy = false;
+                    }
+                    self.shutdown_waiters.push((k, h));
+                } else if let Some(c) = self.conn(k) {
+                    c.busy = false;
+                    c.closing = true;
+                }
+            }
             (cmd::SHUTDOWN | cmd::SHUTDOWN_WAIT, _) => {
-                // Refused while any lockspace exists (forced shutdown, which kills holders,
-                // is not offered: stop them, leave, then shut down).
+                // Not forced: refused while any lockspace exists.
                 if !self.spaces.is_empty() {
                     if h.cmd == cmd::SHUTDOWN {
                         // No reply: the connection closes.
@@ -961,6 +994,22 @@ impl Server {
             self.sanlock_send(k, h, result, data2, payload);
             self.process_sanlock(k);
         }
+    }
+
+    /// The final reply to SHUTDOWN_WAIT: `{magic, version 1, cmd 0, flags 0, length 32, seq
+    /// 0, data 0, data2 0}`, then the connection closes.
+    pub(super) fn sanlock_shutdown_reply(&mut self, k: ClientKey, h: Header) {
+        let fin = Header {
+            cmd: 0,
+            cmd_flags: 0,
+            seq: 0,
+            ..h
+        };
+        if let Some(s) = self.sconn(k) {
+            s.close_after = true;
+            s.current = Some(fin);
+        }
+        self.sanlock_send(k, fin, 0, 0, &[]);
     }
 
     /// The reply to a rindex command: UPDATE / LOOKUP / CREATE / DELETE always carry a
