@@ -1,7 +1,9 @@
 //! Paxos leases in simulation: hosts contend for one resource on a simulated disk with seeded
-//! latencies and faults, some crash while holding. The safety statement of PROTOCOL.md is
-//! checked after every step: at most one host holds the resource, counting a crashed holder as
-//! holding until its watchdog would have fenced it (8T + W after its last renewal). Failures
+//! latencies and faults, in exclusive and shared mode, converting between the two, and some
+//! crash while holding. The safety statement of PROTOCOL.md is checked after every step: at
+//! most one host holds the resource exclusively and never while another holds it shared,
+//! counting a crashed holder as holding (in its mode) until its watchdog would have fenced it
+//! (8T + W after its last renewal); a converting host counts as a shared holder. Failures
 //! print the seed.
 
 use std::time::Duration;
@@ -22,10 +24,19 @@ const HOSTS: u64 = 4;
 // A test-only state per host; sizes do not matter here.
 #[allow(clippy::large_enum_variant)]
 enum Op {
-    Idle { next: Time },
+    Idle {
+        next: Time,
+    },
     Acquiring(Box<PaxosAcquire>),
-    Holding { held: Acquired, until: Time },
+    Holding {
+        held: Acquired,
+        until: Time,
+    },
     Releasing(PaxosRelease),
+    /// Shared → exclusive; the shared hold it keeps on failure.
+    ConvertingUp(Box<PaxosAcquire>, Acquired),
+    /// Exclusive → shared.
+    ConvertingDown(PaxosRelease, Acquired),
 }
 
 struct Host {
@@ -42,6 +53,8 @@ struct Host {
     crashed_at: Option<Time>,
     /// Held when it crashed: counts as holding until fenced.
     held_at_crash: bool,
+    /// ...in shared mode.
+    shared_at_crash: bool,
     /// The lver it held when it crashed.
     crashed_lver: Option<u64>,
     /// Another host acquired a later lver after this one crashed holding.
@@ -49,7 +62,7 @@ struct Host {
     acquired: u64,
 }
 
-fn cfg(host_id: u64, no_wait: bool) -> PaxosConfig {
+fn cfg(host_id: u64, no_wait: bool, shared: bool) -> PaxosConfig {
     PaxosConfig {
         space_name: Name::new("LS").expect("name"),
         resource_name: Name::new("vm1").expect("name"),
@@ -62,7 +75,7 @@ fn cfg(host_id: u64, no_wait: bool) -> PaxosConfig {
         // No hint, the right one, one too small (costs a re-read) and one too large.
         expect_lver: None,
         read_lvb: false,
-        shared: false,
+        shared,
     }
 }
 
@@ -79,6 +92,9 @@ fn status(h: &Host, now: Time, t: &Timeouts) -> HostStatus {
 struct Stats {
     steps: u64,
     acquires: u64,
+    shared_acquires: u64,
+    conversions_up: u64,
+    conversions_down: u64,
     crashes: u64,
     takeovers: u64,
 }
@@ -134,6 +150,7 @@ fn run_seed(seed: u64, crashes: bool, stats: &mut Stats) {
             awaiting: false,
             crashed_at: None,
             held_at_crash: false,
+            shared_at_crash: false,
             crashed_lver: None,
             taken_over: false,
             acquired: 0,
@@ -182,15 +199,17 @@ fn run_seed(seed: u64, crashes: bool, stats: &mut Stats) {
                 h.awaiting = false;
                 let outcome = std::mem::replace(&mut h.outcome, IoOutcome::Done);
                 match &mut h.op {
-                    Op::Acquiring(a) => a.handle_io(now, outcome, &h.data),
-                    Op::Releasing(r) => r.handle_io(now, outcome, &h.data),
+                    Op::Acquiring(a) | Op::ConvertingUp(a, _) => a.handle_io(now, outcome, &h.data),
+                    Op::Releasing(r) | Op::ConvertingDown(r, _) => {
+                        r.handle_io(now, outcome, &h.data)
+                    }
                     _ => {}
                 }
                 h.data.clear();
             }
             let next = match &mut h.op {
                 Op::Idle { next } if *next <= now => Some(Op::Acquiring(Box::new(
-                    PaxosAcquire::new(cfg(h.id, rng.below(2) == 0), now),
+                    PaxosAcquire::new(cfg(h.id, rng.below(2) == 0, rng.below(3) == 0), now),
                 ))),
                 Op::Acquiring(a) => {
                     if a.poll_timeout().is_some_and(|x| x <= now) {
@@ -203,6 +222,7 @@ fn run_seed(seed: u64, crashes: bool, stats: &mut Stats) {
                         Some(Ok(held)) => {
                             h.acquired += 1;
                             stats.acquires += 1;
+                            stats.shared_acquires += u64::from(held.shared);
                             taken.extend(
                                 crashed
                                     .iter()
@@ -228,9 +248,61 @@ fn run_seed(seed: u64, crashes: bool, stats: &mut Stats) {
                         None => None,
                     }
                 }
-                Op::Holding { held, until } if *until <= now => Some(Op::Releasing(
-                    PaxosRelease::new(cfg(h.id, false), held.clone(), now),
-                )),
+                Op::Holding { held, until } if *until <= now => Some(match rng.below(4) {
+                    // Now and then a holder converts instead of releasing.
+                    0 if held.shared => Op::ConvertingUp(
+                        Box::new(PaxosAcquire::convert_to_exclusive(
+                            cfg(h.id, false, false),
+                            held,
+                            now,
+                        )),
+                        held.clone(),
+                    ),
+                    0 => Op::ConvertingDown(
+                        PaxosRelease::to_shared(cfg(h.id, false, false), held.clone(), now),
+                        held.clone(),
+                    ),
+                    _ => Op::Releasing(PaxosRelease::new(
+                        cfg(h.id, false, false),
+                        held.clone(),
+                        now,
+                    )),
+                }),
+                Op::ConvertingUp(a, shared_hold) => {
+                    if a.poll_timeout().is_some_and(|x| x <= now) {
+                        a.handle_timeout(now);
+                    }
+                    if let Some((owner, _gen)) = a.poll_owner_query() {
+                        a.handle_owner_status(now, statuses[(owner - 1) as usize], true);
+                    }
+                    let until = now.saturating_add(Duration::from_micros(rng.below(30_000)));
+                    match a.poll_result() {
+                        Some(Ok(held)) => {
+                            stats.conversions_up += 1;
+                            taken.extend(
+                                crashed
+                                    .iter()
+                                    .filter(|(_, l)| held.lver > *l)
+                                    .map(|(i, _)| *i),
+                            );
+                            Some(Op::Holding { held, until })
+                        }
+                        Some(Err(_)) => Some(Op::Holding {
+                            held: a.shared_hold_after_failure(shared_hold),
+                            until,
+                        }),
+                        None => None,
+                    }
+                }
+                Op::ConvertingDown(r, exclusive_hold) => r.poll_result().map(|res| {
+                    stats.conversions_down += u64::from(res.is_ok());
+                    // Failed or not, it is held shared from now on (our RELEASED+SHARED
+                    // dblock may have landed).
+                    Op::Holding {
+                        held: PaxosRelease::as_shared(exclusive_hold),
+                        until: now.saturating_add(Duration::from_micros(rng.below(30_000))),
+                    }
+                }),
                 Op::Releasing(r) => r.poll_result().map(|_| Op::Idle {
                     next: now.saturating_add(Duration::from_micros(rng.below(5_000))),
                 }),
@@ -242,8 +314,12 @@ fn run_seed(seed: u64, crashes: bool, stats: &mut Stats) {
             // Hand out the next I/O.
             if h.io.is_empty() {
                 let (io, data, deadline) = match &mut h.op {
-                    Op::Acquiring(a) => (a.poll_io(), a.write_data().to_vec(), a.io_deadline()),
-                    Op::Releasing(r) => (r.poll_io(), r.write_data().to_vec(), r.io_deadline()),
+                    Op::Acquiring(a) | Op::ConvertingUp(a, _) => {
+                        (a.poll_io(), a.write_data().to_vec(), a.io_deadline())
+                    }
+                    Op::Releasing(r) | Op::ConvertingDown(r, _) => {
+                        (r.poll_io(), r.write_data().to_vec(), r.io_deadline())
+                    }
                     _ => (None, Vec::new(), now),
                 };
                 let view = h.disk;
@@ -305,22 +381,40 @@ fn run_seed(seed: u64, crashes: bool, stats: &mut Stats) {
                 h.held_at_crash = true;
                 if let Op::Holding { held, .. } = &h.op {
                     h.crashed_lver = Some(held.lver);
+                    h.shared_at_crash = held.shared;
                 }
                 crashes_left -= 1;
                 stats.crashes += 1;
                 next_crash = now.saturating_add(Duration::from_millis(1000 + rng.below(10_000)));
             }
         }
-        // Safety: at most one holder, a crashed holder holding until fenced.
-        let holders: Vec<u64> = hosts
+        // Safety: at most one exclusive holder and never beside a shared one; a crashed
+        // holder holds (in its mode) until fenced; a converting host holds shared.
+        let mode = |h: &Host| -> Option<bool> {
+            match h.crashed_at {
+                None => match &h.op {
+                    Op::Holding { held, .. } => Some(held.shared),
+                    Op::ConvertingUp(..) | Op::ConvertingDown(..) => Some(true),
+                    _ => None,
+                },
+                Some(c) if h.held_at_crash && now < c.saturating_add(t.host_dead()) => {
+                    Some(h.shared_at_crash)
+                }
+                Some(_) => None,
+            }
+        };
+        let exclusive: Vec<u64> = hosts
             .iter()
-            .filter(|h| match h.crashed_at {
-                None => matches!(h.op, Op::Holding { .. }),
-                Some(c) => h.held_at_crash && now < c.saturating_add(t.host_dead()),
-            })
+            .filter(|h| mode(h) == Some(false))
             .map(|h| h.id)
             .collect();
-        if holders.len() > 1 {
+        let shared: Vec<u64> = hosts
+            .iter()
+            .filter(|h| mode(h) == Some(true))
+            .map(|h| h.id)
+            .collect();
+        let violation = exclusive.len() > 1 || (!exclusive.is_empty() && !shared.is_empty());
+        if violation {
             for h in &hosts {
                 let st = match &h.op {
                     Op::Holding { held, .. } => format!(
@@ -330,6 +424,8 @@ fn run_seed(seed: u64, crashes: bool, stats: &mut Stats) {
                     Op::Idle { .. } => "idle".into(),
                     Op::Acquiring(_) => "acquiring".into(),
                     Op::Releasing(_) => "releasing".into(),
+                    Op::ConvertingUp(..) => "converting to exclusive".into(),
+                    Op::ConvertingDown(..) => "converting to shared".into(),
                 };
                 eprintln!(
                     "host {}: {st}; crashed_at {:?} held_at_crash {}",
@@ -347,8 +443,8 @@ fn run_seed(seed: u64, crashes: bool, stats: &mut Stats) {
             }
         }
         assert!(
-            holders.len() <= 1,
-            "seed {seed}: hosts {holders:?} hold the resource at {now:?}"
+            !violation,
+            "seed {seed}: hosts {exclusive:?} hold the resource exclusively while {shared:?} hold it shared at {now:?}"
         );
         // Next instant.
         let mut next = end;
@@ -356,12 +452,12 @@ fn run_seed(seed: u64, crashes: bool, stats: &mut Stats) {
             match &h.op {
                 Op::Idle { next: n } => next = next.min(*n),
                 Op::Holding { until, .. } => next = next.min(*until),
-                Op::Acquiring(a) => {
+                Op::Acquiring(a) | Op::ConvertingUp(a, _) => {
                     if let Some(x) = a.poll_timeout() {
                         next = next.min(x);
                     }
                 }
-                Op::Releasing(_) => {}
+                Op::Releasing(_) | Op::ConvertingDown(..) => {}
             }
         }
         for x in disk.next_due().into_iter().chain(disk.next_deadline()) {
@@ -380,6 +476,9 @@ fn contention_with_faults_never_two_holders() {
     let mut stats = Stats {
         steps: 0,
         acquires: 0,
+        shared_acquires: 0,
+        conversions_up: 0,
+        conversions_down: 0,
         crashes: 0,
         takeovers: 0,
     };
@@ -387,10 +486,14 @@ fn contention_with_faults_never_two_holders() {
         run_seed(seed, false, &mut stats);
     }
     eprintln!(
-        "{} steps, {} acquires, no violation",
-        stats.steps, stats.acquires
+        "{} steps, {} acquires ({} shared), {} conversions to exclusive, {} to shared, no violation",
+        stats.steps, stats.acquires, stats.shared_acquires, stats.conversions_up, stats.conversions_down
     );
     assert!(stats.steps >= 100_000, "only {} steps", stats.steps);
+    assert!(
+        stats.shared_acquires > 0 && stats.conversions_up > 0 && stats.conversions_down > 0,
+        "shared mode and both conversions exercised"
+    );
 }
 
 #[test]
@@ -398,6 +501,9 @@ fn crashed_holders_are_taken_over_only_after_they_are_fenced() {
     let mut stats = Stats {
         steps: 0,
         acquires: 0,
+        shared_acquires: 0,
+        conversions_up: 0,
+        conversions_down: 0,
         crashes: 0,
         takeovers: 0,
     };

@@ -473,8 +473,13 @@ fn conclude(now: Time, op: &mut Op) -> Option<OpOutcome> {
                 Some(Err(e)) => OpOutcome::Failed {
                     resource: held.target.name,
                     error: OpError::Paxos(e),
-                    // Not known to be shared: still counted as held exclusively.
-                    still_held: vec![held],
+                    // Our RELEASED+SHARED dblock may have landed (and the leader been freed):
+                    // another host may hold it shared now, so it is held shared from here on,
+                    // never exclusively again.
+                    still_held: vec![HeldResource {
+                        acquired: PaxosRelease::as_shared(&held.acquired),
+                        ..held
+                    }],
                 },
                 None => unreachable!("concluded with a machine running"),
             })
