@@ -727,6 +727,7 @@ fn bad_clients_get_errors_and_the_daemon_is_unaffected() {
         .tenure(&["run", "--lease", &h.resource("R", 1), "--", "sleep", "60"])
         .spawn()
         .unwrap();
+    wait_lease_shown(&h, 1);
     let sock = h.socket();
     // Garbage: a length prefix far above the limit.
     let r = first_reply(&raw(&sock, b"\xff\xff\xff\x7fgarbage", 1));
