@@ -577,6 +577,7 @@ pub fn convert(
             resource: resource.to_owned(),
             shared,
             pid: Some(pid),
+            no_wait: false,
         },
     )?;
     let mode = if shared { "shared" } else { "exclusively" };

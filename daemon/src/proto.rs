@@ -175,6 +175,10 @@ pub enum Request {
         /// Lease of this pid (privileged clients only).
         #[serde(default)]
         pid: Option<i32>,
+        /// To exclusive: fail at once (`owned_retry`) instead of waiting for a silent owner of
+        /// the leader to be declared dead.
+        #[serde(default)]
+        no_wait: bool,
     },
     /// Ask the host holding a resource to give it up: writes the request record and sets the
     /// owner's bit in our bitmap for 6T; the owner SIGKILLs (force) or SIGTERMs / runs the kill

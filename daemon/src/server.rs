@@ -1215,7 +1215,8 @@ impl Server {
                 resource,
                 shared,
                 pid,
-            } => self.convert(k, &resource, shared, pid),
+                no_wait,
+            } => self.convert(k, &resource, shared, pid, no_wait),
             Request::Request { resource, force } => {
                 self.start_request(k, &resource, None, if force { 1 } else { 2 }, false)
             }
@@ -2336,6 +2337,7 @@ impl Server {
         resource: &str,
         shared: bool,
         pid: Option<i32>,
+        no_wait: bool,
     ) -> Option<Reply> {
         let i = match self.own_lease(k, resource, pid) {
             Ok(i) => i,
@@ -2364,7 +2366,7 @@ impl Server {
                 .start_convert_to_shared(self.spaces[si].id, held, now)
         } else {
             self.set
-                .start_convert_to_exclusive(self.spaces[si].id, held, now)
+                .start_convert_to_exclusive(self.spaces[si].id, held, no_wait, now)
         };
         match started {
             Ok(id) => {

@@ -670,6 +670,7 @@ impl super::LockspaceSet {
         &mut self,
         ls: LockspaceId,
         held: HeldResource,
+        no_wait: bool,
         now: Time,
     ) -> Result<OpId, OpError> {
         let (generation, _) = self.check_op(ls, 1)?;
@@ -681,7 +682,7 @@ impl super::LockspaceSet {
         }
         let cfg = PaxosConfig {
             shared: false,
-            no_wait: false,
+            no_wait,
             expect_lver: None,
             read_lvb: false,
             ..held.cfg.clone()

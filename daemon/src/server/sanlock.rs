@@ -707,7 +707,8 @@ impl Server {
                 }
                 let name = format!("{}:{}", r.lockspace, r.name);
                 let pid = self.conn(target).map(|c| c.pid);
-                if let Some(reply) = self.convert(k, &name, want_shared, pid) {
+                let no_wait = h.cmd_flags & flags::ACQUIRE_OWNER_NOWAIT != 0;
+                if let Some(reply) = self.convert(k, &name, want_shared, pid, no_wait) {
                     self.sanlock_reply(k, reply);
                 }
             }
