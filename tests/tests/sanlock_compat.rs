@@ -578,7 +578,16 @@ os.close(fd)
         .unwrap();
     let pid = cmd.id().to_string();
     let t0 = Instant::now();
-    while !sanlock(&["inquire", "-p", &pid]).contains(":SH") {
+    let inquire = |pid: &str| {
+        let out = Command::new("sanlock")
+            .args(["client", "inquire", "-p", pid])
+            .env("SANLOCK_RUN_DIR", d.sanlock_dir())
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    // Until the command has registered and acquired (inquire -3 before).
+    while !inquire(&pid).contains(":SH") {
         assert!(t0.elapsed() < Duration::from_secs(10));
         std::thread::sleep(Duration::from_millis(100));
     }
@@ -595,6 +604,15 @@ os.close(fd)
         .unwrap();
     let text = String::from_utf8_lossy(&again.stdout);
     assert!(text.contains("convert done -114"), "{text}");
+    // init through the daemon, then acquire / release for that registered pid.
+    let res2 = format!("LS:R2:{p}:2097152");
+    assert!(sanlock(&["init", "-r", &res2]).contains("init done 0"));
+    assert!(sanlock(&["acquire", "-r", &res2, "-p", &pid]).contains("acquire done 0"));
+    let inq = sanlock(&["inquire", "-p", &pid]);
+    assert!(inq.contains(&format!("{res2}:")), "{inq}");
+    assert!(sanlock(&["release", "-r", &res2, "-p", &pid]).contains("release done 0"));
+    let inq = sanlock(&["inquire", "-p", &pid]);
+    assert!(!inq.contains("R2"), "{inq}");
     let _ = cmd.kill();
     let _ = cmd.wait();
     let t0 = Instant::now();
