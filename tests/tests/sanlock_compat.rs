@@ -97,7 +97,8 @@ fn python(d: &Daemon, script: &str) -> Child {
         .unwrap()
 }
 
-fn finish(mut c: Child, what: &str, log: &str) -> String {
+/// Waits for a python client; on failure shows its output and tenured's log as of then.
+fn finish(mut c: Child, what: &str, d: &Daemon) -> String {
     let mut out = String::new();
     c.stdout.take().unwrap().read_to_string(&mut out).unwrap();
     let mut err = String::new();
@@ -105,7 +106,8 @@ fn finish(mut c: Child, what: &str, log: &str) -> String {
     let st = c.wait().unwrap();
     assert!(
         st.success(),
-        "{what} failed:\n{out}\n{err}\n--- tenured ---\n{log}"
+        "{what} failed:\n{out}\n{err}\n--- tenured ---\n{}",
+        d.log()
     );
     out
 }
@@ -385,7 +387,7 @@ print("ok")
 "#
         ),
     );
-    assert_eq!(finish(rem, "rem_lockspace", &h1.log()).trim(), "ok");
+    assert_eq!(finish(rem, "rem_lockspace", &h1).trim(), "ok");
     // `sanlock client shutdown -w 1` stops the idle daemon.
     let out = Command::new("sanlock")
         .args(["client", "shutdown", "-f", "0", "-w", "1"])
@@ -879,7 +881,7 @@ for f in (lambda: sanlock.reg_event(b"NOPE"),
 "#,
         ),
         "refusals",
-        &h2.log(),
+        &h2,
     );
     assert_eq!(
         refusals.split_whitespace().collect::<Vec<_>>(),
@@ -924,7 +926,7 @@ except sanlock.SanlockException as e:
 "#,
         ),
         "set_event",
-        &h2.log(),
+        &h2,
     );
     assert_eq!(busy.trim(), "16", "a different event within 6T: EBUSY");
     let evs = events_of(c, out);
