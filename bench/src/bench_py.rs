@@ -18,6 +18,78 @@ pub struct BenchPy {
     pub parallel_per_s: Option<f64>,
 }
 
+/// A workload of the same shape as bench.py (join, sequential acquires then releases, then
+/// `threads` registered clients acquiring their share at once), whose resources take part
+/// with `--num-hosts` dblocks. python3-sanlock's write_resource sends max_hosts where the
+/// daemon reads num_hosts (spec/SANLOCK-WIRE.md, WRITE_RESOURCE), so passing the wanted
+/// num_hosts as max_hosts formats exactly that. Prints bench.py's lines.
+pub const NUM_HOSTS_SCRIPT: &str = r#"
+import argparse, os, sys, threading, time
+import sanlock
+
+ap = argparse.ArgumentParser()
+ap.add_argument("device")
+ap.add_argument("--io-timeout", type=int, default=10)
+ap.add_argument("--leases", type=int, default=100)
+ap.add_argument("--threads", type=int, default=8)
+ap.add_argument("--sector", type=int, default=512)
+ap.add_argument("--num-hosts", type=int, default=2000)
+o = ap.parse_args()
+align = (1 << 20) if o.sector == 512 else (8 << 20)
+geo = dict(sector=o.sector, align=align)
+space = b"BENCH"
+
+def median_p90(v):
+    v = sorted(v)
+    at = lambda q: v[min(len(v) - 1, int(len(v) * q))] * 1e3
+    return at(0.5), at(0.9)
+
+sanlock.write_lockspace(space, o.device, offset=0, iotimeout=o.io_timeout, **geo)
+t0 = time.perf_counter()
+sanlock.add_lockspace(space, 1, o.device, offset=0, iotimeout=o.io_timeout)
+print("join_s %.2f" % (time.perf_counter() - t0))
+leases = [(b"n%d" % k, (k + 1) * align) for k in range(o.leases)]
+for name, at in leases:
+    sanlock.write_resource(space, name, [(o.device, at)], max_hosts=o.num_hosts, **geo)
+reg = sanlock.register()
+times = {"acquire": [], "release": []}
+for op in ("acquire", "release"):
+    for name, at in leases:
+        t0 = time.perf_counter()
+        getattr(sanlock, op)(space, name, [(o.device, at)], slkfd=reg)
+        times[op].append(time.perf_counter() - t0)
+for op in ("acquire", "release"):
+    print("%s_ms median %.3f p90 %.3f" % ((op,) + median_p90(times[op])))
+
+failures, finished = [], []
+release_now = threading.Event()
+def client(share):
+    me = sanlock.register()
+    for name, at in share:
+        try:
+            sanlock.acquire(space, name, [(o.device, at)], slkfd=me)
+        except sanlock.SanlockException as e:
+            failures.append(e)
+    finished.append(time.perf_counter())
+    release_now.wait()
+    os.close(me)
+clients = [threading.Thread(target=client, args=(leases[k::o.threads],)) for k in range(o.threads)]
+t0 = time.perf_counter()
+for c in clients:
+    c.start()
+while len(finished) < len(clients):
+    time.sleep(0.001)
+elapsed = max(finished) - t0
+release_now.set()
+for c in clients:
+    c.join()
+time.sleep(0.5)
+print("parallel_acquires_per_s %.0f (threads %d, leases %d, errors %d)" % (o.leases / elapsed, o.threads, o.leases, len(failures)))
+os.close(reg)
+# Leave, so the daemon lets go of the device (and a next run can join again).
+sanlock.rem_lockspace(space, 1, o.device, offset=0)
+"#;
+
 /// Runs bench.py on `device` against the daemon whose socket is in `rundir`.
 pub fn run(
     script: &Path,
@@ -27,12 +99,26 @@ pub fn run(
     threads: usize,
     rundir: &Path,
 ) -> Result<BenchPy, String> {
+    run_with(script, device, io_timeout_s, leases, threads, rundir, &[])
+}
+
+/// [`run`] with extra arguments for the script.
+pub fn run_with(
+    script: &Path,
+    device: &Path,
+    io_timeout_s: u16,
+    leases: usize,
+    threads: usize,
+    rundir: &Path,
+    extra: &[String],
+) -> Result<BenchPy, String> {
     let out = Command::new("/usr/bin/python3")
         .arg(script)
         .arg(device)
         .args(["--io-timeout", &io_timeout_s.to_string()])
         .args(["--leases", &leases.to_string()])
         .args(["--threads", &threads.to_string(), "--sector", "512"])
+        .args(extra)
         .env("SANLOCK_RUN_DIR", rundir)
         .output()
         .map_err(|e| format!("bench.py: {e}"))?;
