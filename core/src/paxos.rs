@@ -1417,30 +1417,7 @@ pub mod blocking {
         owner_status: &mut dyn FnMut(u64, u64) -> (HostStatus, bool),
     ) -> Result<Result<Acquired, PaxosError>, IoError> {
         let mut m = PaxosAcquire::new(cfg, clock.now());
-        let mut buf = Vec::new();
-        loop {
-            if let Some(r) = m.poll_result() {
-                return Ok(r);
-            }
-            if let Some(io) = m.poll_io() {
-                let data = m.write_data().to_vec();
-                let outcome = perform(backend, clock, disk, io, &data, m.io_deadline(), &mut buf)?;
-                m.handle_io(clock.now(), outcome, &buf);
-                continue;
-            }
-            if let Some((host, generation)) = m.poll_owner_query() {
-                let (status, same) = owner_status(host, generation);
-                m.handle_owner_status(clock.now(), status, same);
-                continue;
-            }
-            if let Some(t) = m.poll_timeout() {
-                let now = clock.now();
-                if t > now {
-                    backend.wait(now, t)?;
-                }
-                m.handle_timeout(clock.now());
-            }
-        }
+        run_acquire(backend, clock, disk, &mut m, owner_status)
     }
 
     /// Runs a conversion of the shared hold `held` to exclusive to its end: Ok(exclusive
@@ -1455,10 +1432,21 @@ pub mod blocking {
         owner_status: &mut dyn FnMut(u64, u64) -> (HostStatus, bool),
     ) -> Result<Result<Acquired, (PaxosError, Acquired)>, IoError> {
         let mut m = PaxosAcquire::convert_to_exclusive(cfg, held, clock.now());
+        let r = run_acquire(backend, clock, disk, &mut m, owner_status)?;
+        Ok(r.map_err(|e| (e, m.shared_hold_after_failure(held))))
+    }
+
+    fn run_acquire(
+        backend: &mut dyn IoBackend,
+        clock: &dyn Clock,
+        disk: DiskId,
+        m: &mut PaxosAcquire,
+        owner_status: &mut dyn FnMut(u64, u64) -> (HostStatus, bool),
+    ) -> Result<Result<Acquired, PaxosError>, IoError> {
         let mut buf = Vec::new();
         loop {
             if let Some(r) = m.poll_result() {
-                return Ok(r.map_err(|e| (e, m.shared_hold_after_failure(held))));
+                return Ok(r);
             }
             if let Some(io) = m.poll_io() {
                 let data = m.write_data().to_vec();
