@@ -32,6 +32,8 @@
 //! Not yet here (issue 5 continues): convert, requests, multi-disk majority, retract after
 //! failures past phase 2.
 
+pub mod disks;
+
 use std::time::Duration;
 
 use serde::Serialize;
@@ -190,6 +192,9 @@ pub enum PaxosError {
         /// Sector size.
         max: usize,
     },
+    /// The lease's disk list cannot be used (count, offsets).
+    #[error("lease disks: {0}")]
+    Disks(String),
 }
 
 /// Result of an acquire.
