@@ -107,7 +107,7 @@ struct Step {
 }
 
 /// A paxos machine over several disks, completing each step on a majority.
-#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Majority<M> {
     machine: M,
     cfg: PaxosConfig,
@@ -122,6 +122,28 @@ pub struct Majority<M> {
     merged: Vec<u8>,
     /// Disks left out of a read's majority for failing its checks, over the whole run.
     rejected_reads: u32,
+}
+
+/// What decides the layer's future (for state-space search): the machine, the current step
+/// without its tag, which disks are busy with it or with an older one, and the reads it will
+/// merge. Scratch buffers and counters are left out.
+impl<M: std::hash::Hash> std::hash::Hash for Majority<M> {
+    fn hash<H: std::hash::Hasher>(&self, h: &mut H) {
+        self.machine.hash(h);
+        self.areas.hash(h);
+        let tag = self.step.as_ref().map(|s| s.tag);
+        for b in &self.busy {
+            b.map(|t| Some(t) == tag).hash(h);
+        }
+        if let Some(s) = &self.step {
+            (s.io, &s.data, s.deadline, &s.answers).hash(h);
+            for (d, a) in s.answers.iter().enumerate() {
+                if *a == Answer::Done {
+                    self.reads[d].hash(h);
+                }
+            }
+        }
+    }
 }
 
 impl<M: PaxosMachine> Majority<M> {
