@@ -228,3 +228,227 @@ fn three_hosts_contend_and_the_counter_oracle_sees_no_overlap() {
         "too little contention to prove anything: {a} acquired, {f} refused"
     );
 }
+
+/// A lease on three disks (two plain loop devices and one over a FUSE file that fails and
+/// then hangs its writes for a while), three hosts with two acquirers each: the counter oracle
+/// sees no overlap, and acquires keep succeeding on the majority while the third disk is bad.
+#[test]
+fn three_hosts_on_three_disks_keep_exclusion_while_one_disk_fails() {
+    if !loop_devices_available() || !tenure_tests::fuse_available() {
+        return;
+    }
+    use tenure_core::paxos::disks;
+    let files = [BackingFile::new(16 << 20), BackingFile::new(16 << 20)];
+    let faulty = tenure_tests::StallFs::start(16 << 20);
+    // Per host: its own loop device on each disk; the third disk through the FUSE file.
+    let devs: Vec<[LoopDevice; 3]> = (0..HOSTS)
+        .map(|_| {
+            [
+                LoopDevice::attach(files[0].path(), 512),
+                LoopDevice::attach(files[1].path(), 512),
+                LoopDevice::attach(&faulty.lun(), 512),
+            ]
+        })
+        .collect();
+    // Resource r1 and r2 (one per acquirer of a host: a host's acquirers share its host id,
+    // so only different hosts exclude each other); each area sits at a different offset on
+    // each disk.
+    let areas_of = |r: u64| -> [u64; 3] { [r << 20, (r + 2) << 20, (r + 4) << 20] };
+    tenure_ok(&[
+        "lockspace",
+        "init",
+        &format!("MD:0:{}:0", devs[0][0].path_str()),
+        "--io-timeout",
+        "1",
+    ]);
+    for r in 1..=RESOURCES {
+        for (d, &off) in areas_of(r).iter().enumerate() {
+            tenure_ok(&[
+                "resource",
+                "init",
+                &format!("MD:r{r}:{}:{off}", devs[0][d].path_str()),
+                "--num-hosts",
+                "4",
+            ]);
+        }
+    }
+    let acquired = AtomicU64::new(0);
+    let acquired_in_fault = AtomicU64::new(0);
+    let refused = AtomicU64::new(0);
+    let overlaps = AtomicU64::new(0);
+    let fault_on = std::sync::atomic::AtomicBool::new(false);
+    let run_for = Duration::from_secs(14);
+    std::thread::scope(|s| {
+        let lockspaces: Vec<LockspaceThread> = devs
+            .iter()
+            .enumerate()
+            .map(|(i, dev)| {
+                let cfg = DeltaConfig {
+                    space_name: Name::new("MD").expect("name"),
+                    host_id: i as u64 + 1,
+                    host_name: Name::new(&format!("md-host-{}", i + 1)).expect("name"),
+                    geometry: Geometry::LEGACY_512,
+                    area_offset: 0,
+                    timeouts: Timeouts::new(T, W),
+                };
+                LockspaceThread::spawn(s, dev[0].path(), cfg)
+            })
+            .collect();
+        let generations: Vec<u64> = lockspaces
+            .iter()
+            .map(|l| {
+                l.wait_for("join", Duration::from_secs(10), |s| {
+                    s.generation().is_some()
+                })
+                .generation()
+                .expect("joined")
+            })
+            .collect();
+        for l in &lockspaces {
+            l.wait_for("all hosts LIVE", Duration::from_secs(10), |s| {
+                (1..=HOSTS).all(|h| s.host(h).0 == HostStatus::Live)
+            });
+        }
+        let start = Instant::now();
+        std::thread::scope(|w| {
+            // The fault schedule: 3-6 s EIO on writes, 7-10 s writes hang.
+            let (faulty, fault_flag) = (&faulty, &fault_on);
+            w.spawn(move || {
+                let at = |secs| {
+                    let t = start + Duration::from_secs(secs);
+                    std::thread::sleep(t.saturating_duration_since(Instant::now()));
+                };
+                at(3);
+                fault_flag.store(true, Ordering::SeqCst);
+                faulty.eio_writes(true);
+                at(6);
+                faulty.eio_writes(false);
+                at(7);
+                faulty.hang_writes(true);
+                at(10);
+                faulty.hang_writes(false);
+                fault_flag.store(false, Ordering::SeqCst);
+            });
+            for (h, dev) in devs.iter().enumerate() {
+                for r in 1..=RESOURCES {
+                    let (ls, generation) = (&lockspaces[h], generations[h]);
+                    let (acquired, acquired_in_fault, refused, overlaps, fault_on) = (
+                        &acquired,
+                        &acquired_in_fault,
+                        &refused,
+                        &overlaps,
+                        &fault_on,
+                    );
+                    w.spawn(move || {
+                        let host_id = h as u64 + 1;
+                        let config = EngineConfig {
+                            ring_entries: 16,
+                            buffer_classes: vec![(512, 16), (1 << 20, 4)],
+                            sync_workers: 1,
+                        };
+                        let devices = dev
+                            .iter()
+                            .map(|d| Device::open(d.path(), Access::ReadWrite).expect("open"))
+                            .collect();
+                        let (mut e, _) =
+                            open_backend(devices, &config, BackendKind::Uring).expect("engine");
+                        let ids = [DiskId(0), DiskId(1), DiskId(2)];
+                        let cfg = PaxosConfig {
+                            space_name: Name::new("MD").expect("name"),
+                            resource_name: Name::new(&format!("r{r}")).expect("name"),
+                            geometry: Geometry::LEGACY_512,
+                            area_offset: areas_of(r)[0],
+                            host_id,
+                            generation,
+                            timeouts: Timeouts::new(T, W),
+                            no_wait: true,
+                            expect_lver: None,
+                            read_lvb: false,
+                            shared: false,
+                        };
+                        let counter = COUNTERS + r * 512;
+                        let areas = areas_of(r);
+                        let clock = MonotonicClock;
+                        let mut status = |host: u64, gen: u64| {
+                            let (st, g) = ls.snapshot().host(host);
+                            (st, g == gen)
+                        };
+                        let mut jitter = host_id * 7919 + r * 104_729;
+                        while start.elapsed() < run_for {
+                            let outcome = disks::blocking::acquire(
+                                e.as_mut(),
+                                &clock,
+                                &ids,
+                                areas.to_vec(),
+                                cfg.clone(),
+                                &mut status,
+                            )
+                            .expect("engine");
+                            match outcome {
+                                Ok(held) => {
+                                    acquired.fetch_add(1, Ordering::SeqCst);
+                                    if fault_on.load(Ordering::SeqCst) {
+                                        acquired_in_fault.fetch_add(1, Ordering::SeqCst);
+                                    }
+                                    let (holder, count) =
+                                        read_mark(&sector_io(e.as_mut(), counter, None));
+                                    if holder != 0 {
+                                        overlaps.fetch_add(1, Ordering::SeqCst);
+                                    }
+                                    sector_io(e.as_mut(), counter, Some(&mark(host_id, count + 1)));
+                                    std::thread::sleep(Duration::from_millis(2));
+                                    let (holder2, count2) =
+                                        read_mark(&sector_io(e.as_mut(), counter, None));
+                                    if (holder2, count2) != (host_id, count + 1) {
+                                        overlaps.fetch_add(1, Ordering::SeqCst);
+                                    }
+                                    sector_io(e.as_mut(), counter, Some(&mark(0, count + 1)));
+                                    disks::blocking::release(
+                                        e.as_mut(),
+                                        &clock,
+                                        &ids,
+                                        areas.to_vec(),
+                                        cfg.clone(),
+                                        held,
+                                    )
+                                    .expect("engine")
+                                    .expect("release");
+                                }
+                                Err(
+                                    PaxosError::OwnerAlive { .. }
+                                    | PaxosError::AcquiredByOther { .. }
+                                    | PaxosError::OwnedRetry { .. },
+                                ) => {
+                                    refused.fetch_add(1, Ordering::SeqCst);
+                                }
+                                Err(other) => panic!("host {host_id} r{r}: {other}"),
+                            }
+                            jitter = jitter
+                                .wrapping_mul(6_364_136_223_846_793_005)
+                                .wrapping_add(1);
+                            std::thread::sleep(Duration::from_micros(200 + (jitter >> 33) % 3000));
+                        }
+                    });
+                }
+            }
+        });
+    });
+    let (a, af, f, o) = (
+        acquired.load(Ordering::SeqCst),
+        acquired_in_fault.load(Ordering::SeqCst),
+        refused.load(Ordering::SeqCst),
+        overlaps.load(Ordering::SeqCst),
+    );
+    eprintln!(
+        "three disks: {a} acquisitions ({af} while the third disk failed or hung), {f} refusals, {o} overlaps in {run_for:?}"
+    );
+    assert_eq!(o, 0, "two holders were inside at once");
+    assert!(
+        a >= 50 && f > 0,
+        "too little contention: {a} acquired, {f} refused"
+    );
+    assert!(
+        af >= 5,
+        "the majority carried only {af} acquires through the fault"
+    );
+}
