@@ -48,6 +48,8 @@ enum Flight {
     },
 }
 
+// Test-only state; variant sizes do not matter here.
+#[allow(clippy::large_enum_variant)]
 #[derive(Clone, PartialEq, Eq, Debug)]
 enum Op {
     Acquiring(Box<Majority<PaxosAcquire>>),
