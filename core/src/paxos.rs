@@ -192,6 +192,16 @@ pub enum PaxosError {
         /// Sector size.
         max: usize,
     },
+    /// An I/O failed after phase 2 began with our value, and retracting failed too: the
+    /// lease may be held by this host on disk (a later acquire by this host, or its release,
+    /// or the end of its lockspace membership frees it).
+    #[error("{what}: {outcome:?}; retracting failed as well: the lease may still be held by this host on disk")]
+    IoMaybeHeld {
+        /// Which step failed first.
+        what: &'static str,
+        /// How it ended.
+        outcome: IoOutcome,
+    },
     /// The lease's disk list cannot be used (count, offsets).
     #[error("lease disks: {0}")]
     Disks(String),
@@ -243,7 +253,13 @@ enum InnerGoal {
     Shared,
     /// Exclusive acquire met this live shared holder: unwinding.
     Busy(u64, u64),
+    /// A retract won the lease: giving it back.
+    Retract,
 }
+
+/// Attempts to retract after an I/O failure past phase 2 before reporting that the lease may
+/// still be ours on disk.
+pub const RETRACTS_MAX: u32 = 3;
 
 /// Ballots before giving up.
 pub const BALLOTS_MAX: u32 = 64;
@@ -291,6 +307,16 @@ pub struct PaxosAcquire {
     /// hold must release exactly this, never an older dblock (that would erase a ballot of
     /// ours another host may rely on — found by tests/paxos_model.rs).
     last_written: Option<Dblock>,
+    /// Retracting after this I/O failure past phase 2 (spec/PROTOCOL.md "Paxos lease" step
+    /// 7): our value may have been chosen without us knowing, so the lease may be ours on
+    /// disk. The machine runs the acquire again (exclusive, no waiting) to learn the outcome:
+    /// if it wins, it releases at once; if another host holds the lease, it was not ours.
+    /// Either way the failure is reported; only when that fails too is the lease reported as
+    /// possibly held ([`PaxosError::IoMaybeHeld`]).
+    retracting: Option<(&'static str, IoOutcome)>,
+    retracts: u32,
+    /// The time of the last input.
+    now: Time,
 }
 
 impl PaxosAcquire {
@@ -324,6 +350,9 @@ impl PaxosAcquire {
             short_hold_retries: 0,
             keep_mode: None,
             last_written: None,
+            retracting: None,
+            retracts: 0,
+            now,
         };
         // The first read covers the leader, the request record and the dblocks up to ours
         // (our bal/inp must survive into the ballot). A free leader needs nothing more: the
@@ -435,6 +464,11 @@ impl PaxosAcquire {
         self.ballots
     }
 
+    /// Retract attempts so far (after an I/O failure past phase 2).
+    pub fn retracts(&self) -> u32 {
+        self.retracts
+    }
+
     /// Retries so far after finding another host's SHORT_HOLD leader.
     pub fn short_hold_retries(&self) -> u32 {
         self.short_hold_retries
@@ -445,7 +479,44 @@ impl PaxosAcquire {
         self.result.take()
     }
 
+    /// Ends the acquire with `r` — or, while retracting, turns `r` into the retract's end:
+    /// a lease won is given back first, and the outcome reported is the original failure
+    /// (or [`PaxosError::IoMaybeHeld`] when whether the lease is ours stays unknown).
     fn finish(&mut self, r: Result<Acquired, PaxosError>) {
+        let Some((what, outcome)) = self.retracting else {
+            return self.finish_raw(r);
+        };
+        match r {
+            Ok(won) => {
+                // Ours after all: give it back (keeping a converting host's SHARED mode block,
+                // as the unwinding after a live shared holder does).
+                self.last_written = Some(Dblock {
+                    flags: won.dblock.flags | DBLOCK_FLAG_RELEASED,
+                    ..won.dblock
+                });
+                let r = PaxosRelease::leader_release(
+                    self.cfg.clone(),
+                    won,
+                    self.keep_mode.unwrap_or_default(),
+                    self.now,
+                );
+                self.step = Step::Inner;
+                self.inner = Some((Box::new(r), InnerGoal::Retract));
+            }
+            // Another host holds or owns the lease, or we won and gave it back to a live
+            // shared holder: it is not ours.
+            Err(
+                PaxosError::OwnerAlive { .. }
+                | PaxosError::OwnedRetry { .. }
+                | PaxosError::AcquiredByOther { .. }
+                | PaxosError::SharedBusy { .. }
+                | PaxosError::ShortHoldRetry { .. },
+            ) => self.finish_raw(Err(PaxosError::Io { what, outcome })),
+            Err(_) => self.finish_raw(Err(PaxosError::IoMaybeHeld { what, outcome })),
+        }
+    }
+
+    fn finish_raw(&mut self, r: Result<Acquired, PaxosError>) {
         self.step = Step::Done;
         self.timer = None;
         self.pending = None;
@@ -459,13 +530,22 @@ impl PaxosAcquire {
     /// The outcome of the I/O taken last. For `WriteThenRead`, `outcome` is the first failure
     /// of the pair (or Done) and `data` the read's bytes.
     pub fn handle_io(&mut self, now: Time, outcome: IoOutcome, data: &[u8]) {
+        self.now = now;
         self.note_io_time(now);
         if let Some((r, goal)) = &mut self.inner {
             r.handle_io(now, outcome, data);
             let goal = *goal;
             if let Some(res) = r.poll_result() {
                 self.inner = None;
+                if goal == InnerGoal::Retract {
+                    let (what, outcome) = self.retracting.expect("retracting");
+                    return self.finish_raw(Err(match res {
+                        Ok(()) => PaxosError::Io { what, outcome },
+                        Err(_) => PaxosError::IoMaybeHeld { what, outcome },
+                    }));
+                }
                 let r = match (res, goal) {
+                    (_, InnerGoal::Retract) => unreachable!("handled above"),
                     (Err(e), _) => Err(e),
                     (Ok(()), InnerGoal::Busy(host_id, generation)) => Err(PaxosError::SharedBusy {
                         host_id,
@@ -497,9 +577,17 @@ impl PaxosAcquire {
                 Step::Commit => "commit",
                 _ => "acquire",
             };
-            // Failing before phase 2 is harmless; after, our value may be chosen without us
-            // knowing — the caller must treat the lease as possibly ours (retract is issue 5).
-            return self.finish(Err(PaxosError::Io { what, outcome }));
+            // Failing before phase 2 is harmless; after it began with our value, that value
+            // may be chosen without us knowing: retract. While retracting, any failure leaves
+            // that question open: try again (bounded).
+            let ours_in_play = self.ours.inp == self.cfg.host_id
+                && self.ours.inp2 == self.cfg.generation
+                && self.other_won.is_none();
+            let past_phase2 = matches!(self.step, Step::Phase2 | Step::ReadLvb | Step::Commit);
+            if !(past_phase2 && ours_in_play) && self.retracting.is_none() {
+                return self.finish_raw(Err(PaxosError::Io { what, outcome }));
+            }
+            return self.retract(now, what, outcome);
         }
         match self.step {
             Step::ReadArea => self.decide(now, data),
@@ -542,6 +630,32 @@ impl PaxosAcquire {
             }
             Step::AwaitOwner | Step::Backoff | Step::CheckShared | Step::Inner | Step::Done => {}
         }
+    }
+
+    /// Starts (again) retracting after a failure past phase 2: after one io_timeout (a write
+    /// that timed out may land meanwhile), the acquire runs again — exclusive, without waiting
+    /// for a silent owner, without conditions — to finish whatever instance is open.
+    fn retract(&mut self, now: Time, what: &'static str, outcome: IoOutcome) {
+        let first = *self.retracting.get_or_insert((what, outcome));
+        self.retracts += 1;
+        if self.retracts > RETRACTS_MAX {
+            return self.finish_raw(Err(PaxosError::IoMaybeHeld {
+                what: first.0,
+                outcome: first.1,
+            }));
+        }
+        self.cfg.shared = false;
+        self.cfg.no_wait = true;
+        self.cfg.expect_lver = None;
+        self.cfg.read_lvb = false;
+        self.other_won = None;
+        self.won = None;
+        self.lvb = None;
+        self.shared_holders.clear();
+        self.owner_query = None;
+        self.pending = None;
+        self.step = Step::Backoff;
+        self.timer = Some(now.saturating_add(self.cfg.timeouts.io()));
     }
 
     fn decode_leader(&self, data: &[u8]) -> Result<LeaderRecord, PaxosError> {
@@ -634,6 +748,7 @@ impl PaxosAcquire {
     /// The owner's delta-lease status, and whether the delta lease still shows the generation
     /// the leader names.
     pub fn handle_owner_status(&mut self, now: Time, status: HostStatus, same_generation: bool) {
+        self.now = now;
         if self.step == Step::CheckShared {
             let (host, generation) = self.shared_holders.remove(0);
             match (status, same_generation) {
@@ -931,7 +1046,8 @@ impl PaxosAcquire {
                 self.step = Step::CheckShared;
                 self.owner_query = Some((host, generation));
             }
-            None if self.keep_mode.is_some() => {
+            // (A retract that won keeps the mode block: it gives the lease back as shared.)
+            None if self.keep_mode.is_some() && self.retracting.is_none() => {
                 // Converted: exclusive now; our mode block goes with one more write.
                 self.keep_mode = None;
                 self.sector.fill(0);
@@ -954,6 +1070,7 @@ impl PaxosAcquire {
         if self.timer.is_none_or(|t| t > now) {
             return;
         }
+        self.now = now;
         self.timer = None;
         match self.step {
             Step::Backoff => self.read_area(now, Some(self.num_hosts)),
@@ -1281,6 +1398,10 @@ impl std::hash::Hash for PaxosAcquire {
             short_hold_retries,
             keep_mode,
             last_written,
+            retracting,
+            retracts,
+            // Only sets the deadline of a retract's release.
+            now: _,
         } = self;
         (
             cfg,
@@ -1305,6 +1426,7 @@ impl std::hash::Hash for PaxosAcquire {
             last_written,
         )
             .hash(h);
+        (retracting, retracts).hash(h);
     }
 }
 
@@ -1893,5 +2015,155 @@ mod tests {
             matches!(e, PaxosError::OwnerAlive { host_id: 1, .. }),
             "{e}"
         );
+    }
+
+    /// Drives an acquire where `fault(n, io)` decides the fate of the n-th I/O: None = done;
+    /// Some((landed, outcome)) = fails with `outcome`, its write landing or not.
+    fn drive_with_faults(
+        area: &mut [u8],
+        mut m: PaxosAcquire,
+        fault: &mut dyn FnMut(usize, PaxosIo) -> Option<(bool, IoOutcome)>,
+    ) -> (Result<Acquired, PaxosError>, usize) {
+        let mut now = Time::from_nanos(1_000_000_000_000);
+        let mut n = 0;
+        loop {
+            if let Some(r) = m.poll_result() {
+                return (r, n);
+            }
+            now = now.saturating_add(Duration::from_millis(1));
+            if let Some(io) = m.poll_io() {
+                let data = m.write_data().to_vec();
+                match fault(n, io) {
+                    None => {
+                        let out = apply(area, io, &data);
+                        m.handle_io(now, IoOutcome::Done, &out);
+                    }
+                    Some((landed, outcome)) => {
+                        if landed {
+                            apply(area, io, &data);
+                        }
+                        m.handle_io(now, outcome, &[]);
+                    }
+                }
+                n += 1;
+            } else if m.poll_owner_query().is_some() {
+                m.handle_owner_status(now, HostStatus::Live, true);
+            } else if let Some(t) = m.poll_timeout() {
+                now = now.max(t);
+                m.handle_timeout(now);
+            } else {
+                panic!("acquire stalled");
+            }
+        }
+    }
+
+    fn formatted_area() -> Vec<u8> {
+        let mut area = vec![0u8; 1 << 20];
+        encode_resource_area(
+            &mut area,
+            Geometry::LEGACY_512,
+            Name::new("LS").expect("n"),
+            Name::new("r").expect("n"),
+            8,
+        );
+        area
+    }
+
+    const EIO: IoOutcome = IoOutcome::Failed { errno: libc::EIO };
+
+    #[test]
+    fn a_failure_before_phase_2_is_reported_without_retracting() {
+        let mut area = formatted_area();
+        let m = PaxosAcquire::new(cfg(), Time::from_nanos(1));
+        // I/O 0 reads the area, I/O 1 is phase 1.
+        let (r, ios) = drive_with_faults(&mut area, m, &mut |n, _| (n == 1).then_some((true, EIO)));
+        assert_eq!(
+            r,
+            Err(PaxosError::Io {
+                what: "phase 1",
+                outcome: EIO
+            })
+        );
+        assert_eq!(ios, 2, "nothing more was done");
+    }
+
+    #[test]
+    fn a_commit_that_landed_but_failed_is_retracted_and_the_lease_left_free() {
+        for landed in [true, false] {
+            let mut area = formatted_area();
+            let m = PaxosAcquire::new(cfg(), Time::from_nanos(1));
+            // I/O 3 is the commit: read, phase 1, phase 2, commit.
+            let (r, ios) =
+                drive_with_faults(&mut area, m, &mut |n, _| (n == 3).then_some((landed, EIO)));
+            assert_eq!(
+                r,
+                Err(PaxosError::Io {
+                    what: "commit",
+                    outcome: EIO
+                }),
+                "landed {landed}"
+            );
+            assert!(ios > 4, "the retract ran its own ballot and release");
+            let leader = LeaderRecord::decode(&area[..512]).expect("leader");
+            assert_eq!(
+                leader.timestamp, 0,
+                "landed {landed}: the leader is free again"
+            );
+            let ours = Dblock::decode(&area[512 * 2..512 * 3]).expect("dblock");
+            assert_ne!(ours.flags & DBLOCK_FLAG_RELEASED, 0, "landed {landed}");
+            // Another host acquires it at once.
+            let mut other = cfg();
+            other.host_id = 2;
+            drive_acquire(&mut area, other).expect("free for host 2");
+        }
+    }
+
+    #[test]
+    fn a_phase_2_failure_whose_value_was_chosen_is_retracted() {
+        let mut area = formatted_area();
+        let m = PaxosAcquire::new(cfg(), Time::from_nanos(1));
+        // Phase 2's write lands, its read fails: our value is chosen on disk.
+        let (r, _) = drive_with_faults(&mut area, m, &mut |n, _| (n == 2).then_some((true, EIO)));
+        assert_eq!(
+            r,
+            Err(PaxosError::Io {
+                what: "phase 2",
+                outcome: EIO
+            })
+        );
+        // Without the retract host 2 would commit host 1's value for it ("acquired by
+        // another") and find the lease stuck with host 1; after it, the lease is free.
+        let mut other = cfg();
+        other.host_id = 2;
+        let held = drive_acquire(&mut area, other).expect("free for host 2");
+        assert_eq!(held.leader.owner_id, 2);
+    }
+
+    #[test]
+    fn a_retract_that_keeps_failing_reports_the_lease_as_possibly_held() {
+        let mut area = formatted_area();
+        let m = PaxosAcquire::new(cfg(), Time::from_nanos(1));
+        // The disk breaks for good at the commit (the write lands).
+        let (r, ios) =
+            drive_with_faults(&mut area, m, &mut |n, _| (n >= 3).then_some((n == 3, EIO)));
+        assert_eq!(
+            r,
+            Err(PaxosError::IoMaybeHeld {
+                what: "commit",
+                outcome: EIO
+            })
+        );
+        assert_eq!(
+            ios,
+            4 + RETRACTS_MAX as usize,
+            "one failed read per retract attempt"
+        );
+        let leader = LeaderRecord::decode(&area[..512]).expect("leader");
+        assert_eq!(
+            (leader.owner_id, leader.lver),
+            (1, 1),
+            "the commit is on disk"
+        );
+        assert_ne!(leader.timestamp, 0);
     }
 }
