@@ -97,6 +97,8 @@ struct Stats {
     conversions_down: u64,
     crashes: u64,
     takeovers: u64,
+    /// Acquires that failed past phase 2 and retracted.
+    retracted: u64,
 }
 
 fn run_seed(seed: u64, crashes: bool, stats: &mut Stats) {
@@ -234,6 +236,7 @@ fn run_seed(seed: u64, crashes: bool, stats: &mut Stats) {
                             Some(Op::Holding { held, until })
                         }
                         Some(Err(e)) => {
+                            stats.retracted += u64::from(a.retracts() > 0);
                             if matches!(
                                 e,
                                 PaxosError::Corrupt(_) | PaxosError::HostIdAboveNumHosts { .. }
@@ -481,14 +484,16 @@ fn contention_with_faults_never_two_holders() {
         conversions_down: 0,
         crashes: 0,
         takeovers: 0,
+        retracted: 0,
     };
     for seed in 0..40 {
         run_seed(seed, false, &mut stats);
     }
     eprintln!(
-        "{} steps, {} acquires ({} shared), {} conversions to exclusive, {} to shared, no violation",
-        stats.steps, stats.acquires, stats.shared_acquires, stats.conversions_up, stats.conversions_down
+        "{} steps, {} acquires ({} shared), {} conversions to exclusive, {} to shared, {} retracted after a failure past phase 2, no violation",
+        stats.steps, stats.acquires, stats.shared_acquires, stats.conversions_up, stats.conversions_down, stats.retracted
     );
+    assert!(stats.retracted > 0, "no failure past phase 2 was retracted");
     assert!(stats.steps >= 100_000, "only {} steps", stats.steps);
     assert!(
         stats.shared_acquires > 0 && stats.conversions_up > 0 && stats.conversions_down > 0,
@@ -506,6 +511,7 @@ fn crashed_holders_are_taken_over_only_after_they_are_fenced() {
         conversions_down: 0,
         crashes: 0,
         takeovers: 0,
+        retracted: 0,
     };
     for seed in 100..120 {
         run_seed(seed, true, &mut stats);
