@@ -29,8 +29,9 @@
 //! An acquire that finds another host's SHORT_HOLD leader retries up to
 //! [`SHORT_HOLD_RETRIES_MAX`] times.
 //!
-//! Not yet here (issue 5 continues): convert, requests, multi-disk majority, retract after
-//! failures past phase 2.
+//! An I/O failure after phase 2 began with our value is retracted (spec step 7): the ballot
+//! runs again to learn whether the lease is ours, and what it wins is given back at once.
+//! Leases on several disks: [`disks::Majority`] runs these machines over each disk's copy.
 
 pub mod disks;
 

@@ -786,7 +786,10 @@ fn io_failures_past_phase_2_are_retracted_safely() {
         c.max_retracts_seen
     );
     assert!(c.held_states > 0);
-    assert!(c.max_retracts_seen >= 1, "some failure past phase 2 was retracted");
+    assert!(
+        c.max_retracts_seen >= 1,
+        "some failure past phase 2 was retracted"
+    );
 }
 
 /// Disks that drop acknowledged writes are outside what Disk Paxos survives: the checker

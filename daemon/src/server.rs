@@ -368,7 +368,9 @@ fn op_error_reply(resource: Name, e: &OpError) -> Reply {
             ErrorCode::SharedBusy,
             Some(json!({"host_id": host_id, "generation": generation})),
         ),
-        OpError::Paxos(PaxosError::Io { .. }) => (ErrorCode::Io, None),
+        OpError::Paxos(PaxosError::Io { .. } | PaxosError::IoMaybeHeld { .. }) => {
+            (ErrorCode::Io, None)
+        }
         OpError::Paxos(PaxosError::Corrupt(_)) => (ErrorCode::Corrupt, None),
         OpError::NotJoined => (ErrorCode::NotJoined, None),
         OpError::LockspaceLost => (ErrorCode::LockspaceLost, None),
