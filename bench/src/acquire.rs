@@ -19,7 +19,8 @@ use tenure_core::delta::DeltaConfig;
 use tenure_core::dev::{Access, AlignedBuf, Device};
 use tenure_core::direct::{format_lockspace, format_resource, FormatOptions};
 use tenure_core::io::{open_backend, BackendKind, DiskId, EngineConfig};
-use tenure_core::lockspace::{LockspaceSet, LockspaceState};
+use tenure_core::lockspace::{AcquireOptions, OpOutcome, ResourceTarget};
+use tenure_core::lockspace::{LockspaceId, LockspaceSet, LockspaceState};
 use tenure_core::paxos::{blocking, Acquired, PaxosConfig};
 use tenure_core::timeouts::{Timeouts, WATCHDOG_FIRE_DEFAULT_S};
 use tenure_format::{Geometry, LockspaceSpec, Name, ResourceSpec};
@@ -63,6 +64,76 @@ fn engine(
     Ok(open_backend(vec![dev], &config, BackendKind::Uring)
         .map_err(err)?
         .0)
+}
+
+/// Rounds of the in-flight throughput run (all leases acquired at once, then released).
+const IN_FLIGHT_ROUNDS: usize = 10;
+
+/// Acquires every lease at once through the lockspace set's operations (one operation per
+/// lease, all on the set's one engine — the daemon's path), then releases them all at once;
+/// `IN_FLIGHT_ROUNDS` times. Returns (acquires/s, releases/s).
+fn in_flight(
+    set: &mut LockspaceSet,
+    id: LockspaceId,
+    opts: &AcquireBenchOptions,
+) -> Result<(f64, f64), String> {
+    let clock = MonotonicClock;
+    let (mut acq_time, mut rel_time) = (Duration::ZERO, Duration::ZERO);
+    let run = |set: &mut LockspaceSet,
+               ops: &mut std::collections::HashSet<tenure_core::lockspace::OpId>|
+     -> Result<Vec<tenure_core::lockspace::HeldResource>, String> {
+        let mut held = Vec::new();
+        while !ops.is_empty() {
+            let now = clock.now();
+            set.step(now).map_err(err)?;
+            while let Some((op, outcome)) = set.take_op_result() {
+                ops.remove(&op);
+                match outcome {
+                    OpOutcome::Acquired(h) => held.extend(h),
+                    OpOutcome::Released => {}
+                    other => return Err(format!("in-flight run: {other:?}")),
+                }
+            }
+            if !ops.is_empty() {
+                set.wait(now, now.saturating_add(Duration::from_millis(20)))
+                    .map_err(err)?;
+            }
+        }
+        Ok(held)
+    };
+    for _ in 0..IN_FLIGHT_ROUNDS {
+        let t0 = Instant::now();
+        let mut ops = std::collections::HashSet::new();
+        for i in 0..opts.leases {
+            let target = ResourceTarget {
+                name: Name::new(&format!("r{i}")).map_err(err)?,
+                disk: DiskId(0),
+                area_offset: (i as u64 + 1) * ALIGN,
+                geometry: Geometry::LEGACY_512,
+                expect_lver: None,
+            };
+            let op = set
+                .start_acquire(id, vec![target], AcquireOptions::default(), clock.now())
+                .map_err(err)?;
+            ops.insert(op);
+        }
+        let held = run(set, &mut ops)?;
+        acq_time += t0.elapsed();
+        if held.len() != opts.leases {
+            return Err(format!("{} of {} leases acquired", held.len(), opts.leases));
+        }
+        let t0 = Instant::now();
+        for h in held {
+            let op = set
+                .start_release(id, vec![(h, None)], clock.now())
+                .map_err(err)?;
+            ops.insert(op);
+        }
+        run(set, &mut ops)?;
+        rel_time += t0.elapsed();
+    }
+    let n = (opts.leases * IN_FLIGHT_ROUNDS) as f64;
+    Ok((n / acq_time.as_secs_f64(), n / rel_time.as_secs_f64()))
 }
 
 fn pcfg(opts: &AcquireBenchOptions, i: usize, generation: u64) -> PaxosConfig {
@@ -206,7 +277,19 @@ pub fn run(opts: &AcquireBenchOptions) -> Result<Vec<Measurement>, String> {
     }
     // Hold host id 1 for the whole run, renewing in the background like a daemon would.
     let stop = Arc::new(AtomicBool::new(false));
-    let mut set = LockspaceSet::new(engine(opts)?);
+    // The set's engine carries the in-flight run too: room for every lease's area read at once.
+    let set_engine = {
+        let config = EngineConfig {
+            ring_entries: 256,
+            buffer_classes: vec![(512, 256), (64 << 10, 128), (1 << 20, 64)],
+            sync_workers: 1,
+        };
+        let dev = Device::open(&opts.device, Access::ReadWrite).map_err(err)?;
+        open_backend(vec![dev], &config, BackendKind::Uring)
+            .map_err(err)?
+            .0
+    };
+    let mut set = LockspaceSet::new(set_engine);
     let cfg = DeltaConfig {
         space_name: Name::new("BENCH").map_err(err)?,
         host_id: 1,
@@ -236,6 +319,7 @@ pub fn run(opts: &AcquireBenchOptions) -> Result<Vec<Measurement>, String> {
             let _ = set.step(now);
             let _ = set.wait(now, now.saturating_add(Duration::from_millis(50)));
         }
+        set
     });
     let mut no_owner = |_: u64, _: u64| (tenure_core::delta::HostStatus::Free, false);
     let result = (|| -> Result<Vec<Measurement>, String> {
@@ -344,8 +428,36 @@ pub fn run(opts: &AcquireBenchOptions) -> Result<Vec<Measurement>, String> {
         Ok(rows)
     })();
     stop.store(true, Ordering::SeqCst);
-    let _ = renewer.join();
+    let mut set = renewer
+        .join()
+        .map_err(|_| "renewer thread panicked".to_string())?;
     let mut rows = result?;
+    // Many in flight on one engine, as tenured runs them (the renewals go on in the same loop).
+    let (acq_rate, rel_rate) = in_flight(&mut set, id, opts)?;
+    for (scenario, rate) in [
+        (
+            format!(
+                "acquires/s, all {} leases in flight on one engine",
+                opts.leases
+            ),
+            acq_rate,
+        ),
+        (
+            format!(
+                "releases/s, all {} leases in flight on one engine",
+                opts.leases
+            ),
+            rel_rate,
+        ),
+    ] {
+        rows.push(Measurement {
+            system: "tenure".into(),
+            scenario,
+            n: opts.leases * IN_FLIGHT_ROUNDS,
+            percentiles_us: None,
+            ops_per_s: Some(rate),
+        });
+    }
     if let Some(rundir) = &opts.sanlock_rundir {
         rows.extend(sanlock_rows(opts, rundir)?);
     }

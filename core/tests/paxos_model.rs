@@ -30,11 +30,14 @@ const SS: usize = 512;
 #[derive(Clone, PartialEq, Eq, Hash, Debug)]
 enum Flight {
     Idle,
-    /// A write not yet landed; for a linked pair, the read that follows it.
+    /// A write not yet landed; for a pair, the read that goes with it: after the write lands
+    /// (linked), or issued with it (`read_from`: the history indices at issue — the read may
+    /// return any value from then until the pair completes, after the write landed).
     Write {
         sector: usize,
         data: Vec<u8>,
         then_read: Option<(usize, usize)>,
+        read_from: Option<Vec<u8>>,
     },
     /// A read of `count` sectors from `first`. `from[k]` is the index, in sector
     /// `first + k`'s history, of the value it had when the read was issued: the read may
@@ -155,8 +158,9 @@ fn fingerprint(s: &State) -> u64 {
                 sector,
                 data,
                 then_read,
+                read_from,
             } => {
-                (1u8, sector, then_read).hash(&mut h);
+                (1u8, sector, then_read, read_from).hash(&mut h);
                 hash_sectors(data, &mut h);
             }
             Flight::Read { first, count, from } => (2u8, first, count, from).hash(&mut h),
@@ -468,6 +472,7 @@ impl Checker {
                     sector,
                     data,
                     then_read,
+                    read_from,
                 } => {
                     let mut landed = vec![true];
                     if self.m.lost_writes {
@@ -484,7 +489,14 @@ impl Checker {
                         }
                         match then_read {
                             Some((first, count)) => {
-                                n.hosts[i].io = issue_read(&n, *first, *count);
+                                n.hosts[i].io = match read_from {
+                                    None => issue_read(&n, *first, *count),
+                                    Some(from) => Flight::Read {
+                                        first: *first,
+                                        count: *count,
+                                        from: from.clone(),
+                                    },
+                                };
                                 prune(&mut n);
                             }
                             None => {
@@ -691,6 +703,18 @@ fn flight(io: PaxosIo, data: &[u8]) -> Flight {
             sector: offset as usize / SS,
             data: data.to_vec(),
             then_read: None,
+            read_from: None,
+        },
+        PaxosIo::WriteAndRead {
+            write_offset,
+            read_offset,
+            read_len,
+        } => Flight::Write {
+            sector: write_offset as usize / SS,
+            data: data.to_vec(),
+            then_read: Some((read_offset as usize / SS, read_len / SS)),
+            // Filled in by `issue_if_read`.
+            read_from: Some(Vec::new()),
         },
         PaxosIo::WriteThenRead {
             write_offset,
@@ -700,6 +724,7 @@ fn flight(io: PaxosIo, data: &[u8]) -> Flight {
             sector: write_offset as usize / SS,
             data: data.to_vec(),
             then_read: Some((read_offset as usize / SS, read_len / SS)),
+            read_from: None,
         },
         PaxosIo::Read { offset, len } => Flight::Read {
             first: offset as usize / SS,
@@ -719,8 +744,36 @@ fn issue_read(s: &State, first: usize, count: usize) -> Flight {
 
 /// Turns a plain read just taken from a machine into an issued read.
 fn issue_if_read(s: &mut State, i: usize) {
-    if let Flight::Read { first, count, .. } = s.hosts[i].io {
-        s.hosts[i].io = issue_read(s, first, count);
+    match &s.hosts[i].io {
+        Flight::Read { first, count, .. } => {
+            s.hosts[i].io = issue_read(s, *first, *count);
+        }
+        Flight::Write {
+            then_read: Some((first, count)),
+            read_from: Some(_),
+            ..
+        } => {
+            let (first, count) = (*first, *count);
+            if let Flight::Read { from, .. } = issue_read(s, first, count) {
+                if let Flight::Write { read_from, .. } = &mut s.hosts[i].io {
+                    *read_from = Some(from);
+                }
+            }
+        }
+        _ => {}
+    }
+}
+
+/// The read of a host's flight that is pending (issued, not completed): (first, count, from).
+fn pending_read(f: &mut Flight) -> Option<(usize, usize, &mut Vec<u8>)> {
+    match f {
+        Flight::Read { first, count, from } => Some((*first, *count, from)),
+        Flight::Write {
+            then_read: Some((first, count)),
+            read_from: Some(from),
+            ..
+        } => Some((*first, *count, from)),
+        _ => None,
     }
 }
 
@@ -730,11 +783,9 @@ fn prune(s: &mut State) {
     for sector in 0..s.disk.len() {
         let oldest_needed = s
             .hosts
-            .iter()
-            .filter_map(|h| match &h.io {
-                Flight::Read { first, count, from }
-                    if (*first..first + count).contains(&sector) =>
-                {
+            .iter_mut()
+            .filter_map(|h| match pending_read(&mut h.io) {
+                Some((first, count, from)) if (first..first + count).contains(&sector) => {
                     from.get(sector - first).copied()
                 }
                 _ => None,
@@ -746,9 +797,9 @@ fn prune(s: &mut State) {
         }
         s.disk[sector].drain(..oldest_needed);
         for h in &mut s.hosts {
-            if let Flight::Read { first, count, from } = &mut h.io {
-                if (*first..*first + *count).contains(&sector) {
-                    if let Some(f) = from.get_mut(sector - *first) {
+            if let Some((first, count, from)) = pending_read(&mut h.io) {
+                if (first..first + count).contains(&sector) {
+                    if let Some(f) = from.get_mut(sector - first) {
                         *f -= u8::try_from(oldest_needed).expect("short history");
                     }
                 }

@@ -32,12 +32,14 @@ const MEANINGFUL: usize = 200;
 #[derive(Clone, PartialEq, Eq, Hash, Debug)]
 enum Flight {
     Idle,
-    /// A write not yet landed; for a linked pair, the read that follows it.
+    /// A write not yet landed; for a pair, the read that goes with it: after the write lands
+    /// (linked), or issued with it (`read_from`: history indices at issue).
     Write {
         tag: u64,
         sector: usize,
         data: Vec<u8>,
         then_read: Option<(usize, usize)>,
+        read_from: Option<Vec<u8>>,
     },
     /// A read; `from[k]` indexes sector `first + k`'s history at issue.
     Read {
@@ -137,9 +139,10 @@ fn fingerprint(s: &State) -> u64 {
                     sector,
                     data,
                     then_read,
+                    read_from,
                     ..
                 } => {
-                    (1u8, sector, then_read).hash(&mut h);
+                    (1u8, sector, then_read, read_from).hash(&mut h);
                     h.write(&data[..MEANINGFUL]);
                 }
                 Flight::Read {
@@ -367,7 +370,25 @@ impl Checker {
                     sector: offset as usize / SS,
                     data,
                     then_read: None,
+                    read_from: None,
                 },
+                PaxosIo::WriteAndRead {
+                    write_offset,
+                    read_offset,
+                    read_len,
+                } => {
+                    let (first, count) = (read_offset as usize / SS, read_len / SS);
+                    let Flight::Read { from, .. } = issue_read(s, disk, tag, first, count) else {
+                        unreachable!("issue_read makes a read")
+                    };
+                    Flight::Write {
+                        tag,
+                        sector: write_offset as usize / SS,
+                        data,
+                        then_read: Some((first, count)),
+                        read_from: Some(from),
+                    }
+                }
                 PaxosIo::WriteThenRead {
                     write_offset,
                     read_offset,
@@ -377,6 +398,7 @@ impl Checker {
                     sector: write_offset as usize / SS,
                     data,
                     then_read: Some((read_offset as usize / SS, read_len / SS)),
+                    read_from: None,
                 },
                 PaxosIo::Read { offset, len } => {
                     issue_read(s, disk, tag, offset as usize / SS, len / SS)
@@ -418,6 +440,7 @@ impl Checker {
                         sector,
                         data,
                         then_read,
+                        read_from,
                     } => {
                         let (tag, sector, then_read) = (*tag, *sector, *then_read);
                         // Lands (or, outside the model, is acknowledged without landing).
@@ -432,7 +455,15 @@ impl Checker {
                             }
                             match then_read {
                                 Some((first, count)) => {
-                                    n.hosts[i].io[d] = issue_read(&n, d, tag, first, count);
+                                    n.hosts[i].io[d] = match read_from {
+                                        None => issue_read(&n, d, tag, first, count),
+                                        Some(from) => Flight::Read {
+                                            tag,
+                                            first,
+                                            count,
+                                            from: from.clone(),
+                                        },
+                                    };
                                     prune(&mut n);
                                 }
                                 None => {
@@ -646,11 +677,9 @@ fn prune(s: &mut State) {
         for sector in 0..s.disks[d].len() {
             let oldest_needed = s
                 .hosts
-                .iter()
-                .filter_map(|h| match &h.io[d] {
-                    Flight::Read {
-                        first, count, from, ..
-                    } if (*first..first + count).contains(&sector) => {
+                .iter_mut()
+                .filter_map(|h| match pending_read(&mut h.io[d]) {
+                    Some((first, count, from)) if (first..first + count).contains(&sector) => {
                         from.get(sector - first).copied()
                     }
                     _ => None,
@@ -662,18 +691,30 @@ fn prune(s: &mut State) {
             }
             s.disks[d][sector].drain(..oldest_needed);
             for h in &mut s.hosts {
-                if let Flight::Read {
-                    first, count, from, ..
-                } = &mut h.io[d]
-                {
-                    if (*first..*first + *count).contains(&sector) {
-                        if let Some(f) = from.get_mut(sector - *first) {
+                if let Some((first, count, from)) = pending_read(&mut h.io[d]) {
+                    if (first..first + count).contains(&sector) {
+                        if let Some(f) = from.get_mut(sector - first) {
                             *f -= u8::try_from(oldest_needed).expect("short history");
                         }
                     }
                 }
             }
         }
+    }
+}
+
+/// The read of a flight that is pending (issued, not completed): (first, count, from).
+fn pending_read(f: &mut Flight) -> Option<(usize, usize, &mut Vec<u8>)> {
+    match f {
+        Flight::Read {
+            first, count, from, ..
+        } => Some((*first, *count, from)),
+        Flight::Write {
+            then_read: Some((first, count)),
+            read_from: Some(from),
+            ..
+        } => Some((*first, *count, from)),
+        _ => None,
     }
 }
 

@@ -350,6 +350,17 @@ fn run_seed(seed: u64, crashes: bool, stats: &mut Stats) {
                             req(read_offset, read_len),
                         )
                         .map(|(w, r)| vec![w, r]),
+                    Some(PaxosIo::WriteAndRead {
+                        write_offset,
+                        read_offset,
+                        read_len,
+                    }) => disk
+                        .start_pair(
+                            req(write_offset, data.len()),
+                            &data,
+                            req(read_offset, read_len),
+                        )
+                        .map(|(w, r)| vec![w, r]),
                     None => Ok(Vec::new()),
                 };
                 match started {

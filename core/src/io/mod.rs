@@ -291,6 +291,17 @@ pub trait IoBackend: std::fmt::Debug {
         data: &[u8],
         read: IoRequest,
     ) -> Result<(IoId, IoId), SubmitError>;
+    /// Queues a write and a read with no order between them (both or neither is queued). The
+    /// default runs them as a chain — one of the orders allowed — for backends that cannot do
+    /// better.
+    fn start_pair(
+        &mut self,
+        write: IoRequest,
+        data: &[u8],
+        read: IoRequest,
+    ) -> Result<(IoId, IoId), SubmitError> {
+        self.start_chain(write, data, read)
+    }
     /// Hands everything queued to the device in one batch.
     fn flush(&mut self) -> Result<(), IoError>;
     /// Appends completions that arrived and deadlines that passed by `now`; never blocks.

@@ -491,6 +491,25 @@ impl IoBackend for SimBackend {
         Ok((w, r))
     }
 
+    fn start_pair(
+        &mut self,
+        write: IoRequest,
+        data: &[u8],
+        read: IoRequest,
+    ) -> Result<(IoId, IoId), SubmitError> {
+        // Independent: each gets its own latency, so either may complete first.
+        let w = self.start(IoKind::Write, write, Some(data), false)?;
+        let r = match self.start(IoKind::Read, read, None, false) {
+            Ok(r) => r,
+            Err(e) => {
+                self.pending.retain(|p| p.id != w);
+                self.slots.unqueue(w);
+                return Err(e);
+            }
+        };
+        Ok((w, r))
+    }
+
     fn flush(&mut self) -> Result<(), IoError> {
         let now = self.clock.now();
         for p in self

@@ -238,6 +238,33 @@ impl IoBackend for UringBackend {
         Ok((w, r))
     }
 
+    fn start_pair(
+        &mut self,
+        write: IoRequest,
+        data: &[u8],
+        read: IoRequest,
+    ) -> Result<(IoId, IoId), SubmitError> {
+        let w = self.start(IoKind::Write, write, Some(data))?;
+        let r = match self.start(IoKind::Read, read, None) {
+            Ok(r) => r,
+            Err(e) => {
+                self.slots.unqueue(w);
+                return Err(e);
+            }
+        };
+        let (we, re) = (self.sqe(w, false), self.sqe(r, false));
+        self.push(&[(w, we), (r, re)]).map_err(|_| {
+            self.slots.unqueue(w);
+            self.slots.unqueue(r);
+            SubmitError::Full {
+                in_flight: self.slots.in_flight(),
+                limit: self.slots.limit(),
+                len: read.len,
+            }
+        })?;
+        Ok((w, r))
+    }
+
     fn flush(&mut self) -> Result<(), IoError> {
         if self.queued.is_empty() {
             return Ok(());

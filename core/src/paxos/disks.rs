@@ -252,6 +252,15 @@ impl<M: PaxosMachine> Majority<M> {
                 read_offset: shift(read_offset),
                 read_len,
             },
+            PaxosIo::WriteAndRead {
+                write_offset,
+                read_offset,
+                read_len,
+            } => PaxosIo::WriteAndRead {
+                write_offset: shift(write_offset),
+                read_offset: shift(read_offset),
+                read_len,
+            },
         };
         Some(DiskIo {
             disk,
@@ -294,7 +303,9 @@ impl<M: PaxosMachine> Majority<M> {
         }
         let reads = match step.io {
             PaxosIo::Write { .. } => false,
-            PaxosIo::Read { .. } | PaxosIo::WriteThenRead { .. } => true,
+            PaxosIo::Read { .. } | PaxosIo::WriteThenRead { .. } | PaxosIo::WriteAndRead { .. } => {
+                true
+            }
         };
         let answers = step.answers.clone();
         let majority = self.majority();
@@ -742,6 +753,11 @@ mod tests {
                     Vec::new()
                 }
                 PaxosIo::WriteThenRead {
+                    write_offset,
+                    read_offset,
+                    read_len,
+                }
+                | PaxosIo::WriteAndRead {
                     write_offset,
                     read_offset,
                     read_len,
