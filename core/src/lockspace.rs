@@ -916,6 +916,27 @@ mod tests {
         };
         assert!(h2_both.iter().all(|h| h.acquired.leader.owner_id == 2));
         assert_eq!(set.ops_in_flight(), 0);
+        // Host 2 releases R1 and asks for it again at once (a client that exits and a new one
+        // that connects): the acquire waits for the release — two writes of host 2's dblock
+        // must not race — then starts from what the release left and wins the next lver.
+        let (r1, r2): (Vec<_>, Vec<_>) = h2_both
+            .into_iter()
+            .partition(|h| h.target.name == Name::new("R1").expect("name"));
+        let r1_lver = r1[0].acquired.lver;
+        let rel = set
+            .start_release(h2, r1.into_iter().map(|h| (h, None)).collect(), clock.now())
+            .expect("start");
+        let again = set
+            .start_acquire(h2, vec![target("R1", view2, 1)], opts, clock.now())
+            .expect("start");
+        assert_eq!(outcome(&mut set, rel), OpOutcome::Released);
+        let OpOutcome::Acquired(r1_again) = outcome(&mut set, again) else {
+            panic!("host 2 acquires R1 again right after releasing it");
+        };
+        assert_eq!(r1_again[0].acquired.lver, r1_lver + 1);
+        assert_eq!(r1_again[0].acquired.ballots, 1);
+        assert_eq!(r1_again.len() + r2.len(), 2, "host 2 holds both again");
+        assert_eq!(set.ops_in_flight(), 0);
         // A lockspace in use cannot be removed.
         assert!(set.remove(h2).is_err());
     }

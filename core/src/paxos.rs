@@ -218,6 +218,18 @@ pub enum PaxosError {
     Disks(String),
 }
 
+/// What a host knows of a lease right after its own release freed the leader: the leader it
+/// wrote and its own RELEASED dblock. Its next acquire of the lease may start phase 1 from this
+/// instead of reading the area first ([`PaxosAcquire::new_cached`]): phase 1 reads the leader
+/// and every dblock anyway, and aborts if the leader moved on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
+pub struct BallotCache {
+    /// The free leader we wrote.
+    pub leader: LeaderRecord,
+    /// Our dblock as we last wrote it.
+    pub ours: Dblock,
+}
+
 /// Result of an acquire.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize)]
 pub struct Acquired {
@@ -376,6 +388,35 @@ impl PaxosAcquire {
                 me.finish(Err(PaxosError::LvbUnavailable(e.to_string())));
             }
         }
+        me
+    }
+
+    /// Starts an acquire at `now` from what our own last release of this lease left
+    /// (`cache`): phase 1 at once, without the first read. Phase 1's read covers the leader and
+    /// every dblock, and a leader that moved on (another host acquired since) aborts the ballot
+    /// into the usual path: a full read and the owner check. Falls back to [`PaxosAcquire::new`]
+    /// for a conditional acquire (its lver is checked before any write) and for a cache of
+    /// another resource or geometry.
+    pub fn new_cached(cfg: PaxosConfig, cache: &BallotCache, now: Time) -> Self {
+        let mut me = Self::new(cfg, now);
+        let l = &cache.leader;
+        let usable = me.step == Step::ReadArea
+            && me.cfg.expect_lver.is_none()
+            && l.timestamp == 0
+            && l.resource_name == me.cfg.resource_name
+            && l.space_name == me.cfg.space_name
+            && l.sector_size == me.cfg.geometry.sector_size_bytes()
+            && me.cfg.host_id <= l.num_hosts
+            && l.num_hosts <= me.cfg.geometry.hosts_max()
+            && cache.ours.lver == l.lver
+            && cache.ours.flags & DBLOCK_FLAG_RELEASED != 0;
+        if !usable {
+            return me;
+        }
+        me.pending = None;
+        me.leader = Some(*l);
+        me.num_hosts = l.num_hosts;
+        me.start_ballot(now, &[(me.cfg.host_id, cache.ours)]);
         me
     }
 
@@ -1110,6 +1151,8 @@ pub struct PaxosRelease {
     /// Releasing a shared hold: one write of our sector with the mode block zeroed.
     only_dblock: bool,
     result: Option<Result<(), PaxosError>>,
+    /// Set when we freed the leader ourselves and both writes landed.
+    cache: Option<BallotCache>,
 }
 
 impl PaxosRelease {
@@ -1158,6 +1201,7 @@ impl PaxosRelease {
             mode,
             only_dblock: false,
             result: None,
+            cache: None,
         };
         me.write_released(now);
         me
@@ -1253,6 +1297,12 @@ impl PaxosRelease {
         self.result.take()
     }
 
+    /// After a successful exclusive release that freed the leader itself: what the next
+    /// acquire of this lease by this host may start from (see [`BallotCache`]).
+    pub fn cache(&self) -> Option<BallotCache> {
+        self.cache
+    }
+
     /// The outcome of the I/O taken last.
     pub fn handle_io(&mut self, now: Time, outcome: IoOutcome, data: &[u8]) {
         if outcome != IoOutcome::Done {
@@ -1262,7 +1312,24 @@ impl PaxosRelease {
             }));
             return;
         }
-        if self.freeing_leader || (self.only_dblock && !self.writing_lvb) {
+        if self.freeing_leader {
+            // Both our RELEASED dblock and the free leader are on disk (the mode block zero:
+            // a conversion to shared never frees with a cache, its mode block is SHARED).
+            if self.mode == ModeBlock::default() {
+                if let Ok(leader) = LeaderRecord::decode(&self.sector) {
+                    self.cache = Some(BallotCache {
+                        leader,
+                        ours: Dblock {
+                            flags: self.held.dblock.flags | DBLOCK_FLAG_RELEASED,
+                            ..self.held.dblock
+                        },
+                    });
+                }
+            }
+            self.result = Some(Ok(()));
+            return;
+        }
+        if self.only_dblock && !self.writing_lvb {
             self.result = Some(Ok(()));
             return;
         }
@@ -1461,9 +1528,10 @@ impl std::hash::Hash for PaxosRelease {
             mode,
             only_dblock,
             result,
+            cache,
         } = self;
         (cfg, held, pending, io_started, freeing_leader, writing_lvb).hash(h);
-        (mode, only_dblock, result).hash(h);
+        (mode, only_dblock, result, cache).hash(h);
     }
 }
 
@@ -1576,6 +1644,20 @@ pub mod blocking {
         run_acquire(backend, clock, disk, &mut m, owner_status)
     }
 
+    /// Runs an acquire that starts from what our last release of the lease left (see
+    /// [`PaxosAcquire::new_cached`]) to its end.
+    pub fn acquire_cached(
+        backend: &mut dyn IoBackend,
+        clock: &dyn Clock,
+        disk: DiskId,
+        cfg: PaxosConfig,
+        cache: &BallotCache,
+        owner_status: &mut dyn FnMut(u64, u64) -> (HostStatus, bool),
+    ) -> Result<Result<Acquired, PaxosError>, IoError> {
+        let mut m = PaxosAcquire::new_cached(cfg, cache, clock.now());
+        run_acquire(backend, clock, disk, &mut m, owner_status)
+    }
+
     /// Runs a conversion of the shared hold `held` to exclusive to its end: Ok(exclusive
     /// hold), or Err with why and the shared hold to keep (see
     /// [`PaxosAcquire::shared_hold_after_failure`]).
@@ -1633,12 +1715,21 @@ pub mod blocking {
         cfg: PaxosConfig,
         held: Acquired,
     ) -> Result<Result<(), PaxosError>, IoError> {
-        run_release(
-            backend,
-            clock,
-            disk,
-            PaxosRelease::new(cfg, held, clock.now()),
-        )
+        release_keeping_cache(backend, clock, disk, cfg, held).map(|r| r.map(|_| ()))
+    }
+
+    /// Runs a release to its end, returning what a next acquire of the lease may start from
+    /// (None when another host had written the leader, or for a shared hold).
+    pub fn release_keeping_cache(
+        backend: &mut dyn IoBackend,
+        clock: &dyn Clock,
+        disk: DiskId,
+        cfg: PaxosConfig,
+        held: Acquired,
+    ) -> Result<Result<Option<BallotCache>, PaxosError>, IoError> {
+        let mut m = PaxosRelease::new(cfg, held, clock.now());
+        let r = drive_release(backend, clock, disk, &mut m)?;
+        Ok(r.map(|()| m.cache()))
     }
 
     /// Runs a release that first writes `lvb` as the lock value block.
@@ -1651,16 +1742,16 @@ pub mod blocking {
         lvb: &[u8],
     ) -> Result<Result<(), PaxosError>, IoError> {
         match PaxosRelease::with_lvb(cfg, held, lvb, clock.now()) {
-            Ok(m) => run_release(backend, clock, disk, m),
+            Ok(mut m) => drive_release(backend, clock, disk, &mut m),
             Err(e) => Ok(Err(e)),
         }
     }
 
-    fn run_release(
+    fn drive_release(
         backend: &mut dyn IoBackend,
         clock: &dyn Clock,
         disk: DiskId,
-        mut m: PaxosRelease,
+        m: &mut PaxosRelease,
     ) -> Result<Result<(), PaxosError>, IoError> {
         let mut buf = Vec::new();
         loop {

@@ -20,7 +20,7 @@ use std::hash::{DefaultHasher, Hash, Hasher};
 use tenure_core::clock::Time;
 use tenure_core::delta::HostStatus;
 use tenure_core::io::IoOutcome;
-use tenure_core::paxos::{Acquired, PaxosAcquire, PaxosConfig, PaxosIo, PaxosRelease};
+use tenure_core::paxos::{Acquired, BallotCache, PaxosAcquire, PaxosConfig, PaxosIo, PaxosRelease};
 use tenure_core::timeouts::Timeouts;
 use tenure_format::area::encode_resource_area;
 use tenure_format::{Geometry, Name};
@@ -72,6 +72,8 @@ struct HostState {
     op: Op,
     io: Flight,
     attempts: u8,
+    /// What its last release left: its next acquire starts from it (as tenured's would).
+    cache: Option<BallotCache>,
 }
 
 #[derive(Clone, PartialEq, Eq, Hash, Debug)]
@@ -165,7 +167,7 @@ fn fingerprint(s: &State) -> u64 {
             }
             Flight::Read { first, count, from } => (2u8, first, count, from).hash(&mut h),
         }
-        host.attempts.hash(&mut h);
+        (host.attempts, &host.cache).hash(&mut h);
     }
     (s.now, &s.won, s.crashes).hash(&mut h);
     h.finish()
@@ -234,6 +236,8 @@ struct Checker {
     two_shared: bool,
     converted_down: bool,
     converted_up: bool,
+    /// Some acquire started from a release's ballot cache.
+    cached_starts: bool,
 }
 
 impl Checker {
@@ -265,6 +269,7 @@ impl Checker {
                 op: Op::Acquiring(Box::new(PaxosAcquire::new(cfg(&m, id), now))),
                 io: Flight::Idle,
                 attempts: 1,
+                cache: None,
             });
         }
         let mut c = Checker {
@@ -282,6 +287,7 @@ impl Checker {
             two_shared: false,
             converted_down: false,
             converted_up: false,
+            cached_starts: false,
         };
         for i in 0..s.hosts.len() {
             c.drain(&mut s, i);
@@ -434,6 +440,7 @@ impl Checker {
                 Op::Releasing(r) => {
                     if let Some(res) = r.poll_result() {
                         assert!(res.is_ok(), "release failed in the model: {res:?}");
+                        h.cache = r.cache();
                         h.op = Op::Finished;
                         continue;
                     }
@@ -605,7 +612,14 @@ impl Checker {
             // A finished host tries again.
             if h.op == Op::Finished && h.io == Flight::Idle && h.attempts < self.m.attempts_max {
                 let mut n = s.clone();
-                let a = PaxosAcquire::new(cfg(&self.m, i as u64 + 1), n.now);
+                let c = cfg(&self.m, i as u64 + 1);
+                let a = match n.hosts[i].cache.take() {
+                    Some(cache) => {
+                        self.cached_starts = true;
+                        PaxosAcquire::new_cached(c, &cache, n.now)
+                    }
+                    None => PaxosAcquire::new(c, n.now),
+                };
                 n.hosts[i].op = Op::Acquiring(Box::new(a));
                 n.hosts[i].attempts += 1;
                 self.drain(&mut n, i);
@@ -878,16 +892,21 @@ fn summary(s: &State) -> Vec<String> {
     out
 }
 
-fn explore(m: Model) -> (usize, u64, u32) {
+fn explore(m: Model) -> (usize, u64, u32, bool) {
     let mut c = Checker::new(m);
     match c.run() {
         Ok(states) => {
             eprintln!(
-                "{m:?}: {states} states{}, {} with a holder, {} pruned at the ballot bound, max ballots {}",
+                "{m:?}: {states} states{}, {} with a holder, {} pruned at the ballot bound, max ballots {}, cached starts {}",
                 if c.budget_reached { " (budget reached: bounded search)" } else { " (exhaustive)" },
-                c.acquired_states, c.pruned, c.max_ballots_seen
+                c.acquired_states, c.pruned, c.max_ballots_seen, c.cached_starts
             );
-            (states, c.acquired_states, c.max_ballots_seen)
+            (
+                states,
+                c.acquired_states,
+                c.max_ballots_seen,
+                c.cached_starts,
+            )
         }
         Err(v) => panic!("{m:?}: {v}"),
     }
@@ -895,7 +914,7 @@ fn explore(m: Model) -> (usize, u64, u32) {
 
 #[test]
 fn two_hosts_one_disk_two_ballots_with_retries_releases_and_a_crash() {
-    let (states, held, ballots) = explore(Model {
+    let (states, held, ballots, cached) = explore(Model {
         hosts: 2,
         ballots_max: 2,
         attempts_max: 2,
@@ -910,6 +929,7 @@ fn two_hosts_one_disk_two_ballots_with_retries_releases_and_a_crash() {
     assert!(held > 0, "some interleaving acquires");
     assert!(ballots >= 2, "contention made a second ballot happen");
     assert!(states > 1000);
+    assert!(cached, "some acquire started from a release's ballot cache");
 }
 
 /// Three hosts, two ballots each: the state space is beyond what CI can exhaust here (more
@@ -918,7 +938,7 @@ fn two_hosts_one_disk_two_ballots_with_retries_releases_and_a_crash() {
 /// `MODEL_STATES=N` raises the budget for a longer run.
 #[test]
 fn three_hosts_one_disk_two_ballots_bounded() {
-    let (states, held, ballots) = explore(Model {
+    let (states, held, ballots, cached) = explore(Model {
         hosts: 3,
         ballots_max: 2,
         attempts_max: 1,
@@ -936,6 +956,7 @@ fn three_hosts_one_disk_two_ballots_bounded() {
     assert!(states >= 1_000_000, "searched only {states} states");
     assert!(held > 0);
     assert!(ballots >= 2);
+    let _ = cached;
 }
 
 /// A disk that drops acknowledged writes is outside what Disk Paxos survives: the checker

@@ -12,7 +12,9 @@ use tenure_core::clock::{Clock, SimClock, Time};
 use tenure_core::delta::HostStatus;
 use tenure_core::io::sim::{Latency, SimBackend, SimConfig, SimRng};
 use tenure_core::io::{DiskId, EngineConfig, IoBackend, IoId, IoKind, IoOutcome, IoRequest};
-use tenure_core::paxos::{Acquired, PaxosAcquire, PaxosConfig, PaxosError, PaxosIo, PaxosRelease};
+use tenure_core::paxos::{
+    Acquired, BallotCache, PaxosAcquire, PaxosConfig, PaxosError, PaxosIo, PaxosRelease,
+};
 use tenure_core::timeouts::Timeouts;
 use tenure_format::area::encode_resource_area;
 use tenure_format::{Geometry, Name};
@@ -60,6 +62,8 @@ struct Host {
     /// Another host acquired a later lver after this one crashed holding.
     taken_over: bool,
     acquired: u64,
+    /// What its last release left, for a cached start of its next acquire.
+    cache: Option<BallotCache>,
 }
 
 fn cfg(host_id: u64, no_wait: bool, shared: bool) -> PaxosConfig {
@@ -99,6 +103,8 @@ struct Stats {
     takeovers: u64,
     /// Acquires that failed past phase 2 and retracted.
     retracted: u64,
+    /// Acquires started from a release's ballot cache.
+    cached_starts: u64,
 }
 
 fn run_seed(seed: u64, crashes: bool, stats: &mut Stats) {
@@ -156,6 +162,7 @@ fn run_seed(seed: u64, crashes: bool, stats: &mut Stats) {
             crashed_lver: None,
             taken_over: false,
             acquired: 0,
+            cache: None,
         })
         .collect();
     let end = start.saturating_add(Duration::from_secs(if crashes { 60 } else { 20 }));
@@ -210,9 +217,18 @@ fn run_seed(seed: u64, crashes: bool, stats: &mut Stats) {
                 h.data.clear();
             }
             let next = match &mut h.op {
-                Op::Idle { next } if *next <= now => Some(Op::Acquiring(Box::new(
-                    PaxosAcquire::new(cfg(h.id, rng.below(2) == 0, rng.below(3) == 0), now),
-                ))),
+                Op::Idle { next } if *next <= now => {
+                    let c = cfg(h.id, rng.below(2) == 0, rng.below(3) == 0);
+                    // Half the time from what its last release left (if anything).
+                    let a = match h.cache.take().filter(|_| rng.below(2) == 0) {
+                        Some(cache) => {
+                            stats.cached_starts += 1;
+                            PaxosAcquire::new_cached(c, &cache, now)
+                        }
+                        None => PaxosAcquire::new(c, now),
+                    };
+                    Some(Op::Acquiring(Box::new(a)))
+                }
                 Op::Acquiring(a) => {
                     if a.poll_timeout().is_some_and(|x| x <= now) {
                         a.handle_timeout(now);
@@ -306,8 +322,11 @@ fn run_seed(seed: u64, crashes: bool, stats: &mut Stats) {
                         until: now.saturating_add(Duration::from_micros(rng.below(30_000))),
                     }
                 }),
-                Op::Releasing(r) => r.poll_result().map(|_| Op::Idle {
-                    next: now.saturating_add(Duration::from_micros(rng.below(5_000))),
+                Op::Releasing(r) => r.poll_result().map(|_| {
+                    h.cache = r.cache();
+                    Op::Idle {
+                        next: now.saturating_add(Duration::from_micros(rng.below(5_000))),
+                    }
                 }),
                 _ => None,
             };
@@ -496,15 +515,20 @@ fn contention_with_faults_never_two_holders() {
         crashes: 0,
         takeovers: 0,
         retracted: 0,
+        cached_starts: 0,
     };
     for seed in 0..40 {
         run_seed(seed, false, &mut stats);
     }
     eprintln!(
-        "{} steps, {} acquires ({} shared), {} conversions to exclusive, {} to shared, {} retracted after a failure past phase 2, no violation",
-        stats.steps, stats.acquires, stats.shared_acquires, stats.conversions_up, stats.conversions_down, stats.retracted
+        "{} steps, {} acquires ({} shared), {} conversions to exclusive, {} to shared, {} retracted after a failure past phase 2, {} started from a ballot cache, no violation",
+        stats.steps, stats.acquires, stats.shared_acquires, stats.conversions_up, stats.conversions_down, stats.retracted, stats.cached_starts
     );
     assert!(stats.retracted > 0, "no failure past phase 2 was retracted");
+    assert!(
+        stats.cached_starts > 0,
+        "no acquire started from a ballot cache"
+    );
     assert!(stats.steps >= 100_000, "only {} steps", stats.steps);
     assert!(
         stats.shared_acquires > 0 && stats.conversions_up > 0 && stats.conversions_down > 0,
@@ -523,6 +547,7 @@ fn crashed_holders_are_taken_over_only_after_they_are_fenced() {
         crashes: 0,
         takeovers: 0,
         retracted: 0,
+        cached_starts: 0,
     };
     for seed in 100..120 {
         run_seed(seed, true, &mut stats);

@@ -22,13 +22,19 @@ use tenure_format::{Geometry, Name};
 use super::{Entry, LockspaceId};
 use crate::clock::Time;
 use crate::io::{Completion, DiskId, IoBackend, IoId, IoKind, IoOutcome};
-use crate::paxos::{Acquired, PaxosAcquire, PaxosConfig, PaxosError, PaxosIo, PaxosRelease};
+use crate::paxos::{
+    Acquired, BallotCache, PaxosAcquire, PaxosConfig, PaxosError, PaxosIo, PaxosRelease,
+};
 
 /// Operations in flight at once in one set.
 pub const OPS_MAX: usize = 1024;
 
 /// Resources in one operation (sanlock: 8).
 pub const RESOURCES_PER_OP_MAX: usize = 8;
+
+/// Ballot caches kept (one per lease released by us and not acquired again since); past this
+/// the set starts over with none, which only costs the next acquires their first read.
+pub const BALLOT_CACHES_MAX: usize = 4096;
 
 /// Handle of a lease operation.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
@@ -140,6 +146,8 @@ struct Sub {
     data: Vec<u8>,
     /// Acquire: Ok(Some); release: Ok(None).
     done: Option<Result<Option<Acquired>, PaxosError>>,
+    /// A release that freed the leader itself: what our next acquire may start from.
+    cache: Option<BallotCache>,
 }
 
 impl Sub {
@@ -154,6 +162,7 @@ impl Sub {
             ready: false,
             data: Vec::new(),
             done: None,
+            cache: None,
         }
     }
 
@@ -185,6 +194,12 @@ struct Op {
     /// Acquire: what was won, per target.
     won: Vec<Option<Acquired>>,
     failure: Option<(Name, OpError)>,
+    /// Ballot caches left by this operation's releases: (disk, area offset, cache).
+    caches: Vec<(DiskId, u64, BallotCache)>,
+    /// An acquire not started yet: it waits while an earlier operation of this host works on
+    /// one of its resources (a release still writing our dblock, say — two of our writes to
+    /// one sector must not race), then starts from the ballot cache that one may have left.
+    waiting: bool,
 }
 
 /// The operations of a set.
@@ -193,6 +208,9 @@ pub(super) struct Ops {
     next_id: u64,
     ops: Vec<Op>,
     results: VecDeque<(OpId, OpOutcome)>,
+    /// What our last release of a lease left, by (lockspace, disk, area offset): its next
+    /// acquire starts phase 1 at once ([`PaxosAcquire::new_cached`]).
+    caches: std::collections::HashMap<(LockspaceId, DiskId, u64), BallotCache>,
 }
 
 impl Ops {
@@ -253,6 +271,7 @@ impl Ops {
         entries: &[Option<Entry>],
     ) {
         let mut i = 0;
+        let mut concluded = false;
         while i < self.ops.len() {
             let op = &mut self.ops[i];
             let entry = entries.get(op.ls.0).and_then(Option::as_ref);
@@ -279,13 +298,47 @@ impl Ops {
                 ));
                 continue;
             }
+            if op.waiting {
+                let (id, ls) = (op.id, op.ls);
+                let mine: Vec<(DiskId, u64)> =
+                    op.targets.iter().map(|t| (t.disk, t.area_offset)).collect();
+                let earlier_on_same = self.ops.iter().any(|o| {
+                    o.id < id
+                        && o.ls == ls
+                        && o.targets
+                            .iter()
+                            .any(|t| mine.contains(&(t.disk, t.area_offset)))
+                });
+                if earlier_on_same {
+                    i += 1;
+                    continue;
+                }
+                let op = &mut self.ops[i];
+                op.waiting = false;
+                for s in &mut op.subs {
+                    let t = &op.targets[s.target];
+                    if let Some(cache) = self.caches.remove(&(op.ls, t.disk, t.area_offset)) {
+                        let c = op.cfgs[s.target].clone();
+                        s.machine =
+                            Machine::Acquire(Box::new(PaxosAcquire::new_cached(c, &cache, now)));
+                    }
+                }
+            }
+            let op = &mut self.ops[i];
             for s in &mut op.subs {
                 drive(now, backend, s, entry);
             }
             if op.subs.iter().all(|s| s.done.is_some()) {
                 if let Some(outcome) = conclude(now, op) {
                     let op = self.ops.swap_remove(i);
+                    for (disk, offset, cache) in op.caches {
+                        if self.caches.len() >= BALLOT_CACHES_MAX {
+                            self.caches.clear();
+                        }
+                        self.caches.insert((op.ls, disk, offset), cache);
+                    }
                     self.results.push_back((op.id, outcome));
+                    concluded = true;
                     continue;
                 }
                 // An unwind started: drive its releases at once.
@@ -294,6 +347,12 @@ impl Ops {
                 }
             }
             i += 1;
+        }
+        // An operation that ended may have been what a waiting acquire (passed over above)
+        // waited for: go round again so it starts now, not at the next event. Each round
+        // needs an operation to end, so this stops.
+        if concluded && self.ops.iter().any(|o| o.waiting) {
+            self.advance(now, backend, entries);
         }
     }
 
@@ -344,6 +403,7 @@ fn drive(now: Time, backend: &mut dyn IoBackend, s: &mut Sub, entry: Option<&Ent
             }
             Machine::Release(m) => {
                 if let Some(r) = m.poll_result() {
+                    s.cache = m.cache();
                     s.done = Some(r.map(|()| None));
                     return;
                 }
@@ -411,6 +471,11 @@ fn conclude(now: Time, op: &mut Op) -> Option<OpOutcome> {
             },
             _ => unreachable!("concluded with a machine running"),
         });
+    }
+    for s in &op.subs {
+        if let (Some(cache), Some(t)) = (s.cache, op.targets.get(s.target)) {
+            op.caches.push((t.disk, t.area_offset, cache));
+        }
     }
     let results: Vec<_> = op.subs.drain(..).map(|s| (s.target, s.done)).collect();
     match op.kind {
@@ -586,6 +651,8 @@ impl super::LockspaceSet {
             subs,
             won: vec![None; n],
             failure: None,
+            caches: Vec::new(),
+            waiting: true,
         });
         Ok(id)
     }
@@ -608,6 +675,8 @@ impl super::LockspaceSet {
             subs: Vec::with_capacity(held.len()),
             won: Vec::with_capacity(held.len()),
             failure: None,
+            caches: Vec::new(),
+            waiting: false,
         };
         for (h, lvb) in held {
             if h.cfg.generation != generation {
@@ -657,6 +726,8 @@ impl super::LockspaceSet {
             cfgs: vec![held.cfg],
             won: vec![Some(held.acquired)],
             failure: None,
+            caches: Vec::new(),
+            waiting: false,
         });
         Ok(id)
     }
@@ -698,6 +769,8 @@ impl super::LockspaceSet {
             cfgs: vec![held.cfg],
             won: vec![Some(held.acquired)],
             failure: None,
+            caches: Vec::new(),
+            waiting: false,
         });
         Ok(id)
     }
