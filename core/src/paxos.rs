@@ -620,6 +620,13 @@ impl PaxosAcquire {
             }
             return;
         }
+        if outcome != IoOutcome::Done && self.step == Step::ClearMode {
+            // A conversion won the leader; only clearing our SHARED mode block failed. We hold
+            // the lease exclusively (the leader says so); the stale SHARED block only makes
+            // exclusive acquirers more cautious, and our release writes it zero.
+            let won = self.won.take().expect("won lease");
+            return self.finish_raw(Ok(won));
+        }
         if outcome != IoOutcome::Done {
             let what = match self.step {
                 Step::ReadArea => "read resource area",
@@ -2290,5 +2297,36 @@ mod tests {
             "the commit is on disk"
         );
         assert_ne!(leader.timestamp, 0);
+    }
+
+    #[test]
+    fn a_conversion_whose_mode_clearing_write_fails_still_holds_exclusively() {
+        let mut area = formatted_area();
+        let mut shared = cfg();
+        shared.shared = true;
+        let held = drive_acquire(&mut area, shared).expect("shared");
+        assert!(held.shared);
+        let m = PaxosAcquire::convert_to_exclusive(cfg(), &held, Time::from_nanos(1));
+        // Host 1's dblock is sector 2: the only plain write there is the last one, clearing
+        // the SHARED mode block.
+        let (r, _) = drive_with_faults(&mut area, m, &mut |_, io| {
+            matches!(io, PaxosIo::Write { offset } if offset == 2 * 512).then_some((false, EIO))
+        });
+        let won = r.expect("exclusive despite the failed clearing write");
+        assert!(!won.shared);
+        let leader = LeaderRecord::decode(&area[..512]).expect("leader");
+        assert_eq!((leader.owner_id, leader.lver), (1, won.lver));
+        // Its release clears the mode block; host 2 then gets the lease exclusively.
+        drive_release(
+            &mut area,
+            PaxosRelease::new(cfg(), won, Time::from_nanos(2)),
+        )
+        .expect("released");
+        assert!(!ModeBlock::decode_from_sector(&area[2 * 512..3 * 512])
+            .expect("mode")
+            .is_shared());
+        let mut other = cfg();
+        other.host_id = 2;
+        drive_acquire(&mut area, other).expect("host 2 acquires");
     }
 }
