@@ -50,6 +50,7 @@ fn both_backends_pass_the_suite_on_loop_devices() {
             let a = ss as usize;
             conformance::write_then_read(b, &MonotonicClock, DiskId(0), a);
             conformance::chain_reads_after_write(b, &MonotonicClock, DiskId(0), a);
+            conformance::pair_completes_both(b, &MonotonicClock, DiskId(0), a);
             conformance::chain_read_canceled_when_write_fails(b, &MonotonicClock, DiskId(1), a);
             conformance::many_in_flight(b, &MonotonicClock, DiskId(0), a, 32);
             conformance::full_is_typed_and_recovers(b, &MonotonicClock, DiskId(0), a);

@@ -74,6 +74,48 @@ pub fn chain_reads_after_write(
     }
 }
 
+/// An unordered write + read pair (to different sectors): both complete, the write lands, the
+/// read returns what was there; both are refused together when one cannot start.
+pub fn pair_completes_both(b: &mut dyn IoBackend, clock: &dyn Clock, disk: DiskId, align: usize) {
+    let before = pattern(40, align);
+    let w0 = b
+        .start_write(req_at(clock, disk, align as u64, align), &before)
+        .expect("write");
+    complete_on(b, clock, 1).expect("complete");
+    let _ = w0;
+    for round in 0..8u8 {
+        let data = pattern(round, align);
+        let (w, r) = b
+            .start_pair(
+                req_at(clock, disk, 0, align),
+                &data,
+                req_at(clock, disk, align as u64, align),
+            )
+            .expect("pair");
+        let c = complete_on(b, clock, 2).expect("complete");
+        let wc = c.iter().find(|c| c.id == w).expect("write completion");
+        let rc = c.iter().find(|c| c.id == r).expect("read completion");
+        assert_eq!((wc.outcome, rc.outcome), (IoOutcome::Done, IoOutcome::Done));
+        assert_eq!(b.read_data(r).expect("data"), &before[..], "round {round}");
+        b.release(r);
+    }
+    // The write landed: a plain read sees the last round's data.
+    let r = b.start_read(req_at(clock, disk, 0, align)).expect("read");
+    complete_on(b, clock, 1).expect("complete");
+    assert_eq!(b.read_data(r).expect("data"), &pattern(7, align)[..]);
+    b.release(r);
+    // A pair whose read cannot start (past the end) queues nothing, its write included.
+    let past = b.disk(disk).expect("disk").size_bytes;
+    assert!(b
+        .start_pair(
+            req_at(clock, disk, 0, align),
+            &pattern(9, align),
+            req_at(clock, disk, past, align),
+        )
+        .is_err());
+    assert_eq!(b.in_flight(), 0);
+}
+
 /// On a device opened read-only, the write of a chain fails and its read is canceled.
 pub fn chain_read_canceled_when_write_fails(
     b: &mut dyn IoBackend,

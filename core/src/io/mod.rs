@@ -460,6 +460,7 @@ mod tests {
             let name = b.name();
             conformance::write_then_read(b, &crate::clock::MonotonicClock, DiskId(0), 512);
             conformance::chain_reads_after_write(b, &crate::clock::MonotonicClock, DiskId(0), 512);
+            conformance::pair_completes_both(b, &crate::clock::MonotonicClock, DiskId(0), 512);
             conformance::chain_read_canceled_when_write_fails(
                 b,
                 &crate::clock::MonotonicClock,

@@ -602,6 +602,7 @@ mod tests {
         let clock = b.clock().clone();
         conformance::write_then_read(&mut b, &clock, DiskId(0), 512);
         conformance::chain_reads_after_write(&mut b, &clock, DiskId(0), 512);
+        conformance::pair_completes_both(&mut b, &clock, DiskId(0), 512);
         conformance::many_in_flight(&mut b, &clock, DiskId(0), 512, 30);
         conformance::full_is_typed_and_recovers(&mut b, &clock, DiskId(0), 512);
         conformance::bad_requests_refused(&mut b, &clock, DiskId(0), 512, 1 << 20);
