@@ -97,8 +97,7 @@ struct Model {
     exhaustive: bool,
 }
 
-fn cfg(host_id: u64, hosts: u64) -> PaxosConfig {
-    let _ = hosts;
+fn cfg(host_id: u64) -> PaxosConfig {
     PaxosConfig {
         space_name: Name::new("LS").expect("name"),
         resource_name: Name::new("r").expect("name"),
@@ -235,7 +234,7 @@ impl Checker {
             faults: 0,
         };
         for id in 1..=m.hosts {
-            let c = cfg(id, m.hosts);
+            let c = cfg(id);
             let a = PaxosAcquire::new(c.clone(), now);
             let maj = Majority::new(a, &c, vec![0; m.disks]).expect("majority");
             s.hosts.push(HostState {
@@ -586,7 +585,7 @@ impl Checker {
             }
             if let Op::Holding(held) = &h.op {
                 let mut n = s.clone();
-                let c = cfg(i as u64 + 1, self.m.hosts);
+                let c = cfg(i as u64 + 1);
                 let r = PaxosRelease::new(c.clone(), held.clone(), n.now);
                 let maj = Majority::new(r, &c, vec![0; self.m.disks]).expect("majority");
                 n.hosts[i].op = Op::Releasing(Box::new(maj));
@@ -597,7 +596,7 @@ impl Checker {
             let idle = h.io.iter().all(|f| *f == Flight::Idle);
             if h.op == Op::Finished && idle && h.attempts < self.m.attempts_max {
                 let mut n = s.clone();
-                let c = cfg(i as u64 + 1, self.m.hosts);
+                let c = cfg(i as u64 + 1);
                 let a = PaxosAcquire::new(c.clone(), n.now);
                 let maj = Majority::new(a, &c, vec![0; self.m.disks]).expect("majority");
                 n.hosts[i].op = Op::Acquiring(Box::new(maj));
