@@ -111,6 +111,7 @@ fn in_flight(
                 area_offset: (i as u64 + 1) * ALIGN,
                 geometry: Geometry::LEGACY_512,
                 expect_lver: None,
+                mirrors: Vec::new(),
             };
             let op = set
                 .start_acquire(id, vec![target], AcquireOptions::default(), clock.now())

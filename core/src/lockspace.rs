@@ -817,6 +817,7 @@ mod tests {
             area_offset: mb << 20,
             geometry: g,
             expect_lver: None,
+            mirrors: Vec::new(),
         };
         // Not joined yet: refused with a typed error.
         assert_eq!(
@@ -940,6 +941,137 @@ mod tests {
         // A lockspace in use cannot be removed.
         assert!(set.remove(h2).is_err());
     }
+    /// A lease on three disks through the set's operations: one copy damaged (never
+    /// formatted), the other two carry it; the owner check, release and hand-over work across
+    /// the copies, and the damaged one is repaired by the commits. A lock value block is
+    /// refused on several disks.
+    #[test]
+    fn leases_on_three_disks_run_on_a_majority_of_copies() {
+        use tenure_format::area::encode_resource_area;
+        let clock = SimClock::new(Time::from_nanos(50_000_000_000));
+        let engine = EngineConfig {
+            ring_entries: 32,
+            buffer_classes: vec![(512, 32), (1 << 20, 8)],
+            sync_workers: 0,
+        };
+        let mut sim = SimBackend::new(
+            &[(512, 2 << 20), (512, 2 << 20), (512, 2 << 20)],
+            &engine,
+            SimConfig::healthy(13),
+            clock.clone(),
+        );
+        let g = Geometry::LEGACY_512;
+        let ls = Name::new("A").expect("name");
+        sim.load(DiskId(0), 0, &formatted("A"));
+        let mut area = vec![0u8; 1 << 20];
+        encode_resource_area(&mut area, g, ls, Name::new("R").expect("name"), 4);
+        // Copies at 1M on disk 0 and at 0 on disk 1; disk 2's copy (at 1M) is all zeros.
+        sim.load(DiskId(0), 1 << 20, &area);
+        sim.load(DiskId(1), 0, &area);
+        let views2: Vec<DiskId> = (0..3).map(|d| sim.add_view(DiskId(d))).collect();
+        let mut set = LockspaceSet::new(Box::new(sim));
+        let cfg = |host_id| DeltaConfig {
+            space_name: ls,
+            host_id,
+            host_name: Name::new(&format!("node-{host_id}")).expect("name"),
+            geometry: g,
+            area_offset: 0,
+            timeouts: Timeouts::new(1, 10),
+        };
+        let h1 = set.add(cfg(1), DiskId(0)).expect("add");
+        let h2 = set.add(cfg(2), views2[0]).expect("add");
+        let target = |disks: &[DiskId]| ResourceTarget {
+            name: Name::new("R").expect("name"),
+            disk: disks[0],
+            area_offset: 1 << 20,
+            geometry: g,
+            expect_lver: None,
+            mirrors: vec![(disks[1], 0), (disks[2], 1 << 20)],
+        };
+        let mine = [DiskId(0), DiskId(1), DiskId(2)];
+        let run = |set: &mut LockspaceSet, until: &dyn Fn(&LockspaceSet) -> bool| {
+            let end = clock.now().saturating_add(Duration::from_secs(30));
+            while !until(set) {
+                assert!(clock.now() < end, "timed out");
+                let now = clock.now();
+                set.step(now).expect("step");
+                set.wait(now, end).expect("wait");
+            }
+        };
+        set.join(h1, clock.now()).expect("join");
+        set.join(h2, clock.now()).expect("join");
+        run(&mut set, &|s| {
+            matches!(s.state(h1), Some(LockspaceState::Joined { .. }))
+                && matches!(s.state(h2), Some(LockspaceState::Joined { .. }))
+        });
+        let t = clock.now().saturating_add(Duration::from_secs(5));
+        run(&mut set, &|_| clock.now() >= t);
+        let outcome = |set: &mut LockspaceSet, id: OpId| -> OpOutcome {
+            let end = clock.now().saturating_add(Duration::from_secs(30));
+            loop {
+                let now = clock.now();
+                set.step(now).expect("step");
+                while let Some((got, o)) = set.take_op_result() {
+                    if got == id {
+                        return o;
+                    }
+                }
+                assert!(now < end, "operation did not end");
+                set.wait(now, end).expect("wait");
+            }
+        };
+        let opts = AcquireOptions::default();
+        assert!(matches!(
+            set.start_acquire(
+                h1,
+                vec![target(&mine)],
+                AcquireOptions {
+                    read_lvb: true,
+                    ..opts
+                },
+                clock.now()
+            ),
+            Err(OpError::Paxos(PaxosError::LvbUnavailable(_)))
+        ));
+        let id = set
+            .start_acquire(h1, vec![target(&mine)], opts, clock.now())
+            .expect("start");
+        let OpOutcome::Acquired(held) = outcome(&mut set, id) else {
+            panic!("host 1 acquires R on two sound copies of three");
+        };
+        assert_eq!(held[0].acquired.leader.owner_id, 1);
+        let id = set
+            .start_acquire(h2, vec![target(&views2)], opts, clock.now())
+            .expect("start");
+        assert!(
+            matches!(
+                outcome(&mut set, id),
+                OpOutcome::Failed {
+                    error: OpError::Paxos(PaxosError::OwnerAlive { host_id: 1, .. }),
+                    ..
+                }
+            ),
+            "host 2 sees host 1's lease through the copies"
+        );
+        let id = set
+            .start_release(
+                h1,
+                held.into_iter().map(|h| (h, None)).collect(),
+                clock.now(),
+            )
+            .expect("start");
+        assert_eq!(outcome(&mut set, id), OpOutcome::Released);
+        let id = set
+            .start_acquire(h2, vec![target(&views2)], opts, clock.now())
+            .expect("start");
+        let OpOutcome::Acquired(held2) = outcome(&mut set, id) else {
+            panic!("host 2 acquires R after host 1 released it");
+        };
+        assert_eq!(held2[0].acquired.leader.owner_id, 2);
+        assert_eq!(held2[0].acquired.lver, 2);
+        assert_eq!(set.ops_in_flight(), 0);
+    }
+
     /// Host events: host 2 publishes one for host 1, which receives it (with host 2's id and
     /// generation and its own generation filled in) on host 2's renewals while the bit lasts
     /// (6T), and no more after; a different event within 6T is refused unless replaced.

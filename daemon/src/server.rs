@@ -1815,6 +1815,7 @@ impl Server {
                     ResourceMode::ExclusiveAtLver(v) => Some(v),
                     _ => None,
                 },
+                mirrors: Vec::new(),
             });
         }
         let opts = AcquireOptions {

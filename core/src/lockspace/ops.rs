@@ -22,6 +22,7 @@ use tenure_format::{Geometry, Name};
 use super::{Entry, LockspaceId};
 use crate::clock::Time;
 use crate::io::{Completion, DiskId, IoBackend, IoId, IoKind, IoOutcome};
+use crate::paxos::disks::{DiskIo, Majority, PaxosMachine};
 use crate::paxos::{
     Acquired, BallotCache, PaxosAcquire, PaxosConfig, PaxosError, PaxosIo, PaxosRelease,
 };
@@ -53,6 +54,10 @@ pub struct ResourceTarget {
     pub geometry: Geometry,
     /// Acquire only if the lease is still at this lver.
     pub expect_lver: Option<u64>,
+    /// Further copies of the area for a lease on several disks: (disk, area offset). Every
+    /// step runs on all of them and completes on a majority ([`crate::paxos::disks`]).
+    /// Empty for a lease on one disk.
+    pub mirrors: Vec<(DiskId, u64)>,
 }
 
 /// How to acquire.
@@ -130,20 +135,56 @@ enum Machine {
     Release(Box<PaxosRelease>),
 }
 
+impl PaxosMachine for Machine {
+    fn poll_io(&mut self) -> Option<PaxosIo> {
+        match self {
+            Machine::Acquire(m) => m.poll_io(),
+            Machine::Release(m) => m.poll_io(),
+        }
+    }
+    fn io_deadline(&self) -> Time {
+        match self {
+            Machine::Acquire(m) => m.io_deadline(),
+            Machine::Release(m) => m.io_deadline(),
+        }
+    }
+    fn write_data(&self) -> &[u8] {
+        match self {
+            Machine::Acquire(m) => m.write_data(),
+            Machine::Release(m) => m.write_data(),
+        }
+    }
+    fn handle_io(&mut self, now: Time, outcome: IoOutcome, data: &[u8]) {
+        match self {
+            Machine::Acquire(m) => m.handle_io(now, outcome, data),
+            Machine::Release(m) => m.handle_io(now, outcome, data),
+        }
+    }
+}
+
+/// One disk's outstanding I/O of a machine: the write and/or the read of a pair.
+#[derive(Debug, Default)]
+struct DiskFlight {
+    /// The machine step it belongs to ([`Majority`]'s tag).
+    tag: u64,
+    write: Option<IoId>,
+    read: Option<IoId>,
+    /// First failure of the pair.
+    failure: Option<IoOutcome>,
+    /// Both ended: waits to be handed to the machine.
+    ready: bool,
+    data: Vec<u8>,
+}
+
 #[derive(Debug)]
 struct Sub {
     /// Index of the target this machine works on.
     target: usize,
-    disk: DiskId,
-    machine: Machine,
-    /// Outstanding I/O: the write and/or the read of a linked pair.
-    write: Option<IoId>,
-    read: Option<IoId>,
-    /// Combined outcome of the I/O that completed (first failure wins).
-    outcome: IoOutcome,
-    /// Whether a completed I/O waits to be handed to the machine.
-    ready: bool,
-    data: Vec<u8>,
+    /// The lease's disks (the target's, then its mirrors').
+    disks: Vec<DiskId>,
+    /// The machine over those disks (one disk: a plain pass-through).
+    maj: Majority<Machine>,
+    flights: Vec<DiskFlight>,
     /// Acquire: Ok(Some); release: Ok(None).
     done: Option<Result<Option<Acquired>, PaxosError>>,
     /// A release that freed the leader itself: what our next acquire may start from.
@@ -151,23 +192,40 @@ struct Sub {
 }
 
 impl Sub {
-    fn new(target: usize, disk: DiskId, machine: Machine) -> Self {
-        Sub {
+    fn new(
+        target: usize,
+        t: &ResourceTarget,
+        cfg: &PaxosConfig,
+        machine: Machine,
+    ) -> Result<Self, PaxosError> {
+        let disks: Vec<DiskId> = std::iter::once(t.disk)
+            .chain(t.mirrors.iter().map(|m| m.0))
+            .collect();
+        let areas: Vec<u64> = std::iter::once(t.area_offset)
+            .chain(t.mirrors.iter().map(|m| m.1))
+            .collect();
+        let maj = Majority::new(machine, cfg, areas)?;
+        Ok(Sub {
             target,
-            disk,
-            machine,
-            write: None,
-            read: None,
-            outcome: IoOutcome::Done,
-            ready: false,
-            data: Vec::new(),
+            flights: disks.iter().map(|_| DiskFlight::default()).collect(),
+            disks,
+            maj,
             done: None,
             cache: None,
-        }
+        })
     }
 
     fn waiting_io(&self) -> bool {
-        self.write.is_some() || self.read.is_some()
+        self.flights
+            .iter()
+            .any(|f| f.write.is_some() || f.read.is_some())
+    }
+
+    fn acquire(&self) -> Option<&PaxosAcquire> {
+        match self.maj.machine_ref() {
+            Machine::Acquire(m) => Some(m),
+            Machine::Release(_) => None,
+        }
     }
 }
 
@@ -227,37 +285,36 @@ impl Ops {
         self.ops
             .iter()
             .flat_map(|o| &o.subs)
-            .filter_map(|s| match &s.machine {
-                Machine::Acquire(m) if s.done.is_none() && !s.waiting_io() => m.poll_timeout(),
-                _ => None,
-            })
+            .filter(|s| s.done.is_none())
+            .filter_map(|s| s.acquire().and_then(|m| m.poll_timeout()))
             .min()
     }
 
     /// Routes a completion to the machine that issued it (or returns its buffer when nobody
     /// owns it any more).
     pub(super) fn complete(&mut self, backend: &mut dyn IoBackend, c: Completion) {
-        let sub = self
+        let flight = self
             .ops
             .iter_mut()
             .flat_map(|o| o.subs.iter_mut())
-            .find(|s| s.write == Some(c.id) || s.read == Some(c.id));
-        if let Some(s) = sub {
-            if c.outcome != IoOutcome::Done && s.outcome == IoOutcome::Done {
-                s.outcome = c.outcome;
+            .flat_map(|s| s.flights.iter_mut())
+            .find(|f| f.write == Some(c.id) || f.read == Some(c.id));
+        if let Some(f) = flight {
+            if c.outcome != IoOutcome::Done && f.failure.is_none() {
+                f.failure = Some(c.outcome);
             }
             if c.kind == IoKind::Read && c.outcome == IoOutcome::Done {
-                s.data.clear();
+                f.data.clear();
                 if let Some(d) = backend.read_data(c.id) {
-                    s.data.extend_from_slice(d);
+                    f.data.extend_from_slice(d);
                 }
             }
-            if s.write == Some(c.id) {
-                s.write = None;
+            if f.write == Some(c.id) {
+                f.write = None;
             } else {
-                s.read = None;
+                f.read = None;
             }
-            s.ready = !s.waiting_io();
+            f.ready = f.write.is_none() && f.read.is_none();
         }
         backend.release(c.id);
     }
@@ -319,8 +376,13 @@ impl Ops {
                     let t = &op.targets[s.target];
                     if let Some(cache) = self.caches.remove(&(op.ls, t.disk, t.area_offset)) {
                         let c = op.cfgs[s.target].clone();
-                        s.machine =
-                            Machine::Acquire(Box::new(PaxosAcquire::new_cached(c, &cache, now)));
+                        let m = Machine::Acquire(Box::new(PaxosAcquire::new_cached(
+                            c.clone(),
+                            &cache,
+                            now,
+                        )));
+                        // Same target and configuration as the machine it replaces.
+                        *s = Sub::new(s.target, t, &c, m).expect("target checked at start");
                     }
                 }
             }
@@ -363,80 +425,80 @@ impl Ops {
 
 /// Runs one machine until it waits for I/O, a timer, or is done.
 fn drive(now: Time, backend: &mut dyn IoBackend, s: &mut Sub, entry: Option<&Entry>) {
-    if s.done.is_some() || s.waiting_io() {
+    if s.done.is_some() {
         return;
     }
-    if s.ready {
-        s.ready = false;
-        let outcome = std::mem::replace(&mut s.outcome, IoOutcome::Done);
-        match &mut s.machine {
-            Machine::Acquire(m) => m.handle_io(now, outcome, &s.data),
-            Machine::Release(m) => m.handle_io(now, outcome, &s.data),
+    for d in 0..s.flights.len() {
+        if s.flights[d].ready {
+            let f = &mut s.flights[d];
+            f.ready = false;
+            let outcome = f.failure.take().unwrap_or(IoOutcome::Done);
+            let (tag, data) = (f.tag, std::mem::take(&mut f.data));
+            s.maj.handle_io(now, d, tag, outcome, &data);
+            s.flights[d].data = data;
         }
     }
     // Bounded: each pass either ends, starts I/O, or answers a question / timer that moves
     // the machine on; a machine asks at most a few questions in a row.
     for _ in 0..64 {
-        match &mut s.machine {
-            Machine::Acquire(m) => {
-                if let Some(r) = m.poll_result() {
-                    s.done = Some(r.map(Some));
-                    return;
+        let mut moved = false;
+        while let Some(DiskIo { disk, io, tag }) = s.maj.poll_io() {
+            let started = crate::paxos::start_io(
+                backend,
+                s.disks[disk],
+                io,
+                s.maj.write_data(),
+                s.maj.io_deadline(),
+            );
+            match started {
+                Ok((w, r)) => {
+                    let f = &mut s.flights[disk];
+                    f.tag = tag;
+                    f.write = w;
+                    f.read = r;
+                    f.failure = None;
+                    f.data.clear();
                 }
-                if let Some(io) = m.poll_io() {
-                    let deadline = m.io_deadline();
-                    start(backend, io, deadline, s);
-                    return;
-                }
-                if let Some((host, generation)) = m.poll_owner_query() {
-                    let (status, same) = entry
-                        .map_or((crate::delta::HostStatus::Free, false), |e| {
-                            e.lease.hosts().owner_status(host, generation, now)
-                        });
-                    m.handle_owner_status(now, status, same);
-                    continue;
-                }
-                match m.poll_timeout() {
-                    Some(t) if t <= now => m.handle_timeout(now),
-                    _ => return,
+                Err(_) => {
+                    // Engine full (or an older write of ours there may still land): this disk
+                    // fails the step like an I/O error (nothing was queued), and the protocol
+                    // goes on by its rules.
+                    let busy = IoOutcome::Failed { errno: libc::EBUSY };
+                    s.maj.handle_io(now, disk, tag, busy, &[]);
+                    moved = true;
                 }
             }
-            Machine::Release(m) => {
-                if let Some(r) = m.poll_result() {
+        }
+        // The outcome is taken once every disk answered: no straggler of ours is left to race
+        // a next operation's write.
+        if !s.waiting_io() {
+            let done = match s.maj.machine() {
+                Machine::Acquire(m) => m.poll_result().map(|r| r.map(Some)),
+                Machine::Release(m) => {
+                    let r = m.poll_result();
                     s.cache = m.cache();
-                    s.done = Some(r.map(|()| None));
-                    return;
+                    r.map(|r| r.map(|()| None))
                 }
-                if let Some(io) = m.poll_io() {
-                    let deadline = m.io_deadline();
-                    start(backend, io, deadline, s);
-                }
+            };
+            if let Some(r) = done {
+                s.done = Some(r);
                 return;
             }
         }
-    }
-}
-
-fn start(backend: &mut dyn IoBackend, io: PaxosIo, deadline: Time, s: &mut Sub) {
-    let disk = s.disk;
-    let data = match &s.machine {
-        Machine::Acquire(m) => m.write_data(),
-        Machine::Release(m) => m.write_data(),
-    };
-    let started = crate::paxos::start_io(backend, disk, io, data, deadline);
-    match started {
-        Ok((w, r)) => {
-            s.write = w;
-            s.read = r;
-            s.outcome = IoOutcome::Done;
-            s.data.clear();
+        if let Machine::Acquire(m) = s.maj.machine() {
+            if let Some((host, generation)) = m.poll_owner_query() {
+                let (status, same) = entry.map_or((crate::delta::HostStatus::Free, false), |e| {
+                    e.lease.hosts().owner_status(host, generation, now)
+                });
+                m.handle_owner_status(now, status, same);
+                moved = true;
+            } else if m.poll_timeout().is_some_and(|t| t <= now) {
+                m.handle_timeout(now);
+                moved = true;
+            }
         }
-        Err(_) => {
-            // Engine full: the step fails like an I/O error and the protocol retries by its
-            // rules (nothing was queued).
-            s.outcome = IoOutcome::Failed { errno: libc::EBUSY };
-            s.data.clear();
-            s.ready = true;
+        if !moved {
+            return;
         }
     }
 }
@@ -446,9 +508,11 @@ fn conclude(now: Time, op: &mut Op) -> Option<OpOutcome> {
     if op.kind == Kind::ToExclusive {
         let s = op.subs.remove(0);
         let shared_hold = op.won[0].clone().expect("converting what is held");
-        let Machine::Acquire(m) = &s.machine else {
+        let Some(m) = s.acquire() else {
             unreachable!("a conversion to exclusive runs an acquire");
         };
+        // Still held shared if it failed, with our dblock as the conversion left it.
+        let kept = m.shared_hold_after_failure(&shared_hold);
         let target = op.targets[0].clone();
         return Some(match s.done {
             Some(Ok(Some(acquired))) => OpOutcome::Acquired(vec![HeldResource {
@@ -466,7 +530,7 @@ fn conclude(now: Time, op: &mut Op) -> Option<OpOutcome> {
                 still_held: vec![HeldResource {
                     target,
                     cfg: op.cfgs[0].clone(),
-                    acquired: m.shared_hold_after_failure(&shared_hold),
+                    acquired: kept,
                 }],
             },
             _ => unreachable!("concluded with a machine running"),
@@ -511,11 +575,16 @@ fn conclude(now: Time, op: &mut Op) -> Option<OpOutcome> {
             for k in 0..op.targets.len() {
                 if let Some(a) = op.won[k].clone() {
                     let m = PaxosRelease::new(op.cfgs[k].clone(), a, now);
-                    op.subs.push(Sub::new(
-                        k,
-                        op.targets[k].disk,
-                        Machine::Release(Box::new(m)),
-                    ));
+                    // This target's acquire started on the same disks and configuration.
+                    op.subs.push(
+                        Sub::new(
+                            k,
+                            &op.targets[k],
+                            &op.cfgs[k],
+                            Machine::Release(Box::new(m)),
+                        )
+                        .expect("target checked at start"),
+                    );
                 }
             }
             if op.subs.is_empty() {
@@ -635,11 +704,12 @@ impl super::LockspaceSet {
             .map(|(k, (t, c))| {
                 Sub::new(
                     k,
-                    t.disk,
+                    t,
+                    c,
                     Machine::Acquire(Box::new(PaxosAcquire::new(c.clone(), now))),
                 )
             })
-            .collect();
+            .collect::<Result<Vec<Sub>, PaxosError>>()?;
         let id = self.ops.next_id();
         let n = targets.len();
         self.ops.ops.push(Op {
@@ -688,8 +758,12 @@ impl super::LockspaceSet {
                 None => PaxosRelease::new(h.cfg.clone(), h.acquired.clone(), now),
             };
             let k = op.subs.len();
-            op.subs
-                .push(Sub::new(k, h.target.disk, Machine::Release(Box::new(m))));
+            op.subs.push(Sub::new(
+                k,
+                &h.target,
+                &h.cfg,
+                Machine::Release(Box::new(m)),
+            )?);
             op.targets.push(h.target);
             op.cfgs.push(h.cfg);
             op.won.push(Some(h.acquired));
@@ -721,7 +795,12 @@ impl super::LockspaceSet {
             id,
             ls,
             kind: Kind::ToShared,
-            subs: vec![Sub::new(0, held.target.disk, Machine::Release(Box::new(m)))],
+            subs: vec![Sub::new(
+                0,
+                &held.target,
+                &held.cfg,
+                Machine::Release(Box::new(m)),
+            )?],
             targets: vec![held.target],
             cfgs: vec![held.cfg],
             won: vec![Some(held.acquired)],
@@ -764,7 +843,12 @@ impl super::LockspaceSet {
             id,
             ls,
             kind: Kind::ToExclusive,
-            subs: vec![Sub::new(0, held.target.disk, Machine::Acquire(Box::new(m)))],
+            subs: vec![Sub::new(
+                0,
+                &held.target,
+                &held.cfg,
+                Machine::Acquire(Box::new(m)),
+            )?],
             targets: vec![held.target],
             cfgs: vec![held.cfg],
             won: vec![Some(held.acquired)],

@@ -210,6 +210,7 @@ impl Server {
             area_offset: key.1 + geometry.area_bytes(),
             geometry,
             expect_lver: None,
+            mirrors: Vec::new(),
         };
         let now = self.clock.now();
         match self.set.start_acquire(
