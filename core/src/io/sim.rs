@@ -227,6 +227,32 @@ impl SimBackend {
         }
     }
 
+    /// A write and a read queued together (both or neither): the read starts when the write
+    /// completed if `linked`, else each runs on its own.
+    fn start_two(
+        &mut self,
+        write: IoRequest,
+        data: &[u8],
+        read: IoRequest,
+        linked: bool,
+    ) -> Result<(IoId, IoId), SubmitError> {
+        let w = self.start(IoKind::Write, write, Some(data), false)?;
+        let r = match self.start(IoKind::Read, read, None, linked) {
+            Ok(r) => r,
+            Err(e) => {
+                self.pending.retain(|p| p.id != w);
+                self.slots.unqueue(w);
+                return Err(e);
+            }
+        };
+        if linked {
+            if let Some(p) = self.pending.iter_mut().find(|p| p.id == w) {
+                p.then = Some(r);
+            }
+        }
+        Ok((w, r))
+    }
+
     /// The shared clock.
     pub fn clock(&self) -> &SimClock {
         &self.clock
@@ -476,19 +502,7 @@ impl IoBackend for SimBackend {
         data: &[u8],
         read: IoRequest,
     ) -> Result<(IoId, IoId), SubmitError> {
-        let w = self.start(IoKind::Write, write, Some(data), false)?;
-        let r = match self.start(IoKind::Read, read, None, true) {
-            Ok(r) => r,
-            Err(e) => {
-                self.pending.retain(|p| p.id != w);
-                self.slots.unqueue(w);
-                return Err(e);
-            }
-        };
-        if let Some(p) = self.pending.iter_mut().find(|p| p.id == w) {
-            p.then = Some(r);
-        }
-        Ok((w, r))
+        self.start_two(write, data, read, true)
     }
 
     fn start_pair(
@@ -498,16 +512,7 @@ impl IoBackend for SimBackend {
         read: IoRequest,
     ) -> Result<(IoId, IoId), SubmitError> {
         // Independent: each gets its own latency, so either may complete first.
-        let w = self.start(IoKind::Write, write, Some(data), false)?;
-        let r = match self.start(IoKind::Read, read, None, false) {
-            Ok(r) => r,
-            Err(e) => {
-                self.pending.retain(|p| p.id != w);
-                self.slots.unqueue(w);
-                return Err(e);
-            }
-        };
-        Ok((w, r))
+        self.start_two(write, data, read, false)
     }
 
     fn flush(&mut self) -> Result<(), IoError> {

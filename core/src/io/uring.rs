@@ -83,6 +83,36 @@ impl UringBackend {
         self.disks.get(usize::from(disk.0)).map(|(_, i)| i)
     }
 
+    /// A write and a read queued together (both or neither): the read after the write when
+    /// `linked` (IOSQE_IO_LINK), else in no order.
+    fn start_two(
+        &mut self,
+        write: IoRequest,
+        data: &[u8],
+        read: IoRequest,
+        linked: bool,
+    ) -> Result<(IoId, IoId), SubmitError> {
+        let w = self.start(IoKind::Write, write, Some(data))?;
+        let r = match self.start(IoKind::Read, read, None) {
+            Ok(r) => r,
+            Err(e) => {
+                self.slots.unqueue(w);
+                return Err(e);
+            }
+        };
+        let (we, re) = (self.sqe(w, linked), self.sqe(r, false));
+        self.push(&[(w, we), (r, re)]).map_err(|_| {
+            self.slots.unqueue(w);
+            self.slots.unqueue(r);
+            SubmitError::Full {
+                in_flight: self.slots.in_flight(),
+                limit: self.slots.limit(),
+                len: read.len,
+            }
+        })?;
+        Ok((w, r))
+    }
+
     fn sqe(&mut self, id: IoId, linked: bool) -> squeue::Entry {
         let slot = self.slots.slot_mut(id_index(id));
         let fd = types::Fd(self.disks[usize::from(slot.disk.0)].0.file().as_raw_fd());
@@ -217,25 +247,7 @@ impl IoBackend for UringBackend {
         data: &[u8],
         read: IoRequest,
     ) -> Result<(IoId, IoId), SubmitError> {
-        let w = self.start(IoKind::Write, write, Some(data))?;
-        let r = match self.start(IoKind::Read, read, None) {
-            Ok(r) => r,
-            Err(e) => {
-                self.slots.unqueue(w);
-                return Err(e);
-            }
-        };
-        let (we, re) = (self.sqe(w, true), self.sqe(r, false));
-        self.push(&[(w, we), (r, re)]).map_err(|_| {
-            self.slots.unqueue(w);
-            self.slots.unqueue(r);
-            SubmitError::Full {
-                in_flight: self.slots.in_flight(),
-                limit: self.slots.limit(),
-                len: read.len,
-            }
-        })?;
-        Ok((w, r))
+        self.start_two(write, data, read, true)
     }
 
     fn start_pair(
@@ -244,25 +256,7 @@ impl IoBackend for UringBackend {
         data: &[u8],
         read: IoRequest,
     ) -> Result<(IoId, IoId), SubmitError> {
-        let w = self.start(IoKind::Write, write, Some(data))?;
-        let r = match self.start(IoKind::Read, read, None) {
-            Ok(r) => r,
-            Err(e) => {
-                self.slots.unqueue(w);
-                return Err(e);
-            }
-        };
-        let (we, re) = (self.sqe(w, false), self.sqe(r, false));
-        self.push(&[(w, we), (r, re)]).map_err(|_| {
-            self.slots.unqueue(w);
-            self.slots.unqueue(r);
-            SubmitError::Full {
-                in_flight: self.slots.in_flight(),
-                limit: self.slots.limit(),
-                len: read.len,
-            }
-        })?;
-        Ok((w, r))
+        self.start_two(write, data, read, false)
     }
 
     fn flush(&mut self) -> Result<(), IoError> {
