@@ -634,6 +634,33 @@ mod tests {
         (clock, sim)
     }
 
+    /// Steps the set on its simulated clock until `until` holds (at most 30 s).
+    fn run_until(set: &mut LockspaceSet, clock: &SimClock, until: &dyn Fn(&LockspaceSet) -> bool) {
+        let end = clock.now().saturating_add(Duration::from_secs(30));
+        while !until(set) {
+            assert!(clock.now() < end, "timed out");
+            let now = clock.now();
+            set.step(now).expect("step");
+            set.wait(now, end).expect("wait");
+        }
+    }
+
+    /// Steps the set until operation `id` ends (at most 30 s) and returns its outcome.
+    fn op_outcome(set: &mut LockspaceSet, clock: &SimClock, id: OpId) -> OpOutcome {
+        let end = clock.now().saturating_add(Duration::from_secs(30));
+        loop {
+            let now = clock.now();
+            set.step(now).expect("step");
+            while let Some((got, o)) = set.take_op_result() {
+                if got == id {
+                    return o;
+                }
+            }
+            assert!(now < end, "operation did not end");
+            set.wait(now, end).expect("wait");
+        }
+    }
+
     fn formatted(name: &str) -> Vec<u8> {
         formatted_with_t(name, 1)
     }
@@ -830,13 +857,7 @@ mod tests {
             Err(OpError::NotJoined)
         );
         let run = |set: &mut LockspaceSet, until: &dyn Fn(&LockspaceSet) -> bool| {
-            let end = clock.now().saturating_add(Duration::from_secs(30));
-            while !until(set) {
-                assert!(clock.now() < end, "timed out");
-                let now = clock.now();
-                set.step(now).expect("step");
-                set.wait(now, end).expect("wait");
-            }
+            run_until(set, &clock, until)
         };
         set.join(h1, clock.now()).expect("join");
         set.join(h2, clock.now()).expect("join");
@@ -847,20 +868,7 @@ mod tests {
         // Let each see the other renew (live, not merely unknown).
         let t = clock.now().saturating_add(Duration::from_secs(5));
         run(&mut set, &|_| clock.now() >= t);
-        let outcome = |set: &mut LockspaceSet, id: OpId| -> OpOutcome {
-            let end = clock.now().saturating_add(Duration::from_secs(30));
-            loop {
-                let now = clock.now();
-                set.step(now).expect("step");
-                while let Some((got, o)) = set.take_op_result() {
-                    if got == id {
-                        return o;
-                    }
-                }
-                assert!(now < end, "operation did not end");
-                set.wait(now, end).expect("wait");
-            }
-        };
+        let outcome = |set: &mut LockspaceSet, id: OpId| op_outcome(set, &clock, id);
         let opts = AcquireOptions::default();
         let id = set
             .start_acquire(h1, vec![target("R2", DiskId(0), 2)], opts, clock.now())
@@ -990,13 +998,7 @@ mod tests {
         };
         let mine = [DiskId(0), DiskId(1), DiskId(2)];
         let run = |set: &mut LockspaceSet, until: &dyn Fn(&LockspaceSet) -> bool| {
-            let end = clock.now().saturating_add(Duration::from_secs(30));
-            while !until(set) {
-                assert!(clock.now() < end, "timed out");
-                let now = clock.now();
-                set.step(now).expect("step");
-                set.wait(now, end).expect("wait");
-            }
+            run_until(set, &clock, until)
         };
         set.join(h1, clock.now()).expect("join");
         set.join(h2, clock.now()).expect("join");
@@ -1006,20 +1008,7 @@ mod tests {
         });
         let t = clock.now().saturating_add(Duration::from_secs(5));
         run(&mut set, &|_| clock.now() >= t);
-        let outcome = |set: &mut LockspaceSet, id: OpId| -> OpOutcome {
-            let end = clock.now().saturating_add(Duration::from_secs(30));
-            loop {
-                let now = clock.now();
-                set.step(now).expect("step");
-                while let Some((got, o)) = set.take_op_result() {
-                    if got == id {
-                        return o;
-                    }
-                }
-                assert!(now < end, "operation did not end");
-                set.wait(now, end).expect("wait");
-            }
-        };
+        let outcome = |set: &mut LockspaceSet, id: OpId| op_outcome(set, &clock, id);
         let opts = AcquireOptions::default();
         assert!(matches!(
             set.start_acquire(

@@ -59,6 +59,31 @@ fn read_mark(s: &[u8]) -> (u64, u64) {
     )
 }
 
+/// The oracle's visit while holding: finds the counter sector unmarked, marks it ours, waits,
+/// finds it still ours, unmarks it. Returns the overlaps seen (0, 1 or 2).
+fn visit_counter(e: &mut dyn IoBackend, counter: u64, host_id: u64) -> u64 {
+    let mut seen = 0;
+    let (holder, count) = read_mark(&sector_io(e, counter, None));
+    if holder != 0 {
+        seen += 1;
+    }
+    sector_io(e, counter, Some(&mark(host_id, count + 1)));
+    std::thread::sleep(Duration::from_millis(2));
+    if read_mark(&sector_io(e, counter, None)) != (host_id, count + 1) {
+        seen += 1;
+    }
+    sector_io(e, counter, Some(&mark(0, count + 1)));
+    seen
+}
+
+/// 0.2–3.2 ms between an acquirer's attempts, varied by a per-acquirer sequence.
+fn next_pause(jitter: &mut u64) -> Duration {
+    *jitter = jitter
+        .wrapping_mul(6_364_136_223_846_793_005)
+        .wrapping_add(1);
+    Duration::from_micros(200 + (*jitter >> 33) % 3000)
+}
+
 #[test]
 fn three_hosts_contend_and_the_counter_oracle_sees_no_overlap() {
     if !loop_devices_available() {
@@ -172,19 +197,8 @@ fn three_hosts_contend_and_the_counter_oracle_sees_no_overlap() {
                             {
                                 Ok(held) => {
                                     acquired.fetch_add(1, Ordering::SeqCst);
-                                    let (holder, count) =
-                                        read_mark(&sector_io(e.as_mut(), counter, None));
-                                    if holder != 0 {
-                                        overlaps.fetch_add(1, Ordering::SeqCst);
-                                    }
-                                    sector_io(e.as_mut(), counter, Some(&mark(host_id, count + 1)));
-                                    std::thread::sleep(Duration::from_millis(2));
-                                    let (holder2, count2) =
-                                        read_mark(&sector_io(e.as_mut(), counter, None));
-                                    if (holder2, count2) != (host_id, count + 1) {
-                                        overlaps.fetch_add(1, Ordering::SeqCst);
-                                    }
-                                    sector_io(e.as_mut(), counter, Some(&mark(0, count + 1)));
+                                    let seen = visit_counter(e.as_mut(), counter, host_id);
+                                    overlaps.fetch_add(seen, Ordering::SeqCst);
                                     blocking::release(
                                         e.as_mut(),
                                         &clock,
@@ -204,10 +218,7 @@ fn three_hosts_contend_and_the_counter_oracle_sees_no_overlap() {
                                 }
                                 Err(other) => panic!("host {host_id} r{r}: {other}"),
                             }
-                            jitter = jitter
-                                .wrapping_mul(6_364_136_223_846_793_005)
-                                .wrapping_add(1);
-                            std::thread::sleep(Duration::from_micros(200 + (jitter >> 33) % 3000));
+                            std::thread::sleep(next_pause(&mut jitter));
                         }
                     });
                 }
@@ -390,19 +401,8 @@ fn three_hosts_on_three_disks_keep_exclusion_while_one_disk_fails() {
                                     if fault_on.load(Ordering::SeqCst) {
                                         acquired_in_fault.fetch_add(1, Ordering::SeqCst);
                                     }
-                                    let (holder, count) =
-                                        read_mark(&sector_io(e.as_mut(), counter, None));
-                                    if holder != 0 {
-                                        overlaps.fetch_add(1, Ordering::SeqCst);
-                                    }
-                                    sector_io(e.as_mut(), counter, Some(&mark(host_id, count + 1)));
-                                    std::thread::sleep(Duration::from_millis(2));
-                                    let (holder2, count2) =
-                                        read_mark(&sector_io(e.as_mut(), counter, None));
-                                    if (holder2, count2) != (host_id, count + 1) {
-                                        overlaps.fetch_add(1, Ordering::SeqCst);
-                                    }
-                                    sector_io(e.as_mut(), counter, Some(&mark(0, count + 1)));
+                                    let seen = visit_counter(e.as_mut(), counter, host_id);
+                                    overlaps.fetch_add(seen, Ordering::SeqCst);
                                     disks::blocking::release(
                                         e.as_mut(),
                                         &clock,
@@ -423,10 +423,7 @@ fn three_hosts_on_three_disks_keep_exclusion_while_one_disk_fails() {
                                 }
                                 Err(other) => panic!("host {host_id} r{r}: {other}"),
                             }
-                            jitter = jitter
-                                .wrapping_mul(6_364_136_223_846_793_005)
-                                .wrapping_add(1);
-                            std::thread::sleep(Duration::from_micros(200 + (jitter >> 33) % 3000));
+                            std::thread::sleep(next_pause(&mut jitter));
                         }
                     });
                 }
