@@ -32,9 +32,15 @@ pub struct WatchdogConfig {
     /// none listens on the socket.
     #[serde(default)]
     pub spawn_emulator: bool,
-    /// Seconds from the last keepalive until the watchdog fires (the cluster's W).
+    /// Seconds from the last keepalive until this host's watchdog fires (our W).
     #[serde(default = "default_fire_timeout")]
     pub fire_timeout_s: u32,
+    /// The W assumed for every other host: another host is dead, and its leases may be taken,
+    /// 8T + this after its last renewal we saw. It must cover the slowest watchdog in the
+    /// cluster: sanlock hosts use 60 s. Default: 60, or `fire_timeout_s` when that is larger;
+    /// below `fire_timeout_s` is refused (docs/timeouts.md, "Other hosts' W").
+    #[serde(default)]
+    pub other_hosts_fire_timeout_s: Option<u32>,
 }
 
 fn default_watchdog_kind() -> String {
@@ -55,6 +61,7 @@ impl Default for WatchdogConfig {
             emulated_socket: None,
             spawn_emulator: false,
             fire_timeout_s: default_fire_timeout(),
+            other_hosts_fire_timeout_s: None,
         }
     }
 }
@@ -272,6 +279,9 @@ impl Config {
                 emulated_socket: Some(data_dir.join("watchdog.sock")),
                 spawn_emulator: true,
                 fire_timeout_s: 10,
+                // A single-host trial: no other host's leases are taken over, so assuming our
+                // own short W for others costs nothing. A cluster with sanlock hosts needs 60.
+                other_hosts_fire_timeout_s: Some(10),
             },
             supervision: SupervisionConfig {
                 kill_grace_s: 4,
@@ -308,6 +318,17 @@ impl Config {
                 self.watchdog.fire_timeout_s
             ));
         }
+        if let Some(w) = self.watchdog.other_hosts_fire_timeout_s {
+            if w < self.watchdog.fire_timeout_s || w > 3600 {
+                return bad(format!(
+                    "watchdog.other_hosts_fire_timeout_s = {w} must be at least this host's \
+                     watchdog.fire_timeout_s ({}) and at most 3600: the other hosts' watchdogs \
+                     are assumed no faster than ours (sanlock hosts fire 60 s after their last \
+                     keepalive)",
+                    self.watchdog.fire_timeout_s
+                ));
+            }
+        }
         if self.supervision.kill_grace_s + u64::from(self.supervision.sigkill_max)
             >= u64::from(self.watchdog.fire_timeout_s)
         {
@@ -328,6 +349,15 @@ impl Config {
             l.offset.bytes()?;
         }
         Ok(())
+    }
+
+    /// The W assumed for other hosts (see [`WatchdogConfig::other_hosts_fire_timeout_s`]).
+    pub fn other_hosts_fire_timeout_s(&self) -> u32 {
+        self.watchdog.other_hosts_fire_timeout_s.unwrap_or(
+            self.watchdog
+                .fire_timeout_s
+                .max(tenure_core::timeouts::WATCHDOG_FIRE_DEFAULT_S),
+        )
     }
 
     /// The client socket path.
@@ -410,5 +440,34 @@ offset = "1M"
         assert_eq!(example.io_timeout_s, 10);
         assert_eq!(example.watchdog.fire_timeout_s, 60);
         assert_eq!(example.supervision.kill_grace_s, 40);
+        assert_eq!(example.other_hosts_fire_timeout_s(), 60);
+    }
+
+    #[test]
+    fn other_hosts_w_defaults_to_sanlocks_and_is_never_below_ours() {
+        let parse = |t: &str| Config::parse(Path::new("t.toml"), t);
+        let short = parse(
+            "[watchdog]\nfire_timeout_s = 8\n[supervision]\nkill_grace_s = 2\nsigkill_max = 2\n",
+        )
+        .expect("short W");
+        assert_eq!(
+            short.other_hosts_fire_timeout_s(),
+            60,
+            "sanlock's W unless told"
+        );
+        let long = parse("[watchdog]\nfire_timeout_s = 90\n").expect("long W");
+        assert_eq!(long.other_hosts_fire_timeout_s(), 90);
+        let set = parse("[watchdog]\nfire_timeout_s = 20\nother_hosts_fire_timeout_s = 30\n[supervision]\nkill_grace_s = 5\n")
+            .expect("explicit");
+        assert_eq!(set.other_hosts_fire_timeout_s(), 30);
+        let below = parse("[watchdog]\nfire_timeout_s = 60\nother_hosts_fire_timeout_s = 8\n");
+        assert!(
+            matches!(&below, Err(ConfigError::Invalid(m)) if m.contains("other_hosts_fire_timeout_s")),
+            "{below:?}"
+        );
+        assert_eq!(
+            Config::embedded(Path::new("/tmp/x")).other_hosts_fire_timeout_s(),
+            10
+        );
     }
 }

@@ -1,9 +1,10 @@
 //! tenured: the host daemon and the `tenure` command line.
 //!
 //! Library modules: [`config`] (tenured.toml and the embedded default), [`proto`] (the native
-//! client protocol), [`client`] (its Rust client), [`server`] (the reactor), [`supervise`]
-//! (holder supervision and watchdog feeding), and the `tenure` command line ([`cli`],
-//! [`daemon_cmd`], [`render`], [`watchdog_cmd`]). The binaries are thin glue over these.
+//! client protocol), [`client`] (its Rust client), [`host`] (decisions without I/O: local
+//! exclusion between this host's clients), [`server`] (the reactor), [`supervise`] (holder
+//! supervision and watchdog feeding), and the `tenure` command line ([`cli`], [`daemon_cmd`],
+//! [`render`], [`watchdog_cmd`]). The binaries are thin glue over these.
 
 #![forbid(unsafe_code)]
 
@@ -11,6 +12,7 @@ pub mod cli;
 pub mod client;
 pub mod config;
 pub mod daemon_cmd;
+pub mod host;
 pub mod proto;
 pub mod render;
 pub mod sanlock_wire;

@@ -238,8 +238,11 @@ pub enum ErrorCode {
     NotFound,
     /// Already exists / already held.
     Exists,
-    /// Another request of this client is still running, or the lockspace is in use.
+    /// Another request of this client is still running, the lockspace is in use, or another
+    /// operation of this host works on the resource (an acquire or a conversion).
     Busy,
+    /// Another client of this host is releasing the resource: try again.
+    Releasing,
     /// A limit was reached.
     Full,
     /// The lease is held by a live host.

@@ -46,6 +46,7 @@ use tenure_format::{Geometry, LeaderRecord, LockspaceSpec, Name, ResourceMode, R
 use tenure_watchdog::fence::RenewalNote;
 
 use crate::config::Config;
+use crate::host::admission::{Admit, Claims, InFlight, LocalHold, Refusal, ResourceKey};
 use crate::proto::{self, ErrorCode, ErrorReply, Reply, Request, Split, PROTOCOL_VERSION};
 use crate::supervise::{instant_of, Supervisor, SupervisorConfig};
 
@@ -157,9 +158,16 @@ struct Lease {
     /// A conversion runs: a release waits for it (its result replaces `held`; releasing the
     /// record from before would be unsafe), and an owner gone meanwhile releases after it.
     converting: bool,
+    /// A joiner of this host's shared hold whose acquire (this operation) still runs for its
+    /// other resources: not granted yet, but it keeps the shared hold from being released.
+    joining: Option<OpId>,
 }
 
 impl Lease {
+    fn key(&self) -> ResourceKey {
+        ResourceKey::new(&self.space, self.resource)
+    }
+
     fn state_string(&self) -> String {
         format!(
             "{}:{}:{}:{}:{}",
@@ -219,10 +227,15 @@ enum Pending {
         locations: Vec<(String, u64)>,
         owner: Owner,
         pid: i32,
+        /// The resources run on disk (claimed in flight); the others joined shared holds.
+        on_disk: Vec<ResourceKey>,
     },
     Release {
         client: Option<ClientKey>,
         leases: Vec<Lease>,
+        /// Released by this host's other holders of a shared hold without disk I/O, reported
+        /// with this release.
+        local: Vec<Name>,
     },
     Convert {
         client: ClientKey,
@@ -308,6 +321,8 @@ pub struct Server {
     next_serial: u64,
     spaces: Vec<Space>,
     leases: Vec<Lease>,
+    /// Local exclusion: operations in flight per resource (crate::host::admission).
+    claims: Claims,
     pending: HashMap<OpId, Pending>,
     disks: HashMap<PathBuf, DiskId>,
     areas: HashMap<ProbeKey, Result<AreaInfo, String>>,
@@ -336,6 +351,31 @@ fn unix_ms() -> u64 {
 
 fn err(code: ErrorCode, message: impl Into<String>) -> Reply {
     Reply::Error(ErrorReply::new(code, message))
+}
+
+/// The answer to a request refused by local exclusion (sanlock's codes: crate::host::admission).
+fn refusal_reply(key: &ResourceKey, r: Refusal) -> Reply {
+    let what = format!("{}:{}", key.space, key.name.escaped());
+    match r {
+        Refusal::Held => err(
+            ErrorCode::Exists,
+            format!("{what} is already held on this host"),
+        ),
+        Refusal::Busy => err(
+            ErrorCode::Busy,
+            format!("{what}: another operation of this host is working on it"),
+        ),
+        Refusal::Releasing => err(
+            ErrorCode::Releasing,
+            format!("{what} is being released on this host; try again"),
+        ),
+        Refusal::SharedHere => err(
+            ErrorCode::Busy,
+            format!(
+                "{what} is held shared by other processes of this host: it cannot become exclusive"
+            ),
+        ),
+    }
 }
 
 fn op_error_reply(resource: Name, e: &OpError) -> Reply {
@@ -490,6 +530,11 @@ impl Server {
         let (probe_tx, probe_rx) = channel();
         let (job_tx, job_rx) = channel();
         let clock = MonotonicClock;
+        let no_exclusion =
+            std::env::var_os("TENURE_UNSAFE_NO_LOCAL_EXCLUSION").is_some_and(|v| v == "1");
+        if no_exclusion {
+            tracing::error!("TENURE_UNSAFE_NO_LOCAL_EXCLUSION=1: two processes of this host may be granted one exclusive lease (a test of the check; never in production)");
+        }
         Ok(Server {
             started: clock.now(),
             cfg,
@@ -508,6 +553,7 @@ impl Server {
             next_serial: 0,
             spaces: Vec::new(),
             leases: Vec::new(),
+            claims: Claims::new(no_exclusion),
             pending: HashMap::new(),
             disks: HashMap::new(),
             areas: HashMap::new(),
@@ -1418,9 +1464,11 @@ impl Server {
             geometry: info.geometry,
             area_offset: spec.disk.offset,
             // Validated above: 1..=IO_TIMEOUT_MAX_S fits u16.
+            // W in the lockspace's rules is only ever another host's: when it is dead, when
+            // its slot may be taken over (core/src/timeouts.rs).
             timeouts: Timeouts::new(
                 u16::try_from(io_timeout).unwrap_or(u16::MAX),
-                self.cfg.watchdog.fire_timeout_s,
+                self.cfg.other_hosts_fire_timeout_s(),
             ),
         };
         let id = match self.set.add(dcfg, disk) {
@@ -1642,7 +1690,7 @@ impl Server {
             "socket": self.socket_path,
             "clients": self.conns.iter().flatten().map(|c| json!({"pid": c.pid, "uid": c.uid, "name": c.name})).collect::<Vec<_>>(),
             "lockspaces": self.lockspace_list()["lockspaces"],
-            "leases": self.leases.iter().map(Lease::json).collect::<Vec<_>>(),
+            "leases": self.leases.iter().filter(|l| l.joining.is_none()).map(Lease::json).collect::<Vec<_>>(),
             "operations_in_flight": self.set.ops_in_flight(),
             "supervisor": self.sup().status(),
         })
@@ -1767,16 +1815,38 @@ impl Server {
         if self.stopping {
             return Some(err(ErrorCode::Busy, "tenured is stopping"));
         }
-        for s in &specs {
-            if self
-                .leases
-                .iter()
-                .any(|l| l.space == space && l.resource == s.name)
-            {
+        for (i, s) in specs.iter().enumerate() {
+            if specs[..i].iter().any(|o| o.name == s.name) {
                 return Some(err(
-                    ErrorCode::Exists,
-                    format!("{} is already held on this host", s.name.escaped()),
+                    ErrorCode::BadRequest,
+                    format!("{} is named twice in one acquire", s.name.escaped()),
                 ));
+            }
+        }
+        // Local exclusion, before anything starts (crate::host::admission): all or nothing.
+        let mut admits = Vec::with_capacity(specs.len());
+        for s in &specs {
+            let key = ResourceKey::new(&space, s.name);
+            match self
+                .claims
+                .admit_acquire(&key, self.local_hold(&key), shared)
+            {
+                Ok(Admit::Join)
+                    if *lvb
+                        && self
+                            .shared_hold(&key)
+                            .is_some_and(|l| l.held.acquired.lvb.is_none()) =>
+                {
+                    return Some(err(
+                        ErrorCode::BadRequest,
+                        format!(
+                            "{} is held shared on this host without its LVB: the first holder must acquire it with lvb",
+                            s.name.escaped()
+                        ),
+                    ));
+                }
+                Ok(a) => admits.push(a),
+                Err(r) => return Some(refusal_reply(&key, r)),
             }
         }
         if self.leases.len() + specs.len() > LEASES_MAX {
@@ -1794,8 +1864,49 @@ impl Server {
             c.deferred = Some(Deferred::Native(req.clone()));
             return None;
         }
+        let client_name = self.conn(me).map(|c| c.name.clone()).unwrap_or_default();
+        let owner = if on_behalf {
+            Owner::Pid(pid)
+        } else {
+            Owner::Conn(me)
+        };
+        let lease_of = |s: &ResourceSpec, held: HeldResource| Lease {
+            space: space.clone(),
+            resource: s.name,
+            location: (s.disks[0].path.clone(), s.disks[0].offset),
+            held,
+            owner,
+            pid,
+            client_name: client_name.clone(),
+            acquired_unix_ms: unix_ms(),
+            lvb_to_write: None,
+            converting: false,
+            joining: None,
+        };
+        // Joiners of this host's shared holds take a copy of the hold's record.
+        let mut joins = Vec::new();
+        for (s, a) in specs.iter().zip(&admits) {
+            if *a == Admit::Join {
+                let key = ResourceKey::new(&space, s.name);
+                let Some(h) = self.shared_hold(&key) else {
+                    return Some(err(ErrorCode::Failed, "internal: shared hold gone"));
+                };
+                joins.push(lease_of(s, h.held.clone()));
+            }
+        }
+        if admits.iter().all(|a| *a == Admit::Join) {
+            let now = self.clock.now();
+            return Some(self.grant(now, k, &space, owner, pid, joins));
+        }
         let mut targets = Vec::with_capacity(specs.len());
-        for (s, key) in specs.iter().zip(&keys) {
+        let mut on_disk = Vec::with_capacity(specs.len());
+        let mut locations = Vec::with_capacity(specs.len());
+        for ((s, key), a) in specs.iter().zip(&keys).zip(&admits) {
+            if *a == Admit::Join {
+                continue;
+            }
+            on_disk.push(ResourceKey::new(&space, s.name));
+            locations.push((s.disks[0].path.clone(), s.disks[0].offset));
             let info = match self.area(key) {
                 Some(Ok(i)) => i,
                 Some(Err(e)) => {
@@ -1831,27 +1942,116 @@ impl Server {
             Ok(id) => id,
             Err(e) => return Some(op_error_reply(specs[0].name, &e)),
         };
-        let client_name = self.conn(me).map(|c| c.name.clone()).unwrap_or_default();
-        let owner = if on_behalf {
-            Owner::Pid(pid)
-        } else {
-            Owner::Conn(me)
-        };
+        for key in &on_disk {
+            self.claims.begin(key.clone(), InFlight::Acquire);
+        }
+        for mut j in joins {
+            j.joining = Some(id);
+            self.leases.push(j);
+        }
         self.pending.insert(
             id,
             Pending::Acquire {
                 client: k,
                 client_name,
                 space,
-                locations: specs
-                    .iter()
-                    .map(|s| (s.disks[0].path.clone(), s.disks[0].offset))
-                    .collect(),
+                locations,
                 owner,
                 pid,
+                on_disk,
             },
         );
         None
+    }
+
+    /// What this host's clients hold of `key` (joiners included; an orphan counts as
+    /// exclusive: it is ours on disk and nobody may join it).
+    fn local_hold(&self, key: &ResourceKey) -> LocalHold {
+        let mut holders = 0;
+        let mut shared = true;
+        for l in self
+            .leases
+            .iter()
+            .filter(|l| l.space == key.space && l.resource == key.name)
+        {
+            holders += 1;
+            shared &= l.held.acquired.shared && l.owner != Owner::Orphan;
+        }
+        match (holders, shared) {
+            (0, _) => LocalHold::Free,
+            (n, true) => LocalHold::Shared { holders: n },
+            _ => LocalHold::Exclusive,
+        }
+    }
+
+    /// A lease of this host's shared hold of `key`, to copy its record from.
+    fn shared_hold(&self, key: &ResourceKey) -> Option<&Lease> {
+        self.leases
+            .iter()
+            .find(|l| l.space == key.space && l.resource == key.name && l.held.acquired.shared)
+    }
+
+    /// Makes `leases` (all of one acquire, held on disk now) the holder's: registers the holder
+    /// pid with the supervisor, or releases them at once when the holder is gone.
+    fn grant(
+        &mut self,
+        now: Time,
+        client: ClientKey,
+        space: &str,
+        owner: Owner,
+        pid: i32,
+        leases: Vec<Lease>,
+    ) -> Reply {
+        let (kill_path, restrict) = match owner {
+            Owner::Conn(o) => self
+                .conn(o)
+                .map_or((None, 0), |c| (c.kill_path.clone(), c.restrict)),
+            _ => self
+                .conn(client)
+                .map_or((None, 0), |c| (c.kill_path.clone(), 0)),
+        };
+        let alive_owner = match owner {
+            Owner::Conn(k) => self.conn(k).is_some(),
+            _ => true,
+        };
+        let holder = if alive_owner {
+            self.sup().add_holder(space, pid, kill_path, restrict)
+        } else {
+            Err(crate::supervise::SuperviseError::Pid(
+                pid,
+                "client disconnected".into(),
+            ))
+        };
+        if let Err(e) = holder {
+            // The holder is gone: give the leases back at once.
+            tracing::info!(lockspace = %space, pid, error = %e, "holder gone before the acquire ended: releasing");
+            self.start_release(now, None, leases, None);
+            return err(ErrorCode::Failed, format!("holder pid {pid}: {e}"));
+        }
+        if let Owner::Pid(p) = owner {
+            if let std::collections::hash_map::Entry::Vacant(v) = self.watched.entry(p) {
+                if let Some(fd) = rustix::process::Pid::from_raw(p).and_then(|pp| {
+                    rustix::process::pidfd_open(pp, rustix::process::PidfdFlags::empty()).ok()
+                }) {
+                    v.insert(fd);
+                }
+            }
+        }
+        let reply: Vec<_> = leases
+            .iter()
+            .map(|l| {
+                let mut j = l.json();
+                if let Some(lvb) = &l.held.acquired.lvb {
+                    j["lvb_hex"] = json!(hex(lvb));
+                }
+                j
+            })
+            .collect();
+        for l in &leases {
+            tracing::info!(lockspace = %l.space, resource = %l.resource.escaped(), lver = l.held.acquired.lver, shared = l.held.acquired.shared, pid, "acquired");
+        }
+        self.leases.extend(leases);
+        Reply::Ok(json!({"leases": reply}))
     }
 
     fn op_done(&mut self, now: Time, id: OpId, outcome: OpOutcome) {
@@ -1866,102 +2066,65 @@ impl Server {
                 locations,
                 owner,
                 pid,
-            } => match outcome {
-                OpOutcome::Acquired(held) => {
-                    let (kill_path, restrict) = match owner {
-                        Owner::Conn(o) => self
-                            .conn(o)
-                            .map_or((None, 0), |c| (c.kill_path.clone(), c.restrict)),
-                        _ => self
-                            .conn(client)
-                            .map_or((None, 0), |c| (c.kill_path.clone(), 0)),
-                    };
-                    let alive_owner = match owner {
-                        Owner::Conn(k) => self.conn(k).is_some(),
-                        _ => true,
-                    };
-                    let holder = if alive_owner {
-                        self.sup().add_holder(&space, pid, kill_path, restrict)
-                    } else {
-                        Err(crate::supervise::SuperviseError::Pid(
-                            pid,
-                            "client disconnected".into(),
-                        ))
-                    };
-                    let leases: Vec<Lease> = held
-                        .into_iter()
-                        .zip(locations)
-                        .map(|(h, loc)| Lease {
-                            space: space.clone(),
-                            resource: h.target.name,
-                            location: loc,
-                            held: h,
-                            owner,
-                            pid,
-                            client_name: client_name.clone(),
-                            acquired_unix_ms: unix_ms(),
-                            lvb_to_write: None,
-                            converting: false,
-                        })
-                        .collect();
-                    if let Err(e) = holder {
-                        // The holder is gone: give the leases back at once.
-                        tracing::info!(lockspace = %space, pid, error = %e, "holder gone before the acquire ended: releasing");
-                        self.reply(
-                            client,
-                            err(ErrorCode::Failed, format!("holder pid {pid}: {e}")),
-                        );
-                        self.start_release(now, None, leases, None);
-                        return;
-                    }
-                    if let Owner::Pid(p) = owner {
-                        if let std::collections::hash_map::Entry::Vacant(v) = self.watched.entry(p)
-                        {
-                            if let Some(fd) = rustix::process::Pid::from_raw(p).and_then(|pp| {
-                                rustix::process::pidfd_open(
-                                    pp,
-                                    rustix::process::PidfdFlags::empty(),
-                                )
-                                .ok()
-                            }) {
-                                v.insert(fd);
-                            }
+                on_disk,
+            } => {
+                for key in &on_disk {
+                    self.claims.end(key, InFlight::Acquire);
+                }
+                // Its joiners of shared holds (still here unless their owner went away).
+                let (mut joined, keep): (Vec<Lease>, Vec<Lease>) = std::mem::take(&mut self.leases)
+                    .into_iter()
+                    .partition(|l| l.joining == Some(id));
+                self.leases = keep;
+                match outcome {
+                    OpOutcome::Acquired(held) => {
+                        let mut leases: Vec<Lease> = held
+                            .into_iter()
+                            .zip(locations)
+                            .map(|(h, loc)| Lease {
+                                space: space.clone(),
+                                resource: h.target.name,
+                                location: loc,
+                                held: h,
+                                owner,
+                                pid,
+                                client_name: client_name.clone(),
+                                acquired_unix_ms: unix_ms(),
+                                lvb_to_write: None,
+                                converting: false,
+                                joining: None,
+                            })
+                            .collect();
+                        for j in &mut joined {
+                            j.joining = None;
                         }
+                        leases.append(&mut joined);
+                        let r = self.grant(now, client, &space, owner, pid, leases);
+                        self.reply(client, r);
                     }
-                    let reply: Vec<_> = leases
-                        .iter()
-                        .map(|l| {
-                            let mut j = l.json();
-                            if let Some(lvb) = &l.held.acquired.lvb {
-                                j["lvb_hex"] = json!(hex(lvb));
-                            }
-                            j
-                        })
-                        .collect();
-                    for l in &leases {
-                        tracing::info!(lockspace = %l.space, resource = %l.resource.escaped(), lver = l.held.acquired.lver, pid, "acquired");
+                    OpOutcome::Failed {
+                        resource,
+                        error,
+                        still_held,
+                    } => {
+                        if !still_held.is_empty() {
+                            tracing::error!(lockspace = %space, count = still_held.len(), "acquire failed and unwinding it failed too: leases stay ours on disk");
+                            self.adopt_orphans(&space, still_held);
+                        }
+                        // The joiners give up: a shared hold they alone kept goes now.
+                        self.start_release(now, None, joined, None);
+                        self.reply(client, op_error_reply(resource, &error));
                     }
-                    self.leases.extend(leases);
-                    self.reply(client, Reply::Ok(json!({"leases": reply})));
+                    OpOutcome::Released => {}
                 }
-                OpOutcome::Failed {
-                    resource,
-                    error,
-                    still_held,
-                } => {
-                    if !still_held.is_empty() {
-                        tracing::error!(lockspace = %space, count = still_held.len(), "acquire failed and unwinding it failed too: leases stay ours on disk");
-                        self.adopt_orphans(&space, still_held);
-                    }
-                    self.reply(client, op_error_reply(resource, &error));
-                }
-                OpOutcome::Released => {}
-            },
+            }
             Pending::Convert {
                 client,
                 space,
                 resource,
             } => {
+                self.claims
+                    .end(&ResourceKey::new(&space, resource), InFlight::Convert);
                 let at = self
                     .leases
                     .iter()
@@ -2007,37 +2170,58 @@ impl Server {
                 }
                 self.reply(client, reply);
             }
-            Pending::Rindex { client, space, job } => match outcome {
-                OpOutcome::Acquired(mut held) if !held.is_empty() => {
-                    self.rindex_locked(client, space, job, held.remove(0));
+            Pending::Rindex { client, space, job } => {
+                self.claims.end(
+                    &ResourceKey::new(&space, tenure_core::direct::rindex::lease_name()),
+                    InFlight::Acquire,
+                );
+                match outcome {
+                    OpOutcome::Acquired(mut held) if !held.is_empty() => {
+                        self.rindex_locked(client, space, job, held.remove(0));
+                    }
+                    OpOutcome::Failed {
+                        resource, error, ..
+                    } => {
+                        let r = op_error_reply(resource, &error);
+                        self.reply(client, r);
+                    }
+                    _ => self.reply(client, err(ErrorCode::Failed, "internal: rindex lease")),
                 }
-                OpOutcome::Failed {
-                    resource, error, ..
-                } => {
-                    let r = op_error_reply(resource, &error);
-                    self.reply(client, r);
-                }
-                _ => self.reply(client, err(ErrorCode::Failed, "internal: rindex lease")),
-            },
+            }
             Pending::RindexRelease {
                 client,
                 space,
                 reply,
             } => {
+                self.claims.end(
+                    &ResourceKey::new(&space, tenure_core::direct::rindex::lease_name()),
+                    InFlight::Release,
+                );
                 if let OpOutcome::Failed { error, .. } = &outcome {
                     tracing::warn!(lockspace = %space, error = %error, "the resource index's private lease was not released");
                 }
                 self.reply(client, *reply);
             }
-            Pending::Release { client, leases } => {
+            Pending::Release {
+                client,
+                leases,
+                local,
+            } => {
+                for l in &leases {
+                    self.claims.end(&l.key(), InFlight::Release);
+                }
                 let reply = match outcome {
                     OpOutcome::Released => {
                         for l in &leases {
                             tracing::info!(lockspace = %l.space, resource = %l.resource.escaped(), "released");
                         }
-                        Reply::Ok(
-                            json!({"released": leases.iter().map(|l| l.resource.escaped()).collect::<Vec<_>>()}),
-                        )
+                        let names: Vec<String> = leases
+                            .iter()
+                            .map(|l| l.resource)
+                            .chain(local)
+                            .map(|n| n.escaped())
+                            .collect();
+                        Reply::Ok(json!({ "released": names }))
                     }
                     OpOutcome::Failed {
                         resource,
@@ -2075,6 +2259,7 @@ impl Server {
                 acquired_unix_ms: unix_ms(),
                 lvb_to_write: None,
                 converting: false,
+                joining: None,
             });
         }
         self.refresh_used(space);
@@ -2103,8 +2288,28 @@ impl Server {
         leases: Vec<Lease>,
         lvb: Option<Vec<u8>>,
     ) -> Option<Reply> {
+        // A holder of a shared hold that other local holders (or joiners) keep, or a second
+        // lease of one hold in this batch, goes without disk I/O; the hold's last goes to disk.
+        let mut local: Vec<Name> = Vec::new();
+        let mut to_disk: Vec<Lease> = Vec::with_capacity(leases.len());
+        for l in leases {
+            let kept = self
+                .leases
+                .iter()
+                .chain(&to_disk)
+                .any(|o| o.space == l.space && o.resource == l.resource);
+            if kept {
+                tracing::info!(lockspace = %l.space, resource = %l.resource.escaped(), pid = l.pid, "released (the shared hold stays for its other local holders)");
+                local.push(l.resource);
+                self.forget_holders(std::slice::from_ref(&l));
+            } else {
+                to_disk.push(l);
+            }
+        }
+        let leases = to_disk;
         if leases.is_empty() {
-            return Some(Reply::Ok(json!({"released": []})));
+            let names: Vec<String> = local.iter().map(|n| n.escaped()).collect();
+            return Some(Reply::Ok(json!({"released": names})));
         }
         // Group by lockspace, at most RESOURCES_PER_OP_MAX per operation; the client gets
         // its reply with the last group (one group in practice).
@@ -2132,14 +2337,23 @@ impl Server {
                     )
                 })
                 .collect();
-            let who = if gi + 1 == n { client } else { None };
+            let last = gi + 1 == n;
+            let who = if last { client } else { None };
             match self.set.start_release(self.spaces[si].id, held, now) {
                 Ok(id) => {
+                    for l in &g {
+                        self.claims.begin(l.key(), InFlight::Release);
+                    }
                     self.pending.insert(
                         id,
                         Pending::Release {
                             client: who,
                             leases: g,
+                            local: if last {
+                                std::mem::take(&mut local)
+                            } else {
+                                Vec::new()
+                            },
                         },
                     );
                 }
@@ -2201,7 +2415,10 @@ impl Server {
         };
         let me = target.unwrap_or(k);
         let owner_ok = |l: &Lease| {
-            if on_behalf {
+            if l.joining.is_some() {
+                // Not granted yet: its acquire is still running.
+                false
+            } else if on_behalf {
                 l.pid == pid
             } else {
                 l.owner == Owner::Conn(me)
@@ -2359,6 +2576,14 @@ impl Server {
                 format!("{resource} is being converted"),
             ));
         }
+        let key = l.key();
+        if let Err(r) = self
+            .claims
+            .admit_convert(&key, self.local_hold(&key), shared)
+        {
+            return Some(refusal_reply(&key, r));
+        }
+        let l = &self.leases[i];
         let Some(si) = self.space_index(&l.space) else {
             return Some(err(ErrorCode::NotFound, "lockspace gone"));
         };
@@ -2374,6 +2599,7 @@ impl Server {
         match started {
             Ok(id) => {
                 self.leases[i].converting = true;
+                self.claims.begin(key, InFlight::Convert);
                 self.pending.insert(
                     id,
                     Pending::Convert {
@@ -2516,13 +2742,18 @@ impl Server {
     /// Reads the request record of every lease held in `space` (only `resource`, if given)
     /// on helper threads, and acts on newer requests ([`Server::examined`]).
     fn examine(&mut self, space: &str, resource: Option<Name>) {
-        let targets: Vec<(Name, String, u64)> = self
-            .leases
-            .iter()
-            .filter(|l| l.space == space && l.owner != Owner::Orphan)
-            .filter(|l| resource.is_none_or(|r| r == l.resource))
-            .map(|l| (l.resource, l.location.0.clone(), l.location.1))
-            .collect();
+        let mut targets: Vec<(Name, String, u64)> = Vec::new();
+        for l in self.leases.iter().filter(|l| {
+            l.space == space
+                && l.owner != Owner::Orphan
+                && l.joining.is_none()
+                && resource.is_none_or(|r| r == l.resource)
+        }) {
+            // One read per lease: its local holders share it.
+            if !targets.iter().any(|t| t.0 == l.resource) {
+                targets.push((l.resource, l.location.0.clone(), l.location.1));
+            }
+        }
         for (resource, path, offset) in targets {
             let space = space.to_owned();
             // Examinations are answered to nobody: a placeholder key.
@@ -2551,17 +2782,32 @@ impl Server {
         record: Option<tenure_format::paxos::RequestRecord>,
     ) {
         let Some(rec) = record else { return };
-        let Some(l) = self
+        // Every local holder of the lease (several share a shared hold); not joiners, which
+        // hold nothing yet, nor orphans, which have no process.
+        let holders: Vec<(u64, i32, Owner)> = self
             .leases
             .iter()
-            .find(|l| l.space == space && l.resource == resource)
-        else {
-            return;
-        };
-        if rec.force_mode == 0 || rec.lver <= l.held.acquired.lver {
-            return;
+            .filter(|l| l.space == space && l.resource == resource)
+            .filter(|l| l.joining.is_none() && l.owner != Owner::Orphan)
+            .map(|l| (l.held.acquired.lver, l.pid, l.owner))
+            .collect();
+        for (lver, pid, owner) in holders {
+            if rec.force_mode == 0 || rec.lver <= lver {
+                continue;
+            }
+            self.signal_requested(space, resource, &rec, pid, owner);
         }
-        let (pid, owner) = (l.pid, l.owner);
+    }
+
+    /// Signals one holder of a requested lease as the request's force mode says.
+    fn signal_requested(
+        &mut self,
+        space: &str,
+        resource: Name,
+        rec: &tenure_format::paxos::RequestRecord,
+        pid: i32,
+        owner: Owner,
+    ) {
         let (kill_path, restrict) = match owner {
             Owner::Conn(c) => self
                 .conn(c)
@@ -2682,6 +2928,7 @@ impl Server {
         let mine: Vec<&Lease> = self
             .leases
             .iter()
+            .filter(|l| l.joining.is_none())
             .filter(|l| {
                 if on_behalf {
                     l.pid == pid

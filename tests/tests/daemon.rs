@@ -73,6 +73,7 @@ socket = "{d}/tenured.sock"
 kind = "emulated"
 emulated_socket = "{d}/wd.sock"
 fire_timeout_s = {w}
+other_hosts_fire_timeout_s = {w}
 [supervision]
 kill_grace_s = 2
 sigkill_max = 3
@@ -1404,4 +1405,72 @@ fn a_request_from_another_host_makes_the_holder_give_the_lease_up() {
     // A free lease: nothing to request.
     let v = h2.json(&["resource", "request", &h2.resource("R", 1)]);
     assert_eq!(v["owner"], serde_json::Value::Null, "{v}");
+}
+
+/// A FORCE request from another host arrives while local clients race for the lease: its holder
+/// is SIGKILLed, and while that holder's release is written and after, another local client's
+/// acquire is refused or granted — never while the killed holder still held it (oracle), and a
+/// local client granted the lease after the kill (lver past the request's) is not killed by the
+/// same request.
+#[test]
+fn a_force_request_arriving_while_local_clients_race_keeps_them_apart() {
+    if !can_run() {
+        return;
+    }
+    use std::os::unix::process::ExitStatusExt;
+    let backing = BackingFile::new(16 << 20);
+    let base = LoopDevice::attach(backing.path(), 512);
+    format_area(&base.path_str(), &[("R", 1)]);
+    let h1 = Host::start(1, backing.path());
+    let h2 = Host::start(2, backing.path());
+    h1.wait_joined(Duration::from_secs(30));
+    h2.wait_joined(Duration::from_secs(30));
+    let oracle = h1.dir.path().join("oracle");
+    let r1 = h1.resource("R", 1);
+    let mut a = spawn_holder(&h1, &r1, &oracle_cmd(&oracle, "600"));
+    wait_lease_shown(&h1, 1);
+    // Local racers: each try holds the oracle 0.3 s, or is refused at once.
+    let stop = std::sync::atomic::AtomicBool::new(false);
+    let (granted, refused) = std::thread::scope(|s| {
+        let racer = s.spawn(|| {
+            let (mut granted, mut refused) = (0u32, 0u32);
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let out = h1
+                    .tenure(&["run", "--no-wait", "--lease", &r1, "--", "sh", "-c"])
+                    .arg(oracle_cmd(&oracle, "0.3"))
+                    .output()
+                    .unwrap();
+                match out.status.code() {
+                    Some(0) => granted += 1,
+                    Some(99) => panic!("two local holders at once (oracle)\n{}", h1.log()),
+                    _ => {
+                        let e = String::from_utf8_lossy(&out.stderr);
+                        assert!(
+                            ["(Exists)", "(Busy)", "(Releasing)"]
+                                .iter()
+                                .any(|k| e.contains(k)),
+                            "unexpected refusal: {e}"
+                        );
+                        refused += 1;
+                    }
+                }
+            }
+            (granted, refused)
+        });
+        std::thread::sleep(Duration::from_millis(500));
+        let v = h2.json(&["resource", "request", "--force", &h2.resource("R", 1)]);
+        assert_eq!(v["owner"], 1, "{v}");
+        let st = wait_end(&mut a, Duration::from_secs(20), "requested holder");
+        assert_eq!(st.signal(), Some(libc::SIGKILL), "{st:?}\n{}", h1.log());
+        // Let the racers take it over a few times after the kill (lver past the request's).
+        std::thread::sleep(Duration::from_secs(3));
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        racer.join().unwrap()
+    });
+    eprintln!("local racers: {granted} granted, {refused} refused");
+    assert!(refused > 0, "the racers met the holder");
+    assert!(
+        granted > 0,
+        "a local client got the lease after the kill, and was not killed by the old request"
+    );
 }

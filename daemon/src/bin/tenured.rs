@@ -56,6 +56,9 @@ struct Flags {
     /// Watchdog fire timeout W in seconds.
     #[arg(long, value_name = "S")]
     fire_timeout: Option<u32>,
+    /// The W assumed for other hosts, seconds (default 60, sanlock's; never below ours).
+    #[arg(long, value_name = "S")]
+    other_hosts_fire_timeout: Option<u32>,
     /// Kill grace period in seconds.
     #[arg(long, value_name = "S")]
     kill_grace: Option<u64>,
@@ -182,6 +185,9 @@ fn run(flags: Flags) -> Result<(), String> {
     if let Some(v) = flags.fire_timeout {
         cfg.watchdog.fire_timeout_s = v;
     }
+    if let Some(v) = flags.other_hosts_fire_timeout {
+        cfg.watchdog.other_hosts_fire_timeout_s = Some(v);
+    }
     if let Some(v) = flags.kill_grace {
         cfg.supervision.kill_grace_s = v;
     }
@@ -247,7 +253,8 @@ fn prepare_embedded(cfg: &Config, backend: BackendKind) -> Result<(), String> {
     eprintln!(
         "tenured: no configuration file ({CONFIG_PATH_DEFAULT} absent, no --config): embedded \
          default in {}: lockspace {EMBEDDED_LOCKSPACE} on {} (host id 1), resources r0..r{} at \
-         1M..{}M, emulated watchdog (fires after {} s), io_timeout {} s",
+         1M..{}M, emulated watchdog (fires after {} s; other hosts assumed to fire as fast: a single-host \
+         trial), io_timeout {} s",
         dir.display(),
         file.display(),
         EMBEDDED_RESOURCES - 1,

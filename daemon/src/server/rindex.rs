@@ -15,6 +15,7 @@ use tenure_core::lockspace::{AcquireOptions, HeldResource, ResourceTarget};
 use tenure_format::{AlignSize, Name, RindexSpec, SectorSize};
 
 use super::{err, ClientKey, Deferred, JobReply, LockspaceState, Pending, Server};
+use crate::host::admission::{InFlight, ResourceKey};
 use crate::proto::{ErrorCode, ErrorReply, Reply, Request, RindexAction};
 
 /// One rindex request, parsed.
@@ -212,6 +213,14 @@ impl Server {
             expect_lver: None,
             mirrors: Vec::new(),
         };
+        // The private lease is a lease like any other: one local operation at a time.
+        let key = ResourceKey::new(&space, rindex::lease_name());
+        if let Err(r) = self
+            .claims
+            .admit_acquire(&key, self.local_hold(&key), false)
+        {
+            return Some(super::refusal_reply(&key, r));
+        }
         let now = self.clock.now();
         match self.set.start_acquire(
             self.spaces[si].id,
@@ -220,6 +229,7 @@ impl Server {
             now,
         ) {
             Ok(id) => {
+                self.claims.begin(key, InFlight::Acquire);
                 self.pending.insert(
                     id,
                     Pending::Rindex {
@@ -268,6 +278,10 @@ impl Server {
         });
         match started {
             Some(Ok(id)) => {
+                self.claims.begin(
+                    ResourceKey::new(space, rindex::lease_name()),
+                    InFlight::Release,
+                );
                 self.pending.insert(
                     id,
                     Pending::RindexRelease {

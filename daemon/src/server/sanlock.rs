@@ -53,7 +53,7 @@ fn result_of(c: u32, code: ErrorCode) -> i32 {
         (_, ErrorCode::OwnerAlive) => rv::SANLK_ACQUIRE_IDLIVE,
         (_, ErrorCode::OwnedRetry) => rv::SANLK_ACQUIRE_OWNED_RETRY,
         (_, ErrorCode::LverMismatch) => rv::SANLK_ACQUIRE_LVER,
-        (_, ErrorCode::SharedBusy) => rv::EAGAIN,
+        (_, ErrorCode::SharedBusy | ErrorCode::Releasing) => rv::EAGAIN,
         (_, ErrorCode::Exists) => rv::EEXIST,
         (cmd::ACQUIRE, ErrorCode::NotFound | ErrorCode::NotJoined | ErrorCode::LockspaceLost) => {
             rv::ENOSPC
@@ -441,7 +441,7 @@ impl Server {
                 let mine: Vec<String> = self
                     .leases
                     .iter()
-                    .filter(|l| l.owner == Owner::Conn(target))
+                    .filter(|l| l.owner == Owner::Conn(target) && l.joining.is_none())
                     .map(|l| {
                         let lver = if l.held.acquired.shared {
                             "SH".to_owned()
@@ -1177,9 +1177,9 @@ impl Server {
 
     /// A lease held on this host (any client) by lockspace and resource name.
     fn held_on_host(&self, r: &w::Resource) -> Option<usize> {
-        self.leases
-            .iter()
-            .position(|l| l.space == r.lockspace && l.resource.escaped() == r.name)
+        self.leases.iter().position(|l| {
+            l.joining.is_none() && l.space == r.lockspace && l.resource.escaped() == r.name
+        })
     }
 
     fn sanlock_acquire(&mut self, k: ClientKey, req: Request, target: ClientKey) {
@@ -1317,7 +1317,7 @@ impl Server {
                 &ls.encode(),
             );
         }
-        for l in &self.leases {
+        for l in self.leases.iter().filter(|l| l.joining.is_none()) {
             let r = w::Resource {
                 lockspace: l.space.clone(),
                 name: l.resource.escaped(),
