@@ -1645,6 +1645,10 @@ impl Server {
                     "state": state_name,
                     "detail": detail,
                     "io_timeout_s": self.set.config(s.id).map(|c| c.timeouts.io_timeout_s),
+                    // The W assumed for the other hosts, and when one counts as dead (8T + W,
+                    // with its own T; ours shown here).
+                    "other_hosts_fire_timeout_s": self.set.config(s.id).map(|c| c.timeouts.watchdog_fire_s),
+                    "host_dead_after_s": self.set.config(s.id).map(|c| c.timeouts.host_dead().as_secs()),
                     "renewal_deadline_in_ms": self.set.renewal_deadline(s.id).map(|d| d.saturating_since(now).as_millis() as u64),
                     "leases": self.leases.iter().filter(|l| l.space == s.name).count(),
                     "last_renewals": last,

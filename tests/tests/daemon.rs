@@ -1427,7 +1427,12 @@ fn a_force_request_arriving_while_local_clients_race_keeps_them_apart() {
     h2.wait_joined(Duration::from_secs(30));
     let oracle = h1.dir.path().join("oracle");
     let r1 = h1.resource("R", 1);
-    let mut a = spawn_holder(&h1, &r1, &oracle_cmd(&oracle, "600"));
+    // The holder is one process holding the oracle (no child inherits its registration).
+    let single = format!(
+        "exec /usr/bin/python3 -c 'import fcntl, sys, time\nf = open(\"{o}\", \"w\")\ntry:\n    fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)\nexcept OSError:\n    sys.exit(99)\ntime.sleep(600)'",
+        o = oracle.display()
+    );
+    let mut a = spawn_holder(&h1, &r1, &single);
     wait_lease_shown(&h1, 1);
     // Local racers: each try holds the oracle 0.3 s, or is refused at once.
     let stop = std::sync::atomic::AtomicBool::new(false);

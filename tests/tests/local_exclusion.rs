@@ -80,6 +80,10 @@ struct Bed {
 
 impl Bed {
     fn start(no_exclusion: bool, stall: bool) -> Bed {
+        Bed::start_with(no_exclusion, stall, &[])
+    }
+
+    fn start_with(no_exclusion: bool, stall: bool, flags: &[&str]) -> Bed {
         let backing = BackingFile::new(16 << 20);
         let dev = LoopDevice::attach(backing.path(), 512);
         format(&dev.path_str(), true, &["r0", "r1", "r2", "r3", "r4"]);
@@ -106,6 +110,7 @@ impl Bed {
             .arg("--sanlock-compat")
             .arg("--sanlock-run-dir")
             .arg(d.join("sl"))
+            .args(flags)
             .process_group(0)
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(d.join("log")).unwrap());
@@ -702,4 +707,55 @@ fn every_same_host_interleaving_gets_sanlocks_answer_and_leaks_nothing() {
     bed.wait_free_on_disk(&s0);
     bed.wait_leases(0, Duration::from_secs(20));
     bed.run_ok(&s0);
+}
+
+/// Another host's death is judged with the W assumed for other hosts: sanlock's 60 s unless
+/// told, whatever this host's own W; assuming the others fence faster than we do is refused.
+#[test]
+fn other_hosts_are_assumed_to_fire_after_60_s_unless_told() {
+    if !can_run() {
+        return;
+    }
+    let bed = Bed::start_with(false, false, &["--fire-timeout", "8"]);
+    let v = bed.json(&["lockspace", "list"]);
+    let ls = &v["lockspaces"][0];
+    assert_eq!(ls["other_hosts_fire_timeout_s"], 60, "{v}");
+    assert_eq!(ls["host_dead_after_s"], 8 + 60, "8T + W at T = 1: {v}");
+    drop(bed);
+    let bed = Bed::start_with(
+        false,
+        false,
+        &["--fire-timeout", "8", "--other-hosts-fire-timeout", "8"],
+    );
+    let v = bed.json(&["lockspace", "list"]);
+    assert_eq!(v["lockspaces"][0]["host_dead_after_s"], 16, "{v}");
+    drop(bed);
+    let dir = tempfile::tempdir_in("/var/tmp").unwrap();
+    let mut c = Command::new(tenured_bin())
+        .args(["--config", "/dev/null", "--watchdog", "none", "--run-dir"])
+        .arg(dir.path().join("run"))
+        .arg("--state-dir")
+        .arg(dir.path().join("state"))
+        .args(["--fire-timeout", "60", "--other-hosts-fire-timeout", "8"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let t0 = Instant::now();
+    let st = loop {
+        if let Some(st) = c.try_wait().unwrap() {
+            break st;
+        }
+        if t0.elapsed() > Duration::from_secs(10) {
+            end(c);
+            panic!("tenured started with other hosts' W below its own");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let mut e = String::new();
+    std::io::Read::read_to_string(&mut c.stderr.take().unwrap(), &mut e).unwrap();
+    assert!(
+        !st.success() && e.contains("other_hosts_fire_timeout_s = 8"),
+        "{st:?}: {e}"
+    );
 }
