@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 
 use crate::client::{Client, ClientError};
-use crate::proto::Request;
+use crate::proto::{ErrorCode, Request};
 
 /// Socket used when neither --socket nor TENURE_SOCKET is given and no daemon socket exists
 /// in the usual places.
@@ -69,19 +69,46 @@ fn connect(socket: &Path) -> Result<Client, String> {
 }
 
 fn call(c: &mut Client, req: &Request) -> Result<Value, String> {
-    c.call(req).map_err(|e| match e {
+    c.call(req).map_err(describe)
+}
+
+/// A client error as the CLI prints it: the daemon's message and code.
+fn describe(e: ClientError) -> String {
+    match e {
         ClientError::Daemon(r) => match r.details {
             Some(d) => format!("{} ({:?}; {d})", r.message, r.code),
             None => format!("{} ({:?})", r.message, r.code),
         },
         other => other.to_string(),
-    })
+    }
 }
 
 /// One request on a fresh connection.
 fn ask(socket: &Path, req: &Request) -> Result<Value, String> {
     let mut c = connect(socket)?;
     call(&mut c, req)
+}
+
+/// How long an acquire is tried again while another client of this host still writes its
+/// release of a resource (`releasing`): such a release ends within one I/O timeout.
+const RELEASING_RETRY: Duration = Duration::from_secs(130);
+
+/// An acquire, tried again (every 10 ms) while the daemon answers `releasing`: a command run
+/// right after another one's end — whose lease is released when its connection closes — must
+/// not fail for it. Every other refusal is final, as the daemon gave it.
+fn acquire_call(c: &mut Client, req: &Request) -> Result<Value, String> {
+    let t0 = Instant::now();
+    loop {
+        match c.call(req) {
+            Err(ClientError::Daemon(r))
+                if r.code == ErrorCode::Releasing && t0.elapsed() < RELEASING_RETRY =>
+            {
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            Err(e) => return Err(describe(e)),
+            Ok(v) => return Ok(v),
+        }
+    }
 }
 
 fn print(json: bool, v: &Value, human: impl FnOnce(&Value) -> String) -> Result<(), String> {
@@ -490,8 +517,9 @@ pub fn acquire(
     lvb: bool,
     json: bool,
 ) -> Result<ExitCode, String> {
-    let v = ask(
-        socket,
+    let mut c = connect(socket)?;
+    let v = acquire_call(
+        &mut c,
         &Request::Acquire {
             resources: abs_resources(resources)?,
             no_wait,
@@ -633,7 +661,7 @@ pub fn run(
         return Err("run needs a command after --".into());
     };
     let mut c = Client::connect(socket, Some(&format!("run {prog}"))).map_err(|e| e.to_string())?;
-    call(
+    acquire_call(
         &mut c,
         &Request::Acquire {
             resources: abs_resources(leases)?,

@@ -2175,10 +2175,9 @@ impl Server {
                 self.reply(client, reply);
             }
             Pending::Rindex { client, space, job } => {
-                self.claims.end(
-                    &ResourceKey::new(&space, tenure_core::direct::rindex::lease_name()),
-                    InFlight::Acquire,
-                );
+                // The private lease stays claimed while the index job runs under it (until
+                // rindex_done starts its release): no other local operation may take it then.
+                let key = ResourceKey::new(&space, tenure_core::direct::rindex::lease_name());
                 match outcome {
                     OpOutcome::Acquired(mut held) if !held.is_empty() => {
                         self.rindex_locked(client, space, job, held.remove(0));
@@ -2186,10 +2185,14 @@ impl Server {
                     OpOutcome::Failed {
                         resource, error, ..
                     } => {
+                        self.claims.end(&key, InFlight::Acquire);
                         let r = op_error_reply(resource, &error);
                         self.reply(client, r);
                     }
-                    _ => self.reply(client, err(ErrorCode::Failed, "internal: rindex lease")),
+                    _ => {
+                        self.claims.end(&key, InFlight::Acquire);
+                        self.reply(client, err(ErrorCode::Failed, "internal: rindex lease"));
+                    }
                 }
             }
             Pending::RindexRelease {

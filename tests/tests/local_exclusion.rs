@@ -297,28 +297,18 @@ impl Bed {
             .unwrap()
     }
 
-    /// A holder of `specs` that holds them: tenured then shows `n` leases. A try that met a
-    /// release still being written (told to try again) is retried.
+    /// A holder of `specs` that holds them: tenured then shows `n` leases.
     fn hold(&self, specs: &str, n: usize) -> Child {
         let t0 = Instant::now();
-        loop {
-            let mut c = self.holder(specs);
-            loop {
-                if self.leases().len() == n {
-                    return c;
-                }
-                if let Some(st) = c.try_wait().unwrap() {
-                    assert!(
-                        t0.elapsed() < Duration::from_secs(20),
-                        "holder of {specs} exited {st:?}\n{}",
-                        self.log()
-                    );
-                    break;
-                }
-                assert!(t0.elapsed() < Duration::from_secs(20), "{}", self.log());
-                std::thread::sleep(Duration::from_millis(20));
+        let mut c = self.holder(specs);
+        while self.leases().len() != n {
+            if let Some(st) = c.try_wait().unwrap() {
+                panic!("holder of {specs} exited {st:?}\n{}", self.log());
             }
+            assert!(t0.elapsed() < Duration::from_secs(20), "{}", self.log());
+            std::thread::sleep(Duration::from_millis(20));
         }
+        c
     }
 
     /// `tenure run` of `specs` (comma-separated) and `true`, which must be refused: its stderr.
@@ -326,23 +316,11 @@ impl Bed {
         self.refused(&run_args(specs, &["true"]))
     }
 
-    /// `tenure run` of `specs` and `true` succeeds, once a release still being written (the
-    /// only refusal allowed meanwhile) has ended.
+    /// `tenure run` of `specs` and `true` succeeds (the CLI itself waits for a release of
+    /// them still being written).
     fn run_ok(&self, specs: &str) {
-        let t0 = Instant::now();
-        loop {
-            let out = self.tenure(&run_args(specs, &["true"])).output().unwrap();
-            if out.status.success() {
-                return;
-            }
-            let e = String::from_utf8_lossy(&out.stderr);
-            assert!(
-                e.contains("(Releasing)") && t0.elapsed() < Duration::from_secs(20),
-                "{specs}: {out:?}\n{}",
-                self.log()
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        let out = self.tenure(&run_args(specs, &["true"])).output().unwrap();
+        assert!(out.status.success(), "{specs}: {out:?}\n{}", self.log());
     }
 }
 
@@ -550,11 +528,30 @@ fn every_same_host_interleaving_gets_sanlocks_answer_and_leaks_nothing() {
     let (s0, s1) = (bed.sres("s0", 1), bed.sres("s1", 2));
     let sh = |s: &str| format!("{s}:SH");
 
-    // Held exclusive: a second exclusive or shared acquirer is refused as held (EEXIST).
+    // Held exclusive: a second exclusive or shared acquirer is refused as held (EEXIST) —
+    // also when it reaches the lease through another device of the same storage, and through
+    // the sanlock socket.
     let a = bed.hold(&r0, 1);
-    for spec in [r0.clone(), sh(&r0)] {
+    let alias = LoopDevice::attach(bed._backing.path(), 512);
+    let r0_alias = format!("{LS}:r0:{}:1M", alias.path_str());
+    for spec in [r0.clone(), sh(&r0), r0_alias] {
         let e = bed.run_refused(&spec);
         assert!(e.contains("(Exists)"), "{spec}: {e}");
+    }
+    if sanlock_available() {
+        let out = Command::new("sanlock")
+            .args([
+                "client",
+                "command",
+                "-r",
+                &bed.sanlock_res("r0", 1),
+                "-c",
+                "/bin/true",
+            ])
+            .env("SANLOCK_RUN_DIR", bed.dir.path().join("sl"))
+            .output()
+            .unwrap();
+        assert_eq!(refusal(Via::SanlockCommand, &out), "-17", "{out:?}");
     }
     end(a);
     bed.wait_leases(0, Duration::from_secs(10));
@@ -623,15 +620,36 @@ fn every_same_host_interleaving_gets_sanlocks_answer_and_leaks_nothing() {
     assert_eq!(bed.owners(&s1), (None, vec![]), "s1 was not taken");
 
     // Acquire ∥ release by another client: while the holder's release is written, a new
-    // acquirer is told to try again (EAGAIN); then it gets the lease.
+    // acquirer is told to try again (sanlock socket: −11 EAGAIN); the CLI tries again by itself
+    // and gets the lease once the release has ended.
     bed.hang_writes(true);
     end(a);
     std::thread::sleep(Duration::from_millis(300));
-    let e = bed.run_refused(&s0);
-    assert!(e.contains("(Releasing)"), "{e}");
+    if sanlock_available() {
+        let (d, _) = bed.stall.as_ref().unwrap();
+        let out = Command::new("sanlock")
+            .args(["client", "command", "-r"])
+            .arg(format!("{LS}:s0:{}:{}", d.path_str(), 1 << 20))
+            .args(["-c", "/bin/true"])
+            .env("SANLOCK_RUN_DIR", bed.dir.path().join("sl"))
+            .output()
+            .unwrap();
+        assert_eq!(refusal(Via::SanlockCommand, &out), "-11", "{out:?}");
+    }
+    let mut waiting = bed
+        .tenure(&run_args(&s0, &["true"]))
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(
+        waiting.try_wait().unwrap().is_none(),
+        "tenure run waits while the release is written"
+    );
     bed.hang_writes(false);
+    let out = waiting.wait_with_output().unwrap();
+    assert!(out.status.success(), "{out:?}\n{}", bed.log());
     bed.wait_leases(0, Duration::from_secs(20));
-    bed.run_ok(&s0);
 
     // Acquire ∥ convert: while a holder converts (writes hang), another acquirer is busy;
     // a conversion to exclusive while another local process holds it shared is refused.

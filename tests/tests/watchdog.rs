@@ -105,6 +105,24 @@ impl Bed {
         emulated::query_status(&self.socket()).unwrap()
     }
 
+    /// Waits (10 s at most) until the emulator's status satisfies `ok`: it learns of a
+    /// disarm or a lost connection asynchronously, so one sample may still show the state
+    /// before.
+    fn wait_status(&self, ok: impl Fn(&str) -> bool, what: &str) {
+        let t0 = Instant::now();
+        loop {
+            let s = self.status();
+            if ok(&s) {
+                return;
+            }
+            assert!(
+                t0.elapsed() < Duration::from_secs(10),
+                "{what}: status still {s:?}"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     /// A command inside the simulated host's process group, wired to the watchdog.
     fn in_host(&self, program: &Path) -> Command {
         let mut c = Command::new(program);
@@ -310,7 +328,7 @@ fn a_clean_removal_does_not_fire_and_a_clean_disarm_leaves_it_idle() {
             "never withheld: {:?}",
             f.lines
         );
-        assert_eq!(bed.status(), "idle");
+        bed.wait_status(|s| s == "idle", "disarmed");
         assert!(
             !marker_dir.join("watchdog-armed").exists(),
             "marker cleared"
@@ -338,7 +356,7 @@ fn a_feeder_killed_while_armed_fires_and_its_restart_does_not_feed() {
             nix::sys::signal::Signal::SIGKILL,
         );
         bed.child(dead).wait().unwrap();
-        assert!(bed.status().ends_with("orphaned"), "{}", bed.status());
+        bed.wait_status(|s| s.ends_with("orphaned"), "feeder killed while armed");
         // The restarted feeder finds the marker of a dead predecessor: it must not feed.
         let mut again = bed.feeder(3, &marker_dir, &["--source", "ls:never"]);
         let l = again.until("arm-failed");
@@ -401,7 +419,7 @@ fn watchdog_test_needs_yes_and_works_on_the_emulated_watchdog() {
         .unwrap();
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("Not armed"));
-    assert_eq!(bed.status(), "idle");
+    bed.wait_status(|s| s == "idle", "never armed");
     let mut child = bed
         .in_host(&tenure_bin())
         .args([
@@ -463,10 +481,10 @@ fn a_busy_device_names_its_holder_and_probe_reads_identity_and_disarms() {
     assert_eq!(p["identity"]["identity"], "tenure emulated watchdog");
     assert_eq!(p["fire_timeout_ok"], true);
     assert_eq!(p["programmed_timeout_s"], 20);
-    assert_eq!(bed.status(), "idle", "probe disarmed it");
+    bed.wait_status(|s| s == "idle", "probe disarmed it");
     let p = probe(&bed, "60");
     assert_eq!(p["fire_timeout_ok"], false, "{p}");
-    assert_eq!(bed.status(), "idle", "a refused device is disarmed too");
+    bed.wait_status(|s| s == "idle", "a refused device is disarmed too");
     // A holder: probe names it, a second opener is refused with its pid.
     let marker_dir = bed.marker_dir();
     let mut f = bed.feeder(5, &marker_dir, &["--source", "ls:never"]);

@@ -252,12 +252,14 @@ impl Server {
         job: Box<RindexJob>,
         held: HeldResource,
     ) {
+        let key = ResourceKey::new(&space, rindex::lease_name());
         let started = self.spawn_job(k, move || JobReply::RindexDone {
             space,
             held: Box::new(held),
             reply: job.run(),
         });
         if !started {
+            self.claims.end(&key, InFlight::Acquire);
             tracing::error!("no helper thread for a rindex operation; its private lease stays held until the next one");
             self.reply(k, err(ErrorCode::Full, "too many direct I/Os in progress"));
         }
@@ -271,6 +273,11 @@ impl Server {
         held: HeldResource,
         reply: Reply,
     ) {
+        // The job's claim (taken with the acquire) ends; the release takes its own.
+        self.claims.end(
+            &ResourceKey::new(space, rindex::lease_name()),
+            InFlight::Acquire,
+        );
         let now = self.clock.now();
         let started = self.space_index(space).map(|i| {
             self.set
