@@ -46,7 +46,8 @@ use tenure_format::{Geometry, LeaderRecord, LockspaceSpec, Name, ResourceMode, R
 use tenure_watchdog::fence::RenewalNote;
 
 use crate::config::Config;
-use crate::host::admission::{Admit, Claims, InFlight, LocalHold, Refusal, ResourceKey};
+use crate::host::admission::{Admit, InFlight, Refusal, ResourceKey};
+use crate::host::registry::{ClientKey, Lease, Owner, Registry};
 use crate::proto::{self, ErrorCode, ErrorReply, Reply, Request, Split, PROTOCOL_VERSION};
 use crate::supervise::{instant_of, Supervisor, SupervisorConfig};
 
@@ -104,12 +105,6 @@ fn setup(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> ServerError 
     move |source| ServerError::Setup { what, source }
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-struct ClientKey {
-    idx: usize,
-    serial: u64,
-}
-
 #[derive(Debug)]
 struct Conn {
     serial: u64,
@@ -131,73 +126,6 @@ struct Conn {
     proto: Proto,
     /// Restrictions it put on itself (sanlock's RESTRICT bits: ALL, no SIGKILL, no SIGTERM).
     restrict: u32,
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Owner {
-    /// Released when this connection closes.
-    Conn(ClientKey),
-    /// Acquired on behalf of a pid: released when that pid exits.
-    Pid(i32),
-    /// Its release failed: still ours on disk, no holder.
-    Orphan,
-}
-
-#[derive(Debug)]
-struct Lease {
-    space: String,
-    resource: Name,
-    location: (String, u64),
-    held: HeldResource,
-    owner: Owner,
-    pid: i32,
-    client_name: String,
-    acquired_unix_ms: u64,
-    /// Set with lvb_set; written by the release.
-    lvb_to_write: Option<Vec<u8>>,
-    /// A conversion runs: a release waits for it (its result replaces `held`; releasing the
-    /// record from before would be unsafe), and an owner gone meanwhile releases after it.
-    converting: bool,
-    /// A joiner of this host's shared hold whose acquire (this operation) still runs for its
-    /// other resources: not granted yet, but it keeps the shared hold from being released.
-    joining: Option<OpId>,
-}
-
-impl Lease {
-    fn key(&self) -> ResourceKey {
-        ResourceKey::new(&self.space, self.resource)
-    }
-
-    fn state_string(&self) -> String {
-        format!(
-            "{}:{}:{}:{}:{}",
-            self.space,
-            self.resource.escaped(),
-            self.location.0.replace(':', "\\:"),
-            self.location.1,
-            self.held.acquired.lver
-        )
-    }
-
-    fn json(&self) -> serde_json::Value {
-        json!({
-            "lockspace": self.space,
-            "resource": self.resource.escaped(),
-            "path": self.location.0,
-            "offset": self.location.1,
-            "lver": self.held.acquired.lver,
-            "shared": self.held.acquired.shared,
-            "pid": self.pid,
-            "client": self.client_name,
-            "owner": match self.owner {
-                Owner::Conn(_) => "connection",
-                Owner::Pid(_) => "pid",
-                Owner::Orphan => "orphan (release failed)",
-            },
-            "acquired_unix_ms": self.acquired_unix_ms,
-            "state": self.state_string(),
-        })
-    }
 }
 
 #[derive(Debug)]
@@ -320,9 +248,8 @@ pub struct Server {
     conns: Vec<Option<Conn>>,
     next_serial: u64,
     spaces: Vec<Space>,
-    leases: Vec<Lease>,
-    /// Local exclusion: operations in flight per resource (crate::host::admission).
-    claims: Claims,
+    /// The leases of this host's clients, and local exclusion (crate::host::registry).
+    reg: Registry,
     pending: HashMap<OpId, Pending>,
     disks: HashMap<PathBuf, DiskId>,
     areas: HashMap<ProbeKey, Result<AreaInfo, String>>,
@@ -552,8 +479,7 @@ impl Server {
             conns: Vec::new(),
             next_serial: 0,
             spaces: Vec::new(),
-            leases: Vec::new(),
-            claims: Claims::new(no_exclusion),
+            reg: Registry::new(no_exclusion),
             pending: HashMap::new(),
             disks: HashMap::new(),
             areas: HashMap::new(),
@@ -650,13 +576,7 @@ impl Server {
             if let Some(s) = self.spaces.iter_mut().find(|s| s.name == name) {
                 s.cleared = true;
             }
-            let dropped: Vec<Lease> = {
-                let (gone, keep) = std::mem::take(&mut self.leases)
-                    .into_iter()
-                    .partition(|l| l.space == name);
-                self.leases = keep;
-                gone
-            };
+            let dropped = self.reg.take(|l| l.space == name);
             tracing::warn!(lockspace = %name, leases = dropped.len(), "lost lockspace cleared: its leases are gone");
         }
         // Forget cleared, left or failed lockspaces once no operation of theirs runs.
@@ -780,7 +700,7 @@ impl Server {
     }
 
     fn begin_leaving_all(&mut self, now: Time) {
-        if !self.leases.is_empty() {
+        if !self.reg.is_empty() {
             return;
         }
         // Joined lockspaces release their host id (Left follows); a joining one is left once
@@ -926,9 +846,9 @@ impl Server {
             tracing::info!("SIGHUP ignored (configuration is read at start-up)");
             return;
         }
-        let held = self.leases.len();
+        let held = self.reg.len();
         if held > 0 {
-            let pids: Vec<i32> = self.leases.iter().map(|l| l.pid).collect();
+            let pids: Vec<i32> = self.reg.iter().map(|l| l.pid).collect();
             tracing::error!(
                 leases = held,
                 ?pids,
@@ -1560,7 +1480,7 @@ impl Server {
             return;
         };
         let orphans = self
-            .leases
+            .reg
             .iter()
             .any(|l| l.space == name && l.owner == Owner::Orphan);
         let s = &self.spaces[i];
@@ -1578,7 +1498,7 @@ impl Server {
                 format!("lockspace {name} is marked used: clear it first (lockspace config)"),
             ));
         }
-        let held = self.leases.iter().filter(|l| l.space == name).count();
+        let held = self.reg.iter().filter(|l| l.space == name).count();
         if held > 0 {
             return Some(err(
                 ErrorCode::Busy,
@@ -1650,7 +1570,7 @@ impl Server {
                     "other_hosts_fire_timeout_s": self.set.config(s.id).map(|c| c.timeouts.watchdog_fire_s),
                     "host_dead_after_s": self.set.config(s.id).map(|c| c.timeouts.host_dead().as_secs()),
                     "renewal_deadline_in_ms": self.set.renewal_deadline(s.id).map(|d| d.saturating_since(now).as_millis() as u64),
-                    "leases": self.leases.iter().filter(|l| l.space == s.name).count(),
+                    "leases": self.reg.iter().filter(|l| l.space == s.name).count(),
                     "last_renewals": last,
                 })
             })
@@ -1694,7 +1614,7 @@ impl Server {
             "socket": self.socket_path,
             "clients": self.conns.iter().flatten().map(|c| json!({"pid": c.pid, "uid": c.uid, "name": c.name})).collect::<Vec<_>>(),
             "lockspaces": self.lockspace_list()["lockspaces"],
-            "leases": self.leases.iter().filter(|l| l.joining.is_none()).map(Lease::json).collect::<Vec<_>>(),
+            "leases": self.reg.iter().filter(|l| l.joining.is_none()).map(Lease::json).collect::<Vec<_>>(),
             "operations_in_flight": self.set.ops_in_flight(),
             "supervisor": self.sup().status(),
         })
@@ -1827,33 +1747,28 @@ impl Server {
                 ));
             }
         }
-        // Local exclusion, before anything starts (crate::host::admission): all or nothing.
-        let mut admits = Vec::with_capacity(specs.len());
-        for s in &specs {
-            let key = ResourceKey::new(&space, s.name);
-            match self
-                .claims
-                .admit_acquire(&key, self.local_hold(&key), shared)
-            {
-                Ok(Admit::Join)
-                    if *lvb
-                        && self
-                            .shared_hold(&key)
-                            .is_some_and(|l| l.held.acquired.lvb.is_none()) =>
-                {
-                    return Some(err(
-                        ErrorCode::BadRequest,
-                        format!(
-                            "{} is held shared on this host without its LVB: the first holder must acquire it with lvb",
-                            s.name.escaped()
-                        ),
-                    ));
-                }
-                Ok(a) => admits.push(a),
-                Err(r) => return Some(refusal_reply(&key, r)),
+        // Local exclusion, before anything starts (crate::host::registry): all or nothing.
+        let names: Vec<Name> = specs.iter().map(|s| s.name).collect();
+        let admits = match self.reg.admit_acquire(&space, &names, shared) {
+            Ok(a) => a,
+            Err((key, r)) => return Some(refusal_reply(&key, r)),
+        };
+        for (n, a) in names.iter().zip(&admits) {
+            let lvb_missing = self
+                .reg
+                .shared_hold(&ResourceKey::new(&space, *n))
+                .is_some_and(|l| l.held.acquired.lvb.is_none());
+            if *a == Admit::Join && *lvb && lvb_missing {
+                return Some(err(
+                    ErrorCode::BadRequest,
+                    format!(
+                        "{} is held shared on this host without its LVB: the first holder must acquire it with lvb",
+                        n.escaped()
+                    ),
+                ));
             }
         }
-        if self.leases.len() + specs.len() > LEASES_MAX {
+        if self.reg.len() + specs.len() > LEASES_MAX {
             return Some(err(
                 ErrorCode::Full,
                 format!("too many leases ({LEASES_MAX})"),
@@ -1874,25 +1789,16 @@ impl Server {
         } else {
             Owner::Conn(me)
         };
-        let lease_of = |s: &ResourceSpec, held: HeldResource| Lease {
-            space: space.clone(),
-            resource: s.name,
-            location: (s.disks[0].path.clone(), s.disks[0].offset),
-            held,
-            owner,
-            pid,
-            client_name: client_name.clone(),
-            acquired_unix_ms: unix_ms(),
-            lvb_to_write: None,
-            converting: false,
-            joining: None,
+        let lease_of = |s: &ResourceSpec, held: HeldResource| {
+            let location = (s.disks[0].path.clone(), s.disks[0].offset);
+            Lease::new(&space, location, held, owner, pid, &client_name, unix_ms())
         };
         // Joiners of this host's shared holds take a copy of the hold's record.
         let mut joins = Vec::new();
         for (s, a) in specs.iter().zip(&admits) {
             if *a == Admit::Join {
                 let key = ResourceKey::new(&space, s.name);
-                let Some(h) = self.shared_hold(&key) else {
+                let Some(h) = self.reg.shared_hold(&key) else {
                     return Some(err(ErrorCode::Failed, "internal: shared hold gone"));
                 };
                 joins.push(lease_of(s, h.held.clone()));
@@ -1946,13 +1852,7 @@ impl Server {
             Ok(id) => id,
             Err(e) => return Some(op_error_reply(specs[0].name, &e)),
         };
-        for key in &on_disk {
-            self.claims.begin(key.clone(), InFlight::Acquire);
-        }
-        for mut j in joins {
-            j.joining = Some(id);
-            self.leases.push(j);
-        }
+        self.reg.acquire_started(id, &on_disk, joins);
         self.pending.insert(
             id,
             Pending::Acquire {
@@ -1966,33 +1866,6 @@ impl Server {
             },
         );
         None
-    }
-
-    /// What this host's clients hold of `key` (joiners included; an orphan counts as
-    /// exclusive: it is ours on disk and nobody may join it).
-    fn local_hold(&self, key: &ResourceKey) -> LocalHold {
-        let mut holders = 0;
-        let mut shared = true;
-        for l in self
-            .leases
-            .iter()
-            .filter(|l| l.space == key.space && l.resource == key.name)
-        {
-            holders += 1;
-            shared &= l.held.acquired.shared && l.owner != Owner::Orphan;
-        }
-        match (holders, shared) {
-            (0, _) => LocalHold::Free,
-            (n, true) => LocalHold::Shared { holders: n },
-            _ => LocalHold::Exclusive,
-        }
-    }
-
-    /// A lease of this host's shared hold of `key`, to copy its record from.
-    fn shared_hold(&self, key: &ResourceKey) -> Option<&Lease> {
-        self.leases
-            .iter()
-            .find(|l| l.space == key.space && l.resource == key.name && l.held.acquired.shared)
     }
 
     /// Makes `leases` (all of one acquire, held on disk now) the holder's: registers the holder
@@ -2054,7 +1927,7 @@ impl Server {
         for l in &leases {
             tracing::info!(lockspace = %l.space, resource = %l.resource.escaped(), lver = l.held.acquired.lver, shared = l.held.acquired.shared, pid, "acquired");
         }
-        self.leases.extend(leases);
+        self.reg.extend(leases);
         Reply::Ok(json!({"leases": reply}))
     }
 
@@ -2072,36 +1945,17 @@ impl Server {
                 pid,
                 on_disk,
             } => {
-                for key in &on_disk {
-                    self.claims.end(key, InFlight::Acquire);
-                }
                 // Its joiners of shared holds (still here unless their owner went away).
-                let (mut joined, keep): (Vec<Lease>, Vec<Lease>) = std::mem::take(&mut self.leases)
-                    .into_iter()
-                    .partition(|l| l.joining == Some(id));
-                self.leases = keep;
+                let mut joined = self.reg.acquire_ended(id, &on_disk);
                 match outcome {
                     OpOutcome::Acquired(held) => {
                         let mut leases: Vec<Lease> = held
                             .into_iter()
                             .zip(locations)
-                            .map(|(h, loc)| Lease {
-                                space: space.clone(),
-                                resource: h.target.name,
-                                location: loc,
-                                held: h,
-                                owner,
-                                pid,
-                                client_name: client_name.clone(),
-                                acquired_unix_ms: unix_ms(),
-                                lvb_to_write: None,
-                                converting: false,
-                                joining: None,
+                            .map(|(h, loc)| {
+                                Lease::new(&space, loc, h, owner, pid, &client_name, unix_ms())
                             })
                             .collect();
-                        for j in &mut joined {
-                            j.joining = None;
-                        }
                         leases.append(&mut joined);
                         let r = self.grant(now, client, &space, owner, pid, leases);
                         self.reply(client, r);
@@ -2127,10 +1981,10 @@ impl Server {
                 space,
                 resource,
             } => {
-                self.claims
+                self.reg
                     .end(&ResourceKey::new(&space, resource), InFlight::Convert);
                 let at = self
-                    .leases
+                    .reg
                     .iter()
                     .position(|l| l.space == space && l.resource == resource);
                 let reply = match outcome {
@@ -2138,7 +1992,7 @@ impl Server {
                         let h = held.remove(0);
                         let shared = h.acquired.shared;
                         if let Some(i) = at {
-                            self.leases[i].held = h;
+                            self.reg[i].held = h;
                         }
                         tracing::info!(lockspace = %space, resource = %resource.escaped(), shared, "converted");
                         Reply::Ok(json!({"resource": resource.escaped(), "shared": shared}))
@@ -2151,23 +2005,23 @@ impl Server {
                         // Still held in the old mode; a conversion to exclusive rewrote our
                         // dblock, and the hold's record must say so.
                         if let (Some(i), Some(h)) = (at, still_held.pop()) {
-                            self.leases[i].held = h;
+                            self.reg[i].held = h;
                         }
                         op_error_reply(r, &error)
                     }
                     OpOutcome::Released => err(ErrorCode::Failed, "internal: convert released"),
                 };
                 if let Some(i) = at {
-                    self.leases[i].converting = false;
+                    self.reg[i].converting = false;
                     // Its owner went away meanwhile: release it now.
-                    let gone = match self.leases[i].owner {
+                    let gone = match self.reg[i].owner {
                         Owner::Conn(c) => self.conn(c).is_none(),
                         Owner::Pid(p) => rustix::process::Pid::from_raw(p)
                             .is_none_or(|p| rustix::process::test_kill_process(p).is_err()),
                         Owner::Orphan => false,
                     };
                     if gone {
-                        let l = self.leases.remove(i);
+                        let l = self.reg.remove(i);
                         let now = self.clock.now();
                         let _ = self.start_release(now, None, vec![l], None);
                     }
@@ -2185,12 +2039,12 @@ impl Server {
                     OpOutcome::Failed {
                         resource, error, ..
                     } => {
-                        self.claims.end(&key, InFlight::Acquire);
+                        self.reg.end(&key, InFlight::Acquire);
                         let r = op_error_reply(resource, &error);
                         self.reply(client, r);
                     }
                     _ => {
-                        self.claims.end(&key, InFlight::Acquire);
+                        self.reg.end(&key, InFlight::Acquire);
                         self.reply(client, err(ErrorCode::Failed, "internal: rindex lease"));
                     }
                 }
@@ -2200,7 +2054,7 @@ impl Server {
                 space,
                 reply,
             } => {
-                self.claims.end(
+                self.reg.end(
                     &ResourceKey::new(&space, tenure_core::direct::rindex::lease_name()),
                     InFlight::Release,
                 );
@@ -2214,9 +2068,7 @@ impl Server {
                 leases,
                 local,
             } => {
-                for l in &leases {
-                    self.claims.end(&l.key(), InFlight::Release);
-                }
+                self.reg.release_ended(&leases);
                 let reply = match outcome {
                     OpOutcome::Released => {
                         for l in &leases {
@@ -2255,19 +2107,16 @@ impl Server {
 
     fn adopt_orphans(&mut self, space: &str, held: Vec<HeldResource>) {
         for h in held {
-            self.leases.push(Lease {
-                space: space.to_owned(),
-                resource: h.target.name,
-                location: (String::from("?"), h.target.area_offset),
-                held: h,
-                owner: Owner::Orphan,
-                pid: 0,
-                client_name: String::new(),
-                acquired_unix_ms: unix_ms(),
-                lvb_to_write: None,
-                converting: false,
-                joining: None,
-            });
+            let location = (String::from("?"), h.target.area_offset);
+            self.reg.push(Lease::new(
+                space,
+                location,
+                h,
+                Owner::Orphan,
+                0,
+                "",
+                unix_ms(),
+            ));
         }
         self.refresh_used(space);
     }
@@ -2279,7 +2128,7 @@ impl Server {
                 continue;
             }
             let still = self
-                .leases
+                .reg
                 .iter()
                 .any(|x| x.space == l.space && x.pid == l.pid);
             if !still {
@@ -2297,23 +2146,13 @@ impl Server {
     ) -> Option<Reply> {
         // A holder of a shared hold that other local holders (or joiners) keep, or a second
         // lease of one hold in this batch, goes without disk I/O; the hold's last goes to disk.
-        let mut local: Vec<Name> = Vec::new();
-        let mut to_disk: Vec<Lease> = Vec::with_capacity(leases.len());
-        for l in leases {
-            let kept = self
-                .leases
-                .iter()
-                .chain(&to_disk)
-                .any(|o| o.space == l.space && o.resource == l.resource);
-            if kept {
-                tracing::info!(lockspace = %l.space, resource = %l.resource.escaped(), pid = l.pid, "released (the shared hold stays for its other local holders)");
-                local.push(l.resource);
-                self.forget_holders(std::slice::from_ref(&l));
-            } else {
-                to_disk.push(l);
-            }
+        let (kept, leases) = self.reg.split_release(leases);
+        let mut local: Vec<Name> = Vec::with_capacity(kept.len());
+        for l in &kept {
+            tracing::info!(lockspace = %l.space, resource = %l.resource.escaped(), pid = l.pid, "released (the shared hold stays for its other local holders)");
+            local.push(l.resource);
         }
-        let leases = to_disk;
+        self.forget_holders(&kept);
         if leases.is_empty() {
             let names: Vec<String> = local.iter().map(|n| n.escaped()).collect();
             return Some(Reply::Ok(json!({"released": names})));
@@ -2348,9 +2187,7 @@ impl Server {
             let who = if last { client } else { None };
             match self.set.start_release(self.spaces[si].id, held, now) {
                 Ok(id) => {
-                    for l in &g {
-                        self.claims.begin(l.key(), InFlight::Release);
-                    }
+                    self.reg.release_started(&g);
                     self.pending.insert(
                         id,
                         Pending::Release {
@@ -2384,17 +2221,14 @@ impl Server {
     /// Releases every lease of `owner` (connection closed, pid exited).
     fn release_owner(&mut self, owner: Owner, client: Option<ClientKey>) {
         // A lease being converted is released when the conversion ends (Pending::Convert).
-        let (mine, keep): (Vec<Lease>, Vec<Lease>) = std::mem::take(&mut self.leases)
-            .into_iter()
-            .partition(|l| l.owner == owner && !l.converting);
-        self.leases = keep;
+        let mine = self.reg.take(|l| l.owner == owner && !l.converting);
         // Leases of a lost lockspace stay until the supervisor clears it (holders dead).
         let (lost, mine): (Vec<Lease>, Vec<Lease>) = mine.into_iter().partition(|l| {
             self.spaces
                 .iter()
                 .any(|s| s.name == l.space && s.lost.is_some())
         });
-        self.leases.extend(lost);
+        self.reg.extend(lost);
         if mine.is_empty() {
             return;
         }
@@ -2462,7 +2296,7 @@ impl Server {
         }
         for (ls, n) in &wanted {
             if !self
-                .leases
+                .reg
                 .iter()
                 .any(|l| owner_ok(l) && &l.space == ls && l.resource == *n)
             {
@@ -2479,14 +2313,14 @@ impl Server {
                         .iter()
                         .any(|(s, n)| *s == l.space && *n == l.resource))
         };
-        if let Some(l) = self.leases.iter().find(|l| selected(l) && l.converting) {
+        if let Some(l) = self.reg.iter().find(|l| selected(l) && l.converting) {
             return Some(err(
                 ErrorCode::Busy,
                 format!("{}:{} is being converted", l.space, l.resource.escaped()),
             ));
         }
         let lost: Vec<&Lease> = self
-            .leases
+            .reg
             .iter()
             .filter(|l| {
                 owner_ok(l)
@@ -2510,15 +2344,13 @@ impl Server {
                 ),
             ));
         }
-        let (mine, keep): (Vec<Lease>, Vec<Lease>) =
-            std::mem::take(&mut self.leases).into_iter().partition(|l| {
-                owner_ok(l)
-                    && (all
-                        || wanted
-                            .iter()
-                            .any(|(s, n)| *s == l.space && *n == l.resource))
-            });
-        self.leases = keep;
+        let mine = self.reg.take(|l| {
+            owner_ok(l)
+                && (all
+                    || wanted
+                        .iter()
+                        .any(|(s, n)| *s == l.space && *n == l.resource))
+        });
         let now = self.clock.now();
         self.start_release(now, Some(k), mine, lvb)
     }
@@ -2539,7 +2371,7 @@ impl Server {
         };
         let name = Name::new(name)
             .map_err(|e| err(ErrorCode::BadRequest, format!("{resource:?}: {e}")))?;
-        self.leases
+        self.reg
             .iter()
             .position(|l| {
                 l.space == ls
@@ -2570,7 +2402,7 @@ impl Server {
             Ok(i) => i,
             Err(r) => return Some(r),
         };
-        let l = &self.leases[i];
+        let l = &self.reg[i];
         if l.held.acquired.shared == shared {
             return Some(err(
                 ErrorCode::Exists,
@@ -2584,13 +2416,10 @@ impl Server {
             ));
         }
         let key = l.key();
-        if let Err(r) = self
-            .claims
-            .admit_convert(&key, self.local_hold(&key), shared)
-        {
+        if let Err(r) = self.reg.admit_convert(&key, shared) {
             return Some(refusal_reply(&key, r));
         }
-        let l = &self.leases[i];
+        let l = &self.reg[i];
         let Some(si) = self.space_index(&l.space) else {
             return Some(err(ErrorCode::NotFound, "lockspace gone"));
         };
@@ -2605,8 +2434,8 @@ impl Server {
         };
         match started {
             Ok(id) => {
-                self.leases[i].converting = true;
-                self.claims.begin(key, InFlight::Convert);
+                self.reg[i].converting = true;
+                self.reg.begin(key, InFlight::Convert);
                 self.pending.insert(
                     id,
                     Pending::Convert {
@@ -2626,7 +2455,7 @@ impl Server {
             Ok(i) => i,
             Err(r) => return r,
         };
-        match &self.leases[i].held.acquired.lvb {
+        match &self.reg[i].held.acquired.lvb {
             Some(v) => Reply::Ok(json!({"resource": resource, "lvb_hex": hex(v)})),
             None => err(
                 ErrorCode::BadRequest,
@@ -2644,7 +2473,7 @@ impl Server {
             Ok(v) => v,
             Err(e) => return err(ErrorCode::BadRequest, format!("lvb: {e}")),
         };
-        let l = &self.leases[i];
+        let l = &self.reg[i];
         let ss = l.held.target.geometry.sector_size_bytes() as usize;
         if v.len() > ss {
             return err(
@@ -2658,7 +2487,7 @@ impl Server {
                 format!("{resource}: no LVB in this geometry: {e}"),
             );
         }
-        self.leases[i].lvb_to_write = Some(v);
+        self.reg[i].lvb_to_write = Some(v);
         Reply::Ok(json!({"resource": resource, "written_at_release": true}))
     }
 
@@ -2750,7 +2579,7 @@ impl Server {
     /// on helper threads, and acts on newer requests ([`Server::examined`]).
     fn examine(&mut self, space: &str, resource: Option<Name>) {
         let mut targets: Vec<(Name, String, u64)> = Vec::new();
-        for l in self.leases.iter().filter(|l| {
+        for l in self.reg.iter().filter(|l| {
             l.space == space
                 && l.owner != Owner::Orphan
                 && l.joining.is_none()
@@ -2792,7 +2621,7 @@ impl Server {
         // Every local holder of the lease (several share a shared hold); not joiners, which
         // hold nothing yet, nor orphans, which have no process.
         let holders: Vec<(u64, i32, Owner)> = self
-            .leases
+            .reg
             .iter()
             .filter(|l| l.space == space && l.resource == resource)
             .filter(|l| l.joining.is_none() && l.owner != Owner::Orphan)
@@ -2933,7 +2762,7 @@ impl Server {
         };
         let me = target.unwrap_or(k);
         let mine: Vec<&Lease> = self
-            .leases
+            .reg
             .iter()
             .filter(|l| l.joining.is_none())
             .filter(|l| {

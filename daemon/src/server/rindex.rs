@@ -215,10 +215,7 @@ impl Server {
         };
         // The private lease is a lease like any other: one local operation at a time.
         let key = ResourceKey::new(&space, rindex::lease_name());
-        if let Err(r) = self
-            .claims
-            .admit_acquire(&key, self.local_hold(&key), false)
-        {
+        if let Err((key, r)) = self.reg.admit_acquire(&space, &[key.name], false) {
             return Some(super::refusal_reply(&key, r));
         }
         let now = self.clock.now();
@@ -229,7 +226,7 @@ impl Server {
             now,
         ) {
             Ok(id) => {
-                self.claims.begin(key, InFlight::Acquire);
+                self.reg.begin(key, InFlight::Acquire);
                 self.pending.insert(
                     id,
                     Pending::Rindex {
@@ -259,7 +256,7 @@ impl Server {
             reply: job.run(),
         });
         if !started {
-            self.claims.end(&key, InFlight::Acquire);
+            self.reg.end(&key, InFlight::Acquire);
             tracing::error!("no helper thread for a rindex operation; its private lease stays held until the next one");
             self.reply(k, err(ErrorCode::Full, "too many direct I/Os in progress"));
         }
@@ -274,7 +271,7 @@ impl Server {
         reply: Reply,
     ) {
         // The job's claim (taken with the acquire) ends; the release takes its own.
-        self.claims.end(
+        self.reg.end(
             &ResourceKey::new(space, rindex::lease_name()),
             InFlight::Acquire,
         );
@@ -285,7 +282,7 @@ impl Server {
         });
         match started {
             Some(Ok(id)) => {
-                self.claims.begin(
+                self.reg.begin(
                     ResourceKey::new(space, rindex::lease_name()),
                     InFlight::Release,
                 );

@@ -269,7 +269,7 @@ impl Server {
                 }
                 let wait = h.cmd_flags & flags::REM_ASYNC == 0;
                 let holders: Vec<i32> = self
-                    .leases
+                    .reg
                     .iter()
                     .filter(|l| l.space == ls.name && l.pid > 0)
                     .map(|l| l.pid)
@@ -416,7 +416,7 @@ impl Server {
                     return done(self, rv::EINVAL);
                 }
                 let all = h.cmd_flags & flags::REL_ALL != 0;
-                if all && !self.leases.iter().any(|l| l.owner == Owner::Conn(target)) {
+                if all && !self.reg.iter().any(|l| l.owner == Owner::Conn(target)) {
                     return done(self, 0);
                 }
                 let names: Vec<String> = if all {
@@ -439,7 +439,7 @@ impl Server {
                     Err(e) => return done(self, e),
                 };
                 let mine: Vec<String> = self
-                    .leases
+                    .reg
                     .iter()
                     .filter(|l| l.owner == Owner::Conn(target) && l.joining.is_none())
                     .map(|l| {
@@ -695,7 +695,7 @@ impl Server {
                     return done(self, rv::EINVAL);
                 };
                 let want_shared = r.flags & flags::RES_SHARED != 0;
-                let Some(l) = self.leases.iter().find(|l| {
+                let Some(l) = self.reg.iter().find(|l| {
                     l.owner == Owner::Conn(target)
                         && l.space == r.lockspace
                         && l.resource.escaped() == r.name
@@ -716,7 +716,7 @@ impl Server {
                 let Some(i) = self.held_on_host(&r) else {
                     return done(self, rv::ENOENT);
                 };
-                let l = &mut self.leases[i];
+                let l = &mut self.reg[i];
                 if l.held.acquired.lvb.is_none() {
                     return done(self, rv::EINVAL);
                 }
@@ -734,7 +734,7 @@ impl Server {
                 let Some(i) = self.held_on_host(r) else {
                     return done(self, rv::ENOENT);
                 };
-                let l = &self.leases[i];
+                let l = &self.reg[i];
                 let Some(lvb) = l.held.acquired.lvb.clone() else {
                     return done(self, rv::EINVAL);
                 };
@@ -754,12 +754,7 @@ impl Server {
                 // Forced: SIGKILL every lease holder (as sanlock does), then leave every
                 // lockspace once their leases are released, then exit. SHUTDOWN_WAIT is
                 // answered at exit.
-                let pids: Vec<i32> = self
-                    .leases
-                    .iter()
-                    .map(|l| l.pid)
-                    .filter(|p| *p > 0)
-                    .collect();
+                let pids: Vec<i32> = self.reg.iter().map(|l| l.pid).filter(|p| *p > 0).collect();
                 tracing::warn!(?pids, "forced shutdown asked by a sanlock client: killing lease holders, then leaving every lockspace");
                 for pid in pids {
                     if let Some(p) = rustix::process::Pid::from_raw(pid) {
@@ -1177,7 +1172,7 @@ impl Server {
 
     /// A lease held on this host (any client) by lockspace and resource name.
     fn held_on_host(&self, r: &w::Resource) -> Option<usize> {
-        self.leases.iter().position(|l| {
+        self.reg.iter().position(|l| {
             l.joining.is_none() && l.space == r.lockspace && l.resource.escaped() == r.name
         })
     }
@@ -1217,7 +1212,7 @@ impl Server {
                 | super::Pending::Rindex { space, .. }
                 | super::Pending::RindexRelease { space, .. } => *space == name,
             });
-            if self.leases.iter().any(|l| l.space == name) || releasing {
+            if self.reg.iter().any(|l| l.space == name) || releasing {
                 self.rem_after_kill.push((k, name));
                 continue;
             }
@@ -1279,7 +1274,7 @@ impl Server {
         for c in self.conns.iter().flatten() {
             let show = match &c.proto {
                 Proto::Sanlock(sc) => sc.registered,
-                Proto::Native => self.leases.iter().any(|l| l.pid == c.pid),
+                Proto::Native => self.reg.iter().any(|l| l.pid == c.pid),
             };
             if show {
                 let restrict = c.restrict;
@@ -1317,7 +1312,7 @@ impl Server {
                 &ls.encode(),
             );
         }
-        for l in self.leases.iter().filter(|l| l.joining.is_none()) {
+        for l in self.reg.iter().filter(|l| l.joining.is_none()) {
             let r = w::Resource {
                 lockspace: l.space.clone(),
                 name: l.resource.escaped(),
