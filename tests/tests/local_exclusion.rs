@@ -777,3 +777,99 @@ fn other_hosts_are_assumed_to_fire_after_60_s_unless_told() {
         "{st:?}: {e}"
     );
 }
+
+/// The mixed-cluster hazard: a tenured host whose own watchdog fires after 8 s must still judge
+/// a paused sanlock 3.8.5 host (W = 60) dead only 8T + 60 s after the last renewal it saw —
+/// before the W assumed for other hosts existed, tenured took such a host's lease 15.2 s after
+/// the pause, while the sanlock host could have resumed writing until 60 s after its last
+/// keepalive.
+#[test]
+fn a_paused_sanlock_host_keeps_its_lease_until_8t_plus_its_w() {
+    if !can_run() || !sanlock_available() {
+        return;
+    }
+    let _one = tenure_tests::sanlock_lock();
+    let took = paused_sanlock_taken_after(&["--fire-timeout", "8"]);
+    eprintln!("tenured (own W 8 s) took the paused sanlock host's lease {took:?} after the pause");
+    // 8T + 60 after the last renewal seen, which was at most 2T (its renewal interval) before
+    // the pause: at T = 1 no earlier than 66 s after it.
+    assert!(
+        took >= Duration::from_secs(66),
+        "taken {took:?} after the pause: before the sanlock host was sure to be reset"
+    );
+    assert!(took < Duration::from_secs(80), "never taken: {took:?}");
+    // The W assumed for others is what decides: told the others fire after 8 s too, tenured
+    // takes it at 8T + 8 (the figure of the hazard).
+    let took =
+        paused_sanlock_taken_after(&["--fire-timeout", "8", "--other-hosts-fire-timeout", "8"]);
+    eprintln!("... and assuming the others' W is 8 s: {took:?}");
+    assert!(
+        took >= Duration::from_secs(14) && took < Duration::from_secs(30),
+        "{took:?}"
+    );
+}
+
+/// How long after a sanlock host holding r1 is paused tenured (started with `flags`) takes it.
+fn paused_sanlock_taken_after(flags: &[&str]) -> Duration {
+    let bed = Bed::start_with(false, false, flags);
+    let alias = LoopDevice::attach(bed._backing.path(), 512);
+    let sl = tenure_tests::SanlockDaemon::start();
+    let out = sl.client(&[
+        "add_lockspace",
+        "-s",
+        &format!("{LS}:2:{}:0", alias.path_str()),
+        "-o",
+        "1",
+    ]);
+    assert!(out.status.success(), "{out:?}");
+    // A sanlock client holds r1 (host 2) until killed.
+    let mut holder = Command::new("/usr/bin/python3")
+        .arg("-c")
+        .arg(format!(
+            "import sanlock, sys, time\nfd = sanlock.register()\nsanlock.acquire(b\"{LS}\", b\"r1\", [(\"{}\", {})], slkfd=fd)\nprint(\"OK\", flush=True)\ntime.sleep(600)",
+            alias.path_str(),
+            2u64 << 20
+        ))
+        .env("SANLOCK_RUN_DIR", sl.rundir())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(holder.stdout.take().unwrap()),
+        &mut line,
+    )
+    .unwrap();
+    assert_eq!(line.trim(), "OK", "sanlock acquired r1");
+    let r1 = bed.res("r1", 2);
+    let e = bed.run_refused(&r1);
+    assert!(
+        e.contains("(OwnerAlive") || e.contains("(OwnedRetry"),
+        "{e}"
+    );
+    // Pause the sanlock host while time runs.
+    let pid = nix::unistd::Pid::from_raw(sl.pid());
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGSTOP).unwrap();
+    let paused = Instant::now();
+    let took = loop {
+        let out = bed
+            .tenure(&["run", "--no-wait", "--lease", &r1, "--", "true"])
+            .output()
+            .unwrap();
+        if out.status.success() {
+            break paused.elapsed();
+        }
+        let e = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            e.contains("(OwnedRetry") || e.contains("(OwnerAlive"),
+            "{e}"
+        );
+        if paused.elapsed() > Duration::from_secs(120) {
+            break paused.elapsed();
+        }
+        std::thread::sleep(Duration::from_millis(250));
+    };
+    let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGCONT);
+    end(holder);
+    took
+}
