@@ -116,6 +116,28 @@ pub enum PaxosIo {
     },
 }
 
+/// Who is at fault when a lease operation fails (as rustls groups its errors): what the caller
+/// does next depends on it — wait or give up the lease to its holder, look at the storage, look
+/// at what is on disk, fix the set-up, fix the request, or report a bug.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Fault {
+    /// Another host holds the lease or contends for it.
+    Contention,
+    /// Storage failed or timed out.
+    Storage,
+    /// The area holds foreign or damaged data.
+    Damaged,
+    /// The lease or lockspace is set up so that this cannot work (num_hosts, room for an LVB,
+    /// its disks).
+    Configuration,
+    /// The request cannot be honoured as asked (too large, a mode it is already in, a
+    /// lockspace not joined).
+    Misuse,
+    /// A bug in tenure: one of its own invariants did not hold.
+    Internal,
+}
+
 /// Why an acquire or release failed.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, thiserror::Error)]
 pub enum PaxosError {
@@ -216,6 +238,31 @@ pub enum PaxosError {
     /// The lease's disk list cannot be used (count, offsets).
     #[error("lease disks: {0}")]
     Disks(String),
+    /// A driver found its machine neither done nor asking for I/O nor waiting for a timer:
+    /// a bug in tenure, never the disk's fault.
+    #[error("internal error: the {0} machine stalled")]
+    Stalled(&'static str),
+}
+
+impl PaxosError {
+    /// Who is at fault.
+    pub fn fault(&self) -> Fault {
+        use PaxosError::*;
+        match self {
+            OwnerAlive { .. }
+            | OwnedRetry { .. }
+            | AcquiredByOther { .. }
+            | LverMismatch { .. }
+            | TooManyRetries(_)
+            | SharedBusy { .. }
+            | ShortHoldRetry { .. } => Fault::Contention,
+            Io { .. } | IoMaybeHeld { .. } => Fault::Storage,
+            Corrupt(_) => Fault::Damaged,
+            HostIdAboveNumHosts { .. } | LvbUnavailable(_) | Disks(_) => Fault::Configuration,
+            LvbTooLarge { .. } => Fault::Misuse,
+            Stalled(_) => Fault::Internal,
+        }
+    }
 }
 
 /// What a host knows of a lease right after its own release freed the leader: the leader it
@@ -1766,7 +1813,7 @@ pub mod blocking {
                 return Ok(r);
             }
             let Some(io) = m.poll_io() else {
-                return Ok(Err(PaxosError::Corrupt("release stalled".into())));
+                return Ok(Err(PaxosError::Stalled("release")));
             };
             let data = m.write_data().to_vec();
             let outcome = perform(backend, clock, disk, io, &data, m.io_deadline(), &mut buf)?;

@@ -305,49 +305,53 @@ fn refusal_reply(key: &ResourceKey, r: Refusal) -> Reply {
     }
 }
 
+/// An operation's failure as the native protocol reports it: the code (sanlock's result is
+/// derived from it), the holder's identity where there is one, and in `details.fault` who is
+/// at fault (contention, storage, damaged, configuration, misuse, internal).
 fn op_error_reply(resource: Name, e: &OpError) -> Reply {
+    use tenure_core::paxos::Fault;
     let r = resource.escaped();
-    let (code, details) = match e {
+    let holder =
+        |host_id: &u64, generation: &u64| json!({"host_id": host_id, "generation": generation});
+    let (code, mut details) = match e {
         OpError::Paxos(PaxosError::OwnerAlive {
             host_id,
             generation,
-        }) => (
-            ErrorCode::OwnerAlive,
-            Some(json!({"host_id": host_id, "generation": generation})),
-        ),
+        }) => (ErrorCode::OwnerAlive, holder(host_id, generation)),
         OpError::Paxos(PaxosError::OwnedRetry {
             host_id,
             generation,
-        }) => (
-            ErrorCode::OwnedRetry,
-            Some(json!({"host_id": host_id, "generation": generation})),
-        ),
+        }) => (ErrorCode::OwnedRetry, holder(host_id, generation)),
         // Contention inside one ballot: the other host holds it now, as if we had found it
         // held.
         OpError::Paxos(PaxosError::AcquiredByOther { host_id }) => {
-            (ErrorCode::OwnerAlive, Some(json!({"host_id": host_id})))
+            (ErrorCode::OwnerAlive, json!({"host_id": host_id}))
         }
-        OpError::Paxos(PaxosError::LverMismatch { .. }) => (ErrorCode::LverMismatch, None),
+        OpError::Paxos(PaxosError::LverMismatch { .. }) => (ErrorCode::LverMismatch, json!({})),
         OpError::Paxos(PaxosError::SharedBusy {
             host_id,
             generation,
-        }) => (
-            ErrorCode::SharedBusy,
-            Some(json!({"host_id": host_id, "generation": generation})),
+        }) => (ErrorCode::SharedBusy, holder(host_id, generation)),
+        OpError::NotJoined => (ErrorCode::NotJoined, json!({})),
+        OpError::LockspaceLost => (ErrorCode::LockspaceLost, json!({})),
+        OpError::Full(_) => (ErrorCode::Full, json!({})),
+        OpError::UnknownLockspace => (ErrorCode::NotFound, json!({})),
+        // The rest by fault: no failure is reported as another kind (a stalled machine is
+        // a bug, not damage on disk).
+        other => (
+            match other.fault() {
+                Fault::Storage => ErrorCode::Io,
+                Fault::Damaged => ErrorCode::Corrupt,
+                Fault::Misuse => ErrorCode::BadRequest,
+                Fault::Contention | Fault::Configuration | Fault::Internal => ErrorCode::Failed,
+            },
+            json!({}),
         ),
-        OpError::Paxos(PaxosError::Io { .. } | PaxosError::IoMaybeHeld { .. }) => {
-            (ErrorCode::Io, None)
-        }
-        OpError::Paxos(PaxosError::Corrupt(_)) => (ErrorCode::Corrupt, None),
-        OpError::NotJoined => (ErrorCode::NotJoined, None),
-        OpError::LockspaceLost => (ErrorCode::LockspaceLost, None),
-        OpError::Full(_) => (ErrorCode::Full, None),
-        OpError::UnknownLockspace => (ErrorCode::NotFound, None),
-        _ => (ErrorCode::Failed, None),
     };
-    let mut e = ErrorReply::new(code, format!("{r}: {e}"));
-    e.details = details;
-    Reply::Error(e)
+    details["fault"] = json!(e.fault());
+    let mut reply = ErrorReply::new(code, format!("{r}: {e}"));
+    reply.details = Some(details);
+    Reply::Error(reply)
 }
 
 fn probe(key: ProbeKey, need_device: bool) -> ProbeResult {
@@ -2886,4 +2890,44 @@ fn bind(path: &Path, group: Option<&str>, mode_alone: u32) -> Result<UnixListene
     }
     let _ = l.as_raw_fd();
     Ok(l)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn reply_of(e: OpError) -> ErrorReply {
+        match op_error_reply(Name::new("r").expect("name"), &e) {
+            Reply::Error(r) => r,
+            Reply::Ok(v) => panic!("not an error: {v}"),
+        }
+    }
+
+    #[test]
+    fn every_failure_is_reported_with_its_fault_and_a_stall_is_not_damage() {
+        let r = reply_of(OpError::Paxos(PaxosError::Stalled("acquire")));
+        assert_eq!(r.code, ErrorCode::Failed);
+        assert_eq!(r.details.as_ref().expect("details")["fault"], "internal");
+        let r = reply_of(OpError::Paxos(PaxosError::Corrupt("bad magic".into())));
+        assert_eq!(r.code, ErrorCode::Corrupt);
+        assert_eq!(r.details.as_ref().expect("details")["fault"], "damaged");
+        let r = reply_of(OpError::Paxos(PaxosError::OwnerAlive {
+            host_id: 2,
+            generation: 7,
+        }));
+        assert_eq!(r.code, ErrorCode::OwnerAlive);
+        let d = r.details.expect("details");
+        assert_eq!(
+            (d["host_id"].clone(), d["fault"].clone()),
+            (json!(2), json!("contention"))
+        );
+        let r = reply_of(OpError::LockspaceLost);
+        assert_eq!(r.code, ErrorCode::LockspaceLost);
+        assert_eq!(r.details.expect("details")["fault"], "storage");
+        let r = reply_of(OpError::Paxos(PaxosError::HostIdAboveNumHosts {
+            host_id: 9,
+            num_hosts: 8,
+        }));
+        assert_eq!(r.details.expect("details")["fault"], "configuration");
+    }
 }

@@ -109,6 +109,23 @@ pub enum OpError {
     AlreadyInMode,
 }
 
+impl OpError {
+    /// Who is at fault ([`crate::paxos::Fault`]).
+    pub fn fault(&self) -> crate::paxos::Fault {
+        use crate::paxos::Fault;
+        match self {
+            OpError::Paxos(e) => e.fault(),
+            // Lost because its renewals failed: storage (or a pause) is the cause.
+            OpError::LockspaceLost => Fault::Storage,
+            OpError::UnknownLockspace
+            | OpError::NotJoined
+            | OpError::Full(_)
+            | OpError::ResourceCount(_)
+            | OpError::AlreadyInMode => Fault::Misuse,
+        }
+    }
+}
+
 /// How an operation ended.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub enum OpOutcome {

@@ -660,7 +660,7 @@ pub mod blocking {
                     backend.wait(now, t)?;
                 }
             } else {
-                return Ok(Err(PaxosError::Corrupt("acquire stalled".into())));
+                return Ok(Err(PaxosError::Stalled("acquire")));
             }
             if timer.is_some_and(|t| t <= clock.now()) {
                 maj.machine().handle_timeout(clock.now());
@@ -697,7 +697,7 @@ pub mod blocking {
                 return Ok(r);
             }
             if flights.is_empty() {
-                return Ok(Err(PaxosError::Corrupt("release stalled".into())));
+                return Ok(Err(PaxosError::Stalled("release")));
             }
             collect(backend, clock, &mut maj, &mut flights, None)?;
         }
