@@ -42,6 +42,7 @@ use tenure_core::lockspace::{
 };
 use tenure_core::paxos::PaxosError;
 use tenure_core::timeouts::Timeouts;
+use tenure_format::spec::escape_field;
 use tenure_format::{Geometry, LeaderRecord, LockspaceSpec, Name, ResourceMode, ResourceSpec};
 use tenure_watchdog::fence::RenewalNote;
 
@@ -523,9 +524,9 @@ impl Server {
         for l in self.cfg.lockspaces.clone() {
             let spec = format!(
                 "{}:{}:{}:{}",
-                l.name.replace(':', "\\:"),
+                escape_field(&l.name),
                 l.host_id,
-                l.path.display().to_string().replace(':', "\\:"),
+                escape_field(&l.path.display().to_string()),
                 l.offset
                     .bytes()
                     .map_err(|e| ServerError::Config(e.to_string()))?
@@ -1326,13 +1327,7 @@ impl Server {
                 Some(k) => {
                     let c = self.conn(k)?;
                     c.deferred = Some(Deferred::Native(Request::LockspaceAdd {
-                        spec: format!(
-                            "{}:{}:{}:{}",
-                            name.replace(':', "\\:"),
-                            spec.host_id,
-                            spec.disk.path.replace(':', "\\:"),
-                            spec.disk.offset
-                        ),
+                        spec: spec.to_string(),
                         wait,
                         io_timeout_s,
                     }));

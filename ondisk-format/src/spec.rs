@@ -98,8 +98,14 @@ fn push(fields: &mut [String], c: char) {
     fields.last_mut().expect("fields is never empty").push(c);
 }
 
-fn escape(field: &str) -> String {
+/// Escapes one field of a spec string (`\` and `:`), the inverse of how specs are split:
+/// the one escaping every spec string is built with.
+pub fn escape_field(field: &str) -> String {
     field.replace('\\', "\\\\").replace(':', "\\:")
+}
+
+fn escape(field: &str) -> String {
+    escape_field(field)
 }
 
 /// Parses an offset: decimal bytes, or decimal MiB with an `M` suffix.

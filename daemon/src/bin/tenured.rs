@@ -269,7 +269,7 @@ fn prepare_embedded(cfg: &Config, backend: BackendKind) -> Result<(), String> {
     f.set_len(EMBEDDED_FILE_BYTES)
         .map_err(|e| format!("sizing {}: {e}", file.display()))?;
     drop(f);
-    let p = file.display().to_string().replace(':', "\\:");
+    let p = tenure_format::spec::escape_field(&file.display().to_string());
     let opts = FormatOptions {
         backend,
         ..FormatOptions::default()

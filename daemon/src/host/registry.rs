@@ -111,7 +111,7 @@ impl Lease {
             "{}:{}:{}:{}:{}",
             self.space,
             self.resource.escaped(),
-            self.location.0.replace(':', "\\:"),
+            tenure_format::spec::escape_field(&self.location.0),
             self.location.1,
             self.held.acquired.lver
         )
@@ -393,6 +393,16 @@ mod tests {
 
     fn conn(i: usize) -> Owner {
         Owner::Conn(ClientKey { idx: i, serial: 0 })
+    }
+
+    #[test]
+    fn a_state_string_parses_back_to_its_lease_whatever_the_path() {
+        let mut l = lease("a", false, conn(1));
+        l.location = (r"/dev/disk/by-path/pci-0:1\\x".into(), 1 << 20);
+        let spec = tenure_format::ResourceSpec::parse(&l.state_string()).expect("parses");
+        assert_eq!(spec.disks[0].path, l.location.0);
+        assert_eq!(spec.disks[0].offset, 1 << 20);
+        assert_eq!(spec.mode, tenure_format::ResourceMode::ExclusiveAtLver(1));
     }
 
     #[test]

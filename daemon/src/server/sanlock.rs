@@ -19,6 +19,7 @@ use nix::sys::socket::MsgFlags;
 use tenure_core::delta::{HostEvent, ReceivedEvent};
 use tenure_core::direct::{self, BackendKind, DirectError, FormatOptions};
 use tenure_core::lockspace::{EventError, SetEvent};
+use tenure_format::spec::escape_field as esc;
 use tenure_format::{AlignSize, LockspaceSpec, Name, ResourceSpec, SectorSize};
 
 /// Per-connection state of a sanlock client.
@@ -34,7 +35,6 @@ pub(super) struct SanlockConn {
 
 /// Builds the spec string of a resource: `LS:NAME:PATH:OFFSET[:PATH:OFFSET...][:LVER|:SH]`.
 fn resource_spec(r: &w::Resource) -> String {
-    let esc = |s: &str| s.replace('\\', "\\\\").replace(':', "\\:");
     let mut s = format!("{}:{}", esc(&r.lockspace), esc(&r.name));
     for d in &r.disks {
         s.push_str(&format!(":{}:{}", esc(&d.path), d.offset));
@@ -219,7 +219,6 @@ impl Server {
                 if ls.name.is_empty() || ls.host_id == 0 || ls.disk.path.is_empty() {
                     return done(self, rv::EINVAL);
                 }
-                let esc = |s: &str| s.replace('\\', "\\\\").replace(':', "\\:");
                 let spec = format!(
                     "{}:{}:{}:{}",
                     esc(&ls.name),
@@ -929,7 +928,6 @@ impl Server {
                     Err(e) => return done(self, e),
                 };
                 let entry = entry.unwrap_or_default();
-                let esc = |s: &str| s.replace('\\', "\\\\").replace(':', "\\:");
                 let req = Request::Rindex {
                     rindex: format!(
                         "{}:{}:{}",
@@ -1343,10 +1341,6 @@ impl Server {
         }
         out
     }
-}
-
-fn esc(s: &str) -> String {
-    s.replace('\\', "\\\\").replace(':', "\\:")
 }
 
 /// Format options from SANLK_RES_/LSF_ ALIGN and SECTOR flags (both or neither).
