@@ -286,6 +286,23 @@ pub fn status(socket: &Path, json: bool) -> Result<ExitCode, String> {
             String::new(),
             leases_table(v["leases"].as_array().map_or(&[], |a| a.as_slice())),
         ];
+        if let Some(ops) = v["resources_in_flight"]
+            .as_array()
+            .filter(|a| !a.is_empty())
+        {
+            let each: Vec<String> = ops
+                .iter()
+                .map(|o| {
+                    format!(
+                        "{}:{} ({})",
+                        s(&o["lockspace"]),
+                        s(&o["resource"]),
+                        s(&o["operation"])
+                    )
+                })
+                .collect();
+            out.push(format!("in flight: {}", each.join(", ")));
+        }
         let killing: Vec<String> = sup["spaces"]
             .as_array()
             .map(|a| {

@@ -1615,6 +1615,13 @@ impl Server {
             "lockspaces": self.lockspace_list()["lockspaces"],
             "leases": self.reg.iter().filter(|l| l.joining.is_none()).map(Lease::json).collect::<Vec<_>>(),
             "operations_in_flight": self.set.ops_in_flight(),
+            // Local exclusion: what this host is doing with each resource now (an acquire of
+            // it by another client is refused meanwhile: busy, or releasing).
+            "resources_in_flight": self.reg.claims().in_flight_all().iter().map(|(k, op)| json!({
+                "lockspace": k.space,
+                "resource": k.name.escaped(),
+                "operation": op,
+            })).collect::<Vec<_>>(),
             "supervisor": self.sup().status(),
         })
     }

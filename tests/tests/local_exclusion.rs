@@ -615,6 +615,16 @@ fn every_same_host_interleaving_gets_sanlocks_answer_and_leaks_nothing() {
         let e = bed.run_refused(&spec);
         assert!(e.contains("(Busy)"), "{spec}: {e}");
     }
+    // Operators see why: status names the operation in flight.
+    let v = bed.json(&["status"]);
+    assert_eq!(
+        v["resources_in_flight"],
+        serde_json::json!([{"lockspace": LS, "resource": "s0", "operation": "acquire"}]),
+        "{v}"
+    );
+    let human = bed.tenure(&["status"]).output().unwrap();
+    let human = String::from_utf8_lossy(&human.stdout);
+    assert!(human.contains("in flight: R:s0 (acquire)"), "{human}");
     bed.hang_writes(false);
     bed.wait_leases(1, Duration::from_secs(20));
     assert_eq!(bed.owners(&s1), (None, vec![]), "s1 was not taken");
@@ -636,6 +646,10 @@ fn every_same_host_interleaving_gets_sanlocks_answer_and_leaks_nothing() {
             .unwrap();
         assert_eq!(refusal(Via::SanlockCommand, &out), "-11", "{out:?}");
     }
+    assert_eq!(
+        bed.json(&["status"])["resources_in_flight"][0]["operation"],
+        "release"
+    );
     let mut waiting = bed
         .tenure(&run_args(&s0, &["true"]))
         .stderr(Stdio::piped())

@@ -46,7 +46,8 @@ impl ResourceKey {
 }
 
 /// The kind of operation this host runs on a resource.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
 pub enum InFlight {
     /// An acquire (a client's, or the resource index's private lease).
     Acquire,
@@ -211,6 +212,13 @@ impl Claims {
                 "end of {op:?} on a resource whose operation is {other:?}"
             ),
         }
+    }
+
+    /// Every operation in flight, by resource, in a stable order (for status).
+    pub fn in_flight_all(&self) -> Vec<(&ResourceKey, InFlight)> {
+        let mut v: Vec<_> = self.in_flight.iter().map(|(k, op)| (k, *op)).collect();
+        v.sort_by(|a, b| (&a.0.space, a.0.name.as_bytes()).cmp(&(&b.0.space, b.0.name.as_bytes())));
+        v
     }
 
     /// Nothing in flight.
