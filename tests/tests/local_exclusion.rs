@@ -103,7 +103,14 @@ impl Bed {
             .arg(d.join("run"))
             .arg("--state-dir")
             .arg(d.join("state"))
-            .args(["--watchdog", "none", "--io-timeout", "1"])
+            // With hung writes, an I/O must not reach its deadline while the test holds an
+            // operation in flight (a loaded CI machine stretches those moments): T = 5 there.
+            .args([
+                "--watchdog",
+                "none",
+                "--io-timeout",
+                if stall.is_some() { "5" } else { "1" },
+            ])
             .args(["--kill-grace", "2", "--sigkill-max", "2"])
             .arg("--lockspace")
             .arg(format!("{LS}:1:{}:0", dev.path_str()))
