@@ -50,7 +50,7 @@ use crate::config::Config;
 use crate::host::admission::{Admit, InFlight, Refusal, ResourceKey};
 use crate::host::registry::{ClientKey, Lease, Owner, Registry};
 use crate::proto::{self, ErrorCode, ErrorReply, Reply, Request, Split, PROTOCOL_VERSION};
-use crate::supervise::{instant_of, Supervisor, SupervisorConfig};
+use crate::supervise::{Supervisor, SupervisorConfig};
 
 mod rindex;
 mod sanlock;
@@ -625,10 +625,7 @@ impl Server {
             DeltaEvent::Joined { generation } => {
                 let deadline = self.set.renewal_deadline(id).unwrap_or(now);
                 tracing::info!(lockspace = %name, generation, "joined");
-                if let Err(e) = self
-                    .sup()
-                    .joined(&name, generation, instant_of(deadline, now))
-                {
+                if let Err(e) = self.sup().joined(&name, generation, deadline) {
                     tracing::error!(lockspace = %name, error = %e, "supervisor refused the join: leaving");
                     let _ = self.set.leave(id, now);
                 }
@@ -659,7 +656,7 @@ impl Server {
                         ok: true,
                         error: None,
                     };
-                    self.sup().renewed(&name, instant_of(d, now), note);
+                    self.sup().renewed(&name, now, d, note);
                 }
             }
             DeltaEvent::RenewalFailed { error } => {
@@ -677,7 +674,7 @@ impl Server {
             DeltaEvent::Lost { error } => {
                 tracing::error!(lockspace = %name, error = %error, "lockspace lost: its lease holders will be killed");
                 self.spaces[i].lost = Some(error.to_string());
-                self.sup().lost(&name);
+                self.sup().lost(&name, now);
                 for w in std::mem::take(&mut self.spaces[i].join_waiters) {
                     self.reply(
                         w,

@@ -1,18 +1,15 @@
-//! The supervisor: a thread that never touches shared storage. It owns the watchdog feeder
-//! and the lease holders' pidfds, tracks each lockspace's renewal deadline, and when a deadline
-//! passes (spec/PROTOCOL.md "Recovery") writes the fence record, kills the lockspace's holders
-//! (kill path or SIGTERM during the grace period, then SIGKILL once a second, a bounded number
-//! of times) and, when all of them are dead, removes the lockspace's watchdog source cleanly
-//! so feeding resumes and the host is not reset. If a holder survives, feeding stays withheld
-//! and the watchdog fires.
+//! The supervisor: a thread that never touches shared storage and carries out the guard's
+//! decisions ([`crate::host::guard`], spec/PROTOCOL.md "Recovery") on this host: it owns the
+//! watchdog device and the lease holders' pidfds, reports holders that died, signals them and
+//! starts kill paths when told, writes fence records, and feeds the watchdog when the guard
+//! allows it. If a holder survives, feeding stays withheld and the watchdog fires.
 //!
 //! The reactor reports joins, renewals, holders and clean leaves through [`Supervisor`]
 //! methods (a mutex held for microseconds); it learns which lost lockspaces were cleared from
 //! [`Supervisor::take_cleared`], after a wake-up on its eventfd.
 //!
-//! Invariants: a lockspace's source is only ever removed cleanly after a clean leave or after
-//! every holder is dead; a deadline, once passed, is never extended (the multiplexer refuses
-//! late refreshes); signals go through pidfds, so a recycled pid is never signalled.
+//! Invariants: signals go through pidfds, so a recycled pid is never signalled; the watchdog
+//! is disarmed only when the guard supervises no lockspace.
 
 use std::collections::HashMap;
 use std::os::fd::{AsFd, OwnedFd};
@@ -23,21 +20,13 @@ use std::time::{Duration, Instant};
 use nix::sys::eventfd::EventFd;
 use rustix::process::{Pid, PidfdFlags, Signal};
 use serde::Serialize;
+use tenure_core::clock::{MonotonicClock, Time};
 use tenure_watchdog::fence::{FenceLog, FenceRecord, RenewalNote};
-use tenure_watchdog::mux::SourceId;
-use tenure_watchdog::{ArmedWatchdog, Feeder, Multiplexer, Tick, WatchdogError, WatchdogSpec};
+use tenure_watchdog::mux::FeedDecision;
+use tenure_watchdog::{ArmedWatchdog, WatchdogError, WatchdogSpec};
 
-/// How often the watchdog is fed at most, and how early feeding stops before a deadline.
-pub const TEST_INTERVAL: Duration = Duration::from_secs(1);
-
-/// Lockspaces supervised at once.
-pub const SPACES_MAX: usize = 64;
-
-/// Holders per lockspace.
-pub const HOLDERS_MAX: usize = 4096;
-
-/// Renewals remembered per lockspace for fence records.
-const RENEWALS_KEPT: usize = 16;
+use crate::host::guard::{Guard, GuardConfig, GuardEffect, GuardError, KillSignal};
+pub use crate::host::guard::{SpaceStatus, HOLDERS_MAX, SPACES_MAX, TEST_INTERVAL};
 
 /// Supervisor settings.
 #[derive(Clone, Debug)]
@@ -57,62 +46,16 @@ pub struct SupervisorConfig {
 }
 
 #[derive(Debug)]
-struct Holder {
-    pidfd: OwnedFd,
-    kill_path: Option<(String, Vec<String>)>,
-    /// sanlock RESTRICT bits: SIGKILL (0x2) or SIGTERM (0x4) replaced by the other signal.
-    restrict: u32,
-    signalled: bool,
-}
-
-#[derive(Debug)]
-struct Killing {
-    started: Instant,
-    next_step: Instant,
-    sigkills: u32,
-    gave_up: bool,
-}
-
-#[derive(Debug)]
-struct Space {
-    host_id: u64,
-    generation: u64,
-    source: Option<SourceId>,
-    deadline: Option<Instant>,
-    holders: HashMap<i32, Holder>,
-    killing: Option<Killing>,
-    cleared: bool,
-    /// Marked used (sanlock SET_CONFIG): like an unkillable holder, a loss is never cleared,
-    /// so the watchdog fires.
-    used: bool,
-    renewals: Vec<RenewalNote>,
-}
-
-#[derive(Debug)]
 struct State {
     cfg: SupervisorConfig,
-    feeder: Option<Feeder>,
-    spaces: HashMap<String, Space>,
-    cleared: Vec<String>,
+    guard: Guard,
+    watchdog: Option<ArmedWatchdog>,
+    last_fed: Option<Instant>,
+    /// Holders' pidfds by (lockspace, pid).
+    pidfds: HashMap<(String, i32), OwnedFd>,
+    /// Holders signalled, for fence records written later.
     last_tick: Option<String>,
     stop: bool,
-}
-
-/// Per-lockspace view for `status`.
-#[derive(Clone, Debug, Serialize)]
-pub struct SpaceStatus {
-    /// Lockspace.
-    pub name: String,
-    /// Holder pids.
-    pub holders: Vec<i32>,
-    /// Milliseconds until the renewal deadline (negative: passed).
-    pub deadline_in_ms: Option<i64>,
-    /// Holders are being killed since this many ms.
-    pub killing_for_ms: Option<u64>,
-    /// All holders dead after a loss; the lockspace no longer feeds the watchdog.
-    pub cleared: bool,
-    /// Marked used: a loss resets the host even without holders.
-    pub used: bool,
 }
 
 /// Supervisor view for `status`.
@@ -139,18 +82,6 @@ pub struct Supervisor {
     thread: Option<std::thread::JoinHandle<()>>,
 }
 
-/// Converts a reactor deadline (CLOCK_MONOTONIC nanoseconds) to an Instant (also
-/// CLOCK_MONOTONIC on Linux) by way of the current distance to it.
-pub fn instant_of(deadline: tenure_core::clock::Time, now: tenure_core::clock::Time) -> Instant {
-    let base = Instant::now();
-    if deadline >= now {
-        base + deadline.saturating_since(now)
-    } else {
-        base.checked_sub(now.saturating_since(deadline))
-            .unwrap_or(base)
-    }
-}
-
 fn alive(fd: &OwnedFd) -> bool {
     use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
     let mut fds = [PollFd::new(fd.as_fd(), PollFlags::POLLIN)];
@@ -165,15 +96,30 @@ fn alive(fd: &OwnedFd) -> bool {
     }
 }
 
+fn unix_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
 impl Supervisor {
     /// Starts the supervisor thread. `wake` is written when the reactor has news to collect.
     pub fn start(cfg: SupervisorConfig, wake: Arc<EventFd>) -> std::io::Result<Self> {
+        let guard = Guard::new(
+            GuardConfig {
+                kill_grace: cfg.kill_grace,
+                sigkill_max: cfg.sigkill_max,
+            },
+            (Instant::now(), MonotonicClock.now()),
+        );
         let shared = Arc::new((
             Mutex::new(State {
                 cfg,
-                feeder: None,
-                spaces: HashMap::new(),
-                cleared: Vec::new(),
+                guard,
+                watchdog: None,
+                last_fed: None,
+                pidfds: HashMap::new(),
                 last_tick: None,
                 stop: false,
             }),
@@ -205,32 +151,19 @@ impl Supervisor {
     /// A lockspace is about to be joined: arms the watchdog if it is not armed yet.
     pub fn add_space(&self, name: &str, host_id: u64) -> Result<(), SuperviseError> {
         let mut st = self.lock();
-        if st.spaces.len() >= SPACES_MAX {
-            return Err(SuperviseError::Full("lockspaces", SPACES_MAX));
+        st.guard.add_space(name, host_id)?;
+        if st.watchdog.is_none() {
+            match ArmedWatchdog::arm(&st.cfg.watchdog, st.cfg.fire_timeout_s, &st.cfg.marker_dir) {
+                Ok(wd) => {
+                    tracing::info!(watchdog = %st.cfg.watchdog, fire_timeout_s = st.cfg.fire_timeout_s, "watchdog armed");
+                    st.watchdog = Some(wd);
+                }
+                Err(e) => {
+                    let _ = st.guard.remove_space(name);
+                    return Err(e.into());
+                }
+            }
         }
-        if st.spaces.contains_key(name) {
-            return Err(SuperviseError::Exists(name.to_owned()));
-        }
-        if st.feeder.is_none() {
-            let wd =
-                ArmedWatchdog::arm(&st.cfg.watchdog, st.cfg.fire_timeout_s, &st.cfg.marker_dir)?;
-            tracing::info!(watchdog = %st.cfg.watchdog, fire_timeout_s = st.cfg.fire_timeout_s, "watchdog armed");
-            st.feeder = Some(Feeder::new(wd, Multiplexer::new(TEST_INTERVAL, SPACES_MAX)));
-        }
-        st.spaces.insert(
-            name.to_owned(),
-            Space {
-                host_id,
-                generation: 0,
-                source: None,
-                deadline: None,
-                holders: HashMap::new(),
-                killing: None,
-                cleared: false,
-                used: false,
-                renewals: Vec::new(),
-            },
-        );
         drop(st);
         self.poke();
         Ok(())
@@ -241,79 +174,37 @@ impl Supervisor {
         &self,
         name: &str,
         generation: u64,
-        deadline: Instant,
+        deadline: Time,
     ) -> Result<(), SuperviseError> {
-        let mut guard = self.lock();
-        let st = &mut *guard;
-        let feeder = st.feeder.as_mut().ok_or(SuperviseError::NotArmed)?;
-        let space = st
-            .spaces
-            .get_mut(name)
-            .ok_or_else(|| SuperviseError::Unknown(name.to_owned()))?;
-        space.generation = generation;
-        space.deadline = Some(deadline);
-        space.source = Some(
-            feeder
-                .mux
-                .add(name, deadline)
-                .map_err(|e| SuperviseError::Mux(e.to_string()))?,
-        );
-        drop(guard);
+        let mut st = self.lock();
+        if st.watchdog.is_none() {
+            return Err(SuperviseError::NotArmed);
+        }
+        st.guard.joined(name, generation, deadline)?;
+        drop(st);
         self.poke();
         Ok(())
     }
 
-    /// A renewal succeeded: the deadline moves on (refused once it has passed).
-    pub fn renewed(&self, name: &str, deadline: Instant, note: RenewalNote) {
-        let mut guard = self.lock();
-        let st = &mut *guard;
-        let (Some(feeder), Some(space)) = (st.feeder.as_mut(), st.spaces.get_mut(name)) else {
-            return;
-        };
-        if space.renewals.len() == RENEWALS_KEPT {
-            space.renewals.remove(0);
-        }
-        space.renewals.push(note);
-        if space.killing.is_some() || space.cleared {
-            return;
-        }
-        if let Some(src) = space.source {
-            if feeder.mux.refresh(src, Instant::now(), deadline).is_ok() {
-                space.deadline = Some(deadline);
-            }
-        }
+    /// A renewal succeeded at `now`: the deadline moves on (refused once it has passed).
+    pub fn renewed(&self, name: &str, now: Time, deadline: Time, note: RenewalNote) {
+        self.lock().guard.renewed(name, now, deadline, note);
     }
 
     /// The reactor found the lockspace lost before its deadline (e.g. our slot was
     /// overwritten): the deadline is now.
-    pub fn lost(&self, name: &str) {
-        let mut guard = self.lock();
-        let st = &mut *guard;
-        let now = Instant::now();
-        if let Some(space) = st.spaces.get_mut(name) {
-            if space.deadline.is_some_and(|d| d > now) {
-                space.deadline = Some(now);
-                if let (Some(src), Some(feeder)) = (space.source, st.feeder.as_mut()) {
-                    let _ = feeder.mux.refresh(src, now, now);
-                }
-            }
-        }
-        drop(guard);
+    pub fn lost(&self, name: &str, now: Time) {
+        self.lock().guard.lost(name, now);
         self.poke();
     }
 
     /// Records a failed renewal (for the fence record).
     pub fn renewal_failed(&self, name: &str, note: RenewalNote) {
-        let mut st = self.lock();
-        if let Some(space) = st.spaces.get_mut(name) {
-            if space.renewals.len() == RENEWALS_KEPT {
-                space.renewals.remove(0);
-            }
-            space.renewals.push(note);
-        }
+        self.lock().guard.renewal_failed(name, note);
     }
 
-    /// A process now holds leases in the lockspace.
+    /// A process now holds leases in the lockspace: its pidfd is opened now (an error when
+    /// it is gone already).
     pub fn add_holder(
         &self,
         name: &str,
@@ -321,23 +212,15 @@ impl Supervisor {
         kill_path: Option<(String, Vec<String>)>,
         restrict: u32,
     ) -> Result<(), SuperviseError> {
-        let p = Pid::from_raw(pid).ok_or(SuperviseError::Pid(pid, "not a valid pid".into()))?;
-        let fd = rustix::process::pidfd_open(p, PidfdFlags::empty())
-            .map_err(|e| SuperviseError::Pid(pid, e.to_string()))?;
         let mut st = self.lock();
-        let space = st
-            .spaces
-            .get_mut(name)
-            .ok_or_else(|| SuperviseError::Unknown(name.to_owned()))?;
-        if space.holders.len() >= HOLDERS_MAX && !space.holders.contains_key(&pid) {
-            return Err(SuperviseError::Full("holders", HOLDERS_MAX));
+        let key = (name.to_owned(), pid);
+        if !st.pidfds.contains_key(&key) {
+            let p = Pid::from_raw(pid).ok_or(SuperviseError::Pid(pid, "not a valid pid".into()))?;
+            let fd = rustix::process::pidfd_open(p, PidfdFlags::empty())
+                .map_err(|e| SuperviseError::Pid(pid, e.to_string()))?;
+            st.guard.add_holder(name, pid, kill_path, restrict)?;
+            st.pidfds.insert(key, fd);
         }
-        space.holders.entry(pid).or_insert(Holder {
-            pidfd: fd,
-            kill_path,
-            restrict,
-            signalled: false,
-        });
         drop(st);
         self.poke();
         Ok(())
@@ -346,13 +229,7 @@ impl Supervisor {
     /// Marks the lockspace used or not (sanlock's SET_CONFIG USED): a used lockspace that is
     /// lost is never cleared, as if an unkillable process held a lease in it.
     pub fn set_used(&self, name: &str, used: bool) -> Result<(), SuperviseError> {
-        let mut st = self.lock();
-        let space = st
-            .spaces
-            .get_mut(name)
-            .ok_or_else(|| SuperviseError::Unknown(name.to_owned()))?;
-        space.used = used;
-        drop(st);
+        self.lock().guard.set_used(name, used)?;
         self.poke();
         Ok(())
     }
@@ -360,92 +237,51 @@ impl Supervisor {
     /// A process holds no more leases in the lockspace.
     pub fn remove_holder(&self, name: &str, pid: i32) {
         let mut st = self.lock();
-        if let Some(space) = st.spaces.get_mut(name) {
-            space.holders.remove(&pid);
-        }
+        st.guard.remove_holder(name, pid);
+        st.pidfds.remove(&(name.to_owned(), pid));
         drop(st);
         self.poke();
     }
 
     /// The lockspace was left cleanly (or never joined, or cleared after a loss and
-    /// forgotten): its source goes, and the watchdog is disarmed when none is left.
+    /// forgotten): it stops gating feeding, and the watchdog is disarmed when none is left.
     pub fn remove_space(&self, name: &str) -> Result<(), SuperviseError> {
-        let mut guard = self.lock();
-        let st = &mut *guard;
-        let Some(space) = st.spaces.get(name) else {
-            return Ok(());
-        };
-        if space.killing.is_some() && !space.cleared {
-            return Err(SuperviseError::Busy(name.to_owned()));
-        }
-        let space = st.spaces.remove(name).expect("checked above");
-        if let (Some(src), Some(feeder)) = (space.source, st.feeder.as_mut()) {
-            // A source of a cleared lockspace was removed when it was cleared.
-            let _ = feeder.mux.remove(src);
-        }
-        if st.spaces.is_empty() {
-            if let Some(feeder) = st.feeder.take() {
-                match feeder.disarm() {
-                    Ok(Ok(())) => tracing::info!("watchdog disarmed (no lockspace left)"),
-                    Ok(Err(e)) => {
+        let mut st = self.lock();
+        st.guard.remove_space(name)?;
+        st.pidfds.retain(|(n, _), _| n != name);
+        if st.guard.is_empty() {
+            if let Some(wd) = st.watchdog.take() {
+                match wd.disarm() {
+                    Ok(()) => tracing::info!("watchdog disarmed (no lockspace left)"),
+                    Err(e) => {
                         tracing::error!(error = %e, "watchdog disarm failed: it may fire");
                         return Err(e.into());
                     }
-                    Err(feeder) => st.feeder = Some(*feeder),
                 }
             }
         }
-        drop(guard);
+        drop(st);
         self.poke();
         Ok(())
     }
 
     /// Lost lockspaces whose holders are all dead since the last call.
     pub fn take_cleared(&self) -> Vec<String> {
-        std::mem::take(&mut self.lock().cleared)
+        self.lock().guard.take_cleared()
     }
 
     /// What `status` shows.
     pub fn status(&self) -> SupervisorStatus {
         let st = self.lock();
-        let now = Instant::now();
-        let mut spaces: Vec<SpaceStatus> = st
-            .spaces
-            .iter()
-            .map(|(name, s)| SpaceStatus {
-                name: name.clone(),
-                holders: {
-                    let mut h: Vec<i32> = s.holders.keys().copied().collect();
-                    h.sort_unstable();
-                    h
-                },
-                deadline_in_ms: s.deadline.map(|d| {
-                    if d >= now {
-                        i64::try_from(d.duration_since(now).as_millis()).unwrap_or(i64::MAX)
-                    } else {
-                        -i64::try_from(now.duration_since(d).as_millis()).unwrap_or(i64::MAX)
-                    }
-                }),
-                killing_for_ms: s
-                    .killing
-                    .as_ref()
-                    .map(|k| now.duration_since(k.started).as_millis() as u64),
-                cleared: s.cleared,
-                used: s.used,
-            })
-            .collect();
-        spaces.sort_by(|a, b| a.name.cmp(&b.name));
         SupervisorStatus {
             watchdog: st.cfg.watchdog.to_string(),
-            armed: st.feeder.is_some(),
+            armed: st.watchdog.is_some(),
             fire_timeout_s: st.cfg.fire_timeout_s,
             last_fed_ms_ago: st
-                .feeder
-                .as_ref()
-                .and_then(Feeder::last_fed)
-                .map(|t| now.duration_since(t).as_millis() as u64),
+                .last_fed
+                .map(|t| Instant::now().duration_since(t).as_millis() as u64),
             last_tick: st.last_tick.clone(),
-            spaces,
+            spaces: st.guard.status(MonotonicClock.now()),
         }
     }
 
@@ -466,40 +302,25 @@ pub enum SuperviseError {
     /// Arming (or disarming) the watchdog failed.
     #[error("watchdog: {0}")]
     Watchdog(#[from] WatchdogError),
-    /// A limit.
-    #[error("too many {0} (limit {1})")]
-    Full(&'static str, usize),
-    /// Already supervised.
-    #[error("lockspace {0} is already supervised")]
-    Exists(String),
-    /// Not supervised.
-    #[error("lockspace {0} is not supervised")]
-    Unknown(String),
-    /// Holders are being killed.
-    #[error("lockspace {0} was lost and its holders are still being killed")]
-    Busy(String),
+    /// The guard refused (a limit, an unknown lockspace, holders being killed).
+    #[error("{0}")]
+    Guard(#[from] GuardError),
     /// Not armed.
     #[error("the watchdog is not armed")]
     NotArmed,
-    /// The multiplexer refused.
-    #[error("watchdog multiplexer: {0}")]
-    Mux(String),
     /// pidfd_open failed.
     #[error("pid {0}: {1}")]
     Pid(i32, String),
 }
 
-fn signal(pid: i32, h: &mut Holder, sig: Signal) {
-    // A holder that restricted one signal gets the other.
-    let sig = match sig {
-        s if s == Signal::KILL && h.restrict & 0x2 != 0 => Signal::TERM,
-        s if s == Signal::TERM && h.restrict & 0x4 != 0 => Signal::KILL,
-        s => s,
+fn send(fd: &OwnedFd, pid: i32, sig: KillSignal) {
+    let s = match sig {
+        KillSignal::Term => Signal::TERM,
+        KillSignal::Kill => Signal::KILL,
     };
-    match rustix::process::pidfd_send_signal(&h.pidfd, sig) {
-        Ok(()) => h.signalled = true,
+    if let Err(e) = rustix::process::pidfd_send_signal(fd, s) {
         // ESRCH: it exited in the meantime.
-        Err(e) => tracing::debug!(pid, error = %e, "signal not delivered"),
+        tracing::debug!(pid, error = %e, "signal not delivered");
     }
 }
 
@@ -520,119 +341,57 @@ fn run_kill_path(pid: i32, path: &str, args: &[String]) {
     }
 }
 
-fn fence_record(cfg: &SupervisorConfig, name: &str, s: &Space) -> FenceRecord {
-    let mut alive_pids: Vec<i32> = s
-        .holders
-        .iter()
-        .filter(|(_, h)| alive(&h.pidfd))
-        .map(|(p, _)| *p)
-        .collect();
-    alive_pids.sort_unstable();
-    FenceRecord {
-        written_at_unix_ms: std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_millis() as u64)
-            .unwrap_or(0),
-        boot_id: tenure_watchdog::marker::boot_id(),
-        lockspace: name.to_owned(),
-        host_id: s.host_id,
-        generation: s.generation,
-        reason: format!(
-            "renewals of lockspace {name} failed until the renewal deadline; {} lease holder(s) \
-             alive are being killed; the watchdog fires unless all of them die in time",
-            alive_pids.len()
-        ),
-        last_renewals: s.renewals.clone(),
-        renewals_omitted: 0,
-        pids_signalled: Vec::new(),
-        pids_alive: alive_pids,
-        pids_omitted: 0,
-        watchdog: cfg.watchdog.to_string(),
-        fire_timeout_s: cfg.fire_timeout_s,
-    }
-    .capped()
-}
-
-/// One pass over the lockspaces at `now`; returns the next instant a pass is needed.
-fn supervise(st: &mut State, now: Instant) -> Instant {
-    let mut next = now + TEST_INTERVAL;
-    let grace = st.cfg.kill_grace;
-    let sigkill_max = st.cfg.sigkill_max;
-    let mut cleared = Vec::new();
-    for (name, s) in &mut st.spaces {
-        if s.cleared {
-            continue;
-        }
-        let Some(deadline) = s.deadline else {
-            continue;
-        };
-        if now < deadline {
-            next = next.min(deadline);
-            continue;
-        }
-        s.holders.retain(|_, h| alive(&h.pidfd));
-        if s.killing.is_none() {
-            tracing::error!(lockspace = %name, holders = s.holders.len(), "renewal deadline passed: lockspace lost");
-            if !s.holders.is_empty() || s.used {
-                let rec = fence_record(&st.cfg, name, s);
+/// Carries out the guard's effects.
+fn carry_out(st: &mut State) {
+    while let Some(e) = st.guard.poll_effect() {
+        match e {
+            GuardEffect::Fence {
+                lockspace,
+                host_id,
+                generation,
+                renewals,
+                pids_alive,
+            } => {
+                let rec = FenceRecord {
+                    written_at_unix_ms: unix_ms(),
+                    boot_id: tenure_watchdog::marker::boot_id(),
+                    reason: format!(
+                        "renewals of lockspace {lockspace} failed until the renewal deadline; {} lease holder(s) \
+                         alive are being killed; the watchdog fires unless all of them die in time",
+                        pids_alive.len()
+                    ),
+                    lockspace,
+                    host_id,
+                    generation,
+                    last_renewals: renewals,
+                    renewals_omitted: 0,
+                    pids_signalled: Vec::new(),
+                    pids_alive,
+                    pids_omitted: 0,
+                    watchdog: st.cfg.watchdog.to_string(),
+                    fire_timeout_s: st.cfg.fire_timeout_s,
+                }
+                .capped();
                 if let Err(e) = FenceLog::new(&st.cfg.state_dir).append(rec) {
                     tracing::error!(error = %e, "fence record not written");
                 }
-                for (pid, h) in &mut s.holders {
-                    match h.kill_path.clone() {
-                        Some((path, args)) => run_kill_path(*pid, &path, &args),
-                        None => signal(*pid, h, Signal::TERM),
-                    }
+            }
+            GuardEffect::Signal {
+                lockspace,
+                pid,
+                signal,
+            } => {
+                if let Some(fd) = st.pidfds.get(&(lockspace, pid)) {
+                    send(fd, pid, signal);
                 }
             }
-            s.killing = Some(Killing {
-                started: now,
-                next_step: now + Duration::from_secs(1),
-                sigkills: 0,
-                gave_up: false,
-            });
+            GuardEffect::KillPath {
+                pid, path, args, ..
+            } => run_kill_path(pid, &path, &args),
+            // Logged by the guard; the reactor collects cleared lockspaces.
+            GuardEffect::Cleared { .. } | GuardEffect::GaveUp { .. } => {}
         }
-        let k = s.killing.as_mut().expect("set above");
-        if s.holders.is_empty() && s.used {
-            if !k.gave_up {
-                k.gave_up = true;
-                tracing::error!(lockspace = %name, "lockspace lost while marked used: it is not cleared and the watchdog will fire");
-            }
-            continue;
-        }
-        if s.holders.is_empty() {
-            s.cleared = true;
-            if let (Some(src), Some(feeder)) = (s.source.take(), st.feeder.as_mut()) {
-                let _ = feeder.mux.remove(src);
-            }
-            tracing::warn!(lockspace = %name, after_ms = now.duration_since(k.started).as_millis() as u64, "all holders dead: lockspace cleared, the host is not reset");
-            cleared.push(name.clone());
-            continue;
-        }
-        if now >= k.next_step && !k.gave_up {
-            k.next_step = now + Duration::from_secs(1);
-            if now.duration_since(k.started) < grace {
-                for (pid, h) in &mut s.holders {
-                    if h.kill_path.is_none() {
-                        signal(*pid, h, Signal::TERM);
-                    }
-                }
-            } else if k.sigkills < sigkill_max {
-                k.sigkills += 1;
-                for (pid, h) in &mut s.holders {
-                    signal(*pid, h, Signal::KILL);
-                }
-            } else {
-                k.gave_up = true;
-                let pids: Vec<i32> = s.holders.keys().copied().collect();
-                tracing::error!(lockspace = %name, ?pids, "holders survive SIGKILL: the watchdog will fire");
-            }
-        }
-        // Poll for deaths often while killing (pidfd readability is checked each pass).
-        next = next.min(now + Duration::from_millis(100));
     }
-    st.cleared.extend(cleared.iter().cloned());
-    next
 }
 
 fn run(shared: &Arc<(Mutex<State>, Condvar)>, wake: &EventFd) {
@@ -644,29 +403,42 @@ fn run(shared: &Arc<(Mutex<State>, Condvar)>, wake: &EventFd) {
         if st.stop {
             return;
         }
-        let now = Instant::now();
-        let before = st.cleared.len();
-        let mut next = supervise(&mut st, now);
-        if st.cleared.len() > before {
+        let now = MonotonicClock.now();
+        // The deaths that matter now: holders of lockspaces past their deadline.
+        for (name, pid) in st.guard.watched(now) {
+            let key = (name, pid);
+            if st.pidfds.get(&key).is_some_and(|fd| !alive(fd)) {
+                st.pidfds.remove(&key);
+                st.guard.holder_died(&key.0, pid);
+            }
+        }
+        let mut next = st.guard.pass(now);
+        let cleared = st.guard.cleared_pending();
+        carry_out(&mut st);
+        if cleared {
             // The reactor collects them with take_cleared.
             let _ = wake.write(1);
         }
-        if let Some(f) = st.feeder.as_mut() {
-            let tick = f.tick(now);
-            let text = match &tick {
-                Tick::Fed => "fed".to_owned(),
-                Tick::Withheld(w) => format!("withheld: {w:?}"),
-                Tick::FeedFailed(e) => {
-                    tracing::error!(error = %e, "watchdog keepalive failed");
-                    format!("keepalive failed: {e}")
-                }
+        if st.watchdog.is_some() {
+            let text = match st.guard.feed(now) {
+                FeedDecision::Withhold(w) => format!("withheld: {w:?}"),
+                FeedDecision::Feed => match st.watchdog.as_mut().map(ArmedWatchdog::keepalive) {
+                    Some(Ok(())) => {
+                        st.last_fed = Some(Instant::now());
+                        "fed".to_owned()
+                    }
+                    Some(Err(e)) => {
+                        tracing::error!(error = %e, "watchdog keepalive failed");
+                        format!("keepalive failed: {e}")
+                    }
+                    None => "not armed".to_owned(),
+                },
             };
-            next = next
-                .min(f.mux.poll_timeout(now))
-                .max(now + Duration::from_millis(10));
+            next = next.min(now.saturating_add(TEST_INTERVAL));
             st.last_tick = Some(text);
         }
-        let wait = next.saturating_duration_since(Instant::now());
+        let next = next.max(now.saturating_add(Duration::from_millis(10)));
+        let wait = next.saturating_since(MonotonicClock.now());
         st = cv
             .wait_timeout(st, wait)
             .unwrap_or_else(std::sync::PoisonError::into_inner)

@@ -3,4 +3,5 @@
 //! [`registry`], the leases they hold and who owns each.
 
 pub mod admission;
+pub mod guard;
 pub mod registry;
