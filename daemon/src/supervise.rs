@@ -287,12 +287,60 @@ impl Supervisor {
 
     /// Stops the thread (clean shutdown: every lockspace was removed first, so the watchdog
     /// is disarmed; otherwise it stays armed and fires, which is what must happen).
-    pub fn stop(mut self) {
+    pub fn stop(self) {
+        drop(self);
+    }
+}
+
+impl Drop for Supervisor {
+    fn drop(&mut self) {
         self.lock().stop = true;
         self.poke();
         if let Some(t) = self.thread.take() {
             let _ = t.join();
         }
+    }
+}
+
+impl crate::host::Supervision for Supervisor {
+    fn add_space(&mut self, name: &str, host_id: u64) -> Result<(), String> {
+        Supervisor::add_space(self, name, host_id).map_err(|e| e.to_string())
+    }
+    fn joined(&mut self, name: &str, generation: u64, deadline: Time) -> Result<(), String> {
+        Supervisor::joined(self, name, generation, deadline).map_err(|e| e.to_string())
+    }
+    fn renewed(&mut self, name: &str, now: Time, deadline: Time, note: RenewalNote) {
+        Supervisor::renewed(self, name, now, deadline, note);
+    }
+    fn renewal_failed(&mut self, name: &str, note: RenewalNote) {
+        Supervisor::renewal_failed(self, name, note);
+    }
+    fn lost(&mut self, name: &str, now: Time) {
+        Supervisor::lost(self, name, now);
+    }
+    fn add_holder(
+        &mut self,
+        name: &str,
+        pid: i32,
+        kill_path: Option<(String, Vec<String>)>,
+        restrict: u32,
+    ) -> Result<(), String> {
+        Supervisor::add_holder(self, name, pid, kill_path, restrict).map_err(|e| e.to_string())
+    }
+    fn remove_holder(&mut self, name: &str, pid: i32) {
+        Supervisor::remove_holder(self, name, pid);
+    }
+    fn set_used(&mut self, name: &str, used: bool) -> Result<(), String> {
+        Supervisor::set_used(self, name, used).map_err(|e| e.to_string())
+    }
+    fn remove_space(&mut self, name: &str) -> Result<(), String> {
+        Supervisor::remove_space(self, name).map_err(|e| e.to_string())
+    }
+    fn take_cleared(&mut self) -> Vec<String> {
+        Supervisor::take_cleared(self)
+    }
+    fn status(&self) -> serde_json::Value {
+        serde_json::to_value(Supervisor::status(self)).unwrap_or(serde_json::Value::Null)
     }
 }
 

@@ -388,7 +388,7 @@ impl Guard {
     pub fn watched(&self, now: Time) -> Vec<(String, i32)> {
         let mut out = Vec::new();
         for (name, s) in &self.spaces {
-            if s.cleared || !s.deadline.is_some_and(|d| now >= d) {
+            if s.cleared || s.deadline.is_none_or(|d| now < d) {
                 continue;
             }
             out.extend(s.holders.keys().map(|p| (name.clone(), *p)));

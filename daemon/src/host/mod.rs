@@ -1,7 +1,1848 @@
-//! The daemon's decisions, apart from its I/O (DESIGN.md, "Daemon"): what the reactor asks
-//! before it acts. So far: [`admission`], local exclusion between this host's clients, and
-//! [`registry`], the leases they hold and who owns each.
+//! The daemon's decisions, apart from its I/O (DESIGN.md, "Daemon"). [`Host`] holds them: the
+//! lockspaces this host joins and their lifecycle, the leases its clients hold and who owns
+//! each (per connection, per pid, orphans), local exclusion between its clients
+//! ([`admission`], [`registry`]), and what supervision is told ([`guard`] decides kills and
+//! feeding). It holds no socket, thread or clock: time is an input, replies and effects are
+//! polled, and the storage engine and the supervisor are handed in ([`LockspaceSet`] over any
+//! [`tenure_core::io::IoBackend`], any [`Supervision`]). The reactor (`crate::server`) and
+//! the whole-cluster simulation drive the same `Host`.
+//!
+//! Call order, as quinn-proto's `Connection` has it:
+//! 1. feed inputs, each with `now`: a client command ([`Host::acquire`], [`Host::release`],
+//!    [`Host::convert`], [`Host::lockspace_add`], …), a client's identity
+//!    ([`Host::client_connected`], [`Host::client_mut`], [`Host::client_closed`]), a pid that
+//!    exited ([`Host::pid_exited`]), a probe result ([`Host::probe_done`]);
+//! 2. [`Host::step`] at `now`: runs the engine and handles what completed (operation results,
+//!    lockspace events, lockspaces cleared by supervision);
+//! 3. drain [`Host::poll_output`] until `None`: replies to clients and effects to carry out;
+//! 4. sleep until [`Host::next_wakeup`] or the next input.
+//!
+//! Invariants (asserted by the tests of [`registry`] and by the cluster simulation):
+//! - per resource, one exclusive holder or any number of shared ones, and one operation of
+//!   this host in flight at most;
+//! - a lease's holder pid is registered with supervision before the grant is replied, and
+//!   removed only when the pid holds nothing more in that lockspace;
+//! - a lease of a lost lockspace is never released on disk and never given to anyone: it is
+//!   dropped only when supervision reports every holder dead.
 
 pub mod admission;
 pub mod guard;
 pub mod registry;
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::path::PathBuf;
+
+use serde_json::json;
+use tenure_core::clock::Time;
+use tenure_core::delta::{DeltaConfig, DeltaEvent};
+use tenure_core::dev::Device;
+use tenure_core::io::DiskId;
+use tenure_core::lockspace::{
+    AcquireOptions, HeldResource, LockspaceId, LockspaceSet, LockspaceState, OpError, OpId,
+    OpOutcome, ResourceTarget,
+};
+use tenure_core::paxos::PaxosError;
+use tenure_core::timeouts::Timeouts;
+use tenure_format::{Geometry, LockspaceSpec, Name, ResourceMode, ResourceSpec};
+use tenure_watchdog::fence::RenewalNote;
+
+use crate::proto::{ErrorCode, ErrorReply, Reply, Request};
+use admission::{Admit, InFlight, Refusal, ResourceKey};
+use registry::{ClientKey, Lease, Owner, Registry};
+
+/// Leases held at once.
+pub const LEASES_MAX: usize = 8192;
+
+/// A lease area's location: a device path and the offset of the area on it.
+pub type ProbeKey = (PathBuf, u64);
+
+/// What a probe learned of a lease area.
+#[derive(Debug, Clone, Copy)]
+pub struct AreaInfo {
+    /// Its geometry.
+    pub geometry: Geometry,
+}
+
+/// What supervision is told (the real one: `crate::supervise::Supervisor`, a thread that
+/// carries out [`guard`]'s decisions; the simulation's: a [`guard::Guard`] it steps itself).
+pub trait Supervision: std::fmt::Debug + Send {
+    /// A lockspace is about to be joined (the watchdog is armed if needed).
+    fn add_space(&mut self, name: &str, host_id: u64) -> Result<(), String>;
+    /// It was joined: its deadline gates feeding.
+    fn joined(&mut self, name: &str, generation: u64, deadline: Time) -> Result<(), String>;
+    /// A renewal succeeded at `now`; the deadline moves on.
+    fn renewed(&mut self, name: &str, now: Time, deadline: Time, note: RenewalNote);
+    /// A renewal failed.
+    fn renewal_failed(&mut self, name: &str, note: RenewalNote);
+    /// It was found lost before its deadline.
+    fn lost(&mut self, name: &str, now: Time);
+    /// `pid` holds leases in it now (an error when the pid is gone).
+    fn add_holder(
+        &mut self,
+        name: &str,
+        pid: i32,
+        kill_path: Option<(String, Vec<String>)>,
+        restrict: u32,
+    ) -> Result<(), String>;
+    /// `pid` holds nothing more in it.
+    fn remove_holder(&mut self, name: &str, pid: i32);
+    /// Marks it used (a loss is never cleared).
+    fn set_used(&mut self, name: &str, used: bool) -> Result<(), String>;
+    /// It was left cleanly, or cleared and forgotten.
+    fn remove_space(&mut self, name: &str) -> Result<(), String>;
+    /// Lost lockspaces whose holders are all dead since the last call.
+    fn take_cleared(&mut self) -> Vec<String>;
+    /// For `status`.
+    fn status(&self) -> serde_json::Value;
+}
+
+/// Who a client is (SO_PEERCRED and what it said about itself).
+#[derive(Debug, Clone)]
+pub struct ClientInfo {
+    /// Its pid.
+    pub pid: i32,
+    /// Its uid.
+    pub uid: u32,
+    /// The name it gave (status, lease records).
+    pub name: String,
+    /// Its kill path, if it set one.
+    pub kill_path: Option<(String, Vec<String>)>,
+    /// sanlock RESTRICT bits it set on itself.
+    pub restrict: u32,
+}
+
+/// A lockspace this host added.
+#[derive(Debug)]
+pub struct Space {
+    /// Its name (escaped).
+    pub name: String,
+    /// Its id in the lockspace set.
+    pub id: LockspaceId,
+    /// How it was added.
+    pub spec: LockspaceSpec,
+    /// Clients waiting for the join.
+    pub join_waiters: Vec<ClientKey>,
+    /// Clients waiting for the leave.
+    pub leave_waiters: Vec<ClientKey>,
+    /// Why it was lost.
+    pub lost: Option<String>,
+    /// Supervision cleared it (all holders dead), or it was left; forgotten once no
+    /// operation of it runs.
+    pub cleared: bool,
+    /// Marked used (LockspaceConfig / SET_CONFIG).
+    pub used: bool,
+    /// Marked used while orphans exist.
+    pub used_by_orphans: bool,
+}
+
+/// A lease operation in flight.
+#[derive(Debug)]
+pub enum Pending {
+    /// An acquire.
+    Acquire {
+        /// Who asked.
+        client: ClientKey,
+        /// The holder's name.
+        client_name: String,
+        /// Lockspace.
+        space: String,
+        /// The locations named, per resource run on disk.
+        locations: Vec<(String, u64)>,
+        /// Who will own the leases.
+        owner: Owner,
+        /// The holder pid.
+        pid: i32,
+        /// The resources run on disk (claimed in flight); the others joined shared holds.
+        on_disk: Vec<ResourceKey>,
+    },
+    /// A release.
+    Release {
+        /// Who to answer.
+        client: Option<ClientKey>,
+        /// The leases.
+        leases: Vec<Lease>,
+        /// Released by this host's other holders of a shared hold without disk I/O, reported
+        /// with this release.
+        local: Vec<Name>,
+    },
+    /// A conversion.
+    Convert {
+        /// Who asked.
+        client: ClientKey,
+        /// Lockspace.
+        space: String,
+        /// Resource.
+        resource: Name,
+    },
+    /// An operation a front end started itself (the resource index's private lease): its
+    /// result goes back as [`Output::OpDone`].
+    Front {
+        /// Lockspace.
+        space: String,
+    },
+}
+
+/// What the host asks its driver to do.
+#[derive(Debug)]
+pub enum Output {
+    /// Send a reply.
+    Reply(ClientKey, Reply),
+    /// Probe these lease areas (open the device if new, read the geometry), then call
+    /// [`Host::probe_done`] for each.
+    Probe(Vec<ProbeKey>),
+    /// Watch `pid` for exit ([`Host::pid_exited`]): it holds leases acquired on its behalf.
+    WatchPid(i32),
+    /// Hosts set our bit in `space`: examine the request records of our leases there, and
+    /// deliver these events to the lockspace's event listeners.
+    BitSet {
+        /// Lockspace.
+        space: String,
+        /// Its index in [`Host::spaces`].
+        index: usize,
+        /// Events (sanlock's SET_EVENT) from other hosts.
+        events: Vec<tenure_core::delta::ReceivedEvent>,
+    },
+    /// An operation of [`Pending::Front`] ended.
+    OpDone(OpId, OpOutcome),
+    /// A lockspace was forgotten (left, failed or cleared and no operation runs).
+    SpaceGone(String),
+}
+
+/// Settings of the host's decisions.
+#[derive(Debug, Clone)]
+pub struct HostConfig {
+    /// This host's name.
+    pub host_name: Name,
+    /// io_timeout of lockspaces added without one.
+    pub io_timeout_s: u64,
+    /// W assumed for the other hosts.
+    pub other_hosts_fire_timeout_s: u32,
+    /// Local exclusion disabled (bite tests only).
+    pub no_local_exclusion: bool,
+}
+
+/// The daemon's decisions (see the module docs).
+#[derive(Debug)]
+pub struct Host {
+    cfg: HostConfig,
+    /// The lockspaces and their operations (the engine inside).
+    pub set: LockspaceSet,
+    /// The lockspaces added.
+    pub spaces: Vec<Space>,
+    /// The leases of this host's clients, and local exclusion.
+    pub reg: Registry,
+    /// Operations in flight.
+    pub pending: HashMap<OpId, Pending>,
+    /// Who each connected client is.
+    clients: HashMap<ClientKey, ClientInfo>,
+    /// Devices registered with the engine.
+    pub disks: HashMap<PathBuf, DiskId>,
+    /// Lease areas probed.
+    areas: HashMap<ProbeKey, Result<AreaInfo, String>>,
+    sup: Box<dyn Supervision>,
+    /// Pids owning leases acquired on their behalf that exited while a conversion ran.
+    exited: HashSet<i32>,
+    /// Stopping: no new lockspaces or leases; every lockspace is left once no lease is held.
+    pub stopping: bool,
+    deferred: Option<Vec<ProbeKey>>,
+    out: VecDeque<Output>,
+    /// The time of the input being handled.
+    now: Time,
+    /// Wall-clock milliseconds at `Time::ZERO` (for lease and renewal records).
+    wall_epoch_ms: u64,
+}
+
+fn err(code: ErrorCode, message: impl Into<String>) -> Reply {
+    Reply::Error(ErrorReply::new(code, message))
+}
+
+/// Hex of bytes (LVBs).
+pub fn hex(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+/// Bytes of hex (at most 4096 bytes).
+pub fn unhex(s: &str) -> Result<Vec<u8>, String> {
+    if s.len() % 2 != 0 || s.len() > 8192 {
+        return Err("even number of hex digits, at most 8192".into());
+    }
+    (0..s.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(&s[i..i + 2], 16).map_err(|e| e.to_string()))
+        .collect()
+}
+
+/// The answer to a request refused by local exclusion (sanlock's codes: crate::host::admission).
+pub fn refusal_reply(key: &ResourceKey, r: Refusal) -> Reply {
+    let what = format!("{}:{}", key.space, key.name.escaped());
+    match r {
+        Refusal::Held => err(
+            ErrorCode::Exists,
+            format!("{what} is already held on this host"),
+        ),
+        Refusal::Busy => err(
+            ErrorCode::Busy,
+            format!("{what}: another operation of this host is working on it"),
+        ),
+        Refusal::Releasing => err(
+            ErrorCode::Releasing,
+            format!("{what} is being released on this host; try again"),
+        ),
+        Refusal::SharedHere => err(
+            ErrorCode::Busy,
+            format!(
+                "{what} is held shared by other processes of this host: it cannot become exclusive"
+            ),
+        ),
+    }
+}
+
+/// An operation's failure as the native protocol reports it: the code (sanlock's result is
+/// derived from it), the holder's identity where there is one, and in `details.fault` who is
+/// at fault (contention, storage, damaged, configuration, misuse, internal).
+pub fn op_error_reply(resource: Name, e: &OpError) -> Reply {
+    use tenure_core::paxos::Fault;
+    let r = resource.escaped();
+    let holder =
+        |host_id: &u64, generation: &u64| json!({"host_id": host_id, "generation": generation});
+    let (code, mut details) = match e {
+        OpError::Paxos(PaxosError::OwnerAlive {
+            host_id,
+            generation,
+        }) => (ErrorCode::OwnerAlive, holder(host_id, generation)),
+        OpError::Paxos(PaxosError::OwnedRetry {
+            host_id,
+            generation,
+        }) => (ErrorCode::OwnedRetry, holder(host_id, generation)),
+        // Contention inside one ballot: the other host holds it now, as if we had found it
+        // held.
+        OpError::Paxos(PaxosError::AcquiredByOther { host_id }) => {
+            (ErrorCode::OwnerAlive, json!({"host_id": host_id}))
+        }
+        OpError::Paxos(PaxosError::LverMismatch { .. }) => (ErrorCode::LverMismatch, json!({})),
+        OpError::Paxos(PaxosError::SharedBusy {
+            host_id,
+            generation,
+        }) => (ErrorCode::SharedBusy, holder(host_id, generation)),
+        OpError::NotJoined => (ErrorCode::NotJoined, json!({})),
+        OpError::LockspaceLost => (ErrorCode::LockspaceLost, json!({})),
+        OpError::Full(_) => (ErrorCode::Full, json!({})),
+        OpError::UnknownLockspace => (ErrorCode::NotFound, json!({})),
+        // The rest by fault: no failure is reported as another kind (a stalled machine is
+        // a bug, not damage on disk).
+        other => (
+            match other.fault() {
+                Fault::Storage => ErrorCode::Io,
+                Fault::Damaged => ErrorCode::Corrupt,
+                Fault::Misuse => ErrorCode::BadRequest,
+                Fault::Contention | Fault::Configuration | Fault::Internal => ErrorCode::Failed,
+            },
+            json!({}),
+        ),
+    };
+    details["fault"] = json!(e.fault());
+    let mut reply = ErrorReply::new(code, format!("{r}: {e}"));
+    reply.details = Some(details);
+    Reply::Error(reply)
+}
+
+impl Host {
+    /// A host deciding over `set` (its engine inside) and telling `sup` what it decides;
+    /// `wall_epoch_ms` is the wall-clock time, in ms, of `Time::ZERO`.
+    pub fn new(
+        cfg: HostConfig,
+        set: LockspaceSet,
+        sup: Box<dyn Supervision>,
+        wall_epoch_ms: u64,
+    ) -> Self {
+        Host {
+            reg: Registry::new(cfg.no_local_exclusion),
+            cfg,
+            set,
+            spaces: Vec::new(),
+            pending: HashMap::new(),
+            clients: HashMap::new(),
+            disks: HashMap::new(),
+            areas: HashMap::new(),
+            sup,
+            exited: HashSet::new(),
+            stopping: false,
+            deferred: None,
+            out: VecDeque::new(),
+            now: Time::ZERO,
+            wall_epoch_ms,
+        }
+    }
+
+    /// This host's name.
+    pub fn host_name(&self) -> Name {
+        self.cfg.host_name
+    }
+
+    /// The settings.
+    pub fn config(&self) -> &HostConfig {
+        &self.cfg
+    }
+
+    fn at(&mut self, now: Time) {
+        self.now = self.now.max(now);
+    }
+
+    fn unix_ms(&self) -> u64 {
+        self.wall_epoch_ms + self.now.as_nanos() / 1_000_000
+    }
+
+    fn reply(&mut self, k: ClientKey, r: Reply) {
+        self.out.push_back(Output::Reply(k, r));
+    }
+
+    /// The next reply or effect.
+    pub fn poll_output(&mut self) -> Option<Output> {
+        self.out.pop_front()
+    }
+
+    /// After an input that returned no reply: the lease areas it waits for, when it waits
+    /// for probes (then give it again once they are done) rather than for an operation.
+    pub fn take_deferred(&mut self) -> Option<Vec<ProbeKey>> {
+        self.deferred.take()
+    }
+
+    /// When [`Host::step`] is due at the latest.
+    pub fn next_wakeup(&self) -> Option<Time> {
+        self.set.next_wakeup()
+    }
+
+    /// What supervision shows.
+    pub fn supervision_status(&self) -> serde_json::Value {
+        self.sup.status()
+    }
+
+    /// A client connected.
+    pub fn client_connected(&mut self, k: ClientKey, info: ClientInfo) {
+        self.clients.insert(k, info);
+    }
+
+    /// A connected client.
+    pub fn client(&self, k: ClientKey) -> Option<&ClientInfo> {
+        self.clients.get(&k)
+    }
+
+    /// A connected client, to record what it said about itself (name, kill path, restrict).
+    pub fn client_mut(&mut self, k: ClientKey) -> Option<&mut ClientInfo> {
+        self.clients.get_mut(&k)
+    }
+
+    /// Every connected client.
+    pub fn clients(&self) -> impl Iterator<Item = (&ClientKey, &ClientInfo)> {
+        self.clients.iter()
+    }
+
+    /// A client's connection closed: its leases are released.
+    pub fn client_closed(&mut self, now: Time, k: ClientKey) {
+        self.at(now);
+        self.clients.remove(&k);
+        self.release_owner(Owner::Conn(k), None);
+    }
+
+    /// A pid that owns leases acquired on its behalf exited: they are released.
+    pub fn pid_exited(&mut self, now: Time, pid: i32) {
+        self.at(now);
+        if self
+            .reg
+            .iter()
+            .any(|l| l.owner == Owner::Pid(pid) && l.converting)
+        {
+            self.exited.insert(pid);
+        }
+        self.release_owner(Owner::Pid(pid), None);
+    }
+
+    /// Lease areas in `keys` not probed yet (asked for through [`Output::Probe`]).
+    fn missing(&mut self, keys: &[ProbeKey]) -> bool {
+        let missing: Vec<ProbeKey> = keys
+            .iter()
+            .filter(|k| !self.areas.contains_key(*k))
+            .cloned()
+            .collect();
+        if missing.is_empty() {
+            return false;
+        }
+        self.out.push_back(Output::Probe(missing.clone()));
+        self.deferred = Some(missing);
+        true
+    }
+
+    /// Whether a device is registered with the engine already.
+    pub fn has_disk(&self, path: &std::path::Path) -> bool {
+        self.disks.contains_key(path)
+    }
+
+    /// A probe ended: `device` is the opened device when it was not registered yet. A
+    /// failed probe is not remembered (the next request tries again); the requests waiting
+    /// for it are given again by the driver and fail with its error then.
+    pub fn probe_done(
+        &mut self,
+        key: ProbeKey,
+        device: Option<Result<Device, String>>,
+        geometry: Result<Geometry, String>,
+    ) -> Result<(), String> {
+        let mut result = geometry.map(|geometry| AreaInfo { geometry });
+        match device {
+            Some(Ok(dev)) if !self.disks.contains_key(&key.0) => {
+                match self.set.backend_mut().add_disk(dev) {
+                    Ok(id) => {
+                        self.disks.insert(key.0.clone(), id);
+                    }
+                    Err(e) => result = Err(e.to_string()),
+                }
+            }
+            Some(Err(e)) if !self.disks.contains_key(&key.0) => result = Err(e),
+            _ => {}
+        }
+        let r = result.as_ref().map(|_| ()).map_err(Clone::clone);
+        self.areas.insert(key, result);
+        r
+    }
+
+    /// Forgets failed probes once the requests waiting for them were given again.
+    pub fn forget_failed_probes(&mut self) {
+        self.areas.retain(|_, r| r.is_ok());
+    }
+
+    /// Registers a device under `path` directly (the simulation's disks), with the geometry
+    /// of the lease areas at `offsets`.
+    pub fn add_known_disk(&mut self, path: PathBuf, disk: DiskId, areas: &[(u64, Geometry)]) {
+        for (off, g) in areas {
+            self.areas
+                .insert((path.clone(), *off), Ok(AreaInfo { geometry: *g }));
+        }
+        self.disks.insert(path, disk);
+    }
+
+    /// Runs the engine at `now` and handles what completed.
+    pub fn step(&mut self, now: Time) -> Result<(), tenure_core::lockspace::LockspaceError> {
+        self.at(now);
+        self.set.step(now)?;
+        self.after_step();
+        Ok(())
+    }
+
+    /// Asks every lockspace to be left once no lease is held, and refuses new work.
+    pub fn stop(&mut self, now: Time) {
+        self.at(now);
+        self.stopping = true;
+        self.begin_leaving_all(now);
+    }
+
+    /// Nothing is left to do before exiting.
+    pub fn ready_to_exit(&self) -> bool {
+        self.spaces.is_empty() && self.pending.is_empty()
+    }
+
+    fn after_step(&mut self) {
+        let now = self.now;
+        while let Some((id, outcome)) = self.set.take_op_result() {
+            self.op_done(now, id, outcome);
+        }
+        for i in 0..self.spaces.len() {
+            let id = self.spaces[i].id;
+            for ev in self.set.take_events(id) {
+                self.space_event(now, i, ev);
+            }
+        }
+        for name in self.sup.take_cleared() {
+            if let Some(s) = self.spaces.iter_mut().find(|s| s.name == name) {
+                s.cleared = true;
+            }
+            let dropped = self.reg.take(|l| l.space == name);
+            tracing::warn!(lockspace = %name, leases = dropped.len(), "lost lockspace cleared: its leases are gone");
+        }
+        // Forget cleared, left or failed lockspaces once no operation of theirs runs.
+        let mut i = 0;
+        while i < self.spaces.len() {
+            let s = &self.spaces[i];
+            let done = s.cleared
+                && !self.pending.values().any(|p| match p {
+                    Pending::Acquire { space, .. }
+                    | Pending::Convert { space, .. }
+                    | Pending::Front { space } => *space == s.name,
+                    Pending::Release { leases, .. } => leases.iter().any(|l| l.space == s.name),
+                });
+            if done && self.set.remove(s.id).is_ok() {
+                let s = self.spaces.remove(i);
+                let _ = self.sup.remove_space(&s.name);
+                for w in s.join_waiters.iter().chain(&s.leave_waiters) {
+                    let reason = s.lost.clone().unwrap_or_else(|| "lockspace gone".into());
+                    self.reply(*w, err(ErrorCode::LockspaceLost, reason));
+                }
+                self.out.push_back(Output::SpaceGone(s.name));
+                continue;
+            }
+            i += 1;
+        }
+        if self.stopping {
+            self.begin_leaving_all(now);
+        }
+    }
+
+    /// A lockspace's index by name.
+    pub fn space_by_name(&self, name: &str) -> Option<&Space> {
+        self.spaces.iter().find(|s| s.name == name)
+    }
+
+    fn space_event(&mut self, now: Time, i: usize, ev: DeltaEvent) {
+        let name = self.spaces[i].name.clone();
+        let id = self.spaces[i].id;
+        match ev {
+            DeltaEvent::Joined { generation } => {
+                let deadline = self.set.renewal_deadline(id).unwrap_or(now);
+                tracing::info!(lockspace = %name, generation, "joined");
+                if let Err(e) = self.sup.joined(&name, generation, deadline) {
+                    tracing::error!(lockspace = %name, error = %e, "supervisor refused the join: leaving");
+                    let _ = self.set.leave(id, now);
+                }
+                let waiters = std::mem::take(&mut self.spaces[i].join_waiters);
+                for w in waiters {
+                    self.reply(
+                        w,
+                        Reply::Ok(json!({"lockspace": name, "generation": generation})),
+                    );
+                }
+            }
+            DeltaEvent::JoinFailed { error } => {
+                tracing::error!(lockspace = %name, error = %error, "join failed");
+                let waiters = std::mem::take(&mut self.spaces[i].join_waiters);
+                for w in waiters {
+                    self.reply(w, err(ErrorCode::Failed, format!("join {name}: {error}")));
+                }
+                self.spaces[i].cleared = true;
+            }
+            DeltaEvent::Renewed {
+                read_latency,
+                write_latency,
+            } => {
+                if let Some(d) = self.set.renewal_deadline(id) {
+                    let note = RenewalNote {
+                        at_unix_ms: self.unix_ms(),
+                        latency_ms: (read_latency + write_latency).as_millis() as u64,
+                        ok: true,
+                        error: None,
+                    };
+                    self.sup.renewed(&name, now, d, note);
+                }
+            }
+            DeltaEvent::RenewalFailed { error } => {
+                tracing::warn!(lockspace = %name, error = %error, "renewal failed");
+                self.sup.renewal_failed(
+                    &name,
+                    RenewalNote {
+                        at_unix_ms: self.unix_ms(),
+                        latency_ms: 0,
+                        ok: false,
+                        error: Some(error.to_string()),
+                    },
+                );
+            }
+            DeltaEvent::Lost { error } => {
+                tracing::error!(lockspace = %name, error = %error, "lockspace lost: its lease holders will be killed");
+                self.spaces[i].lost = Some(error.to_string());
+                self.sup.lost(&name, now);
+                for w in std::mem::take(&mut self.spaces[i].join_waiters) {
+                    self.reply(
+                        w,
+                        err(ErrorCode::LockspaceLost, format!("join {name}: {error}")),
+                    );
+                }
+            }
+            DeltaEvent::BitSet { from, events } => {
+                tracing::info!(lockspace = %name, ?from, "hosts set our bit: examining request records");
+                self.out.push_back(Output::BitSet {
+                    space: name.clone(),
+                    index: i,
+                    events,
+                });
+            }
+            DeltaEvent::Released => {
+                tracing::info!(lockspace = %name, "left");
+                let waiters = std::mem::take(&mut self.spaces[i].leave_waiters);
+                for w in waiters {
+                    self.reply(w, Reply::Ok(json!({"lockspace": name, "left": true})));
+                }
+                self.spaces[i].cleared = true;
+            }
+        }
+    }
+
+    fn begin_leaving_all(&mut self, now: Time) {
+        if !self.reg.is_empty() {
+            return;
+        }
+        // Joined lockspaces release their host id (Left follows); a joining one is left once
+        // joined (the next pass); failed, left, idle and lost ones (holding no lease, checked
+        // above) have nothing to release on disk.
+        for s in &mut self.spaces {
+            match self.set.state(s.id) {
+                Some(LockspaceState::Joined { .. }) => {
+                    let _ = self.set.leave(s.id, now);
+                }
+                Some(LockspaceState::Joining { .. }) => {}
+                _ => s.cleared = true,
+            }
+        }
+    }
+
+    pub fn space_index(&self, name: &str) -> Option<usize> {
+        self.spaces.iter().position(|s| s.name == name)
+    }
+
+    pub fn area(&self, key: &ProbeKey) -> Option<Result<AreaInfo, String>> {
+        self.areas.get(key).cloned()
+    }
+
+    pub fn lockspace_add(
+        &mut self,
+        now: Time,
+        k: Option<ClientKey>,
+        spec: &str,
+        wait: bool,
+        io_timeout_s: Option<u64>,
+    ) -> Option<Reply> {
+        self.at(now);
+        let spec = match LockspaceSpec::parse(spec) {
+            Ok(s) => s,
+            Err(e) => return Some(err(ErrorCode::BadRequest, format!("lockspace spec: {e}"))),
+        };
+        let io_timeout = io_timeout_s.unwrap_or(self.cfg.io_timeout_s);
+        if !(1..=crate::config::IO_TIMEOUT_MAX_S).contains(&io_timeout) {
+            return Some(err(
+                ErrorCode::BadRequest,
+                format!(
+                    "io_timeout_s {io_timeout} is out of range (1..={})",
+                    crate::config::IO_TIMEOUT_MAX_S
+                ),
+            ));
+        }
+        let name = spec.name.escaped();
+        if self.space_index(&name).is_some() {
+            return Some(err(
+                ErrorCode::Exists,
+                format!("lockspace {name} is already added"),
+            ));
+        }
+        if self.stopping {
+            return Some(err(ErrorCode::Busy, "tenured is stopping"));
+        }
+        let key = (PathBuf::from(&spec.disk.path), spec.disk.offset);
+        if self.missing(std::slice::from_ref(&key)) {
+            return None;
+        }
+        let info = match self.areas.get(&key).cloned() {
+            Some(Ok(i)) => i,
+            Some(Err(e)) => return Some(err(ErrorCode::Io, format!("{}: {e}", spec.disk.path))),
+            None => return Some(err(ErrorCode::Io, "probe failed")),
+        };
+        if spec.host_id == 0 || spec.host_id > info.geometry.hosts_max() {
+            return Some(err(
+                ErrorCode::BadRequest,
+                format!(
+                    "host id {} is out of range (1..={})",
+                    spec.host_id,
+                    info.geometry.hosts_max()
+                ),
+            ));
+        }
+        let Some(&disk) = self.disks.get(&key.0) else {
+            return Some(err(ErrorCode::Io, "device not open"));
+        };
+        if let Err(e) = self.sup.add_space(&name, spec.host_id) {
+            return Some(err(
+                ErrorCode::Failed,
+                format!("cannot supervise {name}: {e}"),
+            ));
+        }
+        let dcfg = DeltaConfig {
+            space_name: spec.name,
+            host_id: spec.host_id,
+            host_name: self.cfg.host_name,
+            geometry: info.geometry,
+            area_offset: spec.disk.offset,
+            // Validated above: 1..=IO_TIMEOUT_MAX_S fits u16.
+            // W in the lockspace's rules is only ever another host's: when it is dead, when
+            // its slot may be taken over (core/src/timeouts.rs).
+            timeouts: Timeouts::new(
+                u16::try_from(io_timeout).unwrap_or(u16::MAX),
+                self.cfg.other_hosts_fire_timeout_s,
+            ),
+        };
+        let id = match self.set.add(dcfg, disk) {
+            Ok(id) => id,
+            Err(e) => {
+                let _ = self.sup.remove_space(&name);
+                return Some(err(ErrorCode::Full, e.to_string()));
+            }
+        };
+        let now = self.now;
+        if let Err(e) = self.set.join(id, now) {
+            let _ = self.set.remove(id);
+            let _ = self.sup.remove_space(&name);
+            return Some(err(ErrorCode::Failed, e.to_string()));
+        }
+        tracing::info!(lockspace = %name, host_id = spec.host_id, path = %spec.disk.path, "joining");
+        let mut space = Space {
+            name: name.clone(),
+            id,
+            spec,
+            join_waiters: Vec::new(),
+            leave_waiters: Vec::new(),
+            lost: None,
+            cleared: false,
+            used: false,
+            used_by_orphans: false,
+        };
+        match (k, wait) {
+            (Some(k), true) => {
+                space.join_waiters.push(k);
+                self.spaces.push(space);
+                None
+            }
+            _ => {
+                self.spaces.push(space);
+                Some(Reply::Ok(json!({"lockspace": name, "state": "joining"})))
+            }
+        }
+    }
+
+    /// Marks a lockspace used / used while orphans exist, and tells the supervisor what that
+    /// means now.
+    pub fn lockspace_config(
+        &mut self,
+        now: Time,
+        name: &str,
+        used: Option<bool>,
+        used_by_orphans: Option<bool>,
+    ) -> Reply {
+        self.at(now);
+        let Some(i) = self.space_index(name) else {
+            return err(ErrorCode::NotFound, format!("no lockspace {name}"));
+        };
+        let lost = self.spaces[i].lost.is_some()
+            || !matches!(
+                self.set.state(self.spaces[i].id),
+                Some(LockspaceState::Joined { .. } | LockspaceState::Joining { .. })
+            );
+        if lost && (used == Some(true) || used_by_orphans == Some(true)) {
+            return err(
+                ErrorCode::LockspaceLost,
+                format!("lockspace {name} is lost or left: it cannot be marked used"),
+            );
+        }
+        if let Some(u) = used {
+            self.spaces[i].used = u;
+        }
+        if let Some(u) = used_by_orphans {
+            self.spaces[i].used_by_orphans = u;
+        }
+        self.refresh_used(name);
+        let s = &self.spaces[i];
+        tracing::info!(lockspace = %name, used = s.used, used_by_orphans = s.used_by_orphans, "lockspace config");
+        Reply::Ok(json!({"lockspace": name, "used": s.used, "used_by_orphans": s.used_by_orphans}))
+    }
+
+    /// Tells the supervisor whether a lockspace counts as used now.
+    pub fn refresh_used(&mut self, name: &str) {
+        let Some(i) = self.space_index(name) else {
+            return;
+        };
+        let orphans = self
+            .reg
+            .iter()
+            .any(|l| l.space == name && l.owner == Owner::Orphan);
+        let s = &self.spaces[i];
+        let used = s.used || (s.used_by_orphans && orphans);
+        let _ = self.sup.set_used(name, used);
+    }
+
+    pub fn lockspace_remove(
+        &mut self,
+        now: Time,
+        k: ClientKey,
+        name: &str,
+        wait: bool,
+    ) -> Option<Reply> {
+        self.at(now);
+        let Some(i) = self.space_index(name) else {
+            return Some(err(ErrorCode::NotFound, format!("no lockspace {name}")));
+        };
+        if self.spaces[i].used {
+            return Some(err(
+                ErrorCode::Busy,
+                format!("lockspace {name} is marked used: clear it first (lockspace config)"),
+            ));
+        }
+        let held = self.reg.iter().filter(|l| l.space == name).count();
+        if held > 0 {
+            return Some(err(
+                ErrorCode::Busy,
+                format!("lockspace {name} has {held} lease(s) held; release them first"),
+            ));
+        }
+        let now = self.now;
+        let id = self.spaces[i].id;
+        match self.set.state(id) {
+            Some(LockspaceState::Joined { .. } | LockspaceState::Joining { .. }) => {
+                if let Err(e) = self.set.leave(id, now) {
+                    return Some(err(ErrorCode::Busy, e.to_string()));
+                }
+                if wait {
+                    self.spaces[i].leave_waiters.push(k);
+                    return None;
+                }
+                Some(Reply::Ok(json!({"lockspace": name, "state": "leaving"})))
+            }
+            _ => {
+                self.spaces[i].cleared = true;
+                Some(Reply::Ok(json!({"lockspace": name, "left": true})))
+            }
+        }
+    }
+
+    /// The holder pid a request acts for, and whether it is "on behalf of" a pid (matched by
+    /// pid) rather than a connection's own leases. `target` is a registered connection chosen
+    /// by the sanlock protocol (its own or one found by pid).
+    fn resolve(
+        &mut self,
+        k: ClientKey,
+        pid: Option<i32>,
+        target: Option<ClientKey>,
+    ) -> Result<(i32, bool), Reply> {
+        match target {
+            Some(t) => self
+                .clients
+                .get(&t)
+                .map(|c| (c.pid, false))
+                .ok_or_else(|| err(ErrorCode::NotFound, "client gone")),
+            None => self.privileged_pid(k, pid),
+        }
+    }
+
+    pub fn privileged_pid(&mut self, k: ClientKey, pid: Option<i32>) -> Result<(i32, bool), Reply> {
+        let c = self
+            .clients
+            .get(&k)
+            .ok_or_else(|| err(ErrorCode::Failed, "client gone"))?;
+        match pid {
+            None => Ok((c.pid, false)),
+            Some(p) if p == c.pid => Ok((p, false)),
+            Some(p) if c.uid == 0 => {
+                if p <= 0 {
+                    return Err(err(ErrorCode::BadRequest, format!("pid {p} is not valid")));
+                }
+                Ok((p, true))
+            }
+            Some(p) => Err(err(
+                ErrorCode::Permission,
+                format!(
+                    "only root may act for another pid ({p}); this client runs as uid {}",
+                    c.uid
+                ),
+            )),
+        }
+    }
+
+    pub fn acquire(
+        &mut self,
+        now: Time,
+        k: ClientKey,
+        req: Request,
+        target: Option<ClientKey>,
+    ) -> Option<Reply> {
+        self.at(now);
+        let Request::Acquire {
+            resources,
+            no_wait,
+            lvb,
+            pid,
+        } = &req
+        else {
+            return Some(err(ErrorCode::Failed, "internal: not an acquire"));
+        };
+        let (pid, on_behalf) = match self.resolve(k, *pid, target) {
+            Ok(x) => x,
+            Err(r) => return Some(r),
+        };
+        let me = target.unwrap_or(k);
+        if resources.is_empty() || resources.len() > tenure_core::lockspace::RESOURCES_PER_OP_MAX {
+            return Some(err(
+                ErrorCode::BadRequest,
+                format!(
+                    "acquire takes 1 to {} resources",
+                    tenure_core::lockspace::RESOURCES_PER_OP_MAX
+                ),
+            ));
+        }
+        let mut specs = Vec::with_capacity(resources.len());
+        for r in resources {
+            match ResourceSpec::parse(r) {
+                Ok(s) if s.disks.len() == 1 => specs.push(s),
+                Ok(s) => {
+                    return Some(err(
+                        ErrorCode::BadRequest,
+                        format!(
+                            "{}: leases on {} disks are not supported yet (one PATH:OFFSET)",
+                            s.name.escaped(),
+                            s.disks.len()
+                        ),
+                    ))
+                }
+                Err(e) => {
+                    return Some(err(
+                        ErrorCode::BadRequest,
+                        format!("resource spec {r:?}: {e}"),
+                    ))
+                }
+            }
+        }
+        let space = specs[0].lockspace.escaped();
+        if specs.iter().any(|s| s.lockspace.escaped() != space) {
+            return Some(err(
+                ErrorCode::BadRequest,
+                "all resources of one acquire must be in one lockspace",
+            ));
+        }
+        let shared = specs[0].mode == ResourceMode::Shared;
+        if specs
+            .iter()
+            .any(|s| (s.mode == ResourceMode::Shared) != shared)
+        {
+            return Some(err(
+                ErrorCode::BadRequest,
+                "one acquire takes either shared or exclusive resources, not both",
+            ));
+        }
+        let Some(si) = self.space_index(&space) else {
+            return Some(err(
+                ErrorCode::NotFound,
+                format!("no lockspace {space} (add it first)"),
+            ));
+        };
+        if let Some(why) = &self.spaces[si].lost {
+            return Some(err(
+                ErrorCode::LockspaceLost,
+                format!("lockspace {space} was lost: {why}"),
+            ));
+        }
+        if self.stopping {
+            return Some(err(ErrorCode::Busy, "tenured is stopping"));
+        }
+        for (i, s) in specs.iter().enumerate() {
+            if specs[..i].iter().any(|o| o.name == s.name) {
+                return Some(err(
+                    ErrorCode::BadRequest,
+                    format!("{} is named twice in one acquire", s.name.escaped()),
+                ));
+            }
+        }
+        // Local exclusion, before anything starts (crate::host::registry): all or nothing.
+        let names: Vec<Name> = specs.iter().map(|s| s.name).collect();
+        let admits = match self.reg.admit_acquire(&space, &names, shared) {
+            Ok(a) => a,
+            Err((key, r)) => return Some(refusal_reply(&key, r)),
+        };
+        for (n, a) in names.iter().zip(&admits) {
+            let lvb_missing = self
+                .reg
+                .shared_hold(&ResourceKey::new(&space, *n))
+                .is_some_and(|l| l.held.acquired.lvb.is_none());
+            if *a == Admit::Join && *lvb && lvb_missing {
+                return Some(err(
+                    ErrorCode::BadRequest,
+                    format!(
+                        "{} is held shared on this host without its LVB: the first holder must acquire it with lvb",
+                        n.escaped()
+                    ),
+                ));
+            }
+        }
+        if self.reg.len() + specs.len() > LEASES_MAX {
+            return Some(err(
+                ErrorCode::Full,
+                format!("too many leases ({LEASES_MAX})"),
+            ));
+        }
+        let keys: Vec<ProbeKey> = specs
+            .iter()
+            .map(|s| (PathBuf::from(&s.disks[0].path), s.disks[0].offset))
+            .collect();
+        if self.missing(&keys) {
+            return None;
+        }
+        let client_name = self
+            .clients
+            .get(&me)
+            .map(|c| c.name.clone())
+            .unwrap_or_default();
+        let owner = if on_behalf {
+            Owner::Pid(pid)
+        } else {
+            Owner::Conn(me)
+        };
+        let lease_of = |s: &ResourceSpec, held: HeldResource| {
+            let location = (s.disks[0].path.clone(), s.disks[0].offset);
+            Lease::new(
+                &space,
+                location,
+                held,
+                owner,
+                pid,
+                &client_name,
+                self.unix_ms(),
+            )
+        };
+        // Joiners of this host's shared holds take a copy of the hold's record.
+        let mut joins = Vec::new();
+        for (s, a) in specs.iter().zip(&admits) {
+            if *a == Admit::Join {
+                let key = ResourceKey::new(&space, s.name);
+                let Some(h) = self.reg.shared_hold(&key) else {
+                    return Some(err(ErrorCode::Failed, "internal: shared hold gone"));
+                };
+                joins.push(lease_of(s, h.held.clone()));
+            }
+        }
+        if admits.iter().all(|a| *a == Admit::Join) {
+            let now = self.now;
+            return Some(self.grant(now, k, &space, owner, pid, joins));
+        }
+        let mut targets = Vec::with_capacity(specs.len());
+        let mut on_disk = Vec::with_capacity(specs.len());
+        let mut locations = Vec::with_capacity(specs.len());
+        for ((s, key), a) in specs.iter().zip(&keys).zip(&admits) {
+            if *a == Admit::Join {
+                continue;
+            }
+            on_disk.push(ResourceKey::new(&space, s.name));
+            locations.push((s.disks[0].path.clone(), s.disks[0].offset));
+            let info = match self.areas.get(key).cloned() {
+                Some(Ok(i)) => i,
+                Some(Err(e)) => {
+                    return Some(err(ErrorCode::Io, format!("{}: {e}", key.0.display())))
+                }
+                None => return Some(err(ErrorCode::Io, "probe failed")),
+            };
+            let Some(&disk) = self.disks.get(&key.0) else {
+                return Some(err(ErrorCode::Io, "device not open"));
+            };
+            targets.push(ResourceTarget {
+                name: s.name,
+                disk,
+                area_offset: key.1,
+                geometry: info.geometry,
+                expect_lver: match s.mode {
+                    ResourceMode::ExclusiveAtLver(v) => Some(v),
+                    _ => None,
+                },
+                mirrors: Vec::new(),
+            });
+        }
+        let opts = AcquireOptions {
+            shared,
+            no_wait: *no_wait,
+            read_lvb: *lvb,
+        };
+        let now = self.now;
+        let id = match self
+            .set
+            .start_acquire(self.spaces[si].id, targets, opts, now)
+        {
+            Ok(id) => id,
+            Err(e) => return Some(op_error_reply(specs[0].name, &e)),
+        };
+        self.reg.acquire_started(id, &on_disk, joins);
+        self.pending.insert(
+            id,
+            Pending::Acquire {
+                client: k,
+                client_name,
+                space,
+                locations,
+                owner,
+                pid,
+                on_disk,
+            },
+        );
+        None
+    }
+
+    /// Makes `leases` (all of one acquire, held on disk now) the holder's: registers the holder
+    /// pid with the supervisor, or releases them at once when the holder is gone.
+    fn grant(
+        &mut self,
+        now: Time,
+        client: ClientKey,
+        space: &str,
+        owner: Owner,
+        pid: i32,
+        leases: Vec<Lease>,
+    ) -> Reply {
+        let (kill_path, restrict) = match owner {
+            Owner::Conn(o) => self
+                .clients
+                .get(&o)
+                .map_or((None, 0), |c| (c.kill_path.clone(), c.restrict)),
+            _ => self
+                .clients
+                .get(&client)
+                .map_or((None, 0), |c| (c.kill_path.clone(), 0)),
+        };
+        let alive_owner = match owner {
+            Owner::Conn(k) => self.clients.contains_key(&k),
+            _ => true,
+        };
+        let holder = if alive_owner {
+            self.sup.add_holder(space, pid, kill_path, restrict)
+        } else {
+            Err("client disconnected".to_owned())
+        };
+        if let Err(e) = holder {
+            // The holder is gone: give the leases back at once.
+            tracing::info!(lockspace = %space, pid, error = %e, "holder gone before the acquire ended: releasing");
+            self.start_release(now, None, leases, None);
+            return err(ErrorCode::Failed, format!("holder pid {pid}: {e}"));
+        }
+        if let Owner::Pid(p) = owner {
+            if !self.reg.iter().any(|l| l.owner == owner) {
+                self.out.push_back(Output::WatchPid(p));
+            }
+        }
+        let reply: Vec<_> = leases
+            .iter()
+            .map(|l| {
+                let mut j = l.json();
+                if let Some(lvb) = &l.held.acquired.lvb {
+                    j["lvb_hex"] = json!(hex(lvb));
+                }
+                j
+            })
+            .collect();
+        for l in &leases {
+            tracing::info!(lockspace = %l.space, resource = %l.resource.escaped(), lver = l.held.acquired.lver, shared = l.held.acquired.shared, pid, "acquired");
+        }
+        self.reg.extend(leases);
+        Reply::Ok(json!({"leases": reply}))
+    }
+
+    fn op_done(&mut self, now: Time, id: OpId, outcome: OpOutcome) {
+        let Some(p) = self.pending.remove(&id) else {
+            return;
+        };
+        match p {
+            Pending::Acquire {
+                client,
+                client_name,
+                space,
+                locations,
+                owner,
+                pid,
+                on_disk,
+            } => {
+                // Its joiners of shared holds (still here unless their owner went away).
+                let mut joined = self.reg.acquire_ended(id, &on_disk);
+                let wall = self.unix_ms();
+                match outcome {
+                    OpOutcome::Acquired(held) => {
+                        let mut leases: Vec<Lease> = held
+                            .into_iter()
+                            .zip(locations)
+                            .map(|(h, loc)| {
+                                Lease::new(&space, loc, h, owner, pid, &client_name, wall)
+                            })
+                            .collect();
+                        leases.append(&mut joined);
+                        let r = self.grant(now, client, &space, owner, pid, leases);
+                        self.reply(client, r);
+                    }
+                    OpOutcome::Failed {
+                        resource,
+                        error,
+                        still_held,
+                    } => {
+                        if !still_held.is_empty() {
+                            tracing::error!(lockspace = %space, count = still_held.len(), "acquire failed and unwinding it failed too: leases stay ours on disk");
+                            self.adopt_orphans(&space, still_held);
+                        }
+                        // The joiners give up: a shared hold they alone kept goes now.
+                        self.start_release(now, None, joined, None);
+                        self.reply(client, op_error_reply(resource, &error));
+                    }
+                    OpOutcome::Released => {}
+                }
+            }
+            Pending::Convert {
+                client,
+                space,
+                resource,
+            } => {
+                self.reg
+                    .end(&ResourceKey::new(&space, resource), InFlight::Convert);
+                let at = self
+                    .reg
+                    .iter()
+                    .position(|l| l.space == space && l.resource == resource);
+                let reply = match outcome {
+                    OpOutcome::Acquired(mut held) => {
+                        let h = held.remove(0);
+                        let shared = h.acquired.shared;
+                        if let Some(i) = at {
+                            self.reg[i].held = h;
+                        }
+                        tracing::info!(lockspace = %space, resource = %resource.escaped(), shared, "converted");
+                        Reply::Ok(json!({"resource": resource.escaped(), "shared": shared}))
+                    }
+                    OpOutcome::Failed {
+                        resource: r,
+                        error,
+                        mut still_held,
+                    } => {
+                        // Still held in the old mode; a conversion to exclusive rewrote our
+                        // dblock, and the hold's record must say so.
+                        if let (Some(i), Some(h)) = (at, still_held.pop()) {
+                            self.reg[i].held = h;
+                        }
+                        op_error_reply(r, &error)
+                    }
+                    OpOutcome::Released => err(ErrorCode::Failed, "internal: convert released"),
+                };
+                if let Some(i) = at {
+                    self.reg[i].converting = false;
+                    // Its owner went away meanwhile: release it now.
+                    let gone = match self.reg[i].owner {
+                        Owner::Conn(c) => !self.clients.contains_key(&c),
+                        Owner::Pid(p) => self.exited.contains(&p),
+                        Owner::Orphan => false,
+                    };
+                    if gone {
+                        let l = self.reg.remove(i);
+                        let now = self.now;
+                        let _ = self.start_release(now, None, vec![l], None);
+                    }
+                }
+                self.reply(client, reply);
+            }
+            Pending::Front { .. } => self.out.push_back(Output::OpDone(id, outcome)),
+            Pending::Release {
+                client,
+                leases,
+                local,
+            } => {
+                self.reg.release_ended(&leases);
+                let reply = match outcome {
+                    OpOutcome::Released => {
+                        for l in &leases {
+                            tracing::info!(lockspace = %l.space, resource = %l.resource.escaped(), "released");
+                        }
+                        let names: Vec<String> = leases
+                            .iter()
+                            .map(|l| l.resource)
+                            .chain(local)
+                            .map(|n| n.escaped())
+                            .collect();
+                        Reply::Ok(json!({ "released": names }))
+                    }
+                    OpOutcome::Failed {
+                        resource,
+                        error,
+                        still_held,
+                    } => {
+                        if matches!(error, OpError::LockspaceLost | OpError::NotJoined) {
+                            // Void with the lockspace: nothing to do on disk.
+                        } else if let Some(l) = leases.first() {
+                            let space = l.space.clone();
+                            self.adopt_orphans(&space, still_held);
+                        }
+                        op_error_reply(resource, &error)
+                    }
+                    OpOutcome::Acquired(_) => err(ErrorCode::Failed, "internal: release acquired"),
+                };
+                self.forget_holders(&leases);
+                if let Some(c) = client {
+                    self.reply(c, reply);
+                }
+            }
+        }
+    }
+
+    pub fn adopt_orphans(&mut self, space: &str, held: Vec<HeldResource>) {
+        for h in held {
+            let location = (String::from("?"), h.target.area_offset);
+            self.reg.push(Lease::new(
+                space,
+                location,
+                h,
+                Owner::Orphan,
+                0,
+                "",
+                self.unix_ms(),
+            ));
+        }
+        self.refresh_used(space);
+    }
+
+    /// Unregisters holder pids that hold nothing more in a lockspace.
+    fn forget_holders(&mut self, gone: &[Lease]) {
+        for l in gone {
+            if l.pid == 0 {
+                continue;
+            }
+            let still = self
+                .reg
+                .iter()
+                .any(|x| x.space == l.space && x.pid == l.pid);
+            if !still {
+                self.sup.remove_holder(&l.space, l.pid);
+            }
+        }
+    }
+
+    pub fn start_release(
+        &mut self,
+        now: Time,
+        client: Option<ClientKey>,
+        leases: Vec<Lease>,
+        lvb: Option<Vec<u8>>,
+    ) -> Option<Reply> {
+        // A holder of a shared hold that other local holders (or joiners) keep, or a second
+        // lease of one hold in this batch, goes without disk I/O; the hold's last goes to disk.
+        let (kept, leases) = self.reg.split_release(leases);
+        let mut local: Vec<Name> = Vec::with_capacity(kept.len());
+        for l in &kept {
+            tracing::info!(lockspace = %l.space, resource = %l.resource.escaped(), pid = l.pid, "released (the shared hold stays for its other local holders)");
+            local.push(l.resource);
+        }
+        self.forget_holders(&kept);
+        if leases.is_empty() {
+            let names: Vec<String> = local.iter().map(|n| n.escaped()).collect();
+            return Some(Reply::Ok(json!({"released": names})));
+        }
+        // Group by lockspace, at most RESOURCES_PER_OP_MAX per operation; the client gets
+        // its reply with the last group (one group in practice).
+        let mut groups: Vec<Vec<Lease>> = Vec::new();
+        for l in leases {
+            match groups.iter_mut().find(|g| {
+                g[0].space == l.space && g.len() < tenure_core::lockspace::RESOURCES_PER_OP_MAX
+            }) {
+                Some(g) => g.push(l),
+                None => groups.push(vec![l]),
+            }
+        }
+        let n = groups.len();
+        for (gi, g) in groups.into_iter().enumerate() {
+            let Some(si) = self.space_index(&g[0].space) else {
+                self.forget_holders(&g);
+                continue;
+            };
+            let held: Vec<(HeldResource, Option<Vec<u8>>)> = g
+                .iter()
+                .map(|l| {
+                    (
+                        l.held.clone(),
+                        lvb.clone().or_else(|| l.lvb_to_write.clone()),
+                    )
+                })
+                .collect();
+            let last = gi + 1 == n;
+            let who = if last { client } else { None };
+            match self.set.start_release(self.spaces[si].id, held, now) {
+                Ok(id) => {
+                    self.reg.release_started(&g);
+                    self.pending.insert(
+                        id,
+                        Pending::Release {
+                            client: who,
+                            leases: g,
+                            local: if last {
+                                std::mem::take(&mut local)
+                            } else {
+                                Vec::new()
+                            },
+                        },
+                    );
+                }
+                Err(e) => {
+                    let void = matches!(e, OpError::LockspaceLost | OpError::NotJoined);
+                    if !void {
+                        // Could not even start: keep them as ours, without holder.
+                        let space = g[0].space.clone();
+                        self.adopt_orphans(&space, g.iter().map(|l| l.held.clone()).collect());
+                    }
+                    self.forget_holders(&g);
+                    if let Some(c) = who {
+                        self.reply(c, op_error_reply(g[0].resource, &e));
+                    }
+                }
+            }
+        }
+        None
+    }
+
+    /// Releases every lease of `owner` (connection closed, pid exited).
+    pub fn release_owner(&mut self, owner: Owner, client: Option<ClientKey>) {
+        // A lease being converted is released when the conversion ends (Pending::Convert).
+        let mine = self.reg.take(|l| l.owner == owner && !l.converting);
+        // Leases of a lost lockspace stay until the supervisor clears it (holders dead).
+        let (lost, mine): (Vec<Lease>, Vec<Lease>) = mine.into_iter().partition(|l| {
+            self.spaces
+                .iter()
+                .any(|s| s.name == l.space && s.lost.is_some())
+        });
+        self.reg.extend(lost);
+        if mine.is_empty() {
+            return;
+        }
+        let now = self.now;
+        if let Some(r) = self.start_release(now, client, mine, None) {
+            if let Some(c) = client {
+                self.reply(c, r);
+            }
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    pub fn release(
+        &mut self,
+        now: Time,
+        target: Option<ClientKey>,
+        k: ClientKey,
+        resources: &[String],
+        all: bool,
+        pid: Option<i32>,
+        lvb_hex: Option<&str>,
+    ) -> Option<Reply> {
+        self.at(now);
+        let (pid, on_behalf) = match self.resolve(k, pid, target) {
+            Ok(x) => x,
+            Err(r) => return Some(r),
+        };
+        let me = target.unwrap_or(k);
+        let owner_ok = |l: &Lease| {
+            if l.joining.is_some() {
+                // Not granted yet: its acquire is still running.
+                false
+            } else if on_behalf {
+                l.pid == pid
+            } else {
+                l.owner == Owner::Conn(me)
+            }
+        };
+        let lvb = match lvb_hex.map(unhex).transpose() {
+            Ok(v) => v,
+            Err(e) => return Some(err(ErrorCode::BadRequest, format!("lvb_hex: {e}"))),
+        };
+        if all != resources.is_empty() {
+            return Some(err(ErrorCode::BadRequest, "give either resources or all"));
+        }
+        if lvb.is_some() && resources.len() != 1 {
+            return Some(err(
+                ErrorCode::BadRequest,
+                "an LVB is written for exactly one resource",
+            ));
+        }
+        let mut wanted: Vec<(String, Name)> = Vec::new();
+        for r in resources {
+            let (ls, name) = match r.split_once(':') {
+                Some((a, b)) => (a.to_owned(), b),
+                None => {
+                    return Some(err(
+                        ErrorCode::BadRequest,
+                        format!("{r:?}: expected LOCKSPACE:RESOURCE"),
+                    ))
+                }
+            };
+            match Name::new(name) {
+                Ok(n) => wanted.push((ls, n)),
+                Err(e) => return Some(err(ErrorCode::BadRequest, format!("{r:?}: {e}"))),
+            }
+        }
+        for (ls, n) in &wanted {
+            if !self
+                .reg
+                .iter()
+                .any(|l| owner_ok(l) && &l.space == ls && l.resource == *n)
+            {
+                return Some(err(
+                    ErrorCode::NotFound,
+                    format!("{ls}:{} is not held by this client", n.escaped()),
+                ));
+            }
+        }
+        let selected = |l: &Lease| {
+            owner_ok(l)
+                && (all
+                    || wanted
+                        .iter()
+                        .any(|(s, n)| *s == l.space && *n == l.resource))
+        };
+        if let Some(l) = self.reg.iter().find(|l| selected(l) && l.converting) {
+            return Some(err(
+                ErrorCode::Busy,
+                format!("{}:{} is being converted", l.space, l.resource.escaped()),
+            ));
+        }
+        let lost: Vec<&Lease> = self
+            .reg
+            .iter()
+            .filter(|l| {
+                owner_ok(l)
+                    && (all
+                        || wanted
+                            .iter()
+                            .any(|(s, n)| *s == l.space && *n == l.resource))
+            })
+            .filter(|l| {
+                self.spaces
+                    .iter()
+                    .any(|s| s.name == l.space && s.lost.is_some())
+            })
+            .collect();
+        if !lost.is_empty() {
+            return Some(err(
+                ErrorCode::LockspaceLost,
+                format!(
+                    "{}: its lockspace was lost; the lease ends when its holders are dead",
+                    lost[0].resource.escaped()
+                ),
+            ));
+        }
+        let mine = self.reg.take(|l| {
+            owner_ok(l)
+                && (all
+                    || wanted
+                        .iter()
+                        .any(|(s, n)| *s == l.space && *n == l.resource))
+        });
+        let now = self.now;
+        self.start_release(now, Some(k), mine, lvb)
+    }
+
+    /// The lease `LS:NAME` of this client (or of `pid` for privileged clients).
+    fn own_lease(
+        &mut self,
+        k: ClientKey,
+        resource: &str,
+        pid: Option<i32>,
+    ) -> Result<usize, Reply> {
+        let (pid, on_behalf) = self.privileged_pid(k, pid)?;
+        let Some((ls, name)) = resource.split_once(':') else {
+            return Err(err(
+                ErrorCode::BadRequest,
+                format!("{resource:?}: expected LOCKSPACE:RESOURCE"),
+            ));
+        };
+        let name = Name::new(name)
+            .map_err(|e| err(ErrorCode::BadRequest, format!("{resource:?}: {e}")))?;
+        self.reg
+            .iter()
+            .position(|l| {
+                l.space == ls
+                    && l.resource == name
+                    && if on_behalf {
+                        l.pid == pid
+                    } else {
+                        l.owner == Owner::Conn(k)
+                    }
+            })
+            .ok_or_else(|| {
+                err(
+                    ErrorCode::NotFound,
+                    format!("{resource} is not held by this client"),
+                )
+            })
+    }
+
+    pub fn convert(
+        &mut self,
+        now: Time,
+        k: ClientKey,
+        resource: &str,
+        shared: bool,
+        pid: Option<i32>,
+        no_wait: bool,
+    ) -> Option<Reply> {
+        self.at(now);
+        let i = match self.own_lease(k, resource, pid) {
+            Ok(i) => i,
+            Err(r) => return Some(r),
+        };
+        let l = &self.reg[i];
+        if l.held.acquired.shared == shared {
+            return Some(err(
+                ErrorCode::Exists,
+                format!("{resource} is already held in that mode"),
+            ));
+        }
+        if l.converting {
+            return Some(err(
+                ErrorCode::Busy,
+                format!("{resource} is being converted"),
+            ));
+        }
+        let key = l.key();
+        if let Err(r) = self.reg.admit_convert(&key, shared) {
+            return Some(refusal_reply(&key, r));
+        }
+        let l = &self.reg[i];
+        let Some(si) = self.space_index(&l.space) else {
+            return Some(err(ErrorCode::NotFound, "lockspace gone"));
+        };
+        let (space, res, held) = (l.space.clone(), l.resource, l.held.clone());
+        let now = self.now;
+        let started = if shared {
+            self.set
+                .start_convert_to_shared(self.spaces[si].id, held, now)
+        } else {
+            self.set
+                .start_convert_to_exclusive(self.spaces[si].id, held, no_wait, now)
+        };
+        match started {
+            Ok(id) => {
+                self.reg[i].converting = true;
+                self.reg.begin(key, InFlight::Convert);
+                self.pending.insert(
+                    id,
+                    Pending::Convert {
+                        client: k,
+                        space,
+                        resource: res,
+                    },
+                );
+                None
+            }
+            Err(e) => Some(op_error_reply(res, &e)),
+        }
+    }
+
+    pub fn lvb_get(&mut self, now: Time, k: ClientKey, resource: &str, pid: Option<i32>) -> Reply {
+        self.at(now);
+        let i = match self.own_lease(k, resource, pid) {
+            Ok(i) => i,
+            Err(r) => return r,
+        };
+        match &self.reg[i].held.acquired.lvb {
+            Some(v) => Reply::Ok(json!({"resource": resource, "lvb_hex": hex(v)})),
+            None => err(
+                ErrorCode::BadRequest,
+                format!("{resource} was acquired without reading its LVB (acquire with lvb)"),
+            ),
+        }
+    }
+
+    pub fn lvb_set(
+        &mut self,
+        now: Time,
+        k: ClientKey,
+        resource: &str,
+        value: &str,
+        pid: Option<i32>,
+    ) -> Reply {
+        self.at(now);
+        let i = match self.own_lease(k, resource, pid) {
+            Ok(i) => i,
+            Err(r) => return r,
+        };
+        let v = match unhex(value) {
+            Ok(v) => v,
+            Err(e) => return err(ErrorCode::BadRequest, format!("lvb: {e}")),
+        };
+        let l = &self.reg[i];
+        let ss = l.held.target.geometry.sector_size_bytes() as usize;
+        if v.len() > ss {
+            return err(
+                ErrorCode::BadRequest,
+                format!("an LVB is at most one sector ({ss} bytes), not {}", v.len()),
+            );
+        }
+        if let Err(e) = l.held.target.geometry.lvb_offset() {
+            return err(
+                ErrorCode::Failed,
+                format!("{resource}: no LVB in this geometry: {e}"),
+            );
+        }
+        self.reg[i].lvb_to_write = Some(v);
+        Reply::Ok(json!({"resource": resource, "written_at_release": true}))
+    }
+
+    pub fn inquire(
+        &mut self,
+        now: Time,
+        k: ClientKey,
+        pid: Option<i32>,
+        target: Option<ClientKey>,
+    ) -> Reply {
+        self.at(now);
+        let (pid, on_behalf) = match self.resolve(k, pid, target) {
+            Ok(x) => x,
+            Err(r) => return r,
+        };
+        let me = target.unwrap_or(k);
+        let mine: Vec<&Lease> = self
+            .reg
+            .iter()
+            .filter(|l| l.joining.is_none())
+            .filter(|l| {
+                if on_behalf {
+                    l.pid == pid
+                } else {
+                    l.owner == Owner::Conn(me)
+                }
+            })
+            .collect();
+        let state = mine
+            .iter()
+            .map(|l| l.state_string())
+            .collect::<Vec<_>>()
+            .join(" ");
+        Reply::Ok(json!({
+            "leases": mine.iter().map(|l| l.json()).collect::<Vec<_>>(),
+            "state": state,
+        }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn reply_of(e: OpError) -> ErrorReply {
+        match op_error_reply(Name::new("r").expect("name"), &e) {
+            Reply::Error(r) => r,
+            Reply::Ok(v) => panic!("not an error: {v}"),
+        }
+    }
+
+    #[test]
+    fn every_failure_is_reported_with_its_fault_and_a_stall_is_not_damage() {
+        let r = reply_of(OpError::Paxos(PaxosError::Stalled("acquire")));
+        assert_eq!(r.code, ErrorCode::Failed);
+        assert_eq!(r.details.as_ref().expect("details")["fault"], "internal");
+        let r = reply_of(OpError::Paxos(PaxosError::Corrupt("bad magic".into())));
+        assert_eq!(r.code, ErrorCode::Corrupt);
+        assert_eq!(r.details.as_ref().expect("details")["fault"], "damaged");
+        let r = reply_of(OpError::Paxos(PaxosError::OwnerAlive {
+            host_id: 2,
+            generation: 7,
+        }));
+        assert_eq!(r.code, ErrorCode::OwnerAlive);
+        let d = r.details.expect("details");
+        assert_eq!(
+            (d["host_id"].clone(), d["fault"].clone()),
+            (json!(2), json!("contention"))
+        );
+        let r = reply_of(OpError::LockspaceLost);
+        assert_eq!(r.code, ErrorCode::LockspaceLost);
+        assert_eq!(r.details.expect("details")["fault"], "storage");
+        let r = reply_of(OpError::Paxos(PaxosError::HostIdAboveNumHosts {
+            host_id: 9,
+            num_hosts: 8,
+        }));
+        assert_eq!(r.details.expect("details")["fault"], "configuration");
+    }
+}

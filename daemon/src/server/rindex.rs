@@ -14,9 +14,11 @@ use tenure_core::direct::{BackendKind, FormatOptions};
 use tenure_core::lockspace::{AcquireOptions, HeldResource, ResourceTarget};
 use tenure_format::{AlignSize, Name, RindexSpec, SectorSize};
 
-use super::{err, ClientKey, Deferred, JobReply, LockspaceState, Pending, Server};
+use super::{err, ClientKey, Deferred, FrontOp, JobReply, LockspaceState, Server};
 use crate::host::admission::{InFlight, ResourceKey};
+use crate::host::Pending;
 use crate::proto::{ErrorCode, ErrorReply, Reply, Request, RindexAction};
+use tenure_core::lockspace::{OpId, OpOutcome};
 
 /// One rindex request, parsed.
 #[derive(Clone, Debug)]
@@ -167,9 +169,9 @@ impl Server {
         let space = job.spec.lockspace.escaped();
         let Some(si) = self.space_index(&space).filter(|&i| {
             matches!(
-                self.set.state(self.spaces[i].id),
+                self.host.set.state(self.host.spaces[i].id),
                 Some(LockspaceState::Joined { .. })
-            ) && self.spaces[i].lost.is_none()
+            ) && self.host.spaces[i].lost.is_none()
         }) else {
             return Some(err(
                 ErrorCode::NotFound,
@@ -185,7 +187,7 @@ impl Server {
             c.deferred = Some(Deferred::Native(req.clone()));
             return None;
         }
-        let geometry = match self.area(&key) {
+        let geometry = match self.host.area(&key) {
             Some(Ok(i)) => i.geometry,
             Some(Err(e)) => {
                 // No index there (-274, as sanlock), or the device cannot be used (-19).
@@ -202,7 +204,7 @@ impl Server {
             }
             None => return Some(err(ErrorCode::Io, "probe failed")),
         };
-        let Some(&disk) = self.disks.get(&key.0) else {
+        let Some(&disk) = self.host.disks.get(&key.0) else {
             return Some(err(ErrorCode::Io, "device not open"));
         };
         let target = ResourceTarget {
@@ -215,21 +217,27 @@ impl Server {
         };
         // The private lease is a lease like any other: one local operation at a time.
         let key = ResourceKey::new(&space, rindex::lease_name());
-        if let Err((key, r)) = self.reg.admit_acquire(&space, &[key.name], false) {
-            return Some(super::refusal_reply(&key, r));
+        if let Err((key, r)) = self.host.reg.admit_acquire(&space, &[key.name], false) {
+            return Some(crate::host::refusal_reply(&key, r));
         }
         let now = self.clock.now();
-        match self.set.start_acquire(
-            self.spaces[si].id,
+        match self.host.set.start_acquire(
+            self.host.spaces[si].id,
             vec![target],
             AcquireOptions::default(),
             now,
         ) {
             Ok(id) => {
-                self.reg.begin(key, InFlight::Acquire);
-                self.pending.insert(
+                self.host.reg.begin(key, InFlight::Acquire);
+                self.host.pending.insert(
                     id,
-                    Pending::Rindex {
+                    Pending::Front {
+                        space: space.clone(),
+                    },
+                );
+                self.front_ops.insert(
+                    id,
+                    FrontOp::Rindex {
                         client: k,
                         space,
                         job: Box::new(job),
@@ -237,7 +245,7 @@ impl Server {
                 );
                 None
             }
-            Err(e) => Some(super::op_error_reply(rindex::lease_name(), &e)),
+            Err(e) => Some(crate::host::op_error_reply(rindex::lease_name(), &e)),
         }
     }
 
@@ -256,7 +264,7 @@ impl Server {
             reply: job.run(),
         });
         if !started {
-            self.reg.end(&key, InFlight::Acquire);
+            self.host.reg.end(&key, InFlight::Acquire);
             tracing::error!("no helper thread for a rindex operation; its private lease stays held until the next one");
             self.reply(k, err(ErrorCode::Full, "too many direct I/Os in progress"));
         }
@@ -271,24 +279,31 @@ impl Server {
         reply: Reply,
     ) {
         // The job's claim (taken with the acquire) ends; the release takes its own.
-        self.reg.end(
+        self.host.reg.end(
             &ResourceKey::new(space, rindex::lease_name()),
             InFlight::Acquire,
         );
         let now = self.clock.now();
         let started = self.space_index(space).map(|i| {
-            self.set
-                .start_release(self.spaces[i].id, vec![(held, None)], now)
+            self.host
+                .set
+                .start_release(self.host.spaces[i].id, vec![(held, None)], now)
         });
         match started {
             Some(Ok(id)) => {
-                self.reg.begin(
+                self.host.reg.begin(
                     ResourceKey::new(space, rindex::lease_name()),
                     InFlight::Release,
                 );
-                self.pending.insert(
+                self.host.pending.insert(
                     id,
-                    Pending::RindexRelease {
+                    Pending::Front {
+                        space: space.to_owned(),
+                    },
+                );
+                self.front_ops.insert(
+                    id,
+                    FrontOp::RindexRelease {
                         client: k,
                         space: space.to_owned(),
                         reply: Box::new(reply),
@@ -298,6 +313,50 @@ impl Server {
             other => {
                 tracing::warn!(lockspace = %space, error = ?other.map(|r| r.err()), "the resource index's private lease could not be released");
                 self.reply(k, reply);
+            }
+        }
+    }
+
+    /// An operation this front end started ended.
+    pub(super) fn front_op_done(&mut self, id: OpId, outcome: OpOutcome) {
+        let Some(op) = self.front_ops.remove(&id) else {
+            return;
+        };
+        match op {
+            FrontOp::Rindex { client, space, job } => {
+                // The private lease stays claimed while the index job runs under it (until
+                // rindex_done starts its release): no other local operation may take it then.
+                let key = ResourceKey::new(&space, rindex::lease_name());
+                match outcome {
+                    OpOutcome::Acquired(mut held) if !held.is_empty() => {
+                        self.rindex_locked(client, space, job, held.remove(0));
+                    }
+                    OpOutcome::Failed {
+                        resource, error, ..
+                    } => {
+                        self.host.reg.end(&key, InFlight::Acquire);
+                        let r = crate::host::op_error_reply(resource, &error);
+                        self.reply(client, r);
+                    }
+                    _ => {
+                        self.host.reg.end(&key, InFlight::Acquire);
+                        self.reply(client, err(ErrorCode::Failed, "internal: rindex lease"));
+                    }
+                }
+            }
+            FrontOp::RindexRelease {
+                client,
+                space,
+                reply,
+            } => {
+                self.host.reg.end(
+                    &ResourceKey::new(&space, rindex::lease_name()),
+                    InFlight::Release,
+                );
+                if let OpOutcome::Failed { error, .. } = &outcome {
+                    tracing::warn!(lockspace = %space, error = %error, "the resource index's private lease was not released");
+                }
+                self.reply(client, *reply);
             }
         }
     }

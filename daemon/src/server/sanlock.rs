@@ -10,6 +10,7 @@
 //! client sends can panic the daemon.
 
 use super::{ClientKey, Deferred, JobReply, LockspaceState, Owner, Proto, Server};
+use crate::host::Pending;
 use crate::proto::{ErrorCode, Reply, Request};
 use crate::sanlock_wire::{self as w, cmd, flags, rv, Body, Header, Parsed};
 use std::os::fd::AsRawFd;
@@ -99,11 +100,14 @@ impl Server {
     /// Parses and handles whole messages of a sanlock connection.
     pub(super) fn process_sanlock(&mut self, k: ClientKey) {
         loop {
+            let restricted = self
+                .host
+                .client(k)
+                .is_some_and(|c| c.restrict & flags::RESTRICT_ALL != 0);
             let Some(c) = self.conn(k) else { return };
             if c.busy || c.closing {
                 return;
             }
-            let restricted = c.restrict & flags::RESTRICT_ALL != 0;
             match w::parse(&c.inbuf) {
                 Parsed::NeedMore => return,
                 Parsed::Ignored(n) => {
@@ -194,11 +198,13 @@ impl Server {
         let pid = data2 as i32;
         let found = self.conns.iter().enumerate().find_map(|(i, c)| {
             let c = c.as_ref()?;
+            let key = ClientKey {
+                idx: i,
+                serial: c.serial,
+            };
+            let c_pid = self.host.client(key).map(|c| c.pid);
             match &c.proto {
-                Proto::Sanlock(s) if s.registered && c.pid == pid => Some(ClientKey {
-                    idx: i,
-                    serial: c.serial,
-                }),
+                Proto::Sanlock(s) if s.registered && c_pid == Some(pid) => Some(key),
                 _ => None,
             }
         });
@@ -210,7 +216,7 @@ impl Server {
         match (h.cmd, body) {
             (cmd::VERSION, _) => self.sanlock_send(k, h, 0, w::DAEMON_VERSION, &[]),
             (cmd::RESTRICT, _) => {
-                if let Some(c) = self.conn(k) {
+                if let Some(c) = self.host.client_mut(k) {
                     c.restrict = h.cmd_flags;
                 }
                 done(self, 0);
@@ -227,12 +233,12 @@ impl Server {
                     ls.disk.offset
                 );
                 if let Some(i) = self.space_index(&ls.name) {
-                    let s = &self.spaces[i].spec;
+                    let s = &self.host.spaces[i].spec;
                     let same = s.host_id == ls.host_id
                         && s.disk.path == ls.disk.path
                         && s.disk.offset == ls.disk.offset;
                     let joining = matches!(
-                        self.set.state(self.spaces[i].id),
+                        self.host.set.state(self.host.spaces[i].id),
                         Some(LockspaceState::Joining { .. })
                     );
                     return done(
@@ -263,11 +269,12 @@ impl Server {
                 let Some(i) = self.space_index(&ls.name) else {
                     return done(self, rv::ENOENT);
                 };
-                if self.spaces[i].used {
+                if self.host.spaces[i].used {
                     return done(self, rv::EBUSY);
                 }
                 let wait = h.cmd_flags & flags::REM_ASYNC == 0;
                 let holders: Vec<i32> = self
+                    .host
                     .reg
                     .iter()
                     .filter(|l| l.space == ls.name && l.pid > 0)
@@ -307,8 +314,8 @@ impl Server {
             (cmd::GET_LOCKSPACES, _) => {
                 let mut payload = Vec::new();
                 let mut n = 0;
-                for s in &self.spaces {
-                    let fl = match self.set.state(s.id) {
+                for s in &self.host.spaces {
+                    let fl = match self.host.set.state(s.id) {
                         Some(LockspaceState::Joined { .. }) => 0,
                         Some(LockspaceState::Joining { .. }) => flags::LSF_ADD,
                         _ => flags::LSF_REM,
@@ -334,7 +341,7 @@ impl Server {
                     return done(self, rv::ENOENT);
                 };
                 if !matches!(
-                    self.set.state(self.spaces[i].id),
+                    self.host.set.state(self.host.spaces[i].id),
                     Some(LockspaceState::Joined { .. })
                 ) {
                     return done(self, rv::ENOENT);
@@ -342,7 +349,7 @@ impl Server {
                 let now = self.clock.now();
                 let mut payload = Vec::new();
                 let mut n = 0;
-                for (e, st) in self.set.hosts(self.spaces[i].id, now) {
+                for (e, st) in self.host.set.hosts(self.host.spaces[i].id, now) {
                     if ls.host_id != 0 && e.host_id != ls.host_id {
                         continue;
                     }
@@ -377,7 +384,7 @@ impl Server {
                     Err(e) => return done(self, e),
                 };
                 if !owner_name.is_empty() {
-                    if let Some(c) = self.conn(target) {
+                    if let Some(c) = self.host.client_mut(target) {
                         c.name = owner_name.chars().take(48).collect();
                     }
                 }
@@ -415,7 +422,7 @@ impl Server {
                     return done(self, rv::EINVAL);
                 }
                 let all = h.cmd_flags & flags::REL_ALL != 0;
-                if all && !self.reg.iter().any(|l| l.owner == Owner::Conn(target)) {
+                if all && !self.host.reg.iter().any(|l| l.owner == Owner::Conn(target)) {
                     return done(self, 0);
                 }
                 let names: Vec<String> = if all {
@@ -438,6 +445,7 @@ impl Server {
                     Err(e) => return done(self, e),
                 };
                 let mine: Vec<String> = self
+                    .host
                     .reg
                     .iter()
                     .filter(|l| l.owner == Owner::Conn(target) && l.joining.is_none())
@@ -478,11 +486,11 @@ impl Server {
                     return done(self, rv::EINVAL);
                 }
                 if h.cmd_flags & 0x1 != 0 {
-                    if let Some(c) = self.conn(target) {
+                    if let Some(c) = self.host.client(target) {
                         argv.push(c.pid.to_string());
                     }
                 }
-                if let Some(c) = self.conn(target) {
+                if let Some(c) = self.host.client_mut(target) {
                     c.kill_path = Some((path, argv));
                 }
                 done(self, 0);
@@ -694,7 +702,7 @@ impl Server {
                     return done(self, rv::EINVAL);
                 };
                 let want_shared = r.flags & flags::RES_SHARED != 0;
-                let Some(l) = self.reg.iter().find(|l| {
+                let Some(l) = self.host.reg.iter().find(|l| {
                     l.owner == Owner::Conn(target)
                         && l.space == r.lockspace
                         && l.resource.escaped() == r.name
@@ -705,7 +713,7 @@ impl Server {
                     return done(self, rv::EALREADY);
                 }
                 let name = format!("{}:{}", r.lockspace, r.name);
-                let pid = self.conn(target).map(|c| c.pid);
+                let pid = self.host.client(target).map(|c| c.pid);
                 let no_wait = h.cmd_flags & flags::ACQUIRE_OWNER_NOWAIT != 0;
                 if let Some(reply) = self.convert(k, &name, want_shared, pid, no_wait) {
                     self.sanlock_reply(k, reply);
@@ -715,7 +723,7 @@ impl Server {
                 let Some(i) = self.held_on_host(&r) else {
                     return done(self, rv::ENOENT);
                 };
-                let l = &mut self.reg[i];
+                let l = &mut self.host.reg[i];
                 if l.held.acquired.lvb.is_none() {
                     return done(self, rv::EINVAL);
                 }
@@ -733,7 +741,7 @@ impl Server {
                 let Some(i) = self.held_on_host(r) else {
                     return done(self, rv::ENOENT);
                 };
-                let l = &self.reg[i];
+                let l = &self.host.reg[i];
                 let Some(lvb) = l.held.acquired.lvb.clone() else {
                     return done(self, rv::EINVAL);
                 };
@@ -749,11 +757,19 @@ impl Server {
                 payload.resize(len, 0);
                 self.sanlock_send(k, h, 0, 0, &payload);
             }
-            (cmd::SHUTDOWN | cmd::SHUTDOWN_WAIT, _) if h.data != 0 && !self.spaces.is_empty() => {
+            (cmd::SHUTDOWN | cmd::SHUTDOWN_WAIT, _)
+                if h.data != 0 && !self.host.spaces.is_empty() =>
+            {
                 // Forced: SIGKILL every lease holder (as sanlock does), then leave every
                 // lockspace once their leases are released, then exit. SHUTDOWN_WAIT is
                 // answered at exit.
-                let pids: Vec<i32> = self.reg.iter().map(|l| l.pid).filter(|p| *p > 0).collect();
+                let pids: Vec<i32> = self
+                    .host
+                    .reg
+                    .iter()
+                    .map(|l| l.pid)
+                    .filter(|p| *p > 0)
+                    .collect();
                 tracing::warn!(?pids, "forced shutdown asked by a sanlock client: killing lease holders, then leaving every lockspace");
                 for pid in pids {
                     if let Some(p) = rustix::process::Pid::from_raw(pid) {
@@ -767,7 +783,7 @@ impl Server {
                         }
                     }
                 }
-                self.stopping = true;
+                self.host.stopping = true;
                 if h.cmd == cmd::SHUTDOWN_WAIT {
                     if let Some(c) = self.conn(k) {
                         c.busy = false;
@@ -780,7 +796,7 @@ impl Server {
             }
             (cmd::SHUTDOWN | cmd::SHUTDOWN_WAIT, _) => {
                 // Not forced: refused while any lockspace exists.
-                if !self.spaces.is_empty() {
+                if !self.host.spaces.is_empty() {
                     if h.cmd == cmd::SHUTDOWN {
                         // No reply: the connection closes.
                         if let Some(c) = self.conn(k) {
@@ -792,7 +808,7 @@ impl Server {
                     return done(self, rv::EBUSY);
                 }
                 tracing::info!("shutdown asked by a sanlock client");
-                self.stopping = true;
+                self.host.stopping = true;
                 if h.cmd == cmd::SHUTDOWN_WAIT {
                     let fin = Header {
                         cmd: 0,
@@ -815,7 +831,7 @@ impl Server {
                 };
                 let now = self.clock.now();
                 let mut payload = Vec::new();
-                for (e, st) in self.set.hosts(self.spaces[i].id, now) {
+                for (e, st) in self.host.set.hosts(self.host.spaces[i].id, now) {
                     let text = format!(
                         "last_check={} last_live={} last_req=0 owner_id={} owner_generation={} timestamp={} io_timeout={} owner_name={} status={st:?}",
                         now.as_secs(),
@@ -843,7 +859,7 @@ impl Server {
                     return done(self, rv::ENOSPC);
                 };
                 let mut payload = Vec::new();
-                for r in self.set.renewal_history(self.spaces[i].id) {
+                for r in self.host.set.renewal_history(self.host.spaces[i].id) {
                     let ms =
                         |d: Option<std::time::Duration>| d.map_or(-1, |d| d.as_millis() as i64);
                     let text = format!(
@@ -856,8 +872,9 @@ impl Server {
                     state_record(&mut payload, 6, 0, r.at.as_secs(), "", &text, &[]);
                 }
                 let t = self
+                    .host
                     .set
-                    .config(self.spaces[i].id)
+                    .config(self.host.spaces[i].id)
                     .map_or(0, |c| u32::from(c.timeouts.io_timeout_s));
                 self.sanlock_send(k, h, 0, t, &payload);
             }
@@ -1055,9 +1072,9 @@ impl Server {
         if name.is_empty() {
             return done(self, rv::EINVAL);
         }
-        let Some(i) = self.space_index(name).filter(|i| {
+        let Some(_) = self.space_index(name).filter(|i| {
             matches!(
-                self.set.state(self.spaces[*i].id),
+                self.host.set.state(self.host.spaces[*i].id),
                 Some(LockspaceState::Joined { .. })
             )
         }) else {
@@ -1067,9 +1084,10 @@ impl Server {
             // Its leases live with the connection: it cannot turn into an event fd.
             return done(self, rv::EBUSY);
         }
-        if self.spaces[i].event_fds.len() >= EVENT_FDS_MAX {
-            self.spaces[i].event_fds.retain(|fd| !peer_gone(fd));
-            if self.spaces[i].event_fds.len() >= EVENT_FDS_MAX {
+        let fds = self.event_fds.entry(name.to_owned()).or_default();
+        if fds.len() >= EVENT_FDS_MAX {
+            fds.retain(|fd| !peer_gone(fd));
+            if fds.len() >= EVENT_FDS_MAX {
                 return done(self, rv::ENOCSI);
             }
         }
@@ -1082,9 +1100,16 @@ impl Server {
         let Some(c) = self.conns.get_mut(k.idx).and_then(Option::take) else {
             return;
         };
+        let pid = self.host.client(k).map_or(0, |c| c.pid);
+        // No longer a client: it holds nothing (not registered).
+        self.host.client_closed(self.clock.now(), k);
+        self.drain();
         if c.outbuf.is_empty() {
-            tracing::info!(lockspace = %name, pid = c.pid, "event fd registered");
-            self.spaces[i].event_fds.push(c.stream);
+            tracing::info!(lockspace = %name, pid, "event fd registered");
+            self.event_fds
+                .entry(name.to_owned())
+                .or_default()
+                .push(c.stream);
         }
     }
 
@@ -1093,19 +1118,22 @@ impl Server {
         if name.is_empty() {
             return rv::EINVAL;
         }
-        let Some(i) = self.space_index(name) else {
+        let Some(_) = self.space_index(name) else {
             return rv::ENOENT;
         };
-        self.spaces[i].event_fds.retain(|fd| {
-            let mut b = [0u8; 4];
-            match nix::sys::socket::recv(fd.as_raw_fd(), &mut b, MsgFlags::MSG_DONTWAIT) {
-                Ok(4) => u32::from_le_bytes(b) != 1,
-                Ok(0) => false,
-                Ok(_) => true,
-                Err(nix::errno::Errno::EAGAIN) => true,
-                Err(_) => false,
-            }
-        });
+        self.event_fds
+            .entry(name.to_owned())
+            .or_default()
+            .retain(|fd| {
+                let mut b = [0u8; 4];
+                match nix::sys::socket::recv(fd.as_raw_fd(), &mut b, MsgFlags::MSG_DONTWAIT) {
+                    Ok(4) => u32::from_le_bytes(b) != 1,
+                    Ok(0) => false,
+                    Ok(_) => true,
+                    Err(nix::errno::Errno::EAGAIN) => true,
+                    Err(_) => false,
+                }
+            });
         0
     }
 
@@ -1131,7 +1159,7 @@ impl Server {
             all_hosts: fl & flags::EVENT_ALL_HOSTS != 0,
         };
         let now = self.clock.now();
-        match self.set.set_event(self.spaces[i].id, req, now) {
+        match self.host.set.set_event(self.host.spaces[i].id, req, now) {
             Ok(()) => {
                 tracing::info!(lockspace = %name, host_id = he.host_id, event = he.event, data = he.data, flags = fl, "host event set");
                 0
@@ -1144,10 +1172,15 @@ impl Server {
 
     /// Writes received host events to the lockspace's event fds (non-blocking; a failed send
     /// drops that fd).
-    pub(super) fn deliver_events(&mut self, i: usize, our_host_id: u64, events: &[ReceivedEvent]) {
-        let space = &mut self.spaces[i];
+    pub(super) fn deliver_events(
+        &mut self,
+        space: &str,
+        our_host_id: u64,
+        events: &[ReceivedEvent],
+    ) {
+        let fds = self.event_fds.entry(space.to_owned()).or_default();
         for e in events {
-            tracing::info!(lockspace = %space.name, from = e.from_host_id, event = e.event.event, data = e.event.data, fds = space.event_fds.len(), "host event received");
+            tracing::info!(lockspace = %space, from = e.from_host_id, event = e.event.event, data = e.event.data, fds = fds.len(), "host event received");
             let he = w::HostEvent {
                 host_id: our_host_id,
                 generation: e.event.generation,
@@ -1155,7 +1188,7 @@ impl Server {
                 data: e.event.data,
             };
             let msg = w::event_cb(&he, e.from_host_id, e.from_generation);
-            space.event_fds.retain(|fd| {
+            fds.retain(|fd| {
                 matches!(
                     nix::sys::socket::send(
                         fd.as_raw_fd(),
@@ -1170,7 +1203,7 @@ impl Server {
 
     /// A lease held on this host (any client) by lockspace and resource name.
     fn held_on_host(&self, r: &w::Resource) -> Option<usize> {
-        self.reg.iter().position(|l| {
+        self.host.reg.iter().position(|l| {
             l.joining.is_none() && l.space == r.lockspace && l.resource.escaped() == r.name
         })
     }
@@ -1190,9 +1223,9 @@ impl Server {
     pub(super) fn sanlock_inq(&self, name: &str) -> i32 {
         match self
             .space_index(name)
-            .map(|i| self.set.state(self.spaces[i].id))
+            .map(|i| self.host.set.state(self.host.spaces[i].id))
         {
-            Some(Some(LockspaceState::Joined { .. })) if !self.stopping => 0,
+            Some(Some(LockspaceState::Joined { .. })) if !self.host.stopping => 0,
             Some(Some(LockspaceState::Joining { .. })) => rv::EINPROGRESS,
             Some(Some(LockspaceState::Joined { .. })) => rv::EINPROGRESS,
             _ => rv::ENOENT,
@@ -1203,14 +1236,13 @@ impl Server {
     pub(super) fn sanlock_rem_after_kill(&mut self) {
         let pending = std::mem::take(&mut self.rem_after_kill);
         for (k, name) in pending {
-            let releasing = self.pending.values().any(|p| match p {
-                super::Pending::Release { leases, .. } => leases.iter().any(|l| l.space == name),
-                super::Pending::Acquire { space, .. }
-                | super::Pending::Convert { space, .. }
-                | super::Pending::Rindex { space, .. }
-                | super::Pending::RindexRelease { space, .. } => *space == name,
+            let releasing = self.host.pending.values().any(|p| match p {
+                Pending::Release { leases, .. } => leases.iter().any(|l| l.space == name),
+                Pending::Acquire { space, .. }
+                | Pending::Convert { space, .. }
+                | Pending::Front { space } => *space == name,
             });
-            if self.reg.iter().any(|l| l.space == name) || releasing {
+            if self.host.reg.iter().any(|l| l.space == name) || releasing {
                 self.rem_after_kill.push((k, name));
                 continue;
             }
@@ -1223,9 +1255,9 @@ impl Server {
                 None => {
                     // REM_ASYNC: already answered; leave without a waiter.
                     if let Some(i) = self.space_index(&name) {
-                        let id = self.spaces[i].id;
+                        let id = self.host.spaces[i].id;
                         let now = self.clock.now();
-                        let _ = self.set.leave(id, now);
+                        let _ = self.host.set.leave(id, now);
                     }
                 }
             }
@@ -1255,7 +1287,7 @@ impl Server {
             |typ: u32, data32: u32, data64: u64, name: &str, text: &str, bin: &[u8]| {
                 state_record(&mut out, typ, data32, data64, name, text, bin)
             };
-        let host = self.host_name.escaped();
+        let host = self.host.host_name().escaped();
         record(
             1,
             0,
@@ -1269,10 +1301,17 @@ impl Server {
         );
         // One CLIENT record per registered sanlock connection and per native client holding
         // leases (the CLI prints them as `p PID NAME`).
-        for c in self.conns.iter().flatten() {
-            let show = match &c.proto {
+        for (i, conn) in self.conns.iter().enumerate() {
+            let Some(conn) = conn else { continue };
+            let Some(c) = self.host.client(ClientKey {
+                idx: i,
+                serial: conn.serial,
+            }) else {
+                continue;
+            };
+            let show = match &conn.proto {
                 Proto::Sanlock(sc) => sc.registered,
-                Proto::Native => self.reg.iter().any(|l| l.pid == c.pid),
+                Proto::Native => self.host.reg.iter().any(|l| l.pid == c.pid),
             };
             if show {
                 let restrict = c.restrict;
@@ -1286,7 +1325,7 @@ impl Server {
                 );
             }
         }
-        for s in &self.spaces {
+        for s in &self.host.spaces {
             let ls = w::Lockspace {
                 name: s.name.clone(),
                 host_id: s.spec.host_id,
@@ -1296,7 +1335,7 @@ impl Server {
                     offset: s.spec.disk.offset,
                 },
             };
-            let list = match self.set.state(s.id) {
+            let list = match self.host.set.state(s.id) {
                 Some(LockspaceState::Joined { .. }) => "spaces",
                 Some(LockspaceState::Joining { .. }) => "add",
                 _ => "rem",
@@ -1310,7 +1349,7 @@ impl Server {
                 &ls.encode(),
             );
         }
-        for l in self.reg.iter().filter(|l| l.joining.is_none()) {
+        for l in self.host.reg.iter().filter(|l| l.joining.is_none()) {
             let r = w::Resource {
                 lockspace: l.space.clone(),
                 name: l.resource.escaped(),
