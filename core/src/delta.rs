@@ -888,14 +888,24 @@ impl HostTable {
     }
 
     /// What a paxos acquire asks about a leader's owner: its status, and whether our table
-    /// still shows it in `generation` (false once it rejoined, or when never seen).
+    /// still shows it in `generation` (false once it rejoined in a newer one). Our table is a
+    /// copy of the delta leases from our last read: when it has not seen the owner, or only in
+    /// an older generation than the leader names, that copy predates the owner's current
+    /// generation and says nothing about it — the owner is Unknown (asked again after the next
+    /// read), never free or rejoined. (Found by the whole-cluster simulation: a host that had
+    /// just joined read another host's slot as free before that host joined, and took over
+    /// the lease that host then acquired.)
     pub fn owner_status(&self, host_id: u64, generation: u64, now: Time) -> (HostStatus, bool) {
         let seen = usize::try_from(host_id.saturating_sub(1))
             .ok()
             .and_then(|i| self.entries.get(i))
             .and_then(Option::as_ref)
             .map(|e| e.generation);
-        (self.status(host_id, now), seen == Some(generation))
+        match seen {
+            Some(g) if g == generation => (self.status(host_id, now), true),
+            Some(g) if g > generation => (self.status(host_id, now), false),
+            _ => (HostStatus::Unknown, true),
+        }
     }
 
     /// Every host id seen, with its status.

@@ -1112,8 +1112,13 @@ impl PaxosAcquire {
                 }
             }
         }
-        if leader.owner_id != self.cfg.host_id {
-            // Another host's value was chosen: commit it for them, then report.
+        if leader.owner_id != self.cfg.host_id || leader.owner_generation != self.cfg.generation {
+            // Another host's value was chosen — or ours from an earlier generation (a ballot
+            // this host ran before it was reset, found in a dblock): commit it for them, then
+            // report. An old incarnation's win is not ours: the other hosts see that
+            // generation as ended and the lease as free (found by the whole-cluster
+            // simulation, where the rebooted host took it for its own and another host then
+            // took it too).
             self.other_won = Some(leader.owner_id);
         }
         self.leader = Some(leader);

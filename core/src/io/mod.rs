@@ -27,6 +27,7 @@
 
 pub mod conformance;
 pub mod drive;
+pub mod shared_sim;
 pub mod sim;
 pub mod slots;
 pub mod sync;
