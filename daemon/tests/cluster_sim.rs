@@ -136,6 +136,8 @@ struct Proc {
     holding: Vec<usize>,
     mode: Mode,
     waiting: Option<(Waiting, Time)>,
+    /// It keeps what it holds until then.
+    hold_until: Time,
 }
 
 /// One simulated machine.
@@ -183,6 +185,22 @@ struct Faults {
     freeze: f64,
     hang: f64,
     storage_errors: bool,
+    /// Share of processes stuck in uninterruptible sleep (no signal kills them).
+    unkillable: f64,
+    /// Storage hangs last this long at least.
+    hang_min: Duration,
+    /// Processes keep a lease up to this long.
+    hold_max: Duration,
+}
+
+/// How hard the world is on the hosts.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Profile {
+    /// The mix of the main run.
+    Mixed,
+    /// Long storage hangs and many unkillable holders: lost lockspaces whose holders survive
+    /// the kills, where only the watchdog's reset keeps the leases safe.
+    LostWithSurvivors,
 }
 
 struct World {
@@ -222,25 +240,39 @@ fn resource_spec(r: usize, mode: Mode) -> String {
 }
 
 impl World {
-    fn new(seed: u64, mutations: Mutations) -> Self {
+    fn new(seed: u64, mutations: Mutations, profile: Profile) -> Self {
         let mut rng = SimRng::new(seed);
         let hosts = 2 + rng.below(4) as usize;
         let storage_errors = rng.chance(0.5);
         let calm = rng.chance(0.25);
-        let faults = if calm {
-            Faults {
+        let faults = match profile {
+            Profile::Mixed if calm => Faults {
                 crash: 0.0,
                 freeze: 0.0,
                 hang: 0.0,
                 storage_errors: false,
-            }
-        } else {
-            Faults {
+                unkillable: 0.05,
+                hang_min: Duration::ZERO,
+                hold_max: Duration::from_secs(5),
+            },
+            Profile::Mixed => Faults {
                 crash: 0.0004,
                 freeze: 0.0006,
                 hang: 0.0008,
                 storage_errors,
-            }
+                unkillable: 0.05,
+                hang_min: Duration::from_millis(500),
+                hold_max: Duration::from_secs(20),
+            },
+            Profile::LostWithSurvivors => Faults {
+                crash: 0.0,
+                freeze: 0.0,
+                hang: 0.0005,
+                storage_errors: false,
+                unkillable: 0.5,
+                hang_min: Duration::from_secs(9),
+                hold_max: Duration::from_secs(60),
+            },
         };
         let clock = SimClock::new(t(Duration::from_secs(1000)));
         let l = Latency {
@@ -406,7 +438,7 @@ impl World {
         let pid = self.next_pid;
         self.next_pid += 1;
         let ignores_term = self.rng.chance(0.2);
-        let unkillable = self.rng.chance(0.05);
+        let unkillable = self.rng.chance(self.faults.unkillable);
         let node = &mut self.nodes[i];
         node.next_serial += 1;
         let key = ClientKey {
@@ -435,6 +467,7 @@ impl World {
             holding: Vec::new(),
             mode: Mode::Exclusive,
             waiting: None,
+            hold_until: Time::ZERO,
         });
     }
 
@@ -483,6 +516,8 @@ impl World {
             (Waiting::Acquire(rs, mode), Reply::Ok(v)) => {
                 proc.holding = rs.clone();
                 proc.mode = mode;
+                let hold = self.rng.below(self.faults.hold_max.as_millis() as u64 + 1);
+                proc.hold_until = self.clock.now().saturating_add(Duration::from_millis(hold));
                 self.stats.grants += 1;
                 let leaders: Vec<String> = rs
                     .iter()
@@ -550,8 +585,12 @@ impl World {
             self.spawn_proc(i);
             return;
         }
+        let now = self.now();
         let idle: Vec<usize> = (0..self.nodes[i].procs.len())
-            .filter(|&p| self.nodes[i].procs[p].alive && self.nodes[i].procs[p].waiting.is_none())
+            .filter(|&p| {
+                let q = &self.nodes[i].procs[p];
+                q.alive && q.waiting.is_none() && (q.holding.is_empty() || now >= q.hold_until)
+            })
             .collect();
         if idle.is_empty() {
             return;
@@ -712,7 +751,7 @@ impl World {
         }
         if self.nodes[i].hung_until.is_none() && self.rng.chance(f.hang) {
             self.stats.hangs += 1;
-            let d = Duration::from_millis(500 + self.rng.below(14_000));
+            let d = f.hang_min + Duration::from_millis(self.rng.below(14_000));
             self.nodes[i].hung_until = Some(now.saturating_add(d));
             self.nodes[i].disturbed = true;
             let view = self.nodes[i].view;
@@ -809,6 +848,9 @@ impl World {
     }
 
     fn violation(&self, what: String) -> ! {
+        if std::env::var_os("TENURE_SIM_DUMP").is_some() {
+            eprintln!("{}", self.trace.join("\n"));
+        }
         let keep: usize = std::env::var("TENURE_SIM_TRACE")
             .ok()
             .and_then(|s| s.parse().ok())
@@ -865,10 +907,21 @@ impl World {
     }
 }
 
-fn run(seed: u64, steps: u64, mutations: Mutations) -> Stats {
-    let mut w = World::new(seed, mutations);
+fn run(seed: u64, steps: u64, mutations: Mutations, profile: Profile) -> Stats {
+    let mut w = World::new(seed, mutations, profile);
     for _ in 0..steps {
         w.step();
+    }
+    if std::env::var_os("TENURE_SIM_DUMP").is_some() {
+        for n in &w.nodes {
+            let now = w.now();
+            eprintln!(
+                "node {}: {:?}",
+                n.id,
+                n.guard.lock().expect("guard").status(now)
+            );
+        }
+        eprintln!("{}", w.trace.join("\n"));
     }
     w.stats
 }
@@ -897,7 +950,25 @@ fn whole_clusters_keep_every_lease_to_one_live_process() {
     let started = Instant::now();
     let seeds = seeds();
     for &seed in &seeds {
-        let s = run(seed, STEPS_PER_SEED, Mutations::default());
+        // Replaying a mutation test's seed: TENURE_SIM_MUTATION=clear|feed.
+        let (m, profile) = match std::env::var("TENURE_SIM_MUTATION").as_deref() {
+            Ok("clear") => (
+                Mutations {
+                    clear_without_kill: true,
+                    feed_while_lost: false,
+                },
+                Profile::Mixed,
+            ),
+            Ok("feed") => (
+                Mutations {
+                    clear_without_kill: false,
+                    feed_while_lost: true,
+                },
+                Profile::LostWithSurvivors,
+            ),
+            _ => (Mutations::default(), Profile::Mixed),
+        };
+        let s = run(seed, STEPS_PER_SEED, m, profile);
         total.steps += s.steps;
         total.grants += s.grants;
         total.refusals += s.refusals;
@@ -920,6 +991,9 @@ fn whole_clusters_keep_every_lease_to_one_live_process() {
         total.freezes,
         total.hangs
     );
+    if std::env::var_os("TENURE_SIM_DUMP").is_some() {
+        eprintln!("{total:?}");
+    }
     assert!(total.grants > 0, "the simulation grants leases");
     if seeds.len() >= 50 {
         assert!(total.steps >= 1_000_000, "at least 10⁶ steps in a full run");
@@ -932,10 +1006,10 @@ fn whole_clusters_keep_every_lease_to_one_live_process() {
 
 /// Runs seeds with a mutation until one finds a violation; the violation's message is
 /// returned.
-fn find_violation(mutations: Mutations) -> String {
+fn find_violation(mutations: Mutations, profile: Profile) -> String {
     for seed in 1..=200u64 {
         let seed = seed.wrapping_mul(0x51_7CC1_B727_220A);
-        let r = std::panic::catch_unwind(|| run(seed, STEPS_PER_SEED, mutations));
+        let r = std::panic::catch_unwind(|| run(seed, STEPS_PER_SEED, mutations, profile));
         if let Err(e) = r {
             let msg = e
                 .downcast_ref::<String>()
@@ -944,8 +1018,9 @@ fn find_violation(mutations: Mutations) -> String {
                 .unwrap_or_default();
             if msg.contains("VIOLATION") {
                 // The mutation is what breaks it: the same seed holds without it.
-                let clean =
-                    std::panic::catch_unwind(|| run(seed, STEPS_PER_SEED, Mutations::default()));
+                let clean = std::panic::catch_unwind(|| {
+                    run(seed, STEPS_PER_SEED, Mutations::default(), profile)
+                });
                 assert!(clean.is_ok(), "seed {seed} fails without the mutation too");
                 return msg;
             }
@@ -957,18 +1032,24 @@ fn find_violation(mutations: Mutations) -> String {
 
 #[test]
 fn clearing_a_lost_lockspace_without_killing_its_holders_is_caught() {
-    let msg = find_violation(Mutations {
-        clear_without_kill: true,
-        feed_while_lost: false,
-    });
+    let msg = find_violation(
+        Mutations {
+            clear_without_kill: true,
+            feed_while_lost: false,
+        },
+        Profile::Mixed,
+    );
     assert!(msg.contains("held by"), "{msg}");
 }
 
 #[test]
 fn feeding_the_watchdog_while_a_lockspace_is_lost_is_caught() {
-    let msg = find_violation(Mutations {
-        clear_without_kill: false,
-        feed_while_lost: true,
-    });
+    let msg = find_violation(
+        Mutations {
+            clear_without_kill: false,
+            feed_while_lost: true,
+        },
+        Profile::LostWithSurvivors,
+    );
     assert!(msg.contains("held by"), "{msg}");
 }
