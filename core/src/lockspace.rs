@@ -170,6 +170,8 @@ pub struct LockspaceSet {
     ops: ops::Ops,
     /// Bitmap bits to clear at a time: (lockspace, host id, when).
     bit_expiry: Vec<(LockspaceId, u64, Time)>,
+    /// The lockspace whose delta-lease I/O each id is: a completion finds it in O(1).
+    delta_of: std::collections::HashMap<crate::io::IoId, LockspaceId>,
 }
 
 impl LockspaceSet {
@@ -182,6 +184,7 @@ impl LockspaceSet {
             data: Vec::new(),
             ops: ops::Ops::default(),
             bit_expiry: Vec::new(),
+            delta_of: std::collections::HashMap::new(),
         }
     }
 
@@ -440,11 +443,12 @@ impl LockspaceSet {
     }
 
     fn issue(&mut self, now: Time) {
-        for e in self
+        for (ls, e) in self
             .entries
             .iter_mut()
-            .flatten()
-            .filter(|e| e.inflight.is_none())
+            .enumerate()
+            .filter_map(|(i, e)| Some((LockspaceId(i), e.as_mut()?)))
+            .filter(|(_, e)| e.inflight.is_none())
         {
             let Some(io) = e.lease.poll_io() else {
                 continue;
@@ -476,7 +480,10 @@ impl LockspaceSet {
                 }
             };
             match started {
-                Ok(x) => e.inflight = Some(x),
+                Ok(x) => {
+                    self.delta_of.insert(x.0, ls);
+                    e.inflight = Some(x);
+                }
                 // Engine full, or an older write to our slot may still land: this attempt
                 // fails like an I/O error and the protocol retries by its rules.
                 Err(_) => e
@@ -506,10 +513,11 @@ impl LockspaceSet {
         for i in 0..self.completions.len() {
             let c = self.completions[i];
             let Some(e) = self
-                .entries
-                .iter_mut()
-                .flatten()
-                .find(|e| e.inflight.is_some_and(|(id, _)| id == c.id))
+                .delta_of
+                .remove(&c.id)
+                .and_then(|ls| self.entries.get_mut(ls.0))
+                .and_then(Option::as_mut)
+                .filter(|e| e.inflight.is_some_and(|(id, _)| id == c.id))
             else {
                 // A paxos operation's I/O, or a late completion of an I/O whose owner moved
                 // on (nothing to route).

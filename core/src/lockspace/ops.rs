@@ -277,11 +277,20 @@ struct Op {
     waiting: bool,
 }
 
+/// The flight of each I/O in flight: (operation, machine, disk).
+type FlightRoutes = std::collections::HashMap<IoId, (OpId, usize, usize)>;
+
 /// The operations of a set.
 #[derive(Debug, Default)]
 pub(super) struct Ops {
     next_id: u64,
     ops: Vec<Op>,
+    /// Where each operation is in `ops`.
+    at: std::collections::HashMap<OpId, usize>,
+    /// The flight each I/O in flight belongs to: (operation, machine, disk). A completion
+    /// finds its machine from its id in O(1); a stale entry (the machine was replaced, the
+    /// operation ended) no longer matches the flight's ids and its buffer is just returned.
+    flight_of: FlightRoutes,
     results: VecDeque<(OpId, OpOutcome)>,
     /// What our last release of a lease left, by (lockspace, disk, area offset): its next
     /// acquire starts phase 1 at once ([`PaxosAcquire::new_cached`]).
@@ -289,6 +298,20 @@ pub(super) struct Ops {
 }
 
 impl Ops {
+    fn push(&mut self, op: Op) {
+        self.at.insert(op.id, self.ops.len());
+        self.ops.push(op);
+    }
+
+    fn remove_at(&mut self, i: usize) -> Op {
+        let op = self.ops.swap_remove(i);
+        self.at.remove(&op.id);
+        if let Some(moved) = self.ops.get(i) {
+            self.at.insert(moved.id, i);
+        }
+        op
+    }
+
     pub(super) fn count_for(&self, ls: LockspaceId) -> usize {
         self.ops.iter().filter(|o| o.ls == ls).count()
     }
@@ -311,11 +334,18 @@ impl Ops {
     /// owns it any more).
     pub(super) fn complete(&mut self, backend: &mut dyn IoBackend, c: Completion) {
         let flight = self
-            .ops
-            .iter_mut()
-            .flat_map(|o| o.subs.iter_mut())
-            .flat_map(|s| s.flights.iter_mut())
-            .find(|f| f.write == Some(c.id) || f.read == Some(c.id));
+            .flight_of
+            .remove(&c.id)
+            .and_then(|(op, sub, disk)| {
+                let i = *self.at.get(&op)?;
+                self.ops
+                    .get_mut(i)?
+                    .subs
+                    .get_mut(sub)?
+                    .flights
+                    .get_mut(disk)
+            })
+            .filter(|f| f.write == Some(c.id) || f.read == Some(c.id));
         if let Some(f) = flight {
             if c.outcome != IoOutcome::Done && f.failure.is_none() {
                 f.failure = Some(c.outcome);
@@ -360,7 +390,7 @@ impl Ops {
             // our generation.
             let lost = joined_gen != op.cfgs.first().map(|c| c.generation);
             if lost {
-                let op = self.ops.swap_remove(i);
+                let op = self.remove_at(i);
                 let resource = op.targets.first().map_or(Name::EMPTY, |t| t.name);
                 self.results.push_back((
                     op.id,
@@ -404,12 +434,12 @@ impl Ops {
                 }
             }
             let op = &mut self.ops[i];
-            for s in &mut op.subs {
-                drive(now, backend, s, entry);
+            for (k, s) in op.subs.iter_mut().enumerate() {
+                drive(now, backend, s, entry, (op.id, k, &mut self.flight_of));
             }
             if op.subs.iter().all(|s| s.done.is_some()) {
                 if let Some(outcome) = conclude(now, op) {
-                    let op = self.ops.swap_remove(i);
+                    let op = self.remove_at(i);
                     for (disk, offset, cache) in op.caches {
                         if self.caches.len() >= BALLOT_CACHES_MAX {
                             self.caches.clear();
@@ -421,8 +451,8 @@ impl Ops {
                     continue;
                 }
                 // An unwind started: drive its releases at once.
-                for s in &mut op.subs {
-                    drive(now, backend, s, entry);
+                for (k, s) in op.subs.iter_mut().enumerate() {
+                    drive(now, backend, s, entry, (op.id, k, &mut self.flight_of));
                 }
             }
             i += 1;
@@ -441,7 +471,14 @@ impl Ops {
 }
 
 /// Runs one machine until it waits for I/O, a timer, or is done.
-fn drive(now: Time, backend: &mut dyn IoBackend, s: &mut Sub, entry: Option<&Entry>) {
+fn drive(
+    now: Time,
+    backend: &mut dyn IoBackend,
+    s: &mut Sub,
+    entry: Option<&Entry>,
+    route: (OpId, usize, &mut FlightRoutes),
+) {
+    let (op_id, sub, flight_of) = route;
     if s.done.is_some() {
         return;
     }
@@ -469,6 +506,9 @@ fn drive(now: Time, backend: &mut dyn IoBackend, s: &mut Sub, entry: Option<&Ent
             );
             match started {
                 Ok((w, r)) => {
+                    for id in w.iter().chain(r.iter()) {
+                        flight_of.insert(*id, (op_id, sub, disk));
+                    }
                     let f = &mut s.flights[disk];
                     f.tag = tag;
                     f.write = w;
@@ -729,7 +769,7 @@ impl super::LockspaceSet {
             .collect::<Result<Vec<Sub>, PaxosError>>()?;
         let id = self.ops.next_id();
         let n = targets.len();
-        self.ops.ops.push(Op {
+        self.ops.push(Op {
             id,
             ls,
             kind: Kind::Acquire,
@@ -787,7 +827,7 @@ impl super::LockspaceSet {
         }
         op.id = self.ops.next_id();
         let id = op.id;
-        self.ops.ops.push(op);
+        self.ops.push(op);
         Ok(id)
     }
 
@@ -808,7 +848,7 @@ impl super::LockspaceSet {
         }
         let m = PaxosRelease::to_shared(held.cfg.clone(), held.acquired.clone(), now);
         let id = self.ops.next_id();
-        self.ops.ops.push(Op {
+        self.ops.push(Op {
             id,
             ls,
             kind: Kind::ToShared,
@@ -856,7 +896,7 @@ impl super::LockspaceSet {
         };
         let m = PaxosAcquire::convert_to_exclusive(cfg, &held.acquired, now);
         let id = self.ops.next_id();
-        self.ops.ops.push(Op {
+        self.ops.push(Op {
             id,
             ls,
             kind: Kind::ToExclusive,
