@@ -489,13 +489,12 @@ impl Server {
             }
             Output::BitSet {
                 space,
-                index,
+                our_host_id,
                 events,
             } => {
                 tracing::info!(lockspace = %space, "hosts set our bit: examining request records");
                 self.examine(&space, None);
                 if !events.is_empty() {
-                    let our_host_id = self.host.spaces[index].spec.host_id;
                     self.deliver_events(&space, our_host_id, &events);
                 }
             }

@@ -197,8 +197,8 @@ pub enum Output {
     BitSet {
         /// Lockspace.
         space: String,
-        /// Its index in [`Host::spaces`].
-        index: usize,
+        /// Our host id in it.
+        our_host_id: u64,
         /// Events (sanlock's SET_EVENT) from other hosts.
         events: Vec<tenure_core::delta::ReceivedEvent>,
     },
@@ -658,7 +658,7 @@ impl Host {
                 tracing::info!(lockspace = %name, ?from, "hosts set our bit: examining request records");
                 self.out.push_back(Output::BitSet {
                     space: name.clone(),
-                    index: i,
+                    our_host_id: self.spaces[i].spec.host_id,
                     events,
                 });
             }
@@ -1336,6 +1336,15 @@ impl Host {
                         Owner::Pid(p) => self.exited.contains(&p),
                         Owner::Orphan => false,
                     };
+                    if let Owner::Pid(p) = self.reg[i].owner {
+                        if !self
+                            .reg
+                            .iter()
+                            .any(|l| l.owner == Owner::Pid(p) && l.converting)
+                        {
+                            self.exited.remove(&p);
+                        }
+                    }
                     if gone {
                         let l = self.reg.remove(i);
                         let now = self.now;
