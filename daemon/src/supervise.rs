@@ -53,7 +53,7 @@ struct State {
     last_fed: Option<Instant>,
     /// Holders' pidfds by (lockspace, pid).
     pidfds: HashMap<(String, i32), OwnedFd>,
-    /// Holders signalled, for fence records written later.
+    /// What the last pass did with the watchdog (status).
     last_tick: Option<String>,
     stop: bool,
 }
