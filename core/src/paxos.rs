@@ -2255,6 +2255,35 @@ mod tests {
 
     const EIO: IoOutcome = IoOutcome::Failed { errno: libc::EIO };
 
+    /// A host reset after its phase 2 landed and before its commit, rejoined in a new
+    /// generation and acquiring again, finds its old value in its dblock and commits it: that
+    /// win is its old incarnation's (the leader names generation 1), not this acquire's.
+    /// Found by the whole-cluster simulation; without the generation check the acquire
+    /// reported success while the other hosts saw the lease's owner as gone.
+    #[test]
+    fn a_ballot_that_commits_our_earlier_generations_value_is_not_ours() {
+        let mut area = formatted_area();
+        let now = Time::from_nanos(1_000_000_000);
+        let mut m = PaxosAcquire::new(cfg(), now);
+        // The area read, phase 1 and phase 2 land; the host is reset before committing.
+        for _ in 0..3 {
+            let io = m.poll_io().expect("next I/O");
+            let data = m.write_data().to_vec();
+            let out = apply(&mut area, io, &data);
+            m.handle_io(now, IoOutcome::Done, &out);
+        }
+        assert!(m.poll_result().is_none(), "not committed yet");
+        drop(m);
+        let reborn = PaxosConfig {
+            generation: 2,
+            ..cfg()
+        };
+        let e = drive_acquire_with(&mut area, reborn, |_| HostStatus::Dead).unwrap_err();
+        assert_eq!(e, PaxosError::AcquiredByOther { host_id: 1 });
+        let leader = LeaderRecord::decode(&area[..512]).expect("leader");
+        assert_eq!((leader.owner_id, leader.owner_generation), (1, 1));
+    }
+
     #[test]
     fn a_failure_before_phase_2_is_reported_without_retracting() {
         let mut area = formatted_area();
