@@ -1,0 +1,228 @@
+//! The host core (`tenured::host::Host`) driven directly on a simulated disk: decisions that
+//! need a precise interleaving, which the whole-cluster simulation reaches only by chance.
+
+use std::time::Duration;
+
+use tenure_core::clock::{Clock, SimClock, Time};
+use tenure_core::io::shared_sim::SharedSim;
+use tenure_core::io::sim::{SimBackend, SimConfig};
+use tenure_core::io::{DiskId, EngineConfig};
+use tenure_core::lockspace::{LockspaceSet, LockspaceState};
+use tenure_format::area::{encode_lockspace_area, encode_resource_area, lockspace_sector0};
+use tenure_format::{Geometry, Name};
+use tenure_watchdog::fence::RenewalNote;
+use tenured::host::registry::ClientKey;
+use tenured::host::{ClientInfo, Host, HostConfig, Output, Supervision};
+use tenured::proto::{Reply, Request};
+
+const AREA: u64 = 1 << 20;
+const PATH: &str = "/sim/disk";
+
+/// Supervision that accepts everything (these tests are about the lease decisions).
+#[derive(Debug)]
+struct Accepting;
+
+impl Supervision for Accepting {
+    fn add_space(&mut self, _: &str, _: u64) -> Result<(), String> {
+        Ok(())
+    }
+    fn joined(&mut self, _: &str, _: u64, _: Time) -> Result<(), String> {
+        Ok(())
+    }
+    fn renewed(&mut self, _: &str, _: Time, _: Time, _: RenewalNote) {}
+    fn renewal_failed(&mut self, _: &str, _: RenewalNote) {}
+    fn lost(&mut self, _: &str, _: Time) {}
+    fn add_holder(
+        &mut self,
+        _: &str,
+        _: i32,
+        _: Option<(String, Vec<String>)>,
+        _: u32,
+    ) -> Result<(), String> {
+        Ok(())
+    }
+    fn remove_holder(&mut self, _: &str, _: i32) {}
+    fn set_used(&mut self, _: &str, _: bool) -> Result<(), String> {
+        Ok(())
+    }
+    fn remove_space(&mut self, _: &str) -> Result<(), String> {
+        Ok(())
+    }
+    fn take_cleared(&mut self) -> Vec<String> {
+        Vec::new()
+    }
+    fn status(&self) -> serde_json::Value {
+        serde_json::Value::Null
+    }
+}
+
+struct Bed {
+    clock: SimClock,
+    storage: SharedSim,
+    view: DiskId,
+    host: Host,
+}
+
+impl Bed {
+    fn new() -> Self {
+        let clock = SimClock::new(Time::ZERO.saturating_add(Duration::from_secs(1000)));
+        let engine = EngineConfig {
+            ring_entries: 256,
+            buffer_classes: vec![(512, 256), (8192, 64), (1 << 20, 16)],
+            sync_workers: 0,
+        };
+        let mut b = SimBackend::new(
+            &[(512, 2 * AREA)],
+            &engine,
+            SimConfig::healthy(7),
+            clock.clone(),
+        );
+        let g = Geometry::LEGACY_512;
+        let ls = Name::new("LS").expect("name");
+        let mut area = vec![0u8; AREA as usize];
+        encode_lockspace_area(&mut area, g, ls, 1);
+        lockspace_sector0(&mut area[..512], g, ls, 1);
+        b.load(DiskId(0), 0, &area);
+        let mut area = vec![0u8; AREA as usize];
+        encode_resource_area(&mut area, g, ls, Name::new("R").expect("name"), 2000);
+        b.load(DiskId(0), AREA, &area);
+        let view = b.add_view(DiskId(0));
+        let storage = SharedSim::new(b);
+        let mut host = Host::new(
+            HostConfig {
+                host_name: Name::new("node-1").expect("name"),
+                io_timeout_s: 1,
+                other_hosts_fire_timeout_s: 10,
+                no_local_exclusion: false,
+            },
+            LockspaceSet::new(Box::new(storage.port())),
+            Box::new(Accepting),
+            0,
+        );
+        host.add_known_disk(PATH.into(), view, &[(0, g), (AREA, g)]);
+        Bed {
+            clock,
+            storage,
+            view,
+            host,
+        }
+    }
+
+    /// Steps the host for up to `limit` of simulated time until `done` holds; returns the
+    /// replies that went out meanwhile.
+    fn run_until(
+        &mut self,
+        limit: Duration,
+        mut done: impl FnMut(&Host, &[(ClientKey, Reply)]) -> bool,
+    ) -> Vec<(ClientKey, Reply)> {
+        let end = self.clock.now().saturating_add(limit);
+        let mut replies = Vec::new();
+        loop {
+            let now = self.clock.now();
+            self.host.step(now).expect("step");
+            while let Some(o) = self.host.poll_output() {
+                if let Output::Reply(k, r) = o {
+                    replies.push((k, r));
+                }
+            }
+            if done(&self.host, &replies) {
+                return replies;
+            }
+            assert!(now < end, "not done within {limit:?}");
+            let next = [self.storage.next_due(), self.host.next_wakeup()]
+                .into_iter()
+                .flatten()
+                .min()
+                .unwrap_or(end)
+                .max(now.saturating_add(Duration::from_micros(10)))
+                .min(now.saturating_add(Duration::from_millis(50)));
+            self.clock.advance_to(next);
+        }
+    }
+
+    fn client(&mut self, idx: usize, pid: i32) -> ClientKey {
+        let k = ClientKey { idx, serial: 1 };
+        self.host.client_connected(
+            k,
+            ClientInfo {
+                pid,
+                uid: 1000,
+                name: format!("p{pid}"),
+                kill_path: None,
+                restrict: 0,
+            },
+        );
+        k
+    }
+
+    fn acquire(&mut self, k: ClientKey, shared: bool) -> Reply {
+        let sh = if shared { ":SH" } else { "" };
+        let req = Request::Acquire {
+            resources: vec![format!("LS:R:{PATH}:{AREA}{sh}")],
+            no_wait: true,
+            lvb: false,
+            pid: None,
+        };
+        let now = self.clock.now();
+        if let Some(r) = self.host.acquire(now, k, req, None) {
+            return r;
+        }
+        let mut got = self.run_until(Duration::from_secs(30), |_, r| {
+            r.iter().any(|(c, _)| *c == k)
+        });
+        got.retain(|(c, _)| *c == k);
+        got.remove(0).1
+    }
+}
+
+fn joined_bed() -> Bed {
+    let mut bed = Bed::new();
+    let now = bed.clock.now();
+    let r = bed
+        .host
+        .lockspace_add(now, None, &format!("LS:1:{PATH}:0"), false, None);
+    assert!(matches!(r, Some(Reply::Ok(_))), "{r:?}");
+    bed.run_until(Duration::from_secs(60), |h, _| {
+        matches!(
+            h.set.state(h.spaces[0].id),
+            Some(LockspaceState::Joined { .. })
+        )
+    });
+    bed
+}
+
+/// A conversion to shared whose write may have landed cannot be reported as failed: the
+/// engine holds the lease shared from then on (another host may hold it shared), and a client
+/// told "failed" would go on as the exclusive holder. Found by the cluster simulation.
+#[test]
+fn a_conversion_to_shared_that_fails_on_storage_is_answered_done() {
+    let mut bed = joined_bed();
+    let a = bed.client(0, 100);
+    assert!(matches!(bed.acquire(a, false), Reply::Ok(_)));
+    let now = bed.clock.now();
+    assert!(bed
+        .host
+        .convert(now, a, "LS:R", true, None, false)
+        .is_none());
+    // The storage hangs before the conversion's first write: it times out.
+    let view = bed.view;
+    bed.storage.with(|b| b.set_hung(view, true));
+    let replies = bed.run_until(Duration::from_secs(30), |_, r| {
+        r.iter().any(|(c, _)| *c == a)
+    });
+    let (_, r) = replies.iter().find(|(c, _)| *c == a).expect("reply");
+    match r {
+        Reply::Ok(v) => {
+            assert_eq!(v["shared"], serde_json::json!(true), "{v}");
+            assert!(v["warning"].is_string(), "the error is named: {v}");
+        }
+        Reply::Error(e) => panic!("answered as failed: {}", e.message),
+    }
+    // It is a shared hold now: another local client may join it, not take it exclusively.
+    bed.storage.with(|b| b.set_hung(view, false));
+    let b = bed.client(1, 101);
+    match bed.acquire(b, false) {
+        Reply::Error(e) => assert!(e.message.contains("already held"), "{}", e.message),
+        Reply::Ok(v) => panic!("exclusive granted over a shared hold: {v}"),
+    }
+}
