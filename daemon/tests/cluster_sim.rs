@@ -138,6 +138,8 @@ struct Proc {
     waiting: Option<(Waiting, Time)>,
     /// It keeps what it holds until then.
     hold_until: Time,
+    /// The lease version it last held each resource at (for conditional acquires).
+    last_lver: std::collections::HashMap<usize, u64>,
 }
 
 /// One simulated machine.
@@ -468,6 +470,7 @@ impl World {
             mode: Mode::Exclusive,
             waiting: None,
             hold_until: Time::ZERO,
+            last_lver: std::collections::HashMap::new(),
         });
     }
 
@@ -516,6 +519,14 @@ impl World {
             (Waiting::Acquire(rs, mode), Reply::Ok(v)) => {
                 proc.holding = rs.clone();
                 proc.mode = mode;
+                for l in v["leases"].as_array().into_iter().flatten() {
+                    let r = l["resource"].as_str().and_then(|n| n.strip_prefix('R'));
+                    if let (Some(r), Some(lver)) =
+                        (r.and_then(|r| r.parse().ok()), l["lver"].as_u64())
+                    {
+                        proc.last_lver.insert(r, lver);
+                    }
+                }
                 let hold = self.rng.below(self.faults.hold_max.as_millis() as u64 + 1);
                 proc.hold_until = self.clock.now().saturating_add(Duration::from_millis(hold));
                 self.stats.grants += 1;
@@ -614,8 +625,20 @@ impl World {
                 let b = (a + 1 + self.rng.below(RESOURCES as u64 - 1) as usize) % RESOURCES;
                 rs.push(b);
             }
+            // Sometimes on condition that nobody held it since (the lver it last held).
+            let at_lver = (mode == Mode::Exclusive && rs.len() == 1 && self.rng.chance(0.3))
+                .then(|| self.nodes[i].procs[p].last_lver.get(&rs[0]).copied())
+                .flatten();
+            let resources = match at_lver {
+                Some(v) => vec![format!(
+                    "LS:R{}:{PATH}:{}:{v}",
+                    rs[0],
+                    resource_offset(rs[0])
+                )],
+                None => rs.iter().map(|&r| resource_spec(r, mode)).collect(),
+            };
             let req = Request::Acquire {
-                resources: rs.iter().map(|&r| resource_spec(r, mode)).collect(),
+                resources,
                 no_wait: self.rng.chance(0.5),
                 lvb: false,
                 pid: None,
