@@ -37,7 +37,7 @@ pub mod disks;
 
 use std::time::Duration;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use tenure_format::paxos::{Dblock, ModeBlock, DBLOCK_FLAG_RELEASED, MODE_FLAG_SHARED};
 use tenure_format::{Geometry, LeaderKind, LeaderRecord, Name};
 
@@ -119,7 +119,7 @@ pub enum PaxosIo {
 /// Who is at fault when a lease operation fails (as rustls groups its errors): what the caller
 /// does next depends on it — wait or give up the lease to its holder, look at the storage, look
 /// at what is on disk, fix the set-up, fix the request, or report a bug.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Fault {
     /// Another host holds the lease or contends for it.

@@ -12,6 +12,10 @@
 use std::io::{Read, Write};
 
 use serde::{Deserialize, Serialize};
+use tenure_format::{LeaseRef, LockspaceSpec, Name, ResourceSpec, RindexSpec};
+
+use crate::host::command::{Command, Holder, Leases, RindexCommand};
+use crate::host::reply::{Done, LeaseView, Reply as HostReply, RindexDone};
 
 /// Protocol version spoken by this build.
 pub const PROTOCOL_VERSION: u32 = 1;
@@ -293,9 +297,37 @@ pub struct ErrorReply {
     pub code: ErrorCode,
     /// One sentence for humans.
     pub message: String,
-    /// Structured details (owner host id and generation, lver, ...).
+    /// Structured details (owner host id and generation, fault, ...).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub details: Option<serde_json::Value>,
+    pub details: Option<Details>,
+}
+
+/// Details of an error reply; each field only where it applies. Unknown fields are accepted
+/// (a newer daemon may add some).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Details {
+    // Fields in alphabetical order: the order version 1 always wrote them in.
+    /// Who is at fault: contention, storage, damaged, configuration, misuse, internal.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fault: Option<tenure_core::paxos::Fault>,
+    /// The generation of the host holding the lease (contention).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub generation: Option<u64>,
+    /// The host holding the lease (contention).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host_id: Option<u64>,
+    /// The result sanlock gives for this failure (resource index operations).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sanlock_result: Option<i32>,
+}
+
+impl std::fmt::Display for Details {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match serde_json::to_string(self) {
+            Ok(s) => f.write_str(&s),
+            Err(_) => write!(f, "{self:?}"),
+        }
+    }
 }
 
 impl ErrorReply {
@@ -431,5 +463,373 @@ mod tests {
             }
             let _ = serde_json::from_slice::<Request>(&bytes);
         }
+    }
+}
+
+/// A native request, decoded: a command for the host, or one the front end answers itself
+/// (hello, status and listings, the resource index, owners and requests).
+#[derive(Debug)]
+pub enum Decoded {
+    /// For [`crate::host::Host::execute`].
+    Host(Command),
+    /// A resource index request (carried out by the front end).
+    Rindex(RindexCommand),
+    /// Answered by the front end.
+    Front(Request),
+    /// Malformed (`bad_request`).
+    Refused(ErrorReply),
+}
+
+fn bad(message: String) -> Decoded {
+    Decoded::Refused(ErrorReply::new(ErrorCode::BadRequest, message))
+}
+
+impl Request {
+    /// Parses the spec strings of a request into the host's typed command (the one place the
+    /// native protocol's strings are read).
+    pub fn decode(self) -> Decoded {
+        let lease = |text: &str| {
+            LeaseRef::parse(text)
+                .map_err(|e| ErrorReply::new(ErrorCode::BadRequest, format!("{text:?}: {e}")))
+        };
+        let command = match self {
+            Request::LockspaceAdd {
+                spec,
+                wait,
+                io_timeout_s,
+            } => match LockspaceSpec::parse(&spec) {
+                Ok(spec) => Command::LockspaceAdd {
+                    spec,
+                    wait,
+                    io_timeout_s,
+                },
+                Err(e) => return bad(format!("lockspace spec: {e}")),
+            },
+            Request::LockspaceRemove { name, wait } => match Name::new(&name) {
+                Ok(name) => Command::LockspaceRemove { name, wait },
+                Err(e) => return bad(format!("lockspace name {name:?}: {e}")),
+            },
+            Request::LockspaceConfig {
+                name,
+                used,
+                used_by_orphans,
+            } => match Name::new(&name) {
+                Ok(name) => Command::LockspaceConfig {
+                    name,
+                    used,
+                    used_by_orphans,
+                },
+                Err(e) => return bad(format!("lockspace name {name:?}: {e}")),
+            },
+            Request::Acquire {
+                resources,
+                no_wait,
+                lvb,
+                pid,
+            } => {
+                let mut specs = Vec::with_capacity(resources.len());
+                for r in &resources {
+                    match ResourceSpec::parse(r) {
+                        Ok(s) => specs.push(s),
+                        Err(e) => return bad(format!("resource spec {r:?}: {e}")),
+                    }
+                }
+                Command::Acquire {
+                    resources: specs,
+                    no_wait,
+                    lvb,
+                    holder: Holder::of_pid(pid),
+                }
+            }
+            Request::Release {
+                resources,
+                all,
+                pid,
+                lvb_hex,
+            } => {
+                if all != resources.is_empty() {
+                    return bad("give either resources or all".into());
+                }
+                let leases = if all {
+                    Leases::All
+                } else {
+                    match resources.iter().map(|r| lease(r)).collect() {
+                        Ok(v) => Leases::These(v),
+                        Err(e) => return Decoded::Refused(e),
+                    }
+                };
+                let lvb = match lvb_hex.as_deref().map(crate::host::unhex).transpose() {
+                    Ok(v) => v,
+                    Err(e) => return bad(format!("lvb_hex: {e}")),
+                };
+                Command::Release {
+                    leases,
+                    holder: Holder::of_pid(pid),
+                    lvb,
+                }
+            }
+            Request::Inquire { pid } => Command::Inquire {
+                holder: Holder::of_pid(pid),
+            },
+            Request::Convert {
+                resource,
+                shared,
+                pid,
+                no_wait,
+            } => match lease(&resource) {
+                Ok(lease) => Command::Convert {
+                    lease,
+                    shared,
+                    holder: Holder::of_pid(pid),
+                    no_wait,
+                },
+                Err(e) => return Decoded::Refused(e),
+            },
+            Request::LvbGet { resource, pid } => match lease(&resource) {
+                Ok(lease) => Command::LvbGet {
+                    lease,
+                    holder: Holder::of_pid(pid),
+                },
+                Err(e) => return Decoded::Refused(e),
+            },
+            Request::LvbSet { resource, hex, pid } => {
+                let lease = match lease(&resource) {
+                    Ok(l) => l,
+                    Err(e) => return Decoded::Refused(e),
+                };
+                match crate::host::unhex(&hex) {
+                    Ok(value) => Command::LvbSet {
+                        lease,
+                        value,
+                        holder: Holder::of_pid(pid),
+                    },
+                    Err(e) => return bad(format!("lvb: {e}")),
+                }
+            }
+            Request::Restrict {
+                all,
+                no_sigkill,
+                no_sigterm,
+            } => {
+                use crate::sanlock_wire::flags::{
+                    RESTRICT_ALL, RESTRICT_SIGKILL, RESTRICT_SIGTERM,
+                };
+                let bit = |on: bool, b: u32| if on { b } else { 0 };
+                Command::Restrict {
+                    bits: bit(all, RESTRICT_ALL)
+                        | bit(no_sigkill, RESTRICT_SIGKILL)
+                        | bit(no_sigterm, RESTRICT_SIGTERM),
+                }
+            }
+            Request::KillPath { path, args } => Command::KillPath { path, args },
+            Request::Rindex {
+                rindex,
+                action,
+                name,
+                offset,
+                num_hosts,
+                max_resources,
+                sector_size,
+                align_mb,
+                no_lockspace,
+            } => {
+                let spec = match RindexSpec::parse(&rindex) {
+                    Ok(s) => s,
+                    Err(e) => return bad(format!("rindex: {e}")),
+                };
+                let name = match name.as_deref().filter(|n| !n.is_empty()).map(Name::new) {
+                    None => None,
+                    Some(Ok(n)) => Some(n),
+                    Some(Err(e)) => return bad(format!("name: {e}")),
+                };
+                return Decoded::Rindex(RindexCommand {
+                    spec,
+                    action,
+                    name,
+                    offset: offset.unwrap_or(0),
+                    num_hosts: num_hosts.unwrap_or(0),
+                    max_resources: max_resources.unwrap_or(0),
+                    sector_size,
+                    align_mb,
+                    no_lockspace,
+                });
+            }
+            front @ (Request::Hello { .. }
+            | Request::Status {}
+            | Request::LockspaceList {}
+            | Request::Hosts { .. }
+            | Request::Owners { .. }
+            | Request::Request { .. }) => return Decoded::Front(front),
+        };
+        Decoded::Host(command)
+    }
+}
+
+impl From<HostReply> for Reply {
+    /// The native encoding of the host's answers (the bytes protocol version 1 defines:
+    /// docs/protocol.md).
+    fn from(r: HostReply) -> Self {
+        match r {
+            HostReply::Done(d) => Reply::Ok(done_json(d)),
+            HostReply::Error(e) => Reply::Error(e),
+        }
+    }
+}
+
+fn done_json(d: Done) -> serde_json::Value {
+    use serde_json::json;
+    let view = |v: &LeaseView| serde_json::to_value(v).unwrap_or_default();
+    match d {
+        Done::Nothing => json!({}),
+        Done::Joining { lockspace } => json!({"lockspace": lockspace, "state": "joining"}),
+        Done::Joined {
+            lockspace,
+            generation,
+        } => json!({"lockspace": lockspace, "generation": generation}),
+        Done::Leaving { lockspace } => json!({"lockspace": lockspace, "state": "leaving"}),
+        Done::Left { lockspace } => json!({"lockspace": lockspace, "left": true}),
+        Done::Config {
+            lockspace,
+            used,
+            used_by_orphans,
+        } => json!({"lockspace": lockspace, "used": used, "used_by_orphans": used_by_orphans}),
+        Done::Acquired(leases) => {
+            json!({"leases": leases.iter().map(view).collect::<Vec<_>>()})
+        }
+        Done::Released(names) => json!({ "released": names }),
+        Done::Converted {
+            resource,
+            shared,
+            warning,
+        } => match warning {
+            Some(w) => json!({"resource": resource, "shared": shared, "warning": w}),
+            None => json!({"resource": resource, "shared": shared}),
+        },
+        Done::Leases { leases, state } => {
+            json!({"leases": leases.iter().map(view).collect::<Vec<_>>(), "state": state})
+        }
+        Done::Lvb { resource, value } => {
+            json!({"resource": resource, "lvb_hex": crate::host::hex(&value)})
+        }
+        Done::LvbSet { resource } => json!({"resource": resource, "written_at_release": true}),
+        Done::Rindex(r) => match r {
+            RindexDone::Formatted(g) => json!({"formatted": true, "geometry": g}),
+            RindexDone::Entry { name, offset } => json!({"name": name, "offset": offset}),
+            RindexDone::Removed(offset) => json!({ "removed": offset }),
+            RindexDone::Created { name, offset } => json!({"name": name, "offset": offset}),
+            RindexDone::Deleted { name, offset } => json!({"deleted": name, "offset": offset}),
+            RindexDone::Rebuilt(n) => json!({ "entries": n }),
+        },
+        Done::View(v) => v,
+    }
+}
+
+#[cfg(test)]
+mod decode_tests {
+    use super::*;
+
+    fn host(r: Request) -> Command {
+        match r.decode() {
+            Decoded::Host(c) => c,
+            other => panic!("not a host command: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn lease_names_are_unescaped_once_and_bad_specs_are_refused() {
+        let c = host(Request::Convert {
+            resource: r"L\:S:R".into(),
+            shared: true,
+            pid: None,
+            no_wait: false,
+        });
+        let Command::Convert { lease, holder, .. } = c else {
+            panic!("{c:?}")
+        };
+        assert_eq!(lease.lockspace.as_bytes(), b"L:S");
+        assert_eq!(lease.name.as_bytes(), b"R");
+        assert_eq!(holder, Holder::Me);
+        for bad in [
+            Request::Release {
+                resources: vec!["LS:R".into()],
+                all: true,
+                pid: None,
+                lvb_hex: None,
+            },
+            Request::Release {
+                resources: vec!["LS".into()],
+                all: false,
+                pid: None,
+                lvb_hex: None,
+            },
+            Request::Acquire {
+                resources: vec!["LS:R:/dev/x".into()],
+                no_wait: false,
+                lvb: false,
+                pid: Some(7),
+            },
+            Request::LvbSet {
+                resource: "LS:R".into(),
+                hex: "abc".into(),
+                pid: None,
+            },
+        ] {
+            match bad.clone().decode() {
+                Decoded::Refused(e) => assert_eq!(e.code, ErrorCode::BadRequest, "{bad:?}"),
+                other => panic!("{bad:?} decoded as {other:?}"),
+            }
+        }
+        let Command::Acquire {
+            resources, holder, ..
+        } = host(Request::Acquire {
+            resources: vec!["LS:R:/dev/x:1M:SH".into()],
+            no_wait: false,
+            lvb: false,
+            pid: Some(7),
+        })
+        else {
+            panic!()
+        };
+        assert_eq!(holder, Holder::Pid(7));
+        assert_eq!(resources[0].mode, tenure_format::ResourceMode::Shared);
+        assert_eq!(resources[0].disks[0].offset, 1 << 20);
+    }
+
+    #[test]
+    fn typed_replies_encode_as_version_1_did() {
+        let lease = LeaseView {
+            lockspace: "LS".into(),
+            resource: "R".into(),
+            path: "/dev/x".into(),
+            offset: 1048576,
+            lver: 3,
+            shared: false,
+            pid: 42,
+            client: "c".into(),
+            owner: "connection",
+            acquired_unix_ms: 5,
+            state: "LS:R:/dev/x:1048576:3".into(),
+            lvb_hex: None,
+        };
+        let wire = |d: Done| serde_json::to_string(&Reply::from(HostReply::Done(d))).expect("json");
+        assert_eq!(
+            wire(Done::Acquired(vec![lease])),
+            r#"{"ok":{"leases":[{"acquired_unix_ms":5,"client":"c","lockspace":"LS","lver":3,"offset":1048576,"owner":"connection","path":"/dev/x","pid":42,"resource":"R","shared":false,"state":"LS:R:/dev/x:1048576:3"}]}}"#
+        );
+        assert_eq!(
+            wire(Done::Joining {
+                lockspace: "LS".into()
+            }),
+            r#"{"ok":{"lockspace":"LS","state":"joining"}}"#
+        );
+        assert_eq!(
+            wire(Done::Converted {
+                resource: "R".into(),
+                shared: true,
+                warning: None
+            }),
+            r#"{"ok":{"resource":"R","shared":true}}"#
+        );
+        assert_eq!(wire(Done::Nothing), r#"{"ok":{}}"#);
     }
 }

@@ -36,13 +36,14 @@ use tenure_core::dev::{Access, Device};
 use tenure_core::direct::{BackendKind, DirectDisk};
 use tenure_core::io::{open_backend, EngineConfig};
 use tenure_core::lockspace::{HeldResource, LockspaceSet, LockspaceState, OpId};
-use tenure_format::spec::escape_field;
 use tenure_format::{Geometry, LeaderRecord, Name, ResourceSpec};
 
 use crate::config::Config;
-use crate::host::registry::{ClientKey, Lease, Owner};
+use crate::host::command::{Command, RindexCommand};
+use crate::host::registry::{ClientKey, Owner};
+use crate::host::reply::{Done, Reply};
 use crate::host::{ClientInfo, Host, HostConfig, Output, ProbeKey};
-use crate::proto::{self, ErrorCode, ErrorReply, Reply, Request, Split, PROTOCOL_VERSION};
+use crate::proto::{self, Decoded, ErrorCode, ErrorReply, Request, Split, PROTOCOL_VERSION};
 use crate::supervise::{Supervisor, SupervisorConfig};
 
 mod rindex;
@@ -57,13 +58,12 @@ enum Proto {
     Sanlock(sanlock::SanlockConn),
 }
 
-/// A request waiting for probes (device open, geometry) before it can run.
+/// A request of the front end waiting for probes (device open, geometry) before it can run
+/// (the host keeps its own commands waiting: `Host::execute`).
 #[derive(Debug)]
 enum Deferred {
-    /// Re-dispatched as a native request.
-    Native(Request),
-    /// A sanlock acquire for a target connection.
-    SanlockAcquire(Request, ClientKey),
+    /// A resource index request holding the index's private lease.
+    Rindex(RindexCommand),
 }
 
 /// Connections at once.
@@ -384,18 +384,20 @@ impl Server {
     /// Joins the configured lockspaces and serves until SIGTERM/SIGINT finds no lease held.
     pub fn run(mut self) -> Result<(), ServerError> {
         for l in self.cfg.lockspaces.clone() {
-            let spec = format!(
-                "{}:{}:{}:{}",
-                escape_field(&l.name),
-                l.host_id,
-                escape_field(&l.path.display().to_string()),
-                l.offset
-                    .bytes()
-                    .map_err(|e| ServerError::Config(e.to_string()))?
-            );
+            let spec = tenure_format::LockspaceSpec {
+                name: Name::new(&l.name).map_err(|e| ServerError::Config(e.to_string()))?,
+                host_id: l.host_id,
+                disk: tenure_format::DiskLocation {
+                    path: l.path.display().to_string(),
+                    offset: l
+                        .offset
+                        .bytes()
+                        .map_err(|e| ServerError::Config(e.to_string()))?,
+                },
+            };
             // Configured lockspaces join in the background; failures are logged and shown
             // by `status`.
-            if let Err(e) = self.add_configured_lockspace(&spec) {
+            if let Err(e) = self.add_configured_lockspace(spec) {
                 tracing::error!(lockspace = %l.name, error = %e, "cannot join configured lockspace");
             }
         }
@@ -429,41 +431,24 @@ impl Server {
     }
 
     /// Start-up: adds a configured lockspace, probing its area here (nothing else runs yet).
-    fn add_configured_lockspace(&mut self, spec: &str) -> Result<(), String> {
-        for _ in 0..2 {
-            let now = self.clock.now();
-            let r = self.host.lockspace_add(now, None, spec, false, None);
-            if let Some(keys) = self.host.take_deferred() {
-                // The probe is asked for again through Output::Probe; run it here instead.
-                self.drain_except_probes();
-                for key in keys {
-                    let need_device = !self.host.has_disk(&key.0);
-                    let p = probe(key, need_device);
-                    self.host
-                        .probe_done(p.key, p.device, p.geometry)
-                        .map_err(|e| format!("cannot read the lease area: {e}"))?;
-                }
-                continue;
-            }
-            self.drain();
-            return match r {
-                Some(Reply::Error(e)) => Err(e.message),
-                _ => Ok(()),
-            };
+    fn add_configured_lockspace(
+        &mut self,
+        spec: tenure_format::LockspaceSpec,
+    ) -> Result<(), String> {
+        let key: ProbeKey = (PathBuf::from(&spec.disk.path), spec.disk.offset);
+        if self.host.area(&key).is_none() {
+            let need_device = !self.host.has_disk(&key.0);
+            let p = probe(key, need_device);
+            self.host
+                .probe_done(p.key, p.device, p.geometry)
+                .map_err(|e| format!("cannot read the lease area: {e}"))?;
         }
-        Err("the lease area could not be probed".into())
-    }
-
-    fn drain_except_probes(&mut self) {
-        let mut keep = Vec::new();
-        while let Some(o) = self.host.poll_output() {
-            match o {
-                Output::Probe(_) => {}
-                o => keep.push(o),
-            }
-        }
-        for o in keep {
-            self.carry_out(o);
+        let now = self.clock.now();
+        let r = self.host.lockspace_add_configured(now, &spec);
+        self.drain();
+        match r {
+            Reply::Error(e) => Err(e.message),
+            Reply::Done(_) => Ok(()),
         }
     }
 
@@ -505,97 +490,10 @@ impl Server {
         }
     }
 
-    /// After a host input that may wait for probes: keeps the request to give again.
-    fn deferred(&mut self, k: ClientKey, d: Deferred) {
-        if self.host.take_deferred().is_some() {
-            if let Some(c) = self.conn(k) {
-                c.deferred = Some(d);
-            }
-        }
-    }
-
-    fn acquire(&mut self, k: ClientKey, req: Request, target: Option<ClientKey>) -> Option<Reply> {
+    /// A client's command for the host.
+    fn execute(&mut self, k: ClientKey, cmd: Command) -> Option<Reply> {
         let now = self.clock.now();
-        let r = self.host.acquire(now, k, req.clone(), target);
-        let d = match target {
-            Some(t) => Deferred::SanlockAcquire(req, t),
-            None => Deferred::Native(req),
-        };
-        self.deferred(k, d);
-        self.drain();
-        r
-    }
-
-    fn request_lockspace_add(
-        &mut self,
-        k: Option<ClientKey>,
-        spec: &str,
-        wait: bool,
-        io_timeout_s: Option<u64>,
-    ) -> Option<Reply> {
-        let now = self.clock.now();
-        let r = self.host.lockspace_add(now, k, spec, wait, io_timeout_s);
-        if let Some(k) = k {
-            self.deferred(
-                k,
-                Deferred::Native(Request::LockspaceAdd {
-                    spec: spec.to_owned(),
-                    wait,
-                    io_timeout_s,
-                }),
-            );
-        }
-        self.drain();
-        r
-    }
-
-    fn lockspace_remove(&mut self, k: ClientKey, name: &str, wait: bool) -> Option<Reply> {
-        let now = self.clock.now();
-        let r = self.host.lockspace_remove(now, k, name, wait);
-        self.drain();
-        r
-    }
-
-    fn lockspace_config(
-        &mut self,
-        name: &str,
-        used: Option<bool>,
-        used_by_orphans: Option<bool>,
-    ) -> Reply {
-        let now = self.clock.now();
-        let r = self.host.lockspace_config(now, name, used, used_by_orphans);
-        self.drain();
-        r
-    }
-
-    #[allow(clippy::too_many_arguments)]
-    fn release(
-        &mut self,
-        target: Option<ClientKey>,
-        k: ClientKey,
-        resources: &[String],
-        all: bool,
-        pid: Option<i32>,
-        lvb_hex: Option<&str>,
-    ) -> Option<Reply> {
-        let now = self.clock.now();
-        let r = self
-            .host
-            .release(now, target, k, resources, all, pid, lvb_hex);
-        self.drain();
-        r
-    }
-
-    fn convert(
-        &mut self,
-        k: ClientKey,
-        resource: &str,
-        shared: bool,
-        pid: Option<i32>,
-        no_wait: bool,
-    ) -> Option<Reply> {
-        let now = self.clock.now();
-        let r = self.host.convert(now, k, resource, shared, pid, no_wait);
+        let r = self.host.execute(now, k, cmd);
         self.drain();
         r
     }
@@ -796,10 +694,10 @@ impl Server {
                 None => {
                     // Full: tell it why, best effort, and drop it.
                     let mut s = stream;
-                    if let Ok(b) = proto::encode(&err(
+                    if let Ok(b) = proto::encode(&proto::Reply::from(err(
                         ErrorCode::Full,
                         format!("too many clients ({CLIENTS_MAX})"),
-                    )) {
+                    ))) {
                         let _ = s.write(&b);
                     }
                     continue;
@@ -867,11 +765,11 @@ impl Server {
             return self.sanlock_reply(k, r);
         }
         c.busy = false;
-        match proto::encode(&r) {
+        match proto::encode(&proto::Reply::from(r)) {
             Ok(b) => c.outbuf.extend_from_slice(&b),
             Err(e) => {
                 let fallback = err(ErrorCode::Failed, format!("reply too large: {e}"));
-                if let Ok(b) = proto::encode(&fallback) {
+                if let Ok(b) = proto::encode(&proto::Reply::from(fallback)) {
                     c.outbuf.extend_from_slice(&b);
                 }
             }
@@ -960,7 +858,7 @@ impl Server {
                             proto::FRAME_MAX_BYTES
                         ),
                     );
-                    if let Ok(b) = proto::encode(&r) {
+                    if let Ok(b) = proto::encode(&proto::Reply::from(r)) {
                         c.outbuf.extend_from_slice(&b);
                     }
                     self.flush(idx);
@@ -1013,11 +911,11 @@ impl Server {
                             c.name = n.chars().take(64).collect();
                         }
                     }
-                    Reply::Ok(json!({
+                    Reply::Done(Done::View(json!({
                         "version": PROTOCOL_VERSION,
                         "daemon": env!("CARGO_PKG_VERSION"),
                         "host_name": self.host.host_name().escaped(),
-                    }))
+                    })))
                 }
                 Request::Hello { version, .. } => {
                     if let Some(c) = self.conn(k) {
@@ -1041,79 +939,26 @@ impl Server {
                 "this connection restricted itself: no further requests",
             ));
         }
+        let req = match req.decode() {
+            Decoded::Host(cmd) => return self.execute(k, cmd),
+            Decoded::Refused(e) => return Some(Reply::Error(e)),
+            Decoded::Rindex(r) => return self.rindex(k, r),
+            Decoded::Front(req) => req,
+        };
         match req {
             Request::Hello { .. } => Some(err(ErrorCode::BadRequest, "hello was already said")),
-            Request::Restrict {
-                all,
-                no_sigkill,
-                no_sigterm,
-            } => {
-                use crate::sanlock_wire::flags::{
-                    RESTRICT_ALL, RESTRICT_SIGKILL, RESTRICT_SIGTERM,
-                };
-                if no_sigkill && no_sigterm {
-                    return Some(err(
-                        ErrorCode::BadRequest,
-                        "a holder must be killable by one of SIGKILL and SIGTERM",
-                    ));
-                }
-                let c = self.host.client_mut(k)?;
-                let bit = |on: bool, b: u32| if on { b } else { 0 };
-                c.restrict = bit(all, RESTRICT_ALL)
-                    | bit(no_sigkill, RESTRICT_SIGKILL)
-                    | bit(no_sigterm, RESTRICT_SIGTERM);
-                Some(Reply::Ok(json!({})))
-            }
-            Request::Status {} => Some(Reply::Ok(self.status())),
-            Request::LockspaceList {} => Some(Reply::Ok(self.lockspace_list())),
+            Request::Status {} => Some(Reply::Done(Done::View(self.status()))),
+            Request::LockspaceList {} => Some(Reply::Done(Done::View(self.lockspace_list()))),
             Request::Hosts { lockspace } => Some(self.hosts(&lockspace)),
-            Request::LockspaceAdd {
-                spec,
-                wait,
-                io_timeout_s,
-            } => self.request_lockspace_add(Some(k), &spec, wait, io_timeout_s),
-            Request::LockspaceRemove { name, wait } => self.lockspace_remove(k, &name, wait),
-            r @ Request::Rindex { .. } => self.rindex(k, &r),
-            Request::LockspaceConfig {
-                name,
-                used,
-                used_by_orphans,
-            } => Some(self.lockspace_config(&name, used, used_by_orphans)),
-            Request::Acquire { .. } => self.acquire(k, req, None),
-            Request::Release {
-                resources,
-                all,
-                pid,
-                lvb_hex,
-            } => self.release(None, k, &resources, all, pid, lvb_hex.as_deref()),
-            Request::Inquire { pid } => Some(self.host.inquire(self.clock.now(), k, pid, None)),
             Request::Owners { resource } => self.owners(k, &resource),
-            Request::Convert {
-                resource,
-                shared,
-                pid,
-                no_wait,
-            } => self.convert(k, &resource, shared, pid, no_wait),
-            Request::Request { resource, force } => {
-                self.start_request(k, &resource, None, if force { 1 } else { 2 }, false)
-            }
-            Request::LvbGet { resource, pid } => {
-                Some(self.host.lvb_get(self.clock.now(), k, &resource, pid))
-            }
-            Request::LvbSet { resource, hex, pid } => {
-                Some(self.host.lvb_set(self.clock.now(), k, &resource, &hex, pid))
-            }
-            Request::KillPath { path, args } => {
-                if !path.starts_with('/') || args.len() > 16 {
-                    return Some(err(
-                        ErrorCode::BadRequest,
-                        "kill path must be an absolute program path with at most 16 arguments",
-                    ));
-                }
-                let c = self.host.client_mut(k)?;
-                c.kill_path = Some((path, args));
-                Some(Reply::Ok(json!({})))
-            }
+            Request::Request { resource, force } => match ResourceSpec::parse(&resource) {
+                Ok(spec) => self.start_request(k, spec, None, if force { 1 } else { 2 }, false),
+                Err(e) => Some(err(ErrorCode::BadRequest, format!("resource spec: {e}"))),
+            },
+            other => Some(err(
+                ErrorCode::Failed,
+                format!("internal: {other:?} is not answered by the front end"),
+            )),
         }
     }
 
@@ -1161,8 +1006,7 @@ impl Server {
                 continue;
             };
             let reply = match d {
-                Deferred::Native(req) => self.dispatch(k, req),
-                Deferred::SanlockAcquire(req, target) => self.acquire(k, req, Some(target)),
+                Deferred::Rindex(req) => self.rindex(k, req),
             };
             if let Some(reply) = reply {
                 self.reply(k, reply);
@@ -1248,7 +1092,7 @@ impl Server {
                 })
             })
             .collect();
-        Reply::Ok(json!({"lockspace": name, "hosts": hosts}))
+        Reply::Done(Done::View(json!({"lockspace": name, "hosts": hosts})))
     }
 
     fn status(&self) -> serde_json::Value {
@@ -1269,7 +1113,7 @@ impl Server {
             "socket": self.socket_path,
             "clients": clients,
             "lockspaces": self.lockspace_list()["lockspaces"],
-            "leases": self.host.reg.iter().filter(|l| l.joining.is_none()).map(Lease::json).collect::<Vec<_>>(),
+            "leases": self.host.reg.iter().filter(|l| l.joining.is_none()).map(|l| serde_json::to_value(l.view()).unwrap_or_default()).collect::<Vec<_>>(),
             "operations_in_flight": self.host.set.ops_in_flight(),
             // Local exclusion: what this host is doing with each resource now (an acquire of
             // it by another client is refused meanwhile: busy, or releasing).
@@ -1330,7 +1174,7 @@ impl Server {
                                 })
                             })
                             .collect();
-                        Reply::Ok(json!({"resource": spec.name.escaped(), "disks": disks}))
+                        Reply::Done(Done::View(json!({"resource": spec.name.escaped(), "disks": disks})))
                     }
                     Err(e) => err(ErrorCode::Io, e.to_string()),
                 };
@@ -1476,16 +1320,14 @@ impl Server {
     fn start_request(
         &mut self,
         k: ClientKey,
-        spec: &str,
+        spec: ResourceSpec,
         lver: Option<u64>,
         force_mode: u32,
         sanlock: bool,
     ) -> Option<Reply> {
-        let spec = match ResourceSpec::parse(spec) {
-            Ok(s) if s.disks.len() == 1 => s,
-            Ok(_) => return Some(err(ErrorCode::BadRequest, "one PATH:OFFSET")),
-            Err(e) => return Some(err(ErrorCode::BadRequest, format!("resource spec: {e}"))),
-        };
+        if spec.disks.len() != 1 {
+            return Some(err(ErrorCode::BadRequest, "one PATH:OFFSET"));
+        }
         let space = spec.lockspace.escaped();
         let joined = self.space_index(&space).is_some_and(|i| {
             matches!(
@@ -1539,7 +1381,9 @@ impl Server {
             self.sanlock_job_done(k, r, 0, &[]);
         } else {
             let r = match result {
-                Ok(owner) => Reply::Ok(json!({"owner": owner, "written": owner.is_some()})),
+                Ok(owner) => Reply::Done(Done::View(
+                    json!({"owner": owner, "written": owner.is_some()}),
+                )),
                 Err(e) => err(
                     ErrorCode::Failed,
                     format!("request failed (sanlock result {e})"),

@@ -26,13 +26,16 @@ use tenure_core::io::sim::{Latency, SimBackend, SimConfig, SimRng};
 use tenure_core::io::{DiskId, EngineConfig};
 use tenure_core::lockspace::LockspaceSet;
 use tenure_format::area::{encode_lockspace_area, encode_resource_area, lockspace_sector0};
-use tenure_format::{Geometry, Name};
+use tenure_format::{
+    DiskLocation, Geometry, LeaseRef, LockspaceSpec, Name, ResourceMode, ResourceSpec,
+};
 use tenure_watchdog::fence::RenewalNote;
 use tenure_watchdog::mux::FeedDecision;
+use tenured::host::command::{Command, Holder, Leases};
 use tenured::host::guard::{Guard, GuardConfig, GuardEffect, KillSignal, Mutations};
 use tenured::host::registry::ClientKey;
+use tenured::host::reply::{Done, Reply};
 use tenured::host::{ClientInfo, Host, HostConfig, Output, Supervision};
-use tenured::proto::{Reply, Request};
 
 const AREA: u64 = 1 << 20;
 const RESOURCES: usize = 3;
@@ -236,9 +239,23 @@ fn resource_offset(r: usize) -> u64 {
     AREA * (1 + r as u64)
 }
 
-fn resource_spec(r: usize, mode: Mode) -> String {
-    let sh = if mode == Mode::Shared { ":SH" } else { "" };
-    format!("LS:R{r}:{PATH}:{}{sh}", resource_offset(r))
+fn resource_spec(r: usize, mode: ResourceMode) -> ResourceSpec {
+    ResourceSpec {
+        lockspace: Name::new("LS").expect("name"),
+        name: Name::new(&format!("R{r}")).expect("name"),
+        disks: vec![DiskLocation {
+            path: PATH.into(),
+            offset: resource_offset(r),
+        }],
+        mode,
+    }
+}
+
+fn lease_ref(r: usize) -> LeaseRef {
+    LeaseRef {
+        lockspace: Name::new("LS").expect("name"),
+        name: Name::new(&format!("R{r}")).expect("name"),
+    }
 }
 
 impl World {
@@ -415,13 +432,20 @@ impl World {
     fn add_lockspace(&mut self, i: usize) {
         let now = self.now();
         let node = &mut self.nodes[i];
-        let spec = format!("LS:{}:{PATH}:0", node.id);
+        let spec = LockspaceSpec {
+            name: Name::new("LS").expect("name"),
+            host_id: node.id,
+            disk: DiskLocation {
+                path: PATH.into(),
+                offset: 0,
+            },
+        };
         let Some(host) = node.host.as_mut() else {
             return;
         };
-        let r = host.lockspace_add(now, None, &spec, false, None);
+        let r = host.lockspace_add_configured(now, &spec);
         node.rejoin_at = None;
-        if let Some(Reply::Error(e)) = r {
+        if let Reply::Error(e) = r {
             panic!(
                 "seed {}: lockspace add on node {}: {}",
                 self.seed,
@@ -516,17 +540,18 @@ impl World {
         };
         let pid = proc.pid;
         let msg = match (w, r) {
-            (Waiting::Acquire(rs, mode), Reply::Ok(v)) => {
+            (Waiting::Acquire(rs, mode), Reply::Done(Done::Acquired(leases))) => {
                 proc.holding = rs.clone();
                 proc.mode = mode;
-                for l in v["leases"].as_array().into_iter().flatten() {
-                    let r = l["resource"].as_str().and_then(|n| n.strip_prefix('R'));
-                    if let (Some(r), Some(lver)) =
-                        (r.and_then(|r| r.parse().ok()), l["lver"].as_u64())
-                    {
-                        proc.last_lver.insert(r, lver);
+                for l in &leases {
+                    if let Some(r) = l.resource.strip_prefix('R').and_then(|r| r.parse().ok()) {
+                        proc.last_lver.insert(r, l.lver);
                     }
                 }
+                let v: Vec<(&str, u64, bool)> = leases
+                    .iter()
+                    .map(|l| (l.resource.as_str(), l.lver, l.shared))
+                    .collect();
                 let hold = self.rng.below(self.faults.hold_max.as_millis() as u64 + 1);
                 proc.hold_until = self.clock.now().saturating_add(Duration::from_millis(hold));
                 self.stats.grants += 1;
@@ -547,14 +572,17 @@ impl World {
                         })
                     })
                     .collect();
-                format!("granted {rs:?} {mode:?} {v} on disk: {leaders:?}")
+                format!("granted {rs:?} {mode:?} {v:?} on disk: {leaders:?}")
+            }
+            (Waiting::Acquire(..), Reply::Done(d)) => {
+                panic!("seed {}: an acquire answered {d:?}", self.seed)
             }
             (Waiting::Acquire(rs, _), Reply::Error(e)) => {
                 self.stats.refusals += 1;
                 format!("refused {rs:?}: {}", e.message)
             }
-            (Waiting::Release, r) => format!("released: {}", matches!(r, Reply::Ok(_))),
-            (Waiting::Convert(mode), Reply::Ok(_)) => {
+            (Waiting::Release, r) => format!("released: {}", matches!(r, Reply::Done(_))),
+            (Waiting::Convert(mode), Reply::Done(_)) => {
                 proc.mode = mode;
                 format!("converted to {mode:?}")
             }
@@ -630,18 +658,25 @@ impl World {
                 .then(|| self.nodes[i].procs[p].last_lver.get(&rs[0]).copied())
                 .flatten();
             let resources = match at_lver {
-                Some(v) => vec![format!(
-                    "LS:R{}:{PATH}:{}:{v}",
-                    rs[0],
-                    resource_offset(rs[0])
-                )],
-                None => rs.iter().map(|&r| resource_spec(r, mode)).collect(),
+                Some(v) => vec![resource_spec(rs[0], ResourceMode::ExclusiveAtLver(v))],
+                None => rs
+                    .iter()
+                    .map(|&r| {
+                        resource_spec(
+                            r,
+                            match mode {
+                                Mode::Shared => ResourceMode::Shared,
+                                Mode::Exclusive => ResourceMode::Exclusive,
+                            },
+                        )
+                    })
+                    .collect(),
             };
-            let req = Request::Acquire {
+            let cmd = Command::Acquire {
                 resources,
                 no_wait: self.rng.chance(0.5),
                 lvb: false,
-                pid: None,
+                holder: Holder::Me,
             };
             self.nodes[i].procs[p].waiting = Some((Waiting::Acquire(rs.clone(), mode), now));
             self.note(format!("node {} pid {pid} acquires {rs:?} {mode:?}", i + 1));
@@ -649,7 +684,7 @@ impl World {
                 .host
                 .as_mut()
                 .expect("live")
-                .acquire(now, key, req, None);
+                .execute(now, key, cmd);
             if let Some(r) = r {
                 self.deliver(i, key, r);
             }
@@ -669,15 +704,17 @@ impl World {
                 i + 1,
                 holding[0]
             ));
-            let name = format!("LS:R{}", holding[0]);
-            let r = self.nodes[i].host.as_mut().expect("live").convert(
-                now,
-                key,
-                &name,
-                to == Mode::Shared,
-                None,
-                self.rng.chance(0.5),
-            );
+            let cmd = Command::Convert {
+                lease: lease_ref(holding[0]),
+                shared: to == Mode::Shared,
+                holder: Holder::Me,
+                no_wait: self.rng.chance(0.5),
+            };
+            let r = self.nodes[i]
+                .host
+                .as_mut()
+                .expect("live")
+                .execute(now, key, cmd);
             if let Some(r) = r {
                 self.deliver(i, key, r);
             }
@@ -686,15 +723,16 @@ impl World {
             self.nodes[i].procs[p].holding.clear();
             self.nodes[i].procs[p].waiting = Some((Waiting::Release, now));
             self.note(format!("node {} pid {pid} releases {holding:?}", i + 1));
-            let r = self.nodes[i].host.as_mut().expect("live").release(
-                now,
-                None,
-                key,
-                &[],
-                true,
-                None,
-                None,
-            );
+            let cmd = Command::Release {
+                leases: Leases::All,
+                holder: Holder::Me,
+                lvb: None,
+            };
+            let r = self.nodes[i]
+                .host
+                .as_mut()
+                .expect("live")
+                .execute(now, key, cmd);
             if let Some(r) = r {
                 self.deliver(i, key, r);
             }

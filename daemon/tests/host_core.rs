@@ -9,11 +9,14 @@ use tenure_core::io::sim::{SimBackend, SimConfig};
 use tenure_core::io::{DiskId, EngineConfig};
 use tenure_core::lockspace::{LockspaceSet, LockspaceState};
 use tenure_format::area::{encode_lockspace_area, encode_resource_area, lockspace_sector0};
-use tenure_format::{Geometry, Name};
+use tenure_format::{
+    DiskLocation, Geometry, LeaseRef, LockspaceSpec, Name, ResourceMode, ResourceSpec,
+};
 use tenure_watchdog::fence::RenewalNote;
+use tenured::host::command::{Command, Holder};
 use tenured::host::registry::ClientKey;
+use tenured::host::reply::{Done, Reply};
 use tenured::host::{ClientInfo, Host, HostConfig, Output, Supervision};
-use tenured::proto::{Reply, Request};
 
 const AREA: u64 = 1 << 20;
 const PATH: &str = "/sim/disk";
@@ -156,15 +159,26 @@ impl Bed {
     }
 
     fn acquire(&mut self, k: ClientKey, shared: bool) -> Reply {
-        let sh = if shared { ":SH" } else { "" };
-        let req = Request::Acquire {
-            resources: vec![format!("LS:R:{PATH}:{AREA}{sh}")],
+        let cmd = Command::Acquire {
+            resources: vec![ResourceSpec {
+                lockspace: Name::new("LS").expect("name"),
+                name: Name::new("R").expect("name"),
+                disks: vec![DiskLocation {
+                    path: PATH.into(),
+                    offset: AREA,
+                }],
+                mode: if shared {
+                    ResourceMode::Shared
+                } else {
+                    ResourceMode::Exclusive
+                },
+            }],
             no_wait: true,
             lvb: false,
-            pid: None,
+            holder: Holder::Me,
         };
         let now = self.clock.now();
-        if let Some(r) = self.host.acquire(now, k, req, None) {
+        if let Some(r) = self.host.execute(now, k, cmd) {
             return r;
         }
         let mut got = self.run_until(Duration::from_secs(30), |_, r| {
@@ -178,10 +192,9 @@ impl Bed {
 fn joined_bed() -> Bed {
     let mut bed = Bed::new();
     let now = bed.clock.now();
-    let r = bed
-        .host
-        .lockspace_add(now, None, &format!("LS:1:{PATH}:0"), false, None);
-    assert!(matches!(r, Some(Reply::Ok(_))), "{r:?}");
+    let spec = LockspaceSpec::parse(&format!("LS:1:{PATH}:0")).expect("spec");
+    let r = bed.host.lockspace_add_configured(now, &spec);
+    assert!(matches!(r, Reply::Done(_)), "{r:?}");
     bed.run_until(Duration::from_secs(60), |h, _| {
         matches!(
             h.set.state(h.spaces[0].id),
@@ -198,12 +211,15 @@ fn joined_bed() -> Bed {
 fn a_conversion_to_shared_that_fails_on_storage_is_answered_done() {
     let mut bed = joined_bed();
     let a = bed.client(0, 100);
-    assert!(matches!(bed.acquire(a, false), Reply::Ok(_)));
+    assert!(matches!(bed.acquire(a, false), Reply::Done(_)));
     let now = bed.clock.now();
-    assert!(bed
-        .host
-        .convert(now, a, "LS:R", true, None, false)
-        .is_none());
+    let cmd = Command::Convert {
+        lease: LeaseRef::parse("LS:R").expect("lease"),
+        shared: true,
+        holder: Holder::Me,
+        no_wait: false,
+    };
+    assert!(bed.host.execute(now, a, cmd).is_none());
     // The storage hangs before the conversion's first write: it times out.
     let view = bed.view;
     bed.storage.with(|b| b.set_hung(view, true));
@@ -212,10 +228,13 @@ fn a_conversion_to_shared_that_fails_on_storage_is_answered_done() {
     });
     let (_, r) = replies.iter().find(|(c, _)| *c == a).expect("reply");
     match r {
-        Reply::Ok(v) => {
-            assert_eq!(v["shared"], serde_json::json!(true), "{v}");
-            assert!(v["warning"].is_string(), "the error is named: {v}");
+        Reply::Done(Done::Converted {
+            shared, warning, ..
+        }) => {
+            assert!(*shared, "{r:?}");
+            assert!(warning.is_some(), "the error is named: {r:?}");
         }
+        Reply::Done(d) => panic!("not a conversion's answer: {d:?}"),
         Reply::Error(e) => panic!("answered as failed: {}", e.message),
     }
     // It is a shared hold now: another local client may join it, not take it exclusively.
@@ -223,6 +242,6 @@ fn a_conversion_to_shared_that_fails_on_storage_is_answered_done() {
     let b = bed.client(1, 101);
     match bed.acquire(b, false) {
         Reply::Error(e) => assert!(e.message.contains("already held"), "{}", e.message),
-        Reply::Ok(v) => panic!("exclusive granted over a shared hold: {v}"),
+        Reply::Done(d) => panic!("exclusive granted over a shared hold: {d:?}"),
     }
 }

@@ -42,4 +42,6 @@ pub use leader::{LeaderKind, LeaderRecord};
 pub use name::Name;
 pub use paxos::{Dblock, ModeBlock, RequestRecord};
 pub use rindex::{RindexEntry, RindexHeader};
-pub use spec::{DiskLocation, DumpTarget, LockspaceSpec, ResourceMode, ResourceSpec, RindexSpec};
+pub use spec::{
+    DiskLocation, DumpTarget, LeaseRef, LockspaceSpec, ResourceMode, ResourceSpec, RindexSpec,
+};

@@ -314,6 +314,56 @@ impl fmt::Display for ResourceSpec {
     }
 }
 
+/// A parsed `LOCKSPACE:NAME`: a lease a client holds, named without its location (what
+/// `release`, `convert` and the LVB requests take).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
+pub struct LeaseRef {
+    /// Lockspace name.
+    pub lockspace: Name,
+    /// Resource name.
+    pub name: Name,
+}
+
+impl LeaseRef {
+    /// Parses `LOCKSPACE:NAME` (`\:` and `\\` escaped as in every spec).
+    pub fn parse(text: &str) -> Result<Self, SpecError> {
+        let fields = split_fields(text)?;
+        let [lockspace, name]: [String; 2] =
+            fields
+                .try_into()
+                .map_err(|f: Vec<String>| SpecError::Fields {
+                    what: "lease",
+                    form: "LOCKSPACE:NAME",
+                    found: f.len(),
+                })?;
+        Ok(LeaseRef {
+            lockspace: parse_name("lockspace name", &lockspace)?,
+            name: parse_name("resource name", &name)?,
+        })
+    }
+}
+
+impl fmt::Display for LeaseRef {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{}:{}",
+            escape(&name_text(&self.lockspace)),
+            escape(&name_text(&self.name))
+        )
+    }
+}
+
+impl ResourceSpec {
+    /// The lease it names, without its location.
+    pub fn lease(&self) -> LeaseRef {
+        LeaseRef {
+            lockspace: self.lockspace,
+            name: self.name,
+        }
+    }
+}
+
 /// A parsed `PATH[:OFFSET[:SIZE]]` (what `dump` reads): offset defaults to 0, size to "up to
 /// the end of the device".
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
@@ -353,6 +403,26 @@ impl DumpTarget {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn lease_forms() {
+        let l = LeaseRef::parse("LS:vm1").unwrap();
+        assert_eq!(l.lockspace.as_bytes(), b"LS");
+        assert_eq!(l.name.as_bytes(), b"vm1");
+        assert_eq!(l.to_string(), "LS:vm1");
+        let esc = LeaseRef::parse(r"L\:S:a\\b").unwrap();
+        assert_eq!(esc.lockspace.as_bytes(), b"L:S");
+        assert_eq!(esc.name.as_bytes(), br"a\b");
+        assert_eq!(LeaseRef::parse(&esc.to_string()).unwrap(), esc);
+        assert!(matches!(
+            LeaseRef::parse("LS:vm1:/dev/x"),
+            Err(SpecError::Fields { found: 3, .. })
+        ));
+        assert!(LeaseRef::parse("LS").is_err());
+        assert!(LeaseRef::parse("LS:").is_err());
+        let r = ResourceSpec::parse("LS:vm1:/dev/x:0:SH").unwrap();
+        assert_eq!(r.lease(), l);
+    }
 
     #[test]
     fn lockspace_forms() {

@@ -26,13 +26,14 @@
 //!   dropped only when supervision reports every holder dead.
 
 pub mod admission;
+pub mod command;
 pub mod guard;
 pub mod registry;
+pub mod reply;
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::path::PathBuf;
 
-use serde_json::json;
 use tenure_core::clock::Time;
 use tenure_core::delta::{DeltaConfig, DeltaEvent};
 use tenure_core::dev::Device;
@@ -43,12 +44,14 @@ use tenure_core::lockspace::{
 };
 use tenure_core::paxos::PaxosError;
 use tenure_core::timeouts::Timeouts;
-use tenure_format::{Geometry, LockspaceSpec, Name, ResourceMode, ResourceSpec};
+use tenure_format::{Geometry, LeaseRef, LockspaceSpec, Name, ResourceMode, ResourceSpec};
 use tenure_watchdog::fence::RenewalNote;
 
-use crate::proto::{ErrorCode, ErrorReply, Reply, Request};
+use crate::proto::{Details, ErrorCode, ErrorReply};
 use admission::{Admit, InFlight, Refusal, ResourceKey};
+use command::{Command, Holder, Leases, KILL_PATH_ARGS_MAX};
 use registry::{ClientKey, Lease, Owner, Registry};
+use reply::{Done, Reply};
 
 /// Leases held at once.
 pub const LEASES_MAX: usize = 8192;
@@ -244,7 +247,10 @@ pub struct Host {
     exited: HashSet<i32>,
     /// Stopping: no new lockspaces or leases; every lockspace is left once no lease is held.
     pub stopping: bool,
-    deferred: Option<Vec<ProbeKey>>,
+    /// The last input waits for probes (its command goes to `waiting`).
+    deferred: bool,
+    /// Commands waiting for probes, given again after each probe.
+    waiting: Vec<(ClientKey, Command)>,
     out: VecDeque<Output>,
     /// The time of the input being handled.
     now: Time,
@@ -303,8 +309,11 @@ pub fn refusal_reply(key: &ResourceKey, r: Refusal) -> Reply {
 pub fn op_error_reply(resource: Name, e: &OpError) -> Reply {
     use tenure_core::paxos::Fault;
     let r = resource.escaped();
-    let holder =
-        |host_id: &u64, generation: &u64| json!({"host_id": host_id, "generation": generation});
+    let holder = |host_id: &u64, generation: &u64| Details {
+        host_id: Some(*host_id),
+        generation: Some(*generation),
+        ..Details::default()
+    };
     let (code, mut details) = match e {
         OpError::Paxos(PaxosError::OwnerAlive {
             host_id,
@@ -316,18 +325,24 @@ pub fn op_error_reply(resource: Name, e: &OpError) -> Reply {
         }) => (ErrorCode::OwnedRetry, holder(host_id, generation)),
         // Contention inside one ballot: the other host holds it now, as if we had found it
         // held.
-        OpError::Paxos(PaxosError::AcquiredByOther { host_id }) => {
-            (ErrorCode::OwnerAlive, json!({"host_id": host_id}))
+        OpError::Paxos(PaxosError::AcquiredByOther { host_id }) => (
+            ErrorCode::OwnerAlive,
+            Details {
+                host_id: Some(*host_id),
+                ..Details::default()
+            },
+        ),
+        OpError::Paxos(PaxosError::LverMismatch { .. }) => {
+            (ErrorCode::LverMismatch, Details::default())
         }
-        OpError::Paxos(PaxosError::LverMismatch { .. }) => (ErrorCode::LverMismatch, json!({})),
         OpError::Paxos(PaxosError::SharedBusy {
             host_id,
             generation,
         }) => (ErrorCode::SharedBusy, holder(host_id, generation)),
-        OpError::NotJoined => (ErrorCode::NotJoined, json!({})),
-        OpError::LockspaceLost => (ErrorCode::LockspaceLost, json!({})),
-        OpError::Full(_) => (ErrorCode::Full, json!({})),
-        OpError::UnknownLockspace => (ErrorCode::NotFound, json!({})),
+        OpError::NotJoined => (ErrorCode::NotJoined, Details::default()),
+        OpError::LockspaceLost => (ErrorCode::LockspaceLost, Details::default()),
+        OpError::Full(_) => (ErrorCode::Full, Details::default()),
+        OpError::UnknownLockspace => (ErrorCode::NotFound, Details::default()),
         // The rest by fault: no failure is reported as another kind (a stalled machine is
         // a bug, not damage on disk).
         other => (
@@ -337,10 +352,10 @@ pub fn op_error_reply(resource: Name, e: &OpError) -> Reply {
                 Fault::Misuse => ErrorCode::BadRequest,
                 Fault::Contention | Fault::Configuration | Fault::Internal => ErrorCode::Failed,
             },
-            json!({}),
+            Details::default(),
         ),
     };
-    details["fault"] = json!(e.fault());
+    details.fault = Some(e.fault());
     let mut reply = ErrorReply::new(code, format!("{r}: {e}"));
     reply.details = Some(details);
     Reply::Error(reply)
@@ -367,7 +382,8 @@ impl Host {
             sup,
             exited: HashSet::new(),
             stopping: false,
-            deferred: None,
+            deferred: false,
+            waiting: Vec::new(),
             out: VecDeque::new(),
             now: Time::ZERO,
             wall_epoch_ms,
@@ -401,10 +417,105 @@ impl Host {
         self.out.pop_front()
     }
 
-    /// After an input that returned no reply: the lease areas it waits for, when it waits
-    /// for probes (then give it again once they are done) rather than for an operation.
-    pub fn take_deferred(&mut self) -> Option<Vec<ProbeKey>> {
-        self.deferred.take()
+    /// A client's command, decided at `now`: the reply when there is one at once; otherwise
+    /// it comes through [`Host::poll_output`] (after the operation, the join or the probes it
+    /// waits for; a command waiting for probes is kept here and decided again after each
+    /// [`Host::probe_done`]).
+    pub fn execute(&mut self, now: Time, k: ClientKey, cmd: Command) -> Option<Reply> {
+        self.at(now);
+        self.deferred = false;
+        let r = match &cmd {
+            Command::LockspaceAdd {
+                spec,
+                wait,
+                io_timeout_s,
+            } => self.lockspace_add(Some(k), spec, *wait, *io_timeout_s),
+            Command::LockspaceRemove { name, wait } => {
+                self.lockspace_remove(k, &name.escaped(), *wait)
+            }
+            Command::LockspaceConfig {
+                name,
+                used,
+                used_by_orphans,
+            } => Some(self.lockspace_config(&name.escaped(), *used, *used_by_orphans)),
+            Command::Acquire {
+                resources,
+                no_wait,
+                lvb,
+                holder,
+            } => self.acquire(k, resources, *no_wait, *lvb, *holder),
+            Command::Release {
+                leases,
+                holder,
+                lvb,
+            } => self.release(k, leases, *holder, lvb.clone()),
+            Command::Inquire { holder } => Some(self.inquire(k, *holder)),
+            Command::Convert {
+                lease,
+                shared,
+                holder,
+                no_wait,
+            } => self.convert(k, lease, *shared, *holder, *no_wait),
+            Command::LvbGet { lease, holder } => Some(self.lvb_get(k, lease, *holder)),
+            Command::LvbSet {
+                lease,
+                value,
+                holder,
+            } => Some(self.lvb_set(k, lease, value, *holder)),
+            Command::Restrict { bits } => Some(self.restrict(k, *bits)),
+            Command::KillPath { path, args } => Some(self.kill_path(k, path, args)),
+        };
+        if std::mem::take(&mut self.deferred) {
+            self.waiting.push((k, cmd));
+        }
+        r
+    }
+
+    fn restrict(&mut self, k: ClientKey, bits: u32) -> Reply {
+        use crate::sanlock_wire::flags::{RESTRICT_SIGKILL, RESTRICT_SIGTERM};
+        if bits & RESTRICT_SIGKILL != 0 && bits & RESTRICT_SIGTERM != 0 {
+            return err(
+                ErrorCode::BadRequest,
+                "a holder must be killable by one of SIGKILL and SIGTERM",
+            );
+        }
+        match self.clients.get_mut(&k) {
+            Some(c) => {
+                c.restrict = bits;
+                Reply::Done(Done::Nothing)
+            }
+            None => err(ErrorCode::Failed, "client gone"),
+        }
+    }
+
+    fn kill_path(&mut self, k: ClientKey, path: &str, args: &[String]) -> Reply {
+        if !path.starts_with('/') || args.len() > KILL_PATH_ARGS_MAX {
+            return err(
+                ErrorCode::BadRequest,
+                format!("kill path must be an absolute program path with at most {KILL_PATH_ARGS_MAX} arguments"),
+            );
+        }
+        match self.clients.get_mut(&k) {
+            Some(c) => {
+                c.kill_path = Some((path.to_owned(), args.to_vec()));
+                Reply::Done(Done::Nothing)
+            }
+            None => err(ErrorCode::Failed, "client gone"),
+        }
+    }
+
+    /// Start-up: joins a lockspace of the configuration (its area probed already).
+    pub fn lockspace_add_configured(&mut self, now: Time, spec: &LockspaceSpec) -> Reply {
+        self.at(now);
+        self.deferred = false;
+        let r = self.lockspace_add(None, spec, false, None);
+        if std::mem::take(&mut self.deferred) {
+            return err(
+                ErrorCode::Io,
+                format!("{}: lease area not probed", spec.disk.path),
+            );
+        }
+        r.unwrap_or_else(|| err(ErrorCode::Failed, "internal: no reply to a configured join"))
     }
 
     /// When [`Host::step`] is due at the latest.
@@ -441,6 +552,7 @@ impl Host {
     pub fn client_closed(&mut self, now: Time, k: ClientKey) {
         self.at(now);
         self.clients.remove(&k);
+        self.waiting.retain(|(w, _)| *w != k);
         self.release_owner(Owner::Conn(k), None);
     }
 
@@ -467,8 +579,8 @@ impl Host {
         if missing.is_empty() {
             return false;
         }
-        self.out.push_back(Output::Probe(missing.clone()));
-        self.deferred = Some(missing);
+        self.out.push_back(Output::Probe(missing));
+        self.deferred = true;
         true
     }
 
@@ -477,9 +589,10 @@ impl Host {
         self.disks.contains_key(path)
     }
 
-    /// A probe ended: `device` is the opened device when it was not registered yet. A
-    /// failed probe is not remembered (the next request tries again); the requests waiting
-    /// for it are given again by the driver and fail with its error then.
+    /// A probe ended: `device` is the opened device when it was not registered yet. The
+    /// commands waiting for probes are decided again (those still waiting keep waiting); a
+    /// failed probe makes its commands fail with its error, and is forgotten by
+    /// [`Host::forget_failed_probes`] so that a later command tries again.
     pub fn probe_done(
         &mut self,
         key: ProbeKey,
@@ -501,6 +614,12 @@ impl Host {
         }
         let r = result.as_ref().map(|_| ()).map_err(Clone::clone);
         self.areas.insert(key, result);
+        let now = self.now;
+        for (k, cmd) in std::mem::take(&mut self.waiting) {
+            if let Some(reply) = self.execute(now, k, cmd) {
+                self.reply(k, reply);
+            }
+        }
         r
     }
 
@@ -605,7 +724,10 @@ impl Host {
                 for w in waiters {
                     self.reply(
                         w,
-                        Reply::Ok(json!({"lockspace": name, "generation": generation})),
+                        Reply::Done(Done::Joined {
+                            lockspace: name.clone(),
+                            generation,
+                        }),
                     );
                 }
             }
@@ -666,7 +788,12 @@ impl Host {
                 tracing::info!(lockspace = %name, "left");
                 let waiters = std::mem::take(&mut self.spaces[i].leave_waiters);
                 for w in waiters {
-                    self.reply(w, Reply::Ok(json!({"lockspace": name, "left": true})));
+                    self.reply(
+                        w,
+                        Reply::Done(Done::Left {
+                            lockspace: name.clone(),
+                        }),
+                    );
                 }
                 self.spaces[i].cleared = true;
             }
@@ -699,19 +826,13 @@ impl Host {
         self.areas.get(key).cloned()
     }
 
-    pub fn lockspace_add(
+    fn lockspace_add(
         &mut self,
-        now: Time,
         k: Option<ClientKey>,
-        spec: &str,
+        spec: &LockspaceSpec,
         wait: bool,
         io_timeout_s: Option<u64>,
     ) -> Option<Reply> {
-        self.at(now);
-        let spec = match LockspaceSpec::parse(spec) {
-            Ok(s) => s,
-            Err(e) => return Some(err(ErrorCode::BadRequest, format!("lockspace spec: {e}"))),
-        };
         let io_timeout = io_timeout_s.unwrap_or(self.cfg.io_timeout_s);
         if !(1..=crate::config::IO_TIMEOUT_MAX_S).contains(&io_timeout) {
             return Some(err(
@@ -791,7 +912,7 @@ impl Host {
         let mut space = Space {
             name: name.clone(),
             id,
-            spec,
+            spec: spec.clone(),
             join_waiters: Vec::new(),
             leave_waiters: Vec::new(),
             lost: None,
@@ -807,21 +928,19 @@ impl Host {
             }
             _ => {
                 self.spaces.push(space);
-                Some(Reply::Ok(json!({"lockspace": name, "state": "joining"})))
+                Some(Reply::Done(Done::Joining { lockspace: name }))
             }
         }
     }
 
     /// Marks a lockspace used / used while orphans exist, and tells the supervisor what that
     /// means now.
-    pub fn lockspace_config(
+    fn lockspace_config(
         &mut self,
-        now: Time,
         name: &str,
         used: Option<bool>,
         used_by_orphans: Option<bool>,
     ) -> Reply {
-        self.at(now);
         let Some(i) = self.space_index(name) else {
             return err(ErrorCode::NotFound, format!("no lockspace {name}"));
         };
@@ -845,7 +964,11 @@ impl Host {
         self.refresh_used(name);
         let s = &self.spaces[i];
         tracing::info!(lockspace = %name, used = s.used, used_by_orphans = s.used_by_orphans, "lockspace config");
-        Reply::Ok(json!({"lockspace": name, "used": s.used, "used_by_orphans": s.used_by_orphans}))
+        Reply::Done(Done::Config {
+            lockspace: name.to_owned(),
+            used: s.used,
+            used_by_orphans: s.used_by_orphans,
+        })
     }
 
     /// Tells the supervisor whether a lockspace counts as used now.
@@ -862,14 +985,7 @@ impl Host {
         let _ = self.sup.set_used(name, used);
     }
 
-    pub fn lockspace_remove(
-        &mut self,
-        now: Time,
-        k: ClientKey,
-        name: &str,
-        wait: bool,
-    ) -> Option<Reply> {
-        self.at(now);
+    fn lockspace_remove(&mut self, k: ClientKey, name: &str, wait: bool) -> Option<Reply> {
         let Some(i) = self.space_index(name) else {
             return Some(err(ErrorCode::NotFound, format!("no lockspace {name}")));
         };
@@ -897,49 +1013,41 @@ impl Host {
                     self.spaces[i].leave_waiters.push(k);
                     return None;
                 }
-                Some(Reply::Ok(json!({"lockspace": name, "state": "leaving"})))
+                Some(Reply::Done(Done::Leaving {
+                    lockspace: name.to_owned(),
+                }))
             }
             _ => {
                 self.spaces[i].cleared = true;
-                Some(Reply::Ok(json!({"lockspace": name, "left": true})))
+                Some(Reply::Done(Done::Left {
+                    lockspace: name.to_owned(),
+                }))
             }
         }
     }
 
-    /// The holder pid a request acts for, and whether it is "on behalf of" a pid (matched by
-    /// pid) rather than a connection's own leases. `target` is a registered connection chosen
-    /// by the sanlock protocol (its own or one found by pid).
-    fn resolve(
-        &mut self,
-        k: ClientKey,
-        pid: Option<i32>,
-        target: Option<ClientKey>,
-    ) -> Result<(i32, bool), Reply> {
-        match target {
-            Some(t) => self
-                .clients
-                .get(&t)
-                .map(|c| (c.pid, false))
-                .ok_or_else(|| err(ErrorCode::NotFound, "client gone")),
-            None => self.privileged_pid(k, pid),
-        }
-    }
-
-    pub fn privileged_pid(&mut self, k: ClientKey, pid: Option<i32>) -> Result<(i32, bool), Reply> {
-        let c = self
-            .clients
-            .get(&k)
-            .ok_or_else(|| err(ErrorCode::Failed, "client gone"))?;
-        match pid {
-            None => Ok((c.pid, false)),
-            Some(p) if p == c.pid => Ok((p, false)),
-            Some(p) if c.uid == 0 => {
+    /// Whom a lease command acts for: the client whose connection owns the leases, the
+    /// holder pid, and whether the leases are "on behalf of" that pid (owned and matched by
+    /// pid) rather than the connection's own.
+    fn holder(&self, k: ClientKey, h: Holder) -> Result<(ClientKey, i32, bool), Reply> {
+        let me = match h {
+            Holder::Client(t) => t,
+            Holder::Me | Holder::Pid(_) => k,
+        };
+        let c = self.clients.get(&me).ok_or_else(|| match h {
+            Holder::Client(_) => err(ErrorCode::NotFound, "client gone"),
+            Holder::Me | Holder::Pid(_) => err(ErrorCode::Failed, "client gone"),
+        })?;
+        match h {
+            Holder::Me | Holder::Client(_) => Ok((me, c.pid, false)),
+            Holder::Pid(p) if p == c.pid => Ok((me, p, false)),
+            Holder::Pid(p) if c.uid == 0 => {
                 if p <= 0 {
                     return Err(err(ErrorCode::BadRequest, format!("pid {p} is not valid")));
                 }
-                Ok((p, true))
+                Ok((me, p, true))
             }
-            Some(p) => Err(err(
+            Holder::Pid(p) => Err(err(
                 ErrorCode::Permission,
                 format!(
                     "only root may act for another pid ({p}); this client runs as uid {}",
@@ -949,28 +1057,19 @@ impl Host {
         }
     }
 
-    pub fn acquire(
+    fn acquire(
         &mut self,
-        now: Time,
         k: ClientKey,
-        req: Request,
-        target: Option<ClientKey>,
+        specs: &[ResourceSpec],
+        no_wait: bool,
+        lvb: bool,
+        holder: Holder,
     ) -> Option<Reply> {
-        self.at(now);
-        let Request::Acquire {
-            resources,
-            no_wait,
-            lvb,
-            pid,
-        } = &req
-        else {
-            return Some(err(ErrorCode::Failed, "internal: not an acquire"));
-        };
-        let (pid, on_behalf) = match self.resolve(k, *pid, target) {
+        let (me, pid, on_behalf) = match self.holder(k, holder) {
             Ok(x) => x,
             Err(r) => return Some(r),
         };
-        let me = target.unwrap_or(k);
+        let resources = specs;
         if resources.is_empty() || resources.len() > tenure_core::lockspace::RESOURCES_PER_OP_MAX {
             return Some(err(
                 ErrorCode::BadRequest,
@@ -980,27 +1079,15 @@ impl Host {
                 ),
             ));
         }
-        let mut specs = Vec::with_capacity(resources.len());
-        for r in resources {
-            match ResourceSpec::parse(r) {
-                Ok(s) if s.disks.len() == 1 => specs.push(s),
-                Ok(s) => {
-                    return Some(err(
-                        ErrorCode::BadRequest,
-                        format!(
-                            "{}: leases on {} disks are not supported yet (one PATH:OFFSET)",
-                            s.name.escaped(),
-                            s.disks.len()
-                        ),
-                    ))
-                }
-                Err(e) => {
-                    return Some(err(
-                        ErrorCode::BadRequest,
-                        format!("resource spec {r:?}: {e}"),
-                    ))
-                }
-            }
+        if let Some(s) = specs.iter().find(|s| s.disks.len() != 1) {
+            return Some(err(
+                ErrorCode::BadRequest,
+                format!(
+                    "{}: leases on {} disks are not supported yet (one PATH:OFFSET)",
+                    s.name.escaped(),
+                    s.disks.len()
+                ),
+            ));
         }
         let space = specs[0].lockspace.escaped();
         if specs.iter().any(|s| s.lockspace.escaped() != space) {
@@ -1053,7 +1140,7 @@ impl Host {
                 .reg
                 .shared_hold(&ResourceKey::new(&space, *n))
                 .is_some_and(|l| l.held.acquired.lvb.is_none());
-            if *a == Admit::Join && *lvb && lvb_missing {
+            if *a == Admit::Join && lvb && lvb_missing {
                 return Some(err(
                     ErrorCode::BadRequest,
                     format!(
@@ -1146,8 +1233,8 @@ impl Host {
         }
         let opts = AcquireOptions {
             shared,
-            no_wait: *no_wait,
-            read_lvb: *lvb,
+            no_wait,
+            read_lvb: lvb,
         };
         let now = self.now;
         let id = match self
@@ -1217,18 +1304,16 @@ impl Host {
         let reply: Vec<_> = leases
             .iter()
             .map(|l| {
-                let mut j = l.json();
-                if let Some(lvb) = &l.held.acquired.lvb {
-                    j["lvb_hex"] = json!(hex(lvb));
-                }
-                j
+                let mut v = l.view();
+                v.lvb_hex = l.held.acquired.lvb.as_deref().map(hex);
+                v
             })
             .collect();
         for l in &leases {
             tracing::info!(lockspace = %l.space, resource = %l.resource.escaped(), lver = l.held.acquired.lver, shared = l.held.acquired.shared, pid, "acquired");
         }
         self.reg.extend(leases);
-        Reply::Ok(json!({"leases": reply}))
+        Reply::Done(Done::Acquired(reply))
     }
 
     fn op_done(&mut self, now: Time, id: OpId, outcome: OpOutcome) {
@@ -1296,7 +1381,11 @@ impl Host {
                             self.reg[i].held = h;
                         }
                         tracing::info!(lockspace = %space, resource = %resource.escaped(), shared, "converted");
-                        Reply::Ok(json!({"resource": resource.escaped(), "shared": shared}))
+                        Reply::Done(Done::Converted {
+                            resource: resource.escaped(),
+                            shared,
+                            warning: None,
+                        })
                     }
                     OpOutcome::Failed {
                         resource: r,
@@ -1317,11 +1406,11 @@ impl Host {
                             // simulation: told "failed", it went on as the exclusive holder
                             // while another process joined the shared hold).
                             tracing::warn!(lockspace = %space, resource = %resource.escaped(), error = %error, "conversion to shared ended with an error; the lease is held shared from here on");
-                            Reply::Ok(json!({
-                                "resource": resource.escaped(),
-                                "shared": true,
-                                "warning": format!("{}: {error}", r.escaped()),
-                            }))
+                            Reply::Done(Done::Converted {
+                                resource: resource.escaped(),
+                                shared: true,
+                                warning: Some(format!("{}: {error}", r.escaped())),
+                            })
                         } else {
                             op_error_reply(r, &error)
                         }
@@ -1371,7 +1460,7 @@ impl Host {
                             .chain(local)
                             .map(|n| n.escaped())
                             .collect();
-                        Reply::Ok(json!({ "released": names }))
+                        Reply::Done(Done::Released(names))
                     }
                     OpOutcome::Failed {
                         resource,
@@ -1446,7 +1535,7 @@ impl Host {
         self.forget_holders(&kept);
         if leases.is_empty() {
             let names: Vec<String> = local.iter().map(|n| n.escaped()).collect();
-            return Some(Reply::Ok(json!({"released": names})));
+            return Some(Reply::Done(Done::Released(names)));
         }
         // Group by lockspace, at most RESOURCES_PER_OP_MAX per operation; the client gets
         // its reply with the last group (one group in practice).
@@ -1532,22 +1621,17 @@ impl Host {
     }
 
     #[allow(clippy::too_many_arguments)]
-    pub fn release(
+    fn release(
         &mut self,
-        now: Time,
-        target: Option<ClientKey>,
         k: ClientKey,
-        resources: &[String],
-        all: bool,
-        pid: Option<i32>,
-        lvb_hex: Option<&str>,
+        leases: &Leases,
+        holder: Holder,
+        lvb: Option<Vec<u8>>,
     ) -> Option<Reply> {
-        self.at(now);
-        let (pid, on_behalf) = match self.resolve(k, pid, target) {
+        let (me, pid, on_behalf) = match self.holder(k, holder) {
             Ok(x) => x,
             Err(r) => return Some(r),
         };
-        let me = target.unwrap_or(k);
         let owner_ok = |l: &Lease| {
             if l.joining.is_some() {
                 // Not granted yet: its acquire is still running.
@@ -1558,34 +1642,21 @@ impl Host {
                 l.owner == Owner::Conn(me)
             }
         };
-        let lvb = match lvb_hex.map(unhex).transpose() {
-            Ok(v) => v,
-            Err(e) => return Some(err(ErrorCode::BadRequest, format!("lvb_hex: {e}"))),
+        let (all, wanted): (bool, Vec<(String, Name)>) = match leases {
+            Leases::All => (true, Vec::new()),
+            Leases::These(v) if v.is_empty() => {
+                return Some(err(ErrorCode::BadRequest, "give either resources or all"))
+            }
+            Leases::These(v) => (
+                false,
+                v.iter().map(|l| (l.lockspace.escaped(), l.name)).collect(),
+            ),
         };
-        if all != resources.is_empty() {
-            return Some(err(ErrorCode::BadRequest, "give either resources or all"));
-        }
-        if lvb.is_some() && resources.len() != 1 {
+        if lvb.is_some() && wanted.len() != 1 {
             return Some(err(
                 ErrorCode::BadRequest,
                 "an LVB is written for exactly one resource",
             ));
-        }
-        let mut wanted: Vec<(String, Name)> = Vec::new();
-        for r in resources {
-            let (ls, name) = match r.split_once(':') {
-                Some((a, b)) => (a.to_owned(), b),
-                None => {
-                    return Some(err(
-                        ErrorCode::BadRequest,
-                        format!("{r:?}: expected LOCKSPACE:RESOURCE"),
-                    ))
-                }
-            };
-            match Name::new(name) {
-                Ok(n) => wanted.push((ls, n)),
-                Err(e) => return Some(err(ErrorCode::BadRequest, format!("{r:?}: {e}"))),
-            }
         }
         for (ls, n) in &wanted {
             if !self
@@ -1648,31 +1719,25 @@ impl Host {
         self.start_release(now, Some(k), mine, lvb)
     }
 
-    /// The lease `LS:NAME` of this client (or of `pid` for privileged clients).
+    /// The lease `lease` of the holder.
     fn own_lease(
         &mut self,
         k: ClientKey,
-        resource: &str,
-        pid: Option<i32>,
+        lease: &LeaseRef,
+        holder: Holder,
     ) -> Result<usize, Reply> {
-        let (pid, on_behalf) = self.privileged_pid(k, pid)?;
-        let Some((ls, name)) = resource.split_once(':') else {
-            return Err(err(
-                ErrorCode::BadRequest,
-                format!("{resource:?}: expected LOCKSPACE:RESOURCE"),
-            ));
-        };
-        let name = Name::new(name)
-            .map_err(|e| err(ErrorCode::BadRequest, format!("{resource:?}: {e}")))?;
+        let (me, pid, on_behalf) = self.holder(k, holder)?;
+        let ls = lease.lockspace.escaped();
+        let resource = lease.to_string();
         self.reg
             .iter()
             .position(|l| {
                 l.space == ls
-                    && l.resource == name
+                    && l.resource == lease.name
                     && if on_behalf {
                         l.pid == pid
                     } else {
-                        l.owner == Owner::Conn(k)
+                        l.owner == Owner::Conn(me)
                     }
             })
             .ok_or_else(|| {
@@ -1683,17 +1748,16 @@ impl Host {
             })
     }
 
-    pub fn convert(
+    fn convert(
         &mut self,
-        now: Time,
         k: ClientKey,
-        resource: &str,
+        lease: &LeaseRef,
         shared: bool,
-        pid: Option<i32>,
+        holder: Holder,
         no_wait: bool,
     ) -> Option<Reply> {
-        self.at(now);
-        let i = match self.own_lease(k, resource, pid) {
+        let resource = lease.to_string();
+        let i = match self.own_lease(k, lease, holder) {
             Ok(i) => i,
             Err(r) => return Some(r),
         };
@@ -1745,14 +1809,17 @@ impl Host {
         }
     }
 
-    pub fn lvb_get(&mut self, now: Time, k: ClientKey, resource: &str, pid: Option<i32>) -> Reply {
-        self.at(now);
-        let i = match self.own_lease(k, resource, pid) {
+    fn lvb_get(&mut self, k: ClientKey, lease: &LeaseRef, holder: Holder) -> Reply {
+        let resource = lease.to_string();
+        let i = match self.own_lease(k, lease, holder) {
             Ok(i) => i,
             Err(r) => return r,
         };
         match &self.reg[i].held.acquired.lvb {
-            Some(v) => Reply::Ok(json!({"resource": resource, "lvb_hex": hex(v)})),
+            Some(v) => Reply::Done(Done::Lvb {
+                resource,
+                value: v.clone(),
+            }),
             None => err(
                 ErrorCode::BadRequest,
                 format!("{resource} was acquired without reading its LVB (acquire with lvb)"),
@@ -1760,22 +1827,11 @@ impl Host {
         }
     }
 
-    pub fn lvb_set(
-        &mut self,
-        now: Time,
-        k: ClientKey,
-        resource: &str,
-        value: &str,
-        pid: Option<i32>,
-    ) -> Reply {
-        self.at(now);
-        let i = match self.own_lease(k, resource, pid) {
+    fn lvb_set(&mut self, k: ClientKey, lease: &LeaseRef, v: &[u8], holder: Holder) -> Reply {
+        let resource = lease.to_string();
+        let i = match self.own_lease(k, lease, holder) {
             Ok(i) => i,
             Err(r) => return r,
-        };
-        let v = match unhex(value) {
-            Ok(v) => v,
-            Err(e) => return err(ErrorCode::BadRequest, format!("lvb: {e}")),
         };
         let l = &self.reg[i];
         let ss = l.held.target.geometry.sector_size_bytes() as usize;
@@ -1791,23 +1847,15 @@ impl Host {
                 format!("{resource}: no LVB in this geometry: {e}"),
             );
         }
-        self.reg[i].lvb_to_write = Some(v);
-        Reply::Ok(json!({"resource": resource, "written_at_release": true}))
+        self.reg[i].lvb_to_write = Some(v.to_vec());
+        Reply::Done(Done::LvbSet { resource })
     }
 
-    pub fn inquire(
-        &mut self,
-        now: Time,
-        k: ClientKey,
-        pid: Option<i32>,
-        target: Option<ClientKey>,
-    ) -> Reply {
-        self.at(now);
-        let (pid, on_behalf) = match self.resolve(k, pid, target) {
+    fn inquire(&mut self, k: ClientKey, holder: Holder) -> Reply {
+        let (me, pid, on_behalf) = match self.holder(k, holder) {
             Ok(x) => x,
             Err(r) => return r,
         };
-        let me = target.unwrap_or(k);
         let mine: Vec<&Lease> = self
             .reg
             .iter()
@@ -1825,49 +1873,60 @@ impl Host {
             .map(|l| l.state_string())
             .collect::<Vec<_>>()
             .join(" ");
-        Reply::Ok(json!({
-            "leases": mine.iter().map(|l| l.json()).collect::<Vec<_>>(),
-            "state": state,
-        }))
+        Reply::Done(Done::Leases {
+            leases: mine.iter().map(|l| l.view()).collect(),
+            state,
+        })
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use tenure_core::paxos::Fault;
 
     fn reply_of(e: OpError) -> ErrorReply {
         match op_error_reply(Name::new("r").expect("name"), &e) {
             Reply::Error(r) => r,
-            Reply::Ok(v) => panic!("not an error: {v}"),
+            Reply::Done(d) => panic!("not an error: {d:?}"),
         }
+    }
+
+    fn fault_of(r: &ErrorReply) -> Option<Fault> {
+        r.details.as_ref().and_then(|d| d.fault)
     }
 
     #[test]
     fn every_failure_is_reported_with_its_fault_and_a_stall_is_not_damage() {
         let r = reply_of(OpError::Paxos(PaxosError::Stalled("acquire")));
         assert_eq!(r.code, ErrorCode::Failed);
-        assert_eq!(r.details.as_ref().expect("details")["fault"], "internal");
+        assert_eq!(fault_of(&r), Some(Fault::Internal));
         let r = reply_of(OpError::Paxos(PaxosError::Corrupt("bad magic".into())));
         assert_eq!(r.code, ErrorCode::Corrupt);
-        assert_eq!(r.details.as_ref().expect("details")["fault"], "damaged");
+        assert_eq!(fault_of(&r), Some(Fault::Damaged));
         let r = reply_of(OpError::Paxos(PaxosError::OwnerAlive {
             host_id: 2,
             generation: 7,
         }));
         assert_eq!(r.code, ErrorCode::OwnerAlive);
-        let d = r.details.expect("details");
+        let d = r.details.clone().expect("details");
         assert_eq!(
-            (d["host_id"].clone(), d["fault"].clone()),
-            (json!(2), json!("contention"))
+            (d.host_id, d.generation, d.fault),
+            (Some(2), Some(7), Some(Fault::Contention))
+        );
+        // The native bytes: the same keys as protocol version 1 always sent.
+        let wire = serde_json::to_string(&crate::proto::Reply::Error(r)).expect("json");
+        assert!(
+            wire.contains(r#""details":{"fault":"contention","generation":7,"host_id":2}"#),
+            "{wire}"
         );
         let r = reply_of(OpError::LockspaceLost);
         assert_eq!(r.code, ErrorCode::LockspaceLost);
-        assert_eq!(r.details.expect("details")["fault"], "storage");
+        assert_eq!(fault_of(&r), Some(Fault::Storage));
         let r = reply_of(OpError::Paxos(PaxosError::HostIdAboveNumHosts {
             host_id: 9,
             num_hosts: 8,
         }));
-        assert_eq!(r.details.expect("details")["fault"], "configuration");
+        assert_eq!(fault_of(&r), Some(Fault::Configuration));
     }
 }

@@ -14,7 +14,6 @@
 //!
 //! No I/O: the server decides with it and then acts.
 
-use serde_json::json;
 use tenure_core::lockspace::{HeldResource, OpId};
 use tenure_format::Name;
 
@@ -117,25 +116,26 @@ impl Lease {
         )
     }
 
-    /// The native protocol's lease object.
-    pub fn json(&self) -> serde_json::Value {
-        json!({
-            "lockspace": self.space,
-            "resource": self.resource.escaped(),
-            "path": self.location.0,
-            "offset": self.location.1,
-            "lver": self.held.acquired.lver,
-            "shared": self.held.acquired.shared,
-            "pid": self.pid,
-            "client": self.client_name,
-            "owner": match self.owner {
+    /// The lease as replies and `status` show it.
+    pub fn view(&self) -> super::reply::LeaseView {
+        super::reply::LeaseView {
+            lockspace: self.space.clone(),
+            resource: self.resource.escaped(),
+            path: self.location.0.clone(),
+            offset: self.location.1,
+            lver: self.held.acquired.lver,
+            shared: self.held.acquired.shared,
+            pid: self.pid,
+            client: self.client_name.clone(),
+            owner: match self.owner {
                 Owner::Conn(_) => "connection",
                 Owner::Pid(_) => "pid",
                 Owner::Orphan => "orphan (release failed)",
             },
-            "acquired_unix_ms": self.acquired_unix_ms,
-            "state": self.state_string(),
-        })
+            acquired_unix_ms: self.acquired_unix_ms,
+            state: self.state_string(),
+            lvb_hex: None,
+        }
     }
 }
 

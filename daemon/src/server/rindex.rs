@@ -8,7 +8,6 @@
 
 use std::path::Path;
 
-use serde_json::json;
 use tenure_core::direct::rindex::{self, Rindex, RindexError};
 use tenure_core::direct::{BackendKind, FormatOptions};
 use tenure_core::lockspace::{AcquireOptions, HeldResource, ResourceTarget};
@@ -16,8 +15,10 @@ use tenure_format::{AlignSize, Name, RindexSpec, SectorSize};
 
 use super::{err, ClientKey, Deferred, FrontOp, JobReply, LockspaceState, Server};
 use crate::host::admission::{InFlight, ResourceKey};
+use crate::host::command::RindexCommand;
+use crate::host::reply::{Done, Reply, RindexDone};
 use crate::host::Pending;
-use crate::proto::{ErrorCode, ErrorReply, Reply, Request, RindexAction};
+use crate::proto::{Details, ErrorCode, ErrorReply, RindexAction};
 use tenure_core::lockspace::{OpId, OpOutcome};
 
 /// One rindex request, parsed.
@@ -48,7 +49,10 @@ fn rindex_error(e: &RindexError) -> Reply {
     Reply::Error(ErrorReply {
         code,
         message: e.to_string(),
-        details: Some(json!({"sanlock_result": e.sanlock_result()})),
+        details: Some(Details {
+            sanlock_result: Some(e.sanlock_result()),
+            ..Details::default()
+        }),
     })
 }
 
@@ -82,7 +86,7 @@ impl RindexJob {
                 backend: BackendKind::Auto,
             };
             return match rindex::format(path, rx, ls, self.max_resources, opts) {
-                Ok(r) => Reply::Ok(json!({"formatted": true, "geometry": r.geometry})),
+                Ok(r) => Reply::Done(Done::Rindex(RindexDone::Formatted(r.geometry))),
                 Err(e) => rindex_error(&e),
             };
         }
@@ -93,27 +97,41 @@ impl RindexJob {
         let name = self.name;
         let need_name =
             || name.ok_or_else(|| RindexError::Usage("this action needs a resource name".into()));
-        let r = match self.action {
-            RindexAction::Format => unreachable!("handled above"),
-            RindexAction::Lookup => ix
-                .lookup(name.as_ref(), self.offset)
-                .map(|e| json!({"name": e.name.escaped(), "offset": e.offset})),
-            RindexAction::Add => need_name()
-                .and_then(|n| ix.add(&n, self.offset).map(|()| n))
-                .map(|n| json!({"name": n.escaped(), "offset": self.offset})),
-            RindexAction::Remove => ix
-                .remove(self.offset)
-                .map(|()| json!({"removed": self.offset})),
-            RindexAction::Create => need_name()
-                .and_then(|n| ix.create(&n, self.num_hosts).map(|o| (n, o)))
-                .map(|(n, o)| json!({"name": n.escaped(), "offset": o})),
-            RindexAction::Delete => need_name()
-                .and_then(|n| ix.delete(&n).map(|o| (n, o)))
-                .map(|(n, o)| json!({"deleted": n.escaped(), "offset": o})),
-            RindexAction::Rebuild => ix.rebuild().map(|n| json!({"entries": n})),
-        };
+        let r =
+            match self.action {
+                RindexAction::Format => unreachable!("handled above"),
+                RindexAction::Lookup => {
+                    ix.lookup(name.as_ref(), self.offset)
+                        .map(|e| RindexDone::Entry {
+                            name: e.name.escaped(),
+                            offset: e.offset,
+                        })
+                }
+                RindexAction::Add => need_name()
+                    .and_then(|n| ix.add(&n, self.offset).map(|()| n))
+                    .map(|n| RindexDone::Entry {
+                        name: n.escaped(),
+                        offset: self.offset,
+                    }),
+                RindexAction::Remove => ix
+                    .remove(self.offset)
+                    .map(|()| RindexDone::Removed(self.offset)),
+                RindexAction::Create => need_name()
+                    .and_then(|n| ix.create(&n, self.num_hosts).map(|o| (n, o)))
+                    .map(|(n, o)| RindexDone::Created {
+                        name: n.escaped(),
+                        offset: o,
+                    }),
+                RindexAction::Delete => need_name()
+                    .and_then(|n| ix.delete(&n).map(|o| (n, o)))
+                    .map(|(n, o)| RindexDone::Deleted {
+                        name: n.escaped(),
+                        offset: o,
+                    }),
+                RindexAction::Rebuild => ix.rebuild().map(|n| RindexDone::Rebuilt(n as u64)),
+            };
         match r {
-            Ok(v) => Reply::Ok(v),
+            Ok(v) => Reply::Done(Done::Rindex(v)),
             Err(e) => rindex_error(&e),
         }
     }
@@ -121,39 +139,17 @@ impl RindexJob {
 
 impl Server {
     /// A rindex request (native or translated from sanlock).
-    pub(super) fn rindex(&mut self, k: ClientKey, req: &Request) -> Option<Reply> {
-        let Request::Rindex {
-            rindex,
-            action,
-            name,
-            offset,
-            num_hosts,
-            max_resources,
-            sector_size,
-            align_mb,
-            no_lockspace,
-        } = req
-        else {
-            return Some(err(ErrorCode::Failed, "internal: not a rindex request"));
-        };
-        let spec = match RindexSpec::parse(rindex) {
-            Ok(s) => s,
-            Err(e) => return Some(err(ErrorCode::BadRequest, format!("rindex: {e}"))),
-        };
-        let name = match name.as_deref().filter(|n| !n.is_empty()).map(Name::new) {
-            None => None,
-            Some(Ok(n)) => Some(n),
-            Some(Err(e)) => return Some(err(ErrorCode::BadRequest, format!("name: {e}"))),
-        };
+    pub(super) fn rindex(&mut self, k: ClientKey, req: RindexCommand) -> Option<Reply> {
+        let (action, no_lockspace) = (req.action, req.no_lockspace);
         let job = RindexJob {
-            spec,
-            action: *action,
-            name,
-            offset: offset.unwrap_or(0),
-            num_hosts: num_hosts.unwrap_or(0),
-            max_resources: max_resources.unwrap_or(0),
-            sector_size: *sector_size,
-            align_mb: *align_mb,
+            spec: req.spec.clone(),
+            action,
+            name: req.name,
+            offset: req.offset,
+            num_hosts: req.num_hosts,
+            max_resources: req.max_resources,
+            sector_size: req.sector_size,
+            align_mb: req.align_mb,
         };
         let locked = matches!(
             action,
@@ -184,7 +180,7 @@ impl Server {
         );
         if !self.ensure_probed(std::slice::from_ref(&key)) {
             let c = self.conn(k)?;
-            c.deferred = Some(Deferred::Native(req.clone()));
+            c.deferred = Some(Deferred::Rindex(req));
             return None;
         }
         let geometry = match self.host.area(&key) {
@@ -199,7 +195,10 @@ impl Server {
                 return Some(Reply::Error(ErrorReply {
                     code,
                     message: format!("resource index at {}:{}: {e}", key.0.display(), key.1),
-                    details: Some(json!({"sanlock_result": result})),
+                    details: Some(Details {
+                        sanlock_result: Some(result),
+                        ..Details::default()
+                    }),
                 }));
             }
             None => return Some(err(ErrorCode::Io, "probe failed")),

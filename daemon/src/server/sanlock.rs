@@ -9,9 +9,11 @@
 //! pid; input sanlock ignores is ignored the same way (no reply, connection kept); nothing a
 //! client sends can panic the daemon.
 
-use super::{ClientKey, Deferred, JobReply, LockspaceState, Owner, Proto, Server};
+use super::{ClientKey, JobReply, LockspaceState, Owner, Proto, Server};
+use crate::host::command::{Command, Holder, Leases, RindexCommand};
+use crate::host::reply::{Done, Reply, RindexDone};
 use crate::host::Pending;
-use crate::proto::{ErrorCode, Reply, Request};
+use crate::proto::ErrorCode;
 use crate::sanlock_wire::{self as w, cmd, flags, rv, Body, Header, Parsed};
 use std::os::fd::AsRawFd;
 use std::os::unix::net::UnixStream;
@@ -20,8 +22,10 @@ use nix::sys::socket::MsgFlags;
 use tenure_core::delta::{HostEvent, ReceivedEvent};
 use tenure_core::direct::{self, BackendKind, DirectError, FormatOptions};
 use tenure_core::lockspace::{EventError, SetEvent};
-use tenure_format::spec::escape_field as esc;
-use tenure_format::{AlignSize, LockspaceSpec, Name, ResourceSpec, SectorSize};
+use tenure_format::{
+    AlignSize, DiskLocation, LeaseRef, LockspaceSpec, Name, ResourceMode, ResourceSpec, RindexSpec,
+    SectorSize,
+};
 
 /// Per-connection state of a sanlock client.
 #[derive(Debug, Default)]
@@ -34,18 +38,48 @@ pub(super) struct SanlockConn {
     pub close_after: bool,
 }
 
-/// Builds the spec string of a resource: `LS:NAME:PATH:OFFSET[:PATH:OFFSET...][:LVER|:SH]`.
-fn resource_spec(r: &w::Resource) -> String {
-    let mut s = format!("{}:{}", esc(&r.lockspace), esc(&r.name));
-    for d in &r.disks {
-        s.push_str(&format!(":{}:{}", esc(&d.path), d.offset));
+/// A name from the wire (EINVAL when it is not one).
+fn wire_name(text: &str) -> Result<Name, i32> {
+    Name::new(text).map_err(|_| rv::EINVAL)
+}
+
+/// A wire resource as the host's resource spec, field by field (EINVAL for what the native
+/// protocol's parser refuses too: a bad name, no disk or more than four, an empty path).
+fn spec_of(r: &w::Resource) -> Result<ResourceSpec, i32> {
+    if r.disks.is_empty()
+        || r.disks.len() > tenure_format::spec::DISKS_MAX
+        || r.disks.iter().any(|d| d.path.is_empty())
+    {
+        return Err(rv::EINVAL);
     }
-    if r.flags & flags::RES_SHARED != 0 {
-        s.push_str(":SH");
+    let mode = if r.flags & flags::RES_SHARED != 0 {
+        ResourceMode::Shared
     } else if r.flags & flags::RES_LVER != 0 {
-        s.push_str(&format!(":{}", r.lver));
-    }
-    s
+        ResourceMode::ExclusiveAtLver(r.lver)
+    } else {
+        ResourceMode::Exclusive
+    };
+    Ok(ResourceSpec {
+        lockspace: wire_name(&r.lockspace)?,
+        name: wire_name(&r.name)?,
+        disks: r
+            .disks
+            .iter()
+            .map(|d| DiskLocation {
+                path: d.path.clone(),
+                offset: d.offset,
+            })
+            .collect(),
+        mode,
+    })
+}
+
+/// The lease a wire resource names.
+fn lease_of(r: &w::Resource) -> Result<LeaseRef, i32> {
+    Ok(LeaseRef {
+        lockspace: wire_name(&r.lockspace)?,
+        name: wire_name(&r.name)?,
+    })
 }
 
 /// The sanlock result for an error of the native layer, for command `c`.
@@ -176,7 +210,7 @@ impl Server {
             return self.sanlock_rindex_reply(k, h, r);
         }
         match r {
-            Reply::Ok(_) => self.sanlock_send(k, h, 0, 0, &[]),
+            Reply::Done(_) => self.sanlock_send(k, h, 0, 0, &[]),
             Reply::Error(e) => {
                 let result = result_of(h.cmd, e.code);
                 tracing::debug!(cmd = h.cmd, result, error = %e.message, "sanlock client request failed");
@@ -225,13 +259,17 @@ impl Server {
                 if ls.name.is_empty() || ls.host_id == 0 || ls.disk.path.is_empty() {
                     return done(self, rv::EINVAL);
                 }
-                let spec = format!(
-                    "{}:{}:{}:{}",
-                    esc(&ls.name),
-                    ls.host_id,
-                    esc(&ls.disk.path),
-                    ls.disk.offset
-                );
+                let Ok(name) = wire_name(&ls.name) else {
+                    return done(self, rv::EINVAL);
+                };
+                let spec = LockspaceSpec {
+                    name,
+                    host_id: ls.host_id,
+                    disk: DiskLocation {
+                        path: ls.disk.path.clone(),
+                        offset: ls.disk.offset,
+                    },
+                };
                 if let Some(i) = self.space_index(&ls.name) {
                     let s = &self.host.spaces[i].spec;
                     let same = s.host_id == ls.host_id
@@ -253,7 +291,12 @@ impl Server {
                 let wait = h.cmd_flags & flags::ADD_ASYNC == 0;
                 // data = io_timeout (0 = the daemon's).
                 let t = (h.data != 0).then_some(u64::from(h.data));
-                if let Some(r) = self.request_lockspace_add(Some(k), &spec, wait, t) {
+                let cmd = Command::LockspaceAdd {
+                    spec,
+                    wait,
+                    io_timeout_s: t,
+                };
+                if let Some(r) = self.execute(k, cmd) {
                     self.sanlock_reply(k, r);
                 }
             }
@@ -307,7 +350,10 @@ impl Server {
                     }
                     return;
                 }
-                if let Some(r) = self.lockspace_remove(k, &ls.name, wait) {
+                let Ok(name) = wire_name(&ls.name) else {
+                    return done(self, rv::EINVAL);
+                };
+                if let Some(r) = self.execute(k, Command::LockspaceRemove { name, wait }) {
                     self.sanlock_reply(k, r);
                 }
             }
@@ -401,13 +447,19 @@ impl Server {
                 if res.is_empty() {
                     return done(self, 0);
                 }
-                let req = Request::Acquire {
-                    resources: res.iter().map(resource_spec).collect(),
+                let resources = match res.iter().map(spec_of).collect() {
+                    Ok(v) => v,
+                    Err(e) => return done(self, e),
+                };
+                let cmd = Command::Acquire {
+                    resources,
                     no_wait: h.cmd_flags & flags::ACQUIRE_OWNER_NOWAIT != 0,
                     lvb: h.cmd_flags & flags::ACQUIRE_LVB != 0,
-                    pid: None,
+                    holder: Holder::Client(target),
                 };
-                self.sanlock_acquire(k, req, target);
+                if let Some(r) = self.execute(k, cmd) {
+                    self.sanlock_reply(k, r);
+                }
             }
             (cmd::RELEASE, Body::Resources(res)) => {
                 let target = match self.sanlock_target(k, h.data2) {
@@ -425,17 +477,21 @@ impl Server {
                 if all && !self.host.reg.iter().any(|l| l.owner == Owner::Conn(target)) {
                     return done(self, 0);
                 }
-                let names: Vec<String> = if all {
-                    Vec::new()
+                let leases = if all {
+                    Leases::All
                 } else {
-                    res.iter()
-                        .map(|r| format!("{}:{}", r.lockspace, r.name))
-                        .collect()
+                    match res.iter().map(lease_of).collect::<Result<Vec<_>, _>>() {
+                        Ok(v) if v.is_empty() => return done(self, 0),
+                        Ok(v) => Leases::These(v),
+                        Err(e) => return done(self, e),
+                    }
                 };
-                if !all && names.is_empty() {
-                    return done(self, 0);
-                }
-                if let Some(r) = self.release(Some(target), k, &names, all, None, None) {
+                let cmd = Command::Release {
+                    leases,
+                    holder: Holder::Client(target),
+                    lvb: None,
+                };
+                if let Some(r) = self.execute(k, cmd) {
                     self.sanlock_reply(k, r);
                 }
             }
@@ -531,19 +587,20 @@ impl Server {
                 } else {
                     u64::from(h.data2)
                 };
-                let spec = format!(
-                    "{}:0:{}:{}",
-                    esc(&ls.name),
-                    esc(&ls.disk.path),
-                    ls.disk.offset
-                );
+                let Ok(name) = wire_name(&ls.name) else {
+                    return done(self, rv::EINVAL);
+                };
+                let spec = LockspaceSpec {
+                    name,
+                    host_id: 0,
+                    disk: DiskLocation {
+                        path: ls.disk.path.clone(),
+                        offset: ls.disk.offset,
+                    },
+                };
                 self.sanlock_job(k, h, move || {
-                    let r = LockspaceSpec::parse(&spec)
-                        .map_err(|_| rv::EINVAL)
-                        .and_then(|spec| {
-                            direct::format_lockspace(&spec, opts, io_timeout)
-                                .map_err(|e| direct_rv(&e))
-                        });
+                    let r = direct::format_lockspace(&spec, opts, io_timeout)
+                        .map_err(|e| direct_rv(&e));
                     JobReply::Sanlock(r.map_or_else(|e| e, |_| 0), 0, Vec::new())
                 });
             }
@@ -557,27 +614,25 @@ impl Server {
                 };
                 // The daemon takes num_hosts from `data` (spec §4.3); 0 = every host.
                 let num_hosts = (h.data != 0).then_some(u64::from(h.data));
-                let spec = resource_spec(&w::Resource { flags: 0, ..r });
+                let spec = match spec_of(&w::Resource { flags: 0, ..r }) {
+                    Ok(s) => s,
+                    Err(e) => return done(self, e),
+                };
                 self.sanlock_job(k, h, move || {
-                    let r = ResourceSpec::parse(&spec)
-                        .map_err(|_| rv::EINVAL)
-                        .and_then(|spec| {
-                            direct::format_resource(&spec, opts, num_hosts)
-                                .map_err(|e| direct_rv(&e))
-                        });
+                    let r =
+                        direct::format_resource(&spec, opts, num_hosts).map_err(|e| direct_rv(&e));
                     JobReply::Sanlock(r.map_or_else(|e| e, |_| 0), 0, Vec::new())
                 });
             }
             (cmd::READ_RESOURCE_OWNERS, Body::ResourceWithDisks(r)) => {
-                let spec = resource_spec(&w::Resource {
+                let spec = match spec_of(&w::Resource {
                     flags: 0,
                     ..r.clone()
-                });
+                }) {
+                    Ok(s) => s,
+                    Err(e) => return done(self, e),
+                };
                 self.sanlock_job(k, h, move || {
-                    let spec = match ResourceSpec::parse(&spec) {
-                        Ok(s) => s,
-                        Err(_) => return JobReply::Sanlock(rv::EINVAL, 0, Vec::new()),
-                    };
                     match direct::owners(&spec, BackendKind::Sync) {
                         Ok(reports) => {
                             let Some(o) = reports.first().map(|rep| &rep.owners) else {
@@ -688,8 +743,11 @@ impl Server {
                 } else {
                     Some(r.lver)
                 };
-                let spec = resource_spec(&w::Resource { flags: 0, ..r });
-                if let Some(reply) = self.start_request(k, &spec, lver, h.data, true) {
+                let spec = match spec_of(&w::Resource { flags: 0, ..r }) {
+                    Ok(s) => s,
+                    Err(e) => return done(self, e),
+                };
+                if let Some(reply) = self.start_request(k, spec, lver, h.data, true) {
                     self.sanlock_reply(k, reply);
                 }
             }
@@ -712,10 +770,16 @@ impl Server {
                 if l.held.acquired.shared == want_shared {
                     return done(self, rv::EALREADY);
                 }
-                let name = format!("{}:{}", r.lockspace, r.name);
-                let pid = self.host.client(target).map(|c| c.pid);
-                let no_wait = h.cmd_flags & flags::ACQUIRE_OWNER_NOWAIT != 0;
-                if let Some(reply) = self.convert(k, &name, want_shared, pid, no_wait) {
+                let Ok(lease) = lease_of(r) else {
+                    return done(self, rv::EINVAL);
+                };
+                let cmd = Command::Convert {
+                    lease,
+                    shared: want_shared,
+                    holder: Holder::Client(target),
+                    no_wait: h.cmd_flags & flags::ACQUIRE_OWNER_NOWAIT != 0,
+                };
+                if let Some(reply) = self.execute(k, cmd) {
                     self.sanlock_reply(k, reply);
                 }
             }
@@ -922,8 +986,17 @@ impl Server {
                     flags::CONFIG_UNUSED_BY_ORPHANS => (None, Some(false)),
                     _ => return done(self, rv::EINVAL),
                 };
-                let r = self.lockspace_config(&ls.name, used, by_orphans);
-                self.sanlock_reply(k, r);
+                let Ok(name) = wire_name(&ls.name) else {
+                    return done(self, rv::EINVAL);
+                };
+                let cmd = Command::LockspaceConfig {
+                    name,
+                    used,
+                    used_by_orphans: by_orphans,
+                };
+                if let Some(r) = self.execute(k, cmd) {
+                    self.sanlock_reply(k, r);
+                }
             }
             (c, Body::Rindex(rx, entry)) => {
                 use crate::proto::RindexAction as A;
@@ -945,24 +1018,39 @@ impl Server {
                     Err(e) => return done(self, e),
                 };
                 let entry = entry.unwrap_or_default();
-                let req = Request::Rindex {
-                    rindex: format!(
-                        "{}:{}:{}",
-                        esc(&rx.lockspace),
-                        esc(&rx.disk.path),
-                        rx.disk.offset
-                    ),
+                let invalid =
+                    |me: &mut Server| me.sanlock_send(k, h, rv::EINVAL, 0, &[0; w::RENTRY_LEN]);
+                let (Ok(lockspace), Some(name)) = (
+                    wire_name(&rx.lockspace),
+                    match entry.name.as_str() {
+                        "" => Some(None),
+                        n => wire_name(n).ok().map(Some),
+                    },
+                ) else {
+                    return invalid(self);
+                };
+                if rx.disk.path.is_empty() {
+                    return invalid(self);
+                }
+                let req = RindexCommand {
+                    spec: RindexSpec {
+                        lockspace,
+                        disk: DiskLocation {
+                            path: rx.disk.path.clone(),
+                            offset: rx.disk.offset,
+                        },
+                    },
                     action,
-                    name: Some(entry.name).filter(|n| !n.is_empty()),
-                    offset: Some(entry.offset),
+                    name,
+                    offset: entry.offset,
                     // CREATE takes num_hosts from `data` (as WRITE_RESOURCE does).
-                    num_hosts: Some(u64::from(h.data)),
-                    max_resources: Some(rx.max_resources),
+                    num_hosts: u64::from(h.data),
+                    max_resources: rx.max_resources,
                     sector_size,
                     align_mb,
                     no_lockspace: h.cmd_flags & flags::RX_NO_LOCKSPACE != 0,
                 };
-                if let Some(r) = self.rindex(k, &req) {
+                if let Some(r) = self.rindex(k, req) {
                     self.sanlock_reply(k, r);
                 }
             }
@@ -1029,9 +1117,13 @@ impl Server {
     fn sanlock_rindex_reply(&mut self, k: ClientKey, h: Header, r: Reply) {
         let with_entry = !matches!(h.cmd, cmd::FORMAT_RINDEX | cmd::REBUILD_RINDEX);
         let (result, entry) = match &r {
-            Reply::Ok(v) => {
-                let name = v["name"].as_str().unwrap_or_default().to_owned();
-                let offset = v["offset"].as_u64().unwrap_or(0);
+            Reply::Done(d) => {
+                let (name, offset) = match d {
+                    Done::Rindex(
+                        RindexDone::Entry { name, offset } | RindexDone::Created { name, offset },
+                    ) => (name.clone(), *offset),
+                    _ => (String::new(), 0),
+                };
                 let e = match h.cmd {
                     cmd::LOOKUP_RINDEX => w::Rentry { name, offset },
                     cmd::UPDATE_RINDEX if h.cmd_flags & flags::RXUP_ADD != 0 => {
@@ -1049,8 +1141,7 @@ impl Server {
                 let result = e
                     .details
                     .as_ref()
-                    .and_then(|d| d["sanlock_result"].as_i64())
-                    .and_then(|v| i32::try_from(v).ok())
+                    .and_then(|d| d.sanlock_result)
                     .unwrap_or_else(|| result_of(h.cmd, e.code));
                 tracing::debug!(cmd = h.cmd, result, error = %e.message, "sanlock rindex request failed");
                 (result, w::Rentry::default())
@@ -1208,17 +1299,6 @@ impl Server {
         })
     }
 
-    fn sanlock_acquire(&mut self, k: ClientKey, req: Request, target: ClientKey) {
-        if let Some(r) = self.acquire(k, req.clone(), Some(target)) {
-            self.sanlock_reply(k, r);
-        } else if let Some(c) = self.conn(k) {
-            // Deferred for a probe, or in progress: remember how to re-run it.
-            if c.deferred.is_some() {
-                c.deferred = Some(Deferred::SanlockAcquire(req, target));
-            }
-        }
-    }
-
     /// INQ_LOCKSPACE's result for a lockspace name.
     pub(super) fn sanlock_inq(&self, name: &str) -> i32 {
         match self
@@ -1248,7 +1328,11 @@ impl Server {
             }
             match k {
                 Some(k) => {
-                    if let Some(r) = self.lockspace_remove(k, &name, true) {
+                    let r = match Name::new(&name) {
+                        Ok(name) => self.execute(k, Command::LockspaceRemove { name, wait: true }),
+                        Err(e) => Some(Reply::error(ErrorCode::BadRequest, e.to_string())),
+                    };
+                    if let Some(r) = r {
                         self.sanlock_reply(k, r);
                     }
                 }
