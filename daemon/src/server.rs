@@ -417,7 +417,7 @@ impl Server {
             if !self.rem_after_kill.is_empty() {
                 self.sanlock_rem_after_kill();
             }
-            if self.host.stopping && self.host.ready_to_exit() {
+            if self.host.is_stopping() && self.host.ready_to_exit() {
                 break;
             }
             self.wait_and_serve()?;
@@ -516,7 +516,6 @@ impl Server {
         let now = self.clock.now();
         let timeout = self
             .host
-            .set
             .next_wakeup()
             .map_or(Duration::from_secs(1), |t| t.saturating_since(now))
             .min(Duration::from_secs(1));
@@ -530,7 +529,7 @@ impl Server {
         if let Some((l, _)) = &self.sanlock_listener {
             fds.push(PollFd::new(l.as_fd(), PollFlags::POLLIN));
         }
-        let notify: Option<BorrowedFd<'_>> = self.host.set.notify_fd();
+        let notify: Option<BorrowedFd<'_>> = self.host.engine().notify_fd();
         let base = fds.len();
         if let Some(n) = notify {
             fds.push(PollFd::new(n, PollFlags::POLLIN));
@@ -642,9 +641,9 @@ impl Server {
             tracing::info!("SIGHUP ignored (configuration is read at start-up)");
             return;
         }
-        let held = self.host.reg.len();
+        let held = self.host.leases().len();
         if held > 0 {
-            let pids: Vec<i32> = self.host.reg.iter().map(|l| l.pid).collect();
+            let pids: Vec<i32> = self.host.leases().map(|l| l.pid).collect();
             tracing::error!(
                 leases = held,
                 ?pids,
@@ -1020,10 +1019,10 @@ impl Server {
         let now = self.clock.now();
         let list: Vec<_> = self
             .host
-            .spaces
+            .spaces()
             .iter()
             .map(|s| {
-                let state = self.host.set.state(s.id);
+                let state = self.host.engine().state(s.id);
                 let (state_name, detail) = match &state {
                     Some(LockspaceState::Joining { phase, wait_until }) => (
                         "joining",
@@ -1035,7 +1034,7 @@ impl Server {
                     Some(LockspaceState::Left) => ("left", json!({})),
                     Some(LockspaceState::Idle) | None => ("idle", json!({})),
                 };
-                let history = self.host.set.renewal_history(s.id);
+                let history = self.host.engine().renewal_history(s.id);
                 let last: Vec<_> = history
                     .iter()
                     .rev()
@@ -1056,13 +1055,13 @@ impl Server {
                     "offset": s.spec.disk.offset,
                     "state": state_name,
                     "detail": detail,
-                    "io_timeout_s": self.host.set.config(s.id).map(|c| c.timeouts.io_timeout_s),
+                    "io_timeout_s": self.host.engine().config(s.id).map(|c| c.timeouts.io_timeout_s),
                     // The W assumed for the other hosts, and when one counts as dead (8T + W,
                     // with its own T; ours shown here).
-                    "other_hosts_fire_timeout_s": self.host.set.config(s.id).map(|c| c.timeouts.watchdog_fire_s),
-                    "host_dead_after_s": self.host.set.config(s.id).map(|c| c.timeouts.host_dead().as_secs()),
-                    "renewal_deadline_in_ms": self.host.set.renewal_deadline(s.id).map(|d| d.saturating_since(now).as_millis() as u64),
-                    "leases": self.host.reg.iter().filter(|l| l.space == s.name).count(),
+                    "other_hosts_fire_timeout_s": self.host.engine().config(s.id).map(|c| c.timeouts.watchdog_fire_s),
+                    "host_dead_after_s": self.host.engine().config(s.id).map(|c| c.timeouts.host_dead().as_secs()),
+                    "renewal_deadline_in_ms": self.host.engine().renewal_deadline(s.id).map(|d| d.saturating_since(now).as_millis() as u64),
+                    "leases": self.host.leases().filter(|l| l.space == s.name).count(),
                     "last_renewals": last,
                 })
             })
@@ -1077,8 +1076,8 @@ impl Server {
         let now = self.clock.now();
         let hosts: Vec<_> = self
             .host
-            .set
-            .hosts(self.host.spaces[i].id, now)
+            .engine()
+            .hosts(self.host.spaces()[i].id, now)
             .into_iter()
             .map(|(e, st)| {
                 json!({
@@ -1113,11 +1112,11 @@ impl Server {
             "socket": self.socket_path,
             "clients": clients,
             "lockspaces": self.lockspace_list()["lockspaces"],
-            "leases": self.host.reg.iter().filter(|l| l.joining.is_none()).map(|l| serde_json::to_value(l.view()).unwrap_or_default()).collect::<Vec<_>>(),
-            "operations_in_flight": self.host.set.ops_in_flight(),
+            "leases": self.host.leases().filter(|l| l.joining.is_none()).map(|l| serde_json::to_value(l.view()).unwrap_or_default()).collect::<Vec<_>>(),
+            "operations_in_flight": self.host.engine().ops_in_flight(),
             // Local exclusion: what this host is doing with each resource now (an acquire of
             // it by another client is refused meanwhile: busy, or releasing).
-            "resources_in_flight": self.host.reg.claims().in_flight_all().iter().map(|(k, op)| json!({
+            "resources_in_flight": self.host.in_flight().iter().map(|(k, op)| json!({
                 "lockspace": k.space,
                 "resource": k.name.escaped(),
                 "operation": op,
@@ -1140,8 +1139,8 @@ impl Server {
             .space_index(&spec.lockspace.escaped())
             .map(|i| {
                 self.host
-                    .set
-                    .hosts(self.host.spaces[i].id, now)
+                    .engine()
+                    .hosts(self.host.spaces()[i].id, now)
                     .into_iter()
                     .map(|(e, st)| (e.host_id, e.generation, format!("{st:?}").to_lowercase()))
                     .collect()
@@ -1215,7 +1214,7 @@ impl Server {
     /// on helper threads, and acts on newer requests ([`Server::examined`]).
     fn examine(&mut self, space: &str, resource: Option<Name>) {
         let mut targets: Vec<(Name, String, u64)> = Vec::new();
-        for l in self.host.reg.iter().filter(|l| {
+        for l in self.host.leases().filter(|l| {
             l.space == space
                 && l.owner != Owner::Orphan
                 && l.joining.is_none()
@@ -1258,8 +1257,7 @@ impl Server {
         // hold nothing yet, nor orphans, which have no process.
         let holders: Vec<(u64, i32, Owner)> = self
             .host
-            .reg
-            .iter()
+            .leases()
             .filter(|l| l.space == space && l.resource == resource)
             .filter(|l| l.joining.is_none() && l.owner != Owner::Orphan)
             .map(|l| (l.held.acquired.lver, l.pid, l.owner))
@@ -1331,7 +1329,7 @@ impl Server {
         let space = spec.lockspace.escaped();
         let joined = self.space_index(&space).is_some_and(|i| {
             matches!(
-                self.host.set.state(self.host.spaces[i].id),
+                self.host.engine().state(self.host.spaces()[i].id),
                 Some(LockspaceState::Joined { .. })
             )
         });
@@ -1362,14 +1360,18 @@ impl Server {
     ) {
         if let Ok(Some(owner)) = result {
             if let Some(i) = self.space_index(space) {
-                let id = self.host.spaces[i].id;
+                let id = self.host.spaces()[i].id;
                 let now = self.clock.now();
                 // PROTOCOL "Requests": the owner's bit stays set for 6T.
-                let t = self.host.set.config(id).map_or(self.cfg.io_timeout_s, |c| {
-                    u64::from(c.timeouts.io_timeout_s)
-                });
+                let t = self
+                    .host
+                    .engine()
+                    .config(id)
+                    .map_or(self.cfg.io_timeout_s, |c| {
+                        u64::from(c.timeouts.io_timeout_s)
+                    });
                 let until = now.saturating_add(Duration::from_secs(6 * t));
-                let _ = self.host.set.set_bitmap_bit_until(id, owner, until);
+                let _ = self.host.set_bitmap_bit_until(space, owner, until);
                 tracing::info!(lockspace = %space, owner, "request written; owner's bit set for 6T");
             }
         }

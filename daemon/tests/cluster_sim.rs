@@ -861,7 +861,7 @@ impl World {
             && self.nodes[i]
                 .host
                 .as_ref()
-                .is_some_and(|h| h.spaces.is_empty())
+                .is_some_and(|h| h.spaces().is_empty())
         {
             self.add_lockspace(i);
         }

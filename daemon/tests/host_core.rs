@@ -197,7 +197,7 @@ fn joined_bed() -> Bed {
     assert!(matches!(r, Reply::Done(_)), "{r:?}");
     bed.run_until(Duration::from_secs(60), |h, _| {
         matches!(
-            h.set.state(h.spaces[0].id),
+            h.space_state(&h.spaces()[0]),
             Some(LockspaceState::Joined { .. })
         )
     });

@@ -211,6 +211,17 @@ pub enum Output {
     SpaceGone(String),
 }
 
+/// A local lease's lock value block.
+#[derive(Debug, Clone)]
+pub struct LocalLvb {
+    /// Read at acquire (`None`: acquired without reading it).
+    pub read: Option<Vec<u8>>,
+    /// Set since, to be written at release.
+    pub to_write: Option<Vec<u8>>,
+    /// The lease's sector size (an LVB is at most one sector).
+    pub sector_size: usize,
+}
+
 /// Settings of the host's decisions.
 #[derive(Debug, Clone)]
 pub struct HostConfig {
@@ -229,24 +240,24 @@ pub struct HostConfig {
 pub struct Host {
     cfg: HostConfig,
     /// The lockspaces and their operations (the engine inside).
-    pub set: LockspaceSet,
+    set: LockspaceSet,
     /// The lockspaces added.
-    pub spaces: Vec<Space>,
+    spaces: Vec<Space>,
     /// The leases of this host's clients, and local exclusion.
-    pub reg: Registry,
+    reg: Registry,
     /// Operations in flight.
-    pub pending: HashMap<OpId, Pending>,
+    pending: HashMap<OpId, Pending>,
     /// Who each connected client is.
     clients: HashMap<ClientKey, ClientInfo>,
     /// Devices registered with the engine.
-    pub disks: HashMap<PathBuf, DiskId>,
+    disks: HashMap<PathBuf, DiskId>,
     /// Lease areas probed.
     areas: HashMap<ProbeKey, Result<AreaInfo, String>>,
     sup: Box<dyn Supervision>,
     /// Pids owning leases acquired on their behalf that exited while a conversion ran.
     exited: HashSet<i32>,
     /// Stopping: no new lockspaces or leases; every lockspace is left once no lease is held.
-    pub stopping: bool,
+    stopping: bool,
     /// The last input waits for probes (its command goes to `waiting`).
     deferred: bool,
     /// Commands waiting for probes, given again after each probe.
@@ -398,6 +409,202 @@ impl Host {
     /// The settings.
     pub fn config(&self) -> &HostConfig {
         &self.cfg
+    }
+
+    /// The engine, to read (lockspace states, host tables, renewal history, notify fd).
+    pub fn engine(&self) -> &LockspaceSet {
+        &self.set
+    }
+
+    /// The lockspaces added, in the order they were.
+    pub fn spaces(&self) -> &[Space] {
+        &self.spaces
+    }
+
+    /// The lockspace state of an added lockspace.
+    pub fn space_state(&self, s: &Space) -> Option<LockspaceState> {
+        self.set.state(s.id)
+    }
+
+    /// Every lease of this host's clients (granted, joining a shared hold, or orphaned).
+    pub fn leases(&self) -> std::slice::Iter<'_, Lease> {
+        self.reg.iter()
+    }
+
+    /// Local operations in flight per resource (`status`).
+    pub fn in_flight(&self) -> Vec<(&ResourceKey, InFlight)> {
+        self.reg.claims().in_flight_all()
+    }
+
+    /// Stopping: no new lockspaces or leases.
+    pub fn is_stopping(&self) -> bool {
+        self.stopping
+    }
+
+    /// Any operation of `space` still running (acquires, conversions, releases, the front
+    /// end's own).
+    pub fn space_busy(&self, space: &str) -> bool {
+        self.pending.values().any(|p| match p {
+            Pending::Release { leases, .. } => leases.iter().any(|l| l.space == space),
+            Pending::Acquire { space: s, .. }
+            | Pending::Convert { space: s, .. }
+            | Pending::Front { space: s } => s == space,
+        })
+    }
+
+    /// The engine's disk for a device path, once probed.
+    pub fn disk_of(&self, path: &std::path::Path) -> Option<DiskId> {
+        self.disks.get(path).copied()
+    }
+
+    /// Refuses new lockspaces and leases from now on (sanlock's SHUTDOWN: the front end
+    /// decides when to leave).
+    pub fn refuse_new_work(&mut self) {
+        self.stopping = true;
+    }
+
+    /// Leaves a lockspace at once, without a waiter (sanlock's asynchronous removal after
+    /// its holders were killed).
+    pub fn leave_now(&mut self, now: Time, name: &str) {
+        self.at(now);
+        if let Some(i) = self.space_index(name) {
+            let id = self.spaces[i].id;
+            let _ = self.set.leave(id, now);
+        }
+    }
+
+    /// Sets a host event in `space` (sanlock's SET_EVENT).
+    pub fn set_event(
+        &mut self,
+        now: Time,
+        space: &str,
+        req: tenure_core::lockspace::SetEvent,
+    ) -> Option<Result<(), tenure_core::lockspace::EventError>> {
+        self.at(now);
+        let i = self.space_index(space)?;
+        Some(self.set.set_event(self.spaces[i].id, req, now))
+    }
+
+    /// Sets `host_id`'s bit in our bitmap of `space` until `until` (requests).
+    pub fn set_bitmap_bit_until(&mut self, space: &str, host_id: u64, until: Time) -> bool {
+        match self.space_index(space) {
+            Some(i) => self
+                .set
+                .set_bitmap_bit_until(self.spaces[i].id, host_id, until)
+                .is_ok(),
+            None => false,
+        }
+    }
+
+    /// The LVB of a lease held on this host by any client (sanlock's GET_LVB acts on the
+    /// host's lease, whoever holds it).
+    pub fn local_lvb(&self, lease: &LeaseRef) -> Option<LocalLvb> {
+        let i = self.local_lease(lease)?;
+        let l = &self.reg[i];
+        Some(LocalLvb {
+            read: l.held.acquired.lvb.clone(),
+            to_write: l.lvb_to_write.clone(),
+            sector_size: l.held.target.geometry.sector_size_bytes() as usize,
+        })
+    }
+
+    /// Sets the LVB written at release of a lease held on this host by any client (sanlock's
+    /// SET_LVB). The caller checked the size against [`Host::local_lvb`].
+    pub fn set_local_lvb(&mut self, lease: &LeaseRef, value: Vec<u8>) -> bool {
+        match self.local_lease(lease) {
+            Some(i) => {
+                self.reg[i].lvb_to_write = Some(value);
+                true
+            }
+            None => false,
+        }
+    }
+
+    fn local_lease(&self, lease: &LeaseRef) -> Option<usize> {
+        let space = lease.lockspace.escaped();
+        self.reg
+            .iter()
+            .position(|l| l.joining.is_none() && l.space == space && l.resource == lease.name)
+    }
+
+    /// Starts an acquire of a lease the front end holds itself (the resource index's private
+    /// lease) in a joined lockspace, under local exclusion like any other; its result comes
+    /// back as [`Output::OpDone`]. The claim lasts until [`Host::private_end`].
+    pub fn private_acquire(
+        &mut self,
+        now: Time,
+        space: &str,
+        target: ResourceTarget,
+    ) -> Result<OpId, Reply> {
+        self.at(now);
+        let joined = self.space_index(space).filter(|&i| {
+            matches!(
+                self.set.state(self.spaces[i].id),
+                Some(LockspaceState::Joined { .. })
+            ) && self.spaces[i].lost.is_none()
+        });
+        let Some(si) = joined else {
+            return Err(err(
+                ErrorCode::NotFound,
+                format!("lockspace {space} is not joined on this host"),
+            ));
+        };
+        let name = target.name;
+        if let Err((key, r)) = self.reg.admit_acquire(space, &[name], false) {
+            return Err(refusal_reply(&key, r));
+        }
+        match self.set.start_acquire(
+            self.spaces[si].id,
+            vec![target],
+            AcquireOptions::default(),
+            now,
+        ) {
+            Ok(id) => {
+                self.reg
+                    .begin(ResourceKey::new(space, name), InFlight::Acquire);
+                self.pending.insert(
+                    id,
+                    Pending::Front {
+                        space: space.to_owned(),
+                    },
+                );
+                Ok(id)
+            }
+            Err(e) => Err(op_error_reply(name, &e)),
+        }
+    }
+
+    /// Starts the release of a lease the front end held itself; the claim of `op` ends in
+    /// [`Host::private_end`].
+    pub fn private_release(
+        &mut self,
+        now: Time,
+        space: &str,
+        held: HeldResource,
+    ) -> Result<OpId, String> {
+        self.at(now);
+        let name = held.target.name;
+        let i = self
+            .space_index(space)
+            .ok_or_else(|| format!("lockspace {space} gone"))?;
+        let id = self
+            .set
+            .start_release(self.spaces[i].id, vec![(held, None)], now)
+            .map_err(|e| e.to_string())?;
+        self.reg
+            .begin(ResourceKey::new(space, name), InFlight::Release);
+        self.pending.insert(
+            id,
+            Pending::Front {
+                space: space.to_owned(),
+            },
+        );
+        Ok(id)
+    }
+
+    /// The front end's operation `op` on its own lease `name` ended (its claim goes).
+    pub fn private_end(&mut self, space: &str, name: Name, op: InFlight) {
+        self.reg.end(&ResourceKey::new(space, name), op);
     }
 
     fn at(&mut self, now: Time) {

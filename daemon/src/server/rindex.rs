@@ -10,14 +10,13 @@ use std::path::Path;
 
 use tenure_core::direct::rindex::{self, Rindex, RindexError};
 use tenure_core::direct::{BackendKind, FormatOptions};
-use tenure_core::lockspace::{AcquireOptions, HeldResource, ResourceTarget};
+use tenure_core::lockspace::{HeldResource, ResourceTarget};
 use tenure_format::{AlignSize, Name, RindexSpec, SectorSize};
 
 use super::{err, ClientKey, Deferred, FrontOp, JobReply, LockspaceState, Server};
-use crate::host::admission::{InFlight, ResourceKey};
+use crate::host::admission::InFlight;
 use crate::host::command::RindexCommand;
 use crate::host::reply::{Done, Reply, RindexDone};
-use crate::host::Pending;
 use crate::proto::{Details, ErrorCode, ErrorReply, RindexAction};
 use tenure_core::lockspace::{OpId, OpOutcome};
 
@@ -163,17 +162,20 @@ impl Server {
         }
         // The private lease is taken through the joined lockspace of the index.
         let space = job.spec.lockspace.escaped();
-        let Some(si) = self.space_index(&space).filter(|&i| {
-            matches!(
-                self.host.set.state(self.host.spaces[i].id),
-                Some(LockspaceState::Joined { .. })
-            ) && self.host.spaces[i].lost.is_none()
-        }) else {
+        let joined = self.host.spaces().iter().any(|s| {
+            s.name == space
+                && s.lost.is_none()
+                && matches!(
+                    self.host.space_state(s),
+                    Some(LockspaceState::Joined { .. })
+                )
+        });
+        if !joined {
             return Some(err(
                 ErrorCode::NotFound,
                 format!("lockspace {space} is not joined on this host"),
             ));
-        };
+        }
         let key = (
             std::path::PathBuf::from(&job.spec.disk.path),
             job.spec.disk.offset,
@@ -203,7 +205,7 @@ impl Server {
             }
             None => return Some(err(ErrorCode::Io, "probe failed")),
         };
-        let Some(&disk) = self.host.disks.get(&key.0) else {
+        let Some(disk) = self.host.disk_of(&key.0) else {
             return Some(err(ErrorCode::Io, "device not open"));
         };
         let target = ResourceTarget {
@@ -215,25 +217,9 @@ impl Server {
             mirrors: Vec::new(),
         };
         // The private lease is a lease like any other: one local operation at a time.
-        let key = ResourceKey::new(&space, rindex::lease_name());
-        if let Err((key, r)) = self.host.reg.admit_acquire(&space, &[key.name], false) {
-            return Some(crate::host::refusal_reply(&key, r));
-        }
         let now = self.clock.now();
-        match self.host.set.start_acquire(
-            self.host.spaces[si].id,
-            vec![target],
-            AcquireOptions::default(),
-            now,
-        ) {
+        match self.host.private_acquire(now, &space, target) {
             Ok(id) => {
-                self.host.reg.begin(key, InFlight::Acquire);
-                self.host.pending.insert(
-                    id,
-                    Pending::Front {
-                        space: space.clone(),
-                    },
-                );
                 self.front_ops.insert(
                     id,
                     FrontOp::Rindex {
@@ -244,7 +230,7 @@ impl Server {
                 );
                 None
             }
-            Err(e) => Some(crate::host::op_error_reply(rindex::lease_name(), &e)),
+            Err(r) => Some(r),
         }
     }
 
@@ -256,14 +242,15 @@ impl Server {
         job: Box<RindexJob>,
         held: HeldResource,
     ) {
-        let key = ResourceKey::new(&space, rindex::lease_name());
+        let claim = space.clone();
         let started = self.spawn_job(k, move || JobReply::RindexDone {
             space,
             held: Box::new(held),
             reply: job.run(),
         });
         if !started {
-            self.host.reg.end(&key, InFlight::Acquire);
+            self.host
+                .private_end(&claim, rindex::lease_name(), InFlight::Acquire);
             tracing::error!("no helper thread for a rindex operation; its private lease stays held until the next one");
             self.reply(k, err(ErrorCode::Full, "too many direct I/Os in progress"));
         }
@@ -278,28 +265,11 @@ impl Server {
         reply: Reply,
     ) {
         // The job's claim (taken with the acquire) ends; the release takes its own.
-        self.host.reg.end(
-            &ResourceKey::new(space, rindex::lease_name()),
-            InFlight::Acquire,
-        );
+        self.host
+            .private_end(space, rindex::lease_name(), InFlight::Acquire);
         let now = self.clock.now();
-        let started = self.space_index(space).map(|i| {
-            self.host
-                .set
-                .start_release(self.host.spaces[i].id, vec![(held, None)], now)
-        });
-        match started {
-            Some(Ok(id)) => {
-                self.host.reg.begin(
-                    ResourceKey::new(space, rindex::lease_name()),
-                    InFlight::Release,
-                );
-                self.host.pending.insert(
-                    id,
-                    Pending::Front {
-                        space: space.to_owned(),
-                    },
-                );
+        match self.host.private_release(now, space, held) {
+            Ok(id) => {
                 self.front_ops.insert(
                     id,
                     FrontOp::RindexRelease {
@@ -309,8 +279,8 @@ impl Server {
                     },
                 );
             }
-            other => {
-                tracing::warn!(lockspace = %space, error = ?other.map(|r| r.err()), "the resource index's private lease could not be released");
+            Err(e) => {
+                tracing::warn!(lockspace = %space, error = %e, "the resource index's private lease could not be released");
                 self.reply(k, reply);
             }
         }
@@ -325,7 +295,7 @@ impl Server {
             FrontOp::Rindex { client, space, job } => {
                 // The private lease stays claimed while the index job runs under it (until
                 // rindex_done starts its release): no other local operation may take it then.
-                let key = ResourceKey::new(&space, rindex::lease_name());
+                let name = rindex::lease_name();
                 match outcome {
                     OpOutcome::Acquired(mut held) if !held.is_empty() => {
                         self.rindex_locked(client, space, job, held.remove(0));
@@ -333,12 +303,12 @@ impl Server {
                     OpOutcome::Failed {
                         resource, error, ..
                     } => {
-                        self.host.reg.end(&key, InFlight::Acquire);
+                        self.host.private_end(&space, name, InFlight::Acquire);
                         let r = crate::host::op_error_reply(resource, &error);
                         self.reply(client, r);
                     }
                     _ => {
-                        self.host.reg.end(&key, InFlight::Acquire);
+                        self.host.private_end(&space, name, InFlight::Acquire);
                         self.reply(client, err(ErrorCode::Failed, "internal: rindex lease"));
                     }
                 }
@@ -348,10 +318,8 @@ impl Server {
                 space,
                 reply,
             } => {
-                self.host.reg.end(
-                    &ResourceKey::new(&space, rindex::lease_name()),
-                    InFlight::Release,
-                );
+                self.host
+                    .private_end(&space, rindex::lease_name(), InFlight::Release);
                 if let OpOutcome::Failed { error, .. } = &outcome {
                     tracing::warn!(lockspace = %space, error = %error, "the resource index's private lease was not released");
                 }

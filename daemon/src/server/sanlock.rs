@@ -12,7 +12,6 @@
 use super::{ClientKey, JobReply, LockspaceState, Owner, Proto, Server};
 use crate::host::command::{Command, Holder, Leases, RindexCommand};
 use crate::host::reply::{Done, Reply, RindexDone};
-use crate::host::Pending;
 use crate::proto::ErrorCode;
 use crate::sanlock_wire::{self as w, cmd, flags, rv, Body, Header, Parsed};
 use std::os::fd::AsRawFd;
@@ -271,12 +270,12 @@ impl Server {
                     },
                 };
                 if let Some(i) = self.space_index(&ls.name) {
-                    let s = &self.host.spaces[i].spec;
+                    let s = &self.host.spaces()[i].spec;
                     let same = s.host_id == ls.host_id
                         && s.disk.path == ls.disk.path
                         && s.disk.offset == ls.disk.offset;
                     let joining = matches!(
-                        self.host.set.state(self.host.spaces[i].id),
+                        self.host.engine().state(self.host.spaces()[i].id),
                         Some(LockspaceState::Joining { .. })
                     );
                     return done(
@@ -312,14 +311,13 @@ impl Server {
                 let Some(i) = self.space_index(&ls.name) else {
                     return done(self, rv::ENOENT);
                 };
-                if self.host.spaces[i].used {
+                if self.host.spaces()[i].used {
                     return done(self, rv::EBUSY);
                 }
                 let wait = h.cmd_flags & flags::REM_ASYNC == 0;
                 let holders: Vec<i32> = self
                     .host
-                    .reg
-                    .iter()
+                    .leases()
                     .filter(|l| l.space == ls.name && l.pid > 0)
                     .map(|l| l.pid)
                     .collect();
@@ -360,8 +358,8 @@ impl Server {
             (cmd::GET_LOCKSPACES, _) => {
                 let mut payload = Vec::new();
                 let mut n = 0;
-                for s in &self.host.spaces {
-                    let fl = match self.host.set.state(s.id) {
+                for s in self.host.spaces() {
+                    let fl = match self.host.engine().state(s.id) {
                         Some(LockspaceState::Joined { .. }) => 0,
                         Some(LockspaceState::Joining { .. }) => flags::LSF_ADD,
                         _ => flags::LSF_REM,
@@ -387,7 +385,7 @@ impl Server {
                     return done(self, rv::ENOENT);
                 };
                 if !matches!(
-                    self.host.set.state(self.host.spaces[i].id),
+                    self.host.engine().state(self.host.spaces()[i].id),
                     Some(LockspaceState::Joined { .. })
                 ) {
                     return done(self, rv::ENOENT);
@@ -395,7 +393,7 @@ impl Server {
                 let now = self.clock.now();
                 let mut payload = Vec::new();
                 let mut n = 0;
-                for (e, st) in self.host.set.hosts(self.host.spaces[i].id, now) {
+                for (e, st) in self.host.engine().hosts(self.host.spaces()[i].id, now) {
                     if ls.host_id != 0 && e.host_id != ls.host_id {
                         continue;
                     }
@@ -474,7 +472,7 @@ impl Server {
                     return done(self, rv::EINVAL);
                 }
                 let all = h.cmd_flags & flags::REL_ALL != 0;
-                if all && !self.host.reg.iter().any(|l| l.owner == Owner::Conn(target)) {
+                if all && !self.host.leases().any(|l| l.owner == Owner::Conn(target)) {
                     return done(self, 0);
                 }
                 let leases = if all {
@@ -502,8 +500,7 @@ impl Server {
                 };
                 let mine: Vec<String> = self
                     .host
-                    .reg
-                    .iter()
+                    .leases()
                     .filter(|l| l.owner == Owner::Conn(target) && l.joining.is_none())
                     .map(|l| {
                         let lver = if l.held.acquired.shared {
@@ -760,7 +757,7 @@ impl Server {
                     return done(self, rv::EINVAL);
                 };
                 let want_shared = r.flags & flags::RES_SHARED != 0;
-                let Some(l) = self.host.reg.iter().find(|l| {
+                let Some(l) = self.host.leases().find(|l| {
                     l.owner == Owner::Conn(target)
                         && l.space == r.lockspace
                         && l.resource.escaped() == r.name
@@ -784,34 +781,35 @@ impl Server {
                 }
             }
             (cmd::SET_LVB, Body::SetLvb(r, bytes)) => {
-                let Some(i) = self.held_on_host(&r) else {
+                let Ok(lease) = lease_of(&r) else {
                     return done(self, rv::ENOENT);
                 };
-                let l = &mut self.host.reg[i];
-                if l.held.acquired.lvb.is_none() {
+                let Some(lvb) = self.host.local_lvb(&lease) else {
+                    return done(self, rv::ENOENT);
+                };
+                let ss = lvb.sector_size;
+                if lvb.read.is_none() {
                     return done(self, rv::EINVAL);
                 }
-                let ss = l.held.target.geometry.sector_size_bytes() as usize;
                 if bytes.len() > ss.min(4096) {
                     return done(self, rv::E2BIG);
                 }
-                l.lvb_to_write = Some(bytes);
+                self.host.set_local_lvb(&lease, bytes);
                 done(self, 0);
             }
             (cmd::GET_LVB, Body::Resources(rs)) => {
                 let Some(r) = rs.first() else {
                     return done(self, rv::EINVAL);
                 };
-                let Some(i) = self.held_on_host(r) else {
+                let Some(local) = lease_of(r).ok().and_then(|l| self.host.local_lvb(&l)) else {
                     return done(self, rv::ENOENT);
                 };
-                let l = &self.host.reg[i];
-                let Some(lvb) = l.held.acquired.lvb.clone() else {
+                let ss = local.sector_size;
+                let Some(lvb) = local.read else {
                     return done(self, rv::EINVAL);
                 };
                 // The value to be written at release if one was set since, else what was read.
-                let value = l.lvb_to_write.clone().unwrap_or(lvb);
-                let ss = l.held.target.geometry.sector_size_bytes() as usize;
+                let value = local.to_write.unwrap_or(lvb);
                 let len = if h.data2 == 0 {
                     ss
                 } else {
@@ -822,15 +820,14 @@ impl Server {
                 self.sanlock_send(k, h, 0, 0, &payload);
             }
             (cmd::SHUTDOWN | cmd::SHUTDOWN_WAIT, _)
-                if h.data != 0 && !self.host.spaces.is_empty() =>
+                if h.data != 0 && !self.host.spaces().is_empty() =>
             {
                 // Forced: SIGKILL every lease holder (as sanlock does), then leave every
                 // lockspace once their leases are released, then exit. SHUTDOWN_WAIT is
                 // answered at exit.
                 let pids: Vec<i32> = self
                     .host
-                    .reg
-                    .iter()
+                    .leases()
                     .map(|l| l.pid)
                     .filter(|p| *p > 0)
                     .collect();
@@ -847,7 +844,7 @@ impl Server {
                         }
                     }
                 }
-                self.host.stopping = true;
+                self.host.refuse_new_work();
                 if h.cmd == cmd::SHUTDOWN_WAIT {
                     if let Some(c) = self.conn(k) {
                         c.busy = false;
@@ -860,7 +857,7 @@ impl Server {
             }
             (cmd::SHUTDOWN | cmd::SHUTDOWN_WAIT, _) => {
                 // Not forced: refused while any lockspace exists.
-                if !self.host.spaces.is_empty() {
+                if !self.host.spaces().is_empty() {
                     if h.cmd == cmd::SHUTDOWN {
                         // No reply: the connection closes.
                         if let Some(c) = self.conn(k) {
@@ -872,7 +869,7 @@ impl Server {
                     return done(self, rv::EBUSY);
                 }
                 tracing::info!("shutdown asked by a sanlock client");
-                self.host.stopping = true;
+                self.host.refuse_new_work();
                 if h.cmd == cmd::SHUTDOWN_WAIT {
                     let fin = Header {
                         cmd: 0,
@@ -895,7 +892,7 @@ impl Server {
                 };
                 let now = self.clock.now();
                 let mut payload = Vec::new();
-                for (e, st) in self.host.set.hosts(self.host.spaces[i].id, now) {
+                for (e, st) in self.host.engine().hosts(self.host.spaces()[i].id, now) {
                     let text = format!(
                         "last_check={} last_live={} last_req=0 owner_id={} owner_generation={} timestamp={} io_timeout={} owner_name={} status={st:?}",
                         now.as_secs(),
@@ -923,7 +920,7 @@ impl Server {
                     return done(self, rv::ENOSPC);
                 };
                 let mut payload = Vec::new();
-                for r in self.host.set.renewal_history(self.host.spaces[i].id) {
+                for r in self.host.engine().renewal_history(self.host.spaces()[i].id) {
                     let ms =
                         |d: Option<std::time::Duration>| d.map_or(-1, |d| d.as_millis() as i64);
                     let text = format!(
@@ -937,8 +934,8 @@ impl Server {
                 }
                 let t = self
                     .host
-                    .set
-                    .config(self.host.spaces[i].id)
+                    .engine()
+                    .config(self.host.spaces()[i].id)
                     .map_or(0, |c| u32::from(c.timeouts.io_timeout_s));
                 self.sanlock_send(k, h, 0, t, &payload);
             }
@@ -1165,7 +1162,7 @@ impl Server {
         }
         let Some(_) = self.space_index(name).filter(|i| {
             matches!(
-                self.host.set.state(self.host.spaces[*i].id),
+                self.host.engine().state(self.host.spaces()[*i].id),
                 Some(LockspaceState::Joined { .. })
             )
         }) else {
@@ -1233,9 +1230,9 @@ impl Server {
         if name.is_empty() {
             return rv::EINVAL;
         }
-        let Some(i) = self.space_index(name) else {
+        if self.space_index(name).is_none() {
             return rv::ENOENT;
-        };
+        }
         let req = SetEvent {
             host_id: he.host_id,
             event: HostEvent {
@@ -1250,7 +1247,11 @@ impl Server {
             all_hosts: fl & flags::EVENT_ALL_HOSTS != 0,
         };
         let now = self.clock.now();
-        match self.host.set.set_event(self.host.spaces[i].id, req, now) {
+        match self
+            .host
+            .set_event(now, name, req)
+            .unwrap_or(Err(EventError::Unknown))
+        {
             Ok(()) => {
                 tracing::info!(lockspace = %name, host_id = he.host_id, event = he.event, data = he.data, flags = fl, "host event set");
                 0
@@ -1292,20 +1293,13 @@ impl Server {
         }
     }
 
-    /// A lease held on this host (any client) by lockspace and resource name.
-    fn held_on_host(&self, r: &w::Resource) -> Option<usize> {
-        self.host.reg.iter().position(|l| {
-            l.joining.is_none() && l.space == r.lockspace && l.resource.escaped() == r.name
-        })
-    }
-
     /// INQ_LOCKSPACE's result for a lockspace name.
     pub(super) fn sanlock_inq(&self, name: &str) -> i32 {
         match self
             .space_index(name)
-            .map(|i| self.host.set.state(self.host.spaces[i].id))
+            .map(|i| self.host.engine().state(self.host.spaces()[i].id))
         {
-            Some(Some(LockspaceState::Joined { .. })) if !self.host.stopping => 0,
+            Some(Some(LockspaceState::Joined { .. })) if !self.host.is_stopping() => 0,
             Some(Some(LockspaceState::Joining { .. })) => rv::EINPROGRESS,
             Some(Some(LockspaceState::Joined { .. })) => rv::EINPROGRESS,
             _ => rv::ENOENT,
@@ -1316,13 +1310,8 @@ impl Server {
     pub(super) fn sanlock_rem_after_kill(&mut self) {
         let pending = std::mem::take(&mut self.rem_after_kill);
         for (k, name) in pending {
-            let releasing = self.host.pending.values().any(|p| match p {
-                Pending::Release { leases, .. } => leases.iter().any(|l| l.space == name),
-                Pending::Acquire { space, .. }
-                | Pending::Convert { space, .. }
-                | Pending::Front { space } => *space == name,
-            });
-            if self.host.reg.iter().any(|l| l.space == name) || releasing {
+            let releasing = self.host.space_busy(&name);
+            if self.host.leases().any(|l| l.space == name) || releasing {
                 self.rem_after_kill.push((k, name));
                 continue;
             }
@@ -1338,11 +1327,8 @@ impl Server {
                 }
                 None => {
                     // REM_ASYNC: already answered; leave without a waiter.
-                    if let Some(i) = self.space_index(&name) {
-                        let id = self.host.spaces[i].id;
-                        let now = self.clock.now();
-                        let _ = self.host.set.leave(id, now);
-                    }
+                    let now = self.clock.now();
+                    self.host.leave_now(now, &name);
                 }
             }
         }
@@ -1395,7 +1381,7 @@ impl Server {
             };
             let show = match &conn.proto {
                 Proto::Sanlock(sc) => sc.registered,
-                Proto::Native => self.host.reg.iter().any(|l| l.pid == c.pid),
+                Proto::Native => self.host.leases().any(|l| l.pid == c.pid),
             };
             if show {
                 let restrict = c.restrict;
@@ -1409,7 +1395,7 @@ impl Server {
                 );
             }
         }
-        for s in &self.host.spaces {
+        for s in self.host.spaces() {
             let ls = w::Lockspace {
                 name: s.name.clone(),
                 host_id: s.spec.host_id,
@@ -1419,7 +1405,7 @@ impl Server {
                     offset: s.spec.disk.offset,
                 },
             };
-            let list = match self.host.set.state(s.id) {
+            let list = match self.host.engine().state(s.id) {
                 Some(LockspaceState::Joined { .. }) => "spaces",
                 Some(LockspaceState::Joining { .. }) => "add",
                 _ => "rem",
@@ -1433,7 +1419,7 @@ impl Server {
                 &ls.encode(),
             );
         }
-        for l in self.host.reg.iter().filter(|l| l.joining.is_none()) {
+        for l in self.host.leases().filter(|l| l.joining.is_none()) {
             let r = w::Resource {
                 lockspace: l.space.clone(),
                 name: l.resource.escaped(),
