@@ -79,7 +79,7 @@ pub struct TestArgs {
 
 #[derive(Debug, Args)]
 pub struct EmulateArgs {
-    /// Socket to listen on (the test bed uses <device>.sock beside a placeholder device).
+    /// Socket to listen on (the test bed uses `<device>.sock` beside a placeholder device).
     #[arg(long, value_name = "PATH")]
     socket: PathBuf,
     /// Process group to SIGKILL when it fires (the simulated host).

@@ -6,7 +6,7 @@
 //! [`crate::supervise`] carries its effects out on the real host (pidfds, kill paths, the
 //! watchdog device, the fence log), the whole-cluster simulation on simulated ones.
 //!
-//! Call order, per pass (at least once per [`TEST_INTERVAL`], sooner at [`Guard::next_pass`]):
+//! Call order, per pass (at least once per [`TEST_INTERVAL`], sooner at the time [`Guard::pass`] returns):
 //! 1. report what happened: [`Guard::joined`], [`Guard::renewed`], [`Guard::lost`],
 //!    [`Guard::add_holder`], [`Guard::remove_holder`], and holders seen dead
 //!    ([`Guard::holder_died`]; [`Guard::watched`] lists whose death matters now);

@@ -8,14 +8,20 @@
 //! the whole-cluster simulation drive the same `Host`.
 //!
 //! Call order, as quinn-proto's `Connection` has it:
-//! 1. feed inputs, each with `now`: a client command ([`Host::acquire`], [`Host::release`],
-//!    [`Host::convert`], [`Host::lockspace_add`], …), a client's identity
+//! 1. feed inputs, each with `now`: a client's [`command::Command`] ([`Host::execute`]: typed,
+//!    with structured specs; both front ends decode into it), a client's identity
 //!    ([`Host::client_connected`], [`Host::client_mut`], [`Host::client_closed`]), a pid that
-//!    exited ([`Host::pid_exited`]), a probe result ([`Host::probe_done`]);
+//!    exited ([`Host::pid_exited`]), a probe result ([`Host::probe_done`]: the commands waiting
+//!    for it are decided again here), the front end's own lease operations
+//!    ([`Host::private_acquire`], [`Host::private_release`]);
 //! 2. [`Host::step`] at `now`: runs the engine and handles what completed (operation results,
 //!    lockspace events, lockspaces cleared by supervision);
-//! 3. drain [`Host::poll_output`] until `None`: replies to clients and effects to carry out;
+//! 3. drain [`Host::poll_output`] until `None`: replies to clients (typed [`reply::Reply`],
+//!    encoded by each front end) and effects to carry out;
 //! 4. sleep until [`Host::next_wakeup`] or the next input.
+//!
+//! Its state is private: front ends read it through [`Host::spaces`], [`Host::leases`],
+//! [`Host::engine`] and the like, and change it only through the methods above.
 //!
 //! Invariants (asserted by the tests of [`registry`] and by the cluster simulation):
 //! - per resource, one exclusive holder or any number of shared ones, and one operation of
