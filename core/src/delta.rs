@@ -917,3 +917,47 @@ impl HostTable {
             .collect()
     }
 }
+
+#[cfg(test)]
+mod owner_status_tests {
+    use super::*;
+    use std::time::Duration;
+
+    fn seen(host_id: u64, generation: u64, first_seen: Time) -> Option<HostEntry> {
+        Some(HostEntry {
+            host_id,
+            owner_name: Name::new("other").expect("name"),
+            generation,
+            timestamp: 1000,
+            io_timeout: 1,
+            first_seen,
+            last_change: None,
+            bit_for_us: false,
+            event: HostEvent {
+                generation: 0,
+                event: 0,
+                data: 0,
+            },
+            changed: false,
+        })
+    }
+
+    /// A paxos leader names its owner's generation. A host whose table has not seen that
+    /// generation yet (it joined a moment ago, or saw only the owner's earlier life, whose
+    /// slot it may count as long dead) must not call the owner free or dead: found by the
+    /// cluster simulation (docs/simulation.md, fix 2) — undo the `Unknown` arm and this fails.
+    #[test]
+    fn an_owner_unseen_or_seen_only_in_an_older_generation_is_unknown() {
+        let now = Time::ZERO.saturating_add(Duration::from_secs(1000));
+        let mut t = HostTable::new(1, 10);
+        assert_eq!(t.owner_status(2, 5, now), (HostStatus::Unknown, true));
+        // Seen long ago in generation 4 and never renewing since: dead — as generation 4.
+        t.entries = vec![None, seen(2, 4, Time::ZERO)];
+        assert_eq!(t.owner_status(2, 4, now), (HostStatus::Dead, true));
+        // The leader names generation 5, which this table has not seen: not dead.
+        assert_eq!(t.owner_status(2, 5, now), (HostStatus::Unknown, true));
+        // The table has seen a newer generation than the leader's: the owner's status, and
+        // the leader's generation is over.
+        assert_eq!(t.owner_status(2, 3, now), (HostStatus::Dead, false));
+    }
+}

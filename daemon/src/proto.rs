@@ -622,6 +622,18 @@ impl Request {
                 }
             }
             Request::KillPath { path, args } => Command::KillPath { path, args },
+            Request::Request { resource, force } => match ResourceSpec::parse(&resource) {
+                Ok(resource) => Command::Request {
+                    resource,
+                    lver: None,
+                    force_mode: if force {
+                        crate::host::requests::FORCE
+                    } else {
+                        crate::host::requests::GRACEFUL
+                    },
+                },
+                Err(e) => return bad(format!("resource spec: {e}")),
+            },
             Request::Rindex {
                 rindex,
                 action,
@@ -658,8 +670,7 @@ impl Request {
             | Request::Status {}
             | Request::LockspaceList {}
             | Request::Hosts { .. }
-            | Request::Owners { .. }
-            | Request::Request { .. }) => return Decoded::Front(front),
+            | Request::Owners { .. }) => return Decoded::Front(front),
         };
         Decoded::Host(command)
     }
@@ -712,6 +723,7 @@ fn done_json(d: Done) -> serde_json::Value {
             json!({"resource": resource, "lvb_hex": crate::host::hex(&value)})
         }
         Done::LvbSet { resource } => json!({"resource": resource, "written_at_release": true}),
+        Done::Requested { owner } => json!({"owner": owner, "written": owner.is_some()}),
         Done::Rindex(r) => match r {
             RindexDone::Formatted(g) => json!({"formatted": true, "geometry": g}),
             RindexDone::Entry { name, offset } => json!({"name": name, "offset": offset}),

@@ -145,7 +145,6 @@ enum JobReply {
     Requested {
         space: String,
         result: Result<Option<u64>, i32>,
-        sanlock: bool,
     },
     /// The request record of a lease we hold, read after another host set our bit.
     Examined {
@@ -465,22 +464,72 @@ impl Server {
             Output::Probe(keys) => self.start_probes(&keys),
             Output::WatchPid(p) => {
                 if let std::collections::hash_map::Entry::Vacant(v) = self.watched.entry(p) {
-                    if let Some(fd) = rustix::process::Pid::from_raw(p).and_then(|pp| {
-                        rustix::process::pidfd_open(pp, rustix::process::PidfdFlags::empty()).ok()
+                    match rustix::process::Pid::from_raw(p).map(|pp| {
+                        rustix::process::pidfd_open(pp, rustix::process::PidfdFlags::empty())
                     }) {
-                        v.insert(fd);
+                        Some(Ok(fd)) => {
+                            v.insert(fd);
+                        }
+                        // It exited between its registration and now: its leases go at once
+                        // (not watched, they would stay its until the lockspace ends).
+                        Some(Err(e)) => {
+                            tracing::info!(pid = p, error = %e, "holder gone before it could be watched: releasing its leases");
+                            let now = self.clock.now();
+                            self.host.pid_exited(now, p);
+                        }
+                        None => tracing::error!(pid = p, "not a pid: its leases cannot be watched"),
                     }
                 }
             }
-            Output::BitSet {
+            Output::Events {
                 space,
                 our_host_id,
                 events,
-            } => {
-                tracing::info!(lockspace = %space, "hosts set our bit: examining request records");
-                self.examine(&space, None);
-                if !events.is_empty() {
-                    self.deliver_events(&space, our_host_id, &events);
+            } => self.deliver_events(&space, our_host_id, &events),
+            Output::ReadRequests(records) => {
+                for r in records {
+                    // Examinations are answered to nobody: a placeholder key.
+                    let k = ClientKey {
+                        idx: usize::MAX,
+                        serial: 0,
+                    };
+                    self.spawn_job(k, move || JobReply::Examined {
+                        record: read_request_record(&r.path, r.offset).ok(),
+                        space: r.space,
+                        resource: r.resource,
+                    });
+                }
+            }
+            Output::WriteRequest(w) => {
+                let k = w.client;
+                let started = self.spawn_job(k, move || JobReply::Requested {
+                    result: write_request_record(&w.path, w.offset, w.lver, w.force_mode),
+                    space: w.space,
+                });
+                if !started {
+                    self.reply(k, err(ErrorCode::Full, "too many direct I/Os in progress"));
+                }
+            }
+            Output::Signal { pid, signal } => {
+                let sig = match signal {
+                    crate::host::guard::KillSignal::Term => rustix::process::Signal::TERM,
+                    crate::host::guard::KillSignal::Kill => rustix::process::Signal::KILL,
+                };
+                if let Some(p) = rustix::process::Pid::from_raw(pid) {
+                    if let Ok(fd) =
+                        rustix::process::pidfd_open(p, rustix::process::PidfdFlags::empty())
+                    {
+                        let _ = rustix::process::pidfd_send_signal(&fd, sig);
+                    }
+                }
+            }
+            Output::RunKillPath { pid, path, args } => {
+                let spawned = std::process::Command::new(&path)
+                    .args(&args)
+                    .stdin(std::process::Stdio::null())
+                    .spawn();
+                if let Err(e) = spawned {
+                    tracing::error!(pid, kill_path = %path, error = %e, "cannot run the kill path");
                 }
             }
             Output::OpDone(id, outcome) => self.front_op_done(id, outcome),
@@ -600,16 +649,22 @@ impl Server {
                 JobReply::Sanlock(result, data2, payload) => {
                     self.sanlock_job_done(k, result, data2, &payload)
                 }
-                JobReply::Requested {
-                    space,
-                    result,
-                    sanlock,
-                } => self.requested(k, &space, result, sanlock),
+                JobReply::Requested { space, result } => {
+                    let now = self.clock.now();
+                    self.host.request_written(now, k, &space, result);
+                    self.drain();
+                }
                 JobReply::Examined {
                     space,
                     resource,
                     record,
-                } => self.examined(&space, resource, record),
+                } => {
+                    if let Some(rec) = record {
+                        let now = self.clock.now();
+                        self.host.request_record_read(now, &space, resource, &rec);
+                        self.drain();
+                    }
+                }
                 JobReply::RindexDone { space, held, reply } => {
                     self.rindex_done(k, &space, *held, reply)
                 }
@@ -950,10 +1005,6 @@ impl Server {
             Request::LockspaceList {} => Some(Reply::Done(Done::View(self.lockspace_list()))),
             Request::Hosts { lockspace } => Some(self.hosts(&lockspace)),
             Request::Owners { resource } => self.owners(k, &resource),
-            Request::Request { resource, force } => match ResourceSpec::parse(&resource) {
-                Ok(spec) => self.start_request(k, spec, None, if force { 1 } else { 2 }, false),
-                Err(e) => Some(err(ErrorCode::BadRequest, format!("resource spec: {e}"))),
-            },
             other => Some(err(
                 ErrorCode::Failed,
                 format!("internal: {other:?} is not answered by the front end"),
@@ -1209,191 +1260,6 @@ impl Server {
         }
         spawned.is_ok()
     }
-
-    /// Reads the request record of every lease held in `space` (only `resource`, if given)
-    /// on helper threads, and acts on newer requests ([`Server::examined`]).
-    fn examine(&mut self, space: &str, resource: Option<Name>) {
-        let mut targets: Vec<(Name, String, u64)> = Vec::new();
-        for l in self.host.leases().filter(|l| {
-            l.space == space
-                && l.owner != Owner::Orphan
-                && l.joining.is_none()
-                && resource.is_none_or(|r| r == l.resource)
-        }) {
-            // One read per lease: its local holders share it.
-            if !targets.iter().any(|t| t.0 == l.resource) {
-                targets.push((l.resource, l.location.0.clone(), l.location.1));
-            }
-        }
-        for (resource, path, offset) in targets {
-            let space = space.to_owned();
-            // Examinations are answered to nobody: a placeholder key.
-            let k = ClientKey {
-                idx: usize::MAX,
-                serial: 0,
-            };
-            self.spawn_job(k, move || {
-                let record = read_request_record(&path, offset).ok();
-                JobReply::Examined {
-                    space,
-                    resource,
-                    record,
-                }
-            });
-        }
-    }
-
-    /// Acts on a request record newer than the lease we hold: FORCE → SIGKILL the holder
-    /// (SIGTERM if SIGKILL is restricted), GRACEFUL → its kill path, else SIGTERM (SIGKILL if
-    /// SIGTERM is restricted). The lease goes when the holder exits.
-    fn examined(
-        &mut self,
-        space: &str,
-        resource: Name,
-        record: Option<tenure_format::paxos::RequestRecord>,
-    ) {
-        let Some(rec) = record else { return };
-        // Every local holder of the lease (several share a shared hold); not joiners, which
-        // hold nothing yet, nor orphans, which have no process.
-        let holders: Vec<(u64, i32, Owner)> = self
-            .host
-            .leases()
-            .filter(|l| l.space == space && l.resource == resource)
-            .filter(|l| l.joining.is_none() && l.owner != Owner::Orphan)
-            .map(|l| (l.held.acquired.lver, l.pid, l.owner))
-            .collect();
-        for (lver, pid, owner) in holders {
-            if rec.force_mode == 0 || rec.lver <= lver {
-                continue;
-            }
-            self.signal_requested(space, resource, &rec, pid, owner);
-        }
-    }
-
-    /// Signals one holder of a requested lease as the request's force mode says.
-    fn signal_requested(
-        &mut self,
-        space: &str,
-        resource: Name,
-        rec: &tenure_format::paxos::RequestRecord,
-        pid: i32,
-        owner: Owner,
-    ) {
-        let (kill_path, restrict) = match owner {
-            Owner::Conn(c) => self
-                .host
-                .client(c)
-                .map(|c| (c.kill_path.clone(), c.restrict))
-                .unwrap_or((None, 0)),
-            _ => (None, 0),
-        };
-        use crate::sanlock_wire::flags::{RESTRICT_SIGKILL, RESTRICT_SIGTERM};
-        let sig = match (rec.force_mode, kill_path) {
-            (1, _) if restrict & RESTRICT_SIGKILL != 0 => Some(rustix::process::Signal::TERM),
-            (1, _) => Some(rustix::process::Signal::KILL),
-            (_, Some((path, args))) => {
-                tracing::warn!(lockspace = %space, resource = %resource.escaped(), pid, kill_path = %path, "graceful request: running the kill path");
-                let _ = std::process::Command::new(&path)
-                    .args(&args)
-                    .stdin(std::process::Stdio::null())
-                    .spawn();
-                None
-            }
-            _ if restrict & RESTRICT_SIGTERM != 0 => Some(rustix::process::Signal::KILL),
-            _ => Some(rustix::process::Signal::TERM),
-        };
-        if let Some(sig) = sig {
-            tracing::warn!(lockspace = %space, resource = %resource.escaped(), pid, request_lver = rec.lver, force_mode = rec.force_mode, "another host requested this lease: signalling its holder");
-            if let Some(p) = rustix::process::Pid::from_raw(pid) {
-                if let Ok(fd) = rustix::process::pidfd_open(p, rustix::process::PidfdFlags::empty())
-                {
-                    let _ = rustix::process::pidfd_send_signal(&fd, sig);
-                }
-            }
-        }
-    }
-
-    /// Starts a request for a resource held elsewhere: writes its request record (helper
-    /// thread), then sets the owner's bit in our bitmap of that lockspace for 6T.
-    fn start_request(
-        &mut self,
-        k: ClientKey,
-        spec: ResourceSpec,
-        lver: Option<u64>,
-        force_mode: u32,
-        sanlock: bool,
-    ) -> Option<Reply> {
-        if spec.disks.len() != 1 {
-            return Some(err(ErrorCode::BadRequest, "one PATH:OFFSET"));
-        }
-        let space = spec.lockspace.escaped();
-        let joined = self.space_index(&space).is_some_and(|i| {
-            matches!(
-                self.host.engine().state(self.host.spaces()[i].id),
-                Some(LockspaceState::Joined { .. })
-            )
-        });
-        if !joined {
-            return Some(err(
-                ErrorCode::NotJoined,
-                format!("lockspace {space} is not joined"),
-            ));
-        }
-        let (path, offset) = (spec.disks[0].path.clone(), spec.disks[0].offset);
-        let started = self.spawn_job(k, move || JobReply::Requested {
-            space,
-            result: write_request_record(&path, offset, lver, force_mode),
-            sanlock,
-        });
-        if !started {
-            return Some(err(ErrorCode::Full, "too many direct I/Os in progress"));
-        }
-        None
-    }
-
-    fn requested(
-        &mut self,
-        k: ClientKey,
-        space: &str,
-        result: Result<Option<u64>, i32>,
-        sanlock: bool,
-    ) {
-        if let Ok(Some(owner)) = result {
-            if let Some(i) = self.space_index(space) {
-                let id = self.host.spaces()[i].id;
-                let now = self.clock.now();
-                // PROTOCOL "Requests": the owner's bit stays set for 6T.
-                let t = self
-                    .host
-                    .engine()
-                    .config(id)
-                    .map_or(self.cfg.io_timeout_s, |c| {
-                        u64::from(c.timeouts.io_timeout_s)
-                    });
-                let until = now.saturating_add(Duration::from_secs(6 * t));
-                let _ = self.host.set_bitmap_bit_until(space, owner, until);
-                tracing::info!(lockspace = %space, owner, "request written; owner's bit set for 6T");
-            }
-        }
-        if sanlock {
-            let r = match result {
-                Ok(_) => 0,
-                Err(e) => e,
-            };
-            self.sanlock_job_done(k, r, 0, &[]);
-        } else {
-            let r = match result {
-                Ok(owner) => Reply::Done(Done::View(
-                    json!({"owner": owner, "written": owner.is_some()}),
-                )),
-                Err(e) => err(
-                    ErrorCode::Failed,
-                    format!("request failed (sanlock result {e})"),
-                ),
-            };
-            self.reply(k, r);
-        }
-    }
 }
 
 /// Reads the request record (sector 1) of the lease area at `offset`.
@@ -1427,31 +1293,22 @@ fn write_request_record(
     force_mode: u32,
 ) -> Result<Option<u64>, i32> {
     use crate::sanlock_wire::rv;
-    use tenure_format::paxos::RequestRecord;
     let mut d = DirectDisk::open(Path::new(path), Access::ReadWrite, BackendKind::Sync)
         .map_err(|_| rv::ENODEV)?;
     let leader = d
         .read(offset, 4096, LeaderRecord::decode)
         .map_err(|_| rv::SANLK_AIO_TIMEOUT)?
         .map_err(|_| rv::SANLK_LEADER_MAGIC)?;
-    if leader.timestamp == 0 && force_mode != 0 {
+    let Some((record, owner)) = crate::host::requests::request_for(&leader, lver, force_mode)?
+    else {
         return Ok(None);
-    }
-    let lver = lver.unwrap_or(leader.lver + 1);
-    if force_mode != 0 && lver <= leader.lver {
-        return Err(-272); // SANLK_REQUEST_OLD
-    }
+    };
     let ss = leader.sector_size as usize;
     let mut sector = vec![0u8; ss];
-    RequestRecord {
-        lver,
-        force_mode,
-        ..RequestRecord::FORMATTED
-    }
-    .encode_into(&mut sector);
+    record.encode_into(&mut sector);
     d.write(offset + ss as u64, &sector)
         .map_err(|_| rv::SANLK_AIO_TIMEOUT)?;
-    Ok((force_mode != 0).then_some(leader.owner_id))
+    Ok(owner)
 }
 
 fn bind(path: &Path, group: Option<&str>, mode_alone: u32) -> Result<UnixListener, ServerError> {

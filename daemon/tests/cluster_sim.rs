@@ -26,6 +26,8 @@ use tenure_core::io::sim::{Latency, SimBackend, SimConfig, SimRng};
 use tenure_core::io::{DiskId, EngineConfig};
 use tenure_core::lockspace::LockspaceSet;
 use tenure_format::area::{encode_lockspace_area, encode_resource_area, lockspace_sector0};
+use tenure_format::paxos::RequestRecord;
+use tenure_format::LeaderRecord;
 use tenure_format::{
     DiskLocation, Geometry, LeaseRef, LockspaceSpec, Name, ResourceMode, ResourceSpec,
 };
@@ -35,6 +37,7 @@ use tenured::host::command::{Command, Holder, Leases};
 use tenured::host::guard::{Guard, GuardConfig, GuardEffect, KillSignal, Mutations};
 use tenured::host::registry::ClientKey;
 use tenured::host::reply::{Done, Reply};
+use tenured::host::requests::{request_for, RecordToWrite, FORCE, GRACEFUL};
 use tenured::host::{ClientInfo, Host, HostConfig, Output, Supervision};
 
 const AREA: u64 = 1 << 20;
@@ -124,6 +127,13 @@ enum Waiting {
     Acquire(Vec<usize>, Mode),
     Release,
     Convert(Mode),
+    /// A request (PROTOCOL "Requests") for a resource, force or graceful.
+    Request(usize, u32),
+    /// An acquire on behalf of another process of the host (by its index), which will hold
+    /// the leases (a manager forking a VM process: the leases are the pid's).
+    AcquireFor(usize, Vec<usize>, Mode),
+    /// A manager acquires for this process; it waits for the answer.
+    Lent,
 }
 
 #[derive(Debug)]
@@ -143,6 +153,11 @@ struct Proc {
     hold_until: Time,
     /// The lease version it last held each resource at (for conditional acquires).
     last_lver: std::collections::HashMap<usize, u64>,
+    /// Runs as root: may acquire on behalf of other pids.
+    root: bool,
+    /// What it holds was acquired on its behalf: the leases are its pid's, and it gives them
+    /// up by exiting.
+    on_behalf: bool,
 }
 
 /// One simulated machine.
@@ -160,6 +175,10 @@ struct Node {
     down_until: Option<Time>,
     /// Connection closes the daemon has not seen yet (it was frozen).
     queued_closes: Vec<ClientKey>,
+    /// Pids the daemon watches (leases acquired on their behalf), and their exits it has not
+    /// seen yet (it was frozen).
+    watched: HashSet<i32>,
+    queued_exits: Vec<i32>,
     /// The watchdog: armed and last fed.
     armed: bool,
     last_fed: Time,
@@ -176,6 +195,12 @@ struct Node {
 struct Stats {
     steps: u64,
     grants: u64,
+    /// Grants of leases acquired on behalf of another pid.
+    on_behalf_grants: u64,
+    /// Request records written (the lease was held).
+    requests: u64,
+    /// Holders signalled because another host requested their lease.
+    requested_signals: u64,
     refusals: u64,
     kills: u64,
     resets: u64,
@@ -354,6 +379,8 @@ impl World {
                 frozen_until: None,
                 down_until: None,
                 queued_closes: Vec::new(),
+                watched: HashSet::new(),
+                queued_exits: Vec::new(),
                 armed: false,
                 last_fed: Time::ZERO,
                 hung_until: None,
@@ -423,6 +450,8 @@ impl World {
         node.down_until = None;
         node.frozen_until = None;
         node.queued_closes.clear();
+        node.watched.clear();
+        node.queued_exits.clear();
         node.armed = false;
         node.rejoin_at = Some(now);
         node.procs.clear();
@@ -465,6 +494,7 @@ impl World {
         self.next_pid += 1;
         let ignores_term = self.rng.chance(0.2);
         let unkillable = self.rng.chance(self.faults.unkillable);
+        let root = self.rng.chance(0.3);
         let node = &mut self.nodes[i];
         node.next_serial += 1;
         let key = ClientKey {
@@ -477,7 +507,7 @@ impl World {
                 key,
                 ClientInfo {
                     pid,
-                    uid: 1000,
+                    uid: if root { 0 } else { 1000 },
                     name: format!("p{pid}"),
                     kill_path: None,
                     restrict: 0,
@@ -495,6 +525,8 @@ impl World {
             waiting: None,
             hold_until: Time::ZERO,
             last_lver: std::collections::HashMap::new(),
+            root,
+            on_behalf: false,
         });
     }
 
@@ -510,10 +542,17 @@ impl World {
         let (pid, key) = (proc.pid, proc.key);
         let held = proc.holding.clone();
         node.alive.lock().expect("alive").remove(&pid);
+        let watched = node.watched.remove(&pid);
         if node.frozen_until.is_some() {
             node.queued_closes.push(key);
+            if watched {
+                node.queued_exits.push(pid);
+            }
         } else if let Some(h) = node.host.as_mut() {
             h.client_closed(now, key);
+            if watched {
+                h.pid_exited(now, pid);
+            }
         }
         self.note(format!(
             "node {} pid {pid} dies ({why}) holding {held:?}",
@@ -526,6 +565,49 @@ impl World {
         n.host.is_some() && n.frozen_until.is_none() && n.down_until.is_none()
     }
 
+    /// Delivers the reply to an acquire on behalf of another process: that process holds the
+    /// leases from now on.
+    fn deliver_for(&mut self, i: usize, p: usize, r: Reply) {
+        let Some((Waiting::AcquireFor(q, rs, mode), _)) = self.nodes[i].procs[p].waiting.take()
+        else {
+            return;
+        };
+        let pid = self.nodes[i].procs[p].pid;
+        let for_pid = self.nodes[i].procs[q].pid;
+        if matches!(self.nodes[i].procs[q].waiting, Some((Waiting::Lent, _))) {
+            self.nodes[i].procs[q].waiting = None;
+        }
+        let msg = match r {
+            Reply::Done(Done::Acquired(leases)) => {
+                let hold = self.rng.below(self.faults.hold_max.as_millis() as u64 + 1);
+                let until = self.clock.now().saturating_add(Duration::from_millis(hold));
+                let target = &mut self.nodes[i].procs[q];
+                assert!(
+                    target.alive,
+                    "seed {}: leases granted for pid {for_pid}, which is gone",
+                    self.seed
+                );
+                target.holding = rs.clone();
+                target.mode = mode;
+                target.on_behalf = true;
+                target.hold_until = until;
+                self.stats.grants += 1;
+                self.stats.on_behalf_grants += 1;
+                let v: Vec<(&str, u64)> = leases
+                    .iter()
+                    .map(|l| (l.resource.as_str(), l.lver))
+                    .collect();
+                format!("granted {rs:?} {mode:?} for pid {for_pid}: {v:?}")
+            }
+            Reply::Done(d) => panic!("seed {}: an acquire answered {d:?}", self.seed),
+            Reply::Error(e) => {
+                self.stats.refusals += 1;
+                format!("refused {rs:?} for pid {for_pid}: {}", e.message)
+            }
+        };
+        self.note(format!("node {} pid {pid} {msg}", i + 1));
+    }
+
     /// Delivers one reply to a process.
     fn deliver(&mut self, i: usize, key: ClientKey, r: Reply) {
         let Some(p) = self.nodes[i].procs.iter().position(|p| p.key == key) else {
@@ -534,6 +616,9 @@ impl World {
         let proc = &mut self.nodes[i].procs[p];
         if !proc.alive {
             return;
+        }
+        if let Some((Waiting::AcquireFor(..), _)) = proc.waiting {
+            return self.deliver_for(i, p, r);
         }
         let Some((w, _)) = proc.waiting.take() else {
             panic!("seed {}: a reply nobody waits for: {r:?}", self.seed);
@@ -574,6 +659,13 @@ impl World {
                     .collect();
                 format!("granted {rs:?} {mode:?} {v:?} on disk: {leaders:?}")
             }
+            (w @ (Waiting::AcquireFor(..) | Waiting::Lent), r) => {
+                panic!("seed {}: {w:?} answered {r:?} directly", self.seed)
+            }
+            (Waiting::Request(r, f), Reply::Done(d)) => format!("request R{r} ({f}): {d:?}"),
+            (Waiting::Request(r, f), Reply::Error(e)) => {
+                format!("request R{r} ({f}) refused: {}", e.message)
+            }
             (Waiting::Acquire(..), Reply::Done(d)) => {
                 panic!("seed {}: an acquire answered {d:?}", self.seed)
             }
@@ -609,7 +701,41 @@ impl World {
                         self.seed
                     )
                 }
-                Output::WatchPid(_) | Output::BitSet { .. } | Output::OpDone(..) => {}
+                Output::WriteRequest(w) => self.write_request(i, w),
+                Output::ReadRequests(records) => {
+                    let now = self.now();
+                    for r in records {
+                        let rec = self.storage.with(|b| {
+                            let bytes = b.disk_bytes(DiskId(0));
+                            let ss = geometry().sector_size_bytes() as usize;
+                            let at = r.offset as usize + ss;
+                            RequestRecord::decode(&bytes[at..at + ss])
+                        });
+                        if let (Ok(rec), Some(h)) = (rec, self.nodes[i].host.as_mut()) {
+                            h.request_record_read(now, &r.space, r.resource, &rec);
+                        }
+                    }
+                }
+                Output::Signal { pid, signal } => {
+                    self.stats.requested_signals += 1;
+                    self.signal(i, pid, signal, "requested");
+                }
+                Output::RunKillPath { pid, .. } => {
+                    panic!("seed {}: pid {pid} has no kill path", self.seed)
+                }
+                Output::WatchPid(pid) => {
+                    // pidfd_open of a pid that is gone fails: its exit is seen at once.
+                    let alive = self.nodes[i].alive.lock().expect("alive").contains(&pid);
+                    if alive {
+                        self.nodes[i].watched.insert(pid);
+                    } else {
+                        let now = self.now();
+                        if let Some(h) = self.nodes[i].host.as_mut() {
+                            h.pid_exited(now, pid);
+                        }
+                    }
+                }
+                Output::Events { .. } | Output::OpDone(..) => {}
             }
         }
     }
@@ -641,7 +767,38 @@ impl World {
         }
         let proc = &self.nodes[i].procs[p];
         let (key, holding, mode, pid) = (proc.key, proc.holding.clone(), proc.mode, proc.pid);
-        if holding.is_empty() {
+        let (root, on_behalf) = (proc.root, proc.on_behalf);
+        if on_behalf && !holding.is_empty() {
+            // Leases held on its behalf end with the process.
+            return self.kill_proc(i, p, "exits (its leases were acquired on its behalf)");
+        }
+        if holding.is_empty() && self.rng.chance(0.05) {
+            // Ask whoever holds a resource to give it up.
+            let r = self.rng.below(RESOURCES as u64) as usize;
+            let force_mode = if self.rng.chance(0.5) {
+                FORCE
+            } else {
+                GRACEFUL
+            };
+            self.nodes[i].procs[p].waiting = Some((Waiting::Request(r, force_mode), now));
+            self.note(format!(
+                "node {} pid {pid} requests R{r} (force mode {force_mode})",
+                i + 1
+            ));
+            let cmd = Command::Request {
+                resource: resource_spec(r, ResourceMode::Exclusive),
+                lver: None,
+                force_mode,
+            };
+            let reply = self.nodes[i]
+                .host
+                .as_mut()
+                .expect("live")
+                .execute(now, key, cmd);
+            if let Some(reply) = reply {
+                self.deliver(i, key, reply);
+            }
+        } else if holding.is_empty() {
             let mode = if self.rng.chance(0.65) {
                 Mode::Exclusive
             } else {
@@ -672,14 +829,44 @@ impl World {
                     })
                     .collect(),
             };
+            // A root process sometimes acquires for another idle process of its host (a
+            // manager starting a VM): the leases are that pid's.
+            let lend_to = (root && self.rng.chance(0.4))
+                .then(|| {
+                    let n = &self.nodes[i];
+                    (0..n.procs.len()).find(|&q| {
+                        let c = &n.procs[q];
+                        q != p && c.alive && c.waiting.is_none() && c.holding.is_empty()
+                    })
+                })
+                .flatten();
+            let holder = match lend_to {
+                Some(q) => Holder::Pid(self.nodes[i].procs[q].pid),
+                None => Holder::Me,
+            };
             let cmd = Command::Acquire {
                 resources,
                 no_wait: self.rng.chance(0.5),
                 lvb: false,
-                holder: Holder::Me,
+                holder,
             };
-            self.nodes[i].procs[p].waiting = Some((Waiting::Acquire(rs.clone(), mode), now));
-            self.note(format!("node {} pid {pid} acquires {rs:?} {mode:?}", i + 1));
+            match lend_to {
+                Some(q) => {
+                    self.nodes[i].procs[q].waiting = Some((Waiting::Lent, now));
+                    self.nodes[i].procs[p].waiting =
+                        Some((Waiting::AcquireFor(q, rs.clone(), mode), now));
+                    let for_pid = self.nodes[i].procs[q].pid;
+                    self.note(format!(
+                        "node {} pid {pid} acquires {rs:?} {mode:?} for pid {for_pid}",
+                        i + 1
+                    ));
+                }
+                None => {
+                    self.nodes[i].procs[p].waiting =
+                        Some((Waiting::Acquire(rs.clone(), mode), now));
+                    self.note(format!("node {} pid {pid} acquires {rs:?} {mode:?}", i + 1));
+                }
+            }
             let r = self.nodes[i]
                 .host
                 .as_mut()
@@ -755,23 +942,59 @@ impl World {
         drop(g);
         for e in effects {
             if let GuardEffect::Signal { pid, signal, .. } = e {
-                let Some(p) = self.nodes[i].procs.iter().position(|p| p.pid == pid) else {
-                    continue;
-                };
-                let proc = &self.nodes[i].procs[p];
-                let dies = !proc.unkillable && (signal == KillSignal::Kill || !proc.ignores_term);
-                self.note(format!(
-                    "node {} signals pid {pid} {signal:?} (dies: {dies})",
-                    i + 1
-                ));
-                if dies {
-                    self.stats.kills += 1;
-                    self.kill_proc(i, p, "killed");
-                }
+                self.signal(i, pid, signal, "killed");
             }
         }
         if self.nodes[i].armed && feed == FeedDecision::Feed {
             self.nodes[i].last_fed = now;
+        }
+    }
+
+    /// A signal reaches a process of node `i`: it dies unless it is stuck or ignores SIGTERM.
+    fn signal(&mut self, i: usize, pid: i32, signal: KillSignal, why: &str) {
+        let Some(p) = self.nodes[i].procs.iter().position(|p| p.pid == pid) else {
+            return;
+        };
+        let proc = &self.nodes[i].procs[p];
+        let dies = !proc.unkillable && (signal == KillSignal::Kill || !proc.ignores_term);
+        self.note(format!(
+            "node {} signals pid {pid} {signal:?} ({why}; dies: {dies})",
+            i + 1
+        ));
+        if dies {
+            self.stats.kills += 1;
+            self.kill_proc(i, p, why);
+        }
+    }
+
+    /// The request record write of node `i`'s daemon (its helper thread's direct I/O: the
+    /// leader is read and the record written at once).
+    fn write_request(&mut self, i: usize, w: RecordToWrite) {
+        let now = self.now();
+        let ss = geometry().sector_size_bytes() as usize;
+        let result = self.storage.with(|b| {
+            let bytes = b.disk_bytes(DiskId(0));
+            let at = w.offset as usize;
+            let leader = LeaderRecord::decode(&bytes[at..at + ss]).map_err(|_| -223)?;
+            let Some((record, owner)) = request_for(&leader, w.lver, w.force_mode)? else {
+                return Ok(None);
+            };
+            let mut sector = vec![0u8; ss];
+            record.encode_into(&mut sector);
+            b.load(DiskId(0), w.offset + ss as u64, &sector);
+            Ok(owner)
+        });
+        if let Ok(Some(owner)) = result {
+            self.stats.requests += 1;
+            self.note(format!(
+                "node {} wrote a request (force mode {}) for {} held by host {owner}",
+                i + 1,
+                w.force_mode,
+                w.offset
+            ));
+        }
+        if let Some(h) = self.nodes[i].host.as_mut() {
+            h.request_written(now, w.client, &w.space, result);
         }
     }
 
@@ -838,9 +1061,13 @@ impl World {
             self.nodes[i].frozen_until = None;
             self.note(format!("node {} tenured resumes", i + 1));
             let closes = std::mem::take(&mut self.nodes[i].queued_closes);
+            let exits = std::mem::take(&mut self.nodes[i].queued_exits);
             if let Some(h) = self.nodes[i].host.as_mut() {
                 for k in closes {
                     h.client_closed(now, k);
+                }
+                for pid in exits {
+                    h.pid_exited(now, pid);
                 }
             }
         }
@@ -1032,6 +1259,9 @@ fn whole_clusters_keep_every_lease_to_one_live_process() {
         let s = run(seed, STEPS_PER_SEED, m, profile);
         total.steps += s.steps;
         total.grants += s.grants;
+        total.requests += s.requests;
+        total.on_behalf_grants += s.on_behalf_grants;
+        total.requested_signals += s.requested_signals;
         total.refusals += s.refusals;
         total.kills += s.kills;
         total.resets += s.resets;
@@ -1040,11 +1270,14 @@ fn whole_clusters_keep_every_lease_to_one_live_process() {
         total.hangs += s.hangs;
     }
     eprintln!(
-        "cluster simulation: {} seeds, {} steps in {:.1} s; {} grants, {} refusals, {} kills, {} watchdog resets, {} crashes, {} freezes, {} storage hangs; 0 violations",
+        "cluster simulation: {} seeds, {} steps in {:.1} s; {} grants ({} on behalf of another pid), {} requests ({} holders signalled for them), {} refusals, {} kills, {} watchdog resets, {} crashes, {} freezes, {} storage hangs; 0 violations",
         seeds.len(),
         total.steps,
         started.elapsed().as_secs_f64(),
         total.grants,
+        total.on_behalf_grants,
+        total.requests,
+        total.requested_signals,
         total.refusals,
         total.kills,
         total.resets,
@@ -1062,7 +1295,37 @@ fn whole_clusters_keep_every_lease_to_one_live_process() {
             total.kills > 0 && total.resets > 0,
             "recovery paths are reached"
         );
+        assert!(
+            total.requests > 0 && total.requested_signals > 0,
+            "requests reach holders"
+        );
+        assert!(
+            total.on_behalf_grants > 0,
+            "leases are acquired on behalf of pids"
+        );
     }
+}
+
+thread_local! {
+    /// Panics of this thread are expected (a mutation's violation): not printed.
+    static QUIET: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Runs `f`, its panic caught and not printed (other threads' panics still are).
+fn quietly<R>(f: impl FnOnce() -> R + std::panic::UnwindSafe) -> std::thread::Result<R> {
+    static HOOK: std::sync::Once = std::sync::Once::new();
+    HOOK.call_once(|| {
+        let prev = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            if !QUIET.with(std::cell::Cell::get) {
+                prev(info);
+            }
+        }));
+    });
+    QUIET.with(|q| q.set(true));
+    let r = std::panic::catch_unwind(f);
+    QUIET.with(|q| q.set(false));
+    r
 }
 
 /// Runs seeds with a mutation until one finds a violation; the violation's message is
@@ -1070,7 +1333,7 @@ fn whole_clusters_keep_every_lease_to_one_live_process() {
 fn find_violation(mutations: Mutations, profile: Profile) -> String {
     for seed in 1..=200u64 {
         let seed = seed.wrapping_mul(0x51_7CC1_B727_220A);
-        let r = std::panic::catch_unwind(|| run(seed, STEPS_PER_SEED, mutations, profile));
+        let r = quietly(|| run(seed, STEPS_PER_SEED, mutations, profile));
         if let Err(e) = r {
             let msg = e
                 .downcast_ref::<String>()
@@ -1079,9 +1342,7 @@ fn find_violation(mutations: Mutations, profile: Profile) -> String {
                 .unwrap_or_default();
             if msg.contains("VIOLATION") {
                 // The mutation is what breaks it: the same seed holds without it.
-                let clean = std::panic::catch_unwind(|| {
-                    run(seed, STEPS_PER_SEED, Mutations::default(), profile)
-                });
+                let clean = quietly(|| run(seed, STEPS_PER_SEED, Mutations::default(), profile));
                 assert!(clean.is_ok(), "seed {seed} fails without the mutation too");
                 return msg;
             }

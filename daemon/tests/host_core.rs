@@ -9,13 +9,16 @@ use tenure_core::io::sim::{SimBackend, SimConfig};
 use tenure_core::io::{DiskId, EngineConfig};
 use tenure_core::lockspace::{LockspaceSet, LockspaceState};
 use tenure_format::area::{encode_lockspace_area, encode_resource_area, lockspace_sector0};
+use tenure_format::paxos::RequestRecord;
 use tenure_format::{
     DiskLocation, Geometry, LeaseRef, LockspaceSpec, Name, ResourceMode, ResourceSpec,
 };
 use tenure_watchdog::fence::RenewalNote;
 use tenured::host::command::{Command, Holder};
+use tenured::host::guard::KillSignal;
 use tenured::host::registry::ClientKey;
 use tenured::host::reply::{Done, Reply};
+use tenured::host::requests::{request_for, FORCE, GRACEFUL, REQUEST_OLD};
 use tenured::host::{ClientInfo, Host, HostConfig, Output, Supervision};
 
 const AREA: u64 = 1 << 20;
@@ -244,4 +247,117 @@ fn a_conversion_to_shared_that_fails_on_storage_is_answered_done() {
         Reply::Error(e) => assert!(e.message.contains("already held"), "{}", e.message),
         Reply::Done(d) => panic!("exclusive granted over a shared hold: {d:?}"),
     }
+}
+
+/// The outputs a request record makes the host produce (it is handed the record directly).
+fn after_record(bed: &mut Bed, lver: u64, force_mode: u32) -> Vec<Output> {
+    let now = bed.clock.now();
+    let rec = RequestRecord {
+        lver,
+        force_mode,
+        ..RequestRecord::FORMATTED
+    };
+    bed.host
+        .request_record_read(now, "LS", Name::new("R").expect("name"), &rec);
+    std::iter::from_fn(|| bed.host.poll_output()).collect()
+}
+
+/// PROTOCOL "Requests": a newer request has the holder give the lease up — FORCE kills,
+/// GRACEFUL runs the kill path or sends SIGTERM, a restriction swaps the signal; a request not
+/// newer than the holder's lease version, or clearing (force mode 0), does nothing.
+#[test]
+fn a_request_record_has_its_holder_signalled_as_its_force_mode_says() {
+    let mut bed = joined_bed();
+    let a = bed.client(0, 100);
+    let Reply::Done(Done::Acquired(leases)) = bed.acquire(a, false) else {
+        panic!("not acquired")
+    };
+    let lver = leases[0].lver;
+    let outs = after_record(&mut bed, lver + 1, FORCE);
+    assert!(
+        matches!(
+            outs.as_slice(),
+            [Output::Signal {
+                pid: 100,
+                signal: KillSignal::Kill
+            }]
+        ),
+        "{outs:?}"
+    );
+    let outs = after_record(&mut bed, lver + 1, GRACEFUL);
+    assert!(
+        matches!(
+            outs.as_slice(),
+            [Output::Signal {
+                pid: 100,
+                signal: KillSignal::Term
+            }]
+        ),
+        "{outs:?}"
+    );
+    assert!(
+        after_record(&mut bed, lver, FORCE).is_empty(),
+        "not newer: nothing"
+    );
+    assert!(
+        after_record(&mut bed, lver + 1, 0).is_empty(),
+        "cleared: nothing"
+    );
+    // A client that restricted SIGKILL gets SIGTERM for FORCE.
+    let now = bed.clock.now();
+    let bits = tenured::sanlock_wire::flags::RESTRICT_SIGKILL;
+    assert!(matches!(
+        bed.host.execute(now, a, Command::Restrict { bits }),
+        Some(Reply::Done(_))
+    ));
+    let outs = after_record(&mut bed, lver + 1, FORCE);
+    assert!(
+        matches!(
+            outs.as_slice(),
+            [Output::Signal {
+                pid: 100,
+                signal: KillSignal::Term
+            }]
+        ),
+        "{outs:?}"
+    );
+    // With a kill path, GRACEFUL runs it instead of signalling.
+    let cmd = Command::KillPath {
+        path: "/usr/bin/true".into(),
+        args: vec!["x".into()],
+    };
+    assert!(matches!(
+        bed.host.execute(now, a, cmd),
+        Some(Reply::Done(_))
+    ));
+    let outs = after_record(&mut bed, lver + 1, GRACEFUL);
+    assert!(
+        matches!(outs.as_slice(), [Output::RunKillPath { pid: 100, path, .. }] if path == "/usr/bin/true"),
+        "{outs:?}"
+    );
+}
+
+/// What a request writes, from the lease's leader: the owner's lver + 1 (or the lver asked
+/// for), nothing for a free lease, and sanlock's REQUEST_OLD for an lver not newer.
+#[test]
+fn a_request_writes_a_newer_lver_and_names_the_owner() {
+    let mut leader = tenure_format::LeaderRecord::new_paxos_free(
+        Geometry::LEGACY_512,
+        Name::new("LS").expect("name"),
+        Name::new("R").expect("name"),
+        2000,
+    );
+    assert_eq!(request_for(&leader, None, FORCE), Ok(None), "free: nothing");
+    leader.timestamp = 77;
+    leader.owner_id = 3;
+    leader.lver = 9;
+    let (rec, owner) = request_for(&leader, None, GRACEFUL)
+        .expect("written")
+        .expect("held");
+    assert_eq!((rec.lver, rec.force_mode, owner), (10, GRACEFUL, Some(3)));
+    assert_eq!(request_for(&leader, Some(9), FORCE), Err(REQUEST_OLD));
+    let (rec, owner) = request_for(&leader, Some(9), 0)
+        .expect("a clear")
+        .expect("written");
+    assert_eq!((rec.lver, rec.force_mode, owner), (9, 0, None));
 }

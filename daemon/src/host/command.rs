@@ -94,6 +94,23 @@ pub enum Command {
         /// Whose.
         holder: Holder,
     },
+    /// Ask the host holding a lease to give it up (PROTOCOL "Requests").
+    Request {
+        /// The lease (one disk).
+        resource: ResourceSpec,
+        /// The lver asked for (`None`: the owner's lver + 1).
+        lver: Option<u64>,
+        /// 0 (clear the request), 1 FORCE, 2 GRACEFUL (any other: graceful, as the owner
+        /// reads it).
+        force_mode: u32,
+    },
+    /// Read the request records of our leases in a lockspace again (sanlock's EXAMINE).
+    Examine {
+        /// The lockspace.
+        space: Name,
+        /// Only this lease's.
+        resource: Option<Name>,
+    },
     /// Restrictions the client puts on itself (sanlock's RESTRICT bits).
     Restrict {
         /// `RESTRICT_*` bits of `crate::sanlock_wire::flags`.

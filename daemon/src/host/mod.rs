@@ -36,6 +36,7 @@ pub mod command;
 pub mod guard;
 pub mod registry;
 pub mod reply;
+pub mod requests;
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::path::PathBuf;
@@ -201,15 +202,36 @@ pub enum Output {
     Probe(Vec<ProbeKey>),
     /// Watch `pid` for exit ([`Host::pid_exited`]): it holds leases acquired on its behalf.
     WatchPid(i32),
-    /// Hosts set our bit in `space`: examine the request records of our leases there, and
-    /// deliver these events to the lockspace's event listeners.
-    BitSet {
+    /// Deliver these events (sanlock's SET_EVENT, from hosts that set our bit in `space`) to
+    /// the lockspace's event listeners.
+    Events {
         /// Lockspace.
         space: String,
         /// Our host id in it.
         our_host_id: u64,
-        /// Events (sanlock's SET_EVENT) from other hosts.
+        /// The events.
         events: Vec<tenure_core::delta::ReceivedEvent>,
+    },
+    /// Read these request records, then call [`Host::request_record_read`] for each.
+    ReadRequests(Vec<requests::RecordToRead>),
+    /// Write a request record ([`requests::request_for`]), then call
+    /// [`Host::request_written`].
+    WriteRequest(requests::RecordToWrite),
+    /// Signal a holder (a request of another host for its lease).
+    Signal {
+        /// The holder.
+        pid: i32,
+        /// Which signal.
+        signal: guard::KillSignal,
+    },
+    /// Run a holder's kill path (a graceful request for its lease).
+    RunKillPath {
+        /// The holder.
+        pid: i32,
+        /// Program.
+        path: String,
+        /// Its arguments.
+        args: Vec<String>,
     },
     /// An operation of [`Pending::Front`] ended.
     OpDone(OpId, OpOutcome),
@@ -676,6 +698,18 @@ impl Host {
                 holder,
             } => Some(self.lvb_set(k, lease, value, *holder)),
             Command::Restrict { bits } => Some(self.restrict(k, *bits)),
+            Command::Request {
+                resource,
+                lver,
+                force_mode,
+            } => self.request(k, resource, *lver, *force_mode),
+            Command::Examine { space, resource } => {
+                let space = space.escaped();
+                if self.space_index(&space).is_some() {
+                    self.examine(&space, *resource);
+                }
+                Some(Reply::Done(Done::Nothing))
+            }
             Command::KillPath { path, args } => Some(self.kill_path(k, path, args)),
         };
         if std::mem::take(&mut self.deferred) {
@@ -991,11 +1025,14 @@ impl Host {
             }
             DeltaEvent::BitSet { from, events } => {
                 tracing::info!(lockspace = %name, ?from, "hosts set our bit: examining request records");
-                self.out.push_back(Output::BitSet {
-                    space: name.clone(),
-                    our_host_id: self.spaces[i].spec.host_id,
-                    events,
-                });
+                self.examine(&name, None);
+                if !events.is_empty() {
+                    self.out.push_back(Output::Events {
+                        space: name.clone(),
+                        our_host_id: self.spaces[i].spec.host_id,
+                        events,
+                    });
+                }
             }
             DeltaEvent::Released => {
                 tracing::info!(lockspace = %name, "left");

@@ -93,6 +93,12 @@ pub enum Done {
         /// `LS:NAME`.
         resource: String,
     },
+    /// A request record was written: the owner asked (`None`: the lease was free and
+    /// nothing was written).
+    Requested {
+        /// The owner's host id.
+        owner: Option<u64>,
+    },
     /// A resource index operation ended.
     Rindex(RindexDone),
     /// A view the front end renders itself (hello, status, listings, owners, requests).

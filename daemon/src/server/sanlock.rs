@@ -211,7 +211,11 @@ impl Server {
         match r {
             Reply::Done(_) => self.sanlock_send(k, h, 0, 0, &[]),
             Reply::Error(e) => {
-                let result = result_of(h.cmd, e.code);
+                let result = e
+                    .details
+                    .as_ref()
+                    .and_then(|d| d.sanlock_result)
+                    .unwrap_or_else(|| result_of(h.cmd, e.code));
                 tracing::debug!(cmd = h.cmd, result, error = %e.message, "sanlock client request failed");
                 self.sanlock_send(k, h, result, 0, &[]);
             }
@@ -744,7 +748,12 @@ impl Server {
                     Ok(s) => s,
                     Err(e) => return done(self, e),
                 };
-                if let Some(reply) = self.start_request(k, spec, lver, h.data, true) {
+                let cmd = Command::Request {
+                    resource: spec,
+                    lver,
+                    force_mode: h.data,
+                };
+                if let Some(reply) = self.execute(k, cmd) {
                     self.sanlock_reply(k, reply);
                 }
             }
@@ -961,17 +970,26 @@ impl Server {
             }
             (cmd::EXAMINE_LOCKSPACE, Body::Lockspace(ls)) => {
                 // Re-read the request records of the leases held in it; data is always 0.
-                if self.space_index(&ls.name).is_some() {
-                    self.examine(&ls.name, None);
+                if let Ok(space) = wire_name(&ls.name) {
+                    let _ = self.execute(
+                        k,
+                        Command::Examine {
+                            space,
+                            resource: None,
+                        },
+                    );
                 }
                 done(self, 0);
             }
             (cmd::EXAMINE_RESOURCE, Body::Resources(rs)) => {
-                if let (Some(r), true) = (rs.first(), self.space_index(&rs[0].lockspace).is_some())
-                {
-                    if let Ok(name) = Name::new(&r.name) {
-                        self.examine(&r.lockspace, Some(name));
-                    }
+                if let Some(Ok(lease)) = rs.first().map(lease_of) {
+                    let _ = self.execute(
+                        k,
+                        Command::Examine {
+                            space: lease.lockspace,
+                            resource: Some(lease.name),
+                        },
+                    );
                 }
                 done(self, 0);
             }
