@@ -506,7 +506,11 @@ impl Request {
                 Err(e) => return bad(format!("lockspace spec: {e}")),
             },
             Request::LockspaceRemove { name, wait } => match Name::new(&name) {
-                Ok(name) => Command::LockspaceRemove { name, wait },
+                Ok(name) => Command::LockspaceRemove {
+                    name,
+                    wait,
+                    kill_holders: false,
+                },
                 Err(e) => return bad(format!("lockspace name {name:?}: {e}")),
             },
             Request::LockspaceConfig {

@@ -182,8 +182,6 @@ pub struct Server {
     sanlock_listener: Option<(UnixListener, PathBuf)>,
     /// INQ_LOCKSPACE with INQ_WAIT: (client, lockspace name).
     inq_waiters: Vec<(ClientKey, String)>,
-    /// REM_LOCKSPACE waiting for killed holders: (client to answer, unless async; lockspace).
-    rem_after_kill: Vec<(Option<ClientKey>, String)>,
     /// sanlock SHUTDOWN_WAIT callers answered when tenured exits.
     shutdown_waiters: Vec<(ClientKey, crate::sanlock_wire::Header)>,
     conns: Vec<Option<Conn>>,
@@ -352,7 +350,6 @@ impl Server {
             socket_path,
             sanlock_listener,
             inq_waiters: Vec::new(),
-            rem_after_kill: Vec::new(),
             shutdown_waiters: Vec::new(),
             conns: Vec::new(),
             next_serial: 0,
@@ -412,9 +409,6 @@ impl Server {
             self.drain();
             if !self.inq_waiters.is_empty() {
                 self.sanlock_inq_waiters();
-            }
-            if !self.rem_after_kill.is_empty() {
-                self.sanlock_rem_after_kill();
             }
             if self.host.is_stopping() && self.host.ready_to_exit() {
                 break;

@@ -26,12 +26,16 @@ pub enum Command {
         /// This lockspace's io_timeout T in seconds (absent: the host's).
         io_timeout_s: Option<u64>,
     },
-    /// Leave a lockspace (refused while leases are held in it).
+    /// Leave a lockspace: refused while leases are held in it, or (`kill_holders`, sanlock's
+    /// REM_LOCKSPACE without REM_UNUSED) after SIGKILLing every holder and waiting for their
+    /// leases to go.
     LockspaceRemove {
         /// The lockspace.
         name: Name,
         /// Reply when left.
         wait: bool,
+        /// Kill the holders first instead of refusing.
+        kill_holders: bool,
     },
     /// Mark a lockspace used, or used while orphans exist (sanlock's SET_CONFIG).
     LockspaceConfig {

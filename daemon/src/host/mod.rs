@@ -290,6 +290,9 @@ pub struct Host {
     deferred: bool,
     /// Commands waiting for probes, given again after each probe.
     waiting: Vec<(ClientKey, Command)>,
+    /// Lockspaces to leave once the holders killed for their removal have no lease left, and
+    /// who waits for the leave (sanlock's REM_LOCKSPACE).
+    removals: Vec<(Option<ClientKey>, String)>,
     out: VecDeque<Output>,
     /// The time of the input being handled.
     now: Time,
@@ -423,6 +426,7 @@ impl Host {
             stopping: false,
             deferred: false,
             waiting: Vec::new(),
+            removals: Vec::new(),
             out: VecDeque::new(),
             now: Time::ZERO,
             wall_epoch_ms,
@@ -488,6 +492,26 @@ impl Host {
     /// Refuses new lockspaces and leases from now on (sanlock's SHUTDOWN: the front end
     /// decides when to leave).
     pub fn refuse_new_work(&mut self) {
+        self.stopping = true;
+    }
+
+    /// A forced stop (sanlock's SHUTDOWN with force): SIGKILL every lease holder, refuse new
+    /// work, and leave every lockspace once their leases are released.
+    pub fn stop_killing_holders(&mut self, now: Time) {
+        self.at(now);
+        let mut pids: Vec<i32> = self.reg.iter().map(|l| l.pid).filter(|p| *p > 0).collect();
+        pids.sort_unstable();
+        pids.dedup();
+        tracing::warn!(
+            ?pids,
+            "forced shutdown: killing lease holders, then leaving every lockspace"
+        );
+        for pid in pids {
+            self.out.push_back(Output::Signal {
+                pid,
+                signal: guard::KillSignal::Kill,
+            });
+        }
         self.stopping = true;
     }
 
@@ -665,9 +689,16 @@ impl Host {
                 wait,
                 io_timeout_s,
             } => self.lockspace_add(Some(k), spec, *wait, *io_timeout_s),
-            Command::LockspaceRemove { name, wait } => {
-                self.lockspace_remove(k, &name.escaped(), *wait)
-            }
+            Command::LockspaceRemove {
+                name,
+                wait,
+                kill_holders: false,
+            } => self.lockspace_remove(k, &name.escaped(), *wait),
+            Command::LockspaceRemove {
+                name,
+                wait,
+                kill_holders: true,
+            } => self.lockspace_remove_killing(k, &name.escaped(), *wait),
             Command::LockspaceConfig {
                 name,
                 used,
@@ -946,8 +977,69 @@ impl Host {
             }
             i += 1;
         }
+        self.removals_after_kill();
         if self.stopping {
             self.begin_leaving_all(now);
+        }
+    }
+
+    /// sanlock's lockspace removal: SIGKILL every holder of a lease in it (no kill path), then
+    /// leave once their leases are gone (answered then when `wait`, at once otherwise).
+    fn lockspace_remove_killing(&mut self, k: ClientKey, name: &str, wait: bool) -> Option<Reply> {
+        let Some(i) = self.space_index(name) else {
+            return Some(err(ErrorCode::NotFound, format!("no lockspace {name}")));
+        };
+        if self.spaces[i].used {
+            return Some(err(
+                ErrorCode::Busy,
+                format!("lockspace {name} is marked used: clear it first (lockspace config)"),
+            ));
+        }
+        let mut holders: Vec<i32> = self
+            .reg
+            .iter()
+            .filter(|l| l.space == name && l.pid > 0)
+            .map(|l| l.pid)
+            .collect();
+        holders.sort_unstable();
+        holders.dedup();
+        if holders.is_empty() {
+            return self.lockspace_remove(k, name, wait);
+        }
+        for pid in holders {
+            tracing::warn!(lockspace = %name, pid, "lockspace removal: killing lease holder");
+            self.out.push_back(Output::Signal {
+                pid,
+                signal: guard::KillSignal::Kill,
+            });
+        }
+        self.removals.push((wait.then_some(k), name.to_owned()));
+        (!wait).then(|| {
+            Reply::Done(Done::Leaving {
+                lockspace: name.to_owned(),
+            })
+        })
+    }
+
+    /// Removals whose killed holders' leases are gone: leave now.
+    fn removals_after_kill(&mut self) {
+        for (k, name) in std::mem::take(&mut self.removals) {
+            if self.reg.iter().any(|l| l.space == name) || self.space_busy(&name) {
+                self.removals.push((k, name));
+                continue;
+            }
+            match k {
+                Some(k) => {
+                    if let Some(r) = self.lockspace_remove(k, &name, true) {
+                        self.reply(k, r);
+                    }
+                }
+                None => {
+                    // Answered already; leave without a waiter.
+                    let now = self.now;
+                    self.leave_now(now, &name);
+                }
+            }
         }
     }
 

@@ -312,50 +312,18 @@ impl Server {
                 done(self, r);
             }
             (cmd::REM_LOCKSPACE, Body::Lockspace(ls)) => {
-                let Some(i) = self.space_index(&ls.name) else {
-                    return done(self, rv::ENOENT);
-                };
-                if self.host.spaces()[i].used {
-                    return done(self, rv::EBUSY);
-                }
+                // No lockspace: ENOENT; marked used: EBUSY (the host's not_found / busy).
                 let wait = h.cmd_flags & flags::REM_ASYNC == 0;
-                let holders: Vec<i32> = self
-                    .host
-                    .leases()
-                    .filter(|l| l.space == ls.name && l.pid > 0)
-                    .map(|l| l.pid)
-                    .collect();
-                if !holders.is_empty() {
-                    if h.cmd_flags & flags::REM_UNUSED != 0 {
-                        return done(self, rv::EBUSY);
-                    }
-                    // sanlock's removal: SIGKILL every holder (no kill path), wait for their
-                    // leases to go, then leave.
-                    for pid in holders {
-                        tracing::warn!(lockspace = %ls.name, pid, "lockspace removal: killing lease holder");
-                        if let Some(p) = rustix::process::Pid::from_raw(pid) {
-                            if let Ok(fd) =
-                                rustix::process::pidfd_open(p, rustix::process::PidfdFlags::empty())
-                            {
-                                let _ = rustix::process::pidfd_send_signal(
-                                    &fd,
-                                    rustix::process::Signal::KILL,
-                                );
-                            }
-                        }
-                    }
-                    if !wait {
-                        self.sanlock_send(k, h, 0, 0, &[]);
-                        self.rem_after_kill.push((None, ls.name));
-                    } else {
-                        self.rem_after_kill.push((Some(k), ls.name));
-                    }
-                    return;
-                }
                 let Ok(name) = wire_name(&ls.name) else {
                     return done(self, rv::EINVAL);
                 };
-                if let Some(r) = self.execute(k, Command::LockspaceRemove { name, wait }) {
+                let cmd = Command::LockspaceRemove {
+                    name,
+                    wait,
+                    // REM_UNUSED: refused (EBUSY) while leases are held.
+                    kill_holders: h.cmd_flags & flags::REM_UNUSED == 0,
+                };
+                if let Some(r) = self.execute(k, cmd) {
                     self.sanlock_reply(k, r);
                 }
             }
@@ -834,26 +802,9 @@ impl Server {
                 // Forced: SIGKILL every lease holder (as sanlock does), then leave every
                 // lockspace once their leases are released, then exit. SHUTDOWN_WAIT is
                 // answered at exit.
-                let pids: Vec<i32> = self
-                    .host
-                    .leases()
-                    .map(|l| l.pid)
-                    .filter(|p| *p > 0)
-                    .collect();
-                tracing::warn!(?pids, "forced shutdown asked by a sanlock client: killing lease holders, then leaving every lockspace");
-                for pid in pids {
-                    if let Some(p) = rustix::process::Pid::from_raw(pid) {
-                        if let Ok(fd) =
-                            rustix::process::pidfd_open(p, rustix::process::PidfdFlags::empty())
-                        {
-                            let _ = rustix::process::pidfd_send_signal(
-                                &fd,
-                                rustix::process::Signal::KILL,
-                            );
-                        }
-                    }
-                }
-                self.host.refuse_new_work();
+                let now = self.clock.now();
+                self.host.stop_killing_holders(now);
+                self.drain();
                 if h.cmd == cmd::SHUTDOWN_WAIT {
                     if let Some(c) = self.conn(k) {
                         c.busy = false;
@@ -1321,34 +1272,6 @@ impl Server {
             Some(Some(LockspaceState::Joining { .. })) => rv::EINPROGRESS,
             Some(Some(LockspaceState::Joined { .. })) => rv::EINPROGRESS,
             _ => rv::ENOENT,
-        }
-    }
-
-    /// Lockspace removals waiting for their killed holders' leases to go.
-    pub(super) fn sanlock_rem_after_kill(&mut self) {
-        let pending = std::mem::take(&mut self.rem_after_kill);
-        for (k, name) in pending {
-            let releasing = self.host.space_busy(&name);
-            if self.host.leases().any(|l| l.space == name) || releasing {
-                self.rem_after_kill.push((k, name));
-                continue;
-            }
-            match k {
-                Some(k) => {
-                    let r = match Name::new(&name) {
-                        Ok(name) => self.execute(k, Command::LockspaceRemove { name, wait: true }),
-                        Err(e) => Some(Reply::error(ErrorCode::BadRequest, e.to_string())),
-                    };
-                    if let Some(r) = r {
-                        self.sanlock_reply(k, r);
-                    }
-                }
-                None => {
-                    // REM_ASYNC: already answered; leave without a waiter.
-                    let now = self.clock.now();
-                    self.host.leave_now(now, &name);
-                }
-            }
         }
     }
 
