@@ -147,7 +147,7 @@ pub struct Space {
 
 /// A lease operation in flight.
 #[derive(Debug)]
-pub enum Pending {
+enum Pending {
     /// An acquire.
     Acquire {
         /// Who asked.
