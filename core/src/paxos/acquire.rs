@@ -5,7 +5,9 @@
 
 use super::*;
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+/// Where the acquire is. The states after the commit carry what they work on: the lease won,
+/// and the inner release that gives the leader back.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
 enum Step {
     ReadArea,
     AwaitOwner,
@@ -14,13 +16,25 @@ enum Step {
     Phase2,
     ReadLvb,
     Commit,
-    /// Exclusive: asking about the liveness of shared holders seen in phase 2.
-    CheckShared,
-    /// Driving an inner release: freeing the leader after a shared acquire, or unwinding an
-    /// exclusive acquire that met a live shared holder.
-    Inner,
+    /// Exclusive, committed: asking about the liveness of the first shared holder seen in
+    /// phase 2 (`shared_holders`).
+    CheckShared {
+        /// The lease won.
+        won: Acquired,
+    },
+    /// Driving an inner release: freeing the leader after a shared acquire, unwinding an
+    /// exclusive acquire that met a live shared holder, or giving back what a retract won.
+    Inner {
+        /// The release.
+        release: Box<PaxosRelease>,
+        /// Why it runs, and what to report when it ends.
+        goal: InnerGoal,
+    },
     /// A conversion to exclusive succeeded: clearing our SHARED mode block.
-    ClearMode,
+    ClearMode {
+        /// The lease won (exclusive).
+        won: Acquired,
+    },
     Done,
 }
 
@@ -28,14 +42,16 @@ enum Step {
 pub const SHORT_HOLD_RETRIES_MAX: u32 = 8;
 
 /// Why an inner release runs, and what to report when it ends.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
 enum InnerGoal {
-    /// Shared acquire: our mode block is SHARED, the leader is being freed.
-    Shared,
-    /// Exclusive acquire met this live shared holder: unwinding.
+    /// Shared acquire: our mode block is SHARED, the leader is being freed; this lease is
+    /// reported (shared) once it is.
+    Shared(Box<Acquired>),
+    /// Exclusive acquire met this live shared holder (host id, generation): unwinding.
     Busy(u64, u64),
-    /// A retract won the lease: giving it back.
-    Retract,
+    /// A retract won the lease: giving it back, then reporting the failure that started
+    /// the retract (what, outcome).
+    Retract(&'static str, IoOutcome),
 }
 
 /// Attempts to retract after an I/O failure past phase 2 before reporting that the lease may
@@ -72,12 +88,8 @@ pub struct PaxosAcquire {
     other_won: Option<u64>,
     /// The lock value block read before the commit.
     lvb: Option<Vec<u8>>,
-    /// What we won (kept while shared holders are checked or an inner release runs).
-    won: Option<Acquired>,
     /// Other hosts' SHARED mode blocks seen in the phase 2 read: (host id, generation).
     shared_holders: Vec<(u64, u64)>,
-    /// The inner release and why it runs.
-    inner: Option<(Box<PaxosRelease>, InnerGoal)>,
     /// Retries after finding another host's SHORT_HOLD leader.
     short_hold_retries: u32,
     /// Converting a shared hold to exclusive: our SHARED mode block, kept in every dblock
@@ -125,9 +137,7 @@ impl PaxosAcquire {
             owner_cleared: None,
             other_won: None,
             lvb: None,
-            won: None,
             shared_holders: Vec::new(),
-            inner: None,
             short_hold_retries: 0,
             keep_mode: None,
             last_written: None,
@@ -158,7 +168,7 @@ impl PaxosAcquire {
     pub fn new_cached(cfg: PaxosConfig, cache: &BallotCache, now: Time) -> Self {
         let mut me = Self::new(cfg, now);
         let l = &cache.leader;
-        let usable = me.step == Step::ReadArea
+        let usable = matches!(me.step, Step::ReadArea)
             && me.cfg.expect_lver.is_none()
             && l.timestamp == 0
             && l.resource_name == me.cfg.resource_name
@@ -236,25 +246,25 @@ impl PaxosAcquire {
 
     /// The next I/O (taken: each is returned once).
     pub fn poll_io(&mut self) -> Option<PaxosIo> {
-        match &mut self.inner {
-            Some((r, _)) => r.poll_io(),
-            None => self.pending.take(),
+        match &mut self.step {
+            Step::Inner { release, .. } => release.poll_io(),
+            _ => self.pending.take(),
         }
     }
 
     /// Deadline of the I/O just taken.
     pub fn io_deadline(&self) -> Time {
-        match &self.inner {
-            Some((r, _)) => r.io_deadline(),
-            None => self.io_started.saturating_add(self.cfg.timeouts.io()),
+        match &self.step {
+            Step::Inner { release, .. } => release.io_deadline(),
+            _ => self.io_started.saturating_add(self.cfg.timeouts.io()),
         }
     }
 
     /// The sector to write.
     pub fn write_data(&self) -> &[u8] {
-        match &self.inner {
-            Some((r, _)) => r.write_data(),
-            None => &self.sector,
+        match &self.step {
+            Step::Inner { release, .. } => release.write_data(),
+            _ => &self.sector,
         }
     }
 
@@ -310,8 +320,10 @@ impl PaxosAcquire {
                     self.keep_mode.unwrap_or_default(),
                     self.now,
                 );
-                self.step = Step::Inner;
-                self.inner = Some((Box::new(r), InnerGoal::Retract));
+                self.step = Step::Inner {
+                    release: Box::new(r),
+                    goal: InnerGoal::Retract(what, outcome),
+                };
             }
             // Another host holds or owns the lease, or we won and gave it back to a live
             // shared holder: it is not ours.
@@ -342,48 +354,44 @@ impl PaxosAcquire {
     pub fn handle_io(&mut self, now: Time, outcome: IoOutcome, data: &[u8]) {
         self.now = now;
         self.note_io_time(now);
-        if let Some((r, goal)) = &mut self.inner {
-            r.handle_io(now, outcome, data);
-            let goal = *goal;
-            if let Some(res) = r.poll_result() {
-                self.inner = None;
-                if goal == InnerGoal::Retract {
-                    let (what, outcome) = self.retracting.expect("retracting");
+        if let Step::Inner { release, .. } = &mut self.step {
+            release.handle_io(now, outcome, data);
+            let Some(res) = release.poll_result() else {
+                return;
+            };
+            let Step::Inner { goal, .. } = std::mem::replace(&mut self.step, Step::Done) else {
+                return;
+            };
+            let r = match (res, goal) {
+                (res, InnerGoal::Retract(what, outcome)) => {
                     return self.finish_raw(Err(match res {
                         Ok(()) => PaxosError::Io { what, outcome },
                         Err(_) => PaxosError::IoMaybeHeld { what, outcome },
                     }));
                 }
-                let r = match (res, goal) {
-                    (_, InnerGoal::Retract) => unreachable!("handled above"),
-                    (Err(e), _) => Err(e),
-                    (Ok(()), InnerGoal::Busy(host_id, generation)) => Err(PaxosError::SharedBusy {
-                        host_id,
-                        generation,
-                    }),
-                    (Ok(()), InnerGoal::Shared) => {
-                        // Set when the inner release started.
-                        let won = self.won.take().expect("won lease");
-                        Ok(Acquired {
-                            dblock: Dblock {
-                                flags: won.dblock.flags | DBLOCK_FLAG_RELEASED,
-                                ..won.dblock
-                            },
-                            shared: true,
-                            ..won
-                        })
-                    }
-                };
-                self.finish(r);
-            }
-            return;
+                (Err(e), _) => Err(e),
+                (Ok(()), InnerGoal::Busy(host_id, generation)) => Err(PaxosError::SharedBusy {
+                    host_id,
+                    generation,
+                }),
+                (Ok(()), InnerGoal::Shared(won)) => Ok(Acquired {
+                    dblock: Dblock {
+                        flags: won.dblock.flags | DBLOCK_FLAG_RELEASED,
+                        ..won.dblock
+                    },
+                    shared: true,
+                    ..*won
+                }),
+            };
+            return self.finish(r);
         }
-        if outcome != IoOutcome::Done && self.step == Step::ClearMode {
+        if outcome != IoOutcome::Done && matches!(self.step, Step::ClearMode { .. }) {
             // A conversion won the leader; only clearing our SHARED mode block failed. We hold
             // the lease exclusively (the leader says so); the stale SHARED block only makes
             // exclusive acquirers more cautious, and our release writes it zero.
-            let won = self.won.take().expect("won lease");
-            return self.finish_raw(Ok(won));
+            if let Step::ClearMode { won } = std::mem::replace(&mut self.step, Step::Done) {
+                return self.finish_raw(Ok(won));
+            }
         }
         if outcome != IoOutcome::Done {
             let what = match self.step {
@@ -433,19 +441,24 @@ impl PaxosAcquire {
                     // Mode block SHARED with our dblock RELEASED, then free the leader.
                     let mode = shared_mode(self.cfg.generation);
                     let r = PaxosRelease::leader_release(self.cfg.clone(), won.clone(), mode, now);
-                    self.won = Some(won);
-                    self.step = Step::Inner;
-                    self.inner = Some((Box::new(r), InnerGoal::Shared));
+                    self.step = Step::Inner {
+                        release: Box::new(r),
+                        goal: InnerGoal::Shared(Box::new(won)),
+                    };
                     return;
                 }
-                self.won = Some(won);
-                self.next_shared_holder();
+                self.next_shared_holder(won);
             }
-            Step::ClearMode => {
-                let won = self.won.take().expect("won lease");
-                self.finish(Ok(won));
+            Step::ClearMode { .. } => {
+                if let Step::ClearMode { won } = std::mem::replace(&mut self.step, Step::Done) {
+                    self.finish(Ok(won));
+                }
             }
-            Step::AwaitOwner | Step::Backoff | Step::CheckShared | Step::Inner | Step::Done => {}
+            Step::AwaitOwner
+            | Step::Backoff
+            | Step::CheckShared { .. }
+            | Step::Inner { .. }
+            | Step::Done => {}
         }
     }
 
@@ -466,7 +479,6 @@ impl PaxosAcquire {
         self.cfg.expect_lver = None;
         self.cfg.read_lvb = false;
         self.other_won = None;
-        self.won = None;
         self.lvb = None;
         self.shared_holders.clear();
         self.owner_query = None;
@@ -566,12 +578,14 @@ impl PaxosAcquire {
     /// the leader names.
     pub fn handle_owner_status(&mut self, now: Time, status: HostStatus, same_generation: bool) {
         self.now = now;
-        if self.step == Step::CheckShared {
+        if matches!(self.step, Step::CheckShared { .. }) {
+            let Step::CheckShared { won } = std::mem::replace(&mut self.step, Step::Done) else {
+                return;
+            };
             let (host, generation) = self.shared_holders.remove(0);
             match (status, same_generation) {
                 (HostStatus::Live | HostStatus::Unknown | HostStatus::Fail, true) => {
                     // A live (or not yet known dead) shared holder: give the leader back.
-                    let won = self.won.clone().expect("won lease");
                     self.last_written = Some(Dblock {
                         flags: won.dblock.flags | DBLOCK_FLAG_RELEASED,
                         ..won.dblock
@@ -583,17 +597,19 @@ impl PaxosAcquire {
                         self.keep_mode.unwrap_or_default(),
                         now,
                     );
-                    self.step = Step::Inner;
-                    self.inner = Some((Box::new(r), InnerGoal::Busy(host, generation)));
+                    self.step = Step::Inner {
+                        release: Box::new(r),
+                        goal: InnerGoal::Busy(host, generation),
+                    };
                 }
                 // Dead, free, or rejoined since: that shared lease is void. Its mode block is
                 // left alone (writing another host's sector could clobber a ballot it runs
                 // after rejoining); its own next dblock write clears it.
-                _ => self.next_shared_holder(),
+                _ => self.next_shared_holder(won),
             }
             return;
         }
-        if self.step != Step::AwaitOwner {
+        if !matches!(self.step, Step::AwaitOwner) {
             return;
         }
         // Checked in decide: leader is set while awaiting the owner.
@@ -862,10 +878,10 @@ impl PaxosAcquire {
 
     /// Exclusive acquire after the commit: ask about the next shared holder seen in phase 2,
     /// or finish.
-    fn next_shared_holder(&mut self) {
+    fn next_shared_holder(&mut self, won: Acquired) {
         match self.shared_holders.first() {
             Some(&(host, generation)) => {
-                self.step = Step::CheckShared;
+                self.step = Step::CheckShared { won };
                 self.owner_query = Some((host, generation));
             }
             // (A retract that won keeps the mode block: it gives the lease back as shared.)
@@ -874,16 +890,12 @@ impl PaxosAcquire {
                 self.keep_mode = None;
                 self.sector.fill(0);
                 self.ours.encode_into(&mut self.sector);
-                self.step = Step::ClearMode;
+                self.step = Step::ClearMode { won };
                 self.pending = Some(PaxosIo::Write {
                     offset: self.dblock_offset(),
                 });
             }
-            None => {
-                // Set at the commit.
-                let won = self.won.take().expect("won lease");
-                self.finish(Ok(won));
-            }
+            None => self.finish(Ok(won)),
         }
     }
 
@@ -930,9 +942,7 @@ impl std::hash::Hash for PaxosAcquire {
             owner_cleared,
             other_won,
             lvb,
-            won,
             shared_holders,
-            inner,
             short_hold_retries,
             keep_mode,
             last_written,
@@ -956,9 +966,7 @@ impl std::hash::Hash for PaxosAcquire {
             owner_cleared,
             other_won,
             lvb,
-            won,
             shared_holders,
-            inner,
             short_hold_retries,
             keep_mode,
             last_written,
