@@ -22,7 +22,7 @@ use tenure_format::{Geometry, Name};
 use super::{Entry, LockspaceId};
 use crate::clock::Time;
 use crate::io::{Completion, DiskId, IoBackend, IoId, IoKind, IoOutcome};
-use crate::paxos::disks::{DiskIo, Majority, PaxosMachine};
+use crate::paxos::disks::{DiskIo, Issued, Majority, PaxosMachine, Pumped};
 use crate::paxos::{
     Acquired, BallotCache, PaxosAcquire, PaxosConfig, PaxosError, PaxosIo, PaxosRelease,
 };
@@ -153,6 +153,41 @@ enum Machine {
 }
 
 impl PaxosMachine for Machine {
+    /// Acquire: Some; release: None.
+    type Output = Option<Acquired>;
+    fn poll_result(&mut self) -> Option<Result<Option<Acquired>, PaxosError>> {
+        match self {
+            Machine::Acquire(m) => m.poll_result().map(|r| r.map(Some)),
+            Machine::Release(m) => m.poll_result().map(|r| r.map(|()| None)),
+        }
+    }
+    fn poll_owner_query(&mut self) -> Option<(u64, u64)> {
+        match self {
+            Machine::Acquire(m) => m.poll_owner_query(),
+            Machine::Release(_) => None,
+        }
+    }
+    fn handle_owner_status(
+        &mut self,
+        now: Time,
+        status: crate::delta::HostStatus,
+        same_generation: bool,
+    ) {
+        if let Machine::Acquire(m) = self {
+            m.handle_owner_status(now, status, same_generation);
+        }
+    }
+    fn poll_timeout(&self) -> Option<Time> {
+        match self {
+            Machine::Acquire(m) => m.poll_timeout(),
+            Machine::Release(_) => None,
+        }
+    }
+    fn handle_timeout(&mut self, now: Time) {
+        if let Machine::Acquire(m) = self {
+            m.handle_timeout(now);
+        }
+    }
     fn poll_io(&mut self) -> Option<PaxosIo> {
         match self {
             Machine::Acquire(m) => m.poll_io(),
@@ -492,71 +527,44 @@ fn drive(
             s.flights[d].data = data;
         }
     }
-    // Bounded: each pass either ends, starts I/O, or answers a question / timer that moves
-    // the machine on; a machine asks at most a few questions in a row.
-    for _ in 0..64 {
-        let mut moved = false;
-        while let Some(DiskIo { disk, io, tag }) = s.maj.poll_io() {
-            let started = crate::paxos::start_io(
-                backend,
-                s.disks[disk],
-                io,
-                s.maj.write_data(),
-                s.maj.io_deadline(),
-            );
-            match started {
-                Ok((w, r)) => {
-                    for id in w.iter().chain(r.iter()) {
-                        flight_of.insert(*id, (op_id, sub, disk));
-                    }
-                    let f = &mut s.flights[disk];
-                    f.tag = tag;
-                    f.write = w;
-                    f.read = r;
-                    f.failure = None;
-                    f.data.clear();
+    let disks = &s.disks;
+    let flights = &mut s.flights;
+    let mut issue = |dio: DiskIo, data: &[u8], deadline: Time| {
+        match crate::paxos::start_io(backend, disks[dio.disk], dio.io, data, deadline) {
+            Ok((w, r)) => {
+                for id in w.iter().chain(r.iter()) {
+                    flight_of.insert(*id, (op_id, sub, dio.disk));
                 }
-                Err(_) => {
-                    // Engine full (or an older write of ours there may still land): this disk
-                    // fails the step like an I/O error (nothing was queued), and the protocol
-                    // goes on by its rules.
-                    let busy = IoOutcome::Failed { errno: libc::EBUSY };
-                    s.maj.handle_io(now, disk, tag, busy, &[]);
-                    moved = true;
-                }
+                let f = &mut flights[dio.disk];
+                f.tag = dio.tag;
+                f.write = w;
+                f.read = r;
+                f.failure = None;
+                f.data.clear();
+                Issued::Started
             }
+            // Engine full (or an older write of ours there may still land): this disk fails
+            // the step like an I/O error (nothing was queued).
+            Err(_) => Issued::Refused(IoOutcome::Failed { errno: libc::EBUSY }),
         }
-        // The outcome is taken once every disk answered: no straggler of ours is left to race
-        // a next operation's write.
-        if !s.waiting_io() {
-            let done = match s.maj.machine() {
-                Machine::Acquire(m) => m.poll_result().map(|r| r.map(Some)),
-                Machine::Release(m) => {
-                    let r = m.poll_result();
-                    s.cache = m.cache();
-                    r.map(|r| r.map(|()| None))
-                }
-            };
-            if let Some(r) = done {
-                s.done = Some(r);
-                return;
-            }
+    };
+    let mut owner_status = |host: u64, generation: u64, t: Time| {
+        entry.map_or((crate::delta::HostStatus::Free, false), |e| {
+            e.lease.hosts().owner_status(host, generation, t)
+        })
+    };
+    let pumped = s.maj.pump(&mut || now, &mut issue, &mut owner_status);
+    // The engine's flights and the layer's busy disks tell the same story.
+    debug_assert_eq!(
+        s.waiting_io(),
+        s.maj.in_flight(),
+        "flights and busy disks differ"
+    );
+    if let Pumped::Done(r) = pumped {
+        if let Machine::Release(m) = s.maj.machine_ref() {
+            s.cache = m.cache();
         }
-        if let Machine::Acquire(m) = s.maj.machine() {
-            if let Some((host, generation)) = m.poll_owner_query() {
-                let (status, same) = entry.map_or((crate::delta::HostStatus::Free, false), |e| {
-                    e.lease.hosts().owner_status(host, generation, now)
-                });
-                m.handle_owner_status(now, status, same);
-                moved = true;
-            } else if m.poll_timeout().is_some_and(|t| t <= now) {
-                m.handle_timeout(now);
-                moved = true;
-            }
-        }
-        if !moved {
-            return;
-        }
+        s.done = Some(r);
     }
 }
 

@@ -113,6 +113,11 @@ pub struct PaxosAcquire {
 }
 
 impl PaxosAcquire {
+    /// Its configuration.
+    pub(crate) fn config(&self) -> &PaxosConfig {
+        &self.cfg
+    }
+
     /// Starts an acquire at `now`: the first I/O reads the resource area.
     pub fn new(cfg: PaxosConfig, now: Time) -> Self {
         let ss = cfg.geometry.sector_size_bytes() as usize;

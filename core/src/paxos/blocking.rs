@@ -5,6 +5,7 @@ use super::*;
 use crate::clock::Clock;
 use crate::io::drive::complete_on;
 use crate::io::{DiskId, IoBackend, IoError, IoKind};
+use crate::paxos::disks::{DiskIo, Issued, Majority, PaxosMachine, Pumped};
 
 /// One I/O of a machine, performed to completion: (combined outcome, read data).
 fn perform(
@@ -47,8 +48,8 @@ pub fn acquire(
     cfg: PaxosConfig,
     owner_status: &mut dyn FnMut(u64, u64) -> (HostStatus, bool),
 ) -> Result<Result<Acquired, PaxosError>, IoError> {
-    let mut m = PaxosAcquire::new(cfg, clock.now());
-    run_acquire(backend, clock, disk, &mut m, owner_status)
+    let m = PaxosAcquire::new(cfg, clock.now());
+    run_acquire(backend, clock, disk, m, owner_status).map(|(r, _)| r)
 }
 
 /// Runs an acquire that starts from what our last release of the lease left (see
@@ -61,8 +62,8 @@ pub fn acquire_cached(
     cache: &BallotCache,
     owner_status: &mut dyn FnMut(u64, u64) -> (HostStatus, bool),
 ) -> Result<Result<Acquired, PaxosError>, IoError> {
-    let mut m = PaxosAcquire::new_cached(cfg, cache, clock.now());
-    run_acquire(backend, clock, disk, &mut m, owner_status)
+    let m = PaxosAcquire::new_cached(cfg, cache, clock.now());
+    run_acquire(backend, clock, disk, m, owner_status).map(|(r, _)| r)
 }
 
 /// Runs a conversion of the shared hold `held` to exclusive to its end: Ok(exclusive
@@ -76,42 +77,75 @@ pub fn convert_to_exclusive(
     held: &Acquired,
     owner_status: &mut dyn FnMut(u64, u64) -> (HostStatus, bool),
 ) -> Result<Result<Acquired, (PaxosError, Acquired)>, IoError> {
-    let mut m = PaxosAcquire::convert_to_exclusive(cfg, held, clock.now());
-    let r = run_acquire(backend, clock, disk, &mut m, owner_status)?;
-    Ok(r.map_err(|e| (e, m.shared_hold_after_failure(held))))
+    let m = PaxosAcquire::convert_to_exclusive(cfg, held, clock.now());
+    let (r, m) = run_acquire(backend, clock, disk, m, owner_status)?;
+    Ok(r.map_err(|e| {
+        let kept = m.map_or_else(|| held.clone(), |m| m.shared_hold_after_failure(held));
+        (e, kept)
+    }))
+}
+
+/// A machine's result, and the machine (absent when it could not be set up).
+type Ran<M> = (Result<<M as PaxosMachine>::Output, PaxosError>, Option<M>);
+
+/// Runs a machine to its end over one disk, through the one driver ([`Majority::pump`]),
+/// each I/O performed to completion; gives the machine back with its result.
+fn run<M: PaxosMachine>(
+    backend: &mut dyn IoBackend,
+    clock: &dyn Clock,
+    disk: DiskId,
+    m: M,
+    cfg: &PaxosConfig,
+    owner_status: &mut dyn FnMut(u64, u64) -> (HostStatus, bool),
+) -> Result<Ran<M>, IoError> {
+    let mut maj = match Majority::new(m, cfg, vec![cfg.area_offset]) {
+        Ok(maj) => maj,
+        Err(e) => return Ok((Err(e), None)),
+    };
+    loop {
+        let mut failed: Option<IoError> = None;
+        let pumped = maj.pump(
+            &mut || clock.now(),
+            &mut |dio: DiskIo, data: &[u8], deadline: Time| {
+                let mut buf = Vec::new();
+                match perform(backend, clock, disk, dio.io, data, deadline, &mut buf) {
+                    Ok(outcome) => Issued::Completed(outcome, buf),
+                    Err(e) => {
+                        failed = Some(e);
+                        Issued::Refused(IoOutcome::Failed { errno: libc::EIO })
+                    }
+                }
+            },
+            &mut |host, generation, _| owner_status(host, generation),
+        );
+        if let Some(e) = failed {
+            return Err(e);
+        }
+        match pumped {
+            Pumped::Done(r) => return Ok((r, Some(maj.into_machine()))),
+            Pumped::Until(t) => {
+                let now = clock.now();
+                if t > now {
+                    backend.wait(now, t)?;
+                }
+            }
+            // Every I/O completes inside `perform`: nothing can be in flight here.
+            Pumped::Io | Pumped::Stalled => {
+                return Ok((Err(PaxosError::Stalled("blocking driver")), None))
+            }
+        }
+    }
 }
 
 fn run_acquire(
     backend: &mut dyn IoBackend,
     clock: &dyn Clock,
     disk: DiskId,
-    m: &mut PaxosAcquire,
+    m: PaxosAcquire,
     owner_status: &mut dyn FnMut(u64, u64) -> (HostStatus, bool),
-) -> Result<Result<Acquired, PaxosError>, IoError> {
-    let mut buf = Vec::new();
-    loop {
-        if let Some(r) = m.poll_result() {
-            return Ok(r);
-        }
-        if let Some(io) = m.poll_io() {
-            let data = m.write_data().to_vec();
-            let outcome = perform(backend, clock, disk, io, &data, m.io_deadline(), &mut buf)?;
-            m.handle_io(clock.now(), outcome, &buf);
-            continue;
-        }
-        if let Some((host, generation)) = m.poll_owner_query() {
-            let (status, same) = owner_status(host, generation);
-            m.handle_owner_status(clock.now(), status, same);
-            continue;
-        }
-        if let Some(t) = m.poll_timeout() {
-            let now = clock.now();
-            if t > now {
-                backend.wait(now, t)?;
-            }
-            m.handle_timeout(clock.now());
-        }
-    }
+) -> Result<Ran<PaxosAcquire>, IoError> {
+    let cfg = m.config().clone();
+    run(backend, clock, disk, m, &cfg, owner_status)
 }
 
 /// Runs a release to its end.
@@ -134,9 +168,9 @@ pub fn release_keeping_cache(
     cfg: PaxosConfig,
     held: Acquired,
 ) -> Result<Result<Option<BallotCache>, PaxosError>, IoError> {
-    let mut m = PaxosRelease::new(cfg, held, clock.now());
-    let r = drive_release(backend, clock, disk, &mut m)?;
-    Ok(r.map(|()| m.cache()))
+    let m = PaxosRelease::new(cfg, held, clock.now());
+    let (r, m) = drive_release(backend, clock, disk, m)?;
+    Ok(r.map(|()| m.and_then(|m| m.cache())))
 }
 
 /// Runs a release that first writes `lvb` as the lock value block.
@@ -149,7 +183,7 @@ pub fn release_with_lvb(
     lvb: &[u8],
 ) -> Result<Result<(), PaxosError>, IoError> {
     match PaxosRelease::with_lvb(cfg, held, lvb, clock.now()) {
-        Ok(mut m) => drive_release(backend, clock, disk, &mut m),
+        Ok(m) => drive_release(backend, clock, disk, m).map(|(r, _)| r),
         Err(e) => Ok(Err(e)),
     }
 }
@@ -158,18 +192,10 @@ fn drive_release(
     backend: &mut dyn IoBackend,
     clock: &dyn Clock,
     disk: DiskId,
-    m: &mut PaxosRelease,
-) -> Result<Result<(), PaxosError>, IoError> {
-    let mut buf = Vec::new();
-    loop {
-        if let Some(r) = m.poll_result() {
-            return Ok(r);
-        }
-        let Some(io) = m.poll_io() else {
-            return Ok(Err(PaxosError::Stalled("release")));
-        };
-        let data = m.write_data().to_vec();
-        let outcome = perform(backend, clock, disk, io, &data, m.io_deadline(), &mut buf)?;
-        m.handle_io(clock.now(), outcome, &buf);
-    }
+    m: PaxosRelease,
+) -> Result<Ran<PaxosRelease>, IoError> {
+    let cfg = m.config().clone();
+    run(backend, clock, disk, m, &cfg, &mut |_, _| {
+        (HostStatus::Free, false)
+    })
 }

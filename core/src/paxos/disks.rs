@@ -26,15 +26,18 @@
 use tenure_format::paxos::{Dblock, ModeBlock, RequestRecord, DBLOCK_FLAG_RELEASED};
 use tenure_format::{LeaderKind, LeaderRecord};
 
-use super::{PaxosAcquire, PaxosConfig, PaxosError, PaxosIo, PaxosRelease};
+use super::{Acquired, PaxosAcquire, PaxosConfig, PaxosError, PaxosIo, PaxosRelease};
 use crate::clock::Time;
+use crate::delta::HostStatus;
 use crate::io::IoOutcome;
 
 /// Disks a lease may span (sanlock: 4).
 pub const DISKS_MAX: usize = 4;
 
-/// A paxos machine's I/O face: what [`Majority`] drives.
+/// A paxos machine's face: what [`Majority`] and its one driver, [`Majority::pump`], drive.
 pub trait PaxosMachine {
+    /// What it ends with.
+    type Output;
     /// The next I/O (taken).
     fn poll_io(&mut self) -> Option<PaxosIo>;
     /// Deadline of the I/O just taken.
@@ -43,9 +46,24 @@ pub trait PaxosMachine {
     fn write_data(&self) -> &[u8];
     /// The outcome of the I/O taken last.
     fn handle_io(&mut self, now: Time, outcome: IoOutcome, data: &[u8]);
+    /// The outcome, once.
+    fn poll_result(&mut self) -> Option<Result<Self::Output, PaxosError>>;
+    /// A host whose delta-lease status the machine needs: (host id, generation).
+    fn poll_owner_query(&mut self) -> Option<(u64, u64)> {
+        None
+    }
+    /// The answer to [`PaxosMachine::poll_owner_query`].
+    fn handle_owner_status(&mut self, _now: Time, _status: HostStatus, _same_generation: bool) {}
+    /// When [`PaxosMachine::handle_timeout`] is due.
+    fn poll_timeout(&self) -> Option<Time> {
+        None
+    }
+    /// Time passed.
+    fn handle_timeout(&mut self, _now: Time) {}
 }
 
 impl PaxosMachine for PaxosAcquire {
+    type Output = Acquired;
     fn poll_io(&mut self) -> Option<PaxosIo> {
         PaxosAcquire::poll_io(self)
     }
@@ -58,9 +76,25 @@ impl PaxosMachine for PaxosAcquire {
     fn handle_io(&mut self, now: Time, outcome: IoOutcome, data: &[u8]) {
         PaxosAcquire::handle_io(self, now, outcome, data)
     }
+    fn poll_result(&mut self) -> Option<Result<Acquired, PaxosError>> {
+        PaxosAcquire::poll_result(self)
+    }
+    fn poll_owner_query(&mut self) -> Option<(u64, u64)> {
+        PaxosAcquire::poll_owner_query(self)
+    }
+    fn handle_owner_status(&mut self, now: Time, status: HostStatus, same_generation: bool) {
+        PaxosAcquire::handle_owner_status(self, now, status, same_generation)
+    }
+    fn poll_timeout(&self) -> Option<Time> {
+        PaxosAcquire::poll_timeout(self)
+    }
+    fn handle_timeout(&mut self, now: Time) {
+        PaxosAcquire::handle_timeout(self, now)
+    }
 }
 
 impl PaxosMachine for PaxosRelease {
+    type Output = ();
     fn poll_io(&mut self) -> Option<PaxosIo> {
         PaxosRelease::poll_io(self)
     }
@@ -73,7 +107,41 @@ impl PaxosMachine for PaxosRelease {
     fn handle_io(&mut self, now: Time, outcome: IoOutcome, data: &[u8]) {
         PaxosRelease::handle_io(self, now, outcome, data)
     }
+    fn poll_result(&mut self) -> Option<Result<(), PaxosError>> {
+        PaxosRelease::poll_result(self)
+    }
 }
+
+/// How a driver carried out one I/O handed to it by [`Majority::pump`].
+#[derive(Debug)]
+pub enum Issued {
+    /// Started: its outcome comes back later through [`Majority::handle_io`].
+    Started,
+    /// Done already (a blocking driver): its outcome, and the read's bytes.
+    Completed(IoOutcome, Vec<u8>),
+    /// Not started (the engine refused it): the disk fails the step with this outcome, and
+    /// the protocol goes on by its rules.
+    Refused(IoOutcome),
+}
+
+/// What a machine waits for after [`Majority::pump`].
+#[derive(Debug, PartialEq, Eq)]
+pub enum Pumped<R> {
+    /// It ended, and every disk answered (no straggler of ours is left to race a next
+    /// operation's write).
+    Done(Result<R, PaxosError>),
+    /// I/O in flight: pump again once some of it completed.
+    Io,
+    /// A timer: pump again at this time.
+    Until(Time),
+    /// Nothing in flight, no timer, no result: a machine that stalled (a bug).
+    Stalled,
+}
+
+/// Passes of [`Majority::pump`] before it gives the driver back: each pass ends, starts
+/// I/O, or answers a question / timer that moves the machine on, and a machine asks at most
+/// a few questions in a row.
+const PUMP_PASSES_MAX: usize = 64;
 
 /// One I/O on one disk. Answer it with [`Majority::handle_io`] giving back `disk` and `tag`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -147,6 +215,74 @@ impl<M: std::hash::Hash> std::hash::Hash for Majority<M> {
 }
 
 impl<M: PaxosMachine> Majority<M> {
+    /// The one driver of the paxos machines (the daemon's engine and the blocking drivers
+    /// both run it): hands each I/O to `issue`, answers owner queries with
+    /// `owner_status(host id, generation, now)`, fires timers that are due by `now()`, and
+    /// takes the result once every disk answered.
+    pub fn pump(
+        &mut self,
+        now: &mut dyn FnMut() -> Time,
+        issue: &mut dyn FnMut(DiskIo, &[u8], Time) -> Issued,
+        owner_status: &mut dyn FnMut(u64, u64, Time) -> (HostStatus, bool),
+    ) -> Pumped<M::Output> {
+        for _ in 0..PUMP_PASSES_MAX {
+            let mut moved = false;
+            while let Some(dio) = self.poll_io() {
+                match issue(dio, self.write_data(), self.io_deadline()) {
+                    Issued::Started => {}
+                    Issued::Completed(outcome, data) => {
+                        self.handle_io(now(), dio.disk, dio.tag, outcome, &data);
+                        moved = true;
+                    }
+                    Issued::Refused(outcome) => {
+                        self.handle_io(now(), dio.disk, dio.tag, outcome, &[]);
+                        moved = true;
+                    }
+                }
+            }
+            if !self.in_flight() {
+                if let Some(r) = self.machine.poll_result() {
+                    return Pumped::Done(r);
+                }
+            }
+            if let Some((host, generation)) = self.machine.poll_owner_query() {
+                let t = now();
+                let (status, same) = owner_status(host, generation, t);
+                self.machine.handle_owner_status(t, status, same);
+                moved = true;
+            } else if let Some(due) = self.machine.poll_timeout() {
+                let t = now();
+                if due <= t {
+                    self.machine.handle_timeout(t);
+                    moved = true;
+                } else if !moved && !self.in_flight() {
+                    return Pumped::Until(due);
+                }
+            }
+            if !moved {
+                return if self.in_flight() {
+                    Pumped::Io
+                } else {
+                    match self.machine.poll_timeout() {
+                        Some(due) => Pumped::Until(due),
+                        None => Pumped::Stalled,
+                    }
+                };
+            }
+        }
+        // Still moving after the passes: give the driver back, it pumps again.
+        if self.in_flight() {
+            Pumped::Io
+        } else {
+            Pumped::Until(now())
+        }
+    }
+
+    /// The machine, given back.
+    pub fn into_machine(self) -> M {
+        self.machine
+    }
+
     /// `machine` (configured with `cfg`, whose `area_offset` is `areas[0]`) over the disks
     /// whose resource areas start at `areas`. Refuses the lock value block on more than one
     /// disk, and more than [`DISKS_MAX`] disks.

@@ -25,6 +25,11 @@ pub struct PaxosRelease {
 }
 
 impl PaxosRelease {
+    /// Its configuration.
+    pub(crate) fn config(&self) -> &PaxosConfig {
+        &self.cfg
+    }
+
     /// Starts releasing `held` at `now`. A shared hold is released by zeroing our mode
     /// block (our dblock already says RELEASED); an exclusive one by marking our dblock
     /// RELEASED and freeing the leader.
