@@ -690,20 +690,16 @@ impl Server {
             tracing::info!("SIGHUP ignored (configuration is read at start-up)");
             return;
         }
-        let held = self.host.leases().len();
-        if held > 0 {
-            let pids: Vec<i32> = self.host.leases().map(|l| l.pid).collect();
-            tracing::error!(
-                leases = held,
+        let now = self.clock.now();
+        match self.host.stop_if_idle(now) {
+            Ok(()) => tracing::info!(signal = signo, "stopping: leaving every lockspace"),
+            Err(pids) => tracing::error!(
+                leases = pids.len(),
                 ?pids,
                 "asked to stop while leases are held: refusing (exiting now would leave the \
                  watchdog to reset this host). Release the leases or stop their holders first."
-            );
-            return;
+            ),
         }
-        tracing::info!(signal = signo, "stopping: leaving every lockspace");
-        let now = self.clock.now();
-        self.host.stop(now);
         self.drain();
     }
 

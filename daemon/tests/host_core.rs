@@ -14,12 +14,12 @@ use tenure_format::{
     DiskLocation, Geometry, LeaseRef, LockspaceSpec, Name, ResourceMode, ResourceSpec,
 };
 use tenure_watchdog::fence::RenewalNote;
-use tenured::host::command::{Command, Holder};
+use tenured::host::command::{Command, Holder, Leases};
 use tenured::host::guard::KillSignal;
 use tenured::host::registry::ClientKey;
 use tenured::host::reply::{Done, Reply};
 use tenured::host::requests::{request_for, FORCE, GRACEFUL, REQUEST_OLD};
-use tenured::host::{ClientInfo, Host, HostConfig, Output, Supervision};
+use tenured::host::{ClientInfo, Host, HostConfig, LvbRefusal, Output, Supervision};
 
 const AREA: u64 = 1 << 20;
 const PATH: &str = "/sim/disk";
@@ -360,4 +360,40 @@ fn a_request_writes_a_newer_lver_and_names_the_owner() {
         .expect("a clear")
         .expect("written");
     assert_eq!((rec.lver, rec.force_mode, owner), (9, 0, None));
+}
+
+/// Asked to stop while a lease is held, the host refuses (exiting would leave the watchdog to
+/// reset this host) and names the holders; sanlock's SET_LVB on a lease acquired without its
+/// LVB, or on no lease, is refused.
+#[test]
+fn a_stop_is_refused_while_leases_are_held_and_lvbs_need_a_lease_read_with_one() {
+    let mut bed = joined_bed();
+    let a = bed.client(0, 100);
+    assert!(matches!(bed.acquire(a, false), Reply::Done(_)));
+    let lease = LeaseRef::parse("LS:R").expect("lease");
+    assert_eq!(
+        bed.host.set_local_lvb(&lease, vec![1, 2, 3]),
+        Err(LvbRefusal::NotRead)
+    );
+    let none = LeaseRef::parse("LS:other").expect("lease");
+    assert_eq!(
+        bed.host.set_local_lvb(&none, vec![1]),
+        Err(LvbRefusal::NotHeld)
+    );
+    let now = bed.clock.now();
+    assert_eq!(bed.host.stop_if_idle(now), Err(vec![100]));
+    assert!(!bed.host.is_stopping(), "a refused stop changes nothing");
+    let cmd = Command::Release {
+        leases: Leases::All,
+        holder: Holder::Me,
+        lvb: None,
+    };
+    if bed.host.execute(now, a, cmd).is_none() {
+        bed.run_until(Duration::from_secs(30), |_, r| {
+            r.iter().any(|(c, _)| *c == a)
+        });
+    }
+    let now = bed.clock.now();
+    assert_eq!(bed.host.stop_if_idle(now), Ok(()));
+    assert!(bed.host.is_stopping());
 }

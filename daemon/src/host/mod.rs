@@ -239,6 +239,20 @@ pub enum Output {
     SpaceGone(String),
 }
 
+/// Why a local lease's LVB was not set.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LvbRefusal {
+    /// No such lease is held on this host.
+    NotHeld,
+    /// It was acquired without reading its LVB.
+    NotRead,
+    /// Longer than one sector (and 4096 bytes).
+    TooLong {
+        /// The most it takes.
+        max: usize,
+    },
+}
+
 /// A local lease's lock value block.
 #[derive(Debug, Clone)]
 pub struct LocalLvb {
@@ -561,15 +575,31 @@ impl Host {
     }
 
     /// Sets the LVB written at release of a lease held on this host by any client (sanlock's
-    /// SET_LVB). The caller checked the size against [`Host::local_lvb`].
-    pub fn set_local_lvb(&mut self, lease: &LeaseRef, value: Vec<u8>) -> bool {
-        match self.local_lease(lease) {
-            Some(i) => {
-                self.reg[i].lvb_to_write = Some(value);
-                true
-            }
-            None => false,
+    /// SET_LVB): refused when no such lease is held, when it was acquired without reading its
+    /// LVB, or for more than one sector (at most 4096 bytes).
+    pub fn set_local_lvb(&mut self, lease: &LeaseRef, value: Vec<u8>) -> Result<(), LvbRefusal> {
+        let i = self.local_lease(lease).ok_or(LvbRefusal::NotHeld)?;
+        let l = &mut self.reg[i];
+        if l.held.acquired.lvb.is_none() {
+            return Err(LvbRefusal::NotRead);
         }
+        let max = (l.held.target.geometry.sector_size_bytes() as usize).min(4096);
+        if value.len() > max {
+            return Err(LvbRefusal::TooLong { max });
+        }
+        l.lvb_to_write = Some(value);
+        Ok(())
+    }
+
+    /// Asked to stop (SIGTERM, SIGINT): refused while leases are held — exiting would leave
+    /// the watchdog to reset this host — with the holders' pids; otherwise every lockspace is
+    /// left and the host is ready to exit once they are ([`Host::ready_to_exit`]).
+    pub fn stop_if_idle(&mut self, now: Time) -> Result<(), Vec<i32>> {
+        if !self.reg.is_empty() {
+            return Err(self.reg.iter().map(|l| l.pid).collect());
+        }
+        self.stop(now);
+        Ok(())
     }
 
     fn local_lease(&self, lease: &LeaseRef) -> Option<usize> {

@@ -12,6 +12,7 @@
 use super::{ClientKey, JobReply, LockspaceState, Owner, Proto, Server};
 use crate::host::command::{Command, Holder, Leases, RindexCommand};
 use crate::host::reply::{Done, Reply, RindexDone};
+use crate::host::LvbRefusal;
 use crate::proto::ErrorCode;
 use crate::sanlock_wire::{self as w, cmd, flags, rv, Body, Header, Parsed};
 use std::os::fd::AsRawFd;
@@ -761,18 +762,13 @@ impl Server {
                 let Ok(lease) = lease_of(&r) else {
                     return done(self, rv::ENOENT);
                 };
-                let Some(lvb) = self.host.local_lvb(&lease) else {
-                    return done(self, rv::ENOENT);
+                let result = match self.host.set_local_lvb(&lease, bytes) {
+                    Ok(()) => 0,
+                    Err(LvbRefusal::NotHeld) => rv::ENOENT,
+                    Err(LvbRefusal::NotRead) => rv::EINVAL,
+                    Err(LvbRefusal::TooLong { .. }) => rv::E2BIG,
                 };
-                let ss = lvb.sector_size;
-                if lvb.read.is_none() {
-                    return done(self, rv::EINVAL);
-                }
-                if bytes.len() > ss.min(4096) {
-                    return done(self, rv::E2BIG);
-                }
-                self.host.set_local_lvb(&lease, bytes);
-                done(self, 0);
+                done(self, result);
             }
             (cmd::GET_LVB, Body::Resources(rs)) => {
                 let Some(r) = rs.first() else {
