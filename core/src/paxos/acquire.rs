@@ -312,24 +312,8 @@ impl PaxosAcquire {
             return self.finish_raw(r);
         };
         match r {
-            Ok(won) => {
-                // Ours after all: give it back (keeping a converting host's SHARED mode block,
-                // as the unwinding after a live shared holder does).
-                self.last_written = Some(Dblock {
-                    flags: won.dblock.flags | DBLOCK_FLAG_RELEASED,
-                    ..won.dblock
-                });
-                let r = PaxosRelease::leader_release(
-                    self.cfg.clone(),
-                    won,
-                    self.keep_mode.unwrap_or_default(),
-                    self.now,
-                );
-                self.step = Step::Inner {
-                    release: Box::new(r),
-                    goal: InnerGoal::Retract(what, outcome),
-                };
-            }
+            // Ours after all: give it back.
+            Ok(won) => self.give_back(won, InnerGoal::Retract(what, outcome), self.now),
             // Another host holds or owns the lease, or we won and gave it back to a live
             // shared holder: it is not ours.
             Err(
@@ -341,6 +325,25 @@ impl PaxosAcquire {
             ) => self.finish_raw(Err(PaxosError::Io { what, outcome })),
             Err(_) => self.finish_raw(Err(PaxosError::IoMaybeHeld { what, outcome })),
         }
+    }
+
+    /// Gives a lease we won back (our dblock RELEASED, the leader freed) for `goal`. A
+    /// conversion keeps its shared hold: its SHARED mode block stays with the RELEASED dblock.
+    fn give_back(&mut self, won: Acquired, goal: InnerGoal, now: Time) {
+        self.last_written = Some(Dblock {
+            flags: won.dblock.flags | DBLOCK_FLAG_RELEASED,
+            ..won.dblock
+        });
+        let r = PaxosRelease::leader_release(
+            self.cfg.clone(),
+            won,
+            self.keep_mode.unwrap_or_default(),
+            now,
+        );
+        self.step = Step::Inner {
+            release: Box::new(r),
+            goal,
+        };
     }
 
     fn finish_raw(&mut self, r: Result<Acquired, PaxosError>) {
@@ -589,23 +592,9 @@ impl PaxosAcquire {
             };
             let (host, generation) = self.shared_holders.remove(0);
             match (status, same_generation) {
+                // A live (or not yet known dead) shared holder: give the leader back.
                 (HostStatus::Live | HostStatus::Unknown | HostStatus::Fail, true) => {
-                    // A live (or not yet known dead) shared holder: give the leader back.
-                    self.last_written = Some(Dblock {
-                        flags: won.dblock.flags | DBLOCK_FLAG_RELEASED,
-                        ..won.dblock
-                    });
-                    // A conversion keeps its shared hold: SHARED stays with the RELEASED dblock.
-                    let r = PaxosRelease::leader_release(
-                        self.cfg.clone(),
-                        won,
-                        self.keep_mode.unwrap_or_default(),
-                        now,
-                    );
-                    self.step = Step::Inner {
-                        release: Box::new(r),
-                        goal: InnerGoal::Busy(host, generation),
-                    };
+                    self.give_back(won, InnerGoal::Busy(host, generation), now)
                 }
                 // Dead, free, or rejoined since: that shared lease is void. Its mode block is
                 // left alone (writing another host's sector could clobber a ballot it runs

@@ -1016,14 +1016,8 @@ impl Host {
     /// sanlock's lockspace removal: SIGKILL every holder of a lease in it (no kill path), then
     /// leave once their leases are gone (answered then when `wait`, at once otherwise).
     fn lockspace_remove_killing(&mut self, k: ClientKey, name: &str, wait: bool) -> Option<Reply> {
-        let Some(i) = self.space_index(name) else {
-            return Some(err(ErrorCode::NotFound, format!("no lockspace {name}")));
-        };
-        if self.spaces[i].used {
-            return Some(err(
-                ErrorCode::Busy,
-                format!("lockspace {name} is marked used: clear it first (lockspace config)"),
-            ));
+        if let Err(r) = self.removable(name) {
+            return Some(r);
         }
         let mut holders: Vec<i32> = self
             .reg
@@ -1357,16 +1351,25 @@ impl Host {
         let _ = self.sup.set_used(name, used);
     }
 
-    fn lockspace_remove(&mut self, k: ClientKey, name: &str, wait: bool) -> Option<Reply> {
-        let Some(i) = self.space_index(name) else {
-            return Some(err(ErrorCode::NotFound, format!("no lockspace {name}")));
-        };
+    /// The index of a lockspace that may be removed: added, and not marked used.
+    fn removable(&self, name: &str) -> Result<usize, Reply> {
+        let i = self
+            .space_index(name)
+            .ok_or_else(|| err(ErrorCode::NotFound, format!("no lockspace {name}")))?;
         if self.spaces[i].used {
-            return Some(err(
+            return Err(err(
                 ErrorCode::Busy,
                 format!("lockspace {name} is marked used: clear it first (lockspace config)"),
             ));
         }
+        Ok(i)
+    }
+
+    fn lockspace_remove(&mut self, k: ClientKey, name: &str, wait: bool) -> Option<Reply> {
+        let i = match self.removable(name) {
+            Ok(i) => i,
+            Err(r) => return Some(r),
+        };
         let held = self.reg.iter().filter(|l| l.space == name).count();
         if held > 0 {
             return Some(err(
