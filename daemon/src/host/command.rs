@@ -161,25 +161,6 @@ pub enum Leases {
     These(Vec<LeaseRef>),
 }
 
-impl Command {
-    /// The lease areas a command reads before it can be decided (probed once per device and
-    /// offset).
-    pub fn areas(&self) -> Vec<super::ProbeKey> {
-        use std::path::PathBuf;
-        match self {
-            Command::LockspaceAdd { spec, .. } => {
-                vec![(PathBuf::from(&spec.disk.path), spec.disk.offset)]
-            }
-            Command::Acquire { resources, .. } => resources
-                .iter()
-                .flat_map(|r| r.disks.iter())
-                .map(|d| (PathBuf::from(&d.path), d.offset))
-                .collect(),
-            _ => Vec::new(),
-        }
-    }
-}
-
 /// A resource index request (sanlock's rindex), carried out by the front end's helper
 /// threads; the private lease of `create`, `delete` and `rebuild` goes through the host.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -233,7 +233,8 @@ pub enum Output {
         /// Its arguments.
         args: Vec<String>,
     },
-    /// An operation of [`Pending::Front`] ended.
+    /// An operation the front end started itself ([`Host::private_acquire`],
+    /// [`Host::private_release`]) ended.
     OpDone(OpId, OpOutcome),
     /// A lockspace was forgotten (left, failed or cleared and no operation runs).
     SpaceGone(String),
@@ -489,7 +490,7 @@ impl Host {
 
     /// Any operation of `space` still running (acquires, conversions, releases, the front
     /// end's own).
-    pub fn space_busy(&self, space: &str) -> bool {
+    fn space_busy(&self, space: &str) -> bool {
         self.pending.values().any(|p| match p {
             Pending::Release { leases, .. } => leases.iter().any(|l| l.space == space),
             Pending::Acquire { space: s, .. }
@@ -531,7 +532,7 @@ impl Host {
 
     /// Leaves a lockspace at once, without a waiter (sanlock's asynchronous removal after
     /// its holders were killed).
-    pub fn leave_now(&mut self, now: Time, name: &str) {
+    fn leave_now(&mut self, now: Time, name: &str) {
         self.at(now);
         if let Some(i) = self.space_index(name) {
             let id = self.spaces[i].id;
@@ -552,7 +553,7 @@ impl Host {
     }
 
     /// Sets `host_id`'s bit in our bitmap of `space` until `until` (requests).
-    pub fn set_bitmap_bit_until(&mut self, space: &str, host_id: u64, until: Time) -> bool {
+    fn set_bitmap_bit_until(&mut self, space: &str, host_id: u64, until: Time) -> bool {
         match self.space_index(space) {
             Some(i) => self
                 .set
@@ -1067,11 +1068,6 @@ impl Host {
         }
     }
 
-    /// A lockspace's index by name.
-    pub fn space_by_name(&self, name: &str) -> Option<&Space> {
-        self.spaces.iter().find(|s| s.name == name)
-    }
-
     fn space_event(&mut self, now: Time, i: usize, ev: DeltaEvent) {
         let name = self.spaces[i].name.clone();
         let id = self.spaces[i].id;
@@ -1338,7 +1334,7 @@ impl Host {
     }
 
     /// Tells the supervisor whether a lockspace counts as used now.
-    pub fn refresh_used(&mut self, name: &str) {
+    fn refresh_used(&mut self, name: &str) {
         let Some(i) = self.space_index(name) else {
             return;
         };
@@ -1860,7 +1856,7 @@ impl Host {
         }
     }
 
-    pub fn adopt_orphans(&mut self, space: &str, held: Vec<HeldResource>) {
+    fn adopt_orphans(&mut self, space: &str, held: Vec<HeldResource>) {
         for h in held {
             let location = (String::from("?"), h.target.area_offset);
             self.reg.push(Lease::new(
@@ -1892,7 +1888,7 @@ impl Host {
         }
     }
 
-    pub fn start_release(
+    fn start_release(
         &mut self,
         now: Time,
         client: Option<ClientKey>,
@@ -1974,7 +1970,7 @@ impl Host {
     }
 
     /// Releases every lease of `owner` (connection closed, pid exited).
-    pub fn release_owner(&mut self, owner: Owner, client: Option<ClientKey>) {
+    fn release_owner(&mut self, owner: Owner, client: Option<ClientKey>) {
         // A lease being converted is released when the conversion ends (Pending::Convert).
         let mine = self.reg.take(|l| l.owner == owner && !l.converting);
         // Leases of a lost lockspace stay until the supervisor clears it (holders dead).

@@ -162,7 +162,7 @@ impl Host {
     /// Reads the request records of the leases held in `space` (only `resource`, if given):
     /// one read per lease (its local holders share it); not joiners, which hold nothing yet,
     /// nor orphans, which have no process.
-    pub fn examine(&mut self, space: &str, resource: Option<Name>) {
+    pub(super) fn examine(&mut self, space: &str, resource: Option<Name>) {
         let mut records: Vec<RecordToRead> = Vec::new();
         for l in self.reg.iter().filter(|l| {
             l.space == space
