@@ -743,6 +743,9 @@ fn every_same_host_interleaving_gets_sanlocks_answer_and_leaks_nothing() {
     std::thread::sleep(Duration::from_millis(300));
     end(a);
     bed.hang_writes(false);
+    // Its acquire goes on after the writes resume: free on disk and no lease listed are
+    // true before it ends too, so wait for it to end first.
+    bed.wait_idle();
     bed.wait_free_on_disk(&s0);
     bed.wait_leases(0, Duration::from_secs(20));
     bed.run_ok(&s0);
