@@ -2,7 +2,7 @@
 # Installs what the tests need on a fresh Debian machine of this kind, then runs the whole
 # test suite. Run as root (loop devices, sanlock). `.ci/run` calls this.
 #
-# Installs: sanlock and python3-sanlock (interop), util-linux (losetup), gcc (sanlock-anchor's
+# Installs: sanlock, python3-sanlock and libsanlock-dev (interop; the lvmlockd-sequence C program), util-linux (losetup), gcc (sanlock-anchor's
 # rlimit shim, the watchdog test bed), fuse3 + python3-fusepy + libfuse2 (the stalled-device file system),
 # python3-seccomp (denies io_uring to test the fallback). Sets TENURE_TEST_REQUIRE_ALL=1 when
 # root, so a missing prerequisite fails instead of skipping.
@@ -12,6 +12,7 @@ cd "$(dirname "$0")/.."
 need=()
 command -v sanlock >/dev/null || need+=(sanlock)
 /usr/bin/python3 -c 'import sanlock' 2>/dev/null || need+=(python3-sanlock)
+[ -f /usr/include/sanlock_resource.h ] || need+=(libsanlock-dev)
 command -v losetup >/dev/null || need+=(util-linux)
 command -v gcc >/dev/null || need+=(gcc)
 command -v fusermount >/dev/null || need+=(fuse3)

@@ -390,6 +390,11 @@ impl DeltaLease {
         }
     }
 
+    /// True from [`DeltaLease::start_release`] until the release is done.
+    pub fn is_releasing(&self) -> bool {
+        matches!(self.state, State::Release) || self.release_requested
+    }
+
     /// True while we hold our host id.
     pub fn is_joined(&self) -> bool {
         !self.join_renewal
@@ -809,6 +814,12 @@ impl HostTable {
             watchdog_fire_s,
             entries: Vec::new(),
         }
+    }
+
+    /// True once a whole-area read was taken in (the first renewal after the join): before
+    /// that, nothing is known of the other hosts.
+    pub fn observed(&self) -> bool {
+        !self.entries.is_empty()
     }
 
     /// Takes in a whole-area read made at `now`. Undecodable slots are skipped (they keep

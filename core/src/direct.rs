@@ -483,6 +483,26 @@ pub fn format_resource(
     opts: FormatOptions,
     num_hosts: Option<u64>,
 ) -> Result<Vec<FormatReport>, DirectError> {
+    write_resource_area(spec, opts, num_hosts, LeaderKind::Paxos)
+}
+
+/// Writes a cleared resource area on every disk of `spec` (`sanlock direct init -z 1`, the
+/// daemon's WRITE_RESOURCE with WRITE_CLEAR): the free leader with the cleared magic
+/// 0x11282016, which no acquire accepts until the area is formatted again.
+pub fn clear_resource(
+    spec: &ResourceSpec,
+    opts: FormatOptions,
+    num_hosts: Option<u64>,
+) -> Result<Vec<FormatReport>, DirectError> {
+    write_resource_area(spec, opts, num_hosts, LeaderKind::PaxosCleared)
+}
+
+fn write_resource_area(
+    spec: &ResourceSpec,
+    opts: FormatOptions,
+    num_hosts: Option<u64>,
+    kind: LeaderKind,
+) -> Result<Vec<FormatReport>, DirectError> {
     if spec.disks.is_empty() {
         return Err(DirectError::Usage(
             "a resource needs at least one PATH:OFFSET".into(),
@@ -508,10 +528,15 @@ pub fn format_resource(
     for (mut dev, g, offset, n, replaced) in plan {
         let mut area = vec![0u8; usize::try_from(g.area_bytes()).unwrap_or(usize::MAX)];
         encode_resource_area(&mut area, g, spec.lockspace, spec.name, n);
+        if kind == LeaderKind::PaxosCleared {
+            let ss = g.sector_size_bytes() as usize;
+            let mut leader = LeaderRecord::new_paxos_free(g, spec.lockspace, spec.name, n);
+            leader.magic = kind.magic();
+            leader.encode_into(&mut area[..ss]);
+        }
         dev.write(offset, &area)?;
         verify(&mut dev, g, offset, |s| {
-            LeaderRecord::decode_expect(s, LeaderKind::Paxos, g, &spec.lockspace, Some(&spec.name))
-                .map(drop)
+            LeaderRecord::decode_expect(s, kind, g, &spec.lockspace, Some(&spec.name)).map(drop)
         })?;
         reports.push(FormatReport {
             path: dev.path().to_owned(),

@@ -277,6 +277,11 @@ impl LockspaceSet {
         Ok(())
     }
 
+    /// True while leaving: from [`LockspaceSet::leave`] until the state is Left.
+    pub fn is_leaving(&self, id: LockspaceId) -> bool {
+        self.entry_ref(id).is_some_and(|e| e.lease.is_releasing())
+    }
+
     /// Where the lockspace stands.
     pub fn state(&self, id: LockspaceId) -> Option<LockspaceState> {
         let e = self.entry_ref(id)?;
@@ -286,6 +291,13 @@ impl LockspaceSet {
             }
             (s, _) => s.clone(),
         })
+    }
+
+    /// True once a renewal has read the other hosts' slots (sanlock answers GET_HOSTS with
+    /// EAGAIN before that).
+    pub fn hosts_checked(&self, id: LockspaceId) -> bool {
+        self.entry_ref(id)
+            .is_some_and(|e| e.lease.hosts().observed())
     }
 
     /// Host statuses seen from this lockspace's renewals.

@@ -96,6 +96,8 @@ pub mod flags {
     pub const REM_ASYNC: u32 = 0x1;
     pub const REM_UNUSED: u32 = 0x2;
     pub const INQ_WAIT: u32 = 0x1;
+    /// WRITE_RESOURCE header flag: write a cleared lease (`init -z 1`).
+    pub const WRITE_CLEAR: u32 = 0x1;
     pub const LSF_ADD: u32 = 0x1;
     pub const LSF_REM: u32 = 0x2;
     pub const RESTRICT_ALL: u32 = 0x1;
@@ -142,6 +144,9 @@ pub mod rv {
     pub const SANLK_AIO_TIMEOUT: i32 = -202;
     pub const SANLK_WD_ERROR: i32 = -203;
     pub const SANLK_LEADER_MAGIC: i32 = -223;
+    pub const SANLK_LEADER_LOCKSPACE: i32 = -226;
+    pub const SANLK_LEADER_RESOURCE: i32 = -227;
+    pub const SANLK_LEADER_CHECKSUM: i32 = -229;
     pub const SANLK_ACQUIRE_LVER: i32 = -240;
     pub const SANLK_ACQUIRE_IDLIVE: i32 = -243;
     pub const SANLK_ACQUIRE_OWNED: i32 = -244;
@@ -562,7 +567,15 @@ pub fn parse(buf: &[u8]) -> Parsed {
                 let mut r = Resource::decode_head(&p[at..at + RES_LEN]);
                 at += RES_LEN;
                 if r.num_disks == 0 || r.num_disks > MAX_DISKS {
-                    return Parsed::Invalid(HEADER_LEN + at, h, rv::ERANGE);
+                    // The rest of the message (disks, options) is dropped with it when it is
+                    // here, so the connection's next request parses (as sanlock's does).
+                    let whole = (h.length as usize).saturating_sub(HEADER_LEN);
+                    let skip = if whole >= at && !need(whole) {
+                        whole
+                    } else {
+                        at
+                    };
+                    return Parsed::Invalid(HEADER_LEN + skip, h, rv::ERANGE);
                 }
                 for _ in 0..r.num_disks {
                     if need(at + DISK_LEN) {

@@ -1301,12 +1301,35 @@ fn write_request_record(
     Ok(owner)
 }
 
+/// Who listens on the socket `s` is connected to, from its peer credentials: a real
+/// sanlock daemon (on sanlock.sock), another tenured, or some other program.
+fn socket_owner(s: &UnixStream) -> String {
+    let Ok(cred) = nix::sys::socket::getsockopt(s, nix::sys::socket::sockopt::PeerCredentials)
+    else {
+        return "another program listens on it (its pid is unknown)".to_owned();
+    };
+    let pid = cred.pid();
+    let comm = std::fs::read_to_string(format!("/proc/{pid}/comm"))
+        .map(|c| c.trim().to_owned())
+        .unwrap_or_default();
+    match comm.as_str() {
+        "tenured" => format!("another tenured is running (pid {pid})"),
+        "sanlock" => format!(
+            "the real sanlock daemon owns it (pid {pid}): stop sanlock (systemctl stop sanlock) \
+             before starting tenured with --sanlock-compat, or give tenured another \
+             --sanlock-run-dir"
+        ),
+        "" => format!("pid {pid} listens on it"),
+        c => format!("{c} (pid {pid}) listens on it"),
+    }
+}
+
 fn bind(path: &Path, group: Option<&str>, mode_alone: u32) -> Result<UnixListener, ServerError> {
     if let Ok(s) = UnixStream::connect(path) {
-        drop(s);
         return Err(ServerError::Config(format!(
-            "{} is in use: another tenured is running",
-            path.display()
+            "{} is in use: {}",
+            path.display(),
+            socket_owner(&s)
         )));
     }
     // A stale socket of a daemon that died.

@@ -515,6 +515,12 @@ impl StallFs {
         self.dir.path().join("mnt/lun")
     }
 
+    /// The directory whose flag files (`hang_writes`, `hang_reads`, `eio_writes`,
+    /// `eio_reads`) switch the faults, for scripts that drive them themselves.
+    pub fn control_dir(&self) -> PathBuf {
+        self.dir.path().join("control")
+    }
+
     fn flag(&self, name: &str, on: bool) {
         let p = self.dir.path().join("control").join(name);
         if on {

@@ -232,8 +232,11 @@ impl PaxosRelease {
             self.result = Some(Ok(()));
             return;
         }
+        // A shared acquire's brief hold ends here: the free leader carries no SHORT_HOLD (as
+        // sanlock writes it; a SHORT_HOLD leader tells other shared acquirers to retry).
         let freed = LeaderRecord {
             timestamp: 0,
+            flags: leader.flags & !tenure_format::leader::LEADER_FLAG_SHORT_HOLD,
             write_id: self.cfg.host_id,
             write_generation: self.cfg.generation,
             write_timestamp: now.as_secs().max(1),

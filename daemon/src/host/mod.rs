@@ -1028,7 +1028,7 @@ impl Host {
             .collect();
         holders.sort_unstable();
         holders.dedup();
-        if holders.is_empty() {
+        if holders.is_empty() && !self.space_busy(name) {
             return self.lockspace_remove(k, name, wait);
         }
         for pid in holders {
@@ -1373,6 +1373,14 @@ impl Host {
                 format!("lockspace {name} has {held} lease(s) held; release them first"),
             ));
         }
+        // An acquire, conversion or release still runs in it (sanlock: EBUSY while a
+        // resource is being added or released): leaving now would cut it off mid-way.
+        if self.space_busy(name) {
+            return Some(err(
+                ErrorCode::Busy,
+                format!("lockspace {name} has a lease operation in progress; try again"),
+            ));
+        }
         let now = self.now;
         let id = self.spaces[i].id;
         match self.set.state(id) {
@@ -1582,6 +1590,10 @@ impl Host {
             locations.push((s.disks[0].path.clone(), s.disks[0].offset));
             let info = match self.areas.get(key).cloned() {
                 Some(Ok(i)) => i,
+                // No lease there (sanlock: −223, bad magic), or the device cannot be read.
+                Some(Err(e)) if e.starts_with("no lease area") => {
+                    return Some(err(ErrorCode::Corrupt, format!("{}: {e}", key.0.display())))
+                }
                 Some(Err(e)) => {
                     return Some(err(ErrorCode::Io, format!("{}: {e}", key.0.display())))
                 }

@@ -154,13 +154,9 @@ impl Server {
             action,
             RindexAction::Create | RindexAction::Delete | RindexAction::Rebuild
         ) && !no_lockspace;
-        if !locked {
-            if !self.spawn_job(k, move || JobReply::Native(job.run())) {
-                return Some(err(ErrorCode::Full, "too many direct I/Os in progress"));
-            }
-            return None;
-        }
-        // The private lease is taken through the joined lockspace of the index.
+        // Everything but a format works through the joined lockspace of the index (a lookup
+        // or update too, as sanlock 3.8.5 answers ENOENT for them before reading anything);
+        // the private lease of the locked ones is taken through it.
         let space = job.spec.lockspace.escaped();
         let joined = self.host.spaces().iter().any(|s| {
             s.name == space
@@ -170,11 +166,17 @@ impl Server {
                     Some(LockspaceState::Joined { .. })
                 )
         });
-        if !joined {
+        if !joined && action != RindexAction::Format && !no_lockspace {
             return Some(err(
                 ErrorCode::NotFound,
                 format!("lockspace {space} is not joined on this host"),
             ));
+        }
+        if !locked {
+            if !self.spawn_job(k, move || JobReply::Native(job.run())) {
+                return Some(err(ErrorCode::Full, "too many direct I/Os in progress"));
+            }
+            return None;
         }
         let key = (
             std::path::PathBuf::from(&job.spec.disk.path),

@@ -36,6 +36,9 @@ pub(super) struct SanlockConn {
     pub current: Option<Header>,
     /// Close after the reply (main-loop commands).
     pub close_after: bool,
+    /// The result to send when the request's operation succeeds (0 unless set): −1 for a
+    /// RELEASE list with a name the client does not hold, the count for REL_ORPHAN.
+    pub on_success: i32,
 }
 
 /// A name from the wire (EINVAL when it is not one).
@@ -46,6 +49,19 @@ fn wire_name(text: &str) -> Result<Name, i32> {
 /// A wire resource as the host's resource spec, field by field (EINVAL for what the native
 /// protocol's parser refuses too: a bad name, no disk or more than four, an empty path).
 fn spec_of(r: &w::Resource) -> Result<ResourceSpec, i32> {
+    spec_of_names(r, false)
+}
+
+/// [`spec_of`], with empty names taken as the empty name when `empty_ok` (the storage
+/// commands that write or read an area whatever it is called).
+fn spec_of_names(r: &w::Resource, empty_ok: bool) -> Result<ResourceSpec, i32> {
+    let name = |text: &str| {
+        if empty_ok && text.is_empty() {
+            Ok(Name::EMPTY)
+        } else {
+            wire_name(text)
+        }
+    };
     if r.disks.is_empty()
         || r.disks.len() > tenure_format::spec::DISKS_MAX
         || r.disks.iter().any(|d| d.path.is_empty())
@@ -60,8 +76,8 @@ fn spec_of(r: &w::Resource) -> Result<ResourceSpec, i32> {
         ResourceMode::Exclusive
     };
     Ok(ResourceSpec {
-        lockspace: wire_name(&r.lockspace)?,
-        name: wire_name(&r.name)?,
+        lockspace: name(&r.lockspace)?,
+        name: name(&r.name)?,
         disks: r
             .disks
             .iter()
@@ -191,6 +207,7 @@ impl Server {
         c.outbuf.extend_from_slice(payload);
         if let Proto::Sanlock(s) = &mut c.proto {
             s.current = None;
+            s.on_success = 0;
             if s.close_after {
                 c.closing = true;
             }
@@ -210,7 +227,12 @@ impl Server {
             return self.sanlock_rindex_reply(k, h, r);
         }
         match r {
-            Reply::Done(_) => self.sanlock_send(k, h, 0, 0, &[]),
+            Reply::Done(_) => {
+                let result = self
+                    .sconn(k)
+                    .map_or(0, |s| std::mem::take(&mut s.on_success));
+                self.sanlock_send(k, h, result, 0, &[])
+            }
             Reply::Error(e) => {
                 let result = e
                     .details
@@ -283,9 +305,12 @@ impl Server {
                         self.host.engine().state(self.host.spaces()[i].id),
                         Some(LockspaceState::Joining { .. })
                     );
+                    let leaving = self.host.engine().is_leaving(self.host.spaces()[i].id);
                     return done(
                         self,
                         match (same, joining) {
+                            // Being removed: try again once it is gone.
+                            (true, _) if leaving => rv::EAGAIN,
                             (true, true) => rv::EINPROGRESS,
                             (true, false) => rv::EEXIST,
                             (false, _) => rv::EINVAL,
@@ -318,6 +343,13 @@ impl Server {
                 let Ok(name) = wire_name(&ls.name) else {
                     return done(self, rv::EINVAL);
                 };
+                if self
+                    .space_index(&ls.name)
+                    .is_some_and(|i| self.host.engine().is_leaving(self.host.spaces()[i].id))
+                {
+                    // Already being removed.
+                    return done(self, rv::EINPROGRESS);
+                }
                 let cmd = Command::LockspaceRemove {
                     name,
                     wait,
@@ -333,6 +365,7 @@ impl Server {
                 let mut n = 0;
                 for s in self.host.spaces() {
                     let fl = match self.host.engine().state(s.id) {
+                        _ if self.host.engine().is_leaving(s.id) => flags::LSF_REM,
                         Some(LockspaceState::Joined { .. }) => 0,
                         Some(LockspaceState::Joining { .. }) => flags::LSF_ADD,
                         _ => flags::LSF_REM,
@@ -363,10 +396,39 @@ impl Server {
                 ) {
                     return done(self, rv::ENOENT);
                 }
+                if !self.host.engine().hosts_checked(self.host.spaces()[i].id) {
+                    // Joined, but no renewal has read the other hosts yet.
+                    return done(self, rv::EAGAIN);
+                }
                 let now = self.clock.now();
                 let mut payload = Vec::new();
                 let mut n = 0;
-                for (e, st) in self.host.engine().hosts(self.host.spaces()[i].id, now) {
+                let hosts = self.host.engine().hosts(self.host.spaces()[i].id, now);
+                // One slot asked for that was never seen in use: a free record (as sanlock),
+                // when the slot exists.
+                let spec = &self.host.spaces()[i].spec;
+                let hosts_max = self
+                    .host
+                    .area(&(std::path::PathBuf::from(&spec.disk.path), spec.disk.offset))
+                    .and_then(Result::ok)
+                    .map_or(0, |a| a.geometry.hosts_max());
+                if ls.host_id != 0
+                    && ls.host_id <= hosts_max
+                    && !hosts.iter().any(|(e, _)| e.host_id == ls.host_id)
+                {
+                    payload.extend(
+                        w::Host {
+                            host_id: ls.host_id,
+                            generation: 0,
+                            timestamp: 0,
+                            io_timeout: 0,
+                            flags: flags::HOST_FREE,
+                        }
+                        .encode(),
+                    );
+                    n += 1;
+                }
+                for (e, st) in hosts {
                     if ls.host_id != 0 && e.host_id != ls.host_id {
                         continue;
                     }
@@ -451,11 +513,32 @@ impl Server {
                 let leases = if all {
                     Leases::All
                 } else {
-                    match res.iter().map(lease_of).collect::<Result<Vec<_>, _>>() {
+                    let v = match res.iter().map(lease_of).collect::<Result<Vec<_>, _>>() {
                         Ok(v) if v.is_empty() => return done(self, 0),
-                        Ok(v) => Leases::These(v),
+                        Ok(v) => v,
                         Err(e) => return done(self, e),
+                    };
+                    // The names this client holds are released, the others answered with −1
+                    // (EPERM) once that is done, as sanlock does.
+                    let held = |l: &LeaseRef| {
+                        self.host.leases().any(|x| {
+                            x.owner == Owner::Conn(target)
+                                && x.joining.is_none()
+                                && x.space == l.lockspace.escaped()
+                                && x.resource == l.name
+                        })
+                    };
+                    let (mine, not_held): (Vec<LeaseRef>, Vec<LeaseRef>) =
+                        v.into_iter().partition(held);
+                    if mine.is_empty() {
+                        return done(self, rv::EPERM);
                     }
+                    if !not_held.is_empty() {
+                        if let Some(s) = self.sconn(k) {
+                            s.on_success = rv::EPERM;
+                        }
+                    }
+                    Leases::These(mine)
                 };
                 let cmd = Command::Release {
                     leases,
@@ -544,8 +627,9 @@ impl Server {
                 });
             }
             (cmd::WRITE_LOCKSPACE, Body::Lockspace(ls)) => {
-                if ls.name.is_empty() || ls.disk.path.is_empty() {
-                    return done(self, rv::EINVAL);
+                // sanlock 3.8.5: no device → ENODEV; an empty name is written as it is.
+                if ls.disk.path.is_empty() {
+                    return done(self, rv::ENODEV);
                 }
                 let opts = match format_options(ls.flags) {
                     Ok(o) => o,
@@ -557,8 +641,13 @@ impl Server {
                 } else {
                     u64::from(h.data2)
                 };
-                let Ok(name) = wire_name(&ls.name) else {
-                    return done(self, rv::EINVAL);
+                let name = if ls.name.is_empty() {
+                    Name::EMPTY
+                } else {
+                    match wire_name(&ls.name) {
+                        Ok(n) => n,
+                        Err(e) => return done(self, e),
+                    }
                 };
                 let spec = LockspaceSpec {
                     name,
@@ -575,8 +664,9 @@ impl Server {
                 });
             }
             (cmd::WRITE_RESOURCE, Body::ResourceWithDisks(r)) => {
-                if r.lockspace.is_empty() || r.name.is_empty() {
-                    return done(self, rv::EINVAL);
+                // sanlock 3.8.5 answers an empty path with ENOENT (it opens "").
+                if r.disks.iter().any(|d| d.path.is_empty()) {
+                    return done(self, rv::ENOENT);
                 }
                 let opts = match format_options(r.flags) {
                     Ok(o) => o,
@@ -584,13 +674,20 @@ impl Server {
                 };
                 // The daemon takes num_hosts from `data` (spec §4.3); 0 = every host.
                 let num_hosts = (h.data != 0).then_some(u64::from(h.data));
-                let spec = match spec_of(&w::Resource { flags: 0, ..r }) {
+                // Empty names are written as they are (sanlock 3.8.5 accepts them, cleared
+                // or not: a lease nobody can name, as `direct init` of "" leaves).
+                let spec = match spec_of_names(&w::Resource { flags: 0, ..r }, true) {
                     Ok(s) => s,
                     Err(e) => return done(self, e),
                 };
+                let clear = h.cmd_flags & flags::WRITE_CLEAR != 0;
                 self.sanlock_job(k, h, move || {
-                    let r =
-                        direct::format_resource(&spec, opts, num_hosts).map_err(|e| direct_rv(&e));
+                    let r = if clear {
+                        direct::clear_resource(&spec, opts, num_hosts)
+                    } else {
+                        direct::format_resource(&spec, opts, num_hosts)
+                    };
+                    let r = r.map_err(|e| direct_rv(&e));
                     JobReply::Sanlock(r.map_or_else(|e| e, |_| 0), 0, Vec::new())
                 });
             }
@@ -603,6 +700,9 @@ impl Server {
                     Err(e) => return done(self, e),
                 };
                 self.sanlock_job(k, h, move || {
+                    if let Err(code) = owners_precheck(&r) {
+                        return JobReply::Sanlock(code, 0, Vec::new());
+                    }
                     match direct::owners(&spec, BackendKind::Sync) {
                         Ok(reports) => {
                             let Some(o) = reports.first().map(|rep| &rep.owners) else {
@@ -667,7 +767,7 @@ impl Server {
                                 disk: ls.disk.clone(),
                             };
                             if !ls.name.is_empty() && ls.name != l.space_name.escaped() {
-                                return (-226, 0, out.encode());
+                                return (rv::SANLK_LEADER_LOCKSPACE, 0, ls.encode());
                             }
                             (0, u32::from(l.io_timeout), out.encode())
                         },
@@ -692,14 +792,14 @@ impl Server {
                                 flags: geometry_flags(g),
                                 ..r.clone()
                             };
-                            let code = if !r.lockspace.is_empty() && r.lockspace != out.lockspace {
-                                -226
-                            } else if !r.name.is_empty() && r.name != out.name {
-                                -227
-                            } else {
-                                0
-                            };
-                            (code, 0, out.encode_head().to_vec())
+                            // A mismatch sends the request back as it came.
+                            if !r.lockspace.is_empty() && r.lockspace != out.lockspace {
+                                return (rv::SANLK_LEADER_LOCKSPACE, 0, r.encode_head().to_vec());
+                            }
+                            if !r.name.is_empty() && r.name != out.name {
+                                return (rv::SANLK_LEADER_RESOURCE, 0, r.encode_head().to_vec());
+                            }
+                            (0, 0, out.encode_head().to_vec())
                         },
                         false,
                         fallback,
@@ -1260,10 +1360,13 @@ impl Server {
 
     /// INQ_LOCKSPACE's result for a lockspace name.
     pub(super) fn sanlock_inq(&self, name: &str) -> i32 {
-        match self
-            .space_index(name)
-            .map(|i| self.host.engine().state(self.host.spaces()[i].id))
-        {
+        let id = self.space_index(name).map(|i| self.host.spaces()[i].id);
+        // Releasing its host id (a removal past killing the holders, or shutting down):
+        // in progress, until it is gone.
+        if id.is_some_and(|id| self.host.engine().is_leaving(id)) {
+            return rv::EINPROGRESS;
+        }
+        match id.map(|id| self.host.engine().state(id)) {
             Some(Some(LockspaceState::Joined { .. })) if !self.host.is_stopping() => 0,
             Some(Some(LockspaceState::Joining { .. })) => rv::EINPROGRESS,
             Some(Some(LockspaceState::Joined { .. })) => rv::EINPROGRESS,
@@ -1397,16 +1500,17 @@ fn format_options(fl: u32) -> Result<FormatOptions, i32> {
         0x200 => Some(SectorSize::B4096),
         _ => return Err(rv::EINVAL),
     };
+    // Several align flags: the smallest counts (sanlock 3.8.5 writes 1M for 1M|2M).
     let align = match fl & 0xF0 {
         0 => None,
-        0x10 => Some(AlignSize::M1),
-        0x20 => Some(AlignSize::M2),
-        0x40 => Some(AlignSize::M4),
-        0x80 => Some(AlignSize::M8),
-        _ => return Err(rv::EINVAL),
+        a if a & 0x10 != 0 => Some(AlignSize::M1),
+        a if a & 0x20 != 0 => Some(AlignSize::M2),
+        a if a & 0x40 != 0 => Some(AlignSize::M4),
+        _ => Some(AlignSize::M8),
     };
+    // An align without a sector size: sanlock answers −1.
     if sector.is_some() != align.is_some() {
-        return Err(rv::EINVAL);
+        return Err(rv::EPERM);
     }
     Ok(FormatOptions {
         sector_size: sector,
@@ -1465,9 +1569,22 @@ fn read_area(
     };
     let first = match d.read(offset, 4096, LeaderRecord::decode) {
         Ok(Ok(l)) => l,
+        Ok(Err(tenure_format::DecodeError::BadChecksum { .. })) => {
+            return JobReply::Sanlock(rv::SANLK_LEADER_CHECKSUM, 0, fallback)
+        }
         Ok(Err(_)) => return JobReply::Sanlock(rv::SANLK_LEADER_MAGIC, 0, fallback),
         Err(e) => return JobReply::Sanlock(direct_rv(&e), 0, fallback),
     };
+    // A lockspace read wants delta leases, a resource read a paxos lease: anything else (a
+    // cleared lease too) has the wrong magic, as sanlock answers.
+    let want = if lockspace {
+        tenure_format::leader::DELTA_MAGIC
+    } else {
+        tenure_format::leader::PAXOS_MAGIC
+    };
+    if first.magic != want {
+        return JobReply::Sanlock(rv::SANLK_LEADER_MAGIC, 0, fallback);
+    }
     let Ok(g) = Geometry::from_leader_fields(first.sector_size, first.flags) else {
         return JobReply::Sanlock(rv::SANLK_LEADER_MAGIC, 0, fallback);
     };
@@ -1483,6 +1600,48 @@ fn read_area(
     };
     let (code, data2, payload) = f(&leader, g);
     JobReply::Sanlock(code, data2, payload)
+}
+
+/// READ_RESOURCE_OWNERS' checks of the first disk's leader against the request, with
+/// sanlock's answers: another lease (a cleared one, delta leases) −223, another lockspace −226,
+/// another resource −227, align or sector flags other than the leader's −EINVAL.
+fn owners_precheck(r: &w::Resource) -> Result<(), i32> {
+    use tenure_format::{Geometry, LeaderRecord};
+    let Some(d) = r.disks.first() else {
+        return Err(rv::EINVAL);
+    };
+    let mut dev = direct::DirectDisk::open(
+        std::path::Path::new(&d.path),
+        tenure_core::dev::Access::Read,
+        BackendKind::Sync,
+    )
+    .map_err(|e| direct_rv(&e))?;
+    let leader = match dev.read(d.offset, 4096, LeaderRecord::decode) {
+        Ok(Ok(l)) => l,
+        // Nothing recognisable: left to the owners read, which refuses it (EINVAL).
+        Ok(Err(_)) => return Ok(()),
+        Err(e) => return Err(direct_rv(&e)),
+    };
+    if leader.magic != tenure_format::leader::PAXOS_MAGIC {
+        return Err(rv::SANLK_LEADER_MAGIC);
+    }
+    if !r.lockspace.is_empty() && r.lockspace != leader.space_name.escaped() {
+        return Err(rv::SANLK_LEADER_LOCKSPACE);
+    }
+    if !r.name.is_empty() && r.name != leader.resource_name.escaped() {
+        return Err(rv::SANLK_LEADER_RESOURCE);
+    }
+    let Ok(g) = Geometry::from_leader_fields(leader.sector_size, leader.flags) else {
+        return Ok(());
+    };
+    let on_disk = geometry_flags(g);
+    let (asked_sector, asked_align) = (r.flags & 0x300, r.flags & 0xF0);
+    if (asked_sector != 0 && asked_sector != on_disk & 0x300)
+        || (asked_align != 0 && asked_align != on_disk & 0xF0)
+    {
+        return Err(rv::EINVAL);
+    }
+    Ok(())
 }
 
 /// Appends one sanlk_state record (80 bytes, the NUL-terminated text, then `bin`).
