@@ -121,6 +121,8 @@ fn acquire(opts: &DaemonBenchOptions, i: usize) -> Request {
         no_wait: true,
         lvb: false,
         pid: None,
+        persistent: false,
+        adopt_orphan: false,
     }
 }
 

@@ -182,6 +182,15 @@ pub enum PaxosError {
     /// The area holds something that is not this resource, or a damaged record.
     #[error("resource area: {0}")]
     Corrupt(String),
+    /// The area holds a lease of another lockspace (`lockspace`) or of another resource name
+    /// (sanlock: −226 / −227).
+    #[error("resource area: {detail}")]
+    NameMismatch {
+        /// The lockspace name differs (else the resource name).
+        lockspace: bool,
+        /// What was found.
+        detail: String,
+    },
     /// An I/O failed or timed out.
     #[error("{what}: {outcome:?}")]
     Io {
@@ -259,6 +268,22 @@ pub enum PaxosError {
 }
 
 impl PaxosError {
+    /// A leader record that did not decode as this resource's.
+    pub fn of_leader(e: tenure_format::DecodeError) -> Self {
+        use tenure_format::DecodeError as D;
+        match e {
+            D::LockspaceNameMismatch { .. } => PaxosError::NameMismatch {
+                lockspace: true,
+                detail: e.to_string(),
+            },
+            D::ResourceNameMismatch { .. } => PaxosError::NameMismatch {
+                lockspace: false,
+                detail: e.to_string(),
+            },
+            other => PaxosError::Corrupt(other.to_string()),
+        }
+    }
+
     /// Who is at fault.
     pub fn fault(&self) -> Fault {
         use PaxosError::*;
@@ -271,7 +296,7 @@ impl PaxosError {
             | SharedBusy { .. }
             | ShortHoldRetry { .. } => Fault::Contention,
             Io { .. } | IoMaybeHeld { .. } => Fault::Storage,
-            Corrupt(_) => Fault::Damaged,
+            Corrupt(_) | NameMismatch { .. } => Fault::Damaged,
             HostIdAboveNumHosts { .. } | LvbUnavailable(_) | Disks(_) => Fault::Configuration,
             LvbTooLarge { .. } => Fault::Misuse,
             Stalled(_) => Fault::Internal,

@@ -94,6 +94,8 @@ enum Command {
         /// Fail at once when an owner is not yet dead instead of waiting for it.
         #[arg(long)]
         no_wait: bool,
+        #[command(flatten)]
+        orphans: OrphanArgs,
         /// The command and its arguments.
         #[arg(last = true, required = true, value_name = "CMD")]
         command: Vec<String>,
@@ -115,6 +117,19 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+}
+
+/// Persistent leases and orphans (sanlock's RES_PERSISTENT and ACQUIRE_ORPHAN).
+#[derive(Debug, clap::Args)]
+struct OrphanArgs {
+    /// Keep the leases on this host as orphans when their holder exits (until adopted
+    /// with --adopt-orphan or released with `resource release --orphan`).
+    #[arg(long)]
+    persistent: bool,
+    /// Adopt this host's orphan of a resource, in the mode asked for (without it, a
+    /// resource with an orphan is refused); a resource without one is acquired.
+    #[arg(long)]
+    adopt_orphan: bool,
 }
 
 #[derive(Debug, Subcommand)]
@@ -202,11 +217,14 @@ enum ResourceCmd {
         /// Read the lock value block (see `tenure lvb get`).
         #[arg(long)]
         lvb: bool,
+        #[command(flatten)]
+        orphans: OrphanArgs,
         /// Print the result as JSON.
         #[arg(long)]
         json: bool,
     },
-    /// Release resources (LS:NAME) of a process, or all of them with --all.
+    /// Release resources (LS:NAME) of a process, or all of them with --all; or with
+    /// --orphan the orphans of a lockspace.
     Release {
         /// LS:NAME of each lease.
         resources: Vec<String>,
@@ -214,8 +232,20 @@ enum ResourceCmd {
         #[arg(long, conflicts_with = "resources")]
         all: bool,
         /// The holder pid.
-        #[arg(short, long)]
-        pid: i32,
+        #[arg(short, long, required_unless_present = "orphan")]
+        pid: Option<i32>,
+        /// Release the orphans of lockspace LS (all), or the one of LS:NAME.
+        #[arg(long, value_name = "LS[:NAME]", conflicts_with_all = ["resources", "all", "pid"])]
+        orphan: Option<String>,
+        /// Print the result as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Orphans: persistent leases whose holder went, still held by this host (all
+    /// lockspaces, or one).
+    Orphans {
+        /// Only this lockspace's.
+        lockspace: Option<String>,
         /// Print the result as JSON.
         #[arg(long)]
         json: bool,
@@ -403,8 +433,14 @@ fn run(cli: Cli) -> Result<ExitCode, String> {
         Command::Run {
             leases,
             no_wait,
+            orphans,
             command,
-        } => d::run(&socket(), &leases, no_wait, &command),
+        } => d::run(
+            &socket(),
+            &leases,
+            (no_wait, orphans.persistent, orphans.adopt_orphan),
+            &command,
+        ),
         Command::WhyReset { state_dir, json } => d::why_reset(&state_dir, json),
         Command::Lockspace(LockspaceCmd::Join {
             spec,
@@ -426,8 +462,15 @@ fn run(cli: Cli) -> Result<ExitCode, String> {
             pid,
             no_wait,
             lvb,
+            orphans,
             json,
-        }) => d::acquire(&socket(), &resources, pid, no_wait, lvb, json),
+        }) => d::acquire(
+            &socket(),
+            &resources,
+            pid,
+            (no_wait, lvb, orphans.persistent, orphans.adopt_orphan),
+            json,
+        ),
         Command::Rindex {
             action,
             rindex,
@@ -466,11 +509,20 @@ fn run(cli: Cli) -> Result<ExitCode, String> {
             json,
         }) => d::lvb_set(&socket(), &resource, &hex, pid, json),
         Command::Resource(ResourceCmd::Release {
+            orphan: Some(target),
+            json,
+            ..
+        }) => d::release_orphans(&socket(), &target, json),
+        Command::Resource(ResourceCmd::Release {
             resources,
             all,
             pid,
+            orphan: None,
             json,
-        }) => d::release(&socket(), &resources, all, pid, json),
+        }) => d::release(&socket(), &resources, all, pid.unwrap_or(0), json),
+        Command::Resource(ResourceCmd::Orphans { lockspace, json }) => {
+            d::orphans(&socket(), lockspace.as_deref(), json)
+        }
         Command::Resource(ResourceCmd::Inquire { pid, json }) => d::inquire(&socket(), pid, json),
         Command::Resource(ResourceCmd::Convert {
             resource,

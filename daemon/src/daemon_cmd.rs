@@ -166,7 +166,13 @@ fn leases_table(leases: &[Value]) -> String {
                 } else {
                     "exclusive".into()
                 },
-                s(&l["pid"]),
+                if s(&l["owner"]).starts_with("orphan") {
+                    s(&l["owner"])
+                } else if l["persistent"] == Value::Bool(true) {
+                    format!("{} (persistent)", s(&l["pid"]))
+                } else {
+                    s(&l["pid"])
+                },
                 s(&l["client"]),
                 s(&l["state"]),
             ]
@@ -530,8 +536,7 @@ pub fn acquire(
     socket: &Path,
     resources: &[String],
     pid: i32,
-    no_wait: bool,
-    lvb: bool,
+    (no_wait, lvb, persistent, adopt_orphan): (bool, bool, bool, bool),
     json: bool,
 ) -> Result<ExitCode, String> {
     let mut c = connect(socket)?;
@@ -542,6 +547,8 @@ pub fn acquire(
             no_wait,
             lvb,
             pid: Some(pid),
+            persistent,
+            adopt_orphan,
         },
     )?;
     print(json, &v, |v| {
@@ -608,6 +615,53 @@ pub fn release(
     Ok(ExitCode::SUCCESS)
 }
 
+/// `tenure resource release --orphan LS[:NAME]`.
+pub fn release_orphans(socket: &Path, target: &str, json: bool) -> Result<ExitCode, String> {
+    let (lockspace, resource) = match target.split_once(':') {
+        Some((ls, name)) => (ls.to_owned(), Some(name.to_owned())),
+        None => (target.to_owned(), None),
+    };
+    let v = ask(
+        socket,
+        &Request::ReleaseOrphans {
+            lockspace,
+            resource,
+        },
+    )?;
+    print(json, &v, |v| {
+        let names = v["orphans_released"].as_array().map_or(0, |a| a.len());
+        if names == 0 {
+            format!("{target}: no orphan to release")
+        } else {
+            format!("releasing {names} orphan(s): {}", v["orphans_released"])
+        }
+    })?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `tenure resource orphans [LS]`: the orphans in `status`.
+pub fn orphans(socket: &Path, lockspace: Option<&str>, json: bool) -> Result<ExitCode, String> {
+    let v = ask(socket, &Request::Status {})?;
+    let orphans: Vec<Value> = v["leases"]
+        .as_array()
+        .map_or(&[][..], |a| a.as_slice())
+        .iter()
+        .filter(|l| s(&l["owner"]).starts_with("orphan"))
+        .filter(|l| lockspace.is_none_or(|ls| s(&l["lockspace"]) == ls))
+        .cloned()
+        .collect();
+    let v = serde_json::json!({ "orphans": orphans });
+    print(json, &v, |v| {
+        let a = v["orphans"].as_array().map_or(&[][..], |a| a.as_slice());
+        if a.is_empty() {
+            "no orphans".to_owned()
+        } else {
+            leases_table(a)
+        }
+    })?;
+    Ok(ExitCode::SUCCESS)
+}
+
 /// `tenure resource convert -p PID LS:NAME` (to shared).
 pub fn convert(
     socket: &Path,
@@ -669,7 +723,7 @@ pub fn inquire(socket: &Path, pid: i32, json: bool) -> Result<ExitCode, String> 
 pub fn run(
     socket: &Path,
     leases: &[String],
-    no_wait: bool,
+    (no_wait, persistent, adopt_orphan): (bool, bool, bool),
     cmd: &[String],
 ) -> Result<ExitCode, String> {
     use std::os::fd::AsRawFd;
@@ -685,6 +739,8 @@ pub fn run(
             no_wait,
             lvb: false,
             pid: None,
+            persistent,
+            adopt_orphan,
         },
     )?;
     // Keep the registered connection open in CMD: clear close-on-exec.

@@ -123,6 +123,23 @@ pub enum Request {
         /// exits or releases it).
         #[serde(default)]
         pid: Option<i32>,
+        /// Keep the leases on disk as orphans when their holder goes (sanlock's
+        /// RES_PERSISTENT); released by `release_orphans`, adopted with `adopt_orphan`.
+        #[serde(default)]
+        persistent: bool,
+        /// Adopt an orphan of a resource in the mode asked for (else it is refused with
+        /// `orphan`); a resource without an orphan is acquired.
+        #[serde(default)]
+        adopt_orphan: bool,
+    },
+    /// Release the orphans of a lockspace (all, or the named resource's); the reply lists
+    /// the names whose release started.
+    ReleaseOrphans {
+        /// Lockspace name.
+        lockspace: String,
+        /// Only this resource's orphan.
+        #[serde(default)]
+        resource: Option<String>,
     },
     /// Release resources (by `LS:NAME`), or all of this client's (or pid's) leases.
     Release {
@@ -261,6 +278,9 @@ pub enum ErrorCode {
     NotJoined,
     /// The lockspace was lost.
     LockspaceLost,
+    /// An orphan of the resource exists (a persistent lease whose holder went): adopt it
+    /// in its mode, or release it first (sanlock: −EUCLEAN).
+    Orphan,
     /// Storage I/O failed.
     Io,
     /// A record on disk is damaged or foreign.
@@ -431,6 +451,8 @@ mod tests {
             no_wait: false,
             lvb: false,
             pid: None,
+            persistent: false,
+            adopt_orphan: false,
         };
         let bytes = encode(&req).expect("encode");
         assert_eq!(split_frame(&bytes[..3]), Split::Incomplete);
@@ -530,6 +552,8 @@ impl Request {
                 no_wait,
                 lvb,
                 pid,
+                persistent,
+                adopt_orphan,
             } => {
                 let mut specs = Vec::with_capacity(resources.len());
                 for r in &resources {
@@ -539,10 +563,30 @@ impl Request {
                     }
                 }
                 Command::Acquire {
+                    persistent: vec![persistent; specs.len()],
                     resources: specs,
                     no_wait,
                     lvb,
                     holder: Holder::of_pid(pid),
+                    adopt_orphan,
+                }
+            }
+            Request::ReleaseOrphans {
+                lockspace,
+                resource,
+            } => {
+                let space = match Name::new(&lockspace) {
+                    Ok(n) => n,
+                    Err(e) => return bad(format!("lockspace name {lockspace:?}: {e}")),
+                };
+                let name = match resource.as_deref().map(Name::new).transpose() {
+                    Ok(n) => n,
+                    Err(e) => return bad(format!("resource name {resource:?}: {e}")),
+                };
+                Command::Release {
+                    leases: Leases::Orphans { space, name },
+                    holder: Holder::Me,
+                    lvb: None,
                 }
             }
             Request::Release {
@@ -712,6 +756,7 @@ fn done_json(d: Done) -> serde_json::Value {
             json!({"leases": leases.iter().map(view).collect::<Vec<_>>()})
         }
         Done::Released(names) => json!({ "released": names }),
+        Done::OrphansReleased(names) => json!({ "orphans_released": names }),
         Done::Converted {
             resource,
             shared,
@@ -783,6 +828,8 @@ mod decode_tests {
                 no_wait: false,
                 lvb: false,
                 pid: Some(7),
+                persistent: false,
+                adopt_orphan: false,
             },
             Request::LvbSet {
                 resource: "LS:R".into(),
@@ -802,6 +849,8 @@ mod decode_tests {
             no_wait: false,
             lvb: false,
             pid: Some(7),
+            persistent: false,
+            adopt_orphan: false,
         })
         else {
             panic!()
@@ -823,6 +872,7 @@ mod decode_tests {
             pid: 42,
             client: "c".into(),
             owner: "connection",
+            persistent: false,
             acquired_unix_ms: 5,
             state: "LS:R:/dev/x:1048576:3".into(),
             lvb_hex: None,
@@ -830,7 +880,7 @@ mod decode_tests {
         let wire = |d: Done| serde_json::to_string(&Reply::from(HostReply::Done(d))).expect("json");
         assert_eq!(
             wire(Done::Acquired(vec![lease])),
-            r#"{"ok":{"leases":[{"acquired_unix_ms":5,"client":"c","lockspace":"LS","lver":3,"offset":1048576,"owner":"connection","path":"/dev/x","pid":42,"resource":"R","shared":false,"state":"LS:R:/dev/x:1048576:3"}]}}"#
+            r#"{"ok":{"leases":[{"acquired_unix_ms":5,"client":"c","lockspace":"LS","lver":3,"offset":1048576,"owner":"connection","path":"/dev/x","persistent":false,"pid":42,"resource":"R","shared":false,"state":"LS:R:/dev/x:1048576:3"}]}}"#
         );
         assert_eq!(
             wire(Done::Joining {

@@ -140,6 +140,7 @@ pub mod rv {
     pub const ENOTCONN: i32 = -107;
     pub const EALREADY: i32 = -114;
     pub const EINPROGRESS: i32 = -115;
+    pub const EUCLEAN: i32 = -117;
     pub const SANLK_ERROR: i32 = -201;
     pub const SANLK_AIO_TIMEOUT: i32 = -202;
     pub const SANLK_WD_ERROR: i32 = -203;
@@ -598,8 +599,15 @@ pub fn parse(buf: &[u8]) -> Parsed {
                 return Parsed::Invalid(HEADER_LEN, h, rv::E2BIG);
             }
             // REL_ALL reads no payload in sanlock, but libsanlock still sends `data` structs:
-            // read and drop them (spec §4.1).
-            let n = h.data as usize;
+            // read and drop them (spec §4.1). REL_RENAME reads two (the lease, then its new
+            // name), REL_ORPHAN one (the lockspace and name), whatever `data` says.
+            let n = if h.cmd_flags & flags::REL_RENAME != 0 {
+                2
+            } else if h.cmd_flags & flags::REL_ORPHAN != 0 {
+                1
+            } else {
+                h.data as usize
+            };
             if need(n * RES_LEN) {
                 return Parsed::NeedMore;
             }

@@ -697,7 +697,8 @@ impl Server {
                 leases = pids.len(),
                 ?pids,
                 "asked to stop while leases are held: refusing (exiting now would leave the \
-                 watchdog to reset this host). Release the leases or stop their holders first."
+                 watchdog to reset this host). Release the leases or stop their holders first \
+                 (pid 0: an orphan; `tenure resource release --orphan LS`)."
             ),
         }
         self.drain();

@@ -207,6 +207,10 @@ struct Stats {
     crashes: u64,
     freezes: u64,
     hangs: u64,
+    /// Steps at which some node kept an orphan (a persistent lease whose holder went).
+    orphan_steps: u64,
+    /// Orphans whose release was asked for.
+    orphans_released: usize,
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -772,7 +776,32 @@ impl World {
             // Leases held on its behalf end with the process.
             return self.kill_proc(i, p, "exits (its leases were acquired on its behalf)");
         }
-        if holding.is_empty() && self.rng.chance(0.05) {
+        if holding.is_empty() && self.rng.chance(0.03) {
+            // Release this node's orphans (answered at once, the releases run on).
+            let cmd = Command::Release {
+                leases: Leases::Orphans {
+                    space: Name::new("LS").expect("name"),
+                    name: None,
+                },
+                holder: Holder::Me,
+                lvb: None,
+            };
+            let reply = self.nodes[i]
+                .host
+                .as_mut()
+                .expect("live")
+                .execute(now, key, cmd);
+            match reply {
+                Some(Reply::Done(Done::OrphansReleased(names))) => {
+                    self.stats.orphans_released += names.len();
+                    self.note(format!(
+                        "node {} pid {pid} releases the orphans {names:?}",
+                        i + 1
+                    ));
+                }
+                other => panic!("seed {}: release of orphans answered {other:?}", self.seed),
+            }
+        } else if holding.is_empty() && self.rng.chance(0.05) {
             // Ask whoever holds a resource to give it up.
             let r = self.rng.below(RESOURCES as u64) as usize;
             let force_mode = if self.rng.chance(0.5) {
@@ -844,11 +873,16 @@ impl World {
                 Some(q) => Holder::Pid(self.nodes[i].procs[q].pid),
                 None => Holder::Me,
             };
+            // Sometimes persistent (an orphan of this node when the process goes), sometimes
+            // adopting this node's orphans (lvmlockd's way).
+            let persistent = vec![self.rng.chance(0.3); resources.len()];
             let cmd = Command::Acquire {
                 resources,
                 no_wait: self.rng.chance(0.5),
                 lvb: false,
                 holder,
+                persistent,
+                adopt_orphan: self.rng.chance(0.5),
             };
             match lend_to {
                 Some(q) => {
@@ -1154,6 +1188,13 @@ impl World {
     /// faults and clients act; then the checker.
     fn step(&mut self) {
         self.stats.steps += 1;
+        if self.nodes.iter().any(|n| {
+            n.host
+                .as_ref()
+                .is_some_and(|h| h.leases().any(|l| l.is_orphan()))
+        }) {
+            self.stats.orphan_steps += 1;
+        }
         let now = self.now();
         let next_due = self.storage.next_due();
         let wakeups = self
@@ -1268,9 +1309,11 @@ fn whole_clusters_keep_every_lease_to_one_live_process() {
         total.crashes += s.crashes;
         total.freezes += s.freezes;
         total.hangs += s.hangs;
+        total.orphan_steps += s.orphan_steps;
+        total.orphans_released += s.orphans_released;
     }
     eprintln!(
-        "cluster simulation: {} seeds, {} steps in {:.1} s; {} grants ({} on behalf of another pid), {} requests ({} holders signalled for them), {} refusals, {} kills, {} watchdog resets, {} crashes, {} freezes, {} storage hangs; 0 violations",
+        "cluster simulation: {} seeds, {} steps in {:.1} s; {} grants ({} on behalf of another pid), {} requests ({} holders signalled for them), {} refusals, {} kills, {} watchdog resets, {} crashes, {} freezes, {} storage hangs, {} steps with orphans, {} orphans released; 0 violations",
         seeds.len(),
         total.steps,
         started.elapsed().as_secs_f64(),
@@ -1283,7 +1326,9 @@ fn whole_clusters_keep_every_lease_to_one_live_process() {
         total.resets,
         total.crashes,
         total.freezes,
-        total.hangs
+        total.hangs,
+        total.orphan_steps,
+        total.orphans_released
     );
     if std::env::var_os("TENURE_SIM_DUMP").is_some() {
         eprintln!("{total:?}");
@@ -1302,6 +1347,10 @@ fn whole_clusters_keep_every_lease_to_one_live_process() {
         assert!(
             total.on_behalf_grants > 0,
             "leases are acquired on behalf of pids"
+        );
+        assert!(
+            total.orphan_steps > 0 && total.orphans_released > 0,
+            "persistent leases become orphans and are released"
         );
     }
 }

@@ -24,9 +24,12 @@ use tenured::host::{ClientInfo, Host, HostConfig, LvbRefusal, Output, Supervisio
 const AREA: u64 = 1 << 20;
 const PATH: &str = "/sim/disk";
 
-/// Supervision that accepts everything (these tests are about the lease decisions).
-#[derive(Debug)]
-struct Accepting;
+/// Supervision that accepts everything (these tests are about the lease decisions); it
+/// records what it is told of "used".
+#[derive(Debug, Default)]
+struct Accepting {
+    used: std::sync::Arc<std::sync::Mutex<Vec<bool>>>,
+}
 
 impl Supervision for Accepting {
     fn add_space(&mut self, _: &str, _: u64) -> Result<(), String> {
@@ -48,7 +51,8 @@ impl Supervision for Accepting {
         Ok(())
     }
     fn remove_holder(&mut self, _: &str, _: i32) {}
-    fn set_used(&mut self, _: &str, _: bool) -> Result<(), String> {
+    fn set_used(&mut self, _: &str, used: bool) -> Result<(), String> {
+        self.used.lock().expect("used").push(used);
         Ok(())
     }
     fn remove_space(&mut self, _: &str) -> Result<(), String> {
@@ -67,6 +71,8 @@ struct Bed {
     storage: SharedSim,
     view: DiskId,
     host: Host,
+    /// What supervision was told of "used", in order.
+    used: std::sync::Arc<std::sync::Mutex<Vec<bool>>>,
 }
 
 impl Bed {
@@ -94,6 +100,8 @@ impl Bed {
         b.load(DiskId(0), AREA, &area);
         let view = b.add_view(DiskId(0));
         let storage = SharedSim::new(b);
+        let sup = Accepting::default();
+        let used = std::sync::Arc::clone(&sup.used);
         let mut host = Host::new(
             HostConfig {
                 host_name: Name::new("node-1").expect("name"),
@@ -102,7 +110,7 @@ impl Bed {
                 no_local_exclusion: false,
             },
             LockspaceSet::new(Box::new(storage.port())),
-            Box::new(Accepting),
+            Box::new(sup),
             0,
         );
         host.add_known_disk(PATH.into(), view, &[(0, g), (AREA, g)]);
@@ -111,6 +119,7 @@ impl Bed {
             storage,
             view,
             host,
+            used,
         }
     }
 
@@ -162,6 +171,38 @@ impl Bed {
     }
 
     fn acquire(&mut self, k: ClientKey, shared: bool) -> Reply {
+        self.acquire_with(k, shared, false, false)
+    }
+
+    /// The leader record of R on disk.
+    fn leader(&self) -> tenure_format::LeaderRecord {
+        self.storage.with(|b| {
+            tenure_format::LeaderRecord::decode(
+                &b.disk_bytes(DiskId(0))[AREA as usize..AREA as usize + 512],
+            )
+            .expect("leader")
+        })
+    }
+
+    /// Host 1's mode block of R on disk: shared or not.
+    fn shared_on_disk(&self) -> bool {
+        let at = (AREA + Geometry::LEGACY_512.dblock_offset(1)) as usize;
+        self.storage.with(|b| {
+            tenure_format::paxos::ModeBlock::decode_from_sector(
+                &b.disk_bytes(DiskId(0))[at..at + 512],
+            )
+            .expect("mode block")
+            .is_shared()
+        })
+    }
+
+    fn acquire_with(
+        &mut self,
+        k: ClientKey,
+        shared: bool,
+        persistent: bool,
+        adopt_orphan: bool,
+    ) -> Reply {
         let cmd = Command::Acquire {
             resources: vec![ResourceSpec {
                 lockspace: Name::new("LS").expect("name"),
@@ -179,6 +220,8 @@ impl Bed {
             no_wait: true,
             lvb: false,
             holder: Holder::Me,
+            persistent: vec![persistent],
+            adopt_orphan,
         };
         let now = self.clock.now();
         if let Some(r) = self.host.execute(now, k, cmd) {
@@ -396,4 +439,158 @@ fn a_stop_is_refused_while_leases_are_held_and_lvbs_need_a_lease_read_with_one()
     let now = bed.clock.now();
     assert_eq!(bed.host.stop_if_idle(now), Ok(()));
     assert!(bed.host.is_stopping());
+}
+
+fn orphan_count(h: &Host) -> usize {
+    h.leases().filter(|l| l.is_orphan()).count()
+}
+
+fn code_of(r: &Reply) -> Option<tenured::proto::ErrorCode> {
+    match r {
+        Reply::Error(e) => Some(e.code),
+        Reply::Done(_) => None,
+    }
+}
+
+/// sanlock 3.2's persistent leases, as lvmlockd uses them: the holder goes, the lease stays
+/// ours on disk as an orphan (and keeps a USED_BY_ORPHANS lockspace used); it is refused to
+/// every acquire that does not adopt it in its mode, adopted without disk I/O, and released
+/// on disk by REL_ORPHAN. (The same steps against the real sanlock daemon:
+/// tests/fixtures/sanlock_diff.py, case `orphans`.)
+#[test]
+fn a_persistent_lease_outlives_its_holder_as_an_orphan_until_adopted_or_released() {
+    use tenured::proto::ErrorCode;
+    let mut bed = joined_bed();
+    let now = bed.clock.now();
+    let a = bed.client(1, 101);
+    let cfg = Command::LockspaceConfig {
+        name: Name::new("LS").expect("name"),
+        used: None,
+        used_by_orphans: Some(true),
+    };
+    assert!(matches!(
+        bed.host.execute(now, a, cfg),
+        Some(Reply::Done(_))
+    ));
+    assert!(matches!(
+        bed.acquire_with(a, false, true, false),
+        Reply::Done(_)
+    ));
+    assert_eq!(bed.used.lock().expect("used").last(), Some(&false));
+    let held = bed.leader();
+    assert_eq!((held.owner_id, held.timestamp != 0), (1, true));
+    let now = bed.clock.now();
+    bed.host.client_closed(now, a);
+    bed.run_until(Duration::from_secs(5), |_, _| true);
+    assert_eq!(orphan_count(&bed.host), 1, "the holder went: an orphan");
+    assert_eq!(bed.leader(), held, "still ours on disk");
+    assert_eq!(
+        bed.used.lock().expect("used").last(),
+        Some(&true),
+        "used by its orphan: a loss would reset the host"
+    );
+    // Refused unless adopted in its mode.
+    let b = bed.client(2, 102);
+    assert_eq!(
+        code_of(&bed.acquire_with(b, false, false, false)),
+        Some(ErrorCode::Orphan)
+    );
+    assert_eq!(
+        code_of(&bed.acquire_with(b, true, false, true)),
+        Some(ErrorCode::Orphan)
+    );
+    let now = bed.clock.now();
+    let rem = Command::LockspaceRemove {
+        name: Name::new("LS").expect("name"),
+        wait: false,
+        kill_holders: false,
+    };
+    assert_eq!(
+        bed.host.execute(now, b, rem).as_ref().and_then(code_of),
+        Some(ErrorCode::Busy),
+        "an orphan is a lease held in the lockspace"
+    );
+    // Adopted: answered at once (no disk I/O), now b's and not persistent.
+    let cmd = Command::Acquire {
+        resources: vec![ResourceSpec {
+            lockspace: Name::new("LS").expect("name"),
+            name: Name::new("R").expect("name"),
+            disks: vec![DiskLocation {
+                path: PATH.into(),
+                offset: AREA,
+            }],
+            mode: ResourceMode::Exclusive,
+        }],
+        no_wait: true,
+        lvb: false,
+        holder: Holder::Me,
+        persistent: vec![false],
+        adopt_orphan: true,
+    };
+    let now = bed.clock.now();
+    match bed.host.execute(now, b, cmd) {
+        Some(Reply::Done(Done::Acquired(v))) => {
+            assert_eq!(
+                (v.len(), v[0].lver, v[0].owner),
+                (1, held.lver, "connection")
+            );
+        }
+        other => panic!("adoption answered {other:?}"),
+    }
+    assert_eq!(orphan_count(&bed.host), 0);
+    assert_eq!(bed.used.lock().expect("used").last(), Some(&false));
+    // b goes: not persistent, so released on disk.
+    let now = bed.clock.now();
+    bed.host.client_closed(now, b);
+    bed.run_until(Duration::from_secs(10), |h, _| {
+        h.leases().next().is_none() && h.in_flight().is_empty()
+    });
+    assert_eq!(bed.leader().timestamp, 0, "released on disk");
+    // A persistent shared lease of two local holders: one orphan, once both went.
+    let c = bed.client(3, 103);
+    let d = bed.client(4, 104);
+    assert!(matches!(
+        bed.acquire_with(c, true, true, false),
+        Reply::Done(_)
+    ));
+    assert!(matches!(
+        bed.acquire_with(d, true, true, false),
+        Reply::Done(_)
+    ));
+    let now = bed.clock.now();
+    bed.host.client_closed(now, c);
+    assert_eq!(orphan_count(&bed.host), 0, "d still holds the shared hold");
+    bed.host.client_closed(now, d);
+    assert_eq!(orphan_count(&bed.host), 1, "one orphan per resource");
+    assert!(
+        bed.shared_on_disk(),
+        "the orphan keeps the shared hold on disk"
+    );
+    // REL_ORPHAN (any client) releases it on disk, answered with its name at once.
+    let e = bed.client(5, 105);
+    let rel = |name: Option<&str>| Command::Release {
+        leases: Leases::Orphans {
+            space: Name::new("LS").expect("name"),
+            name: name.map(|n| Name::new(n).expect("name")),
+        },
+        holder: Holder::Me,
+        lvb: None,
+    };
+    let now = bed.clock.now();
+    assert_eq!(
+        bed.host.execute(now, e, rel(Some("other"))),
+        Some(Reply::Done(Done::OrphansReleased(vec![])))
+    );
+    assert_eq!(
+        bed.host.execute(now, e, rel(None)),
+        Some(Reply::Done(Done::OrphansReleased(vec!["R".into()])))
+    );
+    bed.run_until(Duration::from_secs(10), |h, _| {
+        h.leases().next().is_none() && h.in_flight().is_empty()
+    });
+    assert!(!bed.shared_on_disk(), "the shared hold is released on disk");
+    assert!(
+        matches!(bed.acquire(e, false), Reply::Done(_)),
+        "free again"
+    );
 }

@@ -800,6 +800,18 @@ impl super::LockspaceSet {
         held: Vec<(HeldResource, Option<Vec<u8>>)>,
         now: Time,
     ) -> Result<OpId, OpError> {
+        self.start_release_renaming(ls, held, None, now)
+    }
+
+    /// [`Self::start_release`], the freed leaders getting resource name `rename` when given
+    /// (sanlock's REL_RENAME; one resource).
+    pub fn start_release_renaming(
+        &mut self,
+        ls: LockspaceId,
+        held: Vec<(HeldResource, Option<Vec<u8>>)>,
+        rename: Option<Name>,
+        now: Time,
+    ) -> Result<OpId, OpError> {
         let (generation, _) = self.check_op(ls, held.len())?;
         let mut op = Op {
             id: OpId(0),
@@ -821,6 +833,10 @@ impl super::LockspaceSet {
             let m = match lvb {
                 Some(v) => PaxosRelease::with_lvb(h.cfg.clone(), h.acquired.clone(), &v, now)?,
                 None => PaxosRelease::new(h.cfg.clone(), h.acquired.clone(), now),
+            };
+            let m = match rename {
+                Some(n) => m.renaming(n),
+                None => m,
             };
             let k = op.subs.len();
             op.subs.push(Sub::new(

@@ -503,7 +503,7 @@ impl PaxosAcquire {
             &self.cfg.space_name,
             Some(&self.cfg.resource_name),
         )
-        .map_err(|e| PaxosError::Corrupt(e.to_string()))
+        .map_err(PaxosError::of_leader)
     }
 
     fn dblocks(&self, data: &[u8]) -> Result<Vec<(u64, Dblock)>, PaxosError> {

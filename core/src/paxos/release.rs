@@ -22,6 +22,8 @@ pub struct PaxosRelease {
     result: Option<Result<(), PaxosError>>,
     /// Set when we freed the leader ourselves and both writes landed.
     cache: Option<BallotCache>,
+    /// The name the freed leader gets (sanlock's REL_RENAME).
+    rename: Option<Name>,
 }
 
 impl PaxosRelease {
@@ -81,6 +83,7 @@ impl PaxosRelease {
             only_dblock: false,
             result: None,
             cache: None,
+            rename: None,
         };
         me.write_released(now);
         me
@@ -114,6 +117,14 @@ impl PaxosRelease {
             offset: me.cfg.area_offset + lvb_offset,
         });
         Ok(me)
+    }
+
+    /// The freed leader is written with resource name `name` (sanlock's REL_RENAME: the
+    /// lease is released and renamed in one). When another host wrote the leader since, it
+    /// is not freed by us and keeps its name.
+    pub fn renaming(mut self, name: Name) -> Self {
+        self.rename = Some(name);
+        self
     }
 
     /// Our dblock with RELEASED (other fields kept, mode block zeroed), then the leader. A
@@ -240,6 +251,7 @@ impl PaxosRelease {
             write_id: self.cfg.host_id,
             write_generation: self.cfg.generation,
             write_timestamp: now.as_secs().max(1),
+            resource_name: self.rename.unwrap_or(leader.resource_name),
             ..leader
         };
         self.sector.fill(0);
@@ -266,8 +278,9 @@ impl std::hash::Hash for PaxosRelease {
             only_dblock,
             result,
             cache,
+            rename,
         } = self;
         (cfg, held, pending, io_started, freeing_leader, writing_lvb).hash(h);
-        (mode, only_dblock, result, cache).hash(h);
+        (mode, only_dblock, result, cache, rename).hash(h);
     }
 }

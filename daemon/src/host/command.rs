@@ -56,6 +56,14 @@ pub enum Command {
         lvb: bool,
         /// Who holds them (see [`Holder`]).
         holder: Holder,
+        /// Per resource (missing entries: false): kept as an orphan when the holder goes
+        /// (sanlock's RES_PERSISTENT).
+        persistent: Vec<bool>,
+        /// Adopt an orphan of a resource held in the mode asked for (sanlock's
+        /// ACQUIRE_ORPHAN, and ACQUIRE_ORPHAN_ONLY, which sanlock 3.8.5 treats alike: with no
+        /// orphan, the resource is acquired). Without it, a resource with an orphan is
+        /// refused (`orphan`, sanlock's −EUCLEAN).
+        adopt_orphan: bool,
     },
     /// Release leases.
     Release {
@@ -159,6 +167,21 @@ pub enum Leases {
     All,
     /// These (one at least).
     These(Vec<LeaseRef>),
+    /// This one, its freed leader renamed `to` (sanlock's REL_RENAME).
+    Renamed {
+        /// The lease.
+        lease: LeaseRef,
+        /// Its new resource name on disk.
+        to: Name,
+    },
+    /// The orphans of a lockspace (every one, or the one named), whoever asks (sanlock's
+    /// REL_ORPHAN).
+    Orphans {
+        /// The lockspace.
+        space: Name,
+        /// Only this resource's.
+        name: Option<Name>,
+    },
 }
 
 /// A resource index request (sanlock's rindex), carried out by the front end's helper

@@ -164,6 +164,8 @@ enum Pending {
         pid: i32,
         /// The resources run on disk (claimed in flight); the others joined shared holds.
         on_disk: Vec<ResourceKey>,
+        /// Per resource run on disk: persistent.
+        persistent: Vec<bool>,
     },
     /// A release.
     Release {
@@ -400,6 +402,13 @@ pub fn op_error_reply(resource: Name, e: &OpError) -> Reply {
         OpError::LockspaceLost => (ErrorCode::LockspaceLost, Details::default()),
         OpError::Full(_) => (ErrorCode::Full, Details::default()),
         OpError::UnknownLockspace => (ErrorCode::NotFound, Details::default()),
+        OpError::Paxos(PaxosError::NameMismatch { lockspace, .. }) => (
+            ErrorCode::Corrupt,
+            Details {
+                sanlock_result: Some(if *lockspace { -226 } else { -227 }),
+                ..Details::default()
+            },
+        ),
         // The rest by fault: no failure is reported as another kind (a stalled machine is
         // a bug, not damage on disk).
         other => (
@@ -740,7 +749,16 @@ impl Host {
                 no_wait,
                 lvb,
                 holder,
-            } => self.acquire(k, resources, *no_wait, *lvb, *holder),
+                persistent,
+                adopt_orphan,
+            } => self.acquire(
+                k,
+                resources,
+                (*no_wait, *lvb),
+                *holder,
+                persistent,
+                *adopt_orphan,
+            ),
             Command::Release {
                 leases,
                 holder,
@@ -1028,7 +1046,8 @@ impl Host {
             .collect();
         holders.sort_unstable();
         holders.dedup();
-        if holders.is_empty() && !self.space_busy(name) {
+        if holders.is_empty() && !self.space_busy(name) && !self.kept_by_orphans(name) {
+            self.drop_orphans(name);
             return self.lockspace_remove(k, name, wait);
         }
         for pid in holders {
@@ -1046,13 +1065,43 @@ impl Host {
         })
     }
 
+    /// Whether a lockspace marked used by orphans has orphans: its removal waits until they
+    /// are released or the mark is cleared (sanlock's USED_BY_ORPHANS).
+    fn kept_by_orphans(&self, name: &str) -> bool {
+        self.space_index(name)
+            .is_some_and(|i| self.spaces[i].used_by_orphans)
+            && self
+                .reg
+                .iter()
+                .any(|l| l.space == name && l.owner == Owner::Orphan)
+    }
+
+    /// Forgets the orphans of a lockspace being left: they stay owned on disk by our old
+    /// generation, which is dead once we are gone (as sanlock leaves them).
+    fn drop_orphans(&mut self, name: &str) {
+        let gone = self
+            .reg
+            .take(|l| l.space == name && l.owner == Owner::Orphan);
+        for l in &gone {
+            tracing::info!(lockspace = %name, resource = %l.resource.escaped(), "leaving the lockspace: orphan forgotten (it stays owned by this generation on disk)");
+        }
+        if !gone.is_empty() {
+            self.refresh_used(name);
+        }
+    }
+
     /// Removals whose killed holders' leases are gone: leave now.
     fn removals_after_kill(&mut self) {
         for (k, name) in std::mem::take(&mut self.removals) {
-            if self.reg.iter().any(|l| l.space == name) || self.space_busy(&name) {
+            let holders = self
+                .reg
+                .iter()
+                .any(|l| l.space == name && l.owner != Owner::Orphan);
+            if holders || self.space_busy(&name) || self.kept_by_orphans(&name) {
                 self.removals.push((k, name));
                 continue;
             }
+            self.drop_orphans(&name);
             match k {
                 Some(k) => {
                     if let Some(r) = self.lockspace_remove(k, &name, true) {
@@ -1163,8 +1212,13 @@ impl Host {
     }
 
     fn begin_leaving_all(&mut self, now: Time) {
-        if !self.reg.is_empty() {
+        if self.reg.iter().any(|l| l.owner != Owner::Orphan) {
             return;
+        }
+        // Orphans do not outlive tenured's leaving its lockspaces.
+        let names: Vec<String> = self.spaces.iter().map(|s| s.name.clone()).collect();
+        for n in names {
+            self.drop_orphans(&n);
         }
         // Joined lockspaces release their host id (Left follows); a joining one is left once
         // joined (the next pass); failed, left, idle and lost ones (holding no lease, checked
@@ -1440,10 +1494,12 @@ impl Host {
         &mut self,
         k: ClientKey,
         specs: &[ResourceSpec],
-        no_wait: bool,
-        lvb: bool,
+        (no_wait, lvb): (bool, bool),
         holder: Holder,
+        persistent: &[bool],
+        adopt_orphan: bool,
     ) -> Option<Reply> {
+        let persistent_at = |i: usize| persistent.get(i).copied().unwrap_or(false);
         let (me, pid, on_behalf) = match self.holder(k, holder) {
             Ok(x) => x,
             Err(r) => return Some(r),
@@ -1508,13 +1564,46 @@ impl Host {
                 ));
             }
         }
-        // Local exclusion, before anything starts (crate::host::registry): all or nothing.
+        // Orphans (persistent leases whose holder went, sanlock 3.2): adopted when asked in
+        // their mode; otherwise the resource is refused, as sanlock does (−EUCLEAN).
         let names: Vec<Name> = specs.iter().map(|s| s.name).collect();
-        let admits = match self.reg.admit_acquire(&space, &names, shared) {
-            Ok(a) => a,
+        let mut adopt = vec![false; names.len()];
+        for (i, n) in names.iter().enumerate() {
+            let Some(o) = self.reg.orphan(&ResourceKey::new(&space, *n)) else {
+                continue;
+            };
+            let mode = |sh: bool| if sh { "shared" } else { "exclusive" };
+            if !adopt_orphan || o.held.acquired.shared != shared {
+                return Some(err(
+                    ErrorCode::Orphan,
+                    format!(
+                        "{space}:{} is an orphan held {} on this host (its persistent holder went): adopt it {} or release it (release --orphan)",
+                        n.escaped(),
+                        mode(o.held.acquired.shared),
+                        mode(o.held.acquired.shared)
+                    ),
+                ));
+            }
+            adopt[i] = true;
+        }
+        // Local exclusion, before anything starts (crate::host::registry): all or nothing.
+        let rest: Vec<Name> = names
+            .iter()
+            .zip(&adopt)
+            .filter(|(_, a)| !**a)
+            .map(|(n, _)| *n)
+            .collect();
+        let mut rest_admits = match self.reg.admit_acquire(&space, &rest, shared) {
+            Ok(a) => a.into_iter(),
             Err((key, r)) => return Some(refusal_reply(&key, r)),
         };
+        // Per resource: None adopts the orphan, else how it proceeds.
+        let admits: Vec<Option<Admit>> = adopt
+            .iter()
+            .map(|a| if *a { None } else { rest_admits.next() })
+            .collect();
         for (n, a) in names.iter().zip(&admits) {
+            let Some(a) = a else { continue };
             let lvb_missing = self
                 .reg
                 .shared_hold(&ResourceKey::new(&space, *n))
@@ -1566,27 +1655,27 @@ impl Host {
         };
         // Joiners of this host's shared holds take a copy of the hold's record.
         let mut joins = Vec::new();
-        for (s, a) in specs.iter().zip(&admits) {
-            if *a == Admit::Join {
+        for (i, (s, a)) in specs.iter().zip(&admits).enumerate() {
+            if *a == Some(Admit::Join) {
                 let key = ResourceKey::new(&space, s.name);
                 let Some(h) = self.reg.shared_hold(&key) else {
                     return Some(err(ErrorCode::Failed, "internal: shared hold gone"));
                 };
-                joins.push(lease_of(s, h.held.clone()));
+                let mut j = lease_of(s, h.held.clone());
+                j.persistent = persistent_at(i);
+                joins.push(j);
             }
-        }
-        if admits.iter().all(|a| *a == Admit::Join) {
-            let now = self.now;
-            return Some(self.grant(now, k, &space, owner, pid, joins));
         }
         let mut targets = Vec::with_capacity(specs.len());
         let mut on_disk = Vec::with_capacity(specs.len());
         let mut locations = Vec::with_capacity(specs.len());
-        for ((s, key), a) in specs.iter().zip(&keys).zip(&admits) {
-            if *a == Admit::Join {
+        let mut on_disk_persistent = Vec::with_capacity(specs.len());
+        for (i, ((s, key), a)) in specs.iter().zip(&keys).zip(&admits).enumerate() {
+            if *a != Some(Admit::Disk) {
                 continue;
             }
             on_disk.push(ResourceKey::new(&space, s.name));
+            on_disk_persistent.push(persistent_at(i));
             locations.push((s.disks[0].path.clone(), s.disks[0].offset));
             let info = match self.areas.get(key).cloned() {
                 Some(Ok(i)) => i,
@@ -1614,18 +1703,45 @@ impl Host {
                 mirrors: Vec::new(),
             });
         }
+        // Adoptions: the orphan becomes the new holder's, joining like a shared hold's joiner
+        // while the rest of the acquire runs (an orphan again if it fails). Taken out last:
+        // nothing above may return once they are.
+        let wall = self.unix_ms();
+        for (i, s) in specs.iter().enumerate() {
+            if !adopt[i] {
+                continue;
+            }
+            let key = ResourceKey::new(&space, s.name);
+            for mut l in self.reg.take(|l| l.is(&key) && l.is_orphan()) {
+                tracing::info!(lockspace = %space, resource = %s.name.escaped(), pid, "orphan adopted");
+                l.owner = owner;
+                l.pid = pid;
+                l.client_name.clone_from(&client_name);
+                l.location = (s.disks[0].path.clone(), s.disks[0].offset);
+                l.acquired_unix_ms = wall;
+                l.persistent = persistent_at(i);
+                l.adopting = true;
+                joins.push(l);
+            }
+        }
+        let now = self.now;
+        if targets.is_empty() {
+            return Some(self.grant(now, k, &space, owner, pid, joins));
+        }
         let opts = AcquireOptions {
             shared,
             no_wait,
             read_lvb: lvb,
         };
-        let now = self.now;
         let id = match self
             .set
             .start_acquire(self.spaces[si].id, targets, opts, now)
         {
             Ok(id) => id,
-            Err(e) => return Some(op_error_reply(specs[0].name, &e)),
+            Err(e) => {
+                self.give_back_joins(now, joins);
+                return Some(op_error_reply(specs[0].name, &e));
+            }
         };
         self.reg.acquire_started(id, &on_disk, joins);
         self.pending.insert(
@@ -1638,6 +1754,7 @@ impl Host {
                 owner,
                 pid,
                 on_disk,
+                persistent: on_disk_persistent,
             },
         );
         None
@@ -1674,9 +1791,10 @@ impl Host {
             Err("client disconnected".to_owned())
         };
         if let Err(e) = holder {
-            // The holder is gone: give the leases back at once.
+            // The holder is gone: give the leases back at once (persistent ones and
+            // adoptions stay as orphans).
             tracing::info!(lockspace = %space, pid, error = %e, "holder gone before the acquire ended: releasing");
-            self.start_release(now, None, leases, None);
+            self.let_go(now, None, leases);
             return err(ErrorCode::Failed, format!("holder pid {pid}: {e}"));
         }
         if let Owner::Pid(p) = owner {
@@ -1692,10 +1810,13 @@ impl Host {
                 v
             })
             .collect();
-        for l in &leases {
-            tracing::info!(lockspace = %l.space, resource = %l.resource.escaped(), lver = l.held.acquired.lver, shared = l.held.acquired.shared, pid, "acquired");
+        let mut leases = leases;
+        for l in &mut leases {
+            l.adopting = false;
+            tracing::info!(lockspace = %l.space, resource = %l.resource.escaped(), lver = l.held.acquired.lver, shared = l.held.acquired.shared, persistent = l.persistent, pid, "acquired");
         }
         self.reg.extend(leases);
+        self.refresh_used(space);
         Reply::Done(Done::Acquired(reply))
     }
 
@@ -1712,6 +1833,7 @@ impl Host {
                 owner,
                 pid,
                 on_disk,
+                persistent,
             } => {
                 // Its joiners of shared holds (still here unless their owner went away).
                 let mut joined = self.reg.acquire_ended(id, &on_disk);
@@ -1721,8 +1843,12 @@ impl Host {
                         let mut leases: Vec<Lease> = held
                             .into_iter()
                             .zip(locations)
-                            .map(|(h, loc)| {
-                                Lease::new(&space, loc, h, owner, pid, &client_name, wall)
+                            .zip(persistent)
+                            .map(|((h, loc), p)| {
+                                let mut l =
+                                    Lease::new(&space, loc, h, owner, pid, &client_name, wall);
+                                l.persistent = p;
+                                l
                             })
                             .collect();
                         leases.append(&mut joined);
@@ -1738,8 +1864,9 @@ impl Host {
                             tracing::error!(lockspace = %space, count = still_held.len(), "acquire failed and unwinding it failed too: leases stay ours on disk");
                             self.adopt_orphans(&space, still_held);
                         }
-                        // The joiners give up: a shared hold they alone kept goes now.
-                        self.start_release(now, None, joined, None);
+                        // The joiners give up: a shared hold they alone kept goes now, an
+                        // adopted orphan is an orphan again.
+                        self.give_back_joins(now, joined);
                         self.reply(client, op_error_reply(resource, &error));
                     }
                     OpOutcome::Released => {}
@@ -1820,7 +1947,7 @@ impl Host {
                     if gone {
                         let l = self.reg.remove(i);
                         let now = self.now;
-                        let _ = self.start_release(now, None, vec![l], None);
+                        let _ = self.let_go(now, None, vec![l]);
                     }
                 }
                 self.reply(client, reply);
@@ -1887,17 +2014,67 @@ impl Host {
     /// Unregisters holder pids that hold nothing more in a lockspace.
     fn forget_holders(&mut self, gone: &[Lease]) {
         for l in gone {
-            if l.pid == 0 {
-                continue;
-            }
-            let still = self
-                .reg
-                .iter()
-                .any(|x| x.space == l.space && x.pid == l.pid);
-            if !still {
-                self.sup.remove_holder(&l.space, l.pid);
-            }
+            self.forget_pid(&l.space, l.pid);
         }
+    }
+
+    /// Unregisters `pid` from `space` if it holds nothing more there.
+    fn forget_pid(&mut self, space: &str, pid: i32) {
+        if pid == 0 {
+            return;
+        }
+        if !self.reg.iter().any(|x| x.space == space && x.pid == pid) {
+            self.sup.remove_holder(space, pid);
+        }
+    }
+
+    /// Leases whose holder went: persistent ones (and adoptions not yet granted) stay ours
+    /// on disk as orphans — one per resource, none while other local holders keep a shared
+    /// hold — and the others are released.
+    fn let_go(
+        &mut self,
+        now: Time,
+        client: Option<ClientKey>,
+        leases: Vec<Lease>,
+    ) -> Option<Reply> {
+        let (keep, free): (Vec<Lease>, Vec<Lease>) = leases
+            .into_iter()
+            .partition(|l| l.adopting || (l.persistent && l.joining.is_none()));
+        for l in keep {
+            self.make_orphan(l);
+        }
+        self.start_release(now, client, free, None)
+    }
+
+    /// `l` (taken out of the registry) stays ours on disk without a holder, unless other
+    /// local holders keep its shared hold.
+    fn make_orphan(&mut self, mut l: Lease) {
+        let (space, pid) = (l.space.clone(), l.pid);
+        if self.reg.iter().any(|o| o.is(&l.key())) {
+            tracing::info!(lockspace = %space, resource = %l.resource.escaped(), pid, "holder gone; other local holders keep the shared hold");
+        } else {
+            tracing::info!(lockspace = %space, resource = %l.resource.escaped(), pid, shared = l.held.acquired.shared, "holder gone: the persistent lease stays ours as an orphan");
+            l.owner = Owner::Orphan;
+            l.pid = 0;
+            l.joining = None;
+            l.adopting = false;
+            l.converting = false;
+            l.persistent = true;
+            l.rename_to = None;
+            self.reg.push(l);
+        }
+        self.forget_pid(&space, pid);
+        self.refresh_used(&space);
+    }
+
+    /// Joiners of an acquire that did not happen: adopted orphans are orphans again, the
+    /// others go (a shared hold they alone kept is released).
+    fn give_back_joins(&mut self, now: Time, joins: Vec<Lease>) {
+        let (adopted, rest): (Vec<Lease>, Vec<Lease>) = joins.into_iter().partition(|l| l.adopting);
+        for l in adopted {
+            self.make_orphan(l);
+        }
+        self.start_release(now, None, rest, None);
     }
 
     fn start_release(
@@ -1924,8 +2101,15 @@ impl Host {
         // its reply with the last group (one group in practice).
         let mut groups: Vec<Vec<Lease>> = Vec::new();
         for l in leases {
+            if l.rename_to.is_some() {
+                // Renamed on release: an operation of its own.
+                groups.push(vec![l]);
+                continue;
+            }
             match groups.iter_mut().find(|g| {
-                g[0].space == l.space && g.len() < tenure_core::lockspace::RESOURCES_PER_OP_MAX
+                g[0].space == l.space
+                    && g[0].rename_to.is_none()
+                    && g.len() < tenure_core::lockspace::RESOURCES_PER_OP_MAX
             }) {
                 Some(g) => g.push(l),
                 None => groups.push(vec![l]),
@@ -1948,7 +2132,11 @@ impl Host {
                 .collect();
             let last = gi + 1 == n;
             let who = if last { client } else { None };
-            match self.set.start_release(self.spaces[si].id, held, now) {
+            let rename = g[0].rename_to;
+            match self
+                .set
+                .start_release_renaming(self.spaces[si].id, held, rename, now)
+            {
                 Ok(id) => {
                     self.reg.release_started(&g);
                     self.pending.insert(
@@ -1996,7 +2184,7 @@ impl Host {
             return;
         }
         let now = self.now;
-        if let Some(r) = self.start_release(now, client, mine, None) {
+        if let Some(r) = self.let_go(now, client, mine) {
             if let Some(c) = client {
                 self.reply(c, r);
             }
@@ -2034,6 +2222,10 @@ impl Host {
                 false,
                 v.iter().map(|l| (l.lockspace.escaped(), l.name)).collect(),
             ),
+            Leases::Renamed { lease, .. } => (false, vec![(lease.lockspace.escaped(), lease.name)]),
+            Leases::Orphans { space, name } => {
+                return Some(self.release_orphans(&space.escaped(), *name))
+            }
         };
         if lvb.is_some() && wanted.len() != 1 {
             return Some(err(
@@ -2091,15 +2283,43 @@ impl Host {
                 ),
             ));
         }
-        let mine = self.reg.take(|l| {
+        let mut mine = self.reg.take(|l| {
             owner_ok(l)
                 && (all
                     || wanted
                         .iter()
                         .any(|(s, n)| *s == l.space && *n == l.resource))
         });
+        if let Leases::Renamed { to, .. } = leases {
+            for l in &mut mine {
+                l.rename_to = Some(*to);
+            }
+        }
         let now = self.now;
         self.start_release(now, Some(k), mine, lvb)
+    }
+
+    /// Releases the orphans of `space` (all, or `name`'s) and answers at once with their
+    /// names, as sanlock answers REL_ORPHAN with their count; a lost or unknown lockspace
+    /// has none to release.
+    fn release_orphans(&mut self, space: &str, name: Option<Name>) -> Reply {
+        let joined = self
+            .space_index(space)
+            .is_some_and(|i| self.spaces[i].lost.is_none());
+        if !joined {
+            return Reply::Done(Done::OrphansReleased(Vec::new()));
+        }
+        let gone = self.reg.take(|l| {
+            l.owner == Owner::Orphan && l.space == space && name.is_none_or(|n| l.resource == n)
+        });
+        let names: Vec<String> = gone.iter().map(|l| l.resource.escaped()).collect();
+        for l in &gone {
+            tracing::info!(lockspace = %space, resource = %l.resource.escaped(), "releasing orphan");
+        }
+        let now = self.now;
+        self.start_release(now, None, gone, None);
+        self.refresh_used(space);
+        Reply::Done(Done::OrphansReleased(names))
     }
 
     /// The lease `lease` of the holder.

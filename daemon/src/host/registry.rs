@@ -35,7 +35,9 @@ pub enum Owner {
     Conn(ClientKey),
     /// Acquired on behalf of a pid: released when that pid exits.
     Pid(i32),
-    /// Its release failed: still ours on disk, no holder.
+    /// No holder: a persistent lease whose holder went (sanlock's orphan, adoptable with
+    /// ACQUIRE_ORPHAN), or a lease whose release failed (still ours on disk; `persistent`
+    /// false). Released by REL_ORPHAN, dropped when the lockspace is left.
     Orphan,
 }
 
@@ -66,6 +68,12 @@ pub struct Lease {
     /// A joiner of this host's shared hold whose acquire (this operation) still runs for its
     /// other resources: not granted yet, but it keeps the shared hold from being released.
     pub joining: Option<OpId>,
+    /// Kept on disk as an orphan when its holder goes (sanlock's RES_PERSISTENT).
+    pub persistent: bool,
+    /// A joiner adopting an orphan: if its acquire fails, it is an orphan again.
+    pub adopting: bool,
+    /// The name its release gives the freed leader (sanlock's REL_RENAME).
+    pub rename_to: Option<Name>,
 }
 
 impl Lease {
@@ -91,7 +99,15 @@ impl Lease {
             lvb_to_write: None,
             converting: false,
             joining: None,
+            persistent: false,
+            adopting: false,
+            rename_to: None,
         }
+    }
+
+    /// An adoptable orphan: a persistent lease whose holder went.
+    pub fn is_orphan(&self) -> bool {
+        self.owner == Owner::Orphan && self.persistent
     }
 
     /// The resource as local exclusion knows it.
@@ -130,8 +146,10 @@ impl Lease {
             owner: match self.owner {
                 Owner::Conn(_) => "connection",
                 Owner::Pid(_) => "pid",
+                Owner::Orphan if self.persistent => "orphan",
                 Owner::Orphan => "orphan (release failed)",
             },
+            persistent: self.persistent,
             acquired_unix_ms: self.acquired_unix_ms,
             state: self.state_string(),
             lvb_hex: None,
@@ -224,6 +242,11 @@ impl Registry {
             (n, true) => LocalHold::Shared { holders: n },
             _ => LocalHold::Exclusive,
         }
+    }
+
+    /// The adoptable orphan of `key` (one per resource at most).
+    pub fn orphan(&self, key: &ResourceKey) -> Option<&Lease> {
+        self.leases.iter().find(|l| l.is(key) && l.is_orphan())
     }
 
     /// A lease of this host's shared hold of `key`, to copy its record from.
@@ -388,6 +411,9 @@ mod tests {
             lvb_to_write: None,
             converting: false,
             joining: None,
+            persistent: false,
+            adopting: false,
+            rename_to: None,
         }
     }
 

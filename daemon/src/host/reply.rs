@@ -64,6 +64,8 @@ pub enum Done {
     Acquired(Vec<LeaseView>),
     /// The resources released (names).
     Released(Vec<String>),
+    /// The orphans whose release started (names; sanlock's REL_ORPHAN answers their count).
+    OrphansReleased(Vec<String>),
     /// A conversion ended in this mode.
     Converted {
         /// Resource name.
@@ -156,8 +158,11 @@ pub struct LeaseView {
     pub pid: i32,
     /// The holder's client name.
     pub client: String,
-    /// Who owns it: `connection`, `pid` or `orphan (release failed)`.
+    /// Who owns it: `connection`, `pid`, `orphan` (a persistent lease whose holder went) or
+    /// `orphan (release failed)`.
     pub owner: &'static str,
+    /// Kept as an orphan when its holder goes.
+    pub persistent: bool,
     /// When it was acquired (wall clock, ms).
     pub acquired_unix_ms: u64,
     /// `LS:NAME:PATH:OFFSET:LVER`.

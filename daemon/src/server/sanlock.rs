@@ -106,6 +106,7 @@ fn result_of(c: u32, code: ErrorCode) -> i32 {
         (_, ErrorCode::LverMismatch) => rv::SANLK_ACQUIRE_LVER,
         (_, ErrorCode::SharedBusy | ErrorCode::Releasing) => rv::EAGAIN,
         (_, ErrorCode::Exists) => rv::EEXIST,
+        (_, ErrorCode::Orphan) => rv::EUCLEAN,
         (cmd::ACQUIRE, ErrorCode::NotFound | ErrorCode::NotJoined | ErrorCode::LockspaceLost) => {
             rv::ENOSPC
         }
@@ -227,6 +228,9 @@ impl Server {
             return self.sanlock_rindex_reply(k, h, r);
         }
         match r {
+            Reply::Done(Done::OrphansReleased(names)) => {
+                self.sanlock_send(k, h, names.len() as i32, 0, &[])
+            }
             Reply::Done(_) => {
                 let result = self
                     .sconn(k)
@@ -467,16 +471,6 @@ impl Server {
                         c.name = owner_name.chars().take(48).collect();
                     }
                 }
-                // Persistent leases and orphans (a lease kept after its holder exits) are not
-                // supported: refused clearly rather than acquired as something else.
-                if res.iter().any(|r| r.flags & flags::RES_PERSISTENT != 0) {
-                    tracing::info!("sanlock ACQUIRE of a PERSISTENT lease refused (not supported)");
-                    return done(self, rv::EINVAL);
-                }
-                if h.cmd_flags & flags::ACQUIRE_ORPHAN_ONLY != 0 {
-                    // No orphan exists to adopt.
-                    return done(self, rv::ENOENT);
-                }
                 if res.is_empty() {
                     return done(self, 0);
                 }
@@ -489,6 +483,15 @@ impl Server {
                     no_wait: h.cmd_flags & flags::ACQUIRE_OWNER_NOWAIT != 0,
                     lvb: h.cmd_flags & flags::ACQUIRE_LVB != 0,
                     holder: Holder::Client(target),
+                    persistent: res
+                        .iter()
+                        .map(|r| r.flags & flags::RES_PERSISTENT != 0)
+                        .collect(),
+                    // sanlock 3.8.5 treats ORPHAN_ONLY as ORPHAN: with no orphan of the
+                    // name, the resource is acquired (observed; docs/sanlock-compat.md).
+                    adopt_orphan: h.cmd_flags
+                        & (flags::ACQUIRE_ORPHAN | flags::ACQUIRE_ORPHAN_ONLY)
+                        != 0,
                 };
                 if let Some(r) = self.execute(k, cmd) {
                     self.sanlock_reply(k, r);
@@ -499,12 +502,58 @@ impl Server {
                     Ok(t) => t,
                     Err(e) => return done(self, e),
                 };
-                if h.cmd_flags & (flags::REL_ORPHAN | flags::REL_RENAME) != 0 {
-                    tracing::info!(
-                        flags = h.cmd_flags,
-                        "sanlock RELEASE with REL_ORPHAN / REL_RENAME refused (not supported)"
-                    );
-                    return done(self, rv::EINVAL);
+                if h.cmd_flags & flags::REL_ORPHAN != 0 {
+                    // The orphans of a lockspace, all or the named one; answered with their
+                    // count (Done::OrphansReleased).
+                    let Some(r) = res.first() else {
+                        return done(self, rv::EINVAL);
+                    };
+                    let (Ok(space), name) = (Name::new(&r.lockspace), &r.name) else {
+                        return done(self, 0);
+                    };
+                    let name = if name.is_empty() {
+                        None
+                    } else {
+                        match Name::new(name) {
+                            Ok(n) => Some(n),
+                            Err(_) => return done(self, 0),
+                        }
+                    };
+                    let cmd = Command::Release {
+                        leases: Leases::Orphans { space, name },
+                        holder: Holder::Client(target),
+                        lvb: None,
+                    };
+                    if let Some(r) = self.execute(k, cmd) {
+                        self.sanlock_reply(k, r);
+                    }
+                    return;
+                }
+                if h.cmd_flags & flags::REL_RENAME != 0 {
+                    let (Some(old), Some(new)) = (res.first(), res.get(1)) else {
+                        return done(self, rv::EINVAL);
+                    };
+                    let lease = match lease_of(old) {
+                        Ok(l) => l,
+                        Err(e) => return done(self, e),
+                    };
+                    let to = if new.name.is_empty() {
+                        Name::EMPTY
+                    } else {
+                        match Name::new(&new.name) {
+                            Ok(n) => n,
+                            Err(_) => return done(self, rv::EINVAL),
+                        }
+                    };
+                    let cmd = Command::Release {
+                        leases: Leases::Renamed { lease, to },
+                        holder: Holder::Client(target),
+                        lvb: None,
+                    };
+                    if let Some(r) = self.execute(k, cmd) {
+                        self.sanlock_reply(k, r);
+                    }
+                    return;
                 }
                 let all = h.cmd_flags & flags::REL_ALL != 0;
                 if all && !self.host.leases().any(|l| l.owner == Owner::Conn(target)) {
@@ -1468,6 +1517,10 @@ impl Server {
                     flags::RES_SHARED
                 } else {
                     0
+                } | if l.persistent {
+                    flags::RES_PERSISTENT
+                } else {
+                    0
                 },
                 num_disks: 1,
                 ..w::Resource::default()
@@ -1484,7 +1537,11 @@ impl Server {
                 l.pid as u32,
                 l.held.acquired.lver,
                 &l.resource.escaped(),
-                "list=held",
+                if l.owner == Owner::Orphan {
+                    "list=orphan"
+                } else {
+                    "list=held"
+                },
                 &bin,
             );
         }
