@@ -709,40 +709,71 @@ impl Drop for LockspaceThread {
 pub fn wdshim_so() -> Option<PathBuf> {
     static SO: OnceLock<Option<PathBuf>> = OnceLock::new();
     SO.get_or_init(|| {
+        gcc_cached(
+            "watchdog/testbed/wdshim.c",
+            "wdshim",
+            ".so",
+            &["-shared", "-fPIC"],
+            &["-ldl"],
+        )
+    })
+    .clone()
+}
+
+/// The lvmlockd-sequence program (`tests/fixtures/lvmlockd_seq.c`) built against Debian's
+/// libsanlock-dev. `None` (after printing why) when gcc or the headers are missing and
+/// skipping is allowed.
+pub fn lvmlockd_seq_bin() -> Option<PathBuf> {
+    static BIN: OnceLock<Option<PathBuf>> = OnceLock::new();
+    BIN.get_or_init(|| {
         if !prerequisite(
-            on_path("gcc"),
-            "gcc is needed to build the watchdog test bed shim",
+            Path::new("/usr/include/sanlock_resource.h").exists(),
+            "libsanlock-dev (sanlock_resource.h) is needed to build the lvmlockd-sequence program",
         ) {
             return None;
         }
-        let src = workspace_root().join("watchdog/testbed/wdshim.c");
-        let exe = std::env::current_exe().expect("current exe");
-        let dir = exe
-            .parent()
-            .and_then(Path::parent)
-            .expect("target/<profile>")
-            .join("wdshim");
-        std::fs::create_dir_all(&dir).expect("create wdshim dir");
-        // Named after the source's hash, built under a per-process name and renamed into
-        // place: parallel test binaries never race, and rebuilt sources never pile up.
-        use std::hash::{Hash, Hasher};
-        let mut h = std::collections::hash_map::DefaultHasher::new();
-        std::fs::read(&src).expect("read wdshim.c").hash(&mut h);
-        let so = dir.join(format!("wdshim-{:016x}.so", h.finish()));
-        if !so.exists() {
-            let tmp = dir.join(format!("wdshim.{}.tmp", std::process::id()));
-            run_ok(
-                Command::new("gcc")
-                    .args([
-                        "-Wall", "-Wextra", "-Werror", "-shared", "-fPIC", "-O2", "-o",
-                    ])
-                    .arg(&tmp)
-                    .arg(&src)
-                    .arg("-ldl"),
-            );
-            std::fs::rename(&tmp, &so).expect("install wdshim.so");
-        }
-        Some(so)
+        gcc_cached(
+            "tests/fixtures/lvmlockd_seq.c",
+            "lvmlockd_seq",
+            "",
+            &[],
+            &["-lsanlock"],
+        )
     })
     .clone()
+}
+
+/// Builds `src` (relative to the workspace) with gcc into target/<profile>/<stem>/, named
+/// after the source's hash: built under a per-process name and renamed into place, so that
+/// parallel test binaries never race and rebuilt sources never pile up.
+fn gcc_cached(src: &str, stem: &str, ext: &str, flags: &[&str], libs: &[&str]) -> Option<PathBuf> {
+    if !prerequisite(on_path("gcc"), &format!("gcc is needed to build {src}")) {
+        return None;
+    }
+    let src = workspace_root().join(src);
+    let exe = std::env::current_exe().expect("current exe");
+    let dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("target/<profile>")
+        .join(stem);
+    std::fs::create_dir_all(&dir).expect("create the build dir");
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    std::fs::read(&src).expect("read the C source").hash(&mut h);
+    let out = dir.join(format!("{stem}-{:016x}{ext}", h.finish()));
+    if !out.exists() {
+        let tmp = dir.join(format!("{stem}.{}.tmp", std::process::id()));
+        run_ok(
+            Command::new("gcc")
+                .args(["-Wall", "-Wextra", "-Werror", "-O2"])
+                .args(flags)
+                .arg("-o")
+                .arg(&tmp)
+                .arg(&src)
+                .args(libs),
+        );
+        std::fs::rename(&tmp, &out).expect("install the build");
+    }
+    Some(out)
 }

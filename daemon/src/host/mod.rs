@@ -362,6 +362,15 @@ pub fn refusal_reply(key: &ResourceKey, r: Refusal) -> Reply {
     }
 }
 
+/// A converted lease's new record, keeping the LVB read at acquire (a conversion reads none,
+/// and lvmlockd sets the LVB of a lock it converted to exclusive).
+fn keep_lvb(before: &HeldResource, mut after: HeldResource) -> HeldResource {
+    if after.acquired.lvb.is_none() {
+        after.acquired.lvb.clone_from(&before.acquired.lvb);
+    }
+    after
+}
+
 /// An operation's failure as the native protocol reports it: the code (sanlock's result is
 /// derived from it), the holder's identity where there is one, and in `details.fault` who is
 /// at fault (contention, storage, damaged, configuration, misuse, internal).
@@ -1888,7 +1897,7 @@ impl Host {
                         let h = held.remove(0);
                         let shared = h.acquired.shared;
                         if let Some(i) = at {
-                            self.reg[i].held = h;
+                            self.reg[i].held = keep_lvb(&self.reg[i].held, h);
                         }
                         tracing::info!(lockspace = %space, resource = %resource.escaped(), shared, "converted");
                         Reply::Done(Done::Converted {
@@ -1908,7 +1917,7 @@ impl Host {
                         // to exclusive rewrote our dblock; a failed conversion to shared may
                         // have landed (other hosts may hold it shared), so it is shared now.
                         if let (Some(i), Some(h)) = (at, still_held.pop()) {
-                            self.reg[i].held = h;
+                            self.reg[i].held = keep_lvb(&self.reg[i].held, h);
                         }
                         if !was_shared && now_shared {
                             // A downgrade that may have happened is reported done: the client
