@@ -1284,3 +1284,64 @@ fn lvmlockd_sequence_through_libsanlock_gives_sanlocks_results() {
         ta.lines().count()
     );
 }
+
+/// tenured started on a sanlock run directory whose socket another daemon serves refuses to
+/// start and names that daemon: the real sanlock (issue 17: it said "another tenured is
+/// running"), or another tenured.
+#[test]
+fn a_sanlock_socket_owned_by_another_daemon_is_named_in_the_refusal() {
+    if !prerequisite(is_root(), "root") || !sanlock_available() {
+        return;
+    }
+    let _serial = sanlock_lock();
+    let start_on = |rundir: &std::path::Path| {
+        let dir = tempfile::Builder::new()
+            .prefix("tenured-owner-")
+            .tempdir_in("/var/tmp")
+            .unwrap();
+        let d = dir.path();
+        let out = Command::new("timeout")
+            .arg("30")
+            .arg(tenured_bin())
+            .args(["--config", "/dev/null", "--run-dir"])
+            .arg(d.join("run"))
+            .arg("--state-dir")
+            .arg(d.join("state"))
+            .args([
+                "--watchdog",
+                "none",
+                "--sanlock-compat",
+                "--sanlock-run-dir",
+            ])
+            .arg(rundir)
+            .output()
+            .unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let sl = SanlockDaemon::start();
+    let (code, err) = start_on(sl.rundir());
+    assert_ne!(code, Some(0), "tenured started on sanlock's socket: {err}");
+    assert!(
+        err.contains("the real sanlock daemon owns it") && !err.contains("another tenured"),
+        "the refusal names the real sanlock: {err}"
+    );
+    // sanlock still serves its socket.
+    let v = Command::new("sanlock")
+        .args(["client", "version"])
+        .env("SANLOCK_RUN_DIR", sl.rundir())
+        .output()
+        .unwrap();
+    assert!(v.status.success(), "{}", String::from_utf8_lossy(&v.stderr));
+    drop(sl);
+    let td = Daemon::start(true, None);
+    let (code, err) = start_on(&td.sanlock_dir());
+    assert_ne!(
+        code,
+        Some(0),
+        "a second tenured started on the first's socket: {err}"
+    );
+    assert!(err.contains("another tenured is running"), "{err}");
+}
