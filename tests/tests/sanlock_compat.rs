@@ -1345,3 +1345,159 @@ fn a_sanlock_socket_owned_by_another_daemon_is_named_in_the_refusal() {
     );
     assert!(err.contains("another tenured is running"), "{err}");
 }
+
+/// A lease on three disks through both sockets (issue 17): `tenure run --lease
+/// LS:R:P1:O1:P2:O2:P3:O3` and python3-sanlock's acquire with three disks. With one disk
+/// failing (FUSE: every I/O answered EIO, then its writes hanging) the lease is still taken on
+/// the other two, a majority; with two failing it is refused, and nothing is left held.
+#[test]
+fn a_lease_on_three_disks_is_taken_through_both_sockets_while_one_fails() {
+    if !prerequisite(is_root(), "root") || !sanlock_available() || !tenure_tests::fuse_available() {
+        return;
+    }
+    let ls_file = BackingFile::new(16 << 20);
+    let ls_dev = LoopDevice::attach(ls_file.path(), 512);
+    let fs: Vec<tenure_tests::StallFs> = (0..3)
+        .map(|_| tenure_tests::StallFs::start(16 << 20))
+        .collect();
+    let devs: Vec<LoopDevice> = fs
+        .iter()
+        .map(|f| LoopDevice::attach(&f.lun(), 512))
+        .collect();
+    let paths: Vec<String> = devs.iter().map(LoopDevice::path_str).collect();
+    let spec = format!("LS:R:{}:1M:{}:1M:{}:1M", paths[0], paths[1], paths[2]);
+    let t = |args: &[&str]| {
+        let out = Command::new(tenure_bin()).args(args).output().unwrap();
+        assert!(
+            out.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    let lsp = ls_dev.path_str();
+    t(&[
+        "lockspace",
+        "init",
+        &format!("LS:0:{lsp}:0"),
+        "--io-timeout",
+        "1",
+    ]);
+    t(&["resource", "init", &spec, "--num-hosts", "8"]);
+    let d = Daemon::start(true, Some(format!("LS:1:{lsp}:0")));
+    let t0 = Instant::now();
+    loop {
+        let out = d.tenure(&["lockspace", "list", "--json"]);
+        if String::from_utf8_lossy(&out.stdout).contains("\"joined\"") {
+            break;
+        }
+        assert!(t0.elapsed() < Duration::from_secs(20), "{}", d.log());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let control = |i: usize, what: &str, on: bool| {
+        let p = fs[i].control_dir().join(what);
+        if on {
+            std::fs::write(&p, b"").unwrap();
+        } else {
+            let _ = std::fs::remove_file(&p);
+        }
+    };
+    // Native: `tenure run` holds the lease while its command runs and prints its state.
+    let run = |what: &str| {
+        let out = d.tenure(&["run", "--lease", &spec, "--", "sh", "-c", "echo held"]);
+        (
+            out.status.success(),
+            format!(
+                "{what}: {}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            ),
+        )
+    };
+    // sanlock: python3-sanlock with three disks; prints inquire's state string.
+    let disks = format!(
+        "[(b\"{}\", 1048576), (b\"{}\", 1048576), (b\"{}\", 1048576)]",
+        paths[0], paths[1], paths[2]
+    );
+    let py = |expect_ok: bool| {
+        let script = format!(
+            r#"
+import sanlock
+fd = sanlock.register()
+try:
+    sanlock.acquire(b"LS", b"R", {disks}, slkfd=fd)
+except sanlock.SanlockException as e:
+    if {expect_ok}:
+        raise
+    print("refused", e.errno)
+    raise SystemExit(0)
+if not {expect_ok}:
+    raise SystemExit("acquired with two of three disks failing")
+state = sanlock.inquire(slkfd=fd)
+print("held", state)
+sanlock.release(b"LS", b"R", {disks}, slkfd=fd)
+"#,
+            expect_ok = if expect_ok { "True" } else { "False" }
+        );
+        finish(python(&d, &script), "python3-sanlock on three disks", &d)
+    };
+    let (ok, out) = run("all disks healthy");
+    assert!(ok && out.contains("held"), "{out}\n{}", d.log());
+    let held = py(true);
+    assert!(
+        held.contains(&paths[0]) && held.contains(&paths[2]),
+        "inquire names every disk: {held}"
+    );
+    // One disk answers EIO to everything.
+    control(1, "eio_reads", true);
+    control(1, "eio_writes", true);
+    let (ok, out) = run("disk 2 failing (EIO)");
+    assert!(ok && out.contains("held"), "{out}\n{}", d.log());
+    py(true);
+    // Its writes hang instead (reads work): the writes time out, the majority decides.
+    control(1, "eio_reads", false);
+    control(1, "eio_writes", false);
+    control(1, "hang_writes", true);
+    let (ok, out) = run("disk 2 hanging");
+    assert!(ok && out.contains("held"), "{out}\n{}", d.log());
+    // Its release writes time out on disk 2 too: let it end before failing a second disk.
+    let idle = || {
+        let status = d.tenure(&["status", "--json"]);
+        let v: serde_json::Value = serde_json::from_slice(&status.stdout).unwrap_or_default();
+        v["leases"].as_array().is_some_and(Vec::is_empty)
+            && v["resources_in_flight"]
+                .as_array()
+                .is_some_and(Vec::is_empty)
+    };
+    let t0 = Instant::now();
+    while !idle() {
+        assert!(
+            t0.elapsed() < Duration::from_secs(20),
+            "release did not end: {}",
+            d.log()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    control(1, "hang_writes", false);
+    // Two of three failing: no majority, refused.
+    for i in [1, 2] {
+        control(i, "eio_reads", true);
+        control(i, "eio_writes", true);
+    }
+    let (ok, out) = run("disks 2 and 3 failing");
+    assert!(
+        !ok && !out.contains("held"),
+        "acquired without a majority: {out}"
+    );
+    let refused = py(false);
+    assert!(refused.starts_with("refused"), "{refused}");
+    for i in [1, 2] {
+        control(i, "eio_reads", false);
+        control(i, "eio_writes", false);
+    }
+    // Healthy again: nothing was left held, the lease is taken at once.
+    let (ok, out) = run("healthy again");
+    assert!(ok && out.contains("held"), "{out}\n{}", d.log());
+    let status = d.tenure(&["status", "--json"]);
+    let v: serde_json::Value = serde_json::from_slice(&status.stdout).unwrap();
+    assert_eq!(v["leases"].as_array().map(Vec::len), Some(0), "{v}");
+}

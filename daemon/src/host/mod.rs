@@ -156,8 +156,8 @@ enum Pending {
         client_name: String,
         /// Lockspace.
         space: String,
-        /// The locations named, per resource run on disk.
-        locations: Vec<(String, u64)>,
+        /// The disks named (path, offset), per resource run on disk.
+        locations: Vec<Vec<(String, u64)>>,
         /// Who will own the leases.
         owner: Owner,
         /// The holder pid.
@@ -360,6 +360,11 @@ pub fn refusal_reply(key: &ResourceKey, r: Refusal) -> Reply {
             ),
         ),
     }
+}
+
+/// A spec's disks as (path, offset).
+fn disks_of(s: &ResourceSpec) -> Vec<(String, u64)> {
+    s.disks.iter().map(|d| (d.path.clone(), d.offset)).collect()
 }
 
 /// A converted lease's new record, keeping the LVB read at acquire (a conversion reads none,
@@ -1523,12 +1528,16 @@ impl Host {
                 ),
             ));
         }
-        if let Some(s) = specs.iter().find(|s| s.disks.len() != 1) {
+        if let Some(s) = specs
+            .iter()
+            .find(|s| s.disks.is_empty() || s.disks.len() > tenure_format::spec::DISKS_MAX)
+        {
             return Some(err(
                 ErrorCode::BadRequest,
                 format!(
-                    "{}: leases on {} disks are not supported yet (one PATH:OFFSET)",
+                    "{}: a lease is on 1 to {} disks, not {}",
                     s.name.escaped(),
+                    tenure_format::spec::DISKS_MAX,
                     s.disks.len()
                 ),
             ));
@@ -1633,11 +1642,12 @@ impl Host {
                 format!("too many leases ({LEASES_MAX})"),
             ));
         }
-        let keys: Vec<ProbeKey> = specs
+        let all_keys: Vec<ProbeKey> = specs
             .iter()
-            .map(|s| (PathBuf::from(&s.disks[0].path), s.disks[0].offset))
+            .flat_map(|s| &s.disks)
+            .map(|d| (PathBuf::from(&d.path), d.offset))
             .collect();
-        if self.missing(&keys) {
+        if self.missing(&all_keys) {
             return None;
         }
         let client_name = self
@@ -1652,7 +1662,7 @@ impl Host {
         };
         let lease_of = |s: &ResourceSpec, held: HeldResource| {
             let location = (s.disks[0].path.clone(), s.disks[0].offset);
-            Lease::new(
+            let mut l = Lease::new(
                 &space,
                 location,
                 held,
@@ -1660,7 +1670,9 @@ impl Host {
                 pid,
                 &client_name,
                 self.unix_ms(),
-            )
+            );
+            l.mirrors = disks_of(s).split_off(1);
+            l
         };
         // Joiners of this host's shared holds take a copy of the hold's record.
         let mut joins = Vec::new();
@@ -1679,37 +1691,28 @@ impl Host {
         let mut on_disk = Vec::with_capacity(specs.len());
         let mut locations = Vec::with_capacity(specs.len());
         let mut on_disk_persistent = Vec::with_capacity(specs.len());
-        for (i, ((s, key), a)) in specs.iter().zip(&keys).zip(&admits).enumerate() {
+        for (i, (s, a)) in specs.iter().zip(&admits).enumerate() {
             if *a != Some(Admit::Disk) {
                 continue;
             }
             on_disk.push(ResourceKey::new(&space, s.name));
             on_disk_persistent.push(persistent_at(i));
-            locations.push((s.disks[0].path.clone(), s.disks[0].offset));
-            let info = match self.areas.get(key).cloned() {
-                Some(Ok(i)) => i,
-                // No lease there (sanlock: −223, bad magic), or the device cannot be read.
-                Some(Err(e)) if e.starts_with("no lease area") => {
-                    return Some(err(ErrorCode::Corrupt, format!("{}: {e}", key.0.display())))
-                }
-                Some(Err(e)) => {
-                    return Some(err(ErrorCode::Io, format!("{}: {e}", key.0.display())))
-                }
-                None => return Some(err(ErrorCode::Io, "probe failed")),
+            locations.push(disks_of(s));
+            let (geometry, mut disks) = match self.lease_disks(s) {
+                Ok(x) => x,
+                Err(r) => return Some(r),
             };
-            let Some(&disk) = self.disks.get(&key.0) else {
-                return Some(err(ErrorCode::Io, "device not open"));
-            };
+            let (disk, area_offset) = disks.remove(0);
             targets.push(ResourceTarget {
                 name: s.name,
                 disk,
-                area_offset: key.1,
-                geometry: info.geometry,
+                area_offset,
+                geometry,
                 expect_lver: match s.mode {
                     ResourceMode::ExclusiveAtLver(v) => Some(v),
                     _ => None,
                 },
-                mirrors: Vec::new(),
+                mirrors: disks,
             });
         }
         // Adoptions: the orphan becomes the new holder's, joining like a shared hold's joiner
@@ -1727,6 +1730,7 @@ impl Host {
                 l.pid = pid;
                 l.client_name.clone_from(&client_name);
                 l.location = (s.disks[0].path.clone(), s.disks[0].offset);
+                l.mirrors = disks_of(s).split_off(1);
                 l.acquired_unix_ms = wall;
                 l.persistent = persistent_at(i);
                 l.adopting = true;
@@ -1767,6 +1771,61 @@ impl Host {
             },
         );
         None
+    }
+
+    /// The geometry and the engine's disks (with area offsets) of a lease: from its probes.
+    /// A lease on one disk needs that disk's area; a lease on several disks needs every
+    /// device open and a majority of its areas read (the others may be failing: every step
+    /// of the protocol completes on a majority, PROTOCOL "Leases on several disks"), all of
+    /// one geometry.
+    fn lease_disks(&self, s: &ResourceSpec) -> Result<(Geometry, Vec<(DiskId, u64)>), Reply> {
+        let n = s.disks.len();
+        let mut geometry: Option<Geometry> = None;
+        let mut first_error: Option<Reply> = None;
+        let mut readable = 0;
+        let mut disks = Vec::with_capacity(n);
+        for d in &s.disks {
+            let key: ProbeKey = (PathBuf::from(&d.path), d.offset);
+            let Some(&disk) = self.disks.get(&key.0) else {
+                return Err(err(ErrorCode::Io, format!("{}: device not open", d.path)));
+            };
+            disks.push((disk, d.offset));
+            match self.areas.get(&key).cloned() {
+                Some(Ok(info)) => {
+                    if geometry.is_some_and(|g| g != info.geometry) {
+                        return Err(err(
+                            ErrorCode::BadRequest,
+                            format!(
+                                "{}: its disks have areas of different geometries",
+                                s.name.escaped()
+                            ),
+                        ));
+                    }
+                    geometry = Some(info.geometry);
+                    readable += 1;
+                }
+                other => {
+                    let e = match other {
+                        Some(Err(e)) => e,
+                        _ => "probe failed".to_owned(),
+                    };
+                    if n > 1 {
+                        tracing::warn!(resource = %s.name.escaped(), path = %d.path, offset = d.offset, error = %e, "a disk of a lease on several disks cannot be read: acquiring on the others' majority");
+                    }
+                    // No lease there (sanlock: −223, bad magic), or the device cannot be read.
+                    let code = if e.starts_with("no lease area") {
+                        ErrorCode::Corrupt
+                    } else {
+                        ErrorCode::Io
+                    };
+                    first_error.get_or_insert(err(code, format!("{}: {e}", d.path)));
+                }
+            }
+        }
+        match geometry {
+            Some(g) if readable > n / 2 => Ok((g, disks)),
+            _ => Err(first_error.unwrap_or_else(|| err(ErrorCode::Io, "probe failed"))),
+        }
     }
 
     /// Makes `leases` (all of one acquire, held on disk now) the holder's: registers the holder
@@ -1853,9 +1912,12 @@ impl Host {
                             .into_iter()
                             .zip(locations)
                             .zip(persistent)
-                            .map(|((h, loc), p)| {
+                            .map(|((h, mut loc), p)| {
+                                let mirrors = loc.split_off(1);
+                                let first = loc.pop().unwrap_or_default();
                                 let mut l =
-                                    Lease::new(&space, loc, h, owner, pid, &client_name, wall);
+                                    Lease::new(&space, first, h, owner, pid, &client_name, wall);
+                                l.mirrors = mirrors;
                                 l.persistent = p;
                                 l
                             })

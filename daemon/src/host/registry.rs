@@ -48,8 +48,10 @@ pub struct Lease {
     pub space: String,
     /// Resource name.
     pub resource: Name,
-    /// The path and offset the client named.
+    /// The path and offset the client named (its first disk).
     pub location: (String, u64),
+    /// Its further disks (a lease on several disks), as the client named them.
+    pub mirrors: Vec<(String, u64)>,
     /// What the acquire left on disk (shared entries of one hold carry copies).
     pub held: HeldResource,
     /// Who it is released for.
@@ -91,6 +93,7 @@ impl Lease {
             space: space.to_owned(),
             resource: held.target.name,
             location,
+            mirrors: Vec::new(),
             held,
             owner,
             pid,
@@ -120,14 +123,22 @@ impl Lease {
         self.space == key.space && self.resource == key.name
     }
 
-    /// `LS:NAME:PATH:OFFSET:LVER`, the migration hand-off's state string.
+    /// Every disk of the lease: the first, then the mirrors.
+    pub fn disks(&self) -> impl Iterator<Item = &(String, u64)> {
+        std::iter::once(&self.location).chain(&self.mirrors)
+    }
+
+    /// `LS:NAME:PATH:OFFSET[:PATH:OFFSET...]:LVER`, the migration hand-off's state string.
     pub fn state_string(&self) -> String {
+        let disks: Vec<String> = self
+            .disks()
+            .map(|(p, o)| format!("{}:{o}", tenure_format::spec::escape_field(p)))
+            .collect();
         format!(
-            "{}:{}:{}:{}:{}",
+            "{}:{}:{}:{}",
             self.space,
             self.resource.escaped(),
-            tenure_format::spec::escape_field(&self.location.0),
-            self.location.1,
+            disks.join(":"),
             self.held.acquired.lver
         )
     }
@@ -373,6 +384,7 @@ mod tests {
             space: "R".into(),
             resource: name(n),
             location: ("/dev/x".into(), 1 << 20),
+            mirrors: Vec::new(),
             held: HeldResource {
                 target: ResourceTarget {
                     name: name(n),

@@ -613,12 +613,15 @@ impl Server {
                         } else {
                             l.held.acquired.lver.to_string()
                         };
+                        let disks: Vec<String> = l
+                            .disks()
+                            .map(|(p, o)| format!("{}:{o}", w::escape_path(p)))
+                            .collect();
                         format!(
-                            "{}:{}:{}:{}:{}",
+                            "{}:{}:{}:{}",
                             l.space,
                             l.resource.escaped(),
-                            w::escape_path(&l.location.0),
-                            l.location.1,
+                            disks.join(":"),
                             lver
                         )
                     })
@@ -1522,16 +1525,18 @@ impl Server {
                 } else {
                     0
                 },
-                num_disks: 1,
+                num_disks: l.disks().count() as u32,
                 ..w::Resource::default()
             };
             let mut bin = r.encode_head().to_vec();
-            let mut d = vec![0u8; w::DISK_LEN];
-            let p = l.location.0.as_bytes();
-            let n = p.len().min(1023);
-            d[..n].copy_from_slice(&p[..n]);
-            d[1024..1032].copy_from_slice(&l.location.1.to_le_bytes());
-            bin.extend(d);
+            for (path, offset) in l.disks() {
+                let mut d = vec![0u8; w::DISK_LEN];
+                let p = path.as_bytes();
+                let n = p.len().min(1023);
+                d[..n].copy_from_slice(&p[..n]);
+                d[1024..1032].copy_from_slice(&offset.to_le_bytes());
+                bin.extend(d);
+            }
             record(
                 4,
                 l.pid as u32,
