@@ -742,6 +742,47 @@ mod tests {
         assert!(deadline > now, "renewals keep the lockspace");
     }
 
+    /// The other hosts are unknown until a renewal read after the join took them in (sanlock
+    /// answers GET_HOSTS with EAGAIN until its first check of them; the front end asks this).
+    #[test]
+    fn other_hosts_are_checked_only_by_a_renewal_after_the_join() {
+        let (clock, mut sim) = sim_disk(1 << 20, 5);
+        sim.load(DiskId(0), 0, &formatted("A"));
+        let mut set = LockspaceSet::new(Box::new(sim));
+        let id = set
+            .add(
+                DeltaConfig {
+                    space_name: Name::new("A").expect("name"),
+                    host_id: 2,
+                    host_name: Name::new("node-2").expect("name"),
+                    geometry: Geometry::LEGACY_512,
+                    area_offset: 0,
+                    timeouts: Timeouts::new(1, 10),
+                },
+                DiskId(0),
+            )
+            .expect("add");
+        let start = clock.now();
+        set.join(id, start).expect("join");
+        let end = start.saturating_add(Duration::from_secs(20));
+        let mut joined = false;
+        while clock.now() < end && !set.hosts_checked(id) {
+            let now = clock.now();
+            set.step(now).expect("step");
+            if matches!(set.state(id), Some(LockspaceState::Joined { .. })) && !joined {
+                joined = true;
+                assert!(!set.hosts_checked(id), "checked at the moment of the join");
+            }
+            assert!(joined || !set.hosts_checked(id), "checked before the join");
+            set.wait(now, end).expect("wait");
+        }
+        assert!(
+            joined && set.hosts_checked(id),
+            "a renewal after the join checks them"
+        );
+        assert!(!set.hosts(id, clock.now()).is_empty());
+    }
+
     #[test]
     fn two_lockspaces_on_one_engine_join_renew_and_leave() {
         let (clock, mut sim) = sim_disk(2 << 20, 9);

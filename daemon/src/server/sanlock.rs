@@ -1103,6 +1103,17 @@ impl Server {
                 let Ok(name) = wire_name(&ls.name) else {
                     return done(self, rv::EINVAL);
                 };
+                // sanlock finds only joined lockspaces here: one still joining is unknown.
+                let joining = self.space_index(&name.escaped()).is_some_and(|i| {
+                    let s = &self.host.spaces()[i];
+                    matches!(
+                        self.host.engine().state(s.id),
+                        Some(LockspaceState::Joining { .. })
+                    )
+                });
+                if joining {
+                    return done(self, rv::ENOENT);
+                }
                 let cmd = Command::LockspaceConfig {
                     name,
                     used,
