@@ -1479,3 +1479,91 @@ fn a_force_request_arriving_while_local_clients_race_keeps_them_apart() {
         "a local client got the lease after the kill, and was not killed by the old request"
     );
 }
+
+/// Persistent leases and orphans through the native CLI (issue 17): `tenure run
+/// --persistent` leaves an orphan when its command exits, listed by `tenure resource
+/// orphans`; a plain `tenure run` of the resource is refused with `orphan`; one with
+/// `--adopt-orphan` adopts it (and, not persistent itself, releases it at exit); `tenure
+/// resource release --orphan` releases an orphan on disk.
+#[test]
+fn persistent_leases_and_orphans_through_the_native_cli() {
+    if !can_run() {
+        return;
+    }
+    let backing = BackingFile::new(16 << 20);
+    let base = LoopDevice::attach(backing.path(), 512);
+    format_area(&base.path_str(), &[("P", 1)]);
+    let h = Host::start(1, backing.path());
+    h.wait_joined(Duration::from_secs(30));
+    let res = h.resource("P", 1);
+    let run = |extra: &[&str]| {
+        let mut args = vec!["run", "--lease", &res];
+        args.extend_from_slice(extra);
+        args.extend_from_slice(&["--", "true"]);
+        h.tenure(&args).output().unwrap()
+    };
+    let orphans = || -> Vec<Value> {
+        h.json(&["resource", "orphans"])["orphans"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default()
+    };
+    let owners = || -> Value { h.json(&["resource", "owners", &res]) };
+    let out = run(&["--persistent"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let o = orphans();
+    assert_eq!(o.len(), 1, "{o:?}\n{}", h.log());
+    assert_eq!(o[0]["owner"], "orphan");
+    assert!(
+        owners().to_string().contains("\"host_id\":1"),
+        "still ours on disk: {}",
+        owners()
+    );
+    let out = run(&[]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("orphan"), "{err}");
+    let out = run(&["--adopt-orphan"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let t0 = Instant::now();
+    while !orphans().is_empty()
+        || !h.json(&["status"])["leases"]
+            .as_array()
+            .is_some_and(Vec::is_empty)
+    {
+        assert!(t0.elapsed() < Duration::from_secs(10), "{}", h.log());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let out = run(&["--persistent"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(orphans().len(), 1);
+    let rel = h.json(&["resource", "release", "--orphan", LS]);
+    assert_eq!(rel["orphans_released"], serde_json::json!(["P"]), "{rel}");
+    let t0 = Instant::now();
+    while owners().to_string().contains("\"host_id\":1") {
+        assert!(
+            t0.elapsed() < Duration::from_secs(10),
+            "released on disk: {}",
+            owners()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(orphans().is_empty());
+    let out = run(&[]);
+    assert!(
+        out.status.success(),
+        "free again: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
