@@ -172,6 +172,10 @@ struct ProbeResult {
 pub struct Server {
     cfg: Config,
     clock: MonotonicClock,
+    /// `$TENURE_CAPTURE_DIR`: every connection's bytes are kept there (the first 64 KiB
+    /// of each, one file per connection under `native_frame/` or `sanlock_wire/`), the seed
+    /// corpus of the decoders' fuzz targets (daemon/fuzz). Tests set it; off otherwise.
+    capture_dir: Option<PathBuf>,
     /// Every decision (crate::host).
     host: Host,
     backend_name: &'static str,
@@ -340,6 +344,7 @@ impl Server {
             wall_epoch_ms,
         );
         Ok(Server {
+            capture_dir: std::env::var_os("TENURE_CAPTURE_DIR").map(PathBuf::from),
             started: clock.now(),
             cfg,
             clock,
@@ -852,6 +857,7 @@ impl Server {
         let mut buf = [0u8; 16 * 1024];
         let mut eof = false;
         {
+            let capture = self.capture_dir.as_deref();
             let Some(c) = self.conns.get_mut(idx).and_then(Option::as_mut) else {
                 return;
             };
@@ -861,7 +867,16 @@ impl Server {
                         eof = true;
                         break;
                     }
-                    Ok(n) => c.inbuf.extend_from_slice(&buf[..n]),
+                    Ok(n) => {
+                        c.inbuf.extend_from_slice(&buf[..n]);
+                        if let Some(dir) = capture {
+                            let kind = match c.proto {
+                                Proto::Native => "native_frame",
+                                Proto::Sanlock(_) => "sanlock_wire",
+                            };
+                            capture_bytes(dir, kind, c.serial, &buf[..n]);
+                        }
+                    }
                     Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
                     Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
                     Err(_) => {
@@ -1300,6 +1315,29 @@ fn write_request_record(
     d.write(offset + ss as u64, &sector)
         .map_err(|_| rv::SANLK_AIO_TIMEOUT)?;
     Ok(owner)
+}
+
+/// Appends a connection's bytes to its capture file (at most 64 KiB per connection); a
+/// failure to write is ignored (capturing is a test aid, never in the way of serving).
+fn capture_bytes(dir: &Path, kind: &str, serial: u64, bytes: &[u8]) {
+    use std::io::Write as _;
+    let dir = dir.join(kind);
+    if std::fs::create_dir_all(&dir).is_err() {
+        return;
+    }
+    let path = dir.join(format!("{}-{serial}", std::process::id()));
+    let len = std::fs::metadata(&path).map_or(0, |m| m.len());
+    if len >= 64 * 1024 {
+        return;
+    }
+    if let Ok(mut f) = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&path)
+    {
+        let room = (64 * 1024 - len) as usize;
+        let _ = f.write_all(&bytes[..bytes.len().min(room)]);
+    }
 }
 
 /// Who listens on the socket `s` is connected to, from its peer credentials: a real

@@ -332,6 +332,12 @@ pub fn tenure_bin() -> PathBuf {
     BIN.get_or_init(|| build_bin("tenure")).clone()
 }
 
+/// Where the tests' tenured daemons keep the bytes their clients send (`TENURE_CAPTURE_DIR`):
+/// the seed corpus of the socket decoders' fuzz targets (daemon/fuzz, scripts/fuzz.sh).
+pub fn capture_dir() -> PathBuf {
+    workspace_root().join("target/fuzz-captures")
+}
+
 /// Path of the `tenured` binary, built like [`tenure_bin`].
 pub fn tenured_bin() -> PathBuf {
     static BIN: OnceLock<PathBuf> = OnceLock::new();

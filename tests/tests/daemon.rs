@@ -113,6 +113,7 @@ offset = 0
             std::thread::sleep(Duration::from_millis(20));
         }
         let tenured = Command::new(tenured_bin())
+            .env("TENURE_CAPTURE_DIR", tenure_tests::capture_dir())
             .arg("--config")
             .arg(d.join("tenured.toml"))
             .process_group(leader.id() as i32)

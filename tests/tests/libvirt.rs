@@ -28,6 +28,7 @@ fn libvirt_plans_a_to_d_pass_against_tenured() {
         .unwrap();
     let rundir = format!("/run/sanlock-tenure-test-{}", std::process::id());
     let mut daemon = Command::new(tenured_bin())
+        .env("TENURE_CAPTURE_DIR", tenure_tests::capture_dir())
         .args(["--config", "/dev/null", "--run-dir"])
         .arg(work.path().join("run"))
         .arg("--state-dir")

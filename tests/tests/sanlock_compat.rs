@@ -27,7 +27,8 @@ impl Daemon {
             .unwrap();
         let d = dir.path();
         let mut c = Command::new(tenured_bin());
-        c.args(["--config", "/dev/null", "--run-dir"])
+        c.env("TENURE_CAPTURE_DIR", tenure_tests::capture_dir())
+            .args(["--config", "/dev/null", "--run-dir"])
             .arg(d.join("run"))
             .arg("--state-dir")
             .arg(d.join("state"))
