@@ -101,7 +101,7 @@ fn fuzz(pool: &[Vec<u8>], rounds: usize, check: fn(&[u8])) -> f64 {
     for input in pool {
         check(input);
     }
-    let mut rng = Rng(0x5eed_0f_7e4e);
+    let mut rng = Rng(0x005e_ed0f_7e4e);
     for _ in 0..rounds {
         let input = &pool[rng.below(pool.len())];
         let m = mutate(&mut rng, input, pool);
@@ -150,9 +150,9 @@ fn built_sanlock() -> Vec<Vec<u8>> {
     let mut out = Vec::new();
     for cmd in 1..=48 {
         out.push(message(cmd, 0, 0, &[]));
-        out.push(message(cmd, 0, 1, &vec![0u8; w::LS_LEN]));
+        out.push(message(cmd, 0, 1, &[0u8; w::LS_LEN]));
         out.push(message(cmd, 0, 1, &resource(1)));
-        out.push(message(cmd, 0, 1, &vec![0u8; w::RES_LEN + 64]));
+        out.push(message(cmd, 0, 1, &[0u8; w::RES_LEN + 64]));
     }
     let mut acquire = resource(2);
     acquire.extend(resource(4));
