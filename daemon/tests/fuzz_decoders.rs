@@ -233,3 +233,35 @@ fn the_checks_catch_a_decoder_that_overruns_or_decodes_beyond_the_limits() {
         assert!(caught, "not caught: {p:?}");
     }
 }
+
+/// The structure-aware sequence fuzzer of the host core (`tenured::fuzzing::host_sequence`):
+/// random byte strings become up to 200 actions of four clients each (see that function for
+/// the checks after every step).
+#[test]
+fn random_command_sequences_through_the_host_core_hold_its_checks() {
+    if let Ok(hex) = std::env::var("TENURE_FUZZ_REPLAY") {
+        let data: Vec<u8> = (0..hex.len() / 2)
+            .map(|i| u8::from_str_radix(&hex[2 * i..2 * i + 2], 16).expect("hex"))
+            .collect();
+        fuzzing::host_sequence(&data);
+        return;
+    }
+    let mut rng = Rng(0x00c0_ffee_1234);
+    // Bounded: the coverage-guided runs are scripts/fuzz.sh's.
+    let runs: u32 = if cfg!(debug_assertions) { 40 } else { 300 };
+    let t0 = Instant::now();
+    for run in 0..runs {
+        let len = 64 + rng.below(700);
+        let data: Vec<u8> = (0..len).map(|_| rng.next() as u8).collect();
+        let r = std::panic::catch_unwind(|| fuzzing::host_sequence(&data));
+        if r.is_err() {
+            let hex: String = data.iter().map(|b| format!("{b:02x}")).collect();
+            panic!("host_sequence run {run} failed; its input (hex): {hex}");
+        }
+    }
+    eprintln!(
+        "host_sequence: {runs} random sequences in {:.1} s ({:.0} exec/s)",
+        t0.elapsed().as_secs_f64(),
+        f64::from(runs) / t0.elapsed().as_secs_f64()
+    );
+}

@@ -320,8 +320,9 @@ print("DONE")
         (word(0), word(2), word(5), word(7)),
         (0x0428_2010, 28, 0, 0x0308_0500)
     );
-    // Not supported, refused clearly: a PERSISTENT lease, RELEASE with REL_ORPHAN or
-    // REL_RENAME (-EINVAL), ACQUIRE_ORPHAN_ONLY (-ENOENT: no orphan to adopt).
+    // Raw requests: a PERSISTENT acquire and ORPHAN_ONLY naming R9 where R1's leader is
+    // (-227, the resource name differs, as sanlock), REL_ORPHAN with no orphan (a count: 0),
+    // REL_RENAME of a lease not held (two resources read; -1).
     let mut r = UnixStream::connect(h1.sanlock_dir().join("sanlock.sock")).unwrap();
     r.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
     let msg = |cmd: u32, flags: u32, data: u32, payload: &[u8]| {
@@ -348,13 +349,18 @@ print("DONE")
     let mut persistent = res.clone();
     persistent[120..124].copy_from_slice(&8u32.to_le_bytes()); // RES_PERSISTENT
     r.write_all(&msg(7, 0, 1, &persistent)).unwrap();
-    assert_eq!(result(&mut r), -22, "PERSISTENT");
+    assert_eq!(result(&mut r), -227, "PERSISTENT, another resource's area");
     r.write_all(&msg(7, 0x4, 1, &res)).unwrap();
-    assert_eq!(result(&mut r), -2, "ACQUIRE_ORPHAN_ONLY");
+    assert_eq!(
+        result(&mut r),
+        -227,
+        "ACQUIRE_ORPHAN_ONLY, another resource's area"
+    );
     r.write_all(&msg(8, 0x4, 1, &res[..128])).unwrap();
-    assert_eq!(result(&mut r), -22, "REL_ORPHAN");
-    r.write_all(&msg(8, 0x2, 1, &res[..128])).unwrap();
-    assert_eq!(result(&mut r), -22, "REL_RENAME");
+    assert_eq!(result(&mut r), 0, "REL_ORPHAN: none");
+    let two = [&res[..128], &res[..128]].concat();
+    r.write_all(&msg(8, 0x2, 2, &two)).unwrap();
+    assert_eq!(result(&mut r), -1, "REL_RENAME of a lease not held");
     drop(r);
 
     // Leave through python; the daemon is idle again.

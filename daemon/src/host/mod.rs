@@ -559,7 +559,9 @@ impl Host {
         self.at(now);
         if let Some(i) = self.space_index(name) {
             let id = self.spaces[i].id;
-            let _ = self.set.leave(id, now);
+            if self.set.leave(id, now).is_ok() {
+                self.drop_orphans(name);
+            }
         }
     }
 
@@ -1061,8 +1063,7 @@ impl Host {
         holders.sort_unstable();
         holders.dedup();
         if holders.is_empty() && !self.space_busy(name) && !self.kept_by_orphans(name) {
-            self.drop_orphans(name);
-            return self.lockspace_remove(k, name, wait);
+            return self.leave_space(k, name, wait, true);
         }
         for pid in holders {
             tracing::warn!(lockspace = %name, pid, "lockspace removal: killing lease holder");
@@ -1115,10 +1116,9 @@ impl Host {
                 self.removals.push((k, name));
                 continue;
             }
-            self.drop_orphans(&name);
             match k {
                 Some(k) => {
-                    if let Some(r) = self.lockspace_remove(k, &name, true) {
+                    if let Some(r) = self.leave_space(k, &name, true, true) {
                         self.reply(k, r);
                     }
                 }
@@ -1430,11 +1430,27 @@ impl Host {
     }
 
     fn lockspace_remove(&mut self, k: ClientKey, name: &str, wait: bool) -> Option<Reply> {
+        self.leave_space(k, name, wait, false)
+    }
+
+    /// Leaves a lockspace without leases (`orphans_go`: but for orphans, forgotten once the
+    /// leave started).
+    fn leave_space(
+        &mut self,
+        k: ClientKey,
+        name: &str,
+        wait: bool,
+        orphans_go: bool,
+    ) -> Option<Reply> {
         let i = match self.removable(name) {
             Ok(i) => i,
             Err(r) => return Some(r),
         };
-        let held = self.reg.iter().filter(|l| l.space == name).count();
+        let held = self
+            .reg
+            .iter()
+            .filter(|l| l.space == name && !(orphans_go && l.owner == Owner::Orphan))
+            .count();
         if held > 0 {
             return Some(err(
                 ErrorCode::Busy,
@@ -1456,6 +1472,9 @@ impl Host {
                 if let Err(e) = self.set.leave(id, now) {
                     return Some(err(ErrorCode::Busy, e.to_string()));
                 }
+                if orphans_go {
+                    self.drop_orphans(name);
+                }
                 if wait {
                     self.spaces[i].leave_waiters.push(k);
                     return None;
@@ -1465,6 +1484,9 @@ impl Host {
                 }))
             }
             _ => {
+                if orphans_go {
+                    self.drop_orphans(name);
+                }
                 self.spaces[i].cleared = true;
                 Some(Reply::Done(Done::Left {
                     lockspace: name.to_owned(),
