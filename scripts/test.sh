@@ -38,3 +38,8 @@ cargo build --workspace --all-targets
 # The fuzz targets stay buildable (plain build; `cargo fuzz run` adds the instrumentation).
 cargo build --manifest-path ondisk-format/fuzz/Cargo.toml
 cargo test --workspace "$@"
+# Coverage-guided fuzzing of the socket decoders and of command sequences through the host
+# core, bounded (scripts/fuzz.sh; the captures of the run above are part of its corpus).
+if [ $# -eq 0 ]; then
+  bash scripts/fuzz.sh
+fi

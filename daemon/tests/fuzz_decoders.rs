@@ -17,11 +17,12 @@ fn workspace() -> PathBuf {
         .to_owned()
 }
 
-/// The files of the seed and capture directories of `target`.
+/// The files of the seed, regression and capture directories of `target`.
 fn seeds(target: &str) -> Vec<Vec<u8>> {
     let mut out = Vec::new();
     for dir in [
         workspace().join("daemon/fuzz/seeds").join(target),
+        workspace().join("daemon/fuzz/regressions").join(target),
         workspace().join("target/fuzz-captures").join(target),
     ] {
         let Ok(entries) = std::fs::read_dir(&dir) else {
@@ -245,6 +246,10 @@ fn random_command_sequences_through_the_host_core_hold_its_checks() {
             .collect();
         fuzzing::host_sequence(&data);
         return;
+    }
+    // Every input that once failed (daemon/fuzz/regressions/host_sequence), first.
+    for input in seeds("host_sequence") {
+        fuzzing::host_sequence(&input);
     }
     let mut rng = Rng(0x00c0_ffee_1234);
     // Bounded: the coverage-guided runs are scripts/fuzz.sh's.
