@@ -1901,12 +1901,17 @@ impl Host {
             })
             .collect();
         let mut leases = leases;
+        let adopted = leases.iter().any(|l| l.adopting);
         for l in &mut leases {
             l.adopting = false;
             tracing::info!(lockspace = %l.space, resource = %l.resource.escaped(), lver = l.held.acquired.lver, shared = l.held.acquired.shared, persistent = l.persistent, pid, "acquired");
         }
         self.reg.extend(leases);
-        self.refresh_used(space);
+        // An adopted orphan is one orphan fewer: "used by orphans" may have ended. (Any
+        // other grant leaves the orphans as they were: nothing to tell supervision.)
+        if adopted {
+            self.refresh_used(space);
+        }
         Reply::Done(Done::Acquired(reply))
     }
 
