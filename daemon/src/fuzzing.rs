@@ -142,6 +142,59 @@ pub fn native_request(body: &[u8]) {
     }
 }
 
+/// Supervision that accepts everything, for driving a [`crate::host::Host`] without a
+/// supervisor thread (the sequence fuzzer, the host-core tests); it records what it is told of
+/// "used", in order.
+#[derive(Debug, Default)]
+pub struct Accepting {
+    /// Every `set_used` value, in order.
+    pub used: std::sync::Arc<std::sync::Mutex<Vec<bool>>>,
+}
+
+impl crate::host::Supervision for Accepting {
+    fn add_space(&mut self, _: &str, _: u64) -> Result<(), String> {
+        Ok(())
+    }
+    fn joined(&mut self, _: &str, _: u64, _: tenure_core::clock::Time) -> Result<(), String> {
+        Ok(())
+    }
+    fn renewed(
+        &mut self,
+        _: &str,
+        _: tenure_core::clock::Time,
+        _: tenure_core::clock::Time,
+        _: tenure_watchdog::fence::RenewalNote,
+    ) {
+    }
+    fn renewal_failed(&mut self, _: &str, _: tenure_watchdog::fence::RenewalNote) {}
+    fn lost(&mut self, _: &str, _: tenure_core::clock::Time) {}
+    fn add_holder(
+        &mut self,
+        _: &str,
+        _: i32,
+        _: Option<(String, Vec<String>)>,
+        _: u32,
+    ) -> Result<(), String> {
+        Ok(())
+    }
+    fn remove_holder(&mut self, _: &str, _: i32) {}
+    fn set_used(&mut self, _: &str, used: bool) -> Result<(), String> {
+        if let Ok(mut u) = self.used.lock() {
+            u.push(used);
+        }
+        Ok(())
+    }
+    fn remove_space(&mut self, _: &str) -> Result<(), String> {
+        Ok(())
+    }
+    fn take_cleared(&mut self) -> Vec<String> {
+        Vec::new()
+    }
+    fn status(&self) -> serde_json::Value {
+        serde_json::Value::Null
+    }
+}
+
 // ---------------------------------------------------------------------------------------
 // Command sequences through the host core.
 
@@ -161,56 +214,17 @@ mod host_seq {
         DiskLocation, Geometry, LeaderRecord, LeaseRef, LockspaceSpec, Name, ResourceMode,
         ResourceSpec,
     };
-    use tenure_watchdog::fence::RenewalNote;
 
     use crate::host::command::{Command, Holder, Leases};
     use crate::host::registry::{ClientKey, Owner};
     use crate::host::reply::{Done, Reply};
-    use crate::host::{ClientInfo, Host, HostConfig, Output, Supervision};
+    use crate::host::{ClientInfo, Host, HostConfig, Output};
     use crate::proto::ErrorCode;
 
     const AREA: u64 = 1 << 20;
     const PATH: &str = "/sim/disk";
     const RESOURCES: usize = 3;
     const CLIENTS: usize = 4;
-
-    /// Supervision that accepts every holder.
-    #[derive(Debug)]
-    struct Accepting;
-
-    impl Supervision for Accepting {
-        fn add_space(&mut self, _: &str, _: u64) -> Result<(), String> {
-            Ok(())
-        }
-        fn joined(&mut self, _: &str, _: u64, _: Time) -> Result<(), String> {
-            Ok(())
-        }
-        fn renewed(&mut self, _: &str, _: Time, _: Time, _: RenewalNote) {}
-        fn renewal_failed(&mut self, _: &str, _: RenewalNote) {}
-        fn lost(&mut self, _: &str, _: Time) {}
-        fn add_holder(
-            &mut self,
-            _: &str,
-            _: i32,
-            _: Option<(String, Vec<String>)>,
-            _: u32,
-        ) -> Result<(), String> {
-            Ok(())
-        }
-        fn remove_holder(&mut self, _: &str, _: i32) {}
-        fn set_used(&mut self, _: &str, _: bool) -> Result<(), String> {
-            Ok(())
-        }
-        fn remove_space(&mut self, _: &str) -> Result<(), String> {
-            Ok(())
-        }
-        fn take_cleared(&mut self) -> Vec<String> {
-            Vec::new()
-        }
-        fn status(&self) -> serde_json::Value {
-            serde_json::Value::Null
-        }
-    }
 
     fn name(n: &str) -> Name {
         Name::new(n).expect("name")
@@ -322,7 +336,7 @@ mod host_seq {
                     no_local_exclusion: false,
                 },
                 LockspaceSet::new(Box::new(storage.port())),
-                Box::new(Accepting),
+                Box::new(super::Accepting::default()),
                 0,
             );
             host.add_known_disk(PATH.into(), view, &areas);

@@ -13,58 +13,19 @@ use tenure_format::paxos::RequestRecord;
 use tenure_format::{
     DiskLocation, Geometry, LeaseRef, LockspaceSpec, Name, ResourceMode, ResourceSpec,
 };
-use tenure_watchdog::fence::RenewalNote;
 use tenured::host::command::{Command, Holder, Leases};
 use tenured::host::guard::KillSignal;
 use tenured::host::registry::ClientKey;
 use tenured::host::reply::{Done, Reply};
 use tenured::host::requests::{request_for, FORCE, GRACEFUL, REQUEST_OLD};
-use tenured::host::{ClientInfo, Host, HostConfig, LvbRefusal, Output, Supervision};
+use tenured::host::{ClientInfo, Host, HostConfig, LvbRefusal, Output};
 
 const AREA: u64 = 1 << 20;
 const PATH: &str = "/sim/disk";
 
-/// Supervision that accepts everything (these tests are about the lease decisions); it
+/// Supervision that accepts everything (these tests are about the lease decisions) and
 /// records what it is told of "used".
-#[derive(Debug, Default)]
-struct Accepting {
-    used: std::sync::Arc<std::sync::Mutex<Vec<bool>>>,
-}
-
-impl Supervision for Accepting {
-    fn add_space(&mut self, _: &str, _: u64) -> Result<(), String> {
-        Ok(())
-    }
-    fn joined(&mut self, _: &str, _: u64, _: Time) -> Result<(), String> {
-        Ok(())
-    }
-    fn renewed(&mut self, _: &str, _: Time, _: Time, _: RenewalNote) {}
-    fn renewal_failed(&mut self, _: &str, _: RenewalNote) {}
-    fn lost(&mut self, _: &str, _: Time) {}
-    fn add_holder(
-        &mut self,
-        _: &str,
-        _: i32,
-        _: Option<(String, Vec<String>)>,
-        _: u32,
-    ) -> Result<(), String> {
-        Ok(())
-    }
-    fn remove_holder(&mut self, _: &str, _: i32) {}
-    fn set_used(&mut self, _: &str, used: bool) -> Result<(), String> {
-        self.used.lock().expect("used").push(used);
-        Ok(())
-    }
-    fn remove_space(&mut self, _: &str) -> Result<(), String> {
-        Ok(())
-    }
-    fn take_cleared(&mut self) -> Vec<String> {
-        Vec::new()
-    }
-    fn status(&self) -> serde_json::Value {
-        serde_json::Value::Null
-    }
-}
+use tenured::fuzzing::Accepting;
 
 struct Bed {
     clock: SimClock,
