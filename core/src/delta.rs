@@ -204,6 +204,46 @@ enum State {
     Done,
 }
 
+/// What a joined delta lease needs to go on renewing in another process — a daemon upgrade
+/// hands it over, a restart after a crash reads it back from the state file the dead process
+/// wrote at each renewal ([`DeltaLease::handover`], [`DeltaLease::adopted`]). Nothing is
+/// re-joined: the generation stays, so other hosts see no change.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DeltaHandover {
+    /// Our slot as last confirmed written (its generation is ours).
+    pub last_written: LeaderRecord,
+    /// Start of the last successful renewal write (the renewal deadline counts from it).
+    pub last_renewal: Time,
+    /// Highest timestamp written (a write still in flight may land with it).
+    pub max_written_ts: u64,
+    /// The host event our renewals publish.
+    pub published: HostEvent,
+}
+
+/// Why a handed-over delta lease cannot be adopted.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum AdoptError {
+    /// The record is not this host's in this lockspace.
+    #[error("the handed-over slot is not ours: host id {host_id}, name {name:?}")]
+    NotOurs {
+        /// Its host id.
+        host_id: u64,
+        /// Its owner name.
+        name: String,
+    },
+    /// The renewal deadline has passed: the lockspace counts as lost (the watchdog decides).
+    #[error("the last renewal is {age_ms} ms old, past the renewal deadline ({limit_ms} ms)")]
+    DeadlinePassed {
+        /// Age of the last renewal.
+        age_ms: u64,
+        /// 8T.
+        limit_ms: u64,
+    },
+    /// No room for another lockspace.
+    #[error("lockspace table full ({0} lockspaces)")]
+    TableFull(usize),
+}
+
 /// One host's delta lease in one lockspace.
 #[derive(Debug)]
 pub struct DeltaLease {
@@ -267,6 +307,57 @@ impl DeltaLease {
             published: HostEvent::default(),
             hosts,
         }
+    }
+
+    /// A lease that goes on from `h` (handed over by the process that joined): joined at
+    /// once, its next renewal due 2T after the last one (at once if that is past). The first
+    /// renewal checks our slot as every renewal does; a write the old process left in flight
+    /// may have landed, so any timestamp of ours up to now is accepted there.
+    pub fn adopted(cfg: DeltaConfig, h: DeltaHandover, now: Time) -> Result<Self, AdoptError> {
+        let rec = h.last_written;
+        if rec.owner_id != cfg.host_id
+            || rec.resource_name != cfg.host_name
+            || rec.space_name != cfg.space_name
+            || rec.timestamp == 0
+        {
+            return Err(AdoptError::NotOurs {
+                host_id: rec.owner_id,
+                name: rec.resource_name.escaped(),
+            });
+        }
+        let age = now.saturating_since(h.last_renewal);
+        let limit = cfg.timeouts.renewal_fail();
+        if age >= limit {
+            return Err(AdoptError::DeadlinePassed {
+                age_ms: u64::try_from(age.as_millis()).unwrap_or(u64::MAX),
+                limit_ms: u64::try_from(limit.as_millis()).unwrap_or(u64::MAX),
+            });
+        }
+        let interval = cfg.timeouts.renewal_interval();
+        let mut d = DeltaLease::new(cfg);
+        d.state = State::Joined;
+        d.seen = Some(rec);
+        d.last_written = Some(rec);
+        d.last_renewal = Some(h.last_renewal);
+        d.max_written_ts = h.max_written_ts.max(rec.timestamp).max(Self::stamp(now));
+        d.published = h.published;
+        d.timer = Some(h.last_renewal.saturating_add(interval).max(now));
+        Ok(d)
+    }
+
+    /// What another process needs to go on renewing (see [`DeltaHandover`]): `None` unless
+    /// joined and not leaving. During a renewal it is the last confirmed state, with the
+    /// timestamp being written counted in `max_written_ts`.
+    pub fn handover(&self) -> Option<DeltaHandover> {
+        if !self.is_joined() || self.is_releasing() {
+            return None;
+        }
+        Some(DeltaHandover {
+            last_written: self.last_written?,
+            last_renewal: self.last_renewal?,
+            max_written_ts: self.max_written_ts,
+            published: self.published,
+        })
     }
 
     fn slot_offset(&self) -> u64 {

@@ -19,7 +19,7 @@ pub use ops::{
 
 use crate::clock::Time;
 use crate::delta::{
-    DeltaConfig, DeltaError, DeltaEvent, DeltaIo, DeltaLease, HostEntry, HostEvent, HostStatus,
+    AdoptError, DeltaConfig, DeltaError, DeltaHandover, DeltaEvent, DeltaIo, DeltaLease, HostEntry, HostEvent, HostStatus,
     JoinPhase,
 };
 use crate::io::{
@@ -218,6 +218,34 @@ impl LockspaceSet {
         }
         self.entries.push(Some(entry));
         Ok(LockspaceId(self.entries.len() - 1))
+    }
+
+    /// Adds a lockspace joined by another process (a daemon upgrade or a restart after a
+    /// crash) from what it handed over: joined at once with the same generation, renewing
+    /// from where that process left off ([`DeltaLease::adopted`]).
+    pub fn adopt(
+        &mut self,
+        cfg: DeltaConfig,
+        disk: DiskId,
+        handover: DeltaHandover,
+        now: Time,
+    ) -> Result<LockspaceId, AdoptError> {
+        let generation = handover.last_written.owner_generation;
+        let lease = DeltaLease::adopted(cfg, handover, now)?;
+        let id = self
+            .add(lease.config().clone(), disk)
+            .map_err(|_| AdoptError::TableFull(LOCKSPACES_MAX))?;
+        // Just added: present.
+        let e = self.entry(id).expect("added");
+        e.lease = lease;
+        e.state = LockspaceState::Joined { generation };
+        Ok(id)
+    }
+
+    /// What another process needs to go on renewing lockspace `id` (`None` unless joined and
+    /// not leaving).
+    pub fn handover(&self, id: LockspaceId) -> Option<DeltaHandover> {
+        self.entry_ref(id)?.lease.handover()
     }
 
     /// Forgets a lockspace that is idle, left, lost or failed to join (its slot is reused).
@@ -781,6 +809,190 @@ mod tests {
             "a renewal after the join checks them"
         );
         assert!(!set.hosts(id, clock.now()).is_empty());
+    }
+
+    /// A daemon restarted after a crash adopts its lockspace from the last handover it wrote
+    /// (at each renewal): crashed at many points of the renewal cycle — a renewal write in
+    /// flight included, which lands after the crash — the adopter goes on renewing with the
+    /// same generation, and a peer watching sees the host live all along. A slot another
+    /// generation wrote meanwhile is refused at the first renewal (the guard bites).
+    #[test]
+    fn a_restarted_host_adopts_its_lockspace_and_a_peer_sees_no_change() {
+        use crate::io::shared_sim::SharedSim;
+        let cfg = |host_id, name: &str| DeltaConfig {
+            space_name: Name::new("A").expect("name"),
+            host_id,
+            host_name: Name::new(name).expect("name"),
+            geometry: Geometry::LEGACY_512,
+            area_offset: 0,
+            timeouts: Timeouts::new(1, 10),
+        };
+        for (round, crash_after_ms) in (0u64..24).map(|i| (i, 2_000 + i * 173)).chain([(50, 10_000), (99, 0)]) {
+            // Round 50 crashes while a renewal write is in flight (it lands after the crash,
+            // with a timestamp the saved handover never saw).
+            let in_flight = round == 50;
+            let overwritten = round == 99;
+            let (clock, mut sim) = sim_disk(1 << 20, 30 + round);
+            sim.load(DiskId(0), 0, &formatted("A"));
+            let storage = SharedSim::new(sim);
+            let mut a = LockspaceSet::new(Box::new(storage.port()));
+            let mut b = LockspaceSet::new(Box::new(storage.port()));
+            let ia = a.add(cfg(1, "node-1"), DiskId(0)).expect("add");
+            let ib = b.add(cfg(2, "node-2"), DiskId(0)).expect("add");
+            a.join(ia, clock.now()).expect("join");
+            b.join(ib, clock.now()).expect("join");
+            let step_both = |a: &mut LockspaceSet, b: &mut LockspaceSet| {
+                let now = clock.now();
+                storage.settle(now).expect("settle");
+                a.step(now).expect("step");
+                b.step(now).expect("step");
+                storage.settle(now).expect("settle");
+                let next = [storage.next_due(), a.next_wakeup(), b.next_wakeup()]
+                    .into_iter()
+                    .flatten()
+                    .filter(|t| *t > now)
+                    .min()
+                    .unwrap_or(now.saturating_add(Duration::from_millis(10)));
+                clock.advance_to(next.min(now.saturating_add(Duration::from_millis(100))));
+            };
+            let deadline = clock.now().saturating_add(Duration::from_secs(30));
+            let live = |b: &LockspaceSet, now| {
+                b.hosts(ib, now)
+                    .iter()
+                    .any(|(e, s)| e.host_id == 1 && *s == HostStatus::Live)
+            };
+            while !(matches!(a.state(ia), Some(LockspaceState::Joined { .. }))
+                && live(&b, clock.now()))
+            {
+                assert!(clock.now() < deadline, "joins");
+                step_both(&mut a, &mut b);
+            }
+            let Some(LockspaceState::Joined { generation }) = a.state(ia) else {
+                unreachable!()
+            };
+            // Run, keeping the handover as a state file would (after each renewal), then crash.
+            let mut saved = a.handover(ia).expect("joined");
+            let crash_at = clock.now().saturating_add(Duration::from_millis(crash_after_ms));
+            let mut caught_in_flight = false;
+            while clock.now() < crash_at {
+                step_both(&mut a, &mut b);
+                if let Some(h) = a.handover(ia) {
+                    if in_flight && h.max_written_ts > h.last_written.timestamp {
+                        caught_in_flight = true;
+                        break;
+                    }
+                    if h.last_renewal != saved.last_renewal {
+                        saved = h;
+                    }
+                }
+            }
+            assert_eq!(caught_in_flight, in_flight, "round {round}: a write in flight");
+            storage.crash(0);
+            drop(a);
+            // Restarted 1.5 s later (within the 8 s deadline).
+            let back = clock.now().saturating_add(Duration::from_millis(1_500));
+            while clock.now() < back {
+                let now = clock.now();
+                storage.settle(now).expect("settle");
+                b.step(now).expect("step");
+                clock.advance_to(now.saturating_add(Duration::from_millis(50)));
+            }
+            if overwritten {
+                // Someone else's generation took the slot while we were down (after our last write landed).
+                let mut sector = vec![0u8; 512];
+                LeaderRecord {
+                    owner_generation: generation + 1,
+                    timestamp: saved.last_written.timestamp + 1,
+                    ..saved.last_written
+                }
+                .encode_into(&mut sector);
+                storage.with(|s| s.load(DiskId(0), 0, &sector));
+            }
+            let mut a = LockspaceSet::new(Box::new(storage.restart()));
+            let ia = a
+                .adopt(cfg(1, "node-1"), DiskId(0), saved, clock.now())
+                .expect("adopt");
+            assert_eq!(a.state(ia), Some(LockspaceState::Joined { generation }));
+            let end = clock.now().saturating_add(Duration::from_secs(20));
+            while clock.now() < end {
+                step_both(&mut a, &mut b);
+                let seen = b.hosts(ib, clock.now());
+                let (entry, status) = seen
+                    .iter()
+                    .find(|(e, _)| e.host_id == 1)
+                    .expect("host 1 in the table");
+                if overwritten {
+                    if let Some(LockspaceState::Lost { error }) = a.state(ia) {
+                        assert!(matches!(error, DeltaError::Foreign { .. }), "{error}");
+                        break;
+                    }
+                    continue;
+                }
+                assert_eq!(entry.generation, generation, "round {round}: same generation");
+                assert_eq!(*status, HostStatus::Live, "round {round}: live all along");
+                assert_eq!(
+                    a.state(ia),
+                    Some(LockspaceState::Joined { generation }),
+                    "round {round}: the adopter keeps it"
+                );
+            }
+            if overwritten {
+                assert!(
+                    matches!(a.state(ia), Some(LockspaceState::Lost { .. })),
+                    "a slot overwritten meanwhile is never renewed over"
+                );
+            } else {
+                assert!(
+                    a.renewal_history(ia).iter().filter(|r| r.error.is_none()).count() >= 5,
+                    "round {round}: renewing"
+                );
+            }
+        }
+    }
+
+    /// Adoption is refused past the renewal deadline and for a slot that is not ours.
+    #[test]
+    fn adoption_is_refused_past_the_deadline_or_for_another_slot() {
+        let cfg = DeltaConfig {
+            space_name: Name::new("A").expect("name"),
+            host_id: 1,
+            host_name: Name::new("node-1").expect("name"),
+            geometry: Geometry::LEGACY_512,
+            area_offset: 0,
+            timeouts: Timeouts::new(1, 10),
+        };
+        let rec = LeaderRecord {
+            owner_id: 1,
+            owner_generation: 3,
+            timestamp: 50,
+            resource_name: cfg.host_name,
+            ..LeaderRecord::new_delta_free(Geometry::LEGACY_512, cfg.space_name, 1)
+        };
+        let h = DeltaHandover {
+            last_written: rec,
+            last_renewal: Time::from_nanos(50_000_000_000),
+            max_written_ts: 50,
+            published: HostEvent::default(),
+        };
+        let late = Time::from_nanos(58_000_000_000);
+        assert!(matches!(
+            DeltaLease::adopted(cfg.clone(), h, late),
+            Err(AdoptError::DeadlinePassed { .. })
+        ));
+        let other = DeltaHandover {
+            last_written: LeaderRecord {
+                owner_id: 2,
+                ..rec
+            },
+            ..h
+        };
+        assert!(matches!(
+            DeltaLease::adopted(cfg.clone(), other, Time::from_nanos(51_000_000_000)),
+            Err(AdoptError::NotOurs { .. })
+        ));
+        let d = DeltaLease::adopted(cfg, h, Time::from_nanos(57_900_000_000)).expect("in time");
+        assert!(d.is_joined());
+        assert_eq!(d.handover(), Some(DeltaHandover { max_written_ts: 57, ..h }));
     }
 
     #[test]
