@@ -555,3 +555,165 @@ fn a_persistent_lease_outlives_its_holder_as_an_orphan_until_adopted_or_released
         "free again"
     );
 }
+
+/// The host that takes over from `bed`'s after a crash: a fresh `Host` on a new engine over
+/// the same storage, the device registered.
+fn successor(bed: &Bed) -> Host {
+    let g = Geometry::LEGACY_512;
+    let mut host = Host::new(
+        HostConfig {
+            host_name: Name::new("node-1").expect("name"),
+            io_timeout_s: 1,
+            other_hosts_fire_timeout_s: 10,
+            no_local_exclusion: false,
+        },
+        LockspaceSet::new(Box::new(bed.storage.restart())),
+        Box::new(Accepting::default()),
+        0,
+    );
+    host.add_known_disk(PATH.into(), bed.view, &[(0, g), (AREA, g)]);
+    host
+}
+
+/// Steps `bed` for `d` of simulated time.
+fn run_for(bed: &mut Bed, d: Duration) {
+    let end = bed.clock.now().saturating_add(d);
+    let clock = bed.clock.clone();
+    bed.run_until(d.saturating_add(Duration::from_secs(1)), |_, _| clock.now() >= end);
+}
+
+fn state_of(bed: &Bed) -> tenured::host::handover::HostState {
+    let now = bed.clock.now();
+    let s = bed.host.state(now, "boot-1", 4242, 1, &mut |pid| pid as u64 * 10);
+    // What is written is what is read back.
+    let back = tenured::host::handover::HostState::parse(&s.to_bytes()).expect("parse");
+    assert_eq!(back, s);
+    back
+}
+
+/// Issue 18, restart after a crash: the successor adopts the lockspace (same generation, not
+/// re-joined) and the lease (same lver, owned by the dead connection's pid), keeps renewing,
+/// refuses the lease to another local client, and releases it when that pid exits. A holder
+/// that died while no tenured ran has its lease released at once.
+#[test]
+fn a_successor_adopts_the_lockspace_and_leases_of_a_crashed_host() {
+    for holder_survives in [true, false] {
+        let mut bed = joined_bed();
+        let a = bed.client(0, 100);
+        let Reply::Done(Done::Acquired(got)) = bed.acquire(a, false) else {
+            panic!("not acquired")
+        };
+        let lver = got[0].lver;
+        let generation = bed.leader().owner_generation;
+        run_for(&mut bed, Duration::from_millis(2500));
+        let state = state_of(&bed);
+        assert!(state.in_flight.is_empty(), "{:?}", state.in_flight);
+        assert_eq!(state.spaces.len(), 1);
+        assert_eq!(state.leases.len(), 1);
+        state.adoptable("boot-1").expect("adoptable");
+        bed.storage.crash(0);
+        // Back 3 s later (the renewal deadline is 8 s after the last renewal).
+        bed.clock
+            .advance_to(bed.clock.now().saturating_add(Duration::from_secs(3)));
+        let mut host = successor(&bed);
+        let now = bed.clock.now();
+        let report = host
+            .adopt(
+                now,
+                &state,
+                &|pid, ticks| holder_survives && pid == 100 && ticks == 1000,
+                &|_| None,
+            )
+            .expect("adopted");
+        assert_eq!(report.spaces, vec![("LS".to_owned(), generation)]);
+        bed.host = host;
+        if !holder_survives {
+            assert_eq!(report.released, 1);
+            bed.run_until(Duration::from_secs(10), |h, _| h.leases().next().is_none());
+            run_for(&mut bed, Duration::from_secs(2));
+            assert_eq!(bed.leader().timestamp, 0, "released on disk");
+            continue;
+        }
+        assert_eq!(report.leases, 1);
+        let outs: Vec<Output> = std::iter::from_fn(|| bed.host.poll_output()).collect();
+        assert!(
+            outs.iter().any(|o| matches!(o, Output::WatchPid(100))),
+            "the holder pid is watched: {outs:?}"
+        );
+        let l = bed.host.leases().next().expect("lease").view();
+        assert_eq!((l.lver, l.pid, l.owner), (lver, 100, "pid"));
+        // Renewing on: 20 s is well past the 8 s deadline of the old renewals.
+        let start = bed.clock.now();
+        bed.run_until(Duration::from_secs(30), |h, _| {
+            assert!(
+                matches!(
+                    h.space_state(&h.spaces()[0]),
+                    Some(LockspaceState::Joined { generation: g }) if g == generation
+                ),
+                "the adopted lockspace stays joined in generation {generation}"
+            );
+            h.engine().renewal_deadline(h.spaces()[0].id).is_some_and(|d| {
+                d > start.saturating_add(Duration::from_secs(20))
+            })
+        });
+        let leader = bed.leader();
+        assert_eq!((leader.owner_id, leader.owner_generation, leader.lver), (1, generation, lver));
+        // Local exclusion holds for the adopted lease.
+        let b = bed.client(1, 101);
+        match bed.acquire(b, false) {
+            Reply::Error(e) => assert!(e.message.contains("already held"), "{}", e.message),
+            Reply::Done(d) => panic!("granted over an adopted lease: {d:?}"),
+        }
+        let now = bed.clock.now();
+        bed.host.pid_exited(now, 100);
+        bed.run_until(Duration::from_secs(10), |h, _| h.leases().next().is_none());
+        run_for(&mut bed, Duration::from_secs(2));
+        assert_eq!(bed.leader().timestamp, 0, "released on disk when its pid exited");
+    }
+}
+
+/// The adoption rule's refusals: past the renewal deadline with leases, with a lease
+/// operation in flight, in another boot, or while the writer still runs. A refused adoption
+/// leaves the successor empty.
+#[test]
+fn adoption_is_refused_past_the_deadline_in_flight_or_from_another_boot() {
+    let mut bed = joined_bed();
+    let a = bed.client(0, 100);
+    assert!(matches!(bed.acquire(a, false), Reply::Done(_)));
+    let state = state_of(&bed);
+    assert!(state.adoptable("boot-2").is_err(), "another boot");
+    let mine = tenured::host::handover::HostState {
+        pid: std::process::id() as i32,
+        pid_start_ticks: tenure_watchdog::marker::pid_start_ticks(std::process::id() as i32)
+            .expect("ticks"),
+        ..state.clone()
+    };
+    assert!(mine.adoptable("boot-1").is_err(), "the writer runs");
+    // 9 s later: past 8T of the last renewal.
+    bed.clock
+        .advance_to(bed.clock.now().saturating_add(Duration::from_secs(9)));
+    let mut host = successor(&bed);
+    let now = bed.clock.now();
+    let e = host
+        .adopt(now, &state, &|_, _| true, &|_| None)
+        .expect_err("past the deadline");
+    assert!(e.to_string().contains("renewal deadline"), "{e}");
+    assert!(host.spaces().is_empty() && host.leases().next().is_none());
+
+    // An acquire in flight when the state was written.
+    let mut bed = joined_bed();
+    let a = bed.client(0, 100);
+    let now = bed.clock.now();
+    let cmd = Command::Acquire {
+        resources: vec![ResourceSpec::parse(&format!("LS:R:{PATH}:{AREA}")).expect("spec")],
+        no_wait: true,
+        lvb: false,
+        holder: Holder::Me,
+        persistent: vec![false],
+        adopt_orphan: false,
+    };
+    assert!(bed.host.execute(now, a, cmd).is_none(), "in flight");
+    let state = state_of(&bed);
+    let e = state.adoptable("boot-1").expect_err("in flight");
+    assert!(e.to_string().contains("in flight"), "{e}");
+}

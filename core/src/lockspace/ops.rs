@@ -736,6 +736,48 @@ impl super::LockspaceSet {
         Ok((generation, e.lease.config()))
     }
 
+    /// A resource of lockspace `ls` (joined) that another process of this host acquired in
+    /// the same generation — handed over by an upgrade, or read back after a restart — as
+    /// this set's own hold, to be released, converted and inquired like one. `None` unless
+    /// `ls` is joined in the generation `acquired` was won with.
+    pub fn adopt_held(
+        &self,
+        ls: LockspaceId,
+        target: ResourceTarget,
+        acquired: Acquired,
+    ) -> Option<HeldResource> {
+        let (generation, dcfg) = self.check_op(ls, 1).ok()?;
+        // Exclusive: the leader names us. Shared: the leader was freed again; our dblock was
+        // written in this generation.
+        let ours = if acquired.shared {
+            acquired.dblock.inp == dcfg.host_id && acquired.dblock.inp2 == generation
+        } else {
+            acquired.leader.owner_id == dcfg.host_id
+                && acquired.leader.owner_generation == generation
+        };
+        if !ours {
+            return None;
+        }
+        let cfg = PaxosConfig {
+            space_name: dcfg.space_name,
+            resource_name: target.name,
+            geometry: target.geometry,
+            area_offset: target.area_offset,
+            host_id: dcfg.host_id,
+            generation,
+            timeouts: dcfg.timeouts,
+            no_wait: false,
+            expect_lver: None,
+            read_lvb: acquired.lvb.is_some(),
+            shared: acquired.shared,
+        };
+        Some(HeldResource {
+            target,
+            cfg,
+            acquired,
+        })
+    }
+
     /// Starts acquiring `targets` in lockspace `ls` (joined), all or nothing. The outcome
     /// comes from [`LockspaceSet::take_op_result`] after some steps.
     pub fn start_acquire(

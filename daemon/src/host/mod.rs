@@ -34,6 +34,7 @@
 pub mod admission;
 pub mod command;
 pub mod guard;
+pub mod handover;
 pub mod registry;
 pub mod reply;
 pub mod requests;
@@ -315,6 +316,9 @@ pub struct Host {
     now: Time,
     /// Wall-clock milliseconds at `Time::ZERO` (for lease and renewal records).
     wall_epoch_ms: u64,
+    /// Moves with every change of lockspaces (with the registry's count:
+    /// [`Host::state_epoch`]).
+    epoch: u64,
 }
 
 fn err(code: ErrorCode, message: impl Into<String>) -> Reply {
@@ -468,6 +472,7 @@ impl Host {
             out: VecDeque::new(),
             now: Time::ZERO,
             wall_epoch_ms,
+            epoch: 0,
         }
     }
 
@@ -574,6 +579,7 @@ impl Host {
     ) -> Option<Result<(), tenure_core::lockspace::EventError>> {
         self.at(now);
         let i = self.space_index(space)?;
+        self.epoch = self.epoch.wrapping_add(1);
         Some(self.set.set_event(self.spaces[i].id, req, now))
     }
 
@@ -1031,6 +1037,7 @@ impl Host {
                     Pending::Release { leases, .. } => leases.iter().any(|l| l.space == s.name),
                 });
             if done && self.set.remove(s.id).is_ok() {
+                self.epoch = self.epoch.wrapping_add(1);
                 let s = self.spaces.remove(i);
                 let _ = self.sup.remove_space(&s.name);
                 for w in s.join_waiters.iter().chain(&s.leave_waiters) {
@@ -1132,6 +1139,7 @@ impl Host {
     }
 
     fn space_event(&mut self, now: Time, i: usize, ev: DeltaEvent) {
+        self.epoch = self.epoch.wrapping_add(1);
         let name = self.spaces[i].name.clone();
         let id = self.spaces[i].id;
         match ev {
@@ -1353,10 +1361,12 @@ impl Host {
         match (k, wait) {
             (Some(k), true) => {
                 space.join_waiters.push(k);
+                self.epoch = self.epoch.wrapping_add(1);
                 self.spaces.push(space);
                 None
             }
             _ => {
+                self.epoch = self.epoch.wrapping_add(1);
                 self.spaces.push(space);
                 Some(Reply::Done(Done::Joining { lockspace: name }))
             }
@@ -1386,9 +1396,11 @@ impl Host {
             );
         }
         if let Some(u) = used {
+            self.epoch = self.epoch.wrapping_add(1);
             self.spaces[i].used = u;
         }
         if let Some(u) = used_by_orphans {
+            self.epoch = self.epoch.wrapping_add(1);
             self.spaces[i].used_by_orphans = u;
         }
         self.refresh_used(name);

@@ -173,6 +173,8 @@ impl Lease {
 pub struct Registry {
     leases: Vec<Lease>,
     claims: Claims,
+    /// Counts changes (leases or claims): the state file is rewritten when it moves.
+    changes: u64,
 }
 
 impl Registry {
@@ -182,7 +184,17 @@ impl Registry {
         Registry {
             leases: Vec::new(),
             claims: Claims::new(no_exclusion),
+            changes: 0,
         }
+    }
+
+    /// A number that moves whenever a lease or claim may have changed.
+    pub fn changes(&self) -> u64 {
+        self.changes
+    }
+
+    fn changed(&mut self) {
+        self.changes = self.changes.wrapping_add(1);
     }
 
     /// Every lease, joiners included.
@@ -202,21 +214,25 @@ impl Registry {
 
     /// Adds granted (or joining) leases.
     pub fn extend(&mut self, leases: impl IntoIterator<Item = Lease>) {
+        self.changed();
         self.leases.extend(leases);
     }
 
     /// Adds one lease.
     pub fn push(&mut self, lease: Lease) {
+        self.changed();
         self.leases.push(lease);
     }
 
     /// Takes the lease at `i` out.
     pub fn remove(&mut self, i: usize) -> Lease {
+        self.changed();
         self.leases.remove(i)
     }
 
     /// Takes every lease matching `pred` out, keeping the order of the rest.
     pub fn take(&mut self, mut pred: impl FnMut(&Lease) -> bool) -> Vec<Lease> {
+        self.changed();
         let (out, keep) = std::mem::take(&mut self.leases)
             .into_iter()
             .partition(|l| pred(l));
@@ -231,11 +247,13 @@ impl Registry {
 
     /// An operation on `key` started (asked for first).
     pub fn begin(&mut self, key: ResourceKey, op: InFlight) {
+        self.changed();
         self.claims.begin(key, op);
     }
 
     /// The operation `op` on `key` ended.
     pub fn end(&mut self, key: &ResourceKey, op: InFlight) {
+        self.changed();
         self.claims.end(key, op);
     }
 
@@ -295,6 +313,7 @@ impl Registry {
     /// An acquire's disk part started as operation `op`: its resources `on_disk` are claimed,
     /// and its joiners of shared holds wait here (holding those holds) until it ends.
     pub fn acquire_started(&mut self, op: OpId, on_disk: &[ResourceKey], joins: Vec<Lease>) {
+        self.changed();
         for key in on_disk {
             self.claims.begin(key.clone(), InFlight::Acquire);
         }
@@ -307,6 +326,7 @@ impl Registry {
     /// The acquire `op` ended: its claims end, and its joiners (those whose owner did not go
     /// away meanwhile) come out, to be granted with its result or released.
     pub fn acquire_ended(&mut self, op: OpId, on_disk: &[ResourceKey]) -> Vec<Lease> {
+        self.changed();
         for key in on_disk {
             self.claims.end(key, InFlight::Acquire);
         }
@@ -319,6 +339,7 @@ impl Registry {
 
     /// A release of `leases` (taken out, and split: each one its hold's last) started.
     pub fn release_started(&mut self, leases: &[Lease]) {
+        self.changed();
         for l in leases {
             self.claims.begin(l.key(), InFlight::Release);
         }
@@ -326,6 +347,7 @@ impl Registry {
 
     /// That release ended, whatever its result.
     pub fn release_ended(&mut self, leases: &[Lease]) {
+        self.changed();
         for l in leases {
             self.claims.end(&l.key(), InFlight::Release);
         }
@@ -360,6 +382,7 @@ impl std::ops::Index<usize> for Registry {
 
 impl std::ops::IndexMut<usize> for Registry {
     fn index_mut(&mut self, i: usize) -> &mut Lease {
+        self.changed();
         &mut self.leases[i]
     }
 }
