@@ -42,6 +42,7 @@ use crate::config::Config;
 use crate::host::command::{Command, RindexCommand};
 use crate::host::registry::{ClientKey, Owner};
 use crate::host::reply::{Done, Reply};
+use crate::host::handover::{self, STATE_FILE};
 use crate::host::{ClientInfo, Host, HostConfig, Output, ProbeKey};
 use crate::proto::{self, Decoded, ErrorCode, ErrorReply, Request, Split, PROTOCOL_VERSION};
 use crate::supervise::{Supervisor, SupervisorConfig};
@@ -206,6 +207,46 @@ pub struct Server {
     /// Pids holding leases acquired on their behalf, watched for exit.
     watched: HashMap<i32, OwnedFd>,
     started: Time,
+    /// The state file (crate::host::handover): what a successor adopts after a crash.
+    state_path: PathBuf,
+    /// [`Host::state_epoch`] of the state last written.
+    state_written: Option<u64>,
+    /// Start times of holder pids (clock ticks since boot), for the state file.
+    holder_ticks: HashMap<i32, u64>,
+    boot_id: String,
+    /// Our own start time.
+    own_ticks: u64,
+    /// What was adopted from a predecessor, for `status`.
+    adopted: Option<serde_json::Value>,
+}
+
+/// The state file a predecessor left, if it may be adopted (crate::host::handover); any
+/// other one is removed, with the reason logged.
+fn inherited_state(path: &Path, boot_id: &str) -> Option<handover::HostState> {
+    let bytes = match std::fs::read(path) {
+        Ok(b) => b,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return None,
+        Err(e) => {
+            tracing::error!(path = %path.display(), error = %e, "cannot read the state file of a previous tenured");
+            return None;
+        }
+    };
+    let checked = handover::HostState::parse(&bytes).and_then(|st| {
+        st.adoptable(boot_id)?;
+        Ok(st)
+    });
+    match checked {
+        Ok(st) => Some(st),
+        Err(e @ handover::StateError::WriterRunning(_)) => {
+            tracing::error!(path = %path.display(), error = %e, "the state file belongs to a running tenured");
+            None
+        }
+        Err(e) => {
+            tracing::warn!(path = %path.display(), error = %e, "the state file of a previous tenured is not adopted");
+            let _ = std::fs::remove_file(path);
+            None
+        }
+    }
 }
 
 fn unix_ms() -> u64 {
@@ -311,8 +352,12 @@ impl Server {
                 tenure_watchdog::WatchdogSpec::None
             }
         };
+        let state_path = cfg.run_dir.join(STATE_FILE);
+        let boot_id = tenure_watchdog::marker::boot_id();
+        let inherited = inherited_state(&state_path, &boot_id);
         let sup = Supervisor::start(
             SupervisorConfig {
+                predecessor: inherited.as_ref().map(|s| (s.pid, s.pid_start_ticks)),
                 watchdog,
                 fire_timeout_s: cfg.watchdog.fire_timeout_s,
                 marker_dir: cfg.run_dir.clone(),
@@ -343,7 +388,14 @@ impl Server {
             Box::new(sup),
             wall_epoch_ms,
         );
-        Ok(Server {
+        let me = std::process::id() as i32;
+        let mut server = Server {
+            state_path,
+            state_written: None,
+            holder_ticks: HashMap::new(),
+            boot_id,
+            own_ticks: handover::pid_start_ticks(me).unwrap_or(0),
+            adopted: None,
             capture_dir: std::env::var_os("TENURE_CAPTURE_DIR").map(PathBuf::from),
             started: clock.now(),
             cfg,
@@ -369,7 +421,129 @@ impl Server {
             wake,
             signals,
             watched: HashMap::new(),
-        })
+        };
+        if let Some(st) = inherited {
+            server.adopt_inherited(&st)?;
+        }
+        server.persist();
+        Ok(server)
+    }
+
+    /// Goes on from a dead predecessor's state (crate::host::handover, docs/operations.md
+    /// "Restart after a crash"): opens the devices it names, then adopts. A refusal is logged
+    /// and this process starts afresh (the predecessor's marker keeps the watchdog from being
+    /// fed: the reset it stands for happens). A failure after supervision took over is an
+    /// error: tenured does not serve half an adoption.
+    fn adopt_inherited(&mut self, st: &handover::HostState) -> Result<(), ServerError> {
+        let mut keys: Vec<ProbeKey> = Vec::new();
+        for sp in &st.spaces {
+            keys.push((PathBuf::from(&sp.path), sp.offset));
+        }
+        for l in &st.leases {
+            keys.push((PathBuf::from(&l.path), l.offset));
+            for (p, o) in &l.mirrors {
+                keys.push((PathBuf::from(p), *o));
+            }
+        }
+        keys.sort();
+        keys.dedup();
+        let limit = Duration::from_secs(self.cfg.io_timeout_s.max(1));
+        for key in keys {
+            if self.host.area(&key).is_some() {
+                continue;
+            }
+            let need_device = !self.host.has_disk(&key.0);
+            let (tx, rx) = channel();
+            let k2 = key.clone();
+            let spawned = std::thread::Builder::new()
+                .name("tenured-probe".into())
+                .spawn(move || {
+                    let _ = tx.send(probe(k2, need_device));
+                });
+            let got = spawned.ok().and_then(|_| rx.recv_timeout(limit).ok());
+            match got {
+                Some(p) => {
+                    if let Err(e) = self.host.probe_done(p.key, p.device, p.geometry) {
+                        tracing::warn!(path = %key.0.display(), offset = key.1, error = %e, "a lease area of the predecessor's state cannot be read");
+                    }
+                }
+                None => {
+                    tracing::warn!(path = %key.0.display(), offset = key.1, "a device of the predecessor's state did not answer within io_timeout");
+                }
+            }
+        }
+        let now = self.clock.now();
+        let alive = |pid: i32, ticks: u64| {
+            handover::pid_start_ticks(pid).is_some_and(|t| ticks == 0 || t == ticks)
+        };
+        match self.host.adopt(now, st, &alive, &|_| None) {
+            Ok(report) => {
+                tracing::warn!(
+                    predecessor = st.pid,
+                    lockspaces = report.spaces.len(),
+                    leases = report.leases,
+                    released = report.released,
+                    dropped = ?report.dropped_spaces,
+                    "adopted the state of the tenured that died (pid {}): lockspaces go on in the same generation, leases stay with their holders",
+                    st.pid
+                );
+                self.adopted = Some(json!({
+                    "predecessor_pid": st.pid,
+                    "at_unix_ms": unix_ms(),
+                    "lockspaces": report.spaces,
+                    "leases": report.leases,
+                    "released_dead_holders": report.released,
+                    "dropped_lockspaces": report.dropped_spaces,
+                }));
+                self.drain();
+                Ok(())
+            }
+            Err(e) if self.host.spaces().is_empty() => {
+                tracing::error!(predecessor = st.pid, error = %e, "the state of the tenured that died is not adopted: starting afresh (a reset it left pending stays pending)");
+                let _ = std::fs::remove_file(&self.state_path);
+                Ok(())
+            }
+            Err(e) => Err(ServerError::Config(format!(
+                "adopting the state of pid {} failed after supervision took over: {e}; not serving (the watchdog decides)",
+                st.pid
+            ))),
+        }
+    }
+
+    /// Writes the state file when the host's state moved since it was last written
+    /// (before any reply goes out, so a grant is on record before its holder hears of it).
+    /// When it cannot be written it is removed: a stale state must never be adopted.
+    fn persist(&mut self) {
+        let epoch = self.host.state_epoch();
+        if self.state_written == Some(epoch) {
+            return;
+        }
+        let now = self.clock.now();
+        let me = std::process::id() as i32;
+        let ticks = &mut self.holder_ticks;
+        let st = self.host.state(now, &self.boot_id, me, self.own_ticks, &mut |p| {
+            *ticks
+                .entry(p)
+                .or_insert_with(|| handover::pid_start_ticks(p).unwrap_or(0))
+        });
+        if self.holder_ticks.len() > 2 * st.leases.len() + 64 {
+            let keep: std::collections::HashSet<i32> = st.leases.iter().map(|l| l.pid).collect();
+            self.holder_ticks.retain(|p, _| keep.contains(p));
+        }
+        let tmp = self.state_path.with_extension("json.tmp");
+        let written = std::fs::write(&tmp, st.to_bytes())
+            .and_then(|()| std::fs::rename(&tmp, &self.state_path));
+        match written {
+            Ok(()) => self.state_written = Some(epoch),
+            Err(e) => {
+                let removed = std::fs::remove_file(&self.state_path);
+                if self.state_written.is_some() || removed.is_ok() {
+                    tracing::error!(path = %self.state_path.display(), error = %e, "cannot write the state file: removed it (a crash now resets this host, as without adoption)");
+                }
+                // Tried again at the next change.
+                self.state_written = None;
+            }
+        }
     }
 
     /// The client socket.
@@ -396,6 +570,10 @@ impl Server {
                         .map_err(|e| ServerError::Config(e.to_string()))?,
                 },
             };
+            if self.host.space_index(&spec.name.escaped()).is_some() {
+                // Adopted from the predecessor's state.
+                continue;
+            }
             // Configured lockspaces join in the background; failures are logged and shown
             // by `status`.
             if let Err(e) = self.add_configured_lockspace(spec) {
@@ -412,6 +590,7 @@ impl Server {
                 return Err(ServerError::Engine(e.to_string()));
             }
             self.drain();
+            self.persist();
             if !self.inq_waiters.is_empty() {
                 self.sanlock_inq_waiters();
             }
@@ -425,6 +604,8 @@ impl Server {
             self.sanlock_shutdown_reply(k, h);
         }
         let _ = std::fs::remove_file(&self.socket_path);
+        // Nothing is held: nothing to adopt.
+        let _ = std::fs::remove_file(&self.state_path);
         Ok(())
     }
 
@@ -808,6 +989,7 @@ impl Server {
     }
 
     fn reply(&mut self, k: ClientKey, r: Reply) {
+        self.persist();
         let Some(c) = self.conn(k) else {
             return;
         };
@@ -1179,6 +1361,8 @@ impl Server {
                 "operation": op,
             })).collect::<Vec<_>>(),
             "supervisor": self.host.supervision_status(),
+            // Set when this process went on from the state of a tenured that died.
+            "adopted": self.adopted,
         })
     }
 

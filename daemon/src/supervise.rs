@@ -43,6 +43,9 @@ pub struct SupervisorConfig {
     pub kill_grace: Duration,
     /// SIGKILLs before giving up.
     pub sigkill_max: u32,
+    /// A dead predecessor (pid, start ticks) whose state this process adopts: its armed
+    /// marker is taken over at the first arming instead of refused (crate::host::handover).
+    pub predecessor: Option<(i32, u64)>,
 }
 
 #[derive(Debug)]
@@ -153,7 +156,13 @@ impl Supervisor {
         let mut st = self.lock();
         st.guard.add_space(name, host_id)?;
         if st.watchdog.is_none() {
-            match ArmedWatchdog::arm(&st.cfg.watchdog, st.cfg.fire_timeout_s, &st.cfg.marker_dir) {
+            let predecessor = st.cfg.predecessor.take();
+            match ArmedWatchdog::arm_after(
+                &st.cfg.watchdog,
+                st.cfg.fire_timeout_s,
+                &st.cfg.marker_dir,
+                predecessor,
+            ) {
                 Ok(wd) => {
                     tracing::info!(watchdog = %st.cfg.watchdog, fire_timeout_s = st.cfg.fire_timeout_s, "watchdog armed");
                     st.watchdog = Some(wd);
@@ -303,6 +312,9 @@ impl Drop for Supervisor {
 }
 
 impl crate::host::Supervision for Supervisor {
+    fn forget_predecessor(&mut self) {
+        self.lock().cfg.predecessor = None;
+    }
     fn add_space(&mut self, name: &str, host_id: u64) -> Result<(), String> {
         Supervisor::add_space(self, name, host_id).map_err(|e| e.to_string())
     }

@@ -131,6 +131,40 @@ offset = 0
         }
     }
 
+    /// Starts tenured again with the same configuration, in the host's group (after the
+    /// previous one was killed); its log goes on in tenured.log.
+    fn restart_tenured(&mut self) {
+        let _ = self.tenured.wait();
+        let d = self.dir.path();
+        let log = std::fs::OpenOptions::new()
+            .append(true)
+            .open(d.join("tenured.log"))
+            .unwrap();
+        self.tenured = Command::new(tenured_bin())
+            .env("TENURE_CAPTURE_DIR", tenure_tests::capture_dir())
+            .arg("--config")
+            .arg(d.join("tenured.toml"))
+            .process_group(self.pgid())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+    }
+
+    /// Host `id` as this host's lockspace table shows it: (status, generation).
+    fn sees(&self, id: u64) -> (String, u64) {
+        let v = self.json(&["lockspace", "hosts", LS]);
+        let e = v["hosts"]
+            .as_array()
+            .and_then(|a| a.iter().find(|e| e["host_id"] == id))
+            .cloned()
+            .unwrap_or_default();
+        (
+            e["status"].as_str().unwrap_or("").to_owned(),
+            e["generation"].as_u64().unwrap_or(0),
+        )
+    }
+
     fn socket(&self) -> PathBuf {
         self.dir.path().join("tenured.sock")
     }
@@ -1567,4 +1601,179 @@ fn persistent_leases_and_orphans_through_the_native_cli() {
         "free again: {}",
         String::from_utf8_lossy(&out.stderr)
     );
+}
+
+/// Issue 18, restart after a crash: tenured SIGKILLed with a lease held and started again
+/// within the renewal deadline adopts what the dead one held. The lease stays with its
+/// holder (same lver), the other host sees host 1 live in the same generation all along, the
+/// watchdog never fires, the other host cannot take the lease while the holder runs, and
+/// when the holder exits the adopted lease is released and taken by the other host.
+#[test]
+fn a_daemon_restarted_within_the_deadline_adopts_its_leases_without_a_reset() {
+    if !can_run() {
+        return;
+    }
+    let backing = BackingFile::new(16 << 20);
+    let base = LoopDevice::attach(backing.path(), 512);
+    format_area(&base.path_str(), &[("R", 1)]);
+    let mut h1 = Host::start(1, backing.path());
+    let h2 = Host::start(2, backing.path());
+    h1.wait_joined(Duration::from_secs(30));
+    h2.wait_joined(Duration::from_secs(30));
+    let oracle_dir = tempfile::tempdir().unwrap();
+    let oracle = oracle_dir.path().join("held");
+    let mut holder = spawn_holder(&h1, &h1.resource("R", 1), &oracle_cmd(&oracle, "600"));
+    let t0 = Instant::now();
+    let lease = loop {
+        if let Some(l) = h1.json(&["status"])["leases"].as_array().and_then(|l| l.first()) {
+            break l.clone();
+        }
+        assert!(t0.elapsed() < Duration::from_secs(10), "{}", h1.log());
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let t0 = Instant::now();
+    let generation = loop {
+        let (st, g) = h2.sees(1);
+        if st == "live" {
+            break g;
+        }
+        assert!(t0.elapsed() < Duration::from_secs(20), "host 2 sees host 1 {st}");
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(h1.tenured.id() as i32),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    let killed = Instant::now();
+    std::thread::sleep(Duration::from_millis(1500));
+    h1.restart_tenured();
+    let t0 = Instant::now();
+    let status = loop {
+        if h1.socket().exists() {
+            let out = h1.tenure(&["status", "--json"]).output().unwrap();
+            if out.status.success() {
+                let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+                if !v["adopted"].is_null() {
+                    break v;
+                }
+                panic!("not adopted: {v}\n{}", h1.log());
+            }
+        }
+        assert!(t0.elapsed() < Duration::from_secs(5), "not serving\n{}", h1.log());
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let served_after = killed.elapsed();
+    let l = &status["leases"][0];
+    assert_eq!(l["lver"], lease["lver"], "{status}");
+    assert_eq!(l["pid"], lease["pid"], "{status}");
+    assert_eq!(l["owner"], "pid", "the dead connection's lease is its pid's now: {status}");
+    assert_eq!(status["lockspaces"][0]["detail"]["generation"], generation, "{status}");
+    // 12 s (past 8T of the last renewal before the kill, and past W): nothing changes.
+    let t0 = Instant::now();
+    while t0.elapsed() < Duration::from_secs(12) {
+        let (st, g) = h2.sees(1);
+        assert_eq!((st.as_str(), g), ("live", generation), "host 2's view of host 1");
+        let out = h2
+            .tenure(&[
+                "run",
+                "--no-wait",
+                "--lease",
+                &h2.resource("R", 1),
+                "--",
+                "sh",
+                "-c",
+                &oracle_cmd(&oracle, "0.1"),
+            ])
+            .output()
+            .unwrap();
+        assert!(!out.status.success(), "host 2 took the adopted lease");
+        assert_ne!(out.status.code(), Some(99));
+        assert!(holder.try_wait().unwrap().is_none(), "the holder was killed");
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    let fired = std::fs::read_to_string(h1.dir.path().join("fired.log")).unwrap_or_default();
+    assert!(fired.is_empty(), "the watchdog fired: {fired}");
+    // The holder exits: its adopted lease is released, and host 2 gets it.
+    let _ = holder.kill();
+    let _ = holder.wait();
+    let t0 = Instant::now();
+    loop {
+        let out = h2
+            .tenure(&[
+                "run",
+                "--no-wait",
+                "--lease",
+                &h2.resource("R", 1),
+                "--",
+                "sh",
+                "-c",
+                &oracle_cmd(&oracle, "0.1"),
+            ])
+            .output()
+            .unwrap();
+        assert_ne!(out.status.code(), Some(99));
+        if out.status.success() {
+            break;
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(10),
+            "the adopted lease was not released when its holder exited: {}\n{}",
+            String::from_utf8_lossy(&out.stderr),
+            h1.log()
+        );
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    eprintln!("restarted tenured served {served_after:?} after the SIGKILL, adopted lver {}", lease["lver"]);
+}
+
+/// A restart after the renewal deadline adopts nothing: the pending reset stays pending, the
+/// watchdog fires and kills the holder (today's rule; the guard of the adoption rule bites).
+#[test]
+fn a_daemon_restarted_after_the_deadline_adopts_nothing_and_the_watchdog_fires() {
+    if !can_run() {
+        return;
+    }
+    let backing = BackingFile::new(16 << 20);
+    let base = LoopDevice::attach(backing.path(), 512);
+    format_area(&base.path_str(), &[("R", 1)]);
+    // W = 20 s: the host is still up when the restart comes 10 s after the kill (past 8T).
+    let mut h1 = Host::start_with(1, backing.path(), 20);
+    h1.wait_joined(Duration::from_secs(30));
+    let oracle_dir = tempfile::tempdir().unwrap();
+    let oracle = oracle_dir.path().join("held");
+    let mut holder = spawn_holder(&h1, &h1.resource("R", 1), &oracle_cmd(&oracle, "600"));
+    let t0 = Instant::now();
+    while h1.json(&["status"])["leases"]
+        .as_array()
+        .is_none_or(|l| l.is_empty())
+    {
+        assert!(t0.elapsed() < Duration::from_secs(10));
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(h1.tenured.id() as i32),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    std::thread::sleep(Duration::from_secs(8 * T + 2));
+    h1.restart_tenured();
+    let t0 = Instant::now();
+    loop {
+        let rec = std::fs::read_to_string(h1.dir.path().join("fired.log")).unwrap_or_default();
+        if !rec.is_empty() {
+            break;
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(30),
+            "the watchdog did not fire\n{}",
+            h1.log()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let log = h1.log();
+    assert!(log.contains("not adopted"), "{log}");
+    assert!(!log.contains("adopted the state"), "{log}");
+    let status = holder.wait().unwrap();
+    assert!(status.code().is_none(), "the holder was killed by the reset: {status:?}");
 }

@@ -105,10 +105,24 @@ impl ArmedWatchdog {
         fire_timeout_s: u32,
         marker_dir: &Path,
     ) -> Result<Self, WatchdogError> {
+        Self::arm_after(spec, fire_timeout_s, marker_dir, None)
+    }
+
+    /// [`ArmedWatchdog::arm`] taking over the marker of `predecessor` (pid, start ticks), a
+    /// daemon of this boot that died armed and whose state is adopted
+    /// ([`marker::ArmedMarker::create_after`]). The device is opened again and fed at once:
+    /// it was never disarmed, so it fires at the predecessor's deadline unless fed.
+    pub fn arm_after(
+        spec: &WatchdogSpec,
+        fire_timeout_s: u32,
+        marker_dir: &Path,
+        predecessor: Option<(i32, u64)>,
+    ) -> Result<Self, WatchdogError> {
         let (inner, marker) = match spec {
             WatchdogSpec::None => (Inner::None, None),
             WatchdogSpec::Device(path) => {
-                let marker = ArmedMarker::create(marker_dir, &spec.to_string())?;
+                let marker =
+                    ArmedMarker::create_after(marker_dir, &spec.to_string(), predecessor)?;
                 match DeviceWatchdog::open(path, fire_timeout_s) {
                     Ok(d) => (Inner::Device(d), Some(marker)),
                     Err(e) => {
@@ -128,7 +142,8 @@ impl ArmedWatchdog {
                 }
             }
             WatchdogSpec::Emulated(socket) => {
-                let marker = ArmedMarker::create(marker_dir, &spec.to_string())?;
+                let marker =
+                    ArmedMarker::create_after(marker_dir, &spec.to_string(), predecessor)?;
                 match EmulatedWatchdog::open(socket, fire_timeout_s) {
                     Ok(w) => (Inner::Emulated(w), Some(marker)),
                     Err(e) => {

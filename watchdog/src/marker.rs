@@ -105,6 +105,19 @@ impl ArmedMarker {
     /// Checks for a pending fence and creates the marker for `watchdog` in `dir` (created if
     /// missing). Call before opening the watchdog.
     pub fn create(dir: &Path, watchdog: &str) -> Result<Self, MarkerError> {
+        Self::create_after(dir, watchdog, None)
+    }
+
+    /// [`ArmedMarker::create`], except that the marker of `predecessor` (pid, start ticks) —
+    /// a tenured of this boot that died while armed, whose state this process adopts under
+    /// the adoption rule (docs/operations.md "Restart after a crash") — is taken over instead
+    /// of refused: the fence it stands for is not needed because this process goes on renewing
+    /// within the deadlines the predecessor kept. Any other marker is refused as by `create`.
+    pub fn create_after(
+        dir: &Path,
+        watchdog: &str,
+        predecessor: Option<(i32, u64)>,
+    ) -> Result<Self, MarkerError> {
         let path = dir.join(MARKER_FILE);
         let io = |source| MarkerError::Io {
             path: path.clone(),
@@ -144,6 +157,23 @@ impl ArmedMarker {
                             path,
                             content: existing,
                         });
+                    }
+                    if predecessor == Some((existing.pid, existing.pid_start_ticks))
+                        && existing.boot_id == content.boot_id
+                        && existing.watchdog == content.watchdog
+                    {
+                        let tmp = dir.join(format!(".{MARKER_FILE}.{me}"));
+                        let mut f = OpenOptions::new()
+                            .write(true)
+                            .create(true)
+                            .truncate(true)
+                            .mode(0o644)
+                            .open(&tmp)
+                            .map_err(io)?;
+                        f.write_all(&body).and_then(|()| f.sync_all()).map_err(io)?;
+                        std::fs::rename(&tmp, &path).map_err(io)?;
+                        sync_dir(dir).map_err(io)?;
+                        return Ok(Self { path });
                     }
                     return Err(MarkerError::PendingFence {
                         path,
@@ -230,6 +260,41 @@ mod tests {
         assert!(matches!(
             ArmedMarker::create(dir.path(), "x"),
             Err(MarkerError::Unreadable { .. })
+        ));
+    }
+
+    /// A successor adopting a dead predecessor's state takes over exactly that marker: not a
+    /// marker of another dead process, nor of the same pid with another start time.
+    #[test]
+    fn only_the_named_predecessors_marker_is_taken_over() {
+        let dir = tempfile::tempdir().unwrap();
+        let m = ArmedMarker::create(dir.path(), "emu").unwrap();
+        let mut c: MarkerContent = read_marker(m.path()).unwrap();
+        let mut child = std::process::Command::new("true").spawn().unwrap();
+        c.pid = child.id() as i32;
+        c.pid_start_ticks = 12345;
+        child.wait().unwrap();
+        std::fs::write(m.path(), serde_json::to_vec(&c).unwrap()).unwrap();
+        for wrong in [None, Some((c.pid, 1)), Some((c.pid + 1, 12345))] {
+            assert!(
+                matches!(
+                    ArmedMarker::create_after(dir.path(), "emu", wrong),
+                    Err(MarkerError::PendingFence { .. })
+                ),
+                "{wrong:?}"
+            );
+        }
+        // Another watchdog than the predecessor's: refused too.
+        assert!(ArmedMarker::create_after(dir.path(), "other", Some((c.pid, 12345))).is_err());
+        let taken = ArmedMarker::create_after(dir.path(), "emu", Some((c.pid, 12345))).unwrap();
+        assert_eq!(
+            read_marker(taken.path()).unwrap().pid,
+            std::process::id() as i32
+        );
+        // Ours now: a second take-over is "in use".
+        assert!(matches!(
+            ArmedMarker::create_after(dir.path(), "emu", Some((c.pid, 12345))),
+            Err(MarkerError::InUse { .. })
         ));
     }
 }

@@ -200,6 +200,9 @@ pub enum StateError {
     /// The adoption rule refuses it.
     #[error("not adopted: {0}")]
     Refused(String),
+    /// Its writer still runs (another tenured): it is that one's, not to be touched.
+    #[error("its writer, pid {0}, is still running")]
+    WriterRunning(i32),
 }
 
 fn hex(b: &[u8]) -> String {
@@ -291,10 +294,7 @@ impl HostState {
             )));
         }
         if pid_start_ticks(self.pid) == Some(self.pid_start_ticks) {
-            return Err(StateError::Refused(format!(
-                "its writer, pid {}, is still running",
-                self.pid
-            )));
+            return Err(StateError::WriterRunning(self.pid));
         }
         if !self.in_flight.is_empty() {
             return Err(StateError::Refused(format!(
@@ -456,6 +456,20 @@ impl Host {
     /// An error from supervision after that ([`StateError::Refused`] naming it) leaves it
     /// half adopted: the caller must not serve (the watchdog decides, as without adoption).
     pub fn adopt(
+        &mut self,
+        now: Time,
+        state: &HostState,
+        alive: &dyn Fn(i32, u64) -> bool,
+        conns: &dyn Fn(u64) -> Option<ClientKey>,
+    ) -> Result<Adopted, StateError> {
+        let r = self.adopt_checked(now, state, alive, conns);
+        if r.is_err() && self.spaces.is_empty() {
+            self.sup.forget_predecessor();
+        }
+        r
+    }
+
+    fn adopt_checked(
         &mut self,
         now: Time,
         state: &HostState,

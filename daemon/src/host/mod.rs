@@ -105,6 +105,9 @@ pub trait Supervision: std::fmt::Debug + Send {
     fn take_cleared(&mut self) -> Vec<String>;
     /// For `status`.
     fn status(&self) -> serde_json::Value;
+    /// An adoption was refused: a dead predecessor's armed marker must not be taken over
+    /// by a later arming (crate::host::handover).
+    fn forget_predecessor(&mut self) {}
 }
 
 /// Who a client is (SO_PEERCRED and what it said about itself).
