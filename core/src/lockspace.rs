@@ -19,8 +19,8 @@ pub use ops::{
 
 use crate::clock::Time;
 use crate::delta::{
-    AdoptError, DeltaConfig, DeltaError, DeltaHandover, DeltaEvent, DeltaIo, DeltaLease, HostEntry, HostEvent, HostStatus,
-    JoinPhase,
+    AdoptError, DeltaConfig, DeltaError, DeltaEvent, DeltaHandover, DeltaIo, DeltaLease, HostEntry,
+    HostEvent, HostStatus, JoinPhase,
 };
 use crate::io::{
     Completion, DiskId, IoBackend, IoError, IoId, IoKind, IoOutcome, IoRequest, SubmitError,
@@ -240,6 +240,11 @@ impl LockspaceSet {
         e.lease = lease;
         e.state = LockspaceState::Joined { generation };
         Ok(id)
+    }
+
+    /// True while lockspace `id`'s own I/O (a join, renewal or release step) is in flight.
+    pub fn delta_io_in_flight(&self, id: LockspaceId) -> bool {
+        self.entry_ref(id).is_some_and(|e| e.inflight.is_some())
     }
 
     /// What another process needs to go on renewing lockspace `id` (`None` unless joined and
@@ -827,7 +832,10 @@ mod tests {
             area_offset: 0,
             timeouts: Timeouts::new(1, 10),
         };
-        for (round, crash_after_ms) in (0u64..24).map(|i| (i, 2_000 + i * 173)).chain([(50, 10_000), (99, 0)]) {
+        for (round, crash_after_ms) in (0u64..24)
+            .map(|i| (i, 2_000 + i * 173))
+            .chain([(50, 10_000), (99, 0)])
+        {
             // Round 50 crashes while a renewal write is in flight (it lands after the crash,
             // with a timestamp the saved handover never saw).
             let in_flight = round == 50;
@@ -872,7 +880,9 @@ mod tests {
             };
             // Run, keeping the handover as a state file would (after each renewal), then crash.
             let mut saved = a.handover(ia).expect("joined");
-            let crash_at = clock.now().saturating_add(Duration::from_millis(crash_after_ms));
+            let crash_at = clock
+                .now()
+                .saturating_add(Duration::from_millis(crash_after_ms));
             let mut caught_in_flight = false;
             while clock.now() < crash_at {
                 step_both(&mut a, &mut b);
@@ -886,7 +896,10 @@ mod tests {
                     }
                 }
             }
-            assert_eq!(caught_in_flight, in_flight, "round {round}: a write in flight");
+            assert_eq!(
+                caught_in_flight, in_flight,
+                "round {round}: a write in flight"
+            );
             storage.crash(0);
             drop(a);
             // Restarted 1.5 s later (within the 8 s deadline).
@@ -928,7 +941,10 @@ mod tests {
                     }
                     continue;
                 }
-                assert_eq!(entry.generation, generation, "round {round}: same generation");
+                assert_eq!(
+                    entry.generation, generation,
+                    "round {round}: same generation"
+                );
                 assert_eq!(*status, HostStatus::Live, "round {round}: live all along");
                 assert_eq!(
                     a.state(ia),
@@ -943,7 +959,11 @@ mod tests {
                 );
             } else {
                 assert!(
-                    a.renewal_history(ia).iter().filter(|r| r.error.is_none()).count() >= 5,
+                    a.renewal_history(ia)
+                        .iter()
+                        .filter(|r| r.error.is_none())
+                        .count()
+                        >= 5,
                     "round {round}: renewing"
                 );
             }
@@ -980,10 +1000,7 @@ mod tests {
             Err(AdoptError::DeadlinePassed { .. })
         ));
         let other = DeltaHandover {
-            last_written: LeaderRecord {
-                owner_id: 2,
-                ..rec
-            },
+            last_written: LeaderRecord { owner_id: 2, ..rec },
             ..h
         };
         assert!(matches!(
@@ -992,7 +1009,13 @@ mod tests {
         ));
         let d = DeltaLease::adopted(cfg, h, Time::from_nanos(57_900_000_000)).expect("in time");
         assert!(d.is_joined());
-        assert_eq!(d.handover(), Some(DeltaHandover { max_written_ts: 57, ..h }));
+        assert_eq!(
+            d.handover(),
+            Some(DeltaHandover {
+                max_written_ts: 57,
+                ..h
+            })
+        );
     }
 
     #[test]

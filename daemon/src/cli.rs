@@ -78,6 +78,9 @@ enum Command {
     /// Watchdogs: probe devices, test one, or run the emulated watchdog.
     #[command(subcommand)]
     Watchdog(crate::watchdog_cmd::WatchdogCmd),
+    /// The daemon itself.
+    #[command(subcommand)]
+    Daemon(DaemonCmd),
     /// What tenured is doing: lockspaces with renewals and deadlines, leases with holders,
     /// the watchdog.
     Status {
@@ -114,6 +117,23 @@ enum Command {
         /// PATH[:OFFSET[:SIZE]]; OFFSET and SIZE in bytes or with an M suffix (MiB).
         target: String,
         /// One JSON object instead of tables.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+/// `tenure daemon ...`.
+#[derive(Debug, Subcommand)]
+pub enum DaemonCmd {
+    /// Replace the running tenured by a new binary without losing a lease, a client
+    /// connection or a watchdog keepalive: it hands everything over and exits once the new
+    /// one took over (docs/operations.md "Upgrading tenured"). If the new one fails, the old
+    /// one goes on serving and this says why.
+    Upgrade {
+        /// The new binary (default: the path the running tenured was started from).
+        #[arg(long, value_name = "PATH")]
+        binary: Option<std::path::PathBuf>,
+        /// Print the reply as JSON.
         #[arg(long)]
         json: bool,
     },
@@ -430,6 +450,9 @@ fn run(cli: Cli) -> Result<ExitCode, String> {
     let socket = || d::socket_path(cli.socket.as_deref());
     match cli.command {
         Command::Status { json } => d::status(&socket(), json),
+        Command::Daemon(DaemonCmd::Upgrade { binary, json }) => {
+            d::upgrade(&socket(), binary.as_deref(), json)
+        }
         Command::Run {
             leases,
             no_wait,

@@ -255,6 +255,35 @@ fn lockspaces_table(list: &[Value]) -> String {
 }
 
 /// `tenure status`.
+/// `tenure daemon upgrade`: the answer comes from the new tenured once it took over.
+pub fn upgrade(socket: &Path, binary: Option<&Path>, json: bool) -> Result<ExitCode, String> {
+    let binary = match binary {
+        Some(b) => Some(
+            std::path::absolute(b)
+                .map_err(|e| format!("{}: {e}", b.display()))?
+                .display()
+                .to_string(),
+        ),
+        None => None,
+    };
+    let mut c = connect(socket)?;
+    // Waiting for quiescence and the new process's confirmation takes up to their limits.
+    let limit = crate::upgrade::QUIESCE_MAX + crate::upgrade::CONFIRM_MAX + Duration::from_secs(5);
+    c.set_timeout(Some(limit)).map_err(|e| e.to_string())?;
+    let v = call(&mut c, &Request::Upgrade { binary })?;
+    print(json, &v, |v| {
+        format!(
+            "upgraded: tenured {} (pid {}) took over from {} (pid {}) in {} ms",
+            s(&v["version"]),
+            s(&v["pid"]),
+            s(&v["from_version"]),
+            s(&v["from_pid"]),
+            s(&v["took_ms"])
+        )
+    })?;
+    Ok(ExitCode::SUCCESS)
+}
+
 pub fn status(socket: &Path, json: bool) -> Result<ExitCode, String> {
     let v = ask(socket, &Request::Status {})?;
     print(json, &v, |v| {

@@ -3,7 +3,7 @@
 //! Library modules: [`config`] (tenured.toml and the embedded default), [`proto`] (the native
 //! client protocol), [`client`] (its Rust client), [`host`] (decisions without I/O: local
 //! exclusion between this host's clients), [`server`] (the reactor), [`supervise`] (holder
-//! supervision and watchdog feeding), and the `tenure` command line ([`cli`], [`daemon_cmd`],
+//! supervision and watchdog feeding), [`upgrade`] (the hand-over to a new tenured), and the `tenure` command line ([`cli`], [`daemon_cmd`],
 //! [`render`], [`watchdog_cmd`]). The binaries are thin glue over these.
 
 #![forbid(unsafe_code)]
@@ -19,4 +19,5 @@ pub mod render;
 pub mod sanlock_wire;
 pub mod server;
 pub mod supervise;
+pub mod upgrade;
 pub mod watchdog_cmd;

@@ -38,6 +38,14 @@ pub enum Request {
     /// Lockspaces, leases, watchdog and clients. (Variants without fields are written `{}`
     /// so that unknown fields are refused for them too.)
     Status {},
+    /// Hand everything over to a new tenured (the binary at `binary`, or this one's path)
+    /// and exit once it took over (docs/operations.md "Upgrading tenured"). The answer comes
+    /// from the new process.
+    Upgrade {
+        /// The new binary (absent: the path this tenured was started from).
+        #[serde(default)]
+        binary: Option<String>,
+    },
     /// Join a lockspace: `NAME:HOST_ID:PATH:OFFSET`. With `wait`, the reply comes when the
     /// join ended; otherwise at once (follow it with `lockspace_list`).
     LockspaceAdd {
@@ -716,6 +724,7 @@ impl Request {
             }
             front @ (Request::Hello { .. }
             | Request::Status {}
+            | Request::Upgrade { .. }
             | Request::LockspaceList {}
             | Request::Hosts { .. }
             | Request::Owners { .. }) => return Decoded::Front(front),

@@ -40,9 +40,9 @@ use tenure_format::{Geometry, LeaderRecord, Name, ResourceSpec};
 
 use crate::config::Config;
 use crate::host::command::{Command, RindexCommand};
+use crate::host::handover::{self, STATE_FILE};
 use crate::host::registry::{ClientKey, Owner};
 use crate::host::reply::{Done, Reply};
-use crate::host::handover::{self, STATE_FILE};
 use crate::host::{ClientInfo, Host, HostConfig, Output, ProbeKey};
 use crate::proto::{self, Decoded, ErrorCode, ErrorReply, Request, Split, PROTOCOL_VERSION};
 use crate::supervise::{Supervisor, SupervisorConfig};
@@ -218,6 +218,29 @@ pub struct Server {
     own_ticks: u64,
     /// What was adopted from a predecessor, for `status`.
     adopted: Option<serde_json::Value>,
+    /// A planned upgrade waiting for nothing to be in flight (crate::upgrade).
+    upgrade: Option<PendingUpgrade>,
+    /// This binary and its arguments (a SIGHUP upgrade starts the binary at the same path).
+    exe: PathBuf,
+    args: Vec<std::ffi::OsString>,
+}
+
+/// An upgrade asked for and not yet handed over.
+#[derive(Debug)]
+struct PendingUpgrade {
+    /// Who asked (SIGHUP: nobody).
+    requester: Option<ClientKey>,
+    /// The binary to start.
+    binary: PathBuf,
+    asked: std::time::Instant,
+    asked_at: Time,
+}
+
+/// What a new tenured received from the one it replaces (crate::upgrade).
+#[derive(Debug)]
+pub struct Inherited {
+    doc: crate::upgrade::Handover,
+    fds: Vec<OwnedFd>,
 }
 
 /// The state file a predecessor left, if it may be adopted (crate::host::handover); any
@@ -291,6 +314,81 @@ impl Server {
     /// main thread before any other thread is started (SIGTERM/SIGINT are blocked here and
     /// read from a signalfd; threads inherit the mask).
     pub fn new(cfg: Config, backend: BackendKind) -> Result<Self, ServerError> {
+        Self::build(cfg, backend, None)
+    }
+
+    /// A new tenured taking over from the running one (`tenured --takeover SOCKET`, started
+    /// by its `upgrade`): receives everything over `socket`, builds the server around it,
+    /// answers `ready` and waits for `go`. Any failure is answered `error: ...` and returned:
+    /// the old one goes on serving.
+    pub fn take_over(
+        cfg: Config,
+        backend: BackendKind,
+        socket: &Path,
+    ) -> Result<Self, ServerError> {
+        let deadline = std::time::Instant::now() + crate::upgrade::CONFIRM_MAX;
+        let mut chan = UnixStream::connect(socket).map_err(setup(format!(
+            "connecting to the old tenured at {}",
+            socket.display()
+        )))?;
+        let fail = |chan: &mut UnixStream, e: String| {
+            let line = format!("error: {}\n", e.replace('\n', " "));
+            let _ = chan.write_all(line.as_bytes());
+            ServerError::Config(e)
+        };
+        let (doc, fds) = match crate::upgrade::receive(&mut chan, deadline) {
+            Ok(x) => x,
+            Err(e) => return Err(fail(&mut chan, e.to_string())),
+        };
+        let requester = doc.requester;
+        let from = (doc.host.pid, doc.from_version.clone(), doc.asked_at_ns);
+        let mut server = match Self::build(cfg, backend, Some(Inherited { doc, fds })) {
+            Ok(s) => s,
+            Err(e) => return Err(fail(&mut chan, e.to_string())),
+        };
+        chan.write_all(b"ready\n")
+            .map_err(setup("answering the old tenured"))?;
+        match crate::upgrade::read_line(&mut chan, deadline) {
+            Ok(l) if l == "go" => {}
+            Ok(l) => {
+                return Err(ServerError::Config(format!(
+                    "the old tenured answered {l:?}, not go: not serving"
+                )))
+            }
+            Err(e) => {
+                return Err(ServerError::Config(format!(
+                    "no go from the old tenured ({e}): not serving"
+                )))
+            }
+        }
+        // Ours from here on.
+        server.persist();
+        let took_ms = server.clock.now().as_nanos().saturating_sub(from.2) / 1_000_000;
+        tracing::warn!(from_pid = from.0, from_version = %from.1, took_ms, "took over from the previous tenured: serving");
+        if let Some(serial) = requester {
+            let k = (0..server.conns.len())
+                .filter_map(|i| server.key(i))
+                .find(|k| k.serial == serial);
+            if let Some(k) = k {
+                let r = Reply::Done(Done::View(json!({
+                    "upgraded": true,
+                    "from_pid": from.0,
+                    "from_version": from.1,
+                    "pid": std::process::id(),
+                    "version": env!("CARGO_PKG_VERSION"),
+                    "took_ms": took_ms,
+                })));
+                server.reply(k, r);
+            }
+        }
+        Ok(server)
+    }
+
+    fn build(
+        cfg: Config,
+        backend: BackendKind,
+        mut inherited: Option<Inherited>,
+    ) -> Result<Self, ServerError> {
         let mut mask = SigSet::empty();
         mask.add(Signal::SIGTERM);
         mask.add(Signal::SIGINT);
@@ -321,8 +419,36 @@ impl Server {
         std::fs::create_dir_all(&cfg.state_dir)
             .map_err(setup(format!("creating {}", cfg.state_dir.display())))?;
         let socket_path = cfg.socket_path();
-        let listener = bind(&socket_path, cfg.socket_group.as_deref(), 0o600)?;
+        // What the old tenured hands over comes in the order crate::upgrade::Handover lists.
+        let mut fds = inherited
+            .as_mut()
+            .map(|i| std::mem::take(&mut i.fds))
+            .unwrap_or_default()
+            .into_iter();
+        let mut next_fd = |what: &str| {
+            fds.next().ok_or_else(|| {
+                ServerError::Config(format!("the old tenured handed over no fd for {what}"))
+            })
+        };
+        let listener = match &inherited {
+            Some(_) => UnixListener::from(next_fd("the socket")?),
+            None => bind(&socket_path, cfg.socket_group.as_deref(), 0o600)?,
+        };
+        let inherited_sanlock = match &inherited {
+            Some(i) if i.doc.sanlock_listener => {
+                Some(UnixListener::from(next_fd("the sanlock socket")?))
+            }
+            _ => None,
+        };
+        let inherited_watchdog = match &inherited {
+            Some(i) if i.doc.watchdog_fd => Some(next_fd("the watchdog")?),
+            _ => None,
+        };
         let sanlock_listener = match cfg.sanlock_socket_dir() {
+            Some(dir) if inherited_sanlock.is_some() => {
+                let p = dir.join("sanlock.sock");
+                inherited_sanlock.map(|l| (l, p))
+            }
             Some(dir) => {
                 std::fs::create_dir_all(&dir)
                     .map_err(setup(format!("creating {}", dir.display())))?;
@@ -354,10 +480,19 @@ impl Server {
         };
         let state_path = cfg.run_dir.join(STATE_FILE);
         let boot_id = tenure_watchdog::marker::boot_id();
-        let inherited = inherited_state(&state_path, &boot_id);
+        // After a crash, the state file; in an upgrade, what the old process sent.
+        let crashed = match &inherited {
+            Some(_) => None,
+            None => inherited_state(&state_path, &boot_id),
+        };
+        let handed_over = inherited.as_ref().map(|i| crate::supervise::HandedOver {
+            from: (i.doc.host.pid, i.doc.host.pid_start_ticks),
+            fd: inherited_watchdog,
+        });
         let sup = Supervisor::start(
             SupervisorConfig {
-                predecessor: inherited.as_ref().map(|s| (s.pid, s.pid_start_ticks)),
+                predecessor: crashed.as_ref().map(|s| (s.pid, s.pid_start_ticks)),
+                handed_over,
                 watchdog,
                 fire_timeout_s: cfg.watchdog.fire_timeout_s,
                 marker_dir: cfg.run_dir.clone(),
@@ -389,7 +524,26 @@ impl Server {
             wall_epoch_ms,
         );
         let me = std::process::id() as i32;
+        let exe = std::env::current_exe()
+            .map(|p| {
+                // A binary replaced on disk (a package upgrade) reads "... (deleted)".
+                let s = p.to_string_lossy();
+                PathBuf::from(s.strip_suffix(" (deleted)").unwrap_or(&s).to_owned())
+            })
+            .unwrap_or_else(|_| PathBuf::from("/usr/sbin/tenured"));
+        let mut args: Vec<std::ffi::OsString> = Vec::new();
+        let mut it = std::env::args_os().skip(1);
+        while let Some(a) = it.next() {
+            if a == "--takeover" {
+                let _ = it.next();
+                continue;
+            }
+            args.push(a);
+        }
         let mut server = Server {
+            upgrade: None,
+            exe,
+            args,
             state_path,
             state_written: None,
             holder_ticks: HashMap::new(),
@@ -422,11 +576,157 @@ impl Server {
             signals,
             watched: HashMap::new(),
         };
-        if let Some(st) = inherited {
+        if let Some(st) = crashed {
             server.adopt_inherited(&st)?;
         }
-        server.persist();
+        if let Some(i) = inherited {
+            server.adopt_handed_over(i.doc, fds.collect())?;
+        } else {
+            server.persist();
+        }
         Ok(server)
+    }
+
+    /// The connections, event fds and state the old tenured handed over (crate::upgrade).
+    fn adopt_handed_over(
+        &mut self,
+        doc: crate::upgrade::Handover,
+        fds: Vec<OwnedFd>,
+    ) -> Result<(), ServerError> {
+        let bad = |e: String| ServerError::Config(format!("taking over: {e}"));
+        let need = doc.conns.len() + doc.event_fds.iter().map(|(_, n)| n).sum::<usize>();
+        if fds.len() != need {
+            return Err(bad(format!(
+                "{} fds for {need} connections and event fds",
+                fds.len()
+            )));
+        }
+        if !doc.host.in_flight.is_empty() || !doc.host.lost.is_empty() {
+            return Err(bad(
+                "the old tenured handed over with operations in flight or lockspaces lost".into(),
+            ));
+        }
+        let mut fds = fds.into_iter();
+        let mut serials = HashMap::new();
+        for c in &doc.conns {
+            // Counted above.
+            let stream = UnixStream::from(fds.next().expect("counted"));
+            stream
+                .set_nonblocking(true)
+                .map_err(|e| bad(format!("connection {}: {e}", c.serial)))?;
+            let hex = |h: &str| {
+                crate::host::unhex_any(h).map_err(|e| bad(format!("connection {}: {e}", c.serial)))
+            };
+            let proto = match c.proto.as_str() {
+                "native" => Proto::Native,
+                "sanlock" => Proto::Sanlock(sanlock::SanlockConn {
+                    registered: c.registered,
+                    ..sanlock::SanlockConn::default()
+                }),
+                other => return Err(bad(format!("connection {}: protocol {other:?}", c.serial))),
+            };
+            let idx = self.conns.len();
+            if idx >= CLIENTS_MAX {
+                return Err(bad(format!("more than {CLIENTS_MAX} connections")));
+            }
+            self.conns.push(Some(Conn {
+                serial: c.serial,
+                stream,
+                hello: c.hello,
+                inbuf: hex(&c.inbuf_hex)?,
+                outbuf: hex(&c.outbuf_hex)?,
+                busy: doc.requester == Some(c.serial),
+                closing: c.closing,
+                deferred: None,
+                proto,
+            }));
+            let k = ClientKey {
+                idx,
+                serial: c.serial,
+            };
+            if let Some(ci) = &c.client {
+                self.host.client_connected(
+                    k,
+                    ClientInfo {
+                        pid: ci.pid,
+                        uid: ci.uid,
+                        name: ci.name.clone(),
+                        kill_path: ci.kill_path.clone(),
+                        restrict: ci.restrict,
+                    },
+                );
+            }
+            serials.insert(c.serial, k);
+            self.next_serial = self.next_serial.max(c.serial);
+        }
+        for (space, n) in &doc.event_fds {
+            let v = self.event_fds.entry(space.clone()).or_default();
+            for _ in 0..*n {
+                v.push(UnixStream::from(fds.next().expect("counted")));
+            }
+        }
+        // The old process's state file: this one writes its own once it serves.
+        let mut keys: Vec<ProbeKey> = Vec::new();
+        for sp in &doc.host.spaces {
+            keys.push((PathBuf::from(&sp.path), sp.offset));
+        }
+        for l in &doc.host.leases {
+            keys.push((PathBuf::from(&l.path), l.offset));
+            for (p, o) in &l.mirrors {
+                keys.push((PathBuf::from(p), *o));
+            }
+        }
+        self.probe_now(keys);
+        let now = self.clock.now();
+        let alive = |pid: i32, ticks: u64| {
+            handover::pid_start_ticks(pid).is_some_and(|t| ticks == 0 || t == ticks)
+        };
+        let report = self
+            .host
+            .adopt(now, &doc.host, &alive, &|serial| {
+                serials.get(&serial).copied()
+            })
+            .map_err(|e| bad(e.to_string()))?;
+        tracing::info!(
+            lockspaces = report.spaces.len(),
+            leases = report.leases,
+            connections = doc.conns.len(),
+            "state of the old tenured adopted"
+        );
+        self.adopted = doc.adopted;
+        self.drain();
+        Ok(())
+    }
+
+    /// Probes `keys` (device open, geometry) here and now, each within io_timeout (start-up
+    /// only: nothing else runs yet).
+    fn probe_now(&mut self, mut keys: Vec<ProbeKey>) {
+        keys.sort();
+        keys.dedup();
+        let limit = Duration::from_secs(self.cfg.io_timeout_s.max(1));
+        for key in keys {
+            if self.host.area(&key).is_some() {
+                continue;
+            }
+            let need_device = !self.host.has_disk(&key.0);
+            let (tx, rx) = channel();
+            let k2 = key.clone();
+            let spawned = std::thread::Builder::new()
+                .name("tenured-probe".into())
+                .spawn(move || {
+                    let _ = tx.send(probe(k2, need_device));
+                });
+            match spawned.ok().and_then(|_| rx.recv_timeout(limit).ok()) {
+                Some(p) => {
+                    if let Err(e) = self.host.probe_done(p.key, p.device, p.geometry) {
+                        tracing::warn!(path = %key.0.display(), offset = key.1, error = %e, "a lease area of the handed-over state cannot be read");
+                    }
+                }
+                None => {
+                    tracing::warn!(path = %key.0.display(), offset = key.1, "a device of the handed-over state did not answer within io_timeout");
+                }
+            }
+        }
     }
 
     /// Goes on from a dead predecessor's state (crate::host::handover, docs/operations.md
@@ -445,33 +745,7 @@ impl Server {
                 keys.push((PathBuf::from(p), *o));
             }
         }
-        keys.sort();
-        keys.dedup();
-        let limit = Duration::from_secs(self.cfg.io_timeout_s.max(1));
-        for key in keys {
-            if self.host.area(&key).is_some() {
-                continue;
-            }
-            let need_device = !self.host.has_disk(&key.0);
-            let (tx, rx) = channel();
-            let k2 = key.clone();
-            let spawned = std::thread::Builder::new()
-                .name("tenured-probe".into())
-                .spawn(move || {
-                    let _ = tx.send(probe(k2, need_device));
-                });
-            let got = spawned.ok().and_then(|_| rx.recv_timeout(limit).ok());
-            match got {
-                Some(p) => {
-                    if let Err(e) = self.host.probe_done(p.key, p.device, p.geometry) {
-                        tracing::warn!(path = %key.0.display(), offset = key.1, error = %e, "a lease area of the predecessor's state cannot be read");
-                    }
-                }
-                None => {
-                    tracing::warn!(path = %key.0.display(), offset = key.1, "a device of the predecessor's state did not answer within io_timeout");
-                }
-            }
-        }
+        self.probe_now(keys);
         let now = self.clock.now();
         let alive = |pid: i32, ticks: u64| {
             handover::pid_start_ticks(pid).is_some_and(|t| ticks == 0 || t == ticks)
@@ -510,6 +784,260 @@ impl Server {
         }
     }
 
+    /// Nothing is in flight that a hand-over would cut (crate::upgrade), or what is.
+    fn quiescent(&self) -> Result<(), String> {
+        self.host.quiescent()?;
+        let requester = self.upgrade.as_ref().and_then(|u| u.requester);
+        if !self.probing.is_empty() {
+            return Err(format!("{} device probes running", self.probing.len()));
+        }
+        if self.jobs_running > 0 {
+            return Err(format!("{} direct I/O jobs running", self.jobs_running));
+        }
+        if !self.front_ops.is_empty() {
+            return Err("a resource index operation runs".into());
+        }
+        if !self.inq_waiters.is_empty() || !self.shutdown_waiters.is_empty() {
+            return Err("clients wait for a lockspace or for shutdown".into());
+        }
+        for (i, c) in self.conns.iter().enumerate() {
+            let Some(c) = c else { continue };
+            let k = ClientKey {
+                idx: i,
+                serial: c.serial,
+            };
+            if (c.busy && Some(k) != requester) || c.deferred.is_some() {
+                return Err(format!(
+                    "a request of connection {} is being answered",
+                    c.serial
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// The upgrade asked for: handed over once nothing is in flight (then this process
+    /// exits), or given up after crate::upgrade::QUIESCE_MAX with the reason.
+    fn try_upgrade(&mut self) {
+        let Some(u) = &self.upgrade else { return };
+        let quiet = self.quiescent();
+        let outcome = match quiet {
+            Ok(()) => self.hand_over(),
+            Err(why) if u.asked.elapsed() >= crate::upgrade::QUIESCE_MAX => Err(format!(
+                "not upgraded: after {} s something is still in flight ({why}); try again",
+                crate::upgrade::QUIESCE_MAX.as_secs()
+            )),
+            Err(_) => return,
+        };
+        // hand_over returns only when it failed.
+        let message = match outcome {
+            Ok(()) => return,
+            Err(m) => m,
+        };
+        tracing::error!(error = %message, "upgrade failed: this tenured goes on serving");
+        if let Some(u) = self.upgrade.take() {
+            if let Some(k) = u.requester {
+                self.reply(k, err(ErrorCode::Failed, message));
+            }
+        }
+    }
+
+    /// Hands everything to a new process and exits once it confirmed; returns the reason
+    /// when it did not (this process goes on serving).
+    fn hand_over(&mut self) -> Result<(), String> {
+        let Some(u) = &self.upgrade else {
+            return Err("internal: no upgrade asked for".into());
+        };
+        let (binary, requester, asked_at) = (u.binary.clone(), u.requester, u.asked_at);
+        let wd_fd = self.host.freeze_supervision()?;
+        let r = self.hand_over_frozen(&binary, requester, asked_at, wd_fd);
+        // Only a failure comes back.
+        self.host.thaw_supervision();
+        r
+    }
+
+    fn hand_over_frozen(
+        &mut self,
+        binary: &Path,
+        requester: Option<ClientKey>,
+        asked_at: Time,
+        wd_fd: Option<OwnedFd>,
+    ) -> Result<(), String> {
+        let now = self.clock.now();
+        let me = std::process::id() as i32;
+        let ticks = &mut self.holder_ticks;
+        let host = self
+            .host
+            .state(now, &self.boot_id, me, self.own_ticks, &mut |p| {
+                *ticks
+                    .entry(p)
+                    .or_insert_with(|| handover::pid_start_ticks(p).unwrap_or(0))
+            });
+        let dup = |fd: BorrowedFd<'_>, what: &str| {
+            fd.try_clone_to_owned()
+                .map_err(|e| format!("duplicating {what}: {e}"))
+        };
+        let mut fds: Vec<OwnedFd> = vec![dup(self.listener.as_fd(), "the socket")?];
+        if let Some((l, _)) = &self.sanlock_listener {
+            fds.push(dup(l.as_fd(), "the sanlock socket")?);
+        }
+        let watchdog_fd = wd_fd.is_some();
+        fds.extend(wd_fd);
+        let mut conns = Vec::new();
+        for (i, c) in self.conns.iter().enumerate() {
+            let Some(c) = c else { continue };
+            let k = ClientKey {
+                idx: i,
+                serial: c.serial,
+            };
+            fds.push(dup(c.stream.as_fd(), "a connection")?);
+            let info = self
+                .host
+                .client(k)
+                .map(|ci| crate::upgrade::ClientHandover {
+                    pid: ci.pid,
+                    uid: ci.uid,
+                    name: ci.name.clone(),
+                    kill_path: ci.kill_path.clone(),
+                    restrict: ci.restrict,
+                });
+            let (proto, registered) = match &c.proto {
+                Proto::Native => ("native", false),
+                Proto::Sanlock(sc) => ("sanlock", sc.registered),
+            };
+            conns.push(crate::upgrade::ConnHandover {
+                serial: c.serial,
+                proto: proto.into(),
+                hello: c.hello,
+                registered,
+                closing: c.closing,
+                inbuf_hex: crate::host::hex(&c.inbuf),
+                outbuf_hex: crate::host::hex(&c.outbuf),
+                client: info,
+            });
+        }
+        let mut event_fds = Vec::new();
+        for (space, v) in &self.event_fds {
+            for s in v {
+                fds.push(dup(s.as_fd(), "an event fd")?);
+            }
+            event_fds.push((space.clone(), v.len()));
+        }
+        let doc = crate::upgrade::Handover {
+            format: crate::upgrade::HANDOVER_FORMAT.into(),
+            version: crate::upgrade::HANDOVER_VERSION,
+            from_version: env!("CARGO_PKG_VERSION").into(),
+            host,
+            sanlock_listener: self.sanlock_listener.is_some(),
+            watchdog_fd,
+            conns,
+            event_fds,
+            requester: requester.map(|k| k.serial),
+            asked_at_ns: asked_at.as_nanos(),
+            adopted: self.adopted.clone(),
+        };
+        let sock_path = self.cfg.run_dir.join(format!("tenured-handover-{me}.sock"));
+        let _ = std::fs::remove_file(&sock_path);
+        let l = std::os::unix::net::UnixListener::bind(&sock_path)
+            .map_err(|e| format!("hand-over socket {}: {e}", sock_path.display()))?;
+        let _ = std::fs::set_permissions(&sock_path, std::fs::Permissions::from_mode(0o600));
+        let r = self.hand_over_through(&l, &sock_path, binary, &doc, &fds);
+        let _ = std::fs::remove_file(&sock_path);
+        r
+    }
+
+    fn hand_over_through(
+        &mut self,
+        l: &std::os::unix::net::UnixListener,
+        sock_path: &Path,
+        binary: &Path,
+        doc: &crate::upgrade::Handover,
+        fds: &[OwnedFd],
+    ) -> Result<(), String> {
+        let deadline = std::time::Instant::now() + crate::upgrade::CONFIRM_MAX;
+        let mut child = std::process::Command::new(binary)
+            .args(&self.args)
+            .arg("--takeover")
+            .arg(sock_path)
+            .stdin(std::process::Stdio::null())
+            .spawn()
+            .map_err(|e| format!("starting {}: {e}", binary.display()))?;
+        let pid = child.id();
+        tracing::info!(pid, binary = %binary.display(), "new tenured started: handing over");
+        let kill = |child: &mut std::process::Child| {
+            let _ = child.kill();
+            let _ = child.wait();
+        };
+        l.set_nonblocking(true).map_err(|e| e.to_string())?;
+        let mut chan = loop {
+            match l.accept() {
+                Ok((s, _)) => {
+                    let peer = getsockopt(&s, PeerCredentials)
+                        .map(|c| c.pid())
+                        .unwrap_or(0);
+                    if u32::try_from(peer).ok() == Some(pid) {
+                        break s;
+                    }
+                    tracing::warn!(
+                        peer,
+                        "hand-over socket: a connection not from the new tenured, dropped"
+                    );
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+                Err(e) => {
+                    kill(&mut child);
+                    return Err(format!("hand-over socket: {e}"));
+                }
+            }
+            if let Ok(Some(st)) = child.try_wait() {
+                return Err(format!(
+                    "the new tenured ({}) exited before taking over: {st}",
+                    binary.display()
+                ));
+            }
+            if std::time::Instant::now() >= deadline {
+                kill(&mut child);
+                return Err(format!(
+                    "the new tenured did not connect within {} s",
+                    crate::upgrade::CONFIRM_MAX.as_secs()
+                ));
+            }
+            std::thread::sleep(Duration::from_millis(2));
+        };
+        let r = chan
+            .set_nonblocking(false)
+            .map_err(|e| e.to_string())
+            .and_then(|()| crate::upgrade::send(&mut chan, doc, fds).map_err(|e| e.to_string()))
+            .and_then(|()| {
+                crate::upgrade::read_line(&mut chan, deadline).map_err(|e| e.to_string())
+            });
+        match r {
+            Ok(line) if line == "ready" => {}
+            Ok(line) => {
+                kill(&mut child);
+                return Err(format!(
+                    "the new tenured refused the hand-over: {}",
+                    line.strip_prefix("error: ").unwrap_or(&line)
+                ));
+            }
+            Err(e) => {
+                kill(&mut child);
+                return Err(format!("hand-over to the new tenured: {e}"));
+            }
+        }
+        if let Err(e) = chan.write_all(b"go\n") {
+            kill(&mut child);
+            return Err(format!("telling the new tenured to go: {e}"));
+        }
+        crate::upgrade::notify_main_pid(pid);
+        tracing::warn!(
+            new_pid = pid,
+            "handed over to the new tenured: exiting (nothing is released)"
+        );
+        // Nothing is closed or released: the new process holds the same sockets and watchdog.
+        std::process::exit(0);
+    }
+
     /// Writes the state file when the host's state moved since it was last written
     /// (before any reply goes out, so a grant is on record before its holder hears of it).
     /// When it cannot be written it is removed: a stale state must never be adopted.
@@ -521,11 +1049,13 @@ impl Server {
         let now = self.clock.now();
         let me = std::process::id() as i32;
         let ticks = &mut self.holder_ticks;
-        let st = self.host.state(now, &self.boot_id, me, self.own_ticks, &mut |p| {
-            *ticks
-                .entry(p)
-                .or_insert_with(|| handover::pid_start_ticks(p).unwrap_or(0))
-        });
+        let st = self
+            .host
+            .state(now, &self.boot_id, me, self.own_ticks, &mut |p| {
+                *ticks
+                    .entry(p)
+                    .or_insert_with(|| handover::pid_start_ticks(p).unwrap_or(0))
+            });
         if self.holder_ticks.len() > 2 * st.leases.len() + 64 {
             let keep: std::collections::HashSet<i32> = st.leases.iter().map(|l| l.pid).collect();
             self.holder_ticks.retain(|p, _| keep.contains(p));
@@ -591,6 +1121,9 @@ impl Server {
             }
             self.drain();
             self.persist();
+            if self.upgrade.is_some() {
+                self.try_upgrade();
+            }
             if !self.inq_waiters.is_empty() {
                 self.sanlock_inq_waiters();
             }
@@ -743,20 +1276,31 @@ impl Server {
 
     fn wait_and_serve(&mut self) -> Result<(), ServerError> {
         let now = self.clock.now();
+        let upgrading = self.upgrade.is_some();
         let timeout = self
             .host
             .next_wakeup()
             .map_or(Duration::from_secs(1), |t| t.saturating_since(now))
-            .min(Duration::from_secs(1));
+            .min(if upgrading {
+                Duration::from_millis(5)
+            } else {
+                Duration::from_secs(1)
+            });
         // Sub-millisecond timers round up: never spin.
         let ms = u16::try_from(timeout.as_millis().max(1)).unwrap_or(1000);
         let mut fds: Vec<PollFd<'_>> = Vec::with_capacity(8 + self.conns.len());
         fds.push(PollFd::new(self.signals.as_fd(), PollFlags::POLLIN));
         fds.push(PollFd::new(self.wake.as_fd(), PollFlags::POLLIN));
-        fds.push(PollFd::new(self.listener.as_fd(), PollFlags::POLLIN));
+        // While an upgrade waits, no new client and no new request is taken in.
+        let intake = if upgrading {
+            PollFlags::empty()
+        } else {
+            PollFlags::POLLIN
+        };
+        fds.push(PollFd::new(self.listener.as_fd(), intake));
         let sl_at = fds.len();
         if let Some((l, _)) = &self.sanlock_listener {
-            fds.push(PollFd::new(l.as_fd(), PollFlags::POLLIN));
+            fds.push(PollFd::new(l.as_fd(), intake));
         }
         let notify: Option<BorrowedFd<'_>> = self.host.engine().notify_fd();
         let base = fds.len();
@@ -768,7 +1312,8 @@ impl Server {
         for (i, c) in self.conns.iter().enumerate() {
             if let Some(c) = c {
                 let mut fl = PollFlags::empty();
-                if !c.busy && !c.closing && c.inbuf.len() < proto::FRAME_MAX_BYTES + 4 {
+                if !upgrading && !c.busy && !c.closing && c.inbuf.len() < proto::FRAME_MAX_BYTES + 4
+                {
                     fl |= PollFlags::POLLIN;
                 }
                 if !c.outbuf.is_empty() {
@@ -873,7 +1418,16 @@ impl Server {
 
     fn on_signal(&mut self, signo: i32) {
         if signo == libc::SIGHUP {
-            tracing::info!("SIGHUP ignored (configuration is read at start-up)");
+            // systemctl reload: an upgrade to the binary at this one's path.
+            if self.upgrade.is_none() {
+                tracing::info!(binary = %self.exe.display(), "SIGHUP: upgrading to the binary at this path");
+                self.upgrade = Some(PendingUpgrade {
+                    requester: None,
+                    binary: self.exe.clone(),
+                    asked: std::time::Instant::now(),
+                    asked_at: self.clock.now(),
+                });
+            }
             return;
         }
         let now = self.clock.now();
@@ -1190,6 +1744,20 @@ impl Server {
         match req {
             Request::Hello { .. } => Some(err(ErrorCode::BadRequest, "hello was already said")),
             Request::Status {} => Some(Reply::Done(Done::View(self.status()))),
+            Request::Upgrade { binary } => {
+                if self.upgrade.is_some() {
+                    return Some(err(ErrorCode::Busy, "an upgrade is in progress already"));
+                }
+                let binary = binary.map_or_else(|| self.exe.clone(), PathBuf::from);
+                tracing::info!(binary = %binary.display(), "upgrade asked for: waiting for nothing to be in flight");
+                self.upgrade = Some(PendingUpgrade {
+                    requester: Some(k),
+                    binary,
+                    asked: std::time::Instant::now(),
+                    asked_at: self.clock.now(),
+                });
+                None
+            }
             Request::LockspaceList {} => Some(Reply::Done(Done::View(self.lockspace_list()))),
             Request::Hosts { lockspace } => Some(self.hosts(&lockspace)),
             Request::Owners { resource } => self.owners(k, &resource),

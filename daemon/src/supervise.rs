@@ -29,7 +29,7 @@ use crate::host::guard::{Guard, GuardConfig, GuardEffect, GuardError, KillSignal
 pub use crate::host::guard::{SpaceStatus, HOLDERS_MAX, SPACES_MAX, TEST_INTERVAL};
 
 /// Supervisor settings.
-#[derive(Clone, Debug)]
+#[derive(Debug)]
 pub struct SupervisorConfig {
     /// The watchdog.
     pub watchdog: WatchdogSpec,
@@ -46,6 +46,19 @@ pub struct SupervisorConfig {
     /// A dead predecessor (pid, start ticks) whose state this process adopts: its armed
     /// marker is taken over at the first arming instead of refused (crate::host::handover).
     pub predecessor: Option<(i32, u64)>,
+    /// A running predecessor handing over (a planned upgrade): its pid and start ticks, and
+    /// its armed watchdog's fd (none for kind none), used at the first arming instead of
+    /// opening the watchdog.
+    pub handed_over: Option<HandedOver>,
+}
+
+/// The watchdog a running predecessor hands over ([`SupervisorConfig::handed_over`]).
+#[derive(Debug)]
+pub struct HandedOver {
+    /// Its pid and start ticks.
+    pub from: (i32, u64),
+    /// The armed device's (or emulator connection's) fd.
+    pub fd: Option<OwnedFd>,
 }
 
 #[derive(Debug)]
@@ -59,6 +72,8 @@ struct State {
     /// What the last pass did with the watchdog (status).
     last_tick: Option<String>,
     stop: bool,
+    /// Handing over to a successor: no pass, no feeding, no kill (thawed if it fails).
+    frozen: bool,
 }
 
 /// Supervisor view for `status`.
@@ -125,6 +140,7 @@ impl Supervisor {
                 pidfds: HashMap::new(),
                 last_tick: None,
                 stop: false,
+                frozen: false,
             }),
             Condvar::new(),
         ));
@@ -157,12 +173,22 @@ impl Supervisor {
         st.guard.add_space(name, host_id)?;
         if st.watchdog.is_none() {
             let predecessor = st.cfg.predecessor.take();
-            match ArmedWatchdog::arm_after(
-                &st.cfg.watchdog,
-                st.cfg.fire_timeout_s,
-                &st.cfg.marker_dir,
-                predecessor,
-            ) {
+            let armed = match st.cfg.handed_over.take() {
+                Some(h) => ArmedWatchdog::from_handover(
+                    &st.cfg.watchdog,
+                    st.cfg.fire_timeout_s,
+                    &st.cfg.marker_dir,
+                    h.fd,
+                    h.from,
+                ),
+                None => ArmedWatchdog::arm_after(
+                    &st.cfg.watchdog,
+                    st.cfg.fire_timeout_s,
+                    &st.cfg.marker_dir,
+                    predecessor,
+                ),
+            };
+            match armed {
                 Ok(wd) => {
                     tracing::info!(watchdog = %st.cfg.watchdog, fire_timeout_s = st.cfg.fire_timeout_s, "watchdog armed");
                     st.watchdog = Some(wd);
@@ -176,6 +202,25 @@ impl Supervisor {
         drop(st);
         self.poke();
         Ok(())
+    }
+
+    /// Stops every decision (no pass, no feeding, no kill) for a hand-over to a successor,
+    /// and returns a duplicate of the armed watchdog's fd for it (`None`: not armed, or
+    /// kind none). [`Supervisor::thaw`] resumes if the hand-over fails.
+    pub fn freeze(&self) -> Result<Option<OwnedFd>, SuperviseError> {
+        let mut st = self.lock();
+        let fd = match &st.watchdog {
+            Some(w) => w.handover_fd()?,
+            None => None,
+        };
+        st.frozen = true;
+        Ok(fd)
+    }
+
+    /// Resumes after [`Supervisor::freeze`].
+    pub fn thaw(&self) {
+        self.lock().frozen = false;
+        self.poke();
     }
 
     /// The lockspace was joined: its renewal deadline starts to gate feeding.
@@ -314,6 +359,12 @@ impl Drop for Supervisor {
 impl crate::host::Supervision for Supervisor {
     fn forget_predecessor(&mut self) {
         self.lock().cfg.predecessor = None;
+    }
+    fn freeze(&mut self) -> Result<Option<OwnedFd>, String> {
+        Supervisor::freeze(self).map_err(|e| e.to_string())
+    }
+    fn thaw(&mut self) {
+        Supervisor::thaw(self);
     }
     fn add_space(&mut self, name: &str, host_id: u64) -> Result<(), String> {
         Supervisor::add_space(self, name, host_id).map_err(|e| e.to_string())
@@ -462,6 +513,13 @@ fn run(shared: &Arc<(Mutex<State>, Condvar)>, wake: &EventFd) {
     loop {
         if st.stop {
             return;
+        }
+        if st.frozen {
+            st = cv
+                .wait_timeout(st, Duration::from_millis(50))
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .0;
+            continue;
         }
         let now = MonotonicClock.now();
         // The deaths that matter now: holders of lockspaces past their deadline.

@@ -579,12 +579,16 @@ fn successor(bed: &Bed) -> Host {
 fn run_for(bed: &mut Bed, d: Duration) {
     let end = bed.clock.now().saturating_add(d);
     let clock = bed.clock.clone();
-    bed.run_until(d.saturating_add(Duration::from_secs(1)), |_, _| clock.now() >= end);
+    bed.run_until(d.saturating_add(Duration::from_secs(1)), |_, _| {
+        clock.now() >= end
+    });
 }
 
 fn state_of(bed: &Bed) -> tenured::host::handover::HostState {
     let now = bed.clock.now();
-    let s = bed.host.state(now, "boot-1", 4242, 1, &mut |pid| pid as u64 * 10);
+    let s = bed
+        .host
+        .state(now, "boot-1", 4242, 1, &mut |pid| pid as u64 * 10);
     // What is written is what is read back.
     let back = tenured::host::handover::HostState::parse(&s.to_bytes()).expect("parse");
     assert_eq!(back, s);
@@ -652,12 +656,15 @@ fn a_successor_adopts_the_lockspace_and_leases_of_a_crashed_host() {
                 ),
                 "the adopted lockspace stays joined in generation {generation}"
             );
-            h.engine().renewal_deadline(h.spaces()[0].id).is_some_and(|d| {
-                d > start.saturating_add(Duration::from_secs(20))
-            })
+            h.engine()
+                .renewal_deadline(h.spaces()[0].id)
+                .is_some_and(|d| d > start.saturating_add(Duration::from_secs(20)))
         });
         let leader = bed.leader();
-        assert_eq!((leader.owner_id, leader.owner_generation, leader.lver), (1, generation, lver));
+        assert_eq!(
+            (leader.owner_id, leader.owner_generation, leader.lver),
+            (1, generation, lver)
+        );
         // Local exclusion holds for the adopted lease.
         let b = bed.client(1, 101);
         match bed.acquire(b, false) {
@@ -668,7 +675,11 @@ fn a_successor_adopts_the_lockspace_and_leases_of_a_crashed_host() {
         bed.host.pid_exited(now, 100);
         bed.run_until(Duration::from_secs(10), |h, _| h.leases().next().is_none());
         run_for(&mut bed, Duration::from_secs(2));
-        assert_eq!(bed.leader().timestamp, 0, "released on disk when its pid exited");
+        assert_eq!(
+            bed.leader().timestamp,
+            0,
+            "released on disk when its pid exited"
+        );
     }
 }
 

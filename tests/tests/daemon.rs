@@ -1625,7 +1625,10 @@ fn a_daemon_restarted_within_the_deadline_adopts_its_leases_without_a_reset() {
     let mut holder = spawn_holder(&h1, &h1.resource("R", 1), &oracle_cmd(&oracle, "600"));
     let t0 = Instant::now();
     let lease = loop {
-        if let Some(l) = h1.json(&["status"])["leases"].as_array().and_then(|l| l.first()) {
+        if let Some(l) = h1.json(&["status"])["leases"]
+            .as_array()
+            .and_then(|l| l.first())
+        {
             break l.clone();
         }
         assert!(t0.elapsed() < Duration::from_secs(10), "{}", h1.log());
@@ -1637,7 +1640,10 @@ fn a_daemon_restarted_within_the_deadline_adopts_its_leases_without_a_reset() {
         if st == "live" {
             break g;
         }
-        assert!(t0.elapsed() < Duration::from_secs(20), "host 2 sees host 1 {st}");
+        assert!(
+            t0.elapsed() < Duration::from_secs(20),
+            "host 2 sees host 1 {st}"
+        );
         std::thread::sleep(Duration::from_millis(200));
     };
     nix::sys::signal::kill(
@@ -1660,20 +1666,34 @@ fn a_daemon_restarted_within_the_deadline_adopts_its_leases_without_a_reset() {
                 panic!("not adopted: {v}\n{}", h1.log());
             }
         }
-        assert!(t0.elapsed() < Duration::from_secs(5), "not serving\n{}", h1.log());
+        assert!(
+            t0.elapsed() < Duration::from_secs(5),
+            "not serving\n{}",
+            h1.log()
+        );
         std::thread::sleep(Duration::from_millis(50));
     };
     let served_after = killed.elapsed();
     let l = &status["leases"][0];
     assert_eq!(l["lver"], lease["lver"], "{status}");
     assert_eq!(l["pid"], lease["pid"], "{status}");
-    assert_eq!(l["owner"], "pid", "the dead connection's lease is its pid's now: {status}");
-    assert_eq!(status["lockspaces"][0]["detail"]["generation"], generation, "{status}");
+    assert_eq!(
+        l["owner"], "pid",
+        "the dead connection's lease is its pid's now: {status}"
+    );
+    assert_eq!(
+        status["lockspaces"][0]["detail"]["generation"], generation,
+        "{status}"
+    );
     // 12 s (past 8T of the last renewal before the kill, and past W): nothing changes.
     let t0 = Instant::now();
     while t0.elapsed() < Duration::from_secs(12) {
         let (st, g) = h2.sees(1);
-        assert_eq!((st.as_str(), g), ("live", generation), "host 2's view of host 1");
+        assert_eq!(
+            (st.as_str(), g),
+            ("live", generation),
+            "host 2's view of host 1"
+        );
         let out = h2
             .tenure(&[
                 "run",
@@ -1689,7 +1709,10 @@ fn a_daemon_restarted_within_the_deadline_adopts_its_leases_without_a_reset() {
             .unwrap();
         assert!(!out.status.success(), "host 2 took the adopted lease");
         assert_ne!(out.status.code(), Some(99));
-        assert!(holder.try_wait().unwrap().is_none(), "the holder was killed");
+        assert!(
+            holder.try_wait().unwrap().is_none(),
+            "the holder was killed"
+        );
         std::thread::sleep(Duration::from_millis(500));
     }
     let fired = std::fs::read_to_string(h1.dir.path().join("fired.log")).unwrap_or_default();
@@ -1724,7 +1747,10 @@ fn a_daemon_restarted_within_the_deadline_adopts_its_leases_without_a_reset() {
         );
         std::thread::sleep(Duration::from_millis(250));
     }
-    eprintln!("restarted tenured served {served_after:?} after the SIGKILL, adopted lver {}", lease["lver"]);
+    eprintln!(
+        "restarted tenured served {served_after:?} after the SIGKILL, adopted lver {}",
+        lease["lver"]
+    );
 }
 
 /// A restart after the renewal deadline adopts nothing: the pending reset stays pending, the
@@ -1775,5 +1801,167 @@ fn a_daemon_restarted_after_the_deadline_adopts_nothing_and_the_watchdog_fires()
     assert!(log.contains("not adopted"), "{log}");
     assert!(!log.contains("adopted the state"), "{log}");
     let status = holder.wait().unwrap();
-    assert!(status.code().is_none(), "the holder was killed by the reset: {status:?}");
+    assert!(
+        status.code().is_none(),
+        "the holder was killed by the reset: {status:?}"
+    );
+}
+
+/// Reads one native frame from `s` (10 s at most).
+fn read_frame(s: &mut UnixStream) -> Value {
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let mut len = [0u8; 4];
+    s.read_exact(&mut len).unwrap();
+    let mut body = vec![0u8; u32::from_le_bytes(len) as usize];
+    s.read_exact(&mut body).unwrap();
+    serde_json::from_slice(&body).unwrap()
+}
+
+/// Issue 18, planned upgrade: `tenure daemon upgrade` to a second build hands everything
+/// over. The lease stays with its connection (the holder's registration survives), an idle
+/// client's connection goes on answering, the other host sees host 1 live in the same
+/// generation, the watchdog never fires, and when the holder exits its lease is released
+/// by the new process. An upgrade to a binary that fails leaves the old one serving.
+#[test]
+fn a_planned_upgrade_keeps_leases_connections_and_the_watchdog() {
+    if !can_run() {
+        return;
+    }
+    let backing = BackingFile::new(16 << 20);
+    let base = LoopDevice::attach(backing.path(), 512);
+    format_area(&base.path_str(), &[("R", 1)]);
+    let h1 = Host::start(1, backing.path());
+    let h2 = Host::start(2, backing.path());
+    h1.wait_joined(Duration::from_secs(30));
+    h2.wait_joined(Duration::from_secs(30));
+    let oracle_dir = tempfile::tempdir().unwrap();
+    let oracle = oracle_dir.path().join("held");
+    let mut holder = spawn_holder(&h1, &h1.resource("R", 1), &oracle_cmd(&oracle, "600"));
+    let t0 = Instant::now();
+    let before = loop {
+        let v = h1.json(&["status"]);
+        if v["leases"].as_array().is_some_and(|l| !l.is_empty()) {
+            break v;
+        }
+        assert!(t0.elapsed() < Duration::from_secs(10), "{}", h1.log());
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let generation = before["lockspaces"][0]["detail"]["generation"].clone();
+    let t0 = Instant::now();
+    while h2.sees(1).0 != "live" {
+        assert!(
+            t0.elapsed() < Duration::from_secs(20),
+            "host 2 never saw host 1 live"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    // An idle client that said hello before the upgrade.
+    let mut idle = UnixStream::connect(h1.socket()).unwrap();
+    idle.write_all(&frame(r#"{"op":"hello","version":1}"#))
+        .unwrap();
+    let hello = read_frame(&mut idle);
+    assert!(hello.get("error").is_none(), "{hello}");
+    // A failing binary: refused, the old one goes on.
+    let out = h1
+        .tenure(&["daemon", "upgrade", "--binary", "/bin/false"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let why = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        why.contains("exited before taking over") || why.contains("closed"),
+        "{why}"
+    );
+    let still = h1.json(&["status"]);
+    assert_eq!(still["leases"][0]["lver"], before["leases"][0]["lver"]);
+    // A second build: the same code in another file.
+    let bin_dir = tempfile::tempdir().unwrap();
+    let second = bin_dir.path().join("tenured-second");
+    std::fs::copy(tenured_bin(), &second).unwrap();
+    let old_pid = h1.tenured.id();
+    let t0 = Instant::now();
+    let out = h1
+        .tenure(&["daemon", "upgrade", "--json", "--binary"])
+        .arg(&second)
+        .output()
+        .unwrap();
+    let took = t0.elapsed();
+    assert!(
+        out.status.success(),
+        "{}\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        h1.log()
+    );
+    let r: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(r["from_pid"], old_pid, "{r}");
+    let new_pid = r["pid"].as_u64().unwrap();
+    assert_ne!(new_pid, u64::from(old_pid));
+    let after = h1.json(&["status"]);
+    assert_eq!(
+        after["leases"][0]["lver"], before["leases"][0]["lver"],
+        "{after}"
+    );
+    assert_eq!(
+        after["leases"][0]["pid"], before["leases"][0]["pid"],
+        "{after}"
+    );
+    assert_eq!(
+        after["leases"][0]["owner"], "connection",
+        "the holder's connection was handed over: {after}"
+    );
+    assert_eq!(
+        after["lockspaces"][0]["detail"]["generation"], generation,
+        "{after}"
+    );
+    // The idle client's connection answers on.
+    idle.write_all(&frame(r#"{"op":"status"}"#)).unwrap();
+    let st = read_frame(&mut idle);
+    assert!(st.to_string().contains("\"uptime_s\""), "{st}");
+    // 10 s on: the other host sees nothing change, the watchdog stays fed.
+    let t1 = Instant::now();
+    while t1.elapsed() < Duration::from_secs(10) {
+        let (s, g) = h2.sees(1);
+        assert_eq!((s.as_str(), Value::from(g)), ("live", generation.clone()));
+        assert!(
+            holder.try_wait().unwrap().is_none(),
+            "the holder was killed"
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    let fired = std::fs::read_to_string(h1.dir.path().join("fired.log")).unwrap_or_default();
+    assert!(fired.is_empty(), "the watchdog fired: {fired}");
+    // The holder exits: its connection closes (the sleep flock started holds it too), the
+    // new process releases the lease.
+    let _ = Command::new("pkill")
+        .args(["-KILL", "-P", &holder.id().to_string()])
+        .status();
+    let _ = holder.kill();
+    let _ = holder.wait();
+    let t2 = Instant::now();
+    loop {
+        let out = h2
+            .tenure(&[
+                "run",
+                "--no-wait",
+                "--lease",
+                &h2.resource("R", 1),
+                "--",
+                "sh",
+                "-c",
+                &oracle_cmd(&oracle, "0.1"),
+            ])
+            .output()
+            .unwrap();
+        assert_ne!(out.status.code(), Some(99));
+        if out.status.success() {
+            break;
+        }
+        assert!(
+            t2.elapsed() < Duration::from_secs(10),
+            "not released\n{}",
+            h1.log()
+        );
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    eprintln!("upgrade took {took:?} (request to reply), new pid {new_pid}");
 }

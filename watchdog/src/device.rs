@@ -255,6 +255,37 @@ impl DeviceWatchdog {
         }
     }
 
+    /// The open device of a daemon that hands over to its successor ([`DeviceWatchdog::fd`]
+    /// of the predecessor, passed over a socket): programmed again (which pings it). Never
+    /// closed with the magic character on failure: the predecessor still holds it armed.
+    pub fn from_fd(
+        path: &Path,
+        fd: std::os::fd::OwnedFd,
+        fire_timeout_s: u32,
+    ) -> Result<Self, DeviceError> {
+        let mut wd = Self {
+            file: Some(File::from(fd)),
+            path: path.to_owned(),
+            identity: Identity {
+                identity: String::new(),
+                firmware_version: 0,
+                options: 0,
+            },
+            fire_timeout_s,
+            programmed_s: 0,
+            use_ioctl_keepalive: true,
+        };
+        wd.program()?;
+        Ok(wd)
+    }
+
+    /// A duplicate of the open device (for a successor: the same open file, so the device
+    /// stays armed while either holds it).
+    pub fn fd(&self) -> std::io::Result<std::os::fd::OwnedFd> {
+        use std::os::fd::AsFd;
+        self.file().as_fd().try_clone_to_owned()
+    }
+
     fn file(&self) -> &File {
         // The file is taken only by magic_close/disarm, which consume or end the handle.
         self.file

@@ -744,6 +744,50 @@ impl EmulatedWatchdog {
         })
     }
 
+    /// The connection of a daemon that hands over to its successor (a duplicate of
+    /// [`EmulatedWatchdog::fd`], passed over a socket): it holds the device already; the
+    /// timeout is checked and it is fed.
+    pub fn from_fd(
+        socket: &Path,
+        fd: std::os::fd::OwnedFd,
+        fire_timeout_s: u32,
+    ) -> Result<Self, EmulatedError> {
+        let s = UnixStream::from(fd);
+        let io = |source| EmulatedError::Io {
+            socket: socket.to_owned(),
+            source,
+        };
+        s.set_read_timeout(Some(REPLY_TIMEOUT)).map_err(io)?;
+        s.set_write_timeout(Some(REPLY_TIMEOUT)).map_err(io)?;
+        let writer = s.try_clone().map_err(io)?;
+        let mut me = Self {
+            socket: socket.to_owned(),
+            reader: BufReader::new(s),
+            writer,
+            fire_timeout_s,
+            identity: String::new(),
+        };
+        let info = me.call("INFO")?;
+        me.identity = info.splitn(4, ' ').nth(3).unwrap_or("").to_owned();
+        let got = me.call("GETTIMEOUT")?;
+        if got != format!("OK {fire_timeout_s}") {
+            return Err(EmulatedError::TimeoutUnsupported {
+                socket: socket.to_owned(),
+                fire_timeout_s,
+                reply: format!("GETTIMEOUT: {got}"),
+            });
+        }
+        me.keepalive()?;
+        Ok(me)
+    }
+
+    /// A duplicate of the connection (for a successor). Neither process may talk on it while
+    /// the other does: the predecessor stops before it hands it over.
+    pub fn fd(&self) -> std::io::Result<std::os::fd::OwnedFd> {
+        use std::os::fd::AsFd;
+        self.writer.as_fd().try_clone_to_owned()
+    }
+
     /// Opens (arms) the emulated device and programs `fire_timeout_s`, verified by reading
     /// it back. A refused timeout disarms it again.
     pub fn open(socket: &Path, fire_timeout_s: u32) -> Result<Self, EmulatedError> {

@@ -121,8 +121,7 @@ impl ArmedWatchdog {
         let (inner, marker) = match spec {
             WatchdogSpec::None => (Inner::None, None),
             WatchdogSpec::Device(path) => {
-                let marker =
-                    ArmedMarker::create_after(marker_dir, &spec.to_string(), predecessor)?;
+                let marker = ArmedMarker::create_after(marker_dir, &spec.to_string(), predecessor)?;
                 match DeviceWatchdog::open(path, fire_timeout_s) {
                     Ok(d) => (Inner::Device(d), Some(marker)),
                     Err(e) => {
@@ -142,8 +141,7 @@ impl ArmedWatchdog {
                 }
             }
             WatchdogSpec::Emulated(socket) => {
-                let marker =
-                    ArmedMarker::create_after(marker_dir, &spec.to_string(), predecessor)?;
+                let marker = ArmedMarker::create_after(marker_dir, &spec.to_string(), predecessor)?;
                 match EmulatedWatchdog::open(socket, fire_timeout_s) {
                     Ok(w) => (Inner::Emulated(w), Some(marker)),
                     Err(e) => {
@@ -155,6 +153,68 @@ impl ArmedWatchdog {
                     }
                 }
             }
+        };
+        Ok(Self {
+            inner,
+            marker,
+            spec: spec.clone(),
+            fire_timeout_s,
+        })
+    }
+
+    /// A duplicate of the armed device's fd (device or emulator connection) for a
+    /// successor, or `None` for kind none. The caller stops feeding before handing it over.
+    pub fn handover_fd(&self) -> Result<Option<std::os::fd::OwnedFd>, WatchdogError> {
+        let io = |e: std::io::Error| match &self.spec {
+            WatchdogSpec::Emulated(p) => WatchdogError::Emulated(EmulatedError::Io {
+                socket: p.clone(),
+                source: e,
+            }),
+            _ => WatchdogError::Device(DeviceError::Open {
+                path: self.spec.to_string().into(),
+                source: e,
+            }),
+        };
+        Ok(match &self.inner {
+            Inner::Device(d) => Some(d.fd().map_err(io)?),
+            Inner::Emulated(e) => Some(e.fd().map_err(io)?),
+            Inner::None => None,
+        })
+    }
+
+    /// The watchdog a predecessor armed and handed over (`fd` from its
+    /// [`ArmedWatchdog::handover_fd`]; `None` for kind none), with its marker taken over
+    /// from `predecessor` (pid, start ticks), which is still running and hands over. It is
+    /// never opened again, so it is never disarmed in between.
+    pub fn from_handover(
+        spec: &WatchdogSpec,
+        fire_timeout_s: u32,
+        marker_dir: &Path,
+        fd: Option<std::os::fd::OwnedFd>,
+        predecessor: (i32, u64),
+    ) -> Result<Self, WatchdogError> {
+        let inner = match (spec, fd) {
+            (WatchdogSpec::None, _) => Inner::None,
+            (WatchdogSpec::Device(path), Some(fd)) => {
+                Inner::Device(DeviceWatchdog::from_fd(path, fd, fire_timeout_s)?)
+            }
+            (WatchdogSpec::Emulated(socket), Some(fd)) => {
+                Inner::Emulated(EmulatedWatchdog::from_fd(socket, fd, fire_timeout_s)?)
+            }
+            (_, None) => {
+                return Err(WatchdogError::Marker(MarkerError::Unreadable {
+                    path: marker_dir.to_owned(),
+                    reason: "the predecessor handed over no watchdog fd".into(),
+                }))
+            }
+        };
+        let marker = match spec {
+            WatchdogSpec::None => None,
+            _ => Some(ArmedMarker::take_from(
+                marker_dir,
+                &spec.to_string(),
+                predecessor,
+            )?),
         };
         Ok(Self {
             inner,

@@ -189,6 +189,47 @@ impl ArmedMarker {
         })
     }
 
+    /// Takes over the marker of `from` (pid, start ticks), a running daemon that hands its
+    /// armed watchdog over to this process (a planned upgrade): rewritten to name this
+    /// process. Refused unless the marker names exactly `from`.
+    pub fn take_from(dir: &Path, watchdog: &str, from: (i32, u64)) -> Result<Self, MarkerError> {
+        let path = dir.join(MARKER_FILE);
+        let io = |source| MarkerError::Io {
+            path: path.clone(),
+            source,
+        };
+        let existing = read_marker(&path)?;
+        if (existing.pid, existing.pid_start_ticks) != from || existing.watchdog != watchdog {
+            return Err(MarkerError::Unreadable {
+                path,
+                reason: format!(
+                    "it names pid {} ({}), not the predecessor pid {} handing over {watchdog}",
+                    existing.pid, existing.watchdog, from.0
+                ),
+            });
+        }
+        let me = std::process::id() as i32;
+        let content = MarkerContent {
+            pid: me,
+            pid_start_ticks: pid_start_ticks(me).unwrap_or(0),
+            armed_at_unix_ms: existing.armed_at_unix_ms,
+            ..existing
+        };
+        let body = serde_json::to_vec(&content).map_err(|e| io(std::io::Error::other(e)))?;
+        let tmp = dir.join(format!(".{MARKER_FILE}.{me}"));
+        let mut f = OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o644)
+            .open(&tmp)
+            .map_err(io)?;
+        f.write_all(&body).and_then(|()| f.sync_all()).map_err(io)?;
+        std::fs::rename(&tmp, &path).map_err(io)?;
+        sync_dir(dir).map_err(io)?;
+        Ok(Self { path })
+    }
+
     /// Removes the marker after a clean disarm.
     pub fn clear(self) -> Result<(), MarkerError> {
         std::fs::remove_file(&self.path).map_err(|source| MarkerError::Io {

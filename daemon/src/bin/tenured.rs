@@ -85,6 +85,10 @@ struct Flags {
         default_value = "info"
     )]
     log: String,
+    /// Internal: take over from the running tenured through this hand-over socket (started
+    /// by its `upgrade`; docs/operations.md "Upgrading tenured").
+    #[arg(long, hide = true, value_name = "SOCKET")]
+    takeover: Option<PathBuf>,
     /// Internal: run the emulated watchdog for the embedded default.
     #[arg(long, hide = true, num_args = 4, value_names = ["SOCKET", "PGID", "RECORD", "MARKER"])]
     emulate_watchdog: Option<Vec<String>>,
@@ -210,15 +214,23 @@ fn run(flags: Flags) -> Result<(), String> {
         });
     }
     cfg.validate().map_err(|e| e.to_string())?;
-    if embedded {
+    let takeover = flags.takeover.clone();
+    if embedded && takeover.is_none() {
         prepare_embedded(&cfg, backend)?;
     }
-    let spawned = if cfg.watchdog.kind == "emulated" && cfg.watchdog.spawn_emulator {
-        spawn_emulator(&cfg)?
-    } else {
-        None
+    let spawned = match &takeover {
+        // The emulator the old tenured started goes on; this one shuts it down at a clean exit.
+        Some(_) => (cfg.watchdog.kind == "emulated" && cfg.watchdog.spawn_emulator)
+            .then(|| cfg.emulated_socket()),
+        None if cfg.watchdog.kind == "emulated" && cfg.watchdog.spawn_emulator => {
+            spawn_emulator(&cfg)?
+        }
+        None => None,
     };
-    let server = Server::new(cfg, backend).map_err(|e| e.to_string())?;
+    let server = match &takeover {
+        Some(sock) => Server::take_over(cfg, backend, sock).map_err(|e| e.to_string())?,
+        None => Server::new(cfg, backend).map_err(|e| e.to_string())?,
+    };
     eprintln!(
         "tenured: serving on {} (I/O: {})",
         server.socket_path().display(),

@@ -332,6 +332,56 @@ impl Host {
         self.epoch.wrapping_add(self.reg.changes())
     }
 
+    /// Nothing is in flight that a hand-over to a successor would cut (crate::upgrade): no
+    /// lease operation, waiting command or removal; every lockspace joined, not lost, not
+    /// leaving, with no I/O of its own in flight. The reason otherwise.
+    pub fn quiescent(&self) -> Result<(), String> {
+        if self.stopping {
+            return Err("tenured is stopping".into());
+        }
+        if !self.pending.is_empty() || self.set.ops_in_flight() > 0 {
+            return Err(format!(
+                "{} lease operations in flight",
+                self.pending.len().max(self.set.ops_in_flight())
+            ));
+        }
+        if !self.waiting.is_empty() {
+            return Err(format!(
+                "{} requests wait for a device probe",
+                self.waiting.len()
+            ));
+        }
+        if !self.removals.is_empty() {
+            return Err("a lockspace removal is killing holders".into());
+        }
+        for s in &self.spaces {
+            let joined = matches!(
+                self.set.state(s.id),
+                Some(tenure_core::lockspace::LockspaceState::Joined { .. })
+            );
+            if !joined || s.lost.is_some() || self.set.is_leaving(s.id) {
+                return Err(format!(
+                    "lockspace {} is not simply joined (joining, leaving or lost)",
+                    s.name
+                ));
+            }
+            if self.set.delta_io_in_flight(s.id) {
+                return Err(format!("lockspace {} is renewing", s.name));
+            }
+        }
+        Ok(())
+    }
+
+    /// Stops supervision's decisions for a hand-over (see [`super::Supervision::freeze`]).
+    pub fn freeze_supervision(&mut self) -> Result<Option<std::os::fd::OwnedFd>, String> {
+        self.sup.freeze()
+    }
+
+    /// Resumes them after a failed hand-over.
+    pub fn thaw_supervision(&mut self) {
+        self.sup.thaw();
+    }
+
     /// The state a successor needs (see the module docs). `boot_id`, `pid` and
     /// `pid_start_ticks` identify the writer; `ticks(pid)` is a holder's start time (0 when
     /// unknown).
@@ -591,7 +641,10 @@ impl Host {
             };
             let resource = name("resource name", &l.resource_hex)?;
             let Some(disk) = disk_of(self, &l.path) else {
-                return Err(StateError::Refused(format!("device {} is not open", l.path)));
+                return Err(StateError::Refused(format!(
+                    "device {} is not open",
+                    l.path
+                )));
             };
             let mut mirrors = Vec::new();
             for (path, o) in &l.mirrors {
@@ -608,10 +661,7 @@ impl Host {
                 lvb: l.lvb_hex.as_deref().map(|h| unhex("lvb", h)).transpose()?,
                 shared: l.shared,
             };
-            let (host_id, generation) = (
-                p.spec.host_id,
-                p.handover.last_written.owner_generation,
-            );
+            let (host_id, generation) = (p.spec.host_id, p.handover.last_written.owner_generation);
             let ours = if acquired.shared {
                 acquired.dblock.inp == host_id && acquired.dblock.inp2 == generation
             } else {
@@ -722,9 +772,9 @@ impl Host {
                 .iter()
                 .any(|x| x.pid == pid && x.space == lp.space && x.owner != Owner::Orphan);
             if !supervised {
-                if let Err(e) =
-                    self.sup
-                        .add_holder(&lp.space, pid, l.kill_path.clone(), l.restrict)
+                if let Err(e) = self
+                    .sup
+                    .add_holder(&lp.space, pid, l.kill_path.clone(), l.restrict)
                 {
                     tracing::info!(pid, error = %e, "adopted holder gone: releasing its lease");
                     gone.push(lease);

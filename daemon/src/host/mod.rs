@@ -108,6 +108,13 @@ pub trait Supervision: std::fmt::Debug + Send {
     /// An adoption was refused: a dead predecessor's armed marker must not be taken over
     /// by a later arming (crate::host::handover).
     fn forget_predecessor(&mut self) {}
+    /// A hand-over to a successor starts: stop every decision (no feeding, no kill) and give
+    /// a duplicate of the armed watchdog's fd (crate::upgrade).
+    fn freeze(&mut self) -> Result<Option<std::os::fd::OwnedFd>, String> {
+        Ok(None)
+    }
+    /// The hand-over failed: decide again.
+    fn thaw(&mut self) {}
 }
 
 /// Who a client is (SO_PEERCRED and what it said about itself).
@@ -331,6 +338,21 @@ fn err(code: ErrorCode, message: impl Into<String>) -> Reply {
 /// Hex of bytes (LVBs).
 pub fn hex(b: &[u8]) -> String {
     b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+/// Bytes of hex, any length.
+pub fn unhex_any(s: &str) -> Result<Vec<u8>, String> {
+    if s.len() % 2 != 0 {
+        return Err("an odd number of hex digits".into());
+    }
+    (0..s.len())
+        .step_by(2)
+        .map(|i| {
+            s.get(i..i + 2)
+                .ok_or_else(|| "not hex".to_owned())
+                .and_then(|d| u8::from_str_radix(d, 16).map_err(|e| e.to_string()))
+        })
+        .collect()
 }
 
 /// Bytes of hex (at most 4096 bytes).
