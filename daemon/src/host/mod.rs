@@ -177,6 +177,9 @@ enum Pending {
         on_disk: Vec<ResourceKey>,
         /// Per resource run on disk: persistent.
         persistent: Vec<bool>,
+        /// The owner pid exited while it ran: nothing is granted (found by the sequence
+        /// fuzzer: a grant to an exited pid lost the joiners it had given back).
+        owner_gone: bool,
     },
     /// A release.
     Release {
@@ -933,6 +936,16 @@ impl Host {
     /// A pid that owns leases acquired on its behalf exited: they are released.
     pub fn pid_exited(&mut self, now: Time, pid: i32) {
         self.at(now);
+        for p in self.pending.values_mut() {
+            if let Pending::Acquire {
+                owner, owner_gone, ..
+            } = p
+            {
+                if *owner == Owner::Pid(pid) {
+                    *owner_gone = true;
+                }
+            }
+        }
         if self
             .reg
             .iter()
@@ -1827,6 +1840,7 @@ impl Host {
                 pid,
                 on_disk,
                 persistent: on_disk_persistent,
+                owner_gone: false,
             },
         );
         None
@@ -1966,11 +1980,40 @@ impl Host {
                 pid,
                 on_disk,
                 persistent,
+                owner_gone,
             } => {
                 // Its joiners of shared holds (still here unless their owner went away).
                 let mut joined = self.reg.acquire_ended(id, &on_disk);
                 let wall = self.unix_ms();
                 match outcome {
+                    OpOutcome::Acquired(held) if owner_gone => {
+                        // Released at once, as the leases of any pid that exits (persistent
+                        // ones stay as orphans); its joiners went when it exited.
+                        let leases: Vec<Lease> = held
+                            .into_iter()
+                            .zip(locations)
+                            .zip(persistent)
+                            .map(|((h, mut loc), p)| {
+                                let mirrors = loc.split_off(1);
+                                let first = loc.pop().unwrap_or_default();
+                                let mut l =
+                                    Lease::new(&space, first, h, owner, pid, &client_name, wall);
+                                l.mirrors = mirrors;
+                                l.persistent = p;
+                                l
+                            })
+                            .collect();
+                        tracing::info!(lockspace = %space, pid, "holder exited while its leases were acquired: releasing them");
+                        self.give_back_joins(now, joined);
+                        let _ = self.let_go(now, None, leases);
+                        self.reply(
+                            client,
+                            err(
+                                ErrorCode::Failed,
+                                format!("holder pid {pid} exited while its leases were acquired: released"),
+                            ),
+                        );
+                    }
                     OpOutcome::Acquired(held) => {
                         let mut leases: Vec<Lease> = held
                             .into_iter()
