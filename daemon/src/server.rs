@@ -1911,6 +1911,7 @@ impl Server {
             .collect();
         json!({
             "daemon": env!("CARGO_PKG_VERSION"),
+            "pid": std::process::id(),
             "host_name": self.host.host_name().escaped(),
             "uptime_s": now.saturating_since(self.started).as_secs(),
             "io_backend": self.backend_name,

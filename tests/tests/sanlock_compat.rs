@@ -1508,3 +1508,118 @@ sanlock.release(b"LS", b"R", {disks}, slkfd=fd)
     let v: serde_json::Value = serde_json::from_slice(&status.stdout).unwrap();
     assert_eq!(v["leases"].as_array().map(Vec::len), Some(0), "{v}");
 }
+
+/// Issue 18: a python3-sanlock client registered and holding a lease keeps both through
+/// `tenure daemon upgrade`: after the upgrade, on the same registered connection, inquire
+/// names its lease and release frees it; a native client's connection goes on too.
+#[test]
+fn python3_sanlock_clients_keep_registration_and_leases_through_an_upgrade() {
+    if !prerequisite(is_root(), "root") || !sanlock_available() {
+        return;
+    }
+    let backing = BackingFile::new(16 << 20);
+    let d1 = LoopDevice::attach(backing.path(), 512);
+    let p1 = d1.path_str();
+    let t = |args: &[&str]| {
+        let out = Command::new(tenure_bin()).args(args).output().unwrap();
+        assert!(
+            out.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    t(&[
+        "lockspace",
+        "init",
+        &format!("LS:0:{p1}:0"),
+        "--io-timeout",
+        "1",
+    ]);
+    t(&[
+        "resource",
+        "init",
+        &format!("LS:R1:{p1}:1M"),
+        "--num-hosts",
+        "8",
+    ]);
+    let h1 = Daemon::start(true, Some(format!("LS:1:{p1}:0")));
+    let t0 = Instant::now();
+    loop {
+        let out = h1.tenure(&["lockspace", "list", "--json"]);
+        if String::from_utf8_lossy(&out.stdout).contains("\"joined\"") {
+            break;
+        }
+        assert!(t0.elapsed() < Duration::from_secs(20), "{}", h1.log());
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let script = format!(
+        r#"
+import sanlock, sys
+fd = sanlock.register()
+sanlock.acquire(b"LS", b"R1", [(b"{p1}", 1048576)], slkfd=fd)
+print("held", flush=True)
+assert sys.stdin.readline().strip() == "go"
+held = sanlock.inquire(slkfd=fd)
+assert [r["resource"] for r in held] == [b"R1"], held
+sanlock.release(b"LS", b"R1", [(b"{p1}", 1048576)], slkfd=fd)
+assert sanlock.inquire(slkfd=fd) == [], "released"
+print("released", flush=True)
+"#
+    );
+    let mut py = Command::new("/usr/bin/python3")
+        .arg("-c")
+        .arg(&script)
+        .env("SANLOCK_RUN_DIR", h1.sanlock_dir())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut out = BufReader::new(py.stdout.take().unwrap());
+    let mut line = String::new();
+    out.read_line(&mut line).unwrap();
+    assert_eq!(line.trim(), "held", "{}", h1.log());
+    let status = |h: &Daemon| -> serde_json::Value {
+        let o = h.tenure(&["status", "--json"]);
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        serde_json::from_slice(&o.stdout).unwrap()
+    };
+    let before = status(&h1);
+    assert_eq!(before["leases"][0]["resource"], "R1", "{before}");
+    let bin_dir = tempfile::tempdir().unwrap();
+    let second = bin_dir.path().join("tenured-second");
+    std::fs::copy(tenured_bin(), &second).unwrap();
+    let o = Command::new(tenure_bin())
+        .arg("--socket")
+        .arg(h1.socket())
+        .args(["daemon", "upgrade", "--binary"])
+        .arg(&second)
+        .output()
+        .unwrap();
+    assert!(
+        o.status.success(),
+        "{}\n{}",
+        String::from_utf8_lossy(&o.stderr),
+        h1.log()
+    );
+    let after = status(&h1);
+    assert_ne!(after["pid"], before["pid"], "a new process serves: {after}");
+    assert_eq!(
+        after["leases"][0]["lver"], before["leases"][0]["lver"],
+        "{after}"
+    );
+    assert_eq!(after["leases"][0]["owner"], "connection", "{after}");
+    // The registered connection goes on in the new process.
+    py.stdin.take().unwrap().write_all(b"go\n").unwrap();
+    line.clear();
+    out.read_line(&mut line).unwrap();
+    let mut err = String::new();
+    py.stderr.take().unwrap().read_to_string(&mut err).unwrap();
+    assert_eq!(line.trim(), "released", "{err}\n{}", h1.log());
+    assert!(py.wait().unwrap().success(), "{err}");
+    let last = status(&h1);
+    assert!(
+        last["leases"].as_array().is_some_and(|l| l.is_empty()),
+        "{last}"
+    );
+}
