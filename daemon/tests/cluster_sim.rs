@@ -58,6 +58,8 @@ fn t(d: Duration) -> Time {
 struct SimSup {
     guard: Arc<Mutex<Guard>>,
     alive: Arc<Mutex<HashSet<i32>>>,
+    /// An adoption runs (Mutations::adopt_unsupervised drops its holders).
+    adopting: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl SimSup {
@@ -94,6 +96,11 @@ impl Supervision for SimSup {
         // pidfd_open fails for a pid that is gone.
         if !self.alive.lock().expect("alive").contains(&pid) {
             return Err("no such process".into());
+        }
+        if self.adopting.load(std::sync::atomic::Ordering::Relaxed)
+            && self.g().mutations.adopt_unsupervised
+        {
+            return Ok(());
         }
         self.g()
             .add_holder(name, pid, kill_path, restrict)
@@ -189,6 +196,14 @@ struct Node {
     next_serial: u64,
     /// Once disturbed (crash, freeze, hang, reset), its requests are not held to the bound.
     disturbed: bool,
+    /// The state file of its tenured (crate::host::handover): rewritten, as tenured does,
+    /// before a reply goes out whenever the state moved, and after steps (renewals).
+    state_file: Option<tenured::host::handover::HostState>,
+    state_epoch: Option<u64>,
+    /// tenured alone died (its clients run on) and starts again then.
+    restart_at: Option<Time>,
+    /// Set while its host core adopts (see SimSup).
+    adopting: Arc<std::sync::atomic::AtomicBool>,
 }
 
 #[derive(Debug, Default)]
@@ -211,6 +226,14 @@ struct Stats {
     orphan_steps: u64,
     /// Orphans whose release was asked for.
     orphans_released: usize,
+    /// tenured alone crashed and was started again (issue 18) ...
+    daemon_crashes: u64,
+    /// ... and adopted what the dead one held, or refused to (the watchdog then decides).
+    adoptions: u64,
+    adoption_refusals: u64,
+    /// Planned upgrades handed over, and those where a process died during the hand-over.
+    upgrades: u64,
+    upgrade_crashes: u64,
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -225,6 +248,10 @@ struct Faults {
     hang_min: Duration,
     /// Processes keep a lease up to this long.
     hold_max: Duration,
+    /// tenured alone crashes (restarted after 0.1–12 s), per step.
+    daemon_crash: f64,
+    /// A planned upgrade is asked for, per step.
+    upgrade: f64,
 }
 
 /// How hard the world is on the hosts.
@@ -235,6 +262,9 @@ enum Profile {
     /// Long storage hangs and many unkillable holders: lost lockspaces whose holders survive
     /// the kills, where only the watchdog's reset keeps the leases safe.
     LostWithSurvivors,
+    /// tenured crashes and restarts often (adopting), and storage hangs long enough to lose
+    /// the lockspace afterwards: adopted holders must be killed like any.
+    AdoptThenLose,
 }
 
 struct World {
@@ -302,6 +332,8 @@ impl World {
                 unkillable: 0.05,
                 hang_min: Duration::ZERO,
                 hold_max: Duration::from_secs(5),
+                daemon_crash: 0.0,
+                upgrade: 0.002,
             },
             Profile::Mixed => Faults {
                 crash: 0.0004,
@@ -311,6 +343,19 @@ impl World {
                 unkillable: 0.05,
                 hang_min: Duration::from_millis(500),
                 hold_max: Duration::from_secs(20),
+                daemon_crash: 0.0004,
+                upgrade: 0.001,
+            },
+            Profile::AdoptThenLose => Faults {
+                crash: 0.0,
+                freeze: 0.0,
+                hang: 0.0006,
+                storage_errors: false,
+                unkillable: 0.0,
+                hang_min: Duration::from_secs(9),
+                hold_max: Duration::from_secs(60),
+                daemon_crash: 0.002,
+                upgrade: 0.002,
             },
             Profile::LostWithSurvivors => Faults {
                 crash: 0.0,
@@ -320,6 +365,8 @@ impl World {
                 unkillable: 0.5,
                 hang_min: Duration::from_secs(9),
                 hold_max: Duration::from_secs(60),
+                daemon_crash: 0.0,
+                upgrade: 0.0,
             },
         };
         let clock = SimClock::new(t(Duration::from_secs(1000)));
@@ -391,6 +438,10 @@ impl World {
                 rejoin_at: None,
                 next_serial: 0,
                 disturbed: false,
+                state_file: None,
+                state_epoch: None,
+                restart_at: None,
+                adopting: Arc::new(std::sync::atomic::AtomicBool::new(false)),
             };
             w.nodes.push(node);
             w.boot(i);
@@ -415,8 +466,13 @@ impl World {
     }
 
     fn note(&mut self, s: String) {
-        if self.trace.len() == 400 {
-            self.trace.drain(..200);
+        let cap = if std::env::var_os("TENURE_SIM_DUMP").is_some() {
+            1 << 22
+        } else {
+            400
+        };
+        if self.trace.len() == cap {
+            self.trace.drain(..cap / 2);
         }
         self.trace
             .push(format!("{:>9.3} {s}", self.now().as_nanos() as f64 / 1e9));
@@ -434,6 +490,7 @@ impl World {
         let sup = SimSup {
             guard,
             alive: Arc::clone(&node.alive),
+            adopting: Arc::clone(&node.adopting),
         };
         let mut host = Host::new(
             HostConfig {
@@ -693,7 +750,10 @@ impl World {
                 return;
             };
             match o {
-                Output::Reply(k, r) => self.deliver(i, k, r),
+                Output::Reply(k, r) => {
+                    self.save_state(i);
+                    self.deliver(i, k, r);
+                }
                 Output::SpaceGone(name) => {
                     let at = self.now().saturating_add(Duration::from_secs(3));
                     self.nodes[i].rejoin_at = Some(at);
@@ -1033,6 +1093,218 @@ impl World {
     }
 
     /// The node goes down: every process dies at once, the daemon is gone.
+    /// The state file as tenured keeps it: rewritten when the host's state moved.
+    fn save_state(&mut self, i: usize) {
+        let now = self.now();
+        let node = &mut self.nodes[i];
+        let Some(h) = node.host.as_ref() else { return };
+        let epoch = h.state_epoch();
+        if node.state_epoch == Some(epoch) {
+            return;
+        }
+        // pid -1: no such process, so the writer counts as gone once it died.
+        node.state_file = Some(h.state(now, "sim-boot", -1, 0, &mut |_| 0));
+        node.state_epoch = Some(epoch);
+    }
+
+    /// A new host core for node `i` over a new engine (a new tenured process), supervised by
+    /// a new guard; its clients are the node's live processes (`reconnect`: each opens a new
+    /// connection; otherwise they keep theirs, handed over).
+    fn new_host(&mut self, i: usize, reconnect: bool) -> Host {
+        let port = self.storage.port();
+        let guard = Arc::new(Mutex::new(self.new_guard()));
+        let node = &mut self.nodes[i];
+        let old_port = node.port;
+        self.storage.crash(old_port);
+        node.port = port.number();
+        node.guard = Arc::clone(&guard);
+        let sup = SimSup {
+            guard,
+            alive: Arc::clone(&node.alive),
+            adopting: Arc::clone(&node.adopting),
+        };
+        let mut host = Host::new(
+            HostConfig {
+                host_name: Name::new(&format!("node-{}", node.id)).expect("name"),
+                io_timeout_s: u64::from(IO_TIMEOUT_S),
+                other_hosts_fire_timeout_s: W_S,
+                no_local_exclusion: false,
+            },
+            LockspaceSet::new(Box::new(port)),
+            Box::new(sup),
+            1_700_000_000_000,
+        );
+        let mut areas = vec![(0, geometry())];
+        areas.extend((0..RESOURCES).map(|r| (resource_offset(r), geometry())));
+        host.add_known_disk(PATH.into(), node.view, &areas);
+        for p in node.procs.iter_mut().filter(|p| p.alive) {
+            if reconnect {
+                node.next_serial += 1;
+                p.key = ClientKey {
+                    idx: p.key.idx,
+                    serial: node.next_serial,
+                };
+            }
+            host.client_connected(
+                p.key,
+                ClientInfo {
+                    pid: p.pid,
+                    uid: if p.root { 0 } else { 1000 },
+                    name: format!("p{}", p.pid),
+                    kill_path: None,
+                    restrict: 0,
+                },
+            );
+        }
+        node.watched.clear();
+        node.queued_closes.clear();
+        node.queued_exits.clear();
+        host
+    }
+
+    /// tenured alone dies (SIGKILL, OOM): its clients run on and their connections fail;
+    /// the watchdog stays armed and is no longer fed. It is started again after `for_`.
+    fn daemon_crash(&mut self, i: usize, for_: Duration, why: &str) {
+        let now = self.now();
+        self.stats.daemon_crashes += 1;
+        let node = &mut self.nodes[i];
+        node.host = None;
+        node.disturbed = true;
+        node.restart_at = Some(now.saturating_add(for_));
+        for p in &mut node.procs {
+            // Their requests fail with the connection.
+            p.waiting = None;
+        }
+        let port = node.port;
+        self.storage.crash(port);
+        self.note(format!("node {} tenured {why}; restart in {for_:?}", i + 1));
+    }
+
+    /// tenured starts again on node `i` and adopts the state file if the rule allows;
+    /// otherwise it serves nothing until the watchdog resets the node (the dead process's
+    /// armed marker keeps it from arming).
+    fn restart_daemon(&mut self, i: usize) {
+        let now = self.now();
+        let Some(state) = self.nodes[i].state_file.clone() else {
+            self.note(format!("node {} tenured restarts: no state", i + 1));
+            return;
+        };
+        if let Err(e) = state.adoptable("sim-boot") {
+            self.stats.adoption_refusals += 1;
+            self.note(format!("node {} tenured restarts: {e}", i + 1));
+            return;
+        }
+        // The dead process's supervision stays what decides the watchdog unless this one
+        // adopts: its watchdog was never disarmed and fires unless fed.
+        let old_guard = Arc::clone(&self.nodes[i].guard);
+        let mut host = self.new_host(i, true);
+        let alive = Arc::clone(&self.nodes[i].alive);
+        let adopting = Arc::clone(&self.nodes[i].adopting);
+        adopting.store(true, std::sync::atomic::Ordering::Relaxed);
+        let r = host.adopt(
+            now,
+            &state,
+            &|pid, _| alive.lock().expect("alive").contains(&pid),
+            &|_| None,
+        );
+        adopting.store(false, std::sync::atomic::Ordering::Relaxed);
+        if r.is_err() {
+            self.nodes[i].guard = old_guard;
+        }
+        match r {
+            Ok(rep) => {
+                self.stats.adoptions += 1;
+                // Leases their connections owned are their pids' now: given up by exiting.
+                for p in self.nodes[i].procs.iter_mut().filter(|p| p.alive) {
+                    if !p.holding.is_empty() {
+                        p.on_behalf = true;
+                    }
+                }
+                self.nodes[i].host = Some(host);
+                self.nodes[i].state_epoch = None;
+                self.note(format!(
+                    "node {} tenured restarts and adopts {} leases ({} released)",
+                    i + 1,
+                    rep.leases,
+                    rep.released
+                ));
+                self.drain(i);
+                self.save_state(i);
+            }
+            Err(e) => {
+                self.stats.adoption_refusals += 1;
+                self.note(format!("node {} tenured restarts: {e}", i + 1));
+            }
+        }
+    }
+
+    /// A planned upgrade: when nothing is in flight, the state goes to a new process with
+    /// the connections; sometimes a process dies during the hand-over.
+    fn upgrade(&mut self, i: usize) {
+        let now = self.now();
+        let node = &self.nodes[i];
+        let Some(h) = node.host.as_ref() else { return };
+        if h.quiescent().is_err() || node.procs.iter().any(|p| p.alive && p.waiting.is_some()) {
+            return;
+        }
+        let state = h.state(now, "sim-boot", -1, 0, &mut |_| 0);
+        match self.rng.below(10) {
+            0 => {
+                // The new process dies before `go`: the old one goes on.
+                self.stats.upgrade_crashes += 1;
+                self.note(format!(
+                    "node {} upgrade: the new tenured dies before taking over",
+                    i + 1
+                ));
+            }
+            1 => {
+                // The old one said `go` and exited; the new one dies before writing its state
+                // file: what is left is the old one's state, and a restart adopts it.
+                self.stats.upgrade_crashes += 1;
+                self.nodes[i].state_file = Some(state);
+                let d = Duration::from_millis(100 + self.rng.below(3_000));
+                self.daemon_crash(i, d, "(new, after the hand-over) dies");
+            }
+            _ => {
+                let mut host = self.new_host(i, false);
+                let keys: std::collections::HashMap<u64, ClientKey> = self.nodes[i]
+                    .procs
+                    .iter()
+                    .filter(|p| p.alive)
+                    .map(|p| (p.key.serial, p.key))
+                    .collect();
+                let alive = Arc::clone(&self.nodes[i].alive);
+                let adopting = Arc::clone(&self.nodes[i].adopting);
+                adopting.store(true, std::sync::atomic::Ordering::Relaxed);
+                let r = host.adopt(
+                    now,
+                    &state,
+                    &|pid, _| alive.lock().expect("alive").contains(&pid),
+                    &|serial| keys.get(&serial).copied(),
+                );
+                adopting.store(false, std::sync::atomic::Ordering::Relaxed);
+                match r {
+                    Ok(rep) => {
+                        self.stats.upgrades += 1;
+                        self.nodes[i].host = Some(host);
+                        self.nodes[i].state_epoch = None;
+                        self.note(format!(
+                            "node {} upgraded: {} leases handed over",
+                            i + 1,
+                            rep.leases
+                        ));
+                        self.drain(i);
+                        self.save_state(i);
+                    }
+                    Err(e) => self.violation(format!(
+                        "node {} upgrade refused a quiescent state: {e}",
+                        i + 1
+                    )),
+                }
+            }
+        }
+    }
+
     fn down(&mut self, i: usize, why: &str, for_: Duration) {
         let now = self.now();
         let node = &mut self.nodes[i];
@@ -1043,6 +1315,9 @@ impl World {
         node.host = None;
         node.armed = false;
         node.disturbed = true;
+        node.restart_at = None;
+        node.state_file = None;
+        node.state_epoch = None;
         node.down_until = Some(now.saturating_add(for_));
         let port = node.port;
         self.storage.crash(port);
@@ -1090,6 +1365,11 @@ impl World {
         if self.nodes[i].down_until.is_some_and(|u| now >= u) {
             self.boot(i);
             return;
+        }
+        if self.nodes[i].restart_at.is_some_and(|u| now >= u) && self.nodes[i].down_until.is_none()
+        {
+            self.nodes[i].restart_at = None;
+            self.restart_daemon(i);
         }
         if self.nodes[i].frozen_until.is_some_and(|u| now >= u) {
             self.nodes[i].frozen_until = None;
@@ -1226,6 +1506,13 @@ impl World {
                 self.drain(i);
                 self.supervise(i);
                 self.drain(i);
+                self.save_state(i);
+            }
+            if self.live_daemon(i) && self.rng.chance(self.faults.daemon_crash) {
+                let d = Duration::from_millis(100 + self.rng.below(12_000));
+                self.daemon_crash(i, d, "crashes");
+            } else if self.live_daemon(i) && self.rng.chance(self.faults.upgrade) {
+                self.upgrade(i);
             }
             if self.rng.chance(0.08) {
                 self.client_action(i);
@@ -1284,17 +1571,19 @@ fn whole_clusters_keep_every_lease_to_one_live_process() {
             Ok("clear") => (
                 Mutations {
                     clear_without_kill: true,
-                    feed_while_lost: false,
+                    ..Mutations::default()
                 },
                 Profile::Mixed,
             ),
             Ok("feed") => (
                 Mutations {
-                    clear_without_kill: false,
                     feed_while_lost: true,
+                    ..Mutations::default()
                 },
                 Profile::LostWithSurvivors,
             ),
+            // Every fifth seed: frequent tenured crashes and upgrades, then lost lockspaces.
+            _ if seed % 5 == 4 => (Mutations::default(), Profile::AdoptThenLose),
             _ => (Mutations::default(), Profile::Mixed),
         };
         let s = run(seed, STEPS_PER_SEED, m, profile);
@@ -1311,9 +1600,14 @@ fn whole_clusters_keep_every_lease_to_one_live_process() {
         total.hangs += s.hangs;
         total.orphan_steps += s.orphan_steps;
         total.orphans_released += s.orphans_released;
+        total.daemon_crashes += s.daemon_crashes;
+        total.adoptions += s.adoptions;
+        total.adoption_refusals += s.adoption_refusals;
+        total.upgrades += s.upgrades;
+        total.upgrade_crashes += s.upgrade_crashes;
     }
     eprintln!(
-        "cluster simulation: {} seeds, {} steps in {:.1} s; {} grants ({} on behalf of another pid), {} requests ({} holders signalled for them), {} refusals, {} kills, {} watchdog resets, {} crashes, {} freezes, {} storage hangs, {} steps with orphans, {} orphans released; 0 violations",
+        "cluster simulation: {} seeds, {} steps in {:.1} s; {} grants ({} on behalf of another pid), {} requests ({} holders signalled for them), {} refusals, {} kills, {} watchdog resets, {} crashes, {} freezes, {} storage hangs, {} steps with orphans, {} orphans released, {} tenured crashes ({} adopted, {} refused), {} upgrades ({} with a crash during the hand-over); 0 violations",
         seeds.len(),
         total.steps,
         started.elapsed().as_secs_f64(),
@@ -1328,7 +1622,12 @@ fn whole_clusters_keep_every_lease_to_one_live_process() {
         total.freezes,
         total.hangs,
         total.orphan_steps,
-        total.orphans_released
+        total.orphans_released,
+        total.daemon_crashes,
+        total.adoptions,
+        total.adoption_refusals,
+        total.upgrades,
+        total.upgrade_crashes
     );
     if std::env::var_os("TENURE_SIM_DUMP").is_some() {
         eprintln!("{total:?}");
@@ -1351,6 +1650,14 @@ fn whole_clusters_keep_every_lease_to_one_live_process() {
         assert!(
             total.orphan_steps > 0 && total.orphans_released > 0,
             "persistent leases become orphans and are released"
+        );
+        assert!(
+            total.adoptions > 0 && total.adoption_refusals > 0,
+            "restarts adopt, and the rule refuses some"
+        );
+        assert!(
+            total.upgrades > 0 && total.upgrade_crashes > 0,
+            "upgrades hand over, some with a crash"
         );
     }
 }
@@ -1406,7 +1713,7 @@ fn clearing_a_lost_lockspace_without_killing_its_holders_is_caught() {
     let msg = find_violation(
         Mutations {
             clear_without_kill: true,
-            feed_while_lost: false,
+            ..Mutations::default()
         },
         Profile::Mixed,
     );
@@ -1417,10 +1724,25 @@ fn clearing_a_lost_lockspace_without_killing_its_holders_is_caught() {
 fn feeding_the_watchdog_while_a_lockspace_is_lost_is_caught() {
     let msg = find_violation(
         Mutations {
-            clear_without_kill: false,
             feed_while_lost: true,
+            ..Mutations::default()
         },
         Profile::LostWithSurvivors,
+    );
+    assert!(msg.contains("held by"), "{msg}");
+}
+
+/// The adoption's supervision bites: with the holders an adoption registers dropped, a
+/// lockspace lost afterwards is cleared with its adopted holders alive, and another host
+/// takes their leases (issue 18).
+#[test]
+fn adopting_leases_without_supervising_their_holders_is_caught() {
+    let msg = find_violation(
+        Mutations {
+            adopt_unsupervised: true,
+            ..Mutations::default()
+        },
+        Profile::AdoptThenLose,
     );
     assert!(msg.contains("held by"), "{msg}");
 }

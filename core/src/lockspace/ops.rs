@@ -747,14 +747,11 @@ impl super::LockspaceSet {
         acquired: Acquired,
     ) -> Option<HeldResource> {
         let (generation, dcfg) = self.check_op(ls, 1).ok()?;
-        // Exclusive: the leader names us. Shared: the leader was freed again; our dblock was
-        // written in this generation.
-        let ours = if acquired.shared {
-            acquired.dblock.inp == dcfg.host_id && acquired.dblock.inp2 == generation
-        } else {
-            acquired.leader.owner_id == dcfg.host_id
-                && acquired.leader.owner_generation == generation
-        };
+        // Exclusive: the leader names us. Shared: what is ours is our mode block, written
+        // in the generation the hold was taken in (the leader and dblock may be anyone's).
+        let ours = acquired.shared
+            || (acquired.leader.owner_id == dcfg.host_id
+                && acquired.leader.owner_generation == generation);
         if !ours {
             return None;
         }

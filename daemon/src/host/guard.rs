@@ -145,6 +145,9 @@ pub struct Mutations {
     pub clear_without_kill: bool,
     /// Feed the watchdog whatever the deadlines say.
     pub feed_while_lost: bool,
+    /// The whole-cluster simulation's supervision drops the holders an adoption (a restart
+    /// after a crash, an upgrade) registers: adopted leases unsupervised.
+    pub adopt_unsupervised: bool,
 }
 
 #[derive(Debug, Clone)]

@@ -662,12 +662,10 @@ impl Host {
                 shared: l.shared,
             };
             let (host_id, generation) = (p.spec.host_id, p.handover.last_written.owner_generation);
-            let ours = if acquired.shared {
-                acquired.dblock.inp == host_id && acquired.dblock.inp2 == generation
-            } else {
-                acquired.leader.owner_id == host_id
-                    && acquired.leader.owner_generation == generation
-            };
+            // Shared: our mode block is what is ours (leader and dblock may be anyone's).
+            let ours = acquired.shared
+                || (acquired.leader.owner_id == host_id
+                    && acquired.leader.owner_generation == generation);
             if !ours || (l.owner != OwnerState::Orphan && l.pid <= 0) {
                 return Err(StateError::Damaged(format!(
                     "lease {}:{} is not held by this host's generation {generation} (or has no holder)",

@@ -2175,18 +2175,26 @@ impl Host {
 
     fn adopt_orphans(&mut self, space: &str, held: Vec<HeldResource>) {
         for h in held {
-            let location = (String::from("?"), h.target.area_offset);
-            self.reg.push(Lease::new(
-                space,
-                location,
-                h,
-                Owner::Orphan,
-                0,
-                "",
-                self.unix_ms(),
-            ));
+            let location = (self.path_of(h.target.disk), h.target.area_offset);
+            let mirrors: Vec<(String, u64)> = h
+                .target
+                .mirrors
+                .iter()
+                .map(|(d, o)| (self.path_of(*d), *o))
+                .collect();
+            let mut l = Lease::new(space, location, h, Owner::Orphan, 0, "", self.unix_ms());
+            l.mirrors = mirrors;
+            self.reg.push(l);
         }
         self.refresh_used(space);
+    }
+
+    /// The path a device was registered under ("?" if it is not: never for a lease's disk).
+    fn path_of(&self, disk: DiskId) -> String {
+        self.disks
+            .iter()
+            .find(|(_, d)| **d == disk)
+            .map_or_else(|| "?".to_owned(), |(p, _)| p.display().to_string())
     }
 
     /// Unregisters holder pids that hold nothing more in a lockspace.
