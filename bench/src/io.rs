@@ -270,6 +270,11 @@ pub struct AutoDevice {
 impl AutoDevice {
     /// A 64 MiB file on /var/tmp under a loop device with direct I/O and `sector_size`.
     pub fn create(sector_size: u32) -> Result<Self, String> {
+        Self::create_sized(sector_size, 64 << 20)
+    }
+
+    /// [`AutoDevice::create`] of `bytes` bytes.
+    pub fn create_sized(sector_size: u32, bytes: u64) -> Result<Self, String> {
         let dir = std::env::temp_dir().join(format!("tenure-bench-{}", std::process::id()));
         let dir = if dir.starts_with("/tmp") {
             PathBuf::from(format!("/var/tmp/tenure-bench-{}", std::process::id()))
@@ -279,7 +284,7 @@ impl AutoDevice {
         std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
         let file = dir.join("lun");
         std::fs::File::create(&file)
-            .and_then(|f| f.set_len(64 << 20))
+            .and_then(|f| f.set_len(bytes))
             .map_err(|e| format!("{}: {e}", file.display()))?;
         let out = Command::new("losetup")
             .args([

@@ -8,3 +8,4 @@ pub mod daemon;
 pub mod io;
 pub mod join;
 pub mod report;
+pub mod upgrade;

@@ -99,6 +99,26 @@ enum Cmd {
         #[arg(long)]
         json: bool,
     },
+    /// Planned upgrades of a tenured holding leases: time until the new process answers,
+    /// the longest gap in service, and the renewal intervals across them.
+    Upgrade {
+        /// 512-byte-sector block device or file (overwritten) of at least leases + 1 MiB, or
+        /// `auto` (a loop device of that size made here).
+        #[arg(long)]
+        device: String,
+        /// Leases held through the upgrades.
+        #[arg(long, default_value_t = 100)]
+        leases: usize,
+        /// Upgrades.
+        #[arg(long, default_value_t = 20)]
+        upgrades: usize,
+        /// io_timeout T in seconds.
+        #[arg(long, default_value_t = 1)]
+        io_timeout: u16,
+        /// JSON lines instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
     /// Join time on a free slot and after an unclean stop (tenure, and a running sanlock).
     Join {
         /// 512-byte-sector block device or file (overwritten), or `auto`.
@@ -237,6 +257,36 @@ fn main() -> ExitCode {
                 sanlock_protocol: protocol == "sanlock",
             };
             emit(tenure_bench::daemon::run(&opts), json, &path)
+        }
+        Cmd::Upgrade {
+            device,
+            leases,
+            upgrades,
+            io_timeout,
+            json,
+        } => {
+            let leases = leases.clamp(1, 1000);
+            let (_auto, path) = if device == "auto" {
+                match AutoDevice::create_sized(512, (leases as u64 + 2) << 20) {
+                    Ok(a) => {
+                        let p = a.path.clone();
+                        (Some(a), p)
+                    }
+                    Err(e) => {
+                        eprintln!("tenure-bench: {e}");
+                        return ExitCode::from(1);
+                    }
+                }
+            } else {
+                (None, PathBuf::from(&device))
+            };
+            let opts = tenure_bench::upgrade::UpgradeBenchOptions {
+                device: path.clone(),
+                leases,
+                upgrades: upgrades.max(1),
+                io_timeout_s: io_timeout.max(1),
+            };
+            emit(tenure_bench::upgrade::run(&opts), json, &path)
         }
         Cmd::Join {
             device,

@@ -234,6 +234,8 @@ struct PendingUpgrade {
     binary: PathBuf,
     asked: std::time::Instant,
     asked_at: Time,
+    /// No new client or request is taken in any more (once no renewal is due soon).
+    intake_stopped: bool,
 }
 
 /// What a new tenured received from the one it replaces (crate::upgrade).
@@ -666,17 +668,7 @@ impl Server {
             }
         }
         // The old process's state file: this one writes its own once it serves.
-        let mut keys: Vec<ProbeKey> = Vec::new();
-        for sp in &doc.host.spaces {
-            keys.push((PathBuf::from(&sp.path), sp.offset));
-        }
-        for l in &doc.host.leases {
-            keys.push((PathBuf::from(&l.path), l.offset));
-            for (p, o) in &l.mirrors {
-                keys.push((PathBuf::from(p), *o));
-            }
-        }
-        self.probe_now(keys);
+        self.open_state_devices(&doc.host);
         let now = self.clock.now();
         let alive = |pid: i32, ticks: u64| {
             handover::pid_start_ticks(pid).is_some_and(|t| ticks == 0 || t == ticks)
@@ -698,17 +690,28 @@ impl Server {
         Ok(())
     }
 
-    /// Probes `keys` (device open, geometry) here and now, each within io_timeout (start-up
-    /// only: nothing else runs yet).
-    fn probe_now(&mut self, mut keys: Vec<ProbeKey>) {
-        keys.sort();
-        keys.dedup();
+    /// Opens the devices of the areas a predecessor's state names, here and now (start-up:
+    /// nothing else runs yet), each device within io_timeout: the first area of each device
+    /// is read (its geometry checked against the device), the others are taken with the
+    /// geometry the state recorded for them.
+    fn open_state_devices(&mut self, st: &handover::HostState) {
         let limit = Duration::from_secs(self.cfg.io_timeout_s.max(1));
-        for key in keys {
+        let areas = st.areas();
+        let mut by_path: Vec<(PathBuf, Vec<(u64, Geometry)>)> = Vec::new();
+        for (p, o, g) in areas {
+            match by_path.last_mut() {
+                Some((lp, v)) if *lp == p => v.push((o, g)),
+                _ => by_path.push((p, vec![(o, g)])),
+            }
+        }
+        // One probe thread per device, all at once.
+        let mut waiting = Vec::new();
+        for (path, list) in &by_path {
+            let key = (path.clone(), list[0].0);
             if self.host.area(&key).is_some() {
                 continue;
             }
-            let need_device = !self.host.has_disk(&key.0);
+            let need_device = !self.host.has_disk(path);
             let (tx, rx) = channel();
             let k2 = key.clone();
             let spawned = std::thread::Builder::new()
@@ -716,15 +719,27 @@ impl Server {
                 .spawn(move || {
                     let _ = tx.send(probe(k2, need_device));
                 });
-            match spawned.ok().and_then(|_| rx.recv_timeout(limit).ok()) {
-                Some(p) => {
+            if spawned.is_ok() {
+                waiting.push((key, rx));
+            }
+        }
+        let deadline = std::time::Instant::now() + limit;
+        for (key, rx) in waiting {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            match rx.recv_timeout(left) {
+                Ok(p) => {
                     if let Err(e) = self.host.probe_done(p.key, p.device, p.geometry) {
-                        tracing::warn!(path = %key.0.display(), offset = key.1, error = %e, "a lease area of the handed-over state cannot be read");
+                        tracing::warn!(path = %key.0.display(), offset = key.1, error = %e, "a lease area of the predecessor's state cannot be read");
                     }
                 }
-                None => {
-                    tracing::warn!(path = %key.0.display(), offset = key.1, "a device of the handed-over state did not answer within io_timeout");
+                Err(_) => {
+                    tracing::warn!(path = %key.0.display(), "a device of the predecessor's state did not answer within io_timeout");
                 }
+            }
+        }
+        for (path, list) in by_path {
+            if let Some(disk) = self.host.disk_of(&path) {
+                self.host.add_known_disk(path, disk, &list[1..]);
             }
         }
     }
@@ -735,17 +750,7 @@ impl Server {
     /// fed: the reset it stands for happens). A failure after supervision took over is an
     /// error: tenured does not serve half an adoption.
     fn adopt_inherited(&mut self, st: &handover::HostState) -> Result<(), ServerError> {
-        let mut keys: Vec<ProbeKey> = Vec::new();
-        for sp in &st.spaces {
-            keys.push((PathBuf::from(&sp.path), sp.offset));
-        }
-        for l in &st.leases {
-            keys.push((PathBuf::from(&l.path), l.offset));
-            for (p, o) in &l.mirrors {
-                keys.push((PathBuf::from(p), *o));
-            }
-        }
-        self.probe_now(keys);
+        self.open_state_devices(st);
         let now = self.clock.now();
         let alive = |pid: i32, ticks: u64| {
             handover::pid_start_ticks(pid).is_some_and(|t| ticks == 0 || t == ticks)
@@ -820,7 +825,20 @@ impl Server {
     /// exits), or given up after crate::upgrade::QUIESCE_MAX with the reason.
     fn try_upgrade(&mut self) {
         let Some(u) = &self.upgrade else { return };
-        let quiet = self.quiescent();
+        let timed_out = u.asked.elapsed() >= crate::upgrade::QUIESCE_MAX;
+        let soon = self.host.renews_soon();
+        let quiet = match &soon {
+            // Serving on until the renewal is done.
+            Some(_) if !timed_out => return,
+            Some(name) => Err(format!("lockspace {name} did not renew")),
+            None => {
+                if let Some(u) = self.upgrade.as_mut() {
+                    u.intake_stopped = true;
+                }
+                self.quiescent()
+            }
+        };
+        let Some(u) = &self.upgrade else { return };
         let outcome = match quiet {
             Ok(()) => self.hand_over(),
             Err(why) if u.asked.elapsed() >= crate::upgrade::QUIESCE_MAX => Err(format!(
@@ -1276,7 +1294,7 @@ impl Server {
 
     fn wait_and_serve(&mut self) -> Result<(), ServerError> {
         let now = self.clock.now();
-        let upgrading = self.upgrade.is_some();
+        let upgrading = self.upgrade.as_ref().is_some_and(|u| u.intake_stopped);
         let timeout = self
             .host
             .next_wakeup()
@@ -1426,6 +1444,7 @@ impl Server {
                     binary: self.exe.clone(),
                     asked: std::time::Instant::now(),
                     asked_at: self.clock.now(),
+                    intake_stopped: false,
                 });
             }
             return;
@@ -1755,6 +1774,7 @@ impl Server {
                     binary,
                     asked: std::time::Instant::now(),
                     asked_at: self.clock.now(),
+                    intake_stopped: false,
                 });
                 None
             }

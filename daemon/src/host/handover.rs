@@ -41,6 +41,8 @@ pub const STATE_FILE: &str = "tenured-state.json";
 pub const STATE_FORMAT: &str = "tenured-state";
 /// The version this build writes and reads.
 pub const STATE_VERSION: u32 = 1;
+/// A hand-over starts only when no lockspace renews within this (crate::upgrade).
+pub const HANDOVER_RENEWAL_MARGIN: std::time::Duration = std::time::Duration::from_millis(300);
 /// Largest state file read (8192 leases of about 1.5 KiB each, and room).
 pub const STATE_BYTES_MAX: usize = 32 << 20;
 
@@ -278,6 +280,28 @@ impl HostState {
         serde_json::from_slice(bytes).map_err(|e| StateError::Parse(e.to_string()))
     }
 
+    /// Every lease area the state names, with the geometry recorded for it (areas whose
+    /// recorded geometry is invalid are left out: the adoption refuses them later).
+    pub fn areas(&self) -> Vec<(std::path::PathBuf, u64, Geometry)> {
+        let mut v = Vec::new();
+        for s in &self.spaces {
+            if let Ok(g) = geometry(s.sector_size, s.align_bytes) {
+                v.push((std::path::PathBuf::from(&s.path), s.offset, g));
+            }
+        }
+        for l in &self.leases {
+            if let Ok(g) = geometry(l.sector_size, l.align_bytes) {
+                v.push((std::path::PathBuf::from(&l.path), l.offset, g));
+                for (p, o) in &l.mirrors {
+                    v.push((std::path::PathBuf::from(p), *o, g));
+                }
+            }
+        }
+        v.sort_by(|a, b| (&a.0, a.1).cmp(&(&b.0, b.1)));
+        v.dedup_by(|a, b| a.0 == b.0 && a.1 == b.1);
+        v
+    }
+
     /// The document's bytes.
     pub fn to_bytes(&self) -> Vec<u8> {
         // Plain data: serialising cannot fail.
@@ -368,8 +392,19 @@ impl Host {
             if self.set.delta_io_in_flight(s.id) {
                 return Err(format!("lockspace {} is renewing", s.name));
             }
+
         }
         Ok(())
+    }
+
+    /// A lockspace renews within [`HANDOVER_RENEWAL_MARGIN`] (or is overdue): a hand-over
+    /// waits until it renewed, so none is made late by it. Its name then.
+    pub fn renews_soon(&self) -> Option<String> {
+        self.spaces.iter().find_map(|s| {
+            let (h, cfg) = (self.set.handover(s.id)?, self.set.config(s.id)?);
+            let due = h.last_renewal.saturating_add(cfg.timeouts.renewal_interval());
+            (due.saturating_since(self.now) < HANDOVER_RENEWAL_MARGIN).then(|| s.name.clone())
+        })
     }
 
     /// Stops supervision's decisions for a hand-over (see [`super::Supervision::freeze`]).
