@@ -199,13 +199,19 @@ pub fn run(opts: &UpgradeBenchOptions) -> Result<Vec<Measurement>, String> {
     let v = holder.call(&Request::Status {}).map_err(err)?;
     let held = v["leases"].as_array().map_or(0, Vec::len);
     if held != opts.leases {
-        return Err(format!("{held} leases held after the upgrades, not {}", opts.leases));
+        return Err(format!(
+            "{held} leases held after the upgrades, not {}",
+            opts.leases
+        ));
     }
     let seen = seen.lock().map_err(err)?.clone();
     // Service gaps: the longest interval between answers around each upgrade.
     let mut gaps = Vec::new();
     for (a, b) in &windows {
-        let (lo, hi) = (*a - Duration::from_millis(50), *b + Duration::from_millis(50));
+        let (lo, hi) = (
+            *a - Duration::from_millis(50),
+            *b + Duration::from_millis(50),
+        );
         let times: Vec<Instant> = seen
             .iter()
             .map(|(t, _)| *t)
@@ -230,7 +236,10 @@ pub fn run(opts: &UpgradeBenchOptions) -> Result<Vec<Measurement>, String> {
             continue;
         };
         // Millisecond rounding of the deadline: the same renewal within 5 ms.
-        if renewals.last().is_none_or(|l| r > *l + Duration::from_millis(5)) {
+        if renewals
+            .last()
+            .is_none_or(|l| r > *l + Duration::from_millis(5))
+        {
             renewals.push(r);
         }
     }
@@ -246,8 +255,14 @@ pub fn run(opts: &UpgradeBenchOptions) -> Result<Vec<Measurement>, String> {
     };
     let n = opts.leases;
     let mut rows = vec![
-        row(format!("upgrade: request until the new one answers, {n} leases"), answered),
-        row("upgrade: longest gap in service (1 ms polling)".into(), gaps),
+        row(
+            format!("upgrade: request until the new one answers, {n} leases"),
+            answered,
+        ),
+        row(
+            "upgrade: longest gap in service (1 ms polling)".into(),
+            gaps,
+        ),
     ];
     intervals.sort();
     rows.push(row(

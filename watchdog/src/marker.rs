@@ -90,15 +90,20 @@ pub fn boot_id() -> String {
         .unwrap_or_default()
 }
 
-/// Start time of `pid` in clock ticks since boot, if it is running.
+/// Start time of `pid` in clock ticks since boot, if it is running. A zombie (exited, not yet
+/// reaped by its parent) is not running: it holds nothing and never runs again.
 pub fn pid_start_ticks(pid: i32) -> Option<u64> {
+    if pid <= 0 {
+        return None;
+    }
     let s = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // Field 22 overall; after the ')' that ends comm, it is the 20th.
-    s[s.rfind(')')? + 1..]
-        .split_whitespace()
-        .nth(19)?
-        .parse()
-        .ok()
+    // After the ')' that ends comm: field 3 (state) first, field 22 (start time) 20th.
+    let mut rest = s[s.rfind(')')? + 1..].split_whitespace();
+    let state = rest.next()?;
+    if state == "Z" || state == "X" {
+        return None;
+    }
+    rest.nth(18)?.parse().ok()
 }
 
 impl ArmedMarker {
@@ -337,5 +342,22 @@ mod tests {
             ArmedMarker::create_after(dir.path(), "emu", Some((c.pid, 12345))),
             Err(MarkerError::InUse { .. })
         ));
+    }
+
+    /// A zombie (exited, not reaped) is not running: its marker is a pending fence.
+    #[test]
+    fn a_zombie_is_not_running() {
+        let mut child = std::process::Command::new("true").spawn().unwrap();
+        let pid = child.id() as i32;
+        // Not reaped yet: a zombie once it exited.
+        let t0 = std::time::Instant::now();
+        while std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| !s.contains(") Z"))
+        {
+            assert!(t0.elapsed() < std::time::Duration::from_secs(10));
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+        assert_eq!(pid_start_ticks(pid), None);
+        assert!(pid_start_ticks(std::process::id() as i32).is_some());
+        child.wait().unwrap();
     }
 }

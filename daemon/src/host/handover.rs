@@ -392,7 +392,6 @@ impl Host {
             if self.set.delta_io_in_flight(s.id) {
                 return Err(format!("lockspace {} is renewing", s.name));
             }
-
         }
         Ok(())
     }
@@ -402,7 +401,9 @@ impl Host {
     pub fn renews_soon(&self) -> Option<String> {
         self.spaces.iter().find_map(|s| {
             let (h, cfg) = (self.set.handover(s.id)?, self.set.config(s.id)?);
-            let due = h.last_renewal.saturating_add(cfg.timeouts.renewal_interval());
+            let due = h
+                .last_renewal
+                .saturating_add(cfg.timeouts.renewal_interval());
             (due.saturating_since(self.now) < HANDOVER_RENEWAL_MARGIN).then(|| s.name.clone())
         })
     }
