@@ -39,18 +39,17 @@ fn libvirt_plans_a_to_e_pass_against_tenured() {
         .spawn()
         .unwrap();
     let pgid = leader.id() as i32;
-    struct Kill(i32, u32);
+    struct Kill(i32, std::process::Child, std::process::Child);
     impl Drop for Kill {
         fn drop(&mut self) {
             // The emulator first (it must not fire at the test bed), then host 1's group.
-            let _ = nix::sys::signal::kill(
-                nix::unistd::Pid::from_raw(self.1 as i32),
-                nix::sys::signal::Signal::SIGKILL,
-            );
+            let _ = self.1.kill();
+            let _ = self.1.wait();
             let _ = nix::sys::signal::killpg(
                 nix::unistd::Pid::from_raw(self.0),
                 nix::sys::signal::Signal::SIGKILL,
             );
+            let _ = self.2.wait();
         }
     }
     let emulator = Command::new(tenure_bin())
@@ -65,7 +64,7 @@ fn libvirt_plans_a_to_e_pass_against_tenured() {
         .stderr(std::fs::File::create(w.join("emulator.log")).unwrap())
         .spawn()
         .unwrap();
-    let _kill = Kill(pgid, emulator.id());
+    let _kill = Kill(pgid, emulator, leader);
     let t0 = Instant::now();
     while std::os::unix::net::UnixStream::connect(w.join("wd.sock")).is_err() {
         assert!(
