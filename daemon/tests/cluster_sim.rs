@@ -481,33 +481,10 @@ impl World {
     /// Starts the daemon of node `i` (first boot, or after a crash or reset).
     fn boot(&mut self, i: usize) {
         let now = self.now();
-        let port = self.storage.port();
-        let n = port.number();
-        let guard = Arc::new(Mutex::new(self.new_guard()));
+        self.nodes[i].alive = Arc::new(Mutex::new(HashSet::new()));
+        let host = self.make_host(i);
         let node = &mut self.nodes[i];
-        node.guard = Arc::clone(&guard);
-        node.alive = Arc::new(Mutex::new(HashSet::new()));
-        let sup = SimSup {
-            guard,
-            alive: Arc::clone(&node.alive),
-            adopting: Arc::clone(&node.adopting),
-        };
-        let mut host = Host::new(
-            HostConfig {
-                host_name: Name::new(&format!("node-{}", node.id)).expect("name"),
-                io_timeout_s: u64::from(IO_TIMEOUT_S),
-                other_hosts_fire_timeout_s: W_S,
-                no_local_exclusion: false,
-            },
-            LockspaceSet::new(Box::new(port)),
-            Box::new(sup),
-            1_700_000_000_000,
-        );
-        let mut areas = vec![(0, geometry())];
-        areas.extend((0..RESOURCES).map(|r| (resource_offset(r), geometry())));
-        host.add_known_disk(PATH.into(), node.view, &areas);
         node.host = Some(host);
-        node.port = n;
         node.down_until = None;
         node.frozen_until = None;
         node.queued_closes.clear();
@@ -1111,32 +1088,10 @@ impl World {
     /// a new guard; its clients are the node's live processes (`reconnect`: each opens a new
     /// connection; otherwise they keep theirs, handed over).
     fn new_host(&mut self, i: usize, reconnect: bool) -> Host {
-        let port = self.storage.port();
-        let guard = Arc::new(Mutex::new(self.new_guard()));
-        let node = &mut self.nodes[i];
-        let old_port = node.port;
+        let old_port = self.nodes[i].port;
         self.storage.crash(old_port);
-        node.port = port.number();
-        node.guard = Arc::clone(&guard);
-        let sup = SimSup {
-            guard,
-            alive: Arc::clone(&node.alive),
-            adopting: Arc::clone(&node.adopting),
-        };
-        let mut host = Host::new(
-            HostConfig {
-                host_name: Name::new(&format!("node-{}", node.id)).expect("name"),
-                io_timeout_s: u64::from(IO_TIMEOUT_S),
-                other_hosts_fire_timeout_s: W_S,
-                no_local_exclusion: false,
-            },
-            LockspaceSet::new(Box::new(port)),
-            Box::new(sup),
-            1_700_000_000_000,
-        );
-        let mut areas = vec![(0, geometry())];
-        areas.extend((0..RESOURCES).map(|r| (resource_offset(r), geometry())));
-        host.add_known_disk(PATH.into(), node.view, &areas);
+        let mut host = self.make_host(i);
+        let node = &mut self.nodes[i];
         for p in node.procs.iter_mut().filter(|p| p.alive) {
             if reconnect {
                 node.next_serial += 1;
@@ -1159,6 +1114,36 @@ impl World {
         node.watched.clear();
         node.queued_closes.clear();
         node.queued_exits.clear();
+        host
+    }
+
+    /// A host core for node `i` (a tenured process) on a new engine over the shared storage,
+    /// supervised by a new guard.
+    fn make_host(&mut self, i: usize) -> Host {
+        let port = self.storage.port();
+        let guard = Arc::new(Mutex::new(self.new_guard()));
+        let node = &mut self.nodes[i];
+        node.port = port.number();
+        node.guard = Arc::clone(&guard);
+        let sup = SimSup {
+            guard,
+            alive: Arc::clone(&node.alive),
+            adopting: Arc::clone(&node.adopting),
+        };
+        let mut host = Host::new(
+            HostConfig {
+                host_name: Name::new(&format!("node-{}", node.id)).expect("name"),
+                io_timeout_s: u64::from(IO_TIMEOUT_S),
+                other_hosts_fire_timeout_s: W_S,
+                no_local_exclusion: false,
+            },
+            LockspaceSet::new(Box::new(port)),
+            Box::new(sup),
+            1_700_000_000_000,
+        );
+        let mut areas = vec![(0, geometry())];
+        areas.extend((0..RESOURCES).map(|r| (resource_offset(r), geometry())));
+        host.add_known_disk(PATH.into(), node.view, &areas);
         host
     }
 

@@ -1694,21 +1694,8 @@ fn a_daemon_restarted_within_the_deadline_adopts_its_leases_without_a_reset() {
             ("live", generation),
             "host 2's view of host 1"
         );
-        let out = h2
-            .tenure(&[
-                "run",
-                "--no-wait",
-                "--lease",
-                &h2.resource("R", 1),
-                "--",
-                "sh",
-                "-c",
-                &oracle_cmd(&oracle, "0.1"),
-            ])
-            .output()
-            .unwrap();
+        let out = try_take_r(&h2, &oracle);
         assert!(!out.status.success(), "host 2 took the adopted lease");
-        assert_ne!(out.status.code(), Some(99));
         assert!(
             holder.try_wait().unwrap().is_none(),
             "the holder was killed"
@@ -1720,33 +1707,12 @@ fn a_daemon_restarted_within_the_deadline_adopts_its_leases_without_a_reset() {
     // The holder exits: its adopted lease is released, and host 2 gets it.
     let _ = holder.kill();
     let _ = holder.wait();
-    let t0 = Instant::now();
-    loop {
-        let out = h2
-            .tenure(&[
-                "run",
-                "--no-wait",
-                "--lease",
-                &h2.resource("R", 1),
-                "--",
-                "sh",
-                "-c",
-                &oracle_cmd(&oracle, "0.1"),
-            ])
-            .output()
-            .unwrap();
-        assert_ne!(out.status.code(), Some(99));
-        if out.status.success() {
-            break;
-        }
-        assert!(
-            t0.elapsed() < Duration::from_secs(10),
-            "the adopted lease was not released when its holder exited: {}\n{}",
-            String::from_utf8_lossy(&out.stderr),
-            h1.log()
-        );
-        std::thread::sleep(Duration::from_millis(250));
-    }
+    wait_taken_r(
+        &h2,
+        &oracle,
+        "the adopted lease was not released when its holder exited",
+        &|| h1.log(),
+    );
     eprintln!(
         "restarted tenured served {served_after:?} after the SIGKILL, adopted lver {}",
         lease["lver"]
@@ -1937,31 +1903,46 @@ fn a_planned_upgrade_keeps_leases_connections_and_the_watchdog() {
         .status();
     let _ = holder.kill();
     let _ = holder.wait();
-    let t2 = Instant::now();
+    wait_taken_r(&h2, &oracle, "not released by the new process", &|| {
+        h1.log()
+    });
+    eprintln!("upgrade took {took:?} (request to reply), new pid {new_pid}");
+}
+
+/// One try of host `h` to hold `R` (1M) for a moment with `tenure run --no-wait`, the oracle
+/// checked: exit status 99 (two holders at once) fails the test.
+fn try_take_r(h: &Host, oracle: &Path) -> Output {
+    let out = h
+        .tenure(&[
+            "run",
+            "--no-wait",
+            "--lease",
+            &h.resource("R", 1),
+            "--",
+            "sh",
+            "-c",
+            &oracle_cmd(oracle, "0.1"),
+        ])
+        .output()
+        .unwrap();
+    assert_ne!(out.status.code(), Some(99), "two holders at once");
+    out
+}
+
+/// Waits (10 s at most) until host `h` can take `R`: the lease was released elsewhere.
+fn wait_taken_r(h: &Host, oracle: &Path, what: &str, log: &dyn Fn() -> String) {
+    let t0 = Instant::now();
     loop {
-        let out = h2
-            .tenure(&[
-                "run",
-                "--no-wait",
-                "--lease",
-                &h2.resource("R", 1),
-                "--",
-                "sh",
-                "-c",
-                &oracle_cmd(&oracle, "0.1"),
-            ])
-            .output()
-            .unwrap();
-        assert_ne!(out.status.code(), Some(99));
+        let out = try_take_r(h, oracle);
         if out.status.success() {
-            break;
+            return;
         }
         assert!(
-            t2.elapsed() < Duration::from_secs(10),
-            "not released\n{}",
-            h1.log()
+            t0.elapsed() < Duration::from_secs(10),
+            "{what}: {}\n{}",
+            String::from_utf8_lossy(&out.stderr),
+            log()
         );
         std::thread::sleep(Duration::from_millis(250));
     }
-    eprintln!("upgrade took {took:?} (request to reply), new pid {new_pid}");
 }

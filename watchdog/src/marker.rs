@@ -167,17 +167,7 @@ impl ArmedMarker {
                         && existing.boot_id == content.boot_id
                         && existing.watchdog == content.watchdog
                     {
-                        let tmp = dir.join(format!(".{MARKER_FILE}.{me}"));
-                        let mut f = OpenOptions::new()
-                            .write(true)
-                            .create(true)
-                            .truncate(true)
-                            .mode(0o644)
-                            .open(&tmp)
-                            .map_err(io)?;
-                        f.write_all(&body).and_then(|()| f.sync_all()).map_err(io)?;
-                        std::fs::rename(&tmp, &path).map_err(io)?;
-                        sync_dir(dir).map_err(io)?;
+                        replace(dir, &path, &body).map_err(io)?;
                         return Ok(Self { path });
                     }
                     return Err(MarkerError::PendingFence {
@@ -221,17 +211,7 @@ impl ArmedMarker {
             ..existing
         };
         let body = serde_json::to_vec(&content).map_err(|e| io(std::io::Error::other(e)))?;
-        let tmp = dir.join(format!(".{MARKER_FILE}.{me}"));
-        let mut f = OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(0o644)
-            .open(&tmp)
-            .map_err(io)?;
-        f.write_all(&body).and_then(|()| f.sync_all()).map_err(io)?;
-        std::fs::rename(&tmp, &path).map_err(io)?;
-        sync_dir(dir).map_err(io)?;
+        replace(dir, &path, &body).map_err(io)?;
         Ok(Self { path })
     }
 
@@ -263,6 +243,20 @@ pub fn read_marker(path: &Path) -> Result<MarkerContent, MarkerError> {
         path: path.to_owned(),
         reason: e.to_string(),
     })
+}
+
+/// Replaces the marker at `path` by `body` at once (a durable temporary file renamed over it).
+fn replace(dir: &Path, path: &Path, body: &[u8]) -> std::io::Result<()> {
+    let tmp = dir.join(format!(".{MARKER_FILE}.{}", std::process::id()));
+    let mut f = OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o644)
+        .open(&tmp)?;
+    f.write_all(body).and_then(|()| f.sync_all())?;
+    std::fs::rename(&tmp, path)?;
+    sync_dir(dir)
 }
 
 fn sync_dir(dir: &Path) -> std::io::Result<()> {

@@ -394,6 +394,32 @@ pub fn refusal_reply(key: &ResourceKey, r: Refusal) -> Reply {
     }
 }
 
+/// The leases an acquire won: one per resource run on disk, at the disks the client named.
+#[allow(clippy::too_many_arguments)]
+fn won_leases(
+    held: Vec<HeldResource>,
+    locations: Vec<Vec<(String, u64)>>,
+    persistent: Vec<bool>,
+    space: &str,
+    owner: Owner,
+    pid: i32,
+    client_name: &str,
+    wall: u64,
+) -> Vec<Lease> {
+    held.into_iter()
+        .zip(locations)
+        .zip(persistent)
+        .map(|((h, mut loc), p)| {
+            let mirrors = loc.split_off(1);
+            let first = loc.pop().unwrap_or_default();
+            let mut l = Lease::new(space, first, h, owner, pid, client_name, wall);
+            l.mirrors = mirrors;
+            l.persistent = p;
+            l
+        })
+        .collect()
+}
+
 /// A spec's disks as (path, offset).
 fn disks_of(s: &ResourceSpec) -> Vec<(String, u64)> {
     s.disks.iter().map(|d| (d.path.clone(), d.offset)).collect()
@@ -1989,20 +2015,16 @@ impl Host {
                     OpOutcome::Acquired(held) if owner_gone => {
                         // Released at once, as the leases of any pid that exits (persistent
                         // ones stay as orphans); its joiners went when it exited.
-                        let leases: Vec<Lease> = held
-                            .into_iter()
-                            .zip(locations)
-                            .zip(persistent)
-                            .map(|((h, mut loc), p)| {
-                                let mirrors = loc.split_off(1);
-                                let first = loc.pop().unwrap_or_default();
-                                let mut l =
-                                    Lease::new(&space, first, h, owner, pid, &client_name, wall);
-                                l.mirrors = mirrors;
-                                l.persistent = p;
-                                l
-                            })
-                            .collect();
+                        let leases = won_leases(
+                            held,
+                            locations,
+                            persistent,
+                            &space,
+                            owner,
+                            pid,
+                            &client_name,
+                            wall,
+                        );
                         tracing::info!(lockspace = %space, pid, "holder exited while its leases were acquired: releasing them");
                         self.give_back_joins(now, joined);
                         let _ = self.let_go(now, None, leases);
@@ -2015,20 +2037,16 @@ impl Host {
                         );
                     }
                     OpOutcome::Acquired(held) => {
-                        let mut leases: Vec<Lease> = held
-                            .into_iter()
-                            .zip(locations)
-                            .zip(persistent)
-                            .map(|((h, mut loc), p)| {
-                                let mirrors = loc.split_off(1);
-                                let first = loc.pop().unwrap_or_default();
-                                let mut l =
-                                    Lease::new(&space, first, h, owner, pid, &client_name, wall);
-                                l.mirrors = mirrors;
-                                l.persistent = p;
-                                l
-                            })
-                            .collect();
+                        let mut leases = won_leases(
+                            held,
+                            locations,
+                            persistent,
+                            &space,
+                            owner,
+                            pid,
+                            &client_name,
+                            wall,
+                        );
                         leases.append(&mut joined);
                         let r = self.grant(now, client, &space, owner, pid, leases);
                         self.reply(client, r);
