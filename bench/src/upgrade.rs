@@ -39,6 +39,9 @@ pub struct UpgradeBenchOptions {
 
 const ALIGN: u64 = 1 << 20;
 
+/// When the poller got an answer, and the renewal deadline it reported (ms from then).
+type Answer = (Instant, Option<i64>);
+
 fn err(e: impl std::fmt::Display) -> String {
     e.to_string()
 }
@@ -151,7 +154,7 @@ pub fn run(opts: &UpgradeBenchOptions) -> Result<Vec<Measurement>, String> {
     }
     // The poller: (when, renewal deadline in ms) for every answer.
     let stop = Arc::new(AtomicBool::new(false));
-    let seen: Arc<Mutex<Vec<(Instant, Option<i64>)>>> = Arc::new(Mutex::new(Vec::new()));
+    let seen: Arc<Mutex<Vec<Answer>>> = Arc::new(Mutex::new(Vec::new()));
     let poller = {
         let (stop, seen, sock) = (Arc::clone(&stop), Arc::clone(&seen), sock.clone());
         std::thread::spawn(move || -> Result<(), String> {
