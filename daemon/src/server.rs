@@ -1022,26 +1022,31 @@ impl Server {
             }
             std::thread::sleep(Duration::from_millis(2));
         };
-        let r = chan
+        let sent = chan
             .set_nonblocking(false)
             .map_err(|e| e.to_string())
-            .and_then(|()| crate::upgrade::send(&mut chan, doc, fds).map_err(|e| e.to_string()))
-            .and_then(|()| {
-                crate::upgrade::read_line(&mut chan, deadline).map_err(|e| e.to_string())
-            });
-        match r {
-            Ok(line) if line == "ready" => {}
-            Ok(line) => {
-                kill(&mut child);
-                return Err(format!(
-                    "the new tenured refused the hand-over: {}",
-                    line.strip_prefix("error: ").unwrap_or(&line)
-                ));
+            .and_then(|()| crate::upgrade::send(&mut chan, doc, fds).map_err(|e| e.to_string()));
+        // A new process that refuses the document answers why and closes before all of it
+        // was sent: its answer is read either way.
+        let answer_by = if sent.is_ok() {
+            deadline
+        } else {
+            std::time::Instant::now() + Duration::from_secs(1)
+        };
+        let answer = crate::upgrade::read_line(&mut chan, answer_by).map_err(|e| e.to_string());
+        let refused = match (&sent, &answer) {
+            (Ok(()), Ok(line)) if line == "ready" => None,
+            (_, Ok(line)) => Some(format!(
+                "the new tenured refused the hand-over: {}",
+                line.strip_prefix("error: ").unwrap_or(line)
+            )),
+            (Err(e), Err(_)) | (Ok(()), Err(e)) => {
+                Some(format!("hand-over to the new tenured: {e}"))
             }
-            Err(e) => {
-                kill(&mut child);
-                return Err(format!("hand-over to the new tenured: {e}"));
-            }
+        };
+        if let Some(why) = refused {
+            kill(&mut child);
+            return Err(why);
         }
         if let Err(e) = chan.write_all(b"go\n") {
             kill(&mut child);

@@ -1840,8 +1840,35 @@ fn a_planned_upgrade_keeps_leases_connections_and_the_watchdog() {
     );
     let still = h1.json(&["status"]);
     assert_eq!(still["leases"][0]["lver"], before["leases"][0]["lver"]);
-    // A second build: the same code in another file.
+    // A binary that connects, reads the hand-over and refuses it (another version of the
+    // document): the old one goes on, and says why.
     let bin_dir = tempfile::tempdir().unwrap();
+    let refuser = bin_dir.path().join("tenured-refuses");
+    std::fs::write(
+        &refuser,
+        "#!/usr/bin/python3\nimport socket, sys\ns = socket.socket(socket.AF_UNIX)\ns.connect(sys.argv[-1])\ns.recv(1 << 20)\ns.sendall(b'error: the hand-over is tenured-handover version 1; this build reads version 2\\n')\ns.recv(1)\n",
+    )
+    .unwrap();
+    std::fs::set_permissions(
+        &refuser,
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .unwrap();
+    let out = h1
+        .tenure(&["daemon", "upgrade", "--binary"])
+        .arg(&refuser)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let why = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        why.contains("refused the hand-over") && why.contains("version 2"),
+        "{why}"
+    );
+    let still = h1.json(&["status"]);
+    assert_eq!(still["pid"], before["pid"], "the old one serves on");
+    assert_eq!(still["leases"][0]["lver"], before["leases"][0]["lver"]);
+    // A second build: the same code in another file.
     let second = bin_dir.path().join("tenured-second");
     std::fs::copy(tenured_bin(), &second).unwrap();
     let old_pid = h1.tenured.id();
