@@ -103,6 +103,33 @@ enum Command {
         #[arg(last = true, required = true, value_name = "CMD")]
         command: Vec<String>,
     },
+    /// Do the timeouts of every layer agree? tenured.toml, the watchdog device, multipath,
+    /// NFS mount options of lease files, libvirt's qemu-sanlock.conf and the other hosts'
+    /// io_timeout; findings with severity and fix; exit code 0 ok, 1 warning, 2 error.
+    Doctor {
+        /// tenured's configuration.
+        #[arg(long, value_name = "PATH", default_value = crate::config::CONFIG_PATH_DEFAULT)]
+        config: std::path::PathBuf,
+        /// multipath's configuration (default: `multipath -t`, else /etc/multipath.conf).
+        #[arg(long, value_name = "PATH")]
+        multipath_conf: Option<std::path::PathBuf>,
+        /// The mount table.
+        #[arg(long, value_name = "PATH", default_value = "/proc/self/mountinfo")]
+        mountinfo: std::path::PathBuf,
+        /// libvirt's sanlock plugin configuration.
+        #[arg(
+            long,
+            value_name = "PATH",
+            default_value = "/etc/libvirt/qemu-sanlock.conf"
+        )]
+        qemu_sanlock_conf: std::path::PathBuf,
+        /// Do not read the lockspace areas (the other hosts' io_timeout).
+        #[arg(long)]
+        no_storage: bool,
+        /// JSON instead of lines.
+        #[arg(long)]
+        json: bool,
+    },
     /// Why was this host reset? The fence records tenured wrote before losing a lockspace.
     WhyReset {
         /// tenured's state directory.
@@ -450,6 +477,43 @@ fn run(cli: Cli) -> Result<ExitCode, String> {
     let socket = || d::socket_path(cli.socket.as_deref());
     match cli.command {
         Command::Status { json } => d::status(&socket(), json),
+        Command::Doctor {
+            config,
+            multipath_conf,
+            mountinfo,
+            qemu_sanlock_conf,
+            no_storage,
+            json,
+        } => {
+            let cfg = crate::config::Config::load(&config).map_err(|e| e.to_string())?;
+            let inputs = crate::doctor::gather(
+                cfg,
+                multipath_conf.as_deref(),
+                &mountinfo,
+                &qemu_sanlock_conf,
+                !no_storage,
+            );
+            let findings = crate::doctor::diagnose(&inputs);
+            if json {
+                let v = serde_json::json!({ "findings": findings });
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&v).map_err(|e| e.to_string())?
+                );
+            } else {
+                for f in &findings {
+                    let sev = serde_json::to_value(f.severity)
+                        .ok()
+                        .and_then(|v| v.as_str().map(str::to_owned))
+                        .unwrap_or_default();
+                    println!("{sev:<5} {:<12} {}", f.check, f.message);
+                    if let Some(fix) = &f.fix {
+                        println!("      {:<12} fix: {fix}", "");
+                    }
+                }
+            }
+            Ok(ExitCode::from(crate::doctor::exit_code(&findings)))
+        }
         Command::Daemon(DaemonCmd::Upgrade { binary, json }) => {
             d::upgrade(&socket(), binary.as_deref(), json)
         }

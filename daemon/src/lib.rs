@@ -12,6 +12,7 @@ pub mod cli;
 pub mod client;
 pub mod config;
 pub mod daemon_cmd;
+pub mod doctor;
 pub mod fuzzing;
 pub mod host;
 pub mod proto;
