@@ -73,10 +73,13 @@ pub struct Inputs {
     pub lease_paths: Vec<PathBuf>,
     /// libvirt's qemu-sanlock.conf.
     pub qemu_sanlock: Option<String>,
-    /// The slots in use of each configured lockspace: (name, our host id, slots), or why
-    /// they could not be read.
-    pub slots: Vec<(String, u64, Result<Vec<SlotReport>, String>)>,
+    /// The slots in use of each configured lockspace.
+    pub slots: Vec<LockspaceSlots>,
 }
+
+/// A configured lockspace's slots in use as read from its area: (name, our host id, slots),
+/// or why they could not be read.
+pub type LockspaceSlots = (String, u64, Result<Vec<SlotReport>, String>);
 
 /// Every finding for `inputs`, worst first.
 pub fn diagnose(inputs: &Inputs) -> Vec<Finding> {
@@ -92,7 +95,7 @@ pub fn diagnose(inputs: &Inputs) -> Vec<Finding> {
         out.extend(check_libvirt(q, t));
     }
     out.extend(check_other_hosts(&inputs.config, &inputs.slots));
-    out.sort_by(|a, b| b.severity.cmp(&a.severity));
+    out.sort_by_key(|f| std::cmp::Reverse(f.severity));
     out
 }
 
@@ -386,10 +389,7 @@ fn check_libvirt(text: &str, t: u64) -> Vec<Finding> {
     out
 }
 
-fn check_other_hosts(
-    cfg: &Config,
-    slots: &[(String, u64, Result<Vec<SlotReport>, String>)],
-) -> Vec<Finding> {
+fn check_other_hosts(cfg: &Config, slots: &[LockspaceSlots]) -> Vec<Finding> {
     let t = cfg.io_timeout_s;
     let w = cfg.other_hosts_fire_timeout_s();
     let mut out = Vec::new();
@@ -511,9 +511,10 @@ mod tests {
     use super::*;
 
     fn cfg() -> Config {
-        let mut c = Config::default();
-        c.io_timeout_s = 10;
-        c
+        Config {
+            io_timeout_s: 10,
+            ..Config::default()
+        }
     }
 
     fn worst(f: &[Finding], check: &str) -> Severity {
