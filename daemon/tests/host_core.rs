@@ -728,3 +728,102 @@ fn adoption_is_refused_past_the_deadline_in_flight_or_from_another_boot() {
     let e = state.adoptable("boot-1").expect_err("in flight");
     assert!(e.to_string().contains("in flight"), "{e}");
 }
+
+/// The state file is external input: every field of a real state set to odd values (zero,
+/// huge, off by one, empty or broken hex, wrong types) and random byte damage give a typed
+/// error from parse or adopt, never a panic; an adoption that succeeds holds leases only as
+/// the disk has them (the successor's first renewal checks the slot).
+#[test]
+fn damaged_state_files_are_refused_with_typed_errors() {
+    let mut bed = joined_bed();
+    let a = bed.client(0, 100);
+    assert!(matches!(bed.acquire(a, false), Reply::Done(_)));
+    let state = state_of(&bed);
+    let good: serde_json::Value = serde_json::from_slice(&state.to_bytes()).expect("json");
+    let mut leaves = Vec::new();
+    fn walk(v: &serde_json::Value, path: &mut Vec<String>, out: &mut Vec<Vec<String>>) {
+        match v {
+            serde_json::Value::Object(m) => {
+                for (k, x) in m {
+                    path.push(k.clone());
+                    walk(x, path, out);
+                    path.pop();
+                }
+            }
+            serde_json::Value::Array(a) => {
+                for (i, x) in a.iter().enumerate() {
+                    path.push(i.to_string());
+                    walk(x, path, out);
+                    path.pop();
+                }
+            }
+            _ => out.push(path.clone()),
+        }
+    }
+    walk(&good, &mut Vec::new(), &mut leaves);
+    assert!(leaves.len() > 40, "{} fields", leaves.len());
+    let odd = [
+        serde_json::json!(0),
+        serde_json::json!(u64::MAX),
+        serde_json::json!(513),
+        serde_json::json!(-1),
+        serde_json::json!(""),
+        serde_json::json!("zz"),
+        serde_json::json!("00"),
+        serde_json::json!(null),
+        serde_json::json!([]),
+    ];
+    let mut refused = 0;
+    let mut tried = 0;
+    for leaf in &leaves {
+        for v in &odd {
+            let mut doc = good.clone();
+            let mut at = &mut doc;
+            for k in leaf {
+                at = match at {
+                    serde_json::Value::Object(m) => m.get_mut(k).expect("key"),
+                    serde_json::Value::Array(a) => &mut a[k.parse::<usize>().expect("index")],
+                    _ => unreachable!(),
+                };
+            }
+            *at = v.clone();
+            tried += 1;
+            let bytes = serde_json::to_vec(&doc).expect("json");
+            let Ok(st) = tenured::host::handover::HostState::parse(&bytes) else {
+                refused += 1;
+                continue;
+            };
+            let mut host = successor(&bed);
+            let now = bed.clock.now();
+            if host.adopt(now, &st, &|_, _| true, &|_| None).is_err() {
+                refused += 1;
+            }
+        }
+    }
+    // Random byte damage of the document.
+    let bytes = state.to_bytes();
+    let mut x: u64 = 0x9e37_79b9;
+    for _ in 0..2000 {
+        let mut b = bytes.clone();
+        for _ in 0..1 + (x % 4) {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            let i = (x as usize) % b.len();
+            b[i] = (x >> 32) as u8;
+        }
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        b.truncate(b.len() - (x as usize % 3) * (x as usize % 97));
+        if let Ok(st) = tenured::host::handover::HostState::parse(&b) {
+            let mut host = successor(&bed);
+            let now = bed.clock.now();
+            let _ = host.adopt(now, &st, &|_, _| true, &|_| None);
+        }
+    }
+    assert!(
+        refused * 2 > tried,
+        "most odd values are refused: {refused} of {tried}"
+    );
+}
