@@ -220,10 +220,28 @@ pub struct Server {
     adopted: Option<serde_json::Value>,
     /// A planned upgrade waiting for nothing to be in flight (crate::upgrade).
     upgrade: Option<PendingUpgrade>,
+    /// Configured lockspaces to join again after they were lost or their join failed.
+    rejoins: std::collections::BTreeMap<String, Rejoin>,
     /// This binary and its arguments (a SIGHUP upgrade starts the binary at the same path).
     exe: PathBuf,
     args: Vec<std::ffi::OsString>,
 }
+
+/// A configured lockspace to join again (docs/operations.md "Automatic rejoin").
+#[derive(Debug, Clone)]
+struct Rejoin {
+    /// When the next attempt starts (None: an attempt's join runs).
+    due: Option<Time>,
+    /// The wait before the next attempt after a failure (doubles, at most REJOIN_BACKOFF_MAX).
+    backoff: Duration,
+    /// Attempts made.
+    attempts: u32,
+    /// Why the lockspace went, or why the last attempt failed.
+    reason: String,
+}
+
+/// The longest wait between two rejoin attempts.
+const REJOIN_BACKOFF_MAX: Duration = Duration::from_secs(300);
 
 /// An upgrade asked for and not yet handed over.
 #[derive(Debug)]
@@ -544,6 +562,7 @@ impl Server {
         }
         let mut server = Server {
             upgrade: None,
+            rejoins: std::collections::BTreeMap::new(),
             exe,
             args,
             state_path,
@@ -786,6 +805,93 @@ impl Server {
                 "adopting the state of pid {} failed after supervision took over: {e}; not serving (the watchdog decides)",
                 st.pid
             ))),
+        }
+    }
+
+    /// A lockspace went without a leave: if the configuration names it, it is joined again
+    /// after a wait that doubles with each failure (2T first, at most REJOIN_BACKOFF_MAX).
+    /// Lockspaces added by clients are left to them, as with sanlock.
+    fn schedule_rejoin(&mut self, name: &str, why: String) {
+        if self.host.is_stopping() || !self.cfg.lockspaces.iter().any(|l| l.name == name) {
+            return;
+        }
+        let now = self.clock.now();
+        let first = Duration::from_secs(2 * self.cfg.io_timeout_s.max(1));
+        let r = self.rejoins.entry(name.to_owned()).or_insert(Rejoin {
+            due: None,
+            backoff: first / 2,
+            attempts: 0,
+            reason: String::new(),
+        });
+        r.backoff = (r.backoff * 2).min(REJOIN_BACKOFF_MAX);
+        r.due = Some(now.saturating_add(r.backoff));
+        r.reason = why;
+        tracing::warn!(lockspace = %name, in_s = r.backoff.as_secs(), reason = %r.reason, "configured lockspace gone: joining it again");
+    }
+
+    /// Starts the rejoins that are due, and ends those whose join succeeded.
+    fn rejoin_due(&mut self) {
+        let now = self.clock.now();
+        let names: Vec<String> = self.rejoins.keys().cloned().collect();
+        for name in names {
+            let joined = self.host.space_index(&name).is_some_and(|i| {
+                matches!(
+                    self.host.space_state(&self.host.spaces()[i]),
+                    Some(LockspaceState::Joined { .. })
+                )
+            });
+            let Some(r) = self.rejoins.get_mut(&name) else {
+                continue;
+            };
+            if joined {
+                tracing::warn!(lockspace = %name, attempts = r.attempts, "configured lockspace joined again");
+                self.rejoins.remove(&name);
+                continue;
+            }
+            if r.due.is_none_or(|d| d > now) || self.host.space_index(&name).is_some() {
+                continue;
+            }
+            let Some(l) = self.cfg.lockspaces.iter().find(|l| l.name == name).cloned() else {
+                self.rejoins.remove(&name);
+                continue;
+            };
+            let spec = match (Name::new(&l.name), l.offset.bytes()) {
+                (Ok(n), Ok(offset)) => tenure_format::LockspaceSpec {
+                    name: n,
+                    host_id: l.host_id,
+                    disk: tenure_format::DiskLocation {
+                        path: l.path.display().to_string(),
+                        offset,
+                    },
+                },
+                _ => {
+                    self.rejoins.remove(&name);
+                    continue;
+                }
+            };
+            let key: ProbeKey = (l.path.clone(), spec.disk.offset);
+            match self.host.area(&key) {
+                Some(Ok(_)) => {}
+                known => {
+                    // Probed (again) first, on a probe thread: a dead device must not stall
+                    // the reactor.
+                    r.due = Some(now.saturating_add(Duration::from_secs(1)));
+                    if known.is_some() {
+                        self.host.forget_failed_probes();
+                    }
+                    self.start_probes(&[key]);
+                    continue;
+                }
+            }
+            r.attempts += 1;
+            r.due = None;
+            let attempts = r.attempts;
+            tracing::info!(lockspace = %name, attempt = attempts, "rejoining configured lockspace");
+            let reply = self.host.lockspace_add_configured(now, &spec);
+            self.drain();
+            if let Reply::Error(e) = reply {
+                self.schedule_rejoin(&name, e.message);
+            }
         }
     }
 
@@ -1144,6 +1250,9 @@ impl Server {
             }
             self.drain();
             self.persist();
+            if !self.rejoins.is_empty() {
+                self.rejoin_due();
+            }
             if self.upgrade.is_some() {
                 self.try_upgrade();
             }
@@ -1269,8 +1378,11 @@ impl Server {
                 }
             }
             Output::OpDone(id, outcome) => self.front_op_done(id, outcome),
-            Output::SpaceGone(name) => {
+            Output::SpaceGone { name, unplanned } => {
                 self.event_fds.remove(&name);
+                if let Some(why) = unplanned {
+                    self.schedule_rejoin(&name, why);
+                }
             }
         }
     }
@@ -1957,6 +2069,13 @@ impl Server {
             "supervisor": self.host.supervision_status(),
             // Set when this process went on from the state of a tenured that died.
             "adopted": self.adopted,
+            // Configured lockspaces being joined again after a loss.
+            "rejoins": self.rejoins.iter().map(|(name, r)| json!({
+                "lockspace": name,
+                "attempts": r.attempts,
+                "next_attempt_in_ms": r.due.map(|d| d.saturating_since(now).as_millis() as u64),
+                "reason": r.reason,
+            })).collect::<Vec<_>>(),
         })
     }
 

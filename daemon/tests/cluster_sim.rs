@@ -731,7 +731,7 @@ impl World {
                     self.save_state(i);
                     self.deliver(i, k, r);
                 }
-                Output::SpaceGone(name) => {
+                Output::SpaceGone { name, .. } => {
                     let at = self.now().saturating_add(Duration::from_secs(3));
                     self.nodes[i].rejoin_at = Some(at);
                     self.note(format!("node {} lockspace {name} gone", i + 1));

@@ -1088,6 +1088,38 @@ fn stalled_storage_kills_holders_after_8t_without_resetting_the_host() {
     );
     fs.hang_reads(false);
     fs.hang_writes(false);
+    // Storage answers again: the configured lockspace is joined again by itself, in a new
+    // generation (issue 20, automatic rejoin), after the failed attempts of the stall.
+    let back = Instant::now();
+    let generation = loop {
+        let v = h1.json(&["lockspace", "list"]);
+        if v["lockspaces"][0]["state"] == "joined" {
+            break v["lockspaces"][0]["detail"]["generation"]
+                .as_u64()
+                .unwrap_or(0);
+        }
+        assert!(
+            back.elapsed() < Duration::from_secs(90),
+            "not joined again: {v}\n{}",
+            h1.log()
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    };
+    assert!(generation >= 2, "a new join: generation {generation}");
+    let log = h1.log();
+    assert!(log.contains("rejoining configured lockspace"), "{log}");
+    let t0 = Instant::now();
+    while !h1.json(&["status"])["rejoins"]
+        .as_array()
+        .is_some_and(Vec::is_empty)
+    {
+        assert!(t0.elapsed() < Duration::from_secs(10), "rejoin not ended");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    eprintln!(
+        "joined again {:?} after storage came back (generation {generation})",
+        back.elapsed()
+    );
 }
 
 /// A cgroup v1 freezer group, thawed and removed on drop.

@@ -760,6 +760,7 @@ impl Host {
                 cleared: false,
                 used: p.used,
                 used_by_orphans: p.used_by_orphans,
+                join_failed: None,
             });
             report.spaces.push((name, generation));
         }

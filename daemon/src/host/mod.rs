@@ -154,6 +154,8 @@ pub struct Space {
     pub used: bool,
     /// Marked used while orphans exist.
     pub used_by_orphans: bool,
+    /// Its join failed (why).
+    pub join_failed: Option<String>,
 }
 
 /// A lease operation in flight.
@@ -253,7 +255,13 @@ pub enum Output {
     /// [`Host::private_release`]) ended.
     OpDone(OpId, OpOutcome),
     /// A lockspace was forgotten (left, failed or cleared and no operation runs).
-    SpaceGone(String),
+    SpaceGone {
+        /// Its name.
+        name: String,
+        /// Why, when it did not go by a leave: lost (and cleared), or its join failed. The
+        /// front end joins the lockspaces of its configuration again after these.
+        unplanned: Option<String>,
+    },
 }
 
 /// Why a local lease's LVB was not set.
@@ -1108,7 +1116,14 @@ impl Host {
                     let reason = s.lost.clone().unwrap_or_else(|| "lockspace gone".into());
                     self.reply(*w, err(ErrorCode::LockspaceLost, reason));
                 }
-                self.out.push_back(Output::SpaceGone(s.name));
+                let unplanned = s
+                    .lost
+                    .clone()
+                    .or_else(|| s.join_failed.clone().map(|e| format!("join failed: {e}")));
+                self.out.push_back(Output::SpaceGone {
+                    name: s.name,
+                    unplanned,
+                });
                 continue;
             }
             i += 1;
@@ -1231,6 +1246,7 @@ impl Host {
                 for w in waiters {
                     self.reply(w, err(ErrorCode::Failed, format!("join {name}: {error}")));
                 }
+                self.spaces[i].join_failed = Some(error.to_string());
                 self.spaces[i].cleared = true;
             }
             DeltaEvent::Renewed {
@@ -1421,6 +1437,7 @@ impl Host {
             cleared: false,
             used: false,
             used_by_orphans: false,
+            join_failed: None,
         };
         match (k, wait) {
             (Some(k), true) => {
