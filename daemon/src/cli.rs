@@ -103,6 +103,22 @@ enum Command {
         #[arg(last = true, required = true, value_name = "CMD")]
         command: Vec<String>,
     },
+    /// The whole cluster from the storage, no daemon needed: every host id of the lockspace
+    /// (name, generation, io_timeout, live/fail/dead from two reads a renewal apart) and every
+    /// lease of its resources on the device (owner, mode, lver, shared holders, requests).
+    Cluster {
+        /// The lockspace area: PATH[:OFFSET] (as `dump` takes it).
+        target: String,
+        /// Seconds between the two reads (default: 2T of its slowest host + 1).
+        #[arg(long, value_name = "S")]
+        wait: Option<u64>,
+        /// The W assumed for every host (dead = 8T + W without a renewal).
+        #[arg(long, value_name = "S", default_value_t = 60)]
+        fire_timeout: u32,
+        /// One JSON object instead of tables.
+        #[arg(long)]
+        json: bool,
+    },
     /// Do the timeouts of every layer agree? tenured.toml, the watchdog device, multipath,
     /// NFS mount options of lease files, libvirt's qemu-sanlock.conf and the other hosts'
     /// io_timeout; findings with severity and fix; exit code 0 ok, 1 warning, 2 error.
@@ -674,6 +690,24 @@ fn run(cli: Cli) -> Result<ExitCode, String> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Watchdog(cmd) => crate::watchdog_cmd::run(cmd),
+        Command::Cluster {
+            target,
+            wait,
+            fire_timeout,
+            json,
+        } => {
+            let t = DumpTarget::parse(&target)
+                .map_err(|e| format!("cluster target {target:?}: {e}"))?;
+            let v = crate::cluster_cmd::run(
+                Path::new(&t.path),
+                t.offset,
+                wait.map(std::time::Duration::from_secs),
+                fire_timeout,
+                cli.io_backend,
+            )?;
+            emit(json, &v, || crate::cluster_cmd::render(&v))?;
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Dump { target, json } => {
             let t =
                 DumpTarget::parse(&target).map_err(|e| format!("dump target {target:?}: {e}"))?;

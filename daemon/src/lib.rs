@@ -10,6 +10,7 @@
 
 pub mod cli;
 pub mod client;
+pub mod cluster_cmd;
 pub mod config;
 pub mod daemon_cmd;
 pub mod doctor;

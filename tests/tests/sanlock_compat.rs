@@ -1623,3 +1623,142 @@ print("released", flush=True)
         "{last}"
     );
 }
+
+/// Issue 20: `tenure cluster` on areas where a sanlock host and a tenured host hold leases at
+/// once: both hosts live with their names and generations, each lease with its owner's host id
+/// and name, as the two daemons report them.
+#[test]
+fn tenure_cluster_shows_sanlock_and_tenured_hosts_and_their_leases() {
+    if !prerequisite(is_root(), "root") || !sanlock_available() {
+        return;
+    }
+    let _serial = sanlock_lock();
+    let backing = BackingFile::new(16 << 20);
+    let d1 = LoopDevice::attach(backing.path(), 512);
+    let d2 = LoopDevice::attach(backing.path(), 512);
+    let (p1, p2) = (d1.path_str(), d2.path_str());
+    let t = |args: &[&str]| {
+        let out = Command::new(tenure_bin()).args(args).output().unwrap();
+        assert!(
+            out.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    t(&[
+        "lockspace",
+        "init",
+        &format!("LS:0:{p1}:0"),
+        "--io-timeout",
+        "1",
+    ]);
+    for (r, mb) in [("R1", 1), ("R2", 2), ("R3", 3)] {
+        t(&[
+            "resource",
+            "init",
+            &format!("LS:{r}:{p1}:{mb}M"),
+            "--num-hosts",
+            "8",
+        ]);
+    }
+    let sl = SanlockDaemon::start();
+    let mut holder = Command::new("/usr/bin/python3")
+        .arg("-c")
+        .arg(format!(
+            r#"
+import sanlock, time
+sanlock.add_lockspace(b"LS", 1, b"{p1}", iotimeout=1)
+fd = sanlock.register()
+sanlock.acquire(b"LS", b"R1", [(b"{p1}", 1048576)], slkfd=fd)
+print("held", flush=True)
+time.sleep(120)
+"#
+        ))
+        .env("SANLOCK_RUN_DIR", sl.rundir())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(holder.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    assert_eq!(line.trim(), "held");
+    let h2 = Daemon::start(false, Some(format!("LS:2:{p2}:0")));
+    let t0 = Instant::now();
+    loop {
+        let out = h2.tenure(&["lockspace", "list", "--json"]);
+        if String::from_utf8_lossy(&out.stdout).contains("\"joined\"") {
+            break;
+        }
+        assert!(t0.elapsed() < Duration::from_secs(30), "{}", h2.log());
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let mut holder2 = Command::new(tenure_bin())
+        .arg("--socket")
+        .arg(h2.socket())
+        .args([
+            "run",
+            "--lease",
+            &format!("LS:R2:{p2}:2M"),
+            "--",
+            "sleep",
+            "120",
+        ])
+        .spawn()
+        .unwrap();
+    let t0 = Instant::now();
+    while !String::from_utf8_lossy(&h2.tenure(&["status", "--json"]).stdout).contains("\"R2\"") {
+        assert!(t0.elapsed() < Duration::from_secs(20), "{}", h2.log());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let out = Command::new(tenure_bin())
+        .args(["cluster", &format!("{p2}:0"), "--wait", "3", "--json"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let host = |id: u64| {
+        v["hosts"]
+            .as_array()
+            .and_then(|a| a.iter().find(|h| h["host_id"] == id))
+            .cloned()
+            .unwrap_or_default()
+    };
+    assert_eq!(host(1)["status"], "live", "{v}");
+    assert_eq!(host(2)["status"], "live", "{v}");
+    let lease = |r: &str| {
+        v["leases"]
+            .as_array()
+            .and_then(|a| a.iter().find(|l| l["resource"] == r))
+            .cloned()
+            .unwrap_or_default()
+    };
+    assert_eq!(lease("R1")["mode"], "exclusive", "{v}");
+    assert_eq!(lease("R1")["owner"][0], 1, "{v}");
+    assert_eq!(
+        lease("R1")["owner"][2],
+        host(1)["name"],
+        "the sanlock host's name: {v}"
+    );
+    assert_eq!(lease("R2")["owner"][0], 2, "{v}");
+    assert_eq!(lease("R2")["owner"][1], host(2)["generation"], "{v}");
+    assert_eq!(lease("R3")["mode"], "free", "{v}");
+    // The table names them too.
+    let out = Command::new(tenure_bin())
+        .args(["cluster", &format!("{p2}:0"), "--wait", "2"])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("R1") && text.contains("R2") && text.contains("live"),
+        "{text}"
+    );
+    let _ = holder2.kill();
+    let _ = holder2.wait();
+    let _ = holder.kill();
+    let _ = holder.wait();
+}
