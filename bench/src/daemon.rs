@@ -58,6 +58,18 @@ impl Drop for Daemon {
     }
 }
 
+/// Where the benchmarked tenured keeps its run directory: on tmpfs as in production (/run;
+/// here /dev/shm) — tenured rewrites its state file there before each grant's reply, which
+/// costs a flush of the data on ext4 (docs/benchmarks.md).
+pub fn run_base() -> PathBuf {
+    let shm = Path::new("/dev/shm");
+    if shm.is_dir() {
+        shm.to_owned()
+    } else {
+        std::env::temp_dir()
+    }
+}
+
 fn tenured_path() -> Result<PathBuf, String> {
     let exe = std::env::current_exe().map_err(err)?;
     let p = exe.with_file_name("tenured");
@@ -72,7 +84,7 @@ fn tenured_path() -> Result<PathBuf, String> {
 }
 
 fn start(opts: &DaemonBenchOptions) -> Result<Daemon, String> {
-    let dir = std::env::temp_dir().join(format!("tenure-bench-daemon-{}", std::process::id()));
+    let dir = run_base().join(format!("tenure-bench-daemon-{}", std::process::id()));
     std::fs::create_dir_all(&dir).map_err(err)?;
     let mut cmd = Command::new(tenured_path()?);
     cmd.args(["--config", "/dev/null"])

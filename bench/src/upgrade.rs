@@ -99,7 +99,8 @@ pub fn run(opts: &UpgradeBenchOptions) -> Result<Vec<Measurement>, String> {
             tenured.display()
         ));
     }
-    let dir = std::env::temp_dir().join(format!("tenure-bench-upgrade-{}", std::process::id()));
+    let dir =
+        crate::daemon::run_base().join(format!("tenure-bench-upgrade-{}", std::process::id()));
     std::fs::create_dir_all(&dir).map_err(err)?;
     // Two builds: two files of the binary, upgraded to in turn.
     let builds = [dir.join("tenured-a"), dir.join("tenured-b")];

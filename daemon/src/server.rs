@@ -436,6 +436,11 @@ impl Server {
         }
         std::fs::create_dir_all(&cfg.run_dir)
             .map_err(setup(format!("creating {}", cfg.run_dir.display())))?;
+        let tmpfs = nix::sys::statfs::statfs(&cfg.run_dir)
+            .is_ok_and(|f| f.filesystem_type() == nix::sys::statfs::TMPFS_MAGIC);
+        if !tmpfs {
+            tracing::warn!(run_dir = %cfg.run_dir.display(), "run_dir is not on tmpfs: a reboot may not clear it (the boot id guards the marker and the state file), and rewriting the state file before each grant's reply costs a data flush on most disk file systems; use /run/tenure");
+        }
         std::fs::create_dir_all(&cfg.state_dir)
             .map_err(setup(format!("creating {}", cfg.state_dir.display())))?;
         let socket_path = cfg.socket_path();
