@@ -4,7 +4,8 @@
 #
 # Installs: sanlock, python3-sanlock and libsanlock-dev (interop; the lvmlockd-sequence C program), util-linux (losetup), gcc (sanlock-anchor's
 # rlimit shim, the watchdog test bed), fuse3 + python3-fusepy + libfuse2 (the stalled-device file system),
-# python3-seccomp (denies io_uring to test the fallback). Sets TENURE_TEST_REQUIRE_ALL=1 when
+# python3-seccomp (denies io_uring to test the fallback), python3-prometheus-client (its parser
+# reads tenured's metrics). Sets TENURE_TEST_REQUIRE_ALL=1 when
 # root, so a missing prerequisite fails instead of skipping.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -18,6 +19,7 @@ command -v gcc >/dev/null || need+=(gcc)
 command -v fusermount >/dev/null || need+=(fuse3)
 /usr/bin/python3 -c 'import fusepy' 2>/dev/null || need+=(python3-fusepy libfuse2)
 /usr/bin/python3 -c 'import seccomp' 2>/dev/null || need+=(python3-seccomp)
+/usr/bin/python3 -c 'import prometheus_client' 2>/dev/null || need+=(python3-prometheus-client)
 if [ ${#need[@]} -gt 0 ]; then
   if [ "$(id -u)" -eq 0 ]; then
     echo "test.sh: installing ${need[*]}"

@@ -193,6 +193,11 @@ impl LockspaceSet {
         self.backend.notify_fd()
     }
 
+    /// I/Os of the engine queued, submitted, or timed out and not yet reaped.
+    pub fn io_in_flight(&self) -> usize {
+        self.backend.in_flight()
+    }
+
     /// The engine (for sharing it with other protocol drivers, and for tests).
     pub fn backend_mut(&mut self) -> &mut dyn IoBackend {
         self.backend.as_mut()

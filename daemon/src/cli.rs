@@ -88,6 +88,9 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// The daemon's metrics in Prometheus' text exposition format (what `[metrics] listen`
+    /// serves over HTTP; docs/operations.md "Metrics").
+    Metrics,
     /// Run a command while holding leases: acquire, exec the command (same pid, the lease
     /// connection stays open in it), leases released when it exits; exit code of the command.
     Run {
@@ -493,6 +496,7 @@ fn run(cli: Cli) -> Result<ExitCode, String> {
     let socket = || d::socket_path(cli.socket.as_deref());
     match cli.command {
         Command::Status { json } => d::status(&socket(), json),
+        Command::Metrics => d::metrics(&socket()),
         Command::Doctor {
             config,
             multipath_conf,

@@ -171,6 +171,19 @@ pub struct Config {
     /// The sanlock-compatible client socket (off unless enabled).
     #[serde(default)]
     pub sanlock: SanlockConfig,
+    /// The metrics endpoint (off unless an address is given).
+    #[serde(default)]
+    pub metrics: MetricsConfig,
+}
+
+/// The Prometheus endpoint (docs/operations.md "Metrics").
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MetricsConfig {
+    /// Address of the HTTP endpoint serving `GET /metrics`, e.g. "127.0.0.1:9478". Off when
+    /// absent. It has no authentication: keep it on loopback or a management network.
+    #[serde(default)]
+    pub listen: Option<std::net::SocketAddr>,
 }
 
 /// The sanlock-compatible listener (docs/sanlock-compat.md).
@@ -208,6 +221,7 @@ impl Default for Config {
             supervision: SupervisionConfig::default(),
             lockspaces: Vec::new(),
             sanlock: SanlockConfig::default(),
+            metrics: MetricsConfig::default(),
         }
     }
 }
@@ -294,6 +308,7 @@ impl Config {
                 offset: OffsetValue::Bytes(0),
             }],
             sanlock: SanlockConfig::default(),
+            metrics: MetricsConfig::default(),
         }
     }
 
@@ -441,6 +456,18 @@ offset = "1M"
         assert_eq!(example.watchdog.fire_timeout_s, 60);
         assert_eq!(example.supervision.kill_grace_s, 40);
         assert_eq!(example.other_hosts_fire_timeout_s(), 60);
+        assert_eq!(example.metrics.listen, None, "metrics are off by default");
+        let m = Config::parse(Path::new("t"), "[metrics]\nlisten = \"127.0.0.1:9478\"\n")
+            .expect("metrics");
+        assert_eq!(m.metrics.listen, Some("127.0.0.1:9478".parse().unwrap()));
+        for bad in [
+            "listen = \"localhost\"",
+            "listen = \"127.0.0.1\"",
+            "port = 1",
+        ] {
+            let r = Config::parse(Path::new("t"), &format!("[metrics]\n{bad}\n"));
+            assert!(matches!(&r, Err(ConfigError::Parse { .. })), "{bad}: {r:?}");
+        }
     }
 
     #[test]

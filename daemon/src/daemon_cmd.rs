@@ -284,6 +284,16 @@ pub fn upgrade(socket: &Path, binary: Option<&Path>, json: bool) -> Result<ExitC
     Ok(ExitCode::SUCCESS)
 }
 
+/// `tenure metrics`: the exposition text, as the HTTP endpoint serves it.
+pub fn metrics(socket: &Path) -> Result<ExitCode, String> {
+    let v = ask(socket, &Request::Metrics {})?;
+    let text = v["text"]
+        .as_str()
+        .ok_or_else(|| format!("tenured's metrics reply has no text: {v}"))?;
+    print!("{text}");
+    Ok(ExitCode::SUCCESS)
+}
+
 pub fn status(socket: &Path, json: bool) -> Result<ExitCode, String> {
     let v = ask(socket, &Request::Status {})?;
     print(json, &v, |v| {

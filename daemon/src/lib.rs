@@ -16,6 +16,7 @@ pub mod daemon_cmd;
 pub mod doctor;
 pub mod fuzzing;
 pub mod host;
+pub mod metrics;
 pub mod proto;
 pub mod render;
 pub mod sanlock_wire;

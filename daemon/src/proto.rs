@@ -38,6 +38,8 @@ pub enum Request {
     /// Lockspaces, leases, watchdog and clients. (Variants without fields are written `{}`
     /// so that unknown fields are refused for them too.)
     Status {},
+    /// The metrics in Prometheus' text exposition format (`{"text": ...}`).
+    Metrics {},
     /// Hand everything over to a new tenured (the binary at `binary`, or this one's path)
     /// and exit once it took over (docs/operations.md "Upgrading tenured"). The answer comes
     /// from the new process.
@@ -241,6 +243,35 @@ pub enum Request {
         #[serde(default)]
         args: Vec<String>,
     },
+}
+
+impl Request {
+    /// The request's name, as its `op` tag spells it (metrics' `kind` label).
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Request::Hello { .. } => "hello",
+            Request::Status { .. } => "status",
+            Request::Metrics { .. } => "metrics",
+            Request::Upgrade { .. } => "upgrade",
+            Request::LockspaceAdd { .. } => "lockspace_add",
+            Request::LockspaceRemove { .. } => "lockspace_remove",
+            Request::LockspaceConfig { .. } => "lockspace_config",
+            Request::Rindex { .. } => "rindex",
+            Request::LockspaceList { .. } => "lockspace_list",
+            Request::Hosts { .. } => "hosts",
+            Request::Acquire { .. } => "acquire",
+            Request::ReleaseOrphans { .. } => "release_orphans",
+            Request::Release { .. } => "release",
+            Request::Inquire { .. } => "inquire",
+            Request::Owners { .. } => "owners",
+            Request::LvbGet { .. } => "lvb_get",
+            Request::LvbSet { .. } => "lvb_set",
+            Request::Convert { .. } => "convert",
+            Request::Request { .. } => "request",
+            Request::Restrict { .. } => "restrict",
+            Request::KillPath { .. } => "kill_path",
+        }
+    }
 }
 
 /// A reply: `{"ok": ...}` or `{"error": {...}}`.
@@ -724,6 +755,7 @@ impl Request {
             }
             front @ (Request::Hello { .. }
             | Request::Status {}
+            | Request::Metrics {}
             | Request::Upgrade { .. }
             | Request::LockspaceList {}
             | Request::Hosts { .. }

@@ -78,6 +78,53 @@ pub mod cmd {
     pub const REBUILD_RINDEX: u32 = 40;
 }
 
+/// A command's name (metrics' `kind` label): the constant's name in lower case.
+pub fn cmd_name(c: u32) -> &'static str {
+    match c {
+        cmd::REGISTER => "register",
+        cmd::ADD_LOCKSPACE => "add_lockspace",
+        cmd::REM_LOCKSPACE => "rem_lockspace",
+        cmd::SHUTDOWN => "shutdown",
+        cmd::STATUS => "status",
+        cmd::LOG_DUMP => "log_dump",
+        cmd::ACQUIRE => "acquire",
+        cmd::RELEASE => "release",
+        cmd::INQUIRE => "inquire",
+        cmd::RESTRICT => "restrict",
+        cmd::REQUEST => "request",
+        cmd::ALIGN => "align",
+        cmd::EXAMINE_LOCKSPACE => "examine_lockspace",
+        cmd::EXAMINE_RESOURCE => "examine_resource",
+        cmd::HOST_STATUS => "host_status",
+        cmd::INQ_LOCKSPACE => "inq_lockspace",
+        cmd::KILLPATH => "killpath",
+        cmd::WRITE_LOCKSPACE => "write_lockspace",
+        cmd::WRITE_RESOURCE => "write_resource",
+        cmd::READ_LOCKSPACE => "read_lockspace",
+        cmd::READ_RESOURCE => "read_resource",
+        cmd::GET_LOCKSPACES => "get_lockspaces",
+        cmd::GET_HOSTS => "get_hosts",
+        cmd::READ_RESOURCE_OWNERS => "read_resource_owners",
+        cmd::SET_LVB => "set_lvb",
+        cmd::GET_LVB => "get_lvb",
+        cmd::CONVERT => "convert",
+        cmd::VERSION => "version",
+        cmd::SHUTDOWN_WAIT => "shutdown_wait",
+        cmd::REG_EVENT => "reg_event",
+        cmd::END_EVENT => "end_event",
+        cmd::SET_EVENT => "set_event",
+        cmd::SET_CONFIG => "set_config",
+        cmd::RENEWAL => "renewal",
+        cmd::FORMAT_RINDEX => "format_rindex",
+        cmd::UPDATE_RINDEX => "update_rindex",
+        cmd::LOOKUP_RINDEX => "lookup_rindex",
+        cmd::CREATE_RESOURCE => "create_resource",
+        cmd::DELETE_RESOURCE => "delete_resource",
+        cmd::REBUILD_RINDEX => "rebuild_rindex",
+        _ => "unknown",
+    }
+}
+
 /// Flags.
 #[allow(missing_docs)]
 pub mod flags {

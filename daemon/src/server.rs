@@ -32,6 +32,7 @@ use nix::sys::signalfd::{SfdFlags, SignalFd};
 use nix::sys::socket::{getsockopt, sockopt::PeerCredentials};
 use serde_json::json;
 use tenure_core::clock::{MonotonicClock, Time};
+use tenure_core::delta::HostStatus;
 use tenure_core::dev::{Access, Device};
 use tenure_core::direct::{BackendKind, DirectDisk};
 use tenure_core::io::{open_backend, EngineConfig};
@@ -115,6 +116,8 @@ struct Conn {
     deferred: Option<Deferred>,
     /// The protocol it speaks.
     proto: Proto,
+    /// The request being answered: its kind and arrival (metrics).
+    op: Option<(&'static str, std::time::Instant)>,
 }
 
 /// An operation a front end started itself (crate::host::Pending::Front).
@@ -225,6 +228,10 @@ pub struct Server {
     /// This binary and its arguments (a SIGHUP upgrade starts the binary at the same path).
     exe: PathBuf,
     args: Vec<std::ffi::OsString>,
+    /// Counters and histograms (crate::metrics), rendered with the gauges of the moment.
+    metrics: crate::metrics::Metrics,
+    /// Scrapes of the HTTP endpoint waiting for a rendering.
+    scrape_rx: Receiver<crate::metrics::ScrapeRequest>,
 }
 
 /// A configured lockspace to join again (docs/operations.md "Automatic rejoin").
@@ -537,7 +544,10 @@ impl Server {
             tracing::error!("TENURE_UNSAFE_NO_LOCAL_EXCLUSION=1: two processes of this host may be granted one exclusive lease (a test of the check; never in production)");
         }
         let wall_epoch_ms = unix_ms().saturating_sub(clock.now().as_nanos() / 1_000_000);
-        let host = Host::new(
+        let metrics = crate::metrics::Metrics::new();
+        let set_backend: Box<dyn tenure_core::io::IoBackend + Send> =
+            Box::new(crate::metrics::MeteredBackend::new(set_backend, &metrics));
+        let mut host = Host::new(
             HostConfig {
                 host_name,
                 io_timeout_s: cfg.io_timeout_s,
@@ -548,6 +558,12 @@ impl Server {
             Box::new(sup),
             wall_epoch_ms,
         );
+        host.set_metrics(metrics.clone());
+        let (scrape_tx, scrape_rx) = channel();
+        if let Some(addr) = cfg.metrics.listen {
+            crate::metrics::serve(addr, scrape_tx, Arc::clone(&wake))
+                .map_err(|e| ServerError::Config(e.to_string()))?;
+        }
         let me = std::process::id() as i32;
         let exe = std::env::current_exe()
             .map(|p| {
@@ -566,6 +582,8 @@ impl Server {
             args.push(a);
         }
         let mut server = Server {
+            metrics,
+            scrape_rx,
             upgrade: None,
             rejoins: std::collections::BTreeMap::new(),
             exe,
@@ -665,6 +683,7 @@ impl Server {
                 closing: c.closing,
                 deferred: None,
                 proto,
+                op: None,
             }));
             let k = ClientKey {
                 idx,
@@ -890,6 +909,12 @@ impl Server {
             }
             r.attempts += 1;
             r.due = None;
+            self.metrics
+                .rejoin_attempts
+                .get_or_create(&crate::metrics::SpaceLabels {
+                    lockspace: name.clone(),
+                })
+                .inc();
             let attempts = r.attempts;
             tracing::info!(lockspace = %name, attempt = attempts, "rejoining configured lockspace");
             let reply = self.host.lockspace_add_configured(now, &spec);
@@ -1535,6 +1560,10 @@ impl Server {
                 }
             }
         }
+        while let Ok(tx) = self.scrape_rx.try_recv() {
+            // The scraper may have given up waiting: nothing to do then.
+            let _ = tx.try_send(self.metrics_text());
+        }
         if accept {
             self.accept(false);
         }
@@ -1657,6 +1686,7 @@ impl Server {
                 busy: false,
                 closing: false,
                 deferred: None,
+                op: None,
                 proto: if sanlock {
                     Proto::Sanlock(sanlock::SanlockConn::default())
                 } else {
@@ -1692,6 +1722,19 @@ impl Server {
             return self.sanlock_reply(k, r);
         }
         c.busy = false;
+        if let Some((kind, at)) = c.op.take() {
+            let result = match &r {
+                Reply::Done(_) => "ok".to_owned(),
+                Reply::Error(e) => serde_json::to_value(e.code)
+                    .ok()
+                    .and_then(|v| v.as_str().map(str::to_owned))
+                    .unwrap_or_else(|| "error".to_owned()),
+            };
+            self.metrics.answered("native", kind, result, at.elapsed());
+        }
+        let Some(c) = self.conn(k) else {
+            return;
+        };
         match proto::encode(&proto::Reply::from(r)) {
             Ok(b) => c.outbuf.extend_from_slice(&b),
             Err(e) => {
@@ -1817,6 +1860,7 @@ impl Server {
             };
             if let Some(c) = self.conn(k) {
                 c.busy = true;
+                c.op = Some((req.kind(), std::time::Instant::now()));
             }
             if let Some(r) = self.dispatch(k, req) {
                 self.reply(k, r);
@@ -1885,6 +1929,9 @@ impl Server {
         match req {
             Request::Hello { .. } => Some(err(ErrorCode::BadRequest, "hello was already said")),
             Request::Status {} => Some(Reply::Done(Done::View(self.status()))),
+            Request::Metrics {} => Some(Reply::Done(Done::View(
+                json!({"text": self.metrics_text()}),
+            ))),
             Request::Upgrade { binary } => {
                 if self.upgrade.is_some() {
                     return Some(err(ErrorCode::Busy, "an upgrade is in progress already"));
@@ -2016,6 +2063,110 @@ impl Server {
             })
             .collect();
         json!({"lockspaces": list})
+    }
+
+    /// The metrics exposition (crate::metrics), gauges as of now.
+    fn metrics_text(&self) -> String {
+        use crate::metrics::{Snapshot, SpaceSnapshot};
+        let now = self.clock.now();
+        let signed = |d: Time| {
+            if d >= now {
+                d.saturating_since(now).as_secs_f64()
+            } else {
+                -now.saturating_since(d).as_secs_f64()
+            }
+        };
+        let spaces = self
+            .host
+            .spaces()
+            .iter()
+            .map(|s| {
+                let engine = self.host.engine();
+                let state = match engine.state(s.id) {
+                    Some(LockspaceState::Joining { .. }) => "joining",
+                    Some(LockspaceState::Joined { .. }) => "joined",
+                    Some(LockspaceState::JoinFailed { .. }) => "join_failed",
+                    Some(LockspaceState::Lost { .. }) => "lost",
+                    Some(LockspaceState::Left) => "left",
+                    Some(LockspaceState::Idle) | None => "idle",
+                };
+                let mut hosts = [
+                    ("free", 0),
+                    ("unknown", 0),
+                    ("live", 0),
+                    ("fail", 0),
+                    ("dead", 0),
+                ];
+                if engine.hosts_checked(s.id) {
+                    for (_, st) in engine.hosts(s.id, now) {
+                        let i = match st {
+                            HostStatus::Free => 0,
+                            HostStatus::Unknown => 1,
+                            HostStatus::Live => 2,
+                            HostStatus::Fail => 3,
+                            HostStatus::Dead => 4,
+                        };
+                        hosts[i].1 += 1;
+                    }
+                }
+                let mut leases = (0, 0);
+                let mut orphans = 0;
+                for l in self
+                    .host
+                    .leases()
+                    .filter(|l| l.space == s.name && l.joining.is_none())
+                {
+                    if l.owner == Owner::Orphan {
+                        orphans += 1;
+                    } else if l.held.acquired.shared {
+                        leases.1 += 1;
+                    } else {
+                        leases.0 += 1;
+                    }
+                }
+                let since_renewal_s = engine
+                    .renewal_history(s.id)
+                    .iter()
+                    .rev()
+                    .find(|r| r.error.is_none())
+                    .map(|r| now.saturating_since(r.at).as_secs_f64());
+                SpaceSnapshot {
+                    name: s.name.clone(),
+                    state,
+                    headroom_s: engine.renewal_deadline(s.id).map(signed),
+                    since_renewal_s,
+                    hosts: if engine.hosts_checked(s.id) {
+                        hosts.to_vec()
+                    } else {
+                        Vec::new()
+                    },
+                    leases,
+                    orphans,
+                }
+            })
+            .collect();
+        let mut clients = (0, 0);
+        for c in self.conns.iter().flatten() {
+            match c.proto {
+                Proto::Sanlock(_) => clients.1 += 1,
+                _ => clients.0 += 1,
+            }
+        }
+        let sup = self.host.supervision_status();
+        let snap = Snapshot {
+            uptime_s: now.saturating_since(self.started).as_secs_f64(),
+            spaces,
+            clients,
+            io_in_flight: self.host.engine().io_in_flight() as i64,
+            ops_in_flight: self.host.engine().ops_in_flight() as i64,
+            watchdog_armed: sup["armed"].as_bool().unwrap_or(false),
+            watchdog_fed_age_s: sup["last_fed_ms_ago"].as_u64().map(|ms| ms as f64 / 1e3),
+            watchdog_withheld: sup["last_tick"]
+                .as_str()
+                .is_some_and(|t| t.starts_with("withheld")),
+            watchdog_fire_timeout_s: sup["fire_timeout_s"].as_i64().unwrap_or(0),
+        };
+        self.metrics.render(&snap)
     }
 
     fn hosts(&self, name: &str) -> Reply {

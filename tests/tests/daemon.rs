@@ -57,6 +57,11 @@ impl Host {
 
     /// A host whose watchdog fires `w` seconds after the last keepalive.
     fn start_with(id: u64, backing: &Path, w: u64) -> Host {
+        Self::start_cfg(id, backing, w, "")
+    }
+
+    /// A host with `extra` appended to its tenured.toml (tables after the lockspace).
+    fn start_cfg(id: u64, backing: &Path, w: u64, extra: &str) -> Host {
         let dev = LoopDevice::attach(backing, 512);
         let dir = tempfile::Builder::new()
             .prefix("tenured-host-")
@@ -82,6 +87,7 @@ name = "{LS}"
 host_id = {id}
 path = "{dev}"
 offset = 0
+{extra}
 "#,
             d = d.display(),
             dev = dev.path_str()
@@ -2004,4 +2010,276 @@ fn wait_taken_r(h: &Host, oracle: &Path, what: &str, log: &dyn Fn() -> String) {
         );
         std::thread::sleep(Duration::from_millis(250));
     }
+}
+
+/// The samples of a Prometheus text exposition, parsed by the `prometheus_client` Python
+/// package's parser (Debian's python3-prometheus-client): (name, labels, value).
+fn parse_exposition(text: &str) -> Vec<(String, Value, f64)> {
+    let script = r#"
+import json, sys
+from prometheus_client.parser import text_string_to_metric_families
+out = []
+for fam in text_string_to_metric_families(sys.stdin.read()):
+    for s in fam.samples:
+        out.append([s.name, s.labels, s.value])
+print(json.dumps(out))
+"#;
+    let mut child = Command::new("/usr/bin/python3")
+        .args(["-c", script])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("python3");
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(text.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "the Prometheus parser refused the exposition: {}\n{text}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: Vec<(String, Value, f64)> = serde_json::from_slice(&out.stdout).unwrap();
+    v
+}
+
+/// The value of the sample `name` whose labels include `labels` (None: absent).
+fn sample(samples: &[(String, Value, f64)], name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+    samples
+        .iter()
+        .find(|(n, l, _)| n == name && labels.iter().all(|(k, v)| l[*k] == *v))
+        .map(|s| s.2)
+}
+
+/// An HTTP/1.0 exchange with the metrics endpoint: (status line, body).
+fn http(addr: &str, request: &[u8]) -> (String, String) {
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    s.write_all(request).unwrap();
+    let mut out = Vec::new();
+    let _ = s.read_to_end(&mut out);
+    let text = String::from_utf8_lossy(&out).into_owned();
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    (
+        head.lines().next().unwrap_or("").to_owned(),
+        body.to_owned(),
+    )
+}
+
+fn scrape(addr: &str) -> Vec<(String, Value, f64)> {
+    let (status, body) = http(addr, b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n");
+    assert_eq!(status, "HTTP/1.1 200 OK", "{body}");
+    parse_exposition(&body)
+}
+
+/// Issue 20, metrics: the HTTP endpoint and `tenure metrics` serve an exposition that a real
+/// Prometheus parser reads, and its values follow what happens: renewals counted, a lease
+/// held and let go, a refused acquire counted with its error, I/O latency, the watchdog
+/// armed and fed. Bad HTTP requests get their status codes.
+#[test]
+fn metrics_follow_renewals_leases_and_refusals() {
+    if !can_run() {
+        return;
+    }
+    if !prerequisite(
+        Command::new("/usr/bin/python3")
+            .args(["-c", "import prometheus_client"])
+            .status()
+            .is_ok_and(|s| s.success()),
+        "python3-prometheus-client",
+    ) {
+        return;
+    }
+    let backing = BackingFile::new(16 << 20);
+    let base = LoopDevice::attach(backing.path(), 512);
+    format_area(&base.path_str(), &[("M", 1)]);
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let addr = format!("127.0.0.1:{port}");
+    let h = Host::start_cfg(
+        1,
+        backing.path(),
+        W,
+        &format!("[metrics]\nlisten = \"{addr}\"\n"),
+    );
+    h.wait_joined(Duration::from_secs(30));
+    let ls = [("lockspace", LS)];
+    let s0 = scrape(&addr);
+    assert_eq!(
+        sample(
+            &s0,
+            "tenure_lockspace_state",
+            &[("lockspace", LS), ("state", "joined")]
+        ),
+        Some(1.0)
+    );
+    assert_eq!(
+        sample(
+            &s0,
+            "tenure_leases_held",
+            &[("lockspace", LS), ("mode", "exclusive")]
+        ),
+        Some(0.0)
+    );
+    assert_eq!(sample(&s0, "tenure_watchdog_armed", &[]), Some(1.0));
+    let headroom = sample(&s0, "tenure_lockspace_renewal_headroom_seconds", &ls).unwrap();
+    assert!(
+        headroom > 0.0 && headroom <= (8 * T) as f64,
+        "headroom {headroom}"
+    );
+    // The CLI serves the same families.
+    let out = h.tenure(&["metrics"]).output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let cli = parse_exposition(&String::from_utf8_lossy(&out.stdout));
+    assert_eq!(
+        sample(
+            &cli,
+            "tenure_lockspace_state",
+            &[("lockspace", LS), ("state", "joined")]
+        ),
+        Some(1.0)
+    );
+    // Renewals are counted as they happen (every 2T).
+    let renewals = |s: &[(String, Value, f64)]| {
+        sample(s, "tenure_renewal_duration_seconds_count", &ls).unwrap_or(0.0)
+    };
+    let r0 = renewals(&s0);
+    let t0 = Instant::now();
+    while renewals(&scrape(&addr)) < r0 + 2.0 {
+        assert!(
+            t0.elapsed() < Duration::from_secs(20),
+            "renewals not counted\n{}",
+            h.log()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    // A lease held shows; a second acquire refused is counted with its error code.
+    let res = h.resource("M", 1);
+    let mut holder = spawn_holder(&h, &res, "exec sleep 60");
+    wait_lease_shown(&h, 1);
+    let s1 = scrape(&addr);
+    assert_eq!(
+        sample(
+            &s1,
+            "tenure_leases_held",
+            &[("lockspace", LS), ("mode", "exclusive")]
+        ),
+        Some(1.0)
+    );
+    assert!(
+        sample(
+            &s1,
+            "tenure_operations_total",
+            &[
+                ("protocol", "native"),
+                ("kind", "acquire"),
+                ("result", "ok")
+            ]
+        ) >= Some(1.0),
+        "{s1:?}"
+    );
+    assert!(sample(&s1, "tenure_clients", &[("protocol", "native")]) >= Some(1.0));
+    let refused_before: f64 = s1
+        .iter()
+        .filter(|(n, l, _)| {
+            n == "tenure_operations_total" && l["kind"] == "acquire" && l["result"] != "ok"
+        })
+        .map(|s| s.2)
+        .sum();
+    let out = h
+        .tenure(&["run", "--no-wait", "--lease", &res, "--", "true"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success(), "the lease is held");
+    let s2 = scrape(&addr);
+    let refused: Vec<_> = s2
+        .iter()
+        .filter(|(n, l, _)| {
+            n == "tenure_operations_total" && l["kind"] == "acquire" && l["result"] != "ok"
+        })
+        .collect();
+    assert_eq!(
+        refused.iter().map(|s| s.2).sum::<f64>(),
+        refused_before + 1.0,
+        "{refused:?}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        sample(
+            &s2,
+            "tenure_operation_duration_seconds_count",
+            &[("protocol", "native"), ("kind", "acquire")]
+        ) >= Some(2.0)
+    );
+    // The engine's I/O: reads and writes done, with latencies.
+    for op in ["read", "write"] {
+        assert!(
+            sample(
+                &s2,
+                "tenure_io_completions_total",
+                &[("op", op), ("result", "done")]
+            ) > Some(0.0),
+            "{op}: {s2:?}"
+        );
+        assert!(sample(&s2, "tenure_io_duration_seconds_count", &[("op", op)]) > Some(0.0));
+    }
+    let fed = sample(&s2, "tenure_watchdog_fed_age_seconds", &[]).expect("fed");
+    assert!(fed < W as f64, "fed {fed} s ago");
+    let _ = holder.kill();
+    let _ = holder.wait();
+    let t0 = Instant::now();
+    while sample(
+        &scrape(&addr),
+        "tenure_leases_held",
+        &[("lockspace", LS), ("mode", "exclusive")],
+    ) != Some(0.0)
+    {
+        assert!(
+            t0.elapsed() < Duration::from_secs(10),
+            "lease never released\n{}",
+            h.log()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // Bad requests.
+    assert_eq!(
+        http(&addr, b"GET / HTTP/1.1\r\n\r\n").0,
+        "HTTP/1.1 404 Not Found"
+    );
+    assert_eq!(
+        http(&addr, b"POST /metrics HTTP/1.1\r\n\r\n").0,
+        "HTTP/1.1 405 Method Not Allowed"
+    );
+    assert_eq!(http(&addr, b"hello\r\n\r\n").0, "HTTP/1.1 400 Bad Request");
+    let mut big = b"GET /metrics HTTP/1.1\r\n".to_vec();
+    big.extend(std::iter::repeat_n(b'x', 20_000));
+    assert_eq!(
+        http(&addr, &big).0,
+        "HTTP/1.1 431 Request Header Fields Too Large"
+    );
+    // A client that connects and says nothing does not block the next scrape for long.
+    let _idle = std::net::TcpStream::connect(&addr).unwrap();
+    let t0 = Instant::now();
+    let _ = scrape(&addr);
+    assert!(
+        t0.elapsed() < Duration::from_secs(3),
+        "a silent client held the endpoint {:?}",
+        t0.elapsed()
+    );
+    // The daemon is fine after all that.
+    assert_eq!(
+        h.json(&["lockspace", "list"])["lockspaces"][0]["state"],
+        "joined"
+    );
 }

@@ -395,6 +395,16 @@ print("ok")
         ),
     );
     assert_eq!(finish(rem, "rem_lockspace", &h1).trim(), "ok");
+    // The sanlock socket's requests are in the metrics, refusals with their errno name.
+    let out = h1.tenure(&["metrics"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    for line in [
+        "tenure_operations_total{protocol=\"sanlock\",kind=\"acquire\",result=\"ok\"} ",
+        "tenure_operations_total{protocol=\"sanlock\",kind=\"rem_lockspace\",result=\"EBUSY\"} 1\n",
+        "tenure_operation_duration_seconds_count{protocol=\"sanlock\",kind=\"add_lockspace\"} ",
+    ] {
+        assert!(text.contains(line), "{line} in\n{text}");
+    }
     // `sanlock client shutdown -w 1` stops the idle daemon.
     let out = Command::new("sanlock")
         .args(["client", "shutdown", "-f", "0", "-w", "1"])

@@ -340,6 +340,8 @@ pub struct Host {
     /// Moves with every change of lockspaces (with the registry's count:
     /// [`Host::state_epoch`]).
     epoch: u64,
+    /// Renewal counters (crate::metrics; the front end renders them).
+    metrics: crate::metrics::Metrics,
 }
 
 fn err(code: ErrorCode, message: impl Into<String>) -> Reply {
@@ -543,7 +545,13 @@ impl Host {
             now: Time::ZERO,
             wall_epoch_ms,
             epoch: 0,
+            metrics: crate::metrics::Metrics::new(),
         }
+    }
+
+    /// Counts renewals into `m` (shared with the front end that renders it).
+    pub fn set_metrics(&mut self, m: crate::metrics::Metrics) {
+        self.metrics = m;
     }
 
     /// This host's name.
@@ -1261,6 +1269,7 @@ impl Host {
                 read_latency,
                 write_latency,
             } => {
+                self.metrics.renewed(&name, read_latency + write_latency);
                 if let Some(d) = self.set.renewal_deadline(id) {
                     let note = RenewalNote {
                         at_unix_ms: self.unix_ms(),
@@ -1273,6 +1282,7 @@ impl Host {
             }
             DeltaEvent::RenewalFailed { error } => {
                 tracing::warn!(lockspace = %name, error = %error, "renewal failed");
+                self.metrics.renewal_failed(&name, &error);
                 self.sup.renewal_failed(
                     &name,
                     RenewalNote {

@@ -185,6 +185,7 @@ impl Server {
                         continue;
                     }
                     c.busy = true;
+                    c.op = Some((w::cmd_name(h.cmd), std::time::Instant::now()));
                     if let Some(s) = self.sconn(k) {
                         s.current = Some(h);
                         s.close_after = closes_after(h.cmd);
@@ -199,6 +200,15 @@ impl Server {
     fn sanlock_send(&mut self, k: ClientKey, h: Header, result: i32, data2: u32, payload: &[u8]) {
         let Some(c) = self.conn(k) else { return };
         c.busy = false;
+        if let Some((kind, at)) = c.op.take() {
+            let result = if result >= 0 {
+                "ok".to_owned()
+            } else {
+                format!("{:?}", nix::errno::Errno::from_raw(-result))
+            };
+            self.metrics.answered("sanlock", kind, result, at.elapsed());
+        }
+        let Some(c) = self.conn(k) else { return };
         let mut reply = h.reply(result, data2, payload.len());
         if h.cmd == cmd::VERSION {
             reply.seq = 0;
