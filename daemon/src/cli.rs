@@ -81,6 +81,12 @@ enum Command {
     /// The daemon itself.
     #[command(subcommand)]
     Daemon(DaemonCmd),
+    /// Write the man pages and shell completions of `tenure` into DIR (packaging).
+    #[command(name = "__assets", hide = true)]
+    Assets {
+        /// Output directory.
+        dir: std::path::PathBuf,
+    },
     /// What tenured is doing: lockspaces with renewals and deadlines, leases with holders,
     /// the watchdog.
     Status {
@@ -496,6 +502,15 @@ fn run(cli: Cli) -> Result<ExitCode, String> {
     let socket = || d::socket_path(cli.socket.as_deref());
     match cli.command {
         Command::Status { json } => d::status(&socket(), json),
+        Command::Assets { dir } => {
+            use clap::CommandFactory;
+            let files = crate::assets::write(Cli::command(), "1", &dir)
+                .map_err(|e| format!("writing into {}: {e}", dir.display()))?;
+            for f in files {
+                println!("{}", f.display());
+            }
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Metrics => d::metrics(&socket()),
         Command::Doctor {
             config,

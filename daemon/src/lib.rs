@@ -8,6 +8,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod assets;
 pub mod cli;
 pub mod client;
 pub mod cluster_cmd;

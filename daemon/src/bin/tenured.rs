@@ -92,10 +92,29 @@ struct Flags {
     /// Internal: run the emulated watchdog for the embedded default.
     #[arg(long, hide = true, num_args = 4, value_names = ["SOCKET", "PGID", "RECORD", "MARKER"])]
     emulate_watchdog: Option<Vec<String>>,
+    /// Internal: write tenured's man page and shell completions into DIR, then exit
+    /// (packaging).
+    #[arg(long, hide = true, value_name = "DIR")]
+    assets: Option<PathBuf>,
 }
 
 fn main() -> ExitCode {
     let flags = Flags::parse();
+    if let Some(dir) = &flags.assets {
+        use clap::CommandFactory;
+        return match tenured::assets::write(Flags::command(), "8", dir) {
+            Ok(files) => {
+                for f in files {
+                    println!("{}", f.display());
+                }
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("tenured: writing into {}: {e}", dir.display());
+                ExitCode::FAILURE
+            }
+        };
+    }
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_new(&flags.log)
