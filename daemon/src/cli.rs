@@ -124,6 +124,10 @@ enum Command {
         /// The W assumed for every host (dead = 8T + W without a renewal).
         #[arg(long, value_name = "S", default_value_t = 60)]
         fire_timeout: u32,
+        /// Offset of the lockspace's resource index on the same device (M suffix accepted):
+        /// only the areas it lists are read, instead of every area of the device.
+        #[arg(long, value_name = "OFFSET", value_parser = parse_offset_arg)]
+        rindex: Option<u64>,
         /// One JSON object instead of tables.
         #[arg(long)]
         json: bool,
@@ -453,6 +457,10 @@ fn parse_backend(s: &str) -> Result<BackendKind, String> {
     }
 }
 
+fn parse_offset_arg(s: &str) -> Result<u64, String> {
+    tenure_format::spec::parse_offset("offset", s).map_err(|e| e.to_string())
+}
+
 fn parse_sector_size(s: &str) -> Result<SectorSize, String> {
     let n: u64 = s.parse().map_err(|_| format!("{s:?} is not a number"))?;
     SectorSize::from_bytes(n).map_err(|e| e.to_string())
@@ -713,6 +721,7 @@ fn run(cli: Cli) -> Result<ExitCode, String> {
             target,
             wait,
             fire_timeout,
+            rindex,
             json,
         } => {
             let t = DumpTarget::parse(&target)
@@ -722,6 +731,7 @@ fn run(cli: Cli) -> Result<ExitCode, String> {
                 t.offset,
                 wait.map(std::time::Duration::from_secs),
                 fire_timeout,
+                rindex,
                 cli.io_backend,
             )?;
             emit(json, &v, || crate::cluster_cmd::render(&v))?;

@@ -63,6 +63,9 @@ pub struct ClusterView {
     pub hosts: Vec<HostRow>,
     /// Leases of the lockspace's resources.
     pub leases: Vec<LeaseRow>,
+    /// How the resources were found: "rindex" (the areas the resource index lists) or
+    /// "scan" (every area of the device).
+    pub found_by: &'static str,
 }
 
 /// The view from two reads of the lockspace's slots `watched` apart, and the areas scanned;
@@ -162,6 +165,7 @@ pub fn view(
         watched_s: watched.as_secs(),
         hosts,
         leases,
+        found_by: "scan",
     }
 }
 
@@ -188,12 +192,14 @@ fn slots(
 }
 
 /// Reads the lockspace at `offset` twice, `wait` apart (default: one renewal of its slowest
-/// host, 2T + 1 s), and scans the device for the lockspace's resources.
+/// host, 2T + 1 s), and finds the lockspace's resources: through the resource index at
+/// `rindex` (only the areas it lists are read), else by scanning the whole device.
 pub fn run(
     path: &Path,
     offset: u64,
     wait: Option<Duration>,
     w: u32,
+    rindex: Option<u64>,
     backend: BackendKind,
 ) -> Result<ClusterView, String> {
     let (name, first) = slots(path, offset, backend)?;
@@ -212,15 +218,48 @@ pub fn run(
     );
     std::thread::sleep(wait);
     let (_, second) = slots(path, offset, backend)?;
-    let scan = direct::dump(path, 0, None, backend).map_err(|e| e.to_string())?;
-    Ok(view(&name, &first, &second, wait, w, &scan.areas))
+    let areas = match rindex {
+        None => {
+            direct::dump(path, 0, None, backend)
+                .map_err(|e| e.to_string())?
+                .areas
+        }
+        Some(rx) => indexed_areas(path, rx, &name, backend)?,
+    };
+    let mut v = view(&name, &first, &second, wait, w, &areas);
+    v.found_by = if rindex.is_some() { "rindex" } else { "scan" };
+    Ok(v)
+}
+
+/// The areas a resource index lists, each read on its own.
+fn indexed_areas(
+    path: &Path,
+    rx: u64,
+    lockspace: &Name,
+    backend: BackendKind,
+) -> Result<Vec<AreaReport>, String> {
+    let index = tenure_core::direct::rindex::Rindex::open(path, rx, lockspace, backend)
+        .map_err(|e| format!("resource index at {rx}: {e}"))?;
+    let area = index.geometry().area_bytes();
+    let mut areas = Vec::new();
+    for e in index.entries() {
+        let r = direct::dump(path, e.offset, Some(area), backend).map_err(|err| {
+            format!(
+                "{} at {} (listed by the index): {err}",
+                e.name.escaped(),
+                e.offset
+            )
+        })?;
+        areas.extend(r.areas);
+    }
+    Ok(areas)
 }
 
 /// The tables.
 pub fn render(v: &ClusterView) -> String {
     let mut out = format!(
-        "lockspace {} (watched {} s)\n{:<8} {:<40} {:>10} {:>4} {:<6}\n",
-        v.lockspace, v.watched_s, "HOST", "NAME", "GENERATION", "T", "STATUS"
+        "lockspace {} (watched {} s; resources found by {})\n{:<8} {:<40} {:>10} {:>4} {:<6}\n",
+        v.lockspace, v.watched_s, v.found_by, "HOST", "NAME", "GENERATION", "T", "STATUS"
     );
     for h in &v.hosts {
         out.push_str(&format!(
@@ -395,5 +434,60 @@ mod tests {
             text.contains("host 1 gen 3 (node-1)") && text.contains("1/3 2/1"),
             "{text}"
         );
+    }
+
+    #[test]
+    fn the_resource_index_limits_what_is_read_to_the_areas_it_lists() {
+        use tenure_core::direct::{format_lockspace, format_resource, rindex, FormatOptions};
+        use tenure_format::{LockspaceSpec, ResourceSpec};
+        let dir = tempfile::tempdir_in("/var/tmp").expect("tempdir");
+        let p = dir.path().join("leases");
+        std::fs::File::create(&p)
+            .and_then(|f| f.set_len(8 << 20))
+            .expect("file");
+        let d = p.display();
+        let ls = LockspaceSpec::parse(&format!("LS:0:{d}:0")).expect("spec");
+        format_lockspace(&ls, FormatOptions::default(), 1).expect("lockspace");
+        for (name, mb) in [("a", 3), ("b", 4), ("unlisted", 5)] {
+            let r = ResourceSpec::parse(&format!("LS:{name}:{d}:{mb}M")).expect("spec");
+            format_resource(&r, FormatOptions::default(), None).expect("resource");
+        }
+        let lsname = Name::new("LS").expect("name");
+        rindex::format(&p, 1 << 20, lsname, 0, FormatOptions::default()).expect("rindex");
+        let mut rx = rindex::Rindex::open(&p, 1 << 20, &lsname, BackendKind::Sync).expect("open");
+        rx.add(&Name::new("a").expect("a"), 3 << 20).expect("add a");
+        rx.add(&Name::new("b").expect("b"), 4 << 20).expect("add b");
+        let names = |v: &ClusterView| -> Vec<String> {
+            v.leases.iter().map(|l| l.resource.clone()).collect()
+        };
+        let by_index = run(
+            &p,
+            0,
+            Some(Duration::ZERO),
+            60,
+            Some(1 << 20),
+            BackendKind::Sync,
+        )
+        .expect("run");
+        assert_eq!(by_index.found_by, "rindex");
+        assert_eq!(names(&by_index), ["a", "b"]);
+        let scanned = run(&p, 0, Some(Duration::ZERO), 60, None, BackendKind::Sync).expect("run");
+        assert_eq!(scanned.found_by, "scan");
+        assert!(
+            names(&scanned).contains(&"unlisted".to_owned()),
+            "{:?}",
+            names(&scanned)
+        );
+        // An index of another lockspace, or none at that offset: a clear error.
+        let e = run(
+            &p,
+            0,
+            Some(Duration::ZERO),
+            60,
+            Some(6 << 20),
+            BackendKind::Sync,
+        )
+        .unwrap_err();
+        assert!(e.contains("resource index at 6291456"), "{e}");
     }
 }
