@@ -30,7 +30,7 @@ use crate::io::{
 pub const RENEWAL_HISTORY_LEN: usize = 64;
 
 /// Lockspaces one set can hold.
-pub const LOCKSPACES_MAX: usize = 64;
+pub const LOCKSPACES_MAX: usize = 256;
 
 /// Handle of a lockspace in a [`LockspaceSet`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]

@@ -55,7 +55,7 @@ impl Client {
     /// Sends one request and waits for its reply.
     pub fn call(&mut self, req: &Request) -> Result<serde_json::Value, ClientError> {
         proto::write_frame(&mut self.stream, req)?;
-        match proto::read_frame::<Reply>(&mut self.stream)? {
+        match proto::read_reply::<Reply>(&mut self.stream)? {
             Reply::Ok(v) => Ok(v),
             Reply::Error(e) => Err(ClientError::Daemon(e)),
         }

@@ -20,8 +20,12 @@ use crate::host::reply::{Done, LeaseView, Reply as HostReply, RindexDone};
 /// Protocol version spoken by this build.
 pub const PROTOCOL_VERSION: u32 = 1;
 
-/// Largest frame accepted or sent.
+/// Largest request frame (what the daemon accepts from a client).
 pub const FRAME_MAX_BYTES: usize = 64 * 1024;
+
+/// Largest reply frame (what a client accepts from the daemon): `status` and `metrics` of a
+/// host with a hundred lockspaces are hundreds of KiB.
+pub const REPLY_MAX_BYTES: usize = 16 << 20;
 
 /// A request.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -410,8 +414,13 @@ impl std::fmt::Display for ErrorReply {
 #[derive(Debug, thiserror::Error)]
 pub enum FrameError {
     /// The peer announced a frame above the limit.
-    #[error("frame of {0} bytes exceeds the {FRAME_MAX_BYTES}-byte limit")]
-    TooLarge(usize),
+    #[error("frame of {len} bytes exceeds the {limit}-byte limit")]
+    TooLarge {
+        /// Its length.
+        len: usize,
+        /// The limit.
+        limit: usize,
+    },
     /// The stream failed or ended.
     #[error("connection: {0}")]
     Io(#[from] std::io::Error),
@@ -420,14 +429,26 @@ pub enum FrameError {
     Json(#[from] serde_json::Error),
 }
 
-/// Encodes one frame.
+/// Encodes one request frame (at most [`FRAME_MAX_BYTES`]).
 pub fn encode<T: Serialize>(msg: &T) -> Result<Vec<u8>, FrameError> {
+    encode_within(msg, FRAME_MAX_BYTES)
+}
+
+/// Encodes one reply frame (at most [`REPLY_MAX_BYTES`]).
+pub fn encode_reply<T: Serialize>(msg: &T) -> Result<Vec<u8>, FrameError> {
+    encode_within(msg, REPLY_MAX_BYTES)
+}
+
+fn encode_within<T: Serialize>(msg: &T, limit: usize) -> Result<Vec<u8>, FrameError> {
     let body = serde_json::to_vec(msg)?;
-    if body.len() > FRAME_MAX_BYTES {
-        return Err(FrameError::TooLarge(body.len()));
+    if body.len() > limit {
+        return Err(FrameError::TooLarge {
+            len: body.len(),
+            limit,
+        });
     }
     let mut out = Vec::with_capacity(4 + body.len());
-    // body.len() <= FRAME_MAX_BYTES fits u32.
+    // body.len() <= REPLY_MAX_BYTES fits u32.
     out.extend_from_slice(&(body.len() as u32).to_le_bytes());
     out.extend_from_slice(&body);
     Ok(out)
@@ -466,13 +487,25 @@ pub fn write_frame<T: Serialize>(w: &mut impl Write, msg: &T) -> Result<(), Fram
     Ok(())
 }
 
-/// Blocking read of one frame (clients).
+/// Blocking read of one request-sized frame (at most [`FRAME_MAX_BYTES`]).
 pub fn read_frame<T: for<'de> Deserialize<'de>>(r: &mut impl Read) -> Result<T, FrameError> {
+    read_frame_within(r, FRAME_MAX_BYTES)
+}
+
+/// Blocking read of one reply (clients; at most [`REPLY_MAX_BYTES`]).
+pub fn read_reply<T: for<'de> Deserialize<'de>>(r: &mut impl Read) -> Result<T, FrameError> {
+    read_frame_within(r, REPLY_MAX_BYTES)
+}
+
+fn read_frame_within<T: for<'de> Deserialize<'de>>(
+    r: &mut impl Read,
+    limit: usize,
+) -> Result<T, FrameError> {
     let mut prefix = [0u8; 4];
     r.read_exact(&mut prefix)?;
     let len = u32::from_le_bytes(prefix) as usize;
-    if len > FRAME_MAX_BYTES {
-        return Err(FrameError::TooLarge(len));
+    if len > limit {
+        return Err(FrameError::TooLarge { len, limit });
     }
     let mut body = vec![0u8; len];
     r.read_exact(&mut body)?;
@@ -501,6 +534,26 @@ mod tests {
         assert_eq!(back, req);
         let huge = (u32::MAX).to_le_bytes();
         assert_eq!(split_frame(&huge), Split::TooLarge(u32::MAX as usize));
+        // Replies may be larger than requests: a 1 MiB reply goes out and is read back by a
+        // client, which a request-sized read refuses.
+        let big = Reply::Ok(serde_json::json!({"text": "x".repeat(1 << 20)}));
+        assert!(matches!(
+            encode(&big),
+            Err(FrameError::TooLarge {
+                limit: FRAME_MAX_BYTES,
+                ..
+            })
+        ));
+        let bytes = encode_reply(&big).expect("a reply of 1 MiB");
+        let back: Reply = read_reply(&mut &bytes[..]).expect("read back");
+        assert_eq!(back, big);
+        assert!(matches!(
+            read_frame::<Reply>(&mut &bytes[..]),
+            Err(FrameError::TooLarge {
+                limit: FRAME_MAX_BYTES,
+                ..
+            })
+        ));
         // Unknown fields and ops are refused, not ignored.
         assert!(serde_json::from_str::<Request>(r#"{"op":"status","x":1}"#).is_err());
         assert!(serde_json::from_str::<Request>(r#"{"op":"format_disk"}"#).is_err());

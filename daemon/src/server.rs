@@ -1649,7 +1649,7 @@ impl Server {
                 None => {
                     // Full: tell it why, best effort, and drop it.
                     let mut s = stream;
-                    if let Ok(b) = proto::encode(&proto::Reply::from(err(
+                    if let Ok(b) = proto::encode_reply(&proto::Reply::from(err(
                         ErrorCode::Full,
                         format!("too many clients ({CLIENTS_MAX})"),
                     ))) {
@@ -1735,11 +1735,11 @@ impl Server {
         let Some(c) = self.conn(k) else {
             return;
         };
-        match proto::encode(&proto::Reply::from(r)) {
+        match proto::encode_reply(&proto::Reply::from(r)) {
             Ok(b) => c.outbuf.extend_from_slice(&b),
             Err(e) => {
                 let fallback = err(ErrorCode::Failed, format!("reply too large: {e}"));
-                if let Ok(b) = proto::encode(&proto::Reply::from(fallback)) {
+                if let Ok(b) = proto::encode_reply(&proto::Reply::from(fallback)) {
                     c.outbuf.extend_from_slice(&b);
                 }
             }
@@ -1838,7 +1838,7 @@ impl Server {
                             proto::FRAME_MAX_BYTES
                         ),
                     );
-                    if let Ok(b) = proto::encode(&proto::Reply::from(r)) {
+                    if let Ok(b) = proto::encode_reply(&proto::Reply::from(r)) {
                         c.outbuf.extend_from_slice(&b);
                     }
                     self.flush(idx);

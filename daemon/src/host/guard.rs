@@ -31,7 +31,7 @@ use tenure_watchdog::Multiplexer;
 pub const TEST_INTERVAL: Duration = Duration::from_secs(1);
 
 /// Lockspaces supervised at once.
-pub const SPACES_MAX: usize = 64;
+pub const SPACES_MAX: usize = 256;
 
 /// Holders per lockspace.
 pub const HOLDERS_MAX: usize = 4096;
