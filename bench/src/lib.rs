@@ -8,4 +8,5 @@ pub mod daemon;
 pub mod io;
 pub mod join;
 pub mod report;
+pub mod scale;
 pub mod upgrade;

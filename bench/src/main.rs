@@ -119,6 +119,35 @@ enum Cmd {
         #[arg(long)]
         json: bool,
     },
+    /// How cost grows with the work, tenure and sanlock in one run (curve `lockspaces`: N
+    /// lockspaces joined at once, then renewed: join times, CPU per renewal, renewal latency,
+    /// resident memory).
+    Scale {
+        /// Which curve.
+        #[arg(long, default_value = "lockspaces")]
+        curve: String,
+        /// 512-byte-sector device or file (overwritten) of 2 × max(N) + 2 MiB, or `auto`.
+        #[arg(long, default_value = "auto")]
+        device: String,
+        /// The N, comma-separated.
+        #[arg(long, default_value = "1,10,40,100", value_delimiter = ',')]
+        counts: Vec<usize>,
+        /// io_timeout T in seconds (both daemons).
+        #[arg(long, default_value_t = 1)]
+        io_timeout: u16,
+        /// Seconds of renewals measured after the joins.
+        #[arg(long, default_value_t = 60)]
+        renew_s: u64,
+        /// sanlock-anchor's start.sh (sanlock is started with it and measured too).
+        #[arg(long, default_value = "../shared/tools/sanlock-anchor/start.sh")]
+        sanlock_start: PathBuf,
+        /// tenure only.
+        #[arg(long)]
+        no_sanlock: bool,
+        /// JSON lines instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
     /// Join time on a free slot and after an unclean stop (tenure, and a running sanlock).
     Join {
         /// 512-byte-sector block device or file (overwritten), or `auto`.
@@ -287,6 +316,60 @@ fn main() -> ExitCode {
                 io_timeout_s: io_timeout.max(1),
             };
             emit(tenure_bench::upgrade::run(&opts), json, &path)
+        }
+        Cmd::Scale {
+            curve,
+            device,
+            counts,
+            io_timeout,
+            renew_s,
+            sanlock_start,
+            no_sanlock,
+            json,
+        } => {
+            if curve != "lockspaces" {
+                eprintln!("tenure-bench: unknown curve {curve:?} (lockspaces)");
+                return ExitCode::from(2);
+            }
+            let counts: Vec<usize> = counts.into_iter().filter(|&n| n > 0).collect();
+            let max = counts.iter().copied().max().unwrap_or(1) as u64;
+            let (_auto, path) = if device == "auto" {
+                match AutoDevice::create_sized(512, (2 * max + 2) << 20) {
+                    Ok(a) => {
+                        let p = a.path.clone();
+                        (Some(a), p)
+                    }
+                    Err(e) => {
+                        eprintln!("tenure-bench: {e}");
+                        return ExitCode::from(1);
+                    }
+                }
+            } else {
+                (None, PathBuf::from(&device))
+            };
+            let opts = tenure_bench::scale::ScaleOptions {
+                device: path.clone(),
+                counts,
+                io_timeout_s: io_timeout.max(1),
+                renew_s: renew_s.max(1),
+                sanlock_start: (!no_sanlock).then_some(sanlock_start),
+            };
+            if !json {
+                println!("# {}", describe(&path));
+            }
+            match tenure_bench::scale::lockspaces(&opts, |f| {
+                if json {
+                    println!("{}", f.json());
+                } else {
+                    println!("{}", f.line());
+                }
+            }) {
+                Ok(_) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("tenure-bench scale: {e}");
+                    ExitCode::from(1)
+                }
+            }
         }
         Cmd::Join {
             device,

@@ -165,7 +165,6 @@ pub struct LockspaceSet {
     /// Slots of lockspaces; a removed lockspace leaves `None` for reuse.
     entries: Vec<Option<Entry>>,
     completions: Vec<Completion>,
-    data: Vec<u8>,
     /// Paxos lease operations in progress (see [`ops`]).
     ops: ops::Ops,
     /// Bitmap bits to clear at a time: (lockspace, host id, when).
@@ -181,7 +180,6 @@ impl LockspaceSet {
             backend,
             entries: Vec::new(),
             completions: Vec::with_capacity(256),
-            data: Vec::new(),
             ops: ops::Ops::default(),
             bit_expiry: Vec::new(),
             delta_of: std::collections::HashMap::new(),
@@ -575,14 +573,14 @@ impl LockspaceSet {
                 continue;
             };
             e.inflight = None;
-            self.data.clear();
-            if c.kind == IoKind::Read && c.outcome == IoOutcome::Done {
-                if let Some(d) = self.backend.read_data(c.id) {
-                    self.data.extend_from_slice(d);
-                }
-            }
+            // The lease reads the engine's buffer in place (a renewal reads the whole area:
+            // 1 MiB with 512-byte sectors, 8 MiB with 4 KiB ones), then the buffer goes back.
+            let data = match (c.kind, c.outcome) {
+                (IoKind::Read, IoOutcome::Done) => self.backend.read_data(c.id).unwrap_or(&[]),
+                _ => &[],
+            };
+            e.lease.handle_io(now, c.outcome, data);
             self.backend.release(c.id);
-            e.lease.handle_io(now, c.outcome, &self.data);
         }
         for e in self.entries.iter_mut().flatten() {
             if e.lease.poll_timeout().is_some_and(|t| t <= now) {
