@@ -295,19 +295,12 @@ fn main() -> ExitCode {
             json,
         } => {
             let leases = leases.clamp(1, 1000);
-            let (_auto, path) = if device == "auto" {
-                match AutoDevice::create_sized(512, (leases as u64 + 2) << 20) {
-                    Ok(a) => {
-                        let p = a.path.clone();
-                        (Some(a), p)
-                    }
-                    Err(e) => {
-                        eprintln!("tenure-bench: {e}");
-                        return ExitCode::from(1);
-                    }
+            let (_auto, path) = match device_or_auto(&device, (leases as u64 + 2) << 20) {
+                Ok(d) => d,
+                Err(e) => {
+                    eprintln!("tenure-bench: {e}");
+                    return ExitCode::from(1);
                 }
-            } else {
-                (None, PathBuf::from(&device))
             };
             let opts = tenure_bench::upgrade::UpgradeBenchOptions {
                 device: path.clone(),
@@ -333,19 +326,12 @@ fn main() -> ExitCode {
             }
             let counts: Vec<usize> = counts.into_iter().filter(|&n| n > 0).collect();
             let max = counts.iter().copied().max().unwrap_or(1) as u64;
-            let (_auto, path) = if device == "auto" {
-                match AutoDevice::create_sized(512, (2 * max + 2) << 20) {
-                    Ok(a) => {
-                        let p = a.path.clone();
-                        (Some(a), p)
-                    }
-                    Err(e) => {
-                        eprintln!("tenure-bench: {e}");
-                        return ExitCode::from(1);
-                    }
+            let (_auto, path) = match device_or_auto(&device, (2 * max + 2) << 20) {
+                Ok(d) => d,
+                Err(e) => {
+                    eprintln!("tenure-bench: {e}");
+                    return ExitCode::from(1);
                 }
-            } else {
-                (None, PathBuf::from(&device))
             };
             let opts = tenure_bench::scale::ScaleOptions {
                 device: path.clone(),
@@ -390,5 +376,17 @@ fn main() -> ExitCode {
             };
             emit(join::run(&opts), json, &path)
         }
+    }
+}
+
+/// `device`, or with `auto` a 512-byte-sector loop device of `bytes` made here (removed when
+/// the returned guard drops).
+fn device_or_auto(device: &str, bytes: u64) -> Result<(Option<AutoDevice>, PathBuf), String> {
+    if device == "auto" {
+        let a = AutoDevice::create_sized(512, bytes)?;
+        let p = a.path.clone();
+        Ok((Some(a), p))
+    } else {
+        Ok((None, PathBuf::from(device)))
     }
 }

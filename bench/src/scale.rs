@@ -149,6 +149,26 @@ fn join_figures(times: &mut [f64]) -> Vec<(&'static str, f64)> {
     ]
 }
 
+/// The renewal window's figures: `cpu_ms` used over `window_s`, the renewals' latencies.
+fn renewal_figures(
+    window_s: f64,
+    cpu_ms: f64,
+    rss: f64,
+    mut lat: Vec<f64>,
+) -> Vec<(&'static str, f64)> {
+    lat.sort_by(f64::total_cmp);
+    let renewals = lat.len().max(1) as f64;
+    vec![
+        ("window_s", window_s),
+        ("renewals", lat.len() as f64),
+        ("cpu_ms_per_renewal", cpu_ms / renewals),
+        ("cpu_pct", cpu_ms / (window_s * 10.0)),
+        ("renewal_p50_ms", quantile(&lat, 50.0)),
+        ("renewal_p99_ms", quantile(&lat, 99.0)),
+        ("rss_kib", rss),
+    ]
+}
+
 struct Tenured {
     child: Child,
     dir: PathBuf,
@@ -279,18 +299,8 @@ fn tenure_run(opts: &ScaleOptions, n: usize) -> Result<Figures, String> {
     let c1 = cpu_ms(pid)?;
     let window = w0.elapsed().as_secs_f64();
     let rss = rss_kib(pid)?;
-    let mut lat: Vec<f64> = seen.values().flatten().map(|&(_, l)| l).collect();
-    lat.sort_by(f64::total_cmp);
-    let renewals = lat.len().max(1) as f64;
-    figures.extend([
-        ("window_s", window),
-        ("renewals", lat.len() as f64),
-        ("cpu_ms_per_renewal", (c1 - c0) / renewals),
-        ("cpu_pct", (c1 - c0) / (window * 10.0)),
-        ("renewal_p50_ms", quantile(&lat, 50.0)),
-        ("renewal_p99_ms", quantile(&lat, 99.0)),
-        ("rss_kib", rss),
-    ]);
+    let lat: Vec<f64> = seen.values().flatten().map(|&(_, l)| l).collect();
+    figures.extend(renewal_figures(window, c1 - c0, rss, lat));
     Ok(Figures {
         system: "tenure".into(),
         scenario: format!("lockspaces={n}"),
@@ -421,17 +431,7 @@ fn sanlock_run(
             }
         }
     }
-    lat.sort_by(f64::total_cmp);
-    let renewals = lat.len().max(1) as f64;
-    figures.extend([
-        ("window_s", window),
-        ("renewals", lat.len() as f64),
-        ("cpu_ms_per_renewal", (c1 - c0) / renewals),
-        ("cpu_pct", (c1 - c0) / (window * 10.0)),
-        ("renewal_p50_ms", quantile(&lat, 50.0)),
-        ("renewal_p99_ms", quantile(&lat, 99.0)),
-        ("rss_kib", rss),
-    ]);
+    figures.extend(renewal_figures(window, c1 - c0, rss, lat));
     drop(s);
     Ok(Figures {
         system: "sanlock".into(),
