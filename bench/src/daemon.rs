@@ -43,9 +43,10 @@ fn err(e: impl std::fmt::Display) -> String {
     e.to_string()
 }
 
-struct Daemon {
-    child: Child,
-    dir: PathBuf,
+/// A tenured started by a bench (watchdog none), killed and its directory removed on drop.
+pub(crate) struct Daemon {
+    pub(crate) child: Child,
+    pub(crate) dir: PathBuf,
 }
 
 impl Drop for Daemon {
@@ -70,7 +71,8 @@ pub fn run_base() -> PathBuf {
     }
 }
 
-fn tenured_path() -> Result<PathBuf, String> {
+/// The tenured binary beside this bench binary.
+pub(crate) fn tenured_path() -> Result<PathBuf, String> {
     let exe = std::env::current_exe().map_err(err)?;
     let p = exe.with_file_name("tenured");
     if p.exists() {

@@ -14,7 +14,7 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::{Arc, Barrier};
 use std::time::{Duration, Instant};
 
@@ -169,40 +169,12 @@ fn renewal_figures(
     ]
 }
 
-struct Tenured {
-    child: Child,
-    dir: PathBuf,
-}
-
-impl Drop for Tenured {
-    fn drop(&mut self) {
-        // No watchdog is armed (watchdog none): killing it fences nothing.
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
-
-fn tenured_path() -> Result<PathBuf, String> {
-    let p = std::env::current_exe()
-        .map_err(err)?
-        .with_file_name("tenured");
-    if p.exists() {
-        Ok(p)
-    } else {
-        Err(format!(
-            "{} not found: cargo build --release -p tenured",
-            p.display()
-        ))
-    }
-}
-
 fn tenure_run(opts: &ScaleOptions, n: usize) -> Result<Figures, String> {
     let t = opts.io_timeout_s;
     format_areas(&opts.device, "T", 0, n, t)?;
     let dir = crate::daemon::run_base().join(format!("tenure-bench-scale-{}", std::process::id()));
     std::fs::create_dir_all(&dir).map_err(err)?;
-    let child = Command::new(tenured_path()?)
+    let child = Command::new(crate::daemon::tenured_path()?)
         .args(["--config", "/dev/null", "--run-dir"])
         .arg(&dir)
         .arg("--state-dir")
@@ -220,7 +192,7 @@ fn tenure_run(opts: &ScaleOptions, n: usize) -> Result<Figures, String> {
         .stderr(Stdio::inherit())
         .spawn()
         .map_err(|e| format!("tenured: {e}"))?;
-    let d = Tenured { child, dir };
+    let d = crate::daemon::Daemon { child, dir };
     let sock = d.dir.join("tenured.sock");
     let t0 = Instant::now();
     while Client::connect(&sock, Some("bench")).is_err() {
