@@ -228,6 +228,27 @@ impl std::fmt::Debug for DirectDisk {
 impl DirectDisk {
     /// Opens and probes `path` and sets up an engine sized for whole areas.
     pub fn open(path: &Path, access: Access, backend: BackendKind) -> Result<Self, DirectError> {
+        // Two probe-sized buffers and one for the largest area (8 MiB).
+        Self::open_with(path, access, backend, vec![(PROBE_LEN, 2), (8 << 20, 1)])
+    }
+
+    /// [`DirectDisk::open`] for reads of at most 4096 bytes (a leader, a geometry probe): no
+    /// 8 MiB buffer. The daemon probes every lease area it is asked about this way — 40
+    /// lockspaces joined at once left 40 probe threads' 8 MiB buffers resident.
+    pub fn open_small(
+        path: &Path,
+        access: Access,
+        backend: BackendKind,
+    ) -> Result<Self, DirectError> {
+        Self::open_with(path, access, backend, vec![(PROBE_LEN, 2)])
+    }
+
+    fn open_with(
+        path: &Path,
+        access: Access,
+        backend: BackendKind,
+        buffer_classes: Vec<(usize, usize)>,
+    ) -> Result<Self, DirectError> {
         let dev = Device::open(path, access)?;
         let (kind, logical_sector_size, size_bytes, io_align) = (
             dev.kind(),
@@ -235,10 +256,9 @@ impl DirectDisk {
             dev.size_bytes(),
             dev.io_align(),
         );
-        // Two probe-sized buffers and one for the largest area (8 MiB).
         let config = EngineConfig {
             ring_entries: 4,
-            buffer_classes: vec![(PROBE_LEN, 2), (8 << 20, 1)],
+            buffer_classes,
             sync_workers: 1,
         };
         let (engine, choice) = open_backend(vec![dev], &config, backend)?;

@@ -315,8 +315,8 @@ fn probe(key: ProbeKey, need_device: bool) -> ProbeResult {
         need_device.then(|| Device::open(&key.0, Access::ReadWrite).map_err(|e| e.to_string()));
     // A lease area's leader, or a resource index header (its geometry is what counts).
     let geometry = (|| {
-        let mut d =
-            DirectDisk::open(&key.0, Access::Read, BackendKind::Auto).map_err(|e| e.to_string())?;
+        let mut d = DirectDisk::open_small(&key.0, Access::Read, BackendKind::Auto)
+            .map_err(|e| e.to_string())?;
         d.read(key.1, 4096, |b| match LeaderRecord::decode(b) {
             Ok(l) => Geometry::from_leader_fields(l.sector_size, l.flags)
                 .map_err(|e| format!("unsupported geometry: {e}")),

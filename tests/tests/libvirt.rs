@@ -6,7 +6,10 @@
 //! with −243 until host 2 releases it; E, issue 18: a guest runs on through `tenure daemon
 //! upgrade` and through a SIGKILL + restart of tenured, its leases unchanged, host 2 seeing
 //! host 1 live in the same generation, the emulated watchdog never firing, and `virsh
-//! destroy` releasing the leases). The script installs libvirt and QEMU (apt) and cleans up
+//! destroy` releasing the leases; F, issue 22: libvirtd failure — libvirtd stopped and the
+//! guest's /run/libvirt/qemu records deleted, so its QEMU runs on as an orphan unknown to
+//! libvirt: starting the guest again is refused by the lease the orphan holds, and succeeds
+//! once the orphan is killed). The script installs libvirt and QEMU (apt) and cleans up
 //! what it started.
 
 use std::os::unix::process::CommandExt;
@@ -16,7 +19,7 @@ use std::time::{Duration, Instant};
 use tenure_tests::{is_root, prerequisite, tenure_bin, tenured_bin, workspace_root};
 
 #[test]
-fn libvirt_plans_a_to_e_pass_against_tenured() {
+fn libvirt_plans_a_to_f_pass_against_tenured() {
     if !prerequisite(is_root(), "root")
         || !prerequisite(
             std::path::Path::new("/usr/bin/apt-get").exists(),
@@ -182,7 +185,7 @@ echo "the restarted tenured did not adopt" >&2; exit 1
             .join("\n"),
         log.lines().rev().take(30).collect::<Vec<_>>().join("\n")
     );
-    for plan in ["plan A", "plan B", "plan C", "plan D", "plan E"] {
+    for plan in ["plan A", "plan B", "plan C", "plan D", "plan E", "plan F"] {
         assert!(
             results
                 .lines()
