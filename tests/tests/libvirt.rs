@@ -8,8 +8,11 @@
 //! host 1 live in the same generation, the emulated watchdog never firing, and `virsh
 //! destroy` releasing the leases; F, issue 22: libvirtd failure — libvirtd stopped and the
 //! guest's /run/libvirt/qemu records deleted, so its QEMU runs on as an orphan unknown to
-//! libvirt: starting the guest again is refused by the lease the orphan holds, and succeeds
-//! once the orphan is killed). The script installs libvirt and QEMU (apt) and cleans up
+//! libvirt: starting the guest again is refused — first by virtlogd, which still writes the
+//! orphan's log, then, with QEMU logging to its file itself, by the lease the orphan holds — and
+//! succeeds once the orphan is killed; G, issue 22: disk hot-plug — `virsh attach-disk` to a
+//! running guest takes the disk's lease for its QEMU pid, a second guest's attach is refused
+//! while the lease is held, by the first guest or by host 2, and `detach-disk` releases it). The script installs libvirt and QEMU (apt) and cleans up
 //! what it started.
 
 use std::os::unix::process::CommandExt;
@@ -19,7 +22,7 @@ use std::time::{Duration, Instant};
 use tenure_tests::{is_root, prerequisite, tenure_bin, tenured_bin, workspace_root};
 
 #[test]
-fn libvirt_plans_a_to_f_pass_against_tenured() {
+fn libvirt_plans_a_to_g_pass_against_tenured() {
     if !prerequisite(is_root(), "root")
         || !prerequisite(
             std::path::Path::new("/usr/bin/apt-get").exists(),
@@ -185,7 +188,7 @@ echo "the restarted tenured did not adopt" >&2; exit 1
             .join("\n"),
         log.lines().rev().take(30).collect::<Vec<_>>().join("\n")
     );
-    for plan in ["plan A", "plan B", "plan C", "plan D", "plan E", "plan F"] {
+    for plan in ["plan A", "plan B", "plan C", "plan D", "plan E", "plan F", "plan G"] {
         assert!(
             results
                 .lines()
