@@ -31,10 +31,16 @@ fn libvirt_plans_a_to_g_pass_against_tenured() {
     {
         return;
     }
+    // TENURE_KEEP_LIBVIRT_WORK=1 keeps the logs, XML and lease dumps for a look afterwards.
+    let keep = std::env::var_os("TENURE_KEEP_LIBVIRT_WORK").is_some();
     let work = tempfile::Builder::new()
         .prefix("tenure-libvirt-")
+        .disable_cleanup(keep)
         .tempdir_in("/var/tmp")
         .unwrap();
+    if keep {
+        eprintln!("keeping {}", work.path().display());
+    }
     let rundir = format!("/run/sanlock-tenure-test-{}", std::process::id());
     let w = work.path();
     // Host 1: tenured in the process group of a placeholder leader, which its emulated
@@ -171,9 +177,12 @@ echo "the restarted tenured did not adopt" >&2; exit 1
         .env("PLAN_E_CRASH", format!("bash '{}'", crash_script.display()))
         .env("PLAN_E_FIRED", w.join("fired.log"))
         .env("WORK", work.path().join("lv"))
+        .env("HOST1_LOG", w.join("tenured.log"))
         .output()
         .unwrap();
     let results = std::fs::read_to_string(work.path().join("lv/results.txt")).unwrap_or_default();
+    let timings = std::fs::read_to_string(work.path().join("lv/timings.txt")).unwrap_or_default();
+    eprintln!("{timings}");
     let log = std::fs::read_to_string(work.path().join("tenured.log")).unwrap_or_default();
     eprintln!("{results}");
     assert!(
