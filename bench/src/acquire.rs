@@ -30,8 +30,10 @@ use crate::report::{percentiles_us, Measurement};
 /// Options of `tenure-bench acquire`.
 #[derive(Clone, Debug)]
 pub struct AcquireBenchOptions {
-    /// 512-byte-sector device or file with room for `2 * leases + 1` 1 MiB areas.
+    /// Device or file with room for `2 * leases + 1` areas of `geometry`.
     pub device: PathBuf,
+    /// Sector and area size of the lockspace and every resource (the device's sector size).
+    pub geometry: Geometry,
     /// num_hosts of every resource.
     pub num_hosts: u64,
     /// Leases acquired (and released) one after another, and then in parallel.
@@ -46,8 +48,6 @@ pub struct AcquireBenchOptions {
     pub sanlock_bench: PathBuf,
 }
 
-const ALIGN: u64 = 1 << 20;
-
 fn err(e: impl std::fmt::Display) -> String {
     e.to_string()
 }
@@ -57,7 +57,10 @@ fn engine(
 ) -> Result<Box<dyn tenure_core::io::IoBackend + Send>, String> {
     let config = EngineConfig {
         ring_entries: 16,
-        buffer_classes: vec![(512, 16), (1 << 20, 4)],
+        buffer_classes: vec![
+            (opts.geometry.sector_size_bytes() as usize, 16),
+            (opts.geometry.area_bytes() as usize, 4),
+        ],
         sync_workers: 1,
     };
     let dev = Device::open(&opts.device, Access::ReadWrite).map_err(err)?;
@@ -108,8 +111,8 @@ fn in_flight(
             let target = ResourceTarget {
                 name: Name::new(&format!("r{i}")).map_err(err)?,
                 disk: DiskId(0),
-                area_offset: (i as u64 + 1) * ALIGN,
-                geometry: Geometry::LEGACY_512,
+                area_offset: (i as u64 + 1) * opts.geometry.area_bytes(),
+                geometry: opts.geometry,
                 expect_lver: None,
                 mirrors: Vec::new(),
             };
@@ -141,8 +144,8 @@ fn pcfg(opts: &AcquireBenchOptions, i: usize, generation: u64) -> PaxosConfig {
     PaxosConfig {
         space_name: Name::new("BENCH").expect("valid name"),
         resource_name: Name::new(&format!("r{i}")).expect("valid name"),
-        geometry: Geometry::LEGACY_512,
-        area_offset: (i as u64 + 1) * ALIGN,
+        geometry: opts.geometry,
+        area_offset: (i as u64 + 1) * opts.geometry.area_bytes(),
         host_id: 1,
         generation,
         timeouts: Timeouts::new(opts.io_timeout_s, WATCHDOG_FIRE_DEFAULT_S),
@@ -162,9 +165,11 @@ fn chain_bound(opts: &AcquireBenchOptions, iterations: usize) -> Result<Vec<Dura
         .open(&opts.device)
         .map_err(err)?;
     let mut ring = IoUring::new(8).map_err(err)?;
-    let area_len = u32::try_from((opts.num_hosts + 2) * 512).map_err(err)?;
+    let ss = opts.geometry.sector_size_bytes();
+    let align = opts.geometry.area_bytes();
+    let area_len = u32::try_from((opts.num_hosts + 2) * u64::from(ss)).map_err(err)?;
     let mut area = AlignedBuf::new(area_len as usize);
-    let mut sector = AlignedBuf::new(512);
+    let mut sector = AlignedBuf::new(ss as usize);
     let fd = types::Fd(file.as_raw_fd());
     // Formatted areas past the leases, each used once and never read before, like the leases
     // an acquire reads (a warm area would be faster than any real first acquire).
@@ -181,19 +186,19 @@ fn chain_bound(opts: &AcquireBenchOptions, iterations: usize) -> Result<Vec<Dura
     };
     let mut samples = Vec::with_capacity(iterations);
     for k in 0..iterations as u64 {
-        let base = (first_spare + k) * ALIGN;
+        let base = (first_spare + k) * align;
         let t0 = Instant::now();
         // Leader, request record and host 1's dblock: what an acquire of a free lease reads
         // before its ballot.
         one(
-            opcode::Read::new(fd, area.as_mut_slice().as_mut_ptr(), 3 * 512)
+            opcode::Read::new(fd, area.as_mut_slice().as_mut_ptr(), 3 * ss)
                 .offset(base)
                 .build(),
         )?;
         for _ in 0..2 {
             one(
-                opcode::Write::new(fd, sector.as_mut_slice().as_mut_ptr(), 512)
-                    .offset(base + 1024)
+                opcode::Write::new(fd, sector.as_mut_slice().as_mut_ptr(), ss)
+                    .offset(base + 2 * u64::from(ss))
                     .build(),
             )?;
             one(
@@ -203,7 +208,7 @@ fn chain_bound(opts: &AcquireBenchOptions, iterations: usize) -> Result<Vec<Dura
             )?;
         }
         one(
-            opcode::Write::new(fd, sector.as_mut_slice().as_mut_ptr(), 512)
+            opcode::Write::new(fd, sector.as_mut_slice().as_mut_ptr(), ss)
                 .offset(base)
                 .build(),
         )?;
@@ -216,6 +221,9 @@ fn sanlock_rows(
     opts: &AcquireBenchOptions,
     rundir: &std::path::Path,
 ) -> Result<Vec<Measurement>, String> {
+    if opts.geometry != Geometry::LEGACY_512 {
+        return Err("--compare-sanlock measures 512-byte sectors only (bench.py's areas)".into());
+    }
     // bench.py formats num_hosts 2000; another num_hosts runs our script of the same shape.
     let (b, label) = if opts.num_hosts == 2000 {
         let b = crate::bench_py::run(
@@ -263,6 +271,8 @@ pub fn run(opts: &AcquireBenchOptions) -> Result<Vec<Measurement>, String> {
     let ls = LockspaceSpec::parse(&format!("BENCH:0:{}:0", opts.device.display())).map_err(err)?;
     let force = FormatOptions {
         force: true,
+        sector_size: Some(opts.geometry.sector_size()),
+        align: Some(opts.geometry.align()),
         ..Default::default()
     };
     format_lockspace(&ls, force, u64::from(t)).map_err(err)?;
@@ -271,18 +281,28 @@ pub fn run(opts: &AcquireBenchOptions) -> Result<Vec<Measurement>, String> {
         let spec = ResourceSpec::parse(&format!(
             "BENCH:r{i}:{}:{}",
             opts.device.display(),
-            (i as u64 + 1) * ALIGN
+            (i as u64 + 1) * opts.geometry.area_bytes()
         ))
         .map_err(err)?;
         format_resource(&spec, force, Some(opts.num_hosts)).map_err(err)?;
     }
     // Hold host id 1 for the whole run, renewing in the background like a daemon would.
     let stop = Arc::new(AtomicBool::new(false));
-    // The set's engine carries the in-flight run too: room for every lease's area read at once.
+    // The set's engine carries the in-flight run too: room for every lease's I/O and area read
+    // at once. (An engine with less — tenured's has a 256-entry ring and 8 area buffers of
+    // 8 MiB — fails the acquires it has no room for with EBUSY rather than queueing them.)
     let set_engine = {
+        let room = (2 * opts.leases).max(256);
         let config = EngineConfig {
-            ring_entries: 256,
-            buffer_classes: vec![(512, 256), (64 << 10, 128), (1 << 20, 64)],
+            ring_entries: u32::try_from(room.next_power_of_two().min(4096)).map_err(err)?,
+            buffer_classes: vec![
+                (opts.geometry.sector_size_bytes() as usize, room),
+                (64 << 10, 128),
+                (
+                    opts.geometry.area_bytes() as usize,
+                    opts.leases.max((64 << 20) / opts.geometry.area_bytes() as usize),
+                ),
+            ],
             sync_workers: 1,
         };
         let dev = Device::open(&opts.device, Access::ReadWrite).map_err(err)?;
@@ -295,7 +315,7 @@ pub fn run(opts: &AcquireBenchOptions) -> Result<Vec<Measurement>, String> {
         space_name: Name::new("BENCH").map_err(err)?,
         host_id: 1,
         host_name: Name::new("bench-acquirer").map_err(err)?,
-        geometry: Geometry::LEGACY_512,
+        geometry: opts.geometry,
         area_offset: 0,
         timeouts: Timeouts::new(t, WATCHDOG_FIRE_DEFAULT_S),
     };
@@ -432,7 +452,9 @@ pub fn run(opts: &AcquireBenchOptions) -> Result<Vec<Measurement>, String> {
         let mut rows = vec![
             lat(
                 format!(
-                    "acquire free lease, 512/1M, num_hosts {n}, {:.1} ballots",
+                    "acquire free lease, {}/{}M, num_hosts {n}, {:.1} ballots",
+                    opts.geometry.sector_size_bytes(),
+                    opts.geometry.area_bytes() >> 20,
                     ballots as f64 / opts.leases as f64
                 ),
                 acq,

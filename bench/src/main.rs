@@ -48,12 +48,16 @@ enum Cmd {
         /// num_hosts of every resource.
         #[arg(long, default_value_t = 2000)]
         num_hosts: u64,
-        /// Leases (at most 30 with `auto`: 64 MiB holds 2 × 30 + 1 areas).
+        /// Leases, 1 to 1000 (`auto` makes a device of 2 × leases + 1 areas).
         #[arg(long, default_value_t = 30)]
         leases: usize,
         /// Acquirers at once in the throughput run.
         #[arg(long, default_value_t = 8)]
         concurrency: usize,
+        /// Sector size of `auto`'s loop device and of every area: 512 (1 MiB areas) or 4096
+        /// (8 MiB areas); a given device must have it.
+        #[arg(long, default_value_t = 512)]
+        sector_size: u32,
         /// io_timeout T in seconds.
         #[arg(long, default_value_t = 1)]
         io_timeout: u16,
@@ -236,19 +240,44 @@ fn main() -> ExitCode {
             num_hosts,
             leases,
             concurrency,
+            sector_size,
             io_timeout,
             compare_sanlock,
             sanlock_bench,
             json,
         } => {
-            let (_auto, path) = match auto_or(&device, 512) {
-                Ok(x) => x,
-                Err(code) => return code,
+            let geometry = match sector_size {
+                512 => tenure_format::Geometry::LEGACY_512,
+                4096 => tenure_format::Geometry::LEGACY_4096,
+                other => {
+                    eprintln!("tenure-bench: --sector-size {other}: 512 or 4096");
+                    return ExitCode::from(2);
+                }
+            };
+            if !(1..=1000).contains(&leases) {
+                eprintln!("tenure-bench: --leases {leases}: 1 to 1000");
+                return ExitCode::from(2);
+            }
+            let (_auto, path) = if device == "auto" {
+                let bytes = (2 * leases as u64 + 1) * geometry.area_bytes();
+                match AutoDevice::create_sized(sector_size, bytes) {
+                    Ok(a) => {
+                        let p = a.path.clone();
+                        (Some(a), p)
+                    }
+                    Err(e) => {
+                        eprintln!("tenure-bench: {e}");
+                        return ExitCode::from(1);
+                    }
+                }
+            } else {
+                (None, PathBuf::from(&device))
             };
             let opts = tenure_bench::acquire::AcquireBenchOptions {
                 device: path.clone(),
+                geometry,
                 num_hosts: num_hosts.clamp(1, 2000),
-                leases: leases.clamp(1, 30),
+                leases,
                 concurrency: concurrency.max(1),
                 io_timeout_s: io_timeout.max(1),
                 sanlock_rundir: compare_sanlock,

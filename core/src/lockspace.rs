@@ -303,6 +303,9 @@ impl LockspaceSet {
             phase: JoinPhase::ReadSlot,
             wait_until: None,
         };
+        // Its first read starts now, as a release's write does (see `leave`).
+        self.issue(now);
+        self.backend.flush()?;
         Ok(())
     }
 
@@ -310,6 +313,13 @@ impl LockspaceSet {
     pub fn leave(&mut self, id: LockspaceId, now: Time) -> Result<(), LockspaceError> {
         let e = self.entry(id)?;
         e.lease.start_release(now)?;
+        // Hand the release's write to the engine and submit it now: its deadline runs from
+        // `now`, and the caller may not step the set again before its next timer (a removal
+        // decided while completions were handled left the write unsubmitted until the set
+        // woke for the write's own deadline, io_timeout later, and it timed out there: the
+        // lockspace counted as lost and rem_lockspace failed).
+        self.issue(now);
+        self.backend.flush()?;
         Ok(())
     }
 
