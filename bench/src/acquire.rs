@@ -300,7 +300,8 @@ pub fn run(opts: &AcquireBenchOptions) -> Result<Vec<Measurement>, String> {
                 (64 << 10, 128),
                 (
                     opts.geometry.area_bytes() as usize,
-                    opts.leases.max((64 << 20) / opts.geometry.area_bytes() as usize),
+                    opts.leases
+                        .max((64 << 20) / opts.geometry.area_bytes() as usize),
                 ),
             ],
             sync_workers: 1,

@@ -433,9 +433,21 @@ impl DeltaLease {
         }
     }
 
-    /// The next I/O to perform, if any (taken: each is returned once).
+    /// The next I/O to perform, if any (taken: each is returned once, unless given back).
     pub fn poll_io(&mut self) -> Option<DeltaIo> {
         self.pending.take()
+    }
+
+    /// An I/O just polled that the driver could not start yet (its engine had no room): the
+    /// next [`DeltaLease::poll_io`] returns it again, with the same data and deadline.
+    pub fn give_back(&mut self, io: DeltaIo) {
+        debug_assert!(self.pending.is_none(), "gave back over a newer I/O");
+        self.pending.get_or_insert(io);
+    }
+
+    /// When the I/O waiting to be polled was asked for, if one waits.
+    pub fn io_waiting_since(&self) -> Option<Time> {
+        self.pending.map(|_| self.io_started)
     }
 
     /// Deadline for the I/O just taken: T after it was asked for.

@@ -151,6 +151,9 @@ struct Entry {
     lease: DeltaLease,
     disk: DiskId,
     inflight: Option<(IoId, bool)>,
+    /// The lease's pending I/O was given back for want of room in the engine: it is issued
+    /// again at the next step, and times out at its deadline.
+    deferred: bool,
     state: LockspaceState,
     history: VecDeque<RenewalRecord>,
     events: VecDeque<DeltaEvent>,
@@ -207,6 +210,7 @@ impl LockspaceSet {
             lease: DeltaLease::new(cfg),
             disk,
             inflight: None,
+            deferred: false,
             state: LockspaceState::Idle,
             history: VecDeque::with_capacity(RENEWAL_HISTORY_LEN),
             events: VecDeque::with_capacity(8),
@@ -494,6 +498,19 @@ impl LockspaceSet {
             .iter()
             .flatten()
             .filter_map(|e| e.lease.poll_timeout())
+            .chain(self.entries.iter().flatten().filter_map(|e| {
+                // I/O asked for and not issued: at its deadline when it waits for room in the
+                // engine, at once (the time it was asked, past) otherwise.
+                let asked = e
+                    .lease
+                    .io_waiting_since()
+                    .filter(|_| e.inflight.is_none())?;
+                Some(if e.deferred {
+                    e.lease.io_deadline()
+                } else {
+                    asked
+                })
+            }))
             .chain(self.ops.next_timeout())
             .chain(self.bit_expiry.iter().map(|(_, _, t)| *t))
             .chain(self.backend.next_deadline())
@@ -541,9 +558,21 @@ impl LockspaceSet {
                 Ok(x) => {
                     self.delta_of.insert(x.0, ls);
                     e.inflight = Some(x);
+                    e.deferred = false;
                 }
-                // Engine full, or an older write to our slot may still land: this attempt
-                // fails like an I/O error and the protocol retries by its rules.
+                // No room in the engine now: issued again at the next step (a completion steps
+                // the set), or timed out at its deadline like an I/O that never completed.
+                Err(SubmitError::Full { .. }) if deadline > now => {
+                    e.lease.give_back(io);
+                    e.deferred = true;
+                }
+                Err(SubmitError::Full { .. }) => {
+                    e.deferred = false;
+                    e.lease.handle_io(now, IoOutcome::TimedOut, &[]);
+                }
+                // An older write to our slot may still land, or a request the engine can never
+                // take: this attempt fails like an I/O error and the protocol retries by its
+                // rules.
                 Err(_) => e
                     .lease
                     .handle_io(now, IoOutcome::Failed { errno: libc::EBUSY }, &[]),
@@ -1258,6 +1287,111 @@ mod tests {
         // A lockspace in use cannot be removed.
         assert!(set.remove(h2).is_err());
     }
+    /// More acquires than the engine has area buffers for, with a renewal competing for them:
+    /// the I/O that finds no room waits for some (it used to fail the acquire with EBUSY), and
+    /// every acquire wins; then all are released at once the same way.
+    #[test]
+    fn acquires_beyond_the_engines_buffers_wait_for_room_and_all_win() {
+        use tenure_format::area::encode_resource_area;
+        const LEASES: usize = 7;
+        let clock = SimClock::new(Time::from_nanos(50_000_000_000));
+        let engine = EngineConfig {
+            ring_entries: 32,
+            buffer_classes: vec![(512, 32), (1 << 20, 2)],
+            sync_workers: 0,
+        };
+        let size = (LEASES as u64 + 1) << 20;
+        let mut sim = SimBackend::new(
+            &[(512, size)],
+            &engine,
+            SimConfig::healthy(21),
+            clock.clone(),
+        );
+        let g = Geometry::LEGACY_512;
+        let ls = Name::new("A").expect("name");
+        sim.load(DiskId(0), 0, &formatted("A"));
+        let names: Vec<Name> = (0..LEASES)
+            .map(|i| Name::new(&format!("R{i}")).expect("name"))
+            .collect();
+        for (i, r) in names.iter().enumerate() {
+            let mut area = vec![0u8; 1 << 20];
+            encode_resource_area(&mut area, g, ls, *r, 4);
+            sim.load(DiskId(0), (i as u64 + 1) << 20, &area);
+        }
+        let mut set = LockspaceSet::new(Box::new(sim));
+        let h = set
+            .add(
+                DeltaConfig {
+                    space_name: ls,
+                    host_id: 1,
+                    host_name: Name::new("node-1").expect("name"),
+                    geometry: g,
+                    area_offset: 0,
+                    timeouts: Timeouts::new(1, 10),
+                },
+                DiskId(0),
+            )
+            .expect("add");
+        set.join(h, clock.now()).expect("join");
+        run_until(&mut set, &clock, &|s| {
+            matches!(s.state(h), Some(LockspaceState::Joined { .. }))
+        });
+        let target = |i: usize| ResourceTarget {
+            name: names[i],
+            disk: DiskId(0),
+            area_offset: (i as u64 + 1) << 20,
+            geometry: g,
+            expect_lver: None,
+            mirrors: Vec::new(),
+        };
+        let ids: Vec<OpId> = (0..LEASES)
+            .map(|i| {
+                set.start_acquire(h, vec![target(i)], AcquireOptions::default(), clock.now())
+                    .expect("start")
+            })
+            .collect();
+        let mut held = Vec::new();
+        let mut left: Vec<OpId> = ids.clone();
+        let end = clock.now().saturating_add(Duration::from_secs(30));
+        while !left.is_empty() {
+            let now = clock.now();
+            assert!(now < end, "acquires did not end: {left:?}");
+            set.step(now).expect("step");
+            while let Some((id, o)) = set.take_op_result() {
+                match o {
+                    OpOutcome::Acquired(h) => held.extend(h),
+                    other => panic!("acquire {id:?}: {other:?}"),
+                }
+                left.retain(|&l| l != id);
+            }
+            set.wait(now, end).expect("wait");
+        }
+        assert_eq!(held.len(), LEASES);
+        assert!(held.iter().all(|r| r.acquired.leader.owner_id == 1));
+        assert!(matches!(set.state(h), Some(LockspaceState::Joined { .. })));
+        let mut left: Vec<OpId> = held
+            .into_iter()
+            .map(|r| {
+                set.start_release(h, vec![(r, None)], clock.now())
+                    .expect("start")
+            })
+            .collect();
+        let end = clock.now().saturating_add(Duration::from_secs(30));
+        while !left.is_empty() {
+            let now = clock.now();
+            assert!(now < end, "releases did not end: {left:?}");
+            set.step(now).expect("step");
+            while let Some((id, o)) = set.take_op_result() {
+                assert_eq!(o, OpOutcome::Released, "release {id:?}");
+                left.retain(|&l| l != id);
+            }
+            set.wait(now, end).expect("wait");
+        }
+        // The renewals went on meanwhile, none of them failed for want of a buffer.
+        let hist = set.renewal_history(h);
+        assert!(hist.iter().all(|r| r.error.is_none()), "{hist:?}");
+    }
+
     /// A lease on three disks through the set's operations: one copy damaged (never
     /// formatted), the other two carry it; the owner check, release and hand-over work across
     /// the copies, and the damaged one is repaired by the commits. A lock value block is

@@ -725,11 +725,9 @@ pub fn serve(
         .spawn(move || {
             let listener = match first {
                 Some(l) => l,
-                None => loop {
-                    match bind_retrying(addr) {
-                        Some(l) => break l,
-                        None => return,
-                    }
+                None => match bind_retrying(addr) {
+                    Some(l) => l,
+                    None => return,
                 },
             };
             tracing::info!(%addr, "metrics endpoint listening");

@@ -55,7 +55,7 @@ fn libvirt_plans_a_to_h_pass_against_tenured() {
         .spawn()
         .unwrap();
     let pgid = leader.id() as i32;
-    struct Kill(i32, std::process::Child, std::process::Child);
+    struct Kill(i32, std::process::Child, std::process::Child, String);
     impl Drop for Kill {
         fn drop(&mut self) {
             // The emulator first (it must not fire at the test bed), then host 1's group.
@@ -66,6 +66,8 @@ fn libvirt_plans_a_to_h_pass_against_tenured() {
                 nix::sys::signal::Signal::SIGKILL,
             );
             let _ = self.2.wait();
+            // Host 1's sanlock run dir, once its tenured is gone.
+            let _ = std::fs::remove_dir_all(&self.3);
         }
     }
     let emulator = Command::new(tenure_bin())
@@ -80,7 +82,7 @@ fn libvirt_plans_a_to_h_pass_against_tenured() {
         .stderr(std::fs::File::create(w.join("emulator.log")).unwrap())
         .spawn()
         .unwrap();
-    let _kill = Kill(pgid, emulator, leader);
+    let _kill = Kill(pgid, emulator, leader, rundir.clone());
     let t0 = Instant::now();
     while std::os::unix::net::UnixStream::connect(w.join("wd.sock")).is_err() {
         assert!(
@@ -201,7 +203,9 @@ echo "the restarted tenured did not adopt" >&2; exit 1
             .join("\n"),
         log.lines().rev().take(30).collect::<Vec<_>>().join("\n")
     );
-    for plan in ["plan A", "plan B", "plan C", "plan D", "plan E", "plan F", "plan G", "plan H"] {
+    for plan in [
+        "plan A", "plan B", "plan C", "plan D", "plan E", "plan F", "plan G", "plan H",
+    ] {
         assert!(
             results
                 .lines()

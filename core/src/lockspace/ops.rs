@@ -21,7 +21,7 @@ use tenure_format::{Geometry, Name};
 
 use super::{Entry, LockspaceId};
 use crate::clock::Time;
-use crate::io::{Completion, DiskId, IoBackend, IoId, IoKind, IoOutcome};
+use crate::io::{Completion, DiskId, IoBackend, IoId, IoKind, IoOutcome, SubmitError};
 use crate::paxos::disks::{DiskIo, Issued, Majority, PaxosMachine, Pumped};
 use crate::paxos::{
     Acquired, BallotCache, PaxosAcquire, PaxosConfig, PaxosError, PaxosIo, PaxosRelease,
@@ -361,7 +361,14 @@ impl Ops {
             .iter()
             .flat_map(|o| &o.subs)
             .filter(|s| s.done.is_none())
-            .filter_map(|s| s.acquire().and_then(|m| m.poll_timeout()))
+            .filter_map(|s| {
+                let timer = s.acquire().and_then(|m| m.poll_timeout());
+                // An I/O waiting for room in the engine times out at its deadline.
+                match (timer, s.maj.deferred_until()) {
+                    (Some(a), Some(b)) => Some(a.min(b)),
+                    (a, b) => a.or(b),
+                }
+            })
             .min()
     }
 
@@ -543,8 +550,11 @@ fn drive(
                 f.data.clear();
                 Issued::Started
             }
-            // Engine full (or an older write of ours there may still land): this disk fails
-            // the step like an I/O error (nothing was queued).
+            // No room in the engine now: the I/O waits for some to complete (every completion
+            // steps the set, which drives this machine again), until its deadline.
+            Err(SubmitError::Full { .. }) => Issued::Deferred,
+            // An older write of ours there may still land, or a request the engine can never
+            // take: this disk fails the step like an I/O error (nothing was queued).
             Err(_) => Issued::Refused(IoOutcome::Failed { errno: libc::EBUSY }),
         }
     };

@@ -129,8 +129,8 @@ fn run<M: PaxosMachine>(
                     backend.wait(now, t)?;
                 }
             }
-            // Every I/O completes inside `perform`: nothing can be in flight here.
-            Pumped::Io | Pumped::Stalled => {
+            // Every I/O completes inside `perform`: nothing can be in flight or deferred here.
+            Pumped::Io | Pumped::Room(_) | Pumped::Stalled => {
                 return Ok((Err(PaxosError::Stalled("blocking driver")), None))
             }
         }

@@ -122,6 +122,10 @@ pub enum Issued {
     /// Not started (the engine refused it): the disk fails the step with this outcome, and
     /// the protocol goes on by its rules.
     Refused(IoOutcome),
+    /// Not started for want of room in the engine (every slot or buffer of the size in use):
+    /// the I/O stays the step's, and the next [`Majority::pump`] hands it over again — once
+    /// the engine completed something — until its deadline, where it counts as timed out.
+    Deferred,
 }
 
 /// What a machine waits for after [`Majority::pump`].
@@ -134,6 +138,9 @@ pub enum Pumped<R> {
     Io,
     /// A timer: pump again at this time.
     Until(Time),
+    /// The engine had no room for an I/O ([`Issued::Deferred`]): pump again once some I/O of
+    /// the engine completed, and at this time (the I/O's deadline) at the latest.
+    Room(Time),
     /// Nothing in flight, no timer, no result: a machine that stalled (a bug).
     Stalled,
 }
@@ -228,7 +235,8 @@ impl<M: PaxosMachine> Majority<M> {
         for _ in 0..PUMP_PASSES_MAX {
             let mut moved = false;
             while let Some(dio) = self.poll_io() {
-                match issue(dio, self.write_data(), self.io_deadline()) {
+                let deadline = self.io_deadline();
+                match issue(dio, self.write_data(), deadline) {
                     Issued::Started => {}
                     Issued::Completed(outcome, data) => {
                         self.handle_io(now(), dio.disk, dio.tag, outcome, &data);
@@ -237,6 +245,18 @@ impl<M: PaxosMachine> Majority<M> {
                     Issued::Refused(outcome) => {
                         self.handle_io(now(), dio.disk, dio.tag, outcome, &[]);
                         moved = true;
+                    }
+                    Issued::Deferred => {
+                        let t = now();
+                        if deadline <= t {
+                            // No room until its deadline: as if it had timed out in flight.
+                            self.handle_io(t, dio.disk, dio.tag, IoOutcome::TimedOut, &[]);
+                            moved = true;
+                        } else {
+                            // Kept for the next pump; the other disks wait for room too.
+                            self.give_back(dio);
+                            break;
+                        }
                     }
                 }
             }
@@ -262,6 +282,8 @@ impl<M: PaxosMachine> Majority<M> {
             if !moved {
                 return if self.in_flight() {
                     Pumped::Io
+                } else if let Some(deadline) = self.deferred_until() {
+                    Pumped::Room(deadline)
                 } else {
                     match self.machine.poll_timeout() {
                         Some(due) => Pumped::Until(due),
@@ -271,7 +293,7 @@ impl<M: PaxosMachine> Majority<M> {
             }
         }
         // Still moving after the passes: give the driver back, it pumps again.
-        if self.in_flight() {
+        if self.in_flight() || self.deferred_until().is_some() {
             Pumped::Io
         } else {
             Pumped::Until(now())
@@ -350,12 +372,48 @@ impl<M: PaxosMachine> Majority<M> {
         self.busy.iter().any(Option::is_some)
     }
 
-    /// The next I/O to issue, on some disk (taken: each is returned once).
+    /// The deadline of a step's I/O that the driver gave back for want of room in its engine
+    /// ([`Issued::Deferred`]) and that waits to be issued again.
+    pub fn deferred_until(&self) -> Option<Time> {
+        let step = self.step.as_ref()?;
+        let waiting = if self.areas.len() == 1 {
+            // One disk: the step is current exactly while its I/O is out, unless given back.
+            self.busy[0].is_none()
+        } else {
+            (0..self.areas.len())
+                .any(|d| step.answers[d] == Answer::Waiting && self.busy[d].is_none())
+        };
+        waiting.then_some(step.deadline)
+    }
+
+    /// An I/O just polled that the driver could not start: it is the step's again, polled
+    /// once more at the next pump.
+    fn give_back(&mut self, dio: DiskIo) {
+        if self.busy[dio.disk] == Some(dio.tag) {
+            self.busy[dio.disk] = None;
+        }
+        if let Some(step) = self.step.as_mut().filter(|s| s.tag == dio.tag) {
+            if let Some(a) = step.answers.get_mut(dio.disk) {
+                *a = Answer::Waiting;
+            }
+        }
+    }
+
+    /// The next I/O to issue, on some disk (taken: each is returned once, unless given back).
     pub fn poll_io(&mut self) -> Option<DiskIo> {
         if self.areas.len() == 1 {
             // One disk: the machine's own I/O, nothing copied or allocated.
-            if self.step.is_some() || self.busy[0].is_some() {
+            if self.busy[0].is_some() {
                 return None;
+            }
+            if let Some(step) = &self.step {
+                // Given back by the driver: the same I/O again.
+                self.busy[0] = Some(step.tag);
+                return Some(DiskIo {
+                    disk: 0,
+                    io: step.io,
+                    tag: step.tag,
+                });
             }
             let io = self.machine.poll_io()?;
             let tag = self.next_tag;
@@ -1174,5 +1232,78 @@ mod tests {
             sector(next, false),
         ];
         assert!(writes.windows(2).all(|w| w[0] < w[1]), "{writes:?}");
+    }
+
+    /// An I/O the driver has no room for stays the step's and is handed over again at the
+    /// next pump (one disk and three); one that finds no room until its deadline fails the
+    /// step as timed out.
+    #[test]
+    fn an_io_without_room_is_handed_over_again_until_its_deadline() {
+        for areas in [vec![AREAS[0]], AREAS.to_vec()] {
+            let mut disks = Disks::new();
+            let c = cfg(1);
+            let m = PaxosAcquire::new(c.clone(), disks.now);
+            let mut maj = Majority::new(m, &c, areas.clone()).expect("majority");
+            let (mut deferred, mut started) = (0, 0);
+            let mut pumps = 0;
+            let result = loop {
+                pumps += 1;
+                assert!(pumps < 1000, "acquire stalled");
+                let now = disks.now;
+                let mut out = Vec::new();
+                let mut issue = |dio: DiskIo, data: &[u8], deadline: Time| {
+                    assert!(deadline > now, "handed over before its deadline only");
+                    // Room for every other I/O.
+                    if (deferred + started) % 2 == 0 {
+                        deferred += 1;
+                        return Issued::Deferred;
+                    }
+                    started += 1;
+                    out.push((dio, data.to_vec()));
+                    Issued::Started
+                };
+                let pumped = maj.pump(&mut || now, &mut issue, &mut |_, _, _| {
+                    (HostStatus::Free, true)
+                });
+                match pumped {
+                    Pumped::Done(r) => break r,
+                    Pumped::Room(t) => {
+                        assert!(t > now);
+                        assert_eq!(maj.deferred_until(), Some(t));
+                    }
+                    Pumped::Io => {}
+                    other => panic!("{other:?} with {} disks", areas.len()),
+                }
+                for (dio, data) in out {
+                    let read = disks.apply(dio.disk, dio.io, &data);
+                    maj.handle_io(now, dio.disk, dio.tag, IoOutcome::Done, &read);
+                }
+                disks.now = disks.now.saturating_add(Duration::from_micros(100));
+            };
+            let won = result.expect("acquired through deferred I/O");
+            assert_eq!(won.leader.owner_id, 1);
+            assert!(
+                deferred >= 4 && started >= 4,
+                "{deferred} deferred, {started} started"
+            );
+            let committed = (0..areas.len())
+                .filter(|&d| disks.leader(d).owner_id == 1)
+                .count();
+            assert!(committed > areas.len() / 2, "committed on a majority");
+            // Never any room: the first pump keeps the I/O, the one at its deadline fails it.
+            let t0 = disks.now;
+            let m = PaxosAcquire::new(cfg(2), t0);
+            let mut maj = Majority::new(m, &cfg(2), areas.clone()).expect("majority");
+            let mut never = |_: DiskIo, _: &[u8], _: Time| Issued::Deferred;
+            let mut owner = |_: u64, _: u64, _: Time| (HostStatus::Free, true);
+            let Pumped::Room(deadline) = maj.pump(&mut || t0, &mut never, &mut owner) else {
+                panic!("kept for room");
+            };
+            assert!(deadline > t0 && maj.deferred_until() == Some(deadline));
+            match maj.pump(&mut || deadline, &mut never, &mut owner) {
+                Pumped::Done(Err(_)) => {}
+                other => panic!("timed out at the deadline, got {other:?}"),
+            }
+        }
     }
 }
