@@ -288,24 +288,10 @@ pub fn run(opts: &AcquireBenchOptions) -> Result<Vec<Measurement>, String> {
     }
     // Hold host id 1 for the whole run, renewing in the background like a daemon would.
     let stop = Arc::new(AtomicBool::new(false));
-    // The set's engine carries the in-flight run too: room for every lease's I/O and area read
-    // at once. (An engine with less — tenured's has a 256-entry ring and 8 area buffers of
-    // 8 MiB — fails the acquires it has no room for with EBUSY rather than queueing them.)
+    // The set's engine carries the in-flight run too: tenured's own, whose I/O waits for room
+    // when more leases are in flight than it has buffers or ring entries for.
     let set_engine = {
-        let room = (2 * opts.leases).max(256);
-        let config = EngineConfig {
-            ring_entries: u32::try_from(room.next_power_of_two().min(4096)).map_err(err)?,
-            buffer_classes: vec![
-                (opts.geometry.sector_size_bytes() as usize, room),
-                (64 << 10, 128),
-                (
-                    opts.geometry.area_bytes() as usize,
-                    opts.leases
-                        .max((64 << 20) / opts.geometry.area_bytes() as usize),
-                ),
-            ],
-            sync_workers: 1,
-        };
+        let config = tenured::server::engine_config();
         let dev = Device::open(&opts.device, Access::ReadWrite).map_err(err)?;
         open_backend(vec![dev], &config, BackendKind::Uring)
             .map_err(err)?

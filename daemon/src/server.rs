@@ -171,6 +171,17 @@ struct ProbeResult {
     geometry: Result<Geometry, String>,
 }
 
+/// The engine tenured drives its lockspaces and leases on: a 256-entry ring, 512 sector
+/// buffers, 64 area buffers of 1 MiB and 8 of 8 MiB. An I/O that finds no room waits for some
+/// ([`tenure_core::paxos::disks::Issued::Deferred`]).
+pub fn engine_config() -> EngineConfig {
+    EngineConfig {
+        ring_entries: 256,
+        buffer_classes: vec![(4096, 512), (1 << 20, 64), (8 << 20, 8)],
+        sync_workers: 4,
+    }
+}
+
 /// The running daemon.
 #[derive(Debug)]
 pub struct Server {
@@ -431,11 +442,7 @@ impl Server {
         })?;
         let host_name = tenure_core::hostname::host_name(cfg.host_name.as_deref())
             .map_err(|e| ServerError::Config(format!("host name: {e}")))?;
-        let engine = EngineConfig {
-            ring_entries: 256,
-            buffer_classes: vec![(4096, 512), (1 << 20, 64), (8 << 20, 8)],
-            sync_workers: 4,
-        };
+        let engine = engine_config();
         let (set_backend, choice) = open_backend(Vec::new(), &engine, backend)
             .map_err(|e| ServerError::Engine(e.to_string()))?;
         if let Some(r) = &choice.fallback_reason {

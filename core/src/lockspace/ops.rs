@@ -363,7 +363,7 @@ impl Ops {
             .filter(|s| s.done.is_none())
             .filter_map(|s| {
                 let timer = s.acquire().and_then(|m| m.poll_timeout());
-                // An I/O waiting for room in the engine times out at its deadline.
+                // An I/O waiting for room in the engine stops waiting then.
                 match (timer, s.maj.deferred_until()) {
                     (Some(a), Some(b)) => Some(a.min(b)),
                     (a, b) => a.or(b),
@@ -551,7 +551,7 @@ fn drive(
                 Issued::Started
             }
             // No room in the engine now: the I/O waits for some to complete (every completion
-            // steps the set, which drives this machine again), until its deadline.
+            // steps the set, which drives this machine again), with a fresh deadline then.
             Err(SubmitError::Full { .. }) => Issued::Deferred,
             // An older write of ours there may still land, or a request the engine can never
             // take: this disk fails the step like an I/O error (nothing was queued).

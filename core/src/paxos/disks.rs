@@ -124,7 +124,9 @@ pub enum Issued {
     Refused(IoOutcome),
     /// Not started for want of room in the engine (every slot or buffer of the size in use):
     /// the I/O stays the step's, and the next [`Majority::pump`] hands it over again — once
-    /// the engine completed something — until its deadline, where it counts as timed out.
+    /// the engine completed something — with a deadline a full io_timeout after it is handed
+    /// over. It waits for room at most [`ROOM_WAIT_MAX`] past its first deadline, then counts
+    /// as timed out.
     Deferred,
 }
 
@@ -139,11 +141,18 @@ pub enum Pumped<R> {
     /// A timer: pump again at this time.
     Until(Time),
     /// The engine had no room for an I/O ([`Issued::Deferred`]): pump again once some I/O of
-    /// the engine completed, and at this time (the I/O's deadline) at the latest.
+    /// the engine completed, and at this time (when it stops waiting) at the latest.
     Room(Time),
     /// Nothing in flight, no timer, no result: a machine that stalled (a bug).
     Stalled,
 }
+
+/// How long past its first deadline an I/O may wait for room in the engine
+/// ([`Issued::Deferred`]), in io_timeouts: as long as a host may go without renewing its
+/// delta lease (8T). Room comes back as the engine's I/Os complete or time out, and the
+/// set's renewals take it first; an engine with no room for that long belongs to a host that
+/// lost its lockspace, which ends the operation anyway.
+pub const ROOM_WAIT_MAX: u32 = 8;
 
 /// Passes of [`Majority::pump`] before it gives the driver back: each pass ends, starts
 /// I/O, or answers a question / timer that moves the machine on, and a machine asks at most
@@ -179,6 +188,9 @@ struct Step {
     data: Vec<u8>,
     deadline: Time,
     answers: Vec<Answer>,
+    /// Its I/O waited for room in the engine: each disk's gets a full io_timeout from when
+    /// it is handed over.
+    deferred: bool,
 }
 
 /// A paxos machine over several disks, completing each step on a majority.
@@ -211,7 +223,7 @@ impl<M: std::hash::Hash> std::hash::Hash for Majority<M> {
             b.map(|t| Some(t) == tag).hash(h);
         }
         if let Some(s) = &self.step {
-            (s.io, &s.data, s.deadline, &s.answers).hash(h);
+            (s.io, &s.data, s.deadline, &s.answers, s.deferred).hash(h);
             for (d, a) in s.answers.iter().enumerate() {
                 if *a == Answer::Done {
                     self.reads[d].hash(h);
@@ -235,7 +247,12 @@ impl<M: PaxosMachine> Majority<M> {
         for _ in 0..PUMP_PASSES_MAX {
             let mut moved = false;
             while let Some(dio) = self.poll_io() {
-                let deadline = self.io_deadline();
+                let deadline = match &self.step {
+                    Some(s) if s.deferred => {
+                        s.deadline.max(now().saturating_add(self.cfg.timeouts.io()))
+                    }
+                    _ => self.io_deadline(),
+                };
                 match issue(dio, self.write_data(), deadline) {
                     Issued::Started => {}
                     Issued::Completed(outcome, data) => {
@@ -248,8 +265,8 @@ impl<M: PaxosMachine> Majority<M> {
                     }
                     Issued::Deferred => {
                         let t = now();
-                        if deadline <= t {
-                            // No room until its deadline: as if it had timed out in flight.
+                        if self.room_wait_end().is_some_and(|end| end <= t) {
+                            // No room for that long: as if it had timed out in flight.
                             self.handle_io(t, dio.disk, dio.tag, IoOutcome::TimedOut, &[]);
                             moved = true;
                         } else {
@@ -372,8 +389,17 @@ impl<M: PaxosMachine> Majority<M> {
         self.busy.iter().any(Option::is_some)
     }
 
-    /// The deadline of a step's I/O that the driver gave back for want of room in its engine
-    /// ([`Issued::Deferred`]) and that waits to be issued again.
+    /// Until when the current step's I/O may wait for room in the engine.
+    fn room_wait_end(&self) -> Option<Time> {
+        let step = self.step.as_ref()?;
+        Some(
+            step.deadline
+                .saturating_add(self.cfg.timeouts.io() * ROOM_WAIT_MAX),
+        )
+    }
+
+    /// Until when a step's I/O that the driver gave back for want of room in its engine
+    /// ([`Issued::Deferred`]) waits to be issued again, if one waits.
     pub fn deferred_until(&self) -> Option<Time> {
         let step = self.step.as_ref()?;
         let waiting = if self.areas.len() == 1 {
@@ -383,7 +409,11 @@ impl<M: PaxosMachine> Majority<M> {
             (0..self.areas.len())
                 .any(|d| step.answers[d] == Answer::Waiting && self.busy[d].is_none())
         };
-        waiting.then_some(step.deadline)
+        if waiting {
+            self.room_wait_end()
+        } else {
+            None
+        }
     }
 
     /// An I/O just polled that the driver could not start: it is the step's again, polled
@@ -393,6 +423,7 @@ impl<M: PaxosMachine> Majority<M> {
             self.busy[dio.disk] = None;
         }
         if let Some(step) = self.step.as_mut().filter(|s| s.tag == dio.tag) {
+            step.deferred = true;
             if let Some(a) = step.answers.get_mut(dio.disk) {
                 *a = Answer::Waiting;
             }
@@ -425,6 +456,7 @@ impl<M: PaxosMachine> Majority<M> {
                 data: Vec::new(),
                 deadline: self.machine.io_deadline(),
                 answers: Vec::new(),
+                deferred: false,
             });
             return Some(DiskIo { disk: 0, io, tag });
         }
@@ -438,6 +470,7 @@ impl<M: PaxosMachine> Majority<M> {
                 data: self.machine.write_data().to_vec(),
                 deadline: self.machine.io_deadline(),
                 answers: vec![Answer::Waiting; self.areas.len()],
+                deferred: false,
             });
         }
         // Set just above.
@@ -1235,10 +1268,10 @@ mod tests {
     }
 
     /// An I/O the driver has no room for stays the step's and is handed over again at the
-    /// next pump (one disk and three); one that finds no room until its deadline fails the
-    /// step as timed out.
+    /// next pump with a fresh deadline (one disk and three); one that finds no room for
+    /// ROOM_WAIT_MAX io_timeouts past its first deadline fails the step as timed out.
     #[test]
-    fn an_io_without_room_is_handed_over_again_until_its_deadline() {
+    fn an_io_without_room_is_handed_over_again_with_a_fresh_deadline() {
         for areas in [vec![AREAS[0]], AREAS.to_vec()] {
             let mut disks = Disks::new();
             let c = cfg(1);
@@ -1290,20 +1323,42 @@ mod tests {
                 .filter(|&d| disks.leader(d).owner_id == 1)
                 .count();
             assert!(committed > areas.len() / 2, "committed on a majority");
-            // Never any room: the first pump keeps the I/O, the one at its deadline fails it.
+            // Never any room: kept, offered again with a fresh deadline, and failed as timed
+            // out once it waited ROOM_WAIT_MAX io_timeouts past its first deadline.
             let t0 = disks.now;
+            let io = Duration::from_secs(1);
             let m = PaxosAcquire::new(cfg(2), t0);
             let mut maj = Majority::new(m, &cfg(2), areas.clone()).expect("majority");
-            let mut never = |_: DiskIo, _: &[u8], _: Time| Issued::Deferred;
+            let mut offered = Vec::new();
+            let mut never = |_: DiskIo, _: &[u8], deadline: Time| {
+                offered.push(deadline);
+                Issued::Deferred
+            };
             let mut owner = |_: u64, _: u64, _: Time| (HostStatus::Free, true);
-            let Pumped::Room(deadline) = maj.pump(&mut || t0, &mut never, &mut owner) else {
+            let end = t0.saturating_add(io * (ROOM_WAIT_MAX + 1));
+            let Pumped::Room(until) = maj.pump(&mut || t0, &mut never, &mut owner) else {
                 panic!("kept for room");
             };
-            assert!(deadline > t0 && maj.deferred_until() == Some(deadline));
-            match maj.pump(&mut || deadline, &mut never, &mut owner) {
+            assert_eq!((until, maj.deferred_until()), (end, Some(end)));
+            let later = t0.saturating_add(io * 5);
+            assert!(matches!(
+                maj.pump(&mut || later, &mut never, &mut owner),
+                Pumped::Room(u) if u == end
+            ));
+            match maj.pump(&mut || end, &mut never, &mut owner) {
                 Pumped::Done(Err(_)) => {}
-                other => panic!("timed out at the deadline, got {other:?}"),
+                other => panic!("timed out after waiting, got {other:?}"),
             }
+            assert_eq!(
+                offered[0],
+                t0.saturating_add(io),
+                "first offer: T after asking"
+            );
+            assert_eq!(
+                offered[1],
+                later.saturating_add(io),
+                "again: T after the offer"
+            );
         }
     }
 }
