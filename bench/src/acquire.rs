@@ -225,36 +225,15 @@ fn sanlock_rows(
         return Err("--compare-sanlock measures 512-byte sectors only (bench.py's areas)".into());
     }
     // bench.py formats num_hosts 2000; another num_hosts runs our script of the same shape.
-    let (b, label) = if opts.num_hosts == 2000 {
-        let b = crate::bench_py::run(
-            &opts.sanlock_bench,
-            &opts.device,
-            opts.io_timeout_s,
-            opts.leases,
-            opts.concurrency,
-            rundir,
-        )?;
-        (b, "512/1M, num_hosts 2000, bench.py".to_owned())
-    } else {
-        let script =
-            std::env::temp_dir().join(format!("tenure-bench-num-hosts-{}.py", std::process::id()));
-        std::fs::write(&script, crate::bench_py::NUM_HOSTS_SCRIPT).map_err(err)?;
-        let b = crate::bench_py::run_with(
-            &script,
-            &opts.device,
-            opts.io_timeout_s,
-            opts.leases,
-            opts.concurrency,
-            rundir,
-            &["--num-hosts".to_owned(), opts.num_hosts.to_string()],
-        );
-        let _ = std::fs::remove_file(&script);
-        let b = b?;
-        (
-            b,
-            format!("512/1M, num_hosts {}, python3-sanlock", opts.num_hosts),
-        )
-    };
+    let (b, label) = crate::bench_py::run_num_hosts(
+        &opts.sanlock_bench,
+        &opts.device,
+        opts.io_timeout_s,
+        opts.leases,
+        opts.concurrency,
+        rundir,
+        opts.num_hosts,
+    )?;
     Ok(crate::bench_py::rows(
         &b,
         "sanlock",

@@ -132,6 +132,38 @@ pub fn run_with(
     Ok(parse(&text))
 }
 
+/// bench.py for num_hosts 2000 (the only one it formats), our script of the same shape
+/// ([`NUM_HOSTS_SCRIPT`]) for another: the figures, and a label naming the geometry and which
+/// script ran.
+pub fn run_num_hosts(
+    bench_py: &Path,
+    device: &Path,
+    io_timeout_s: u16,
+    leases: usize,
+    threads: usize,
+    rundir: &Path,
+    num_hosts: u64,
+) -> Result<(BenchPy, String), String> {
+    if num_hosts == 2000 {
+        let b = run(bench_py, device, io_timeout_s, leases, threads, rundir)?;
+        return Ok((b, "512/1M, num_hosts 2000, bench.py".to_owned()));
+    }
+    let script =
+        std::env::temp_dir().join(format!("tenure-bench-num-hosts-{}.py", std::process::id()));
+    std::fs::write(&script, NUM_HOSTS_SCRIPT).map_err(|e| format!("{}: {e}", script.display()))?;
+    let b = run_with(
+        &script,
+        device,
+        io_timeout_s,
+        leases,
+        threads,
+        rundir,
+        &["--num-hosts".to_owned(), num_hosts.to_string()],
+    );
+    let _ = std::fs::remove_file(&script);
+    Ok((b?, format!("512/1M, num_hosts {num_hosts}, python3-sanlock")))
+}
+
 /// The measurements of one bench.py run, as `system`, scenarios named `label` plus what
 /// they measure (a join row only when `with_join`).
 pub fn rows(

@@ -1,8 +1,9 @@
 //! `tenure-bench daemon`: acquire/release latency and throughput through tenured's socket
 //! (native protocol, the Rust client), with a real tenured started here on the device; with
 //! `--compare-sanlock RUNDIR`, sanlock-anchor's bench.py against a running sanlock daemon on
-//! the same device afterwards (same geometry: 512-byte sectors, 1 MiB areas, num_hosts 2000;
-//! both daemons without a watchdog — sanlock runs `-w 0` — so neither pays for feeding one).
+//! the same device afterwards (same geometry: 512-byte sectors, 1 MiB areas, `--num-hosts`
+//! dblocks, bench.py at 2000 and a script of its shape otherwise; both daemons without a
+//! watchdog — sanlock runs `-w 0` — so neither pays for feeding one).
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -22,6 +23,8 @@ pub struct DaemonBenchOptions {
     pub device: PathBuf,
     /// Leases.
     pub leases: usize,
+    /// num_hosts of every resource.
+    pub num_hosts: u64,
     /// Clients at once in the throughput run.
     pub concurrency: usize,
     /// io_timeout.
@@ -176,7 +179,7 @@ pub fn run(opts: &DaemonBenchOptions) -> Result<Vec<Measurement>, String> {
     format_lockspace(&ls, force, u64::from(opts.io_timeout_s)).map_err(err)?;
     for i in 0..opts.leases {
         let r = ResourceSpec::parse(&spec(opts, i)).map_err(err)?;
-        format_resource(&r, force, Some(2000)).map_err(err)?;
+        format_resource(&r, force, Some(opts.num_hosts)).map_err(err)?;
     }
     let d = start(opts)?;
     let sock = d.dir.join("tenured.sock");
@@ -199,35 +202,70 @@ pub fn run(opts: &DaemonBenchOptions) -> Result<Vec<Measurement>, String> {
             rel.push(t0.elapsed());
         }
     }
-    // Throughput: `concurrency` clients, each acquiring its share of the leases.
-    let t0 = Instant::now();
-    let results: Vec<Result<Client, String>> = std::thread::scope(|s| {
+    // Many clients at once: `concurrency` connections, each acquiring its share of the
+    // leases one call at a time (every call timed), then, once all hold theirs, each
+    // releasing them one by one.
+    let start = std::sync::Barrier::new(opts.concurrency + 1);
+    let acquired = std::sync::Barrier::new(opts.concurrency + 1);
+    let released = std::sync::Barrier::new(opts.concurrency + 1);
+    type Times = (Vec<Duration>, Vec<Duration>);
+    let (results, acquire_wall, release_wall) = std::thread::scope(|s| {
         let hs: Vec<_> = (0..opts.concurrency)
             .map(|k| {
                 let sock = sock.clone();
-                s.spawn(move || -> Result<Client, String> {
-                    let mut c = Client::connect(&sock, Some("bench")).map_err(err)?;
-                    for i in (k..opts.leases).step_by(opts.concurrency) {
-                        c.call(&acquire(opts, i)).map_err(err)?;
+                let (start, acquired, released) = (&start, &acquired, &released);
+                s.spawn(move || -> Result<Times, String> {
+                    let mut c = Client::connect(&sock, Some("bench")).map_err(err);
+                    let mine: Vec<usize> = (k..opts.leases).step_by(opts.concurrency).collect();
+                    let (mut a, mut r) = (Vec::new(), Vec::new());
+                    start.wait();
+                    let mut outcome = Ok(());
+                    if let Ok(c) = c.as_mut() {
+                        for &i in &mine {
+                            let t0 = Instant::now();
+                            if let Err(e) = c.call(&acquire(opts, i)) {
+                                outcome = Err(err(e));
+                                break;
+                            }
+                            a.push(t0.elapsed());
+                        }
                     }
-                    Ok(c)
+                    // Every client reaches both barriers, even one that failed.
+                    acquired.wait();
+                    if let (Ok(c), Ok(())) = (c.as_mut(), &outcome) {
+                        for &i in &mine {
+                            let t0 = Instant::now();
+                            if let Err(e) = c.call(&release(i)) {
+                                outcome = Err(err(e));
+                                break;
+                            }
+                            r.push(t0.elapsed());
+                        }
+                    }
+                    released.wait();
+                    c?;
+                    outcome.map(|()| (a, r))
                 })
             })
             .collect();
-        hs.into_iter()
+        start.wait();
+        let t0 = Instant::now();
+        acquired.wait();
+        let acquire_wall = t0.elapsed();
+        let t1 = Instant::now();
+        released.wait();
+        let release_wall = t1.elapsed();
+        let results: Vec<Result<Times, String>> = hs
+            .into_iter()
             .map(|h| h.join().map_err(|_| "client panicked".to_string())?)
-            .collect()
+            .collect();
+        (results, acquire_wall, release_wall)
     });
-    let elapsed = t0.elapsed();
-    let clients: Vec<Client> = results.into_iter().collect::<Result<_, _>>()?;
-    for mut cl in clients {
-        cl.call(&Request::Release {
-            resources: Vec::new(),
-            all: true,
-            pid: None,
-            lvb_hex: None,
-        })
-        .map_err(err)?;
+    let (mut cacq, mut crel) = (Vec::new(), Vec::new());
+    for r in results {
+        let (a, rl) = r?;
+        cacq.extend(a);
+        crel.extend(rl);
     }
     leave(&sock, d)?;
     let lat = |scenario: &str, mut s: Vec<Duration>| Measurement {
@@ -237,16 +275,22 @@ pub fn run(opts: &DaemonBenchOptions) -> Result<Vec<Measurement>, String> {
         percentiles_us: Some(percentiles_us(&mut s)),
         ops_per_s: None,
     };
+    let n = opts.num_hosts;
+    let c = opts.concurrency;
+    let rate = |scenario: String, wall: Duration| Measurement {
+        system: "tenure".into(),
+        scenario,
+        n: opts.leases,
+        percentiles_us: None,
+        ops_per_s: Some(opts.leases as f64 / wall.as_secs_f64()),
+    };
     let mut rows = vec![
-        lat("daemon acquire free lease, 512/1M, num_hosts 2000", acq),
+        lat(&format!("daemon acquire free lease, 512/1M, num_hosts {n}"), acq),
         lat("daemon release", rel),
-        Measurement {
-            system: "tenure".into(),
-            scenario: format!("daemon acquires/s, {} clients", opts.concurrency),
-            n: opts.leases,
-            percentiles_us: None,
-            ops_per_s: Some(opts.leases as f64 / elapsed.as_secs_f64()),
-        },
+        lat(&format!("daemon acquire, {c} clients at once"), cacq),
+        lat(&format!("daemon release, {c} clients at once"), crel),
+        rate(format!("daemon acquires/s, {c} clients"), acquire_wall),
+        rate(format!("daemon releases/s, {c} clients"), release_wall),
     ];
     if let Some(rundir) = &opts.sanlock_rundir {
         rows.extend(bench_py_rows(opts, rundir, "sanlock")?);
@@ -282,18 +326,19 @@ fn bench_py_rows(
     rundir: &Path,
     system: &str,
 ) -> Result<Vec<Measurement>, String> {
-    let b = crate::bench_py::run(
+    let (b, label) = crate::bench_py::run_num_hosts(
         &opts.sanlock_bench,
         &opts.device,
         opts.io_timeout_s,
         opts.leases,
         opts.concurrency,
         rundir,
+        opts.num_hosts,
     )?;
     Ok(crate::bench_py::rows(
         &b,
         system,
-        "daemon, python3-sanlock",
+        &format!("daemon, {label}"),
         opts.leases,
         opts.concurrency,
         true,

@@ -77,10 +77,14 @@ enum Cmd {
         /// 512-byte-sector block device or file (overwritten), or `auto`.
         #[arg(long)]
         device: String,
-        /// Leases (at most 60 with `auto`).
+        /// Leases, 1 to 1000 (`auto` makes a device with room for them).
         #[arg(long, default_value_t = 30)]
         leases: usize,
-        /// Clients at once in the throughput run.
+        /// num_hosts of every resource (sanlock: bench.py for 2000, a script of its shape
+        /// otherwise).
+        #[arg(long, default_value_t = 2000)]
+        num_hosts: u64,
+        /// Clients at once in the many-clients run.
         #[arg(long, default_value_t = 8)]
         concurrency: usize,
         /// Acquire+release rounds over all leases in the latency run.
@@ -288,6 +292,7 @@ fn main() -> ExitCode {
         Cmd::Daemon {
             device,
             leases,
+            num_hosts,
             concurrency,
             rounds,
             io_timeout,
@@ -300,13 +305,18 @@ fn main() -> ExitCode {
                 eprintln!("tenure-bench: --protocol must be native or sanlock");
                 return ExitCode::from(2);
             }
-            let (_auto, path) = match auto_or(&device, 512) {
-                Ok(x) => x,
-                Err(code) => return code,
+            let leases = leases.clamp(1, 1000);
+            let (_auto, path) = match device_or_auto(&device, (leases as u64 + 2) << 20) {
+                Ok(d) => d,
+                Err(e) => {
+                    eprintln!("tenure-bench: {e}");
+                    return ExitCode::from(1);
+                }
             };
             let opts = tenure_bench::daemon::DaemonBenchOptions {
                 device: path.clone(),
-                leases: leases.clamp(1, 60),
+                leases,
+                num_hosts: num_hosts.clamp(1, 2000),
                 concurrency: concurrency.max(1),
                 rounds: rounds.max(1),
                 io_timeout_s: io_timeout.max(1),
