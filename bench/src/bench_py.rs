@@ -161,7 +161,10 @@ pub fn run_num_hosts(
         &["--num-hosts".to_owned(), num_hosts.to_string()],
     );
     let _ = std::fs::remove_file(&script);
-    Ok((b?, format!("512/1M, num_hosts {num_hosts}, python3-sanlock")))
+    Ok((
+        b?,
+        format!("512/1M, num_hosts {num_hosts}, python3-sanlock"),
+    ))
 }
 
 /// The measurements of one bench.py run, as `system`, scenarios named `label` plus what

@@ -285,7 +285,10 @@ pub fn run(opts: &DaemonBenchOptions) -> Result<Vec<Measurement>, String> {
         ops_per_s: Some(opts.leases as f64 / wall.as_secs_f64()),
     };
     let mut rows = vec![
-        lat(&format!("daemon acquire free lease, 512/1M, num_hosts {n}"), acq),
+        lat(
+            &format!("daemon acquire free lease, 512/1M, num_hosts {n}"),
+            acq,
+        ),
         lat("daemon release", rel),
         lat(&format!("daemon acquire, {c} clients at once"), cacq),
         lat(&format!("daemon release, {c} clients at once"), crel),

@@ -131,7 +131,8 @@ enum Cmd {
     /// lockspaces joined at once, then renewed: join times, CPU per renewal, renewal latency,
     /// resident memory).
     Scale {
-        /// Which curve.
+        /// Which curve: `lockspaces` (N joined at once, then renewed) or `held` (memory and
+        /// acquire cost against N leases held, N up to 16384).
         #[arg(long, default_value = "lockspaces")]
         curve: String,
         /// 512-byte-sector device or file (overwritten) of 2 × max(N) + 2 MiB, or `auto`.
@@ -176,22 +177,20 @@ enum Cmd {
     },
 }
 
+/// Size of `--device auto` where the bench needs no more: 64 MiB.
+const AUTO_BYTES: u64 = 64 << 20;
+
 /// The device to use: a loop device made here for `auto` (removed when the guard drops), or
-/// the path given. Prints why and returns the exit code on failure.
-fn auto_or(device: &str, sector_size: u32) -> Result<(Option<AutoDevice>, PathBuf), ExitCode> {
-    if device != "auto" {
-        return Ok((None, PathBuf::from(device)));
-    }
-    match AutoDevice::create(sector_size) {
-        Ok(a) => {
-            let p = a.path.clone();
-            Ok((Some(a), p))
-        }
-        Err(e) => {
-            eprintln!("tenure-bench: {e}");
-            Err(ExitCode::from(1))
-        }
-    }
+/// the path given ([`device_or_auto`]). Prints why and returns the exit code on failure.
+fn auto_or(
+    device: &str,
+    sector_size: u32,
+    bytes: u64,
+) -> Result<(Option<AutoDevice>, PathBuf), ExitCode> {
+    device_or_auto(device, sector_size, bytes).map_err(|e| {
+        eprintln!("tenure-bench: {e}");
+        ExitCode::from(1)
+    })
 }
 
 fn emit(rows: Result<Vec<Measurement>, String>, json: bool, path: &std::path::Path) -> ExitCode {
@@ -226,7 +225,7 @@ fn main() -> ExitCode {
                 eprintln!("tenure-bench: --sector-size must be 512 or 4096");
                 return ExitCode::from(2);
             }
-            let (_auto, path) = match auto_or(&device, sector_size) {
+            let (_auto, path) = match auto_or(&device, sector_size, AUTO_BYTES) {
                 Ok(x) => x,
                 Err(code) => return code,
             };
@@ -262,20 +261,10 @@ fn main() -> ExitCode {
                 eprintln!("tenure-bench: --leases {leases}: 1 to 1000");
                 return ExitCode::from(2);
             }
-            let (_auto, path) = if device == "auto" {
-                let bytes = (2 * leases as u64 + 1) * geometry.area_bytes();
-                match AutoDevice::create_sized(sector_size, bytes) {
-                    Ok(a) => {
-                        let p = a.path.clone();
-                        (Some(a), p)
-                    }
-                    Err(e) => {
-                        eprintln!("tenure-bench: {e}");
-                        return ExitCode::from(1);
-                    }
-                }
-            } else {
-                (None, PathBuf::from(&device))
+            let bytes = (2 * leases as u64 + 1) * geometry.area_bytes();
+            let (_auto, path) = match auto_or(&device, sector_size, bytes) {
+                Ok(x) => x,
+                Err(code) => return code,
             };
             let opts = tenure_bench::acquire::AcquireBenchOptions {
                 device: path.clone(),
@@ -306,12 +295,9 @@ fn main() -> ExitCode {
                 return ExitCode::from(2);
             }
             let leases = leases.clamp(1, 1000);
-            let (_auto, path) = match device_or_auto(&device, (leases as u64 + 2) << 20) {
-                Ok(d) => d,
-                Err(e) => {
-                    eprintln!("tenure-bench: {e}");
-                    return ExitCode::from(1);
-                }
+            let (_auto, path) = match auto_or(&device, 512, (leases as u64 + 2) << 20) {
+                Ok(x) => x,
+                Err(code) => return code,
             };
             let opts = tenure_bench::daemon::DaemonBenchOptions {
                 device: path.clone(),
@@ -334,12 +320,9 @@ fn main() -> ExitCode {
             json,
         } => {
             let leases = leases.clamp(1, 1000);
-            let (_auto, path) = match device_or_auto(&device, (leases as u64 + 2) << 20) {
-                Ok(d) => d,
-                Err(e) => {
-                    eprintln!("tenure-bench: {e}");
-                    return ExitCode::from(1);
-                }
+            let (_auto, path) = match auto_or(&device, 512, (leases as u64 + 2) << 20) {
+                Ok(x) => x,
+                Err(code) => return code,
             };
             let opts = tenure_bench::upgrade::UpgradeBenchOptions {
                 device: path.clone(),
@@ -359,19 +342,41 @@ fn main() -> ExitCode {
             no_sanlock,
             json,
         } => {
-            if curve != "lockspaces" {
-                eprintln!("tenure-bench: unknown curve {curve:?} (lockspaces)");
+            if curve != "lockspaces" && curve != "held" {
+                eprintln!("tenure-bench: unknown curve {curve:?} (lockspaces, held)");
                 return ExitCode::from(2);
             }
             let counts: Vec<usize> = counts.into_iter().filter(|&n| n > 0).collect();
             let max = counts.iter().copied().max().unwrap_or(1) as u64;
-            let (_auto, path) = match device_or_auto(&device, (2 * max + 2) << 20) {
-                Ok(d) => d,
-                Err(e) => {
-                    eprintln!("tenure-bench: {e}");
-                    return ExitCode::from(1);
-                }
+            let (_auto, path) = match auto_or(&device, 512, (2 * max + 2) << 20) {
+                Ok(x) => x,
+                Err(code) => return code,
             };
+            if curve == "held" {
+                let opts = tenure_bench::held::HeldOptions {
+                    device: path.clone(),
+                    counts,
+                    io_timeout_s: io_timeout.max(1),
+                    sanlock_start: (!no_sanlock).then_some(sanlock_start),
+                };
+                if !json {
+                    println!("# {}", describe(&path));
+                }
+                let printed = tenure_bench::held::held(&opts, |f| {
+                    if json {
+                        println!("{}", f.json());
+                    } else {
+                        println!("{}", f.line());
+                    }
+                });
+                return match printed {
+                    Ok(_) => ExitCode::SUCCESS,
+                    Err(e) => {
+                        eprintln!("tenure-bench: {e}");
+                        ExitCode::from(1)
+                    }
+                };
+            }
             let opts = tenure_bench::scale::ScaleOptions {
                 device: path.clone(),
                 counts,
@@ -403,7 +408,7 @@ fn main() -> ExitCode {
             compare_sanlock,
             json,
         } => {
-            let (_auto, path) = match auto_or(&device, 512) {
+            let (_auto, path) = match auto_or(&device, 512, AUTO_BYTES) {
                 Ok(x) => x,
                 Err(code) => return code,
             };
@@ -418,11 +423,15 @@ fn main() -> ExitCode {
     }
 }
 
-/// `device`, or with `auto` a 512-byte-sector loop device of `bytes` made here (removed when
-/// the returned guard drops).
-fn device_or_auto(device: &str, bytes: u64) -> Result<(Option<AutoDevice>, PathBuf), String> {
+/// `device`, or with `auto` a loop device of `sector_size`-byte sectors and `bytes` made here
+/// (removed when the returned guard drops).
+fn device_or_auto(
+    device: &str,
+    sector_size: u32,
+    bytes: u64,
+) -> Result<(Option<AutoDevice>, PathBuf), String> {
     if device == "auto" {
-        let a = AutoDevice::create_sized(512, bytes)?;
+        let a = AutoDevice::create_sized(sector_size, bytes)?;
         let p = a.path.clone();
         Ok((Some(a), p))
     } else {

@@ -121,7 +121,7 @@ fn cpu_ms(pid: u32) -> Result<f64, String> {
 }
 
 /// VmRSS of `pid` in KiB.
-fn rss_kib(pid: u32) -> Result<f64, String> {
+pub(crate) fn rss_kib(pid: u32) -> Result<f64, String> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).map_err(err)?;
     status
         .lines()
@@ -280,9 +280,35 @@ fn tenure_run(opts: &ScaleOptions, n: usize) -> Result<Figures, String> {
     })
 }
 
-struct Sanlock {
-    pid: u32,
+/// A sanlock daemon started by sanlock-anchor's start.sh, shut down (then killed) on drop.
+pub(crate) struct Sanlock {
+    pub(crate) pid: u32,
     rundir: PathBuf,
+}
+
+impl Sanlock {
+    /// Starts one with run directory `rundir`.
+    pub(crate) fn start(start_sh: &Path, rundir: &Path) -> Result<Sanlock, String> {
+        let out = Command::new("bash")
+            .arg(start_sh)
+            .arg(rundir)
+            .output()
+            .map_err(|e| format!("{}: {e}", start_sh.display()))?;
+        if !out.status.success() {
+            return Err(format!(
+                "start.sh: {}",
+                String::from_utf8_lossy(&out.stderr)
+            ));
+        }
+        let pid: u32 = String::from_utf8_lossy(&out.stdout)
+            .trim()
+            .parse()
+            .map_err(|_| "start.sh printed no pid")?;
+        Ok(Sanlock {
+            pid,
+            rundir: rundir.to_owned(),
+        })
+    }
 }
 
 impl Drop for Sanlock {
@@ -332,22 +358,8 @@ fn sanlock_run(
     format_areas(&opts.device, "S", first_area, n, t)?;
     let rundir =
         crate::daemon::run_base().join(format!("tenure-bench-scale-sl-{}", std::process::id()));
-    let out = Command::new("bash")
-        .arg(start_sh)
-        .arg(&rundir)
-        .output()
-        .map_err(|e| format!("{}: {e}", start_sh.display()))?;
-    if !out.status.success() {
-        return Err(format!(
-            "start.sh: {}",
-            String::from_utf8_lossy(&out.stderr)
-        ));
-    }
-    let pid: u32 = String::from_utf8_lossy(&out.stdout)
-        .trim()
-        .parse()
-        .map_err(|_| "start.sh printed no pid")?;
-    let s = Sanlock { pid, rundir };
+    let s = Sanlock::start(start_sh, &rundir)?;
+    let pid = s.pid;
     let out = Command::new("/usr/bin/python3")
         .args(["-c", SANLOCK_JOINS])
         .arg(&opts.device)

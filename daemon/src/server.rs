@@ -71,7 +71,7 @@ enum Deferred {
 /// Connections at once.
 pub const CLIENTS_MAX: usize = 256;
 /// Leases held at once.
-pub const LEASES_MAX: usize = 8192;
+pub use crate::host::LEASES_MAX;
 /// Probe threads at once.
 const PROBES_MAX: usize = 16;
 /// Unsent reply bytes before a connection that does not read is dropped.

@@ -43,8 +43,9 @@ pub const STATE_FORMAT: &str = "tenured-state";
 pub const STATE_VERSION: u32 = 1;
 /// A hand-over starts only when no lockspace renews within this (crate::upgrade).
 pub const HANDOVER_RENEWAL_MARGIN: std::time::Duration = std::time::Duration::from_millis(300);
-/// Largest state file read (8192 leases of about 1.5 KiB each, and room).
-pub const STATE_BYTES_MAX: usize = 32 << 20;
+/// Largest state file read: LEASES_MAX leases of about 1 KiB each (up to 2.5 KiB with a
+/// lock value block), and room.
+pub const STATE_BYTES_MAX: usize = 64 << 20;
 
 /// Everything a successor needs (see the module docs).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

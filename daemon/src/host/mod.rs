@@ -61,8 +61,9 @@ use command::{Command, Holder, Leases, KILL_PATH_ARGS_MAX};
 use registry::{ClientKey, Lease, Owner, Registry};
 use reply::{Done, Reply};
 
-/// Leases held at once.
-pub const LEASES_MAX: usize = 8192;
+/// Leases held at once (a host may hold one per VM disk; the state file stays below
+/// [`handover::STATE_BYTES_MAX`] at this many).
+pub const LEASES_MAX: usize = 16384;
 
 /// A lease area's location: a device path and the offset of the area on it.
 pub type ProbeKey = (PathBuf, u64);
