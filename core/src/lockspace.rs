@@ -1287,6 +1287,71 @@ mod tests {
         // A lockspace in use cannot be removed.
         assert!(set.remove(h2).is_err());
     }
+    /// Two lockspaces join at once on an engine with room for one area read: the second's
+    /// read finds no room, waits for the first's to complete (it used to fail the join with
+    /// EBUSY), and both join and renew.
+    #[test]
+    fn joins_beyond_the_engines_buffers_wait_for_room_and_both_join() {
+        let clock = SimClock::new(Time::from_nanos(50_000_000_000));
+        let engine = EngineConfig {
+            ring_entries: 32,
+            buffer_classes: vec![(512, 32), (1 << 20, 1)],
+            sync_workers: 0,
+        };
+        // Reads slow enough (0.3 s) that the two lockspaces' reads overlap.
+        let slow = crate::io::sim::Latency {
+            min: Duration::from_millis(300),
+            max: Duration::from_millis(300),
+            tail_prob: 0.0,
+            tail: Duration::ZERO,
+        };
+        let mut sim = SimBackend::new(
+            &[(512, 2 << 20)],
+            &engine,
+            SimConfig {
+                read_latency: slow,
+                ..SimConfig::healthy(23)
+            },
+            clock.clone(),
+        );
+        sim.load(DiskId(0), 0, &formatted("A"));
+        sim.load(DiskId(0), 1 << 20, &formatted("B"));
+        let mut set = LockspaceSet::new(Box::new(sim));
+        let cfg = |name: &str, offset| DeltaConfig {
+            space_name: Name::new(name).expect("name"),
+            host_id: 4,
+            host_name: Name::new("node-1").expect("name"),
+            geometry: Geometry::LEGACY_512,
+            area_offset: offset,
+            timeouts: Timeouts::new(1, 10),
+        };
+        let a = set.add(cfg("A", 0), DiskId(0)).expect("add");
+        let b = set.add(cfg("B", 1 << 20), DiskId(0)).expect("add");
+        let start = clock.now();
+        set.join(a, start).expect("join");
+        set.join(b, start).expect("join");
+        run_until(&mut set, &clock, &|s| {
+            [a, b].iter().all(|&id| {
+                let st = s.state(id);
+                assert!(
+                    !matches!(
+                        st,
+                        Some(LockspaceState::JoinFailed { .. } | LockspaceState::Lost { .. })
+                    ),
+                    "{st:?}"
+                );
+                matches!(st, Some(LockspaceState::Joined { .. }))
+            })
+        });
+        // And they keep renewing through the one buffer.
+        let t = clock.now().saturating_add(Duration::from_secs(6));
+        run_until(&mut set, &clock, &|_| clock.now() >= t);
+        for id in [a, b] {
+            let h = set.renewal_history(id);
+            assert!(h.len() >= 3 && h.iter().all(|r| r.error.is_none()), "{h:?}");
+        }
+    }
+
     /// More acquires than the engine has area buffers for, with a renewal competing for them:
     /// the I/O that finds no room waits for some (it used to fail the acquire with EBUSY), and
     /// every acquire wins; then all are released at once the same way.
