@@ -88,6 +88,25 @@ pub(crate) fn tenured_path() -> Result<PathBuf, String> {
     }
 }
 
+/// Whether the tenured at `sock` answers and its first lockspace is joined.
+fn first_joined(sock: &Path) -> bool {
+    Client::connect(sock, Some("bench"))
+        .and_then(|mut c| c.call(&Request::LockspaceList {}))
+        .is_ok_and(|v| v["lockspaces"][0]["state"] == "joined")
+}
+
+/// Waits (60 s at most) until the tenured at `sock` has joined its first lockspace.
+pub(crate) fn wait_joined(sock: &Path) -> Result<(), String> {
+    let t0 = Instant::now();
+    while !first_joined(sock) {
+        if t0.elapsed() > Duration::from_secs(60) {
+            return Err("tenured did not join within 60 s".into());
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    Ok(())
+}
+
 fn start(opts: &DaemonBenchOptions) -> Result<Daemon, String> {
     let dir = run_base().join(format!("tenure-bench-daemon-{}", std::process::id()));
     std::fs::create_dir_all(&dir).map_err(err)?;
@@ -118,9 +137,7 @@ fn start(opts: &DaemonBenchOptions) -> Result<Daemon, String> {
         let ready = if opts.sanlock_protocol {
             d.dir.join("sl/sanlock.sock").exists()
         } else {
-            Client::connect(&d.dir.join("tenured.sock"), Some("bench"))
-                .and_then(|mut c| c.call(&Request::LockspaceList {}))
-                .is_ok_and(|v| v["lockspaces"][0]["state"] == "joined")
+            first_joined(&d.dir.join("tenured.sock"))
         };
         if ready {
             return Ok(d);

@@ -11,7 +11,7 @@
 use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use tenure_core::direct::{format_lockspace, format_resource, FormatOptions};
 use tenure_format::{LockspaceSpec, ResourceSpec};
@@ -108,19 +108,7 @@ fn tenure_run(opts: &HeldOptions, n: usize) -> Result<Figures, String> {
         .map_err(|e| format!("tenured: {e}"))?;
     let d = crate::daemon::Daemon { child, dir };
     let sock = d.dir.join("tenured.sock");
-    let t0 = Instant::now();
-    loop {
-        let joined = Client::connect(&sock, Some("bench"))
-            .and_then(|mut c| c.call(&Request::LockspaceList {}))
-            .is_ok_and(|v| v["lockspaces"][0]["state"] == "joined");
-        if joined {
-            break;
-        }
-        if t0.elapsed() > Duration::from_secs(60) {
-            return Err("tenured did not join within 60 s".into());
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    crate::daemon::wait_joined(&sock)?;
     let pid = d.child.id();
     let rss0 = crate::scale::rss_kib(pid)?;
     let spec = |i: usize| format!("H:h{i}:{}:{}", opts.device.display(), (i as u64 + 1) * AREA);

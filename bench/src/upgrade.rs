@@ -126,19 +126,7 @@ pub fn run(opts: &UpgradeBenchOptions) -> Result<Vec<Measurement>, String> {
         first,
     };
     let sock = dir.join("tenured.sock");
-    let t0 = Instant::now();
-    loop {
-        let joined = Client::connect(&sock, Some("bench"))
-            .and_then(|mut c| c.call(&Request::LockspaceList {}))
-            .is_ok_and(|v| v["lockspaces"][0]["state"] == "joined");
-        if joined {
-            break;
-        }
-        if t0.elapsed() > Duration::from_secs(60) {
-            return Err("tenured did not join within 60 s".into());
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    crate::daemon::wait_joined(&sock)?;
     // The leases, held by one connection through every upgrade.
     let mut holder = Client::connect(&sock, Some("bench-holder")).map_err(err)?;
     for i in 0..opts.leases {

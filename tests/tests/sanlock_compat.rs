@@ -87,6 +87,16 @@ impl Drop for Daemon {
     }
 }
 
+/// Runs `tenure ARGS` (no daemon) and asserts it succeeded.
+fn tenure_ok(args: &[&str]) {
+    let out = Command::new(tenure_bin()).args(args).output().unwrap();
+    assert!(
+        out.status.success(),
+        "{args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 fn python(d: &Daemon, script: &str) -> Child {
     Command::new("/usr/bin/python3")
         .arg("-c")
@@ -122,14 +132,7 @@ fn python3_sanlock_drives_tenured_and_sees_the_same_leases_as_native_clients() {
     let d1 = LoopDevice::attach(backing.path(), 512);
     let d2 = LoopDevice::attach(backing.path(), 512);
     let (p1, p2) = (d1.path_str(), d2.path_str());
-    let t = |args: &[&str]| {
-        let out = Command::new(tenure_bin()).args(args).output().unwrap();
-        assert!(
-            out.status.success(),
-            "{args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    };
+    let t = tenure_ok;
     t(&[
         "lockspace",
         "init",
@@ -444,14 +447,7 @@ fn twenty_concurrent_acquires_of_4k_areas_all_win() {
     let backing = BackingFile::new((CLIENTS + 1) * AREA);
     let dev = LoopDevice::attach(backing.path(), 4096);
     let p = dev.path_str();
-    let t = |args: &[&str]| {
-        let out = Command::new(tenure_bin()).args(args).output().unwrap();
-        assert!(
-            out.status.success(),
-            "{args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    };
+    let t = tenure_ok;
     t(&[
         "lockspace",
         "init",
@@ -529,14 +525,7 @@ fn the_sanlock_client_cli_works_against_tenured() {
     let backing = BackingFile::new(16 << 20);
     let dev = LoopDevice::attach(backing.path(), 512);
     let p = dev.path_str();
-    let t = |args: &[&str]| {
-        let out = Command::new(tenure_bin()).args(args).output().unwrap();
-        assert!(
-            out.status.success(),
-            "{args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    };
+    let t = tenure_ok;
     t(&[
         "lockspace",
         "init",
@@ -764,14 +753,7 @@ fn requests_cross_between_sanlock_and_tenured() {
     let d1 = LoopDevice::attach(backing.path(), 512);
     let d2 = LoopDevice::attach(backing.path(), 512);
     let (p1, p2) = (d1.path_str(), d2.path_str());
-    let t = |args: &[&str]| {
-        let out = Command::new(tenure_bin()).args(args).output().unwrap();
-        assert!(
-            out.status.success(),
-            "{args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    };
+    let t = tenure_ok;
     t(&[
         "lockspace",
         "init",
@@ -1474,14 +1456,7 @@ fn a_lease_on_three_disks_is_taken_through_both_sockets_while_one_fails() {
         .collect();
     let paths: Vec<String> = devs.iter().map(LoopDevice::path_str).collect();
     let spec = format!("LS:R:{}:1M:{}:1M:{}:1M", paths[0], paths[1], paths[2]);
-    let t = |args: &[&str]| {
-        let out = Command::new(tenure_bin()).args(args).output().unwrap();
-        assert!(
-            out.status.success(),
-            "{args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    };
+    let t = tenure_ok;
     let lsp = ls_dev.path_str();
     t(&[
         "lockspace",
@@ -1629,14 +1604,7 @@ fn python3_sanlock_clients_keep_registration_and_leases_through_an_upgrade() {
     let backing = BackingFile::new(16 << 20);
     let d1 = LoopDevice::attach(backing.path(), 512);
     let p1 = d1.path_str();
-    let t = |args: &[&str]| {
-        let out = Command::new(tenure_bin()).args(args).output().unwrap();
-        assert!(
-            out.status.success(),
-            "{args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    };
+    let t = tenure_ok;
     t(&[
         "lockspace",
         "init",
@@ -1746,14 +1714,7 @@ fn tenure_cluster_shows_sanlock_and_tenured_hosts_and_their_leases() {
     let d1 = LoopDevice::attach(backing.path(), 512);
     let d2 = LoopDevice::attach(backing.path(), 512);
     let (p1, p2) = (d1.path_str(), d2.path_str());
-    let t = |args: &[&str]| {
-        let out = Command::new(tenure_bin()).args(args).output().unwrap();
-        assert!(
-            out.status.success(),
-            "{args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    };
+    let t = tenure_ok;
     t(&[
         "lockspace",
         "init",
