@@ -225,6 +225,10 @@ pub struct Server {
     state_path: PathBuf,
     /// [`Host::state_epoch`] of the state last written.
     state_written: Option<u64>,
+    /// What the state file says (appended to, compacted now and then).
+    state_journal: handover::StateJournal,
+    /// The state file, open for appending once a whole state was written.
+    state_file: Option<std::fs::File>,
     /// Start times of holder pids (clock ticks since boot), for the state file.
     holder_ticks: HashMap<i32, u64>,
     boot_id: String,
@@ -597,6 +601,8 @@ impl Server {
             args,
             state_path,
             state_written: None,
+            state_journal: handover::StateJournal::new(),
+            state_file: None,
             holder_ticks: HashMap::new(),
             boot_id,
             own_ticks: handover::pid_start_ticks(me).unwrap_or(0),
@@ -1204,9 +1210,11 @@ impl Server {
         std::process::exit(0);
     }
 
-    /// Writes the state file when the host's state moved since it was last written
-    /// (before any reply goes out, so a grant is on record before its holder hears of it).
-    /// When it cannot be written it is removed: a stale state must never be adopted.
+    /// Brings the state file up to date when the host's state moved since it was last
+    /// written (before any reply goes out, so a grant is on record before its holder hears
+    /// of it): records of what changed are appended, and now and then the whole state is
+    /// written aside and renamed over it (crate::host::journal). When it cannot be written
+    /// it is removed: a stale state must never be adopted.
     fn persist(&mut self) {
         let epoch = self.host.state_epoch();
         if self.state_written == Some(epoch) {
@@ -1215,28 +1223,52 @@ impl Server {
         let now = self.clock.now();
         let me = std::process::id() as i32;
         let ticks = &mut self.holder_ticks;
-        let st = self
-            .host
-            .state(now, &self.boot_id, me, self.own_ticks, &mut |p| {
+        let write = self.host.state_write(
+            now,
+            &self.boot_id,
+            me,
+            self.own_ticks,
+            &mut |p| {
                 *ticks
                     .entry(p)
                     .or_insert_with(|| handover::pid_start_ticks(p).unwrap_or(0))
-            });
-        if self.holder_ticks.len() > 2 * st.leases.len() + 64 {
-            let keep: std::collections::HashSet<i32> = st.leases.iter().map(|l| l.pid).collect();
+            },
+            &mut self.state_journal,
+        );
+        if self.holder_ticks.len() > 2 * self.host.leases().len() + 64 {
+            let keep: std::collections::HashSet<i32> = self.host.leases().map(|l| l.pid).collect();
             self.holder_ticks.retain(|p, _| keep.contains(p));
         }
-        let tmp = self.state_path.with_extension("json.tmp");
-        let written = std::fs::write(&tmp, st.to_bytes())
-            .and_then(|()| std::fs::rename(&tmp, &self.state_path));
+        let written = match (write, self.state_file.as_mut()) {
+            (handover::StateWrite::Append(bytes), Some(f)) => f.write_all(&bytes),
+            (handover::StateWrite::Append(_), None) => Err(std::io::Error::other(
+                "the state file is not open (a bug: appending before a whole write)",
+            )),
+            (handover::StateWrite::Whole(bytes), _) => {
+                self.state_file = None;
+                let tmp = self.state_path.with_extension("json.tmp");
+                std::fs::File::create(&tmp)
+                    .and_then(|mut f| {
+                        f.write_all(&bytes)?;
+                        Ok(f)
+                    })
+                    .and_then(|f| {
+                        std::fs::rename(&tmp, &self.state_path)?;
+                        self.state_file = Some(f);
+                        Ok(())
+                    })
+            }
+        };
         match written {
             Ok(()) => self.state_written = Some(epoch),
             Err(e) => {
+                self.state_file = None;
+                self.state_journal.reset();
                 let removed = std::fs::remove_file(&self.state_path);
                 if self.state_written.is_some() || removed.is_ok() {
                     tracing::error!(path = %self.state_path.display(), error = %e, "cannot write the state file: removed it (a crash now resets this host, as without adoption)");
                 }
-                // Tried again at the next change.
+                // Tried again (whole) at the next change.
                 self.state_written = None;
             }
         }

@@ -34,6 +34,52 @@ struct Bed {
     host: Host,
     /// What supervision was told of "used", in order.
     used: std::sync::Arc<std::sync::Mutex<Vec<bool>>>,
+    /// When set, the state file is kept as tenured keeps it and checked after every step.
+    journal: Option<JournalCheck>,
+}
+
+/// The state file as a journal, written as the server writes it (when the state epoch
+/// moved) into memory.
+struct JournalCheck {
+    j: tenured::host::handover::StateJournal,
+    file: Vec<u8>,
+    epoch: Option<u64>,
+    wholes: usize,
+    appends: usize,
+    largest: usize,
+}
+
+impl JournalCheck {
+    /// Writes what changed (when the epoch moved, as the server does), then reads the file
+    /// back: it must say what the whole state says.
+    fn check(&mut self, host: &mut Host, now: Time) {
+        use tenured::host::handover::{HostState, StateWrite};
+        let ticks = &mut |pid: i32| pid as u64 * 10;
+        let wrote = self.epoch != Some(host.state_epoch());
+        if wrote {
+            self.epoch = Some(host.state_epoch());
+            match host.state_write(now, "boot-1", 4242, 1, ticks, &mut self.j) {
+                StateWrite::Whole(b) => {
+                    self.file = b;
+                    self.wholes += 1;
+                }
+                StateWrite::Append(b) => {
+                    self.file.extend_from_slice(&b);
+                    self.appends += 1;
+                }
+            }
+            self.largest = self.largest.max(self.file.len());
+        }
+        let back = HostState::parse(&self.file).expect("the journal parses");
+        let mut whole = host.state(now, "boot-1", 4242, 1, ticks);
+        whole.written_at_ns = back.written_at_ns;
+        if !wrote {
+            // A renewal in flight moves the lockspace's highest timestamp without moving
+            // the epoch; the leases, operations in flight and losses always move it.
+            whole.spaces.clone_from(&back.spaces);
+        }
+        assert_eq!(back, whole, "the journal says what the state says");
+    }
 }
 
 impl Bed {
@@ -81,6 +127,7 @@ impl Bed {
             view,
             host,
             used,
+            journal: None,
         }
     }
 
@@ -100,6 +147,9 @@ impl Bed {
                 if let Output::Reply(k, r) = o {
                     replies.push((k, r));
                 }
+            }
+            if let Some(j) = self.journal.as_mut() {
+                j.check(&mut self.host, now);
             }
             if done(&self.host, &replies) {
                 return replies;
@@ -582,6 +632,221 @@ fn run_for(bed: &mut Bed, d: Duration) {
     bed.run_until(d.saturating_add(Duration::from_secs(1)), |_, _| {
         clock.now() >= end
     });
+}
+
+/// The state file is a journal (crate::host::journal): records of what changed appended
+/// after every change, compacted now and then. After every step of a host's life — grants,
+/// a kill path and restrictions set after a grant, conversions both ways, an LVB set,
+/// releases, a holder gone leaving its persistent lease an orphan, an orphan released,
+/// renewals — it reads back as the whole state. Fails when the registry forgets to mark a
+/// lease changed through `&mut` (checked: index_mut's touch removed), or when a kill path
+/// set after the grant does not move the state (checked).
+#[test]
+fn the_state_journal_reads_back_as_the_whole_state_after_every_change() {
+    let mut bed = joined_bed();
+    bed.journal = Some(JournalCheck {
+        j: tenured::host::handover::StateJournal::with_compact_slack(8 << 10),
+        file: Vec::new(),
+        epoch: None,
+        wholes: 0,
+        appends: 0,
+        largest: 0,
+    });
+    let step = |bed: &mut Bed| {
+        bed.run_until(Duration::from_secs(1), |_, _| true);
+    };
+    let lease = || LeaseRef {
+        lockspace: Name::new("LS").expect("name"),
+        name: Name::new("R").expect("name"),
+    };
+    let a = bed.client(0, 100);
+    assert!(matches!(bed.acquire(a, false), Reply::Done(_)));
+    let now = bed.clock.now();
+    let kp = Command::KillPath {
+        path: "/bin/kill-me".into(),
+        args: vec!["x".into()],
+    };
+    assert!(matches!(bed.host.execute(now, a, kp), Some(Reply::Done(_))));
+    step(&mut bed);
+    assert!(matches!(
+        bed.host.execute(now, a, Command::Restrict { bits: 0x4 }),
+        Some(Reply::Done(_))
+    ));
+    step(&mut bed);
+    let lvb = Command::LvbSet {
+        lease: lease(),
+        value: b"hello".to_vec(),
+        holder: Holder::Me,
+    };
+    let _ = bed.host.execute(now, a, lvb);
+    step(&mut bed);
+    for shared in [true, false] {
+        let conv = Command::Convert {
+            lease: lease(),
+            shared,
+            holder: Holder::Me,
+            no_wait: true,
+        };
+        if bed.host.execute(bed.clock.now(), a, conv).is_none() {
+            bed.run_until(Duration::from_secs(30), |_, r| {
+                r.iter().any(|(c, _)| *c == a)
+            });
+        }
+        assert_eq!(
+            bed.host.leases().next().map(|l| l.view().shared),
+            Some(shared)
+        );
+    }
+    let rel = Command::Release {
+        leases: Leases::All,
+        holder: Holder::Me,
+        lvb: None,
+    };
+    let now = bed.clock.now();
+    if bed.host.execute(now, a, rel).is_none() {
+        bed.run_until(Duration::from_secs(30), |_, r| {
+            r.iter().any(|(c, _)| *c == a)
+        });
+    }
+    assert!(bed.host.leases().next().is_none());
+    // Two shared holders, persistent: an orphan once both went, then released.
+    let c = bed.client(3, 103);
+    let d = bed.client(4, 104);
+    assert!(matches!(
+        bed.acquire_with(c, true, true, false),
+        Reply::Done(_)
+    ));
+    assert!(matches!(
+        bed.acquire_with(d, true, true, false),
+        Reply::Done(_)
+    ));
+    let now = bed.clock.now();
+    bed.host.client_closed(now, c);
+    step(&mut bed);
+    bed.host.client_closed(now, d);
+    step(&mut bed);
+    assert_eq!(orphan_count(&bed.host), 1);
+    let e = bed.client(5, 105);
+    let rel = Command::Release {
+        leases: Leases::Orphans {
+            space: Name::new("LS").expect("name"),
+            name: None,
+        },
+        holder: Holder::Me,
+        lvb: None,
+    };
+    let _ = bed.host.execute(bed.clock.now(), e, rel);
+    bed.run_until(Duration::from_secs(10), |h, _| {
+        h.leases().next().is_none() && h.in_flight().is_empty()
+    });
+    // Held again, then renewals for a while: the records outgrow the document and the
+    // file is compacted.
+    assert!(matches!(bed.acquire(e, false), Reply::Done(_)));
+    run_for(&mut bed, Duration::from_secs(60));
+    let j = bed.journal.as_ref().expect("journal");
+    assert!(j.appends > 30, "{} appends", j.appends);
+    assert!(j.wholes >= 2, "compacted: {} whole writes", j.wholes);
+    let whole = state_of(&bed).to_bytes().len();
+    assert!(
+        j.largest < 2 * whole + (8 << 10) + 4096,
+        "the file stays within a factor of the state: {} bytes, the state {whole}",
+        j.largest
+    );
+}
+
+/// A journal cut anywhere inside a record (a write cut short), a record of a lease the
+/// file does not have, two leases of one id, or a record that is not one: a typed error,
+/// never a panic and never a guess. Cut at a record's end, it is the state as of that write.
+#[test]
+fn damaged_state_journals_are_refused_with_typed_errors() {
+    use tenured::host::handover::{HostState, StateError};
+    let mut bed = joined_bed();
+    bed.journal = Some(JournalCheck {
+        j: tenured::host::handover::StateJournal::new(),
+        file: Vec::new(),
+        epoch: None,
+        wholes: 0,
+        appends: 0,
+        largest: 0,
+    });
+    let a = bed.client(0, 100);
+    assert!(matches!(bed.acquire(a, false), Reply::Done(_)));
+    let b = bed.client(1, 101);
+    let now = bed.clock.now();
+    bed.host.client_closed(now, a);
+    bed.run_until(Duration::from_secs(10), |h, _| {
+        h.leases().next().is_none() && h.in_flight().is_empty()
+    });
+    assert!(matches!(bed.acquire(b, false), Reply::Done(_)));
+    run_for(&mut bed, Duration::from_secs(3));
+    let j = bed.journal.take().expect("journal");
+    assert_eq!(j.wholes, 1);
+    let file = j.file;
+    let doc_end = file
+        .iter()
+        .position(|&c| c == b'\n')
+        .expect("a document line");
+    assert!(file.len() > doc_end + 1000, "records follow the document");
+    let mut cuts_refused = 0;
+    for cut in doc_end + 1..file.len() {
+        match HostState::parse(&file[..cut]) {
+            Ok(_) => assert_eq!(file[cut - 1], b'\n', "cut at {cut} inside a record parsed"),
+            Err(StateError::Damaged(_)) => {
+                assert_ne!(file[cut - 1], b'\n', "cut at a record's end at {cut}");
+                cuts_refused += 1;
+            }
+            Err(e) => panic!("cut at {cut}: {e}"),
+        }
+    }
+    assert!(cuts_refused > 1000);
+    let last = HostState::parse(&file).expect("whole journal");
+    assert_eq!(last.leases.len(), 1);
+    let id = last.leases[0].id;
+    let with = |extra: &str| {
+        let mut f = file.clone();
+        f.extend_from_slice(extra.as_bytes());
+        HostState::parse(&f)
+    };
+    for extra in [
+        "{\"lease_gone\":999999}\n".to_owned(),
+        format!("{{\"lease_gone\":{id}}}\n{{\"lease_gone\":{id}}}\n"),
+        "{\"space_gone\":\"5a5a\"}\n".to_owned(),
+        "{\"head\":{}}\n".to_owned(),
+        "{\"bogus\":1}\n".to_owned(),
+        "[]\n".to_owned(),
+        "{\"lease_gone\":1}".to_owned(),
+    ] {
+        assert!(
+            matches!(with(&extra), Err(StateError::Damaged(_))),
+            "{extra:?} appended: {:?}",
+            with(&extra).map(|_| ())
+        );
+    }
+    // A lease record again under the id of another one: two leases of one id.
+    let rec = format!(
+        "{{\"lease\":{}}}\n",
+        serde_json::to_string(&last.leases[0]).expect("json")
+    );
+    assert!(
+        with(&rec).is_ok(),
+        "a lease record replaces the one of its id"
+    );
+    let mut twice = last.clone();
+    twice.leases.push(last.leases[0].clone());
+    let mut f = twice.to_bytes();
+    f.push(b'\n');
+    assert!(matches!(HostState::parse(&f), Err(StateError::Damaged(_))));
+    // Random byte damage of the records: never a panic.
+    let mut x: u64 = 0x2545_f491;
+    for _ in 0..2000 {
+        let mut f = file.clone();
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        let i = doc_end + 1 + (x as usize) % (f.len() - doc_end - 1);
+        f[i] = (x >> 40) as u8;
+        let _ = HostState::parse(&f);
+    }
 }
 
 fn state_of(bed: &Bed) -> tenured::host::handover::HostState {

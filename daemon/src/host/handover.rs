@@ -1,7 +1,8 @@
 //! What one tenured hands to the next on the same host: the lockspaces it renews and the
 //! leases its clients hold ([`HostState`], a versioned JSON document). A restart after a crash
 //! reads it back from the state file the dead process kept under run_dir
-//! ([`STATE_FILE`], rewritten before any grant is replied and after every renewal); a planned
+//! ([`STATE_FILE`], brought up to date before any grant is replied and after every renewal,
+//! by appending records of what changed: super::journal); a planned
 //! upgrade hands it over with the file descriptors.
 //!
 //! The adoption rule (docs/operations.md "Restart after a crash"), checked by
@@ -32,6 +33,8 @@ use tenure_core::timeouts::Timeouts;
 use tenure_format::paxos::Dblock;
 use tenure_format::{AlignSize, Geometry, LeaderRecord, LockspaceSpec, Name, SectorSize};
 
+use super::journal::HeadState;
+pub use super::journal::{StateJournal, StateWrite};
 use super::registry::{ClientKey, Lease, Owner};
 use super::{Host, Space};
 
@@ -131,6 +134,10 @@ pub enum OwnerState {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct LeaseState {
+    /// The writer's journal id of the lease: the state file's later records name it by
+    /// this (0: none; ids are the writer's, a successor gives its own).
+    #[serde(default)]
+    pub id: u64,
     /// Lockspace name (hex).
     pub space_hex: String,
     /// Resource name (hex).
@@ -265,20 +272,28 @@ impl HostState {
                 bytes.len()
             )));
         }
+        // The document, then the journal's records (super::journal), one per line.
+        let (doc, records) = match bytes.iter().position(|&b| b == b'\n') {
+            Some(i) => (&bytes[..i], &bytes[i + 1..]),
+            None => (bytes, &[][..]),
+        };
         #[derive(Deserialize)]
         struct Head {
             format: String,
             version: u32,
         }
         let head: Head =
-            serde_json::from_slice(bytes).map_err(|e| StateError::Parse(e.to_string()))?;
+            serde_json::from_slice(doc).map_err(|e| StateError::Parse(e.to_string()))?;
         if head.format != STATE_FORMAT || head.version != STATE_VERSION {
             return Err(StateError::Version {
                 format: head.format,
                 version: head.version,
             });
         }
-        serde_json::from_slice(bytes).map_err(|e| StateError::Parse(e.to_string()))
+        let mut st: HostState =
+            serde_json::from_slice(doc).map_err(|e| StateError::Parse(e.to_string()))?;
+        super::journal::replay(&mut st, records)?;
+        Ok(st)
     }
 
     /// Every lease area the state names, with the geometry recorded for it (areas whose
@@ -430,6 +445,61 @@ impl Host {
         pid_start_ticks: u64,
         ticks: &mut dyn FnMut(i32) -> u64,
     ) -> HostState {
+        let head = self.state_head(now);
+        let (lost, spaces) = self.space_states();
+        let leases = self
+            .reg
+            .iter()
+            .filter(|l| l.joining.is_none())
+            .map(|l| self.lease_state(l, ticks))
+            .collect();
+        HostState {
+            format: STATE_FORMAT.into(),
+            version: STATE_VERSION,
+            boot_id: boot_id.into(),
+            pid,
+            pid_start_ticks,
+            written_at_ns: head.written_at_ns,
+            host_name_hex: hex(self.cfg.host_name.as_bytes()),
+            in_flight: head.in_flight,
+            lost,
+            spaces,
+            leases,
+        }
+    }
+
+    /// What the state file should get now (see [`StateJournal`]): the whole state when the
+    /// file has none yet (or should be compacted), else records of what changed since the
+    /// last write. Either way the file then reads back as [`Host::state`] would say.
+    pub fn state_write(
+        &mut self,
+        now: Time,
+        boot_id: &str,
+        pid: i32,
+        pid_start_ticks: u64,
+        ticks: &mut dyn FnMut(i32) -> u64,
+        j: &mut StateJournal,
+    ) -> StateWrite {
+        let touched = self.reg.take_touched();
+        if j.wants_whole() {
+            let st = self.state(now, boot_id, pid, pid_start_ticks, ticks);
+            return StateWrite::Whole(j.whole(&st));
+        }
+        let head = self.state_head(now);
+        let (lost, spaces) = self.space_states();
+        let mut leases = Vec::new();
+        if !touched.is_empty() {
+            for l in self.reg.iter() {
+                if touched.contains(&l.journal_id) && l.joining.is_none() {
+                    leases.push(self.lease_state(l, ticks));
+                }
+            }
+        }
+        StateWrite::Append(j.append(head, lost, spaces, touched, leases))
+    }
+
+    /// The head of the state: when, and the operations in flight.
+    fn state_head(&self, now: Time) -> HeadState {
         let mut in_flight: Vec<String> = self
             .reg
             .claims()
@@ -444,6 +514,14 @@ impl Host {
         if !self.removals.is_empty() {
             in_flight.push("a lockspace removal killing holders".into());
         }
+        HeadState {
+            written_at_ns: now.as_nanos(),
+            in_flight,
+        }
+    }
+
+    /// The lockspaces lost, and those joined.
+    fn space_states(&self) -> (Vec<String>, Vec<SpaceState>) {
         let mut lost = Vec::new();
         let mut spaces = Vec::new();
         for s in &self.spaces {
@@ -474,62 +552,52 @@ impl Host {
                 used_by_orphans: s.used_by_orphans,
             });
         }
-        let mut leases = Vec::new();
-        for l in self.reg.iter().filter(|l| l.joining.is_none()) {
-            let (kill_path, restrict, owner) = match l.owner {
-                Owner::Conn(k) => {
-                    let c = self.clients.get(&k);
-                    (
-                        c.and_then(|c| c.kill_path.clone()),
-                        c.map_or(0, |c| c.restrict),
-                        OwnerState::Conn { serial: k.serial },
-                    )
-                }
-                Owner::Pid(_) => (None, 0, OwnerState::Pid),
-                Owner::Orphan => (None, 0, OwnerState::Orphan),
-            };
-            let a = &l.held.acquired;
-            let g = l.held.target.geometry;
-            leases.push(LeaseState {
-                space_hex: hex(l.held.cfg.space_name.as_bytes()),
-                resource_hex: hex(l.resource.as_bytes()),
-                path: l.location.0.clone(),
-                offset: l.location.1,
-                mirrors: l.mirrors.clone(),
-                sector_size: g.sector_size_bytes(),
-                align_bytes: g.area_bytes(),
-                lver: a.lver,
-                leader_hex: encode_leader(&a.leader),
-                leader_checksum: a.leader.checksum,
-                dblock_hex: encode_dblock(&a.dblock),
-                dblock_checksum: a.dblock.checksum,
-                ballots: a.ballots,
-                shared: a.shared,
-                lvb_hex: a.lvb.as_deref().map(hex),
-                owner,
-                pid: l.pid,
-                pid_start_ticks: if l.pid > 0 { ticks(l.pid) } else { 0 },
-                kill_path,
-                restrict,
-                client_name: l.client_name.clone(),
-                acquired_unix_ms: l.acquired_unix_ms,
-                lvb_to_write_hex: l.lvb_to_write.as_deref().map(hex),
-                persistent: l.persistent,
-                rename_to_hex: l.rename_to.map(|n| hex(n.as_bytes())),
-            });
-        }
-        HostState {
-            format: STATE_FORMAT.into(),
-            version: STATE_VERSION,
-            boot_id: boot_id.into(),
-            pid,
-            pid_start_ticks,
-            written_at_ns: now.as_nanos(),
-            host_name_hex: hex(self.cfg.host_name.as_bytes()),
-            in_flight,
-            lost,
-            spaces,
-            leases,
+        (lost, spaces)
+    }
+
+    /// One lease as the state records it.
+    fn lease_state(&self, l: &Lease, ticks: &mut dyn FnMut(i32) -> u64) -> LeaseState {
+        let (kill_path, restrict, owner) = match l.owner {
+            Owner::Conn(k) => {
+                let c = self.clients.get(&k);
+                (
+                    c.and_then(|c| c.kill_path.clone()),
+                    c.map_or(0, |c| c.restrict),
+                    OwnerState::Conn { serial: k.serial },
+                )
+            }
+            Owner::Pid(_) => (None, 0, OwnerState::Pid),
+            Owner::Orphan => (None, 0, OwnerState::Orphan),
+        };
+        let a = &l.held.acquired;
+        let g = l.held.target.geometry;
+        LeaseState {
+            id: l.journal_id,
+            space_hex: hex(l.held.cfg.space_name.as_bytes()),
+            resource_hex: hex(l.resource.as_bytes()),
+            path: l.location.0.clone(),
+            offset: l.location.1,
+            mirrors: l.mirrors.clone(),
+            sector_size: g.sector_size_bytes(),
+            align_bytes: g.area_bytes(),
+            lver: a.lver,
+            leader_hex: encode_leader(&a.leader),
+            leader_checksum: a.leader.checksum,
+            dblock_hex: encode_dblock(&a.dblock),
+            dblock_checksum: a.dblock.checksum,
+            ballots: a.ballots,
+            shared: a.shared,
+            lvb_hex: a.lvb.as_deref().map(hex),
+            owner,
+            pid: l.pid,
+            pid_start_ticks: if l.pid > 0 { ticks(l.pid) } else { 0 },
+            kill_path,
+            restrict,
+            client_name: l.client_name.clone(),
+            acquired_unix_ms: l.acquired_unix_ms,
+            lvb_to_write_hex: l.lvb_to_write.as_deref().map(hex),
+            persistent: l.persistent,
+            rename_to_hex: l.rename_to.map(|n| hex(n.as_bytes())),
         }
     }
 

@@ -35,6 +35,7 @@ pub mod admission;
 pub mod command;
 pub mod guard;
 pub mod handover;
+pub mod journal;
 pub mod registry;
 pub mod reply;
 pub mod requests;
@@ -581,7 +582,7 @@ impl Host {
     }
 
     /// Every lease of this host's clients (granted, joining a shared hold, or orphaned).
-    pub fn leases(&self) -> std::slice::Iter<'_, Lease> {
+    pub fn leases(&self) -> impl ExactSizeIterator<Item = &Lease> + Clone + '_ {
         self.reg.iter()
     }
 
@@ -910,6 +911,9 @@ impl Host {
         match self.clients.get_mut(&k) {
             Some(c) => {
                 c.restrict = bits;
+                // The state file records each lease's holder restrictions.
+                self.reg
+                    .touch_where(|l| l.owner == registry::Owner::Conn(k));
                 Reply::Done(Done::Nothing)
             }
             None => err(ErrorCode::Failed, "client gone"),
@@ -926,6 +930,9 @@ impl Host {
         match self.clients.get_mut(&k) {
             Some(c) => {
                 c.kill_path = Some((path.to_owned(), args.to_vec()));
+                // The state file records each lease's kill path.
+                self.reg
+                    .touch_where(|l| l.owner == registry::Owner::Conn(k));
                 Reply::Done(Done::Nothing)
             }
             None => err(ErrorCode::Failed, "client gone"),

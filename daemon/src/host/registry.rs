@@ -14,6 +14,7 @@
 //!
 //! No I/O: the server decides with it and then acts.
 
+use std::collections::HashMap;
 use tenure_core::lockspace::{HeldResource, OpId};
 use tenure_format::Name;
 
@@ -76,6 +77,9 @@ pub struct Lease {
     pub adopting: bool,
     /// The name its release gives the freed leader (sanlock's REL_RENAME).
     pub rename_to: Option<Name>,
+    /// Set by the registry when the lease goes in: names it in the state file's records
+    /// (handover::StateJournal). 0 until then.
+    pub journal_id: u64,
 }
 
 impl Lease {
@@ -105,6 +109,7 @@ impl Lease {
             persistent: false,
             adopting: false,
             rename_to: None,
+            journal_id: 0,
         }
     }
 
@@ -171,10 +176,21 @@ impl Lease {
 /// The leases of this host's clients, and the operations in flight on their resources.
 #[derive(Debug)]
 pub struct Registry {
-    leases: Vec<Lease>,
+    /// Boxed: taking one out moves pointers, not leases (840 bytes each).
+    #[allow(clippy::vec_box)]
+    leases: Vec<Box<Lease>>,
+    /// How many leases each resource has here: a resource without any (a new acquire's
+    /// usual case) is answered without a walk over every lease. A lease's lockspace and
+    /// resource never change once it is in.
+    keys: HashMap<ResourceKey, usize>,
     claims: Claims,
     /// Counts changes (leases or claims): the state file is rewritten when it moves.
     changes: u64,
+    /// The journal ids of leases added, changed (any `&mut` access) or taken out since
+    /// [`Registry::take_touched`] last ran: what the state file's next records are of.
+    touched: std::collections::HashSet<u64>,
+    /// The last journal id given.
+    last_id: u64,
 }
 
 impl Registry {
@@ -183,8 +199,11 @@ impl Registry {
     pub fn new(no_exclusion: bool) -> Self {
         Registry {
             leases: Vec::new(),
+            keys: HashMap::new(),
             claims: Claims::new(no_exclusion),
             changes: 0,
+            touched: std::collections::HashSet::new(),
+            last_id: 0,
         }
     }
 
@@ -197,9 +216,49 @@ impl Registry {
         self.changes = self.changes.wrapping_add(1);
     }
 
+    /// `l` goes in: a fresh journal id, touched, counted under its key.
+    fn enter(&mut self, mut l: Lease) {
+        self.last_id += 1;
+        l.journal_id = self.last_id;
+        self.touched.insert(l.journal_id);
+        *self.keys.entry(l.key()).or_insert(0) += 1;
+        self.leases.push(Box::new(l));
+    }
+
+    /// `l` went out: touched, no longer counted.
+    fn left(&mut self, l: &Lease) {
+        self.touched.insert(l.journal_id);
+        let key = l.key();
+        match self.keys.get_mut(&key) {
+            Some(n) if *n > 1 => *n -= 1,
+            Some(_) => {
+                self.keys.remove(&key);
+            }
+            None => debug_assert!(false, "a lease left that was not counted"),
+        }
+    }
+
+    /// The journal ids touched since the last call (see `touched`), cleared.
+    pub fn take_touched(&mut self) -> std::collections::HashSet<u64> {
+        std::mem::take(&mut self.touched)
+    }
+
+    /// Marks the leases matching `pred` touched: what the state says of them changed outside
+    /// the registry (their client's kill path or restrictions).
+    pub fn touch_where(&mut self, mut pred: impl FnMut(&Lease) -> bool) {
+        let mut any = false;
+        for l in self.leases.iter().filter(|l| pred(l)) {
+            self.touched.insert(l.journal_id);
+            any = true;
+        }
+        if any {
+            self.changed();
+        }
+    }
+
     /// Every lease, joiners included.
-    pub fn iter(&self) -> std::slice::Iter<'_, Lease> {
-        self.leases.iter()
+    pub fn iter(&self) -> impl ExactSizeIterator<Item = &Lease> + Clone + '_ {
+        self.leases.iter().map(|l| &**l)
     }
 
     /// Number of entries.
@@ -215,28 +274,44 @@ impl Registry {
     /// Adds granted (or joining) leases.
     pub fn extend(&mut self, leases: impl IntoIterator<Item = Lease>) {
         self.changed();
-        self.leases.extend(leases);
+        for l in leases {
+            self.enter(l);
+        }
     }
 
     /// Adds one lease.
     pub fn push(&mut self, lease: Lease) {
         self.changed();
-        self.leases.push(lease);
+        self.enter(lease);
     }
 
     /// Takes the lease at `i` out.
     pub fn remove(&mut self, i: usize) -> Lease {
         self.changed();
-        self.leases.remove(i)
+        let l = *self.leases.remove(i);
+        self.left(&l);
+        l
     }
 
     /// Takes every lease matching `pred` out, keeping the order of the rest.
     pub fn take(&mut self, mut pred: impl FnMut(&Lease) -> bool) -> Vec<Lease> {
         self.changed();
-        let (out, keep) = std::mem::take(&mut self.leases)
-            .into_iter()
-            .partition(|l| pred(l));
+        if !self.leases.iter().any(|l| pred(l)) {
+            return Vec::new();
+        }
+        let mut out = Vec::new();
+        let mut keep = Vec::with_capacity(self.leases.len());
+        for l in std::mem::take(&mut self.leases) {
+            if pred(&l) {
+                out.push(*l);
+            } else {
+                keep.push(l);
+            }
+        }
         self.leases = keep;
+        for l in &out {
+            self.left(l);
+        }
         out
     }
 
@@ -260,6 +335,9 @@ impl Registry {
     /// What this host's clients hold of `key` (joiners included; an orphan counts as
     /// exclusive: it is ours on disk and nobody may join it).
     pub fn local_hold(&self, key: &ResourceKey) -> LocalHold {
+        if !self.keys.contains_key(key) {
+            return LocalHold::Free;
+        }
         let mut holders = 0;
         let mut shared = true;
         for l in self.leases.iter().filter(|l| l.is(key)) {
@@ -275,14 +353,18 @@ impl Registry {
 
     /// The adoptable orphan of `key` (one per resource at most).
     pub fn orphan(&self, key: &ResourceKey) -> Option<&Lease> {
-        self.leases.iter().find(|l| l.is(key) && l.is_orphan())
+        if !self.keys.contains_key(key) {
+            return None;
+        }
+        self.iter().find(|l| l.is(key) && l.is_orphan())
     }
 
     /// A lease of this host's shared hold of `key`, to copy its record from.
     pub fn shared_hold(&self, key: &ResourceKey) -> Option<&Lease> {
-        self.leases
-            .iter()
-            .find(|l| l.is(key) && l.held.acquired.shared)
+        if !self.keys.contains_key(key) {
+            return None;
+        }
+        self.iter().find(|l| l.is(key) && l.held.acquired.shared)
     }
 
     /// Decides an acquire of `names` in `space` (all shared or all exclusive): how each one
@@ -319,7 +401,7 @@ impl Registry {
         }
         for mut j in joins {
             j.joining = Some(op);
-            self.leases.push(j);
+            self.enter(j);
         }
     }
 
@@ -359,12 +441,13 @@ impl Registry {
     pub fn split_release(&self, leases: Vec<Lease>) -> (Vec<Lease>, Vec<Lease>) {
         let mut local = Vec::new();
         let mut to_disk: Vec<Lease> = Vec::with_capacity(leases.len());
+        let mut released = std::collections::HashSet::new();
         for l in leases {
             let key = l.key();
-            let kept = self.leases.iter().chain(&to_disk).any(|o| o.is(&key));
-            if kept {
+            if self.keys.contains_key(&key) || released.contains(&key) {
                 local.push(l);
             } else {
+                released.insert(key);
                 to_disk.push(l);
             }
         }
@@ -383,6 +466,7 @@ impl std::ops::Index<usize> for Registry {
 impl std::ops::IndexMut<usize> for Registry {
     fn index_mut(&mut self, i: usize) -> &mut Lease {
         self.changed();
+        self.touched.insert(self.leases[i].journal_id);
         &mut self.leases[i]
     }
 }
@@ -449,6 +533,7 @@ mod tests {
             persistent: false,
             adopting: false,
             rename_to: None,
+            journal_id: 0,
         }
     }
 
