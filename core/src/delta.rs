@@ -20,7 +20,7 @@ use std::time::Duration;
 
 use serde::Serialize;
 use tenure_format::delta::{DeltaSector, HostBitmap};
-use tenure_format::{DecodeError, Geometry, LeaderRecord, Name};
+use tenure_format::{DecodeError, Geometry, LeaderKind, LeaderRecord, Name};
 
 use crate::clock::Time;
 use crate::io::IoOutcome;
@@ -934,10 +934,20 @@ impl HostTable {
             self.entries.resize(hosts, None);
         }
         for (i, sector) in area.chunks_exact(ss).take(hosts).enumerate() {
-            let Ok(d) = DeltaSector::decode(sector, geometry, space_name) else {
+            // A slot never written (most of a 2000-host area) has no delta magic: skipped
+            // before the record is copied out and checksummed, as its decode would fail.
+            // So is one no host joined when we have no entry for it: it stays without.
+            if sector[..4] != tenure_format::leader::DELTA_MAGIC.to_le_bytes()
+                || (self.entries[i].is_none() && DeltaSector::never_joined(sector))
+            {
+                continue;
+            }
+            let Ok(l) =
+                LeaderRecord::decode_expect(sector, LeaderKind::Delta, geometry, space_name, None)
+            else {
                 continue;
             };
-            let l = d.leader;
+            let bit_for_us = DeltaSector::bit_of(sector, self.our_host_id);
             let host_id = i as u64 + 1;
             let entry = &mut self.entries[i];
             match entry {
@@ -950,7 +960,7 @@ impl HostTable {
                         e.last_change = Some(now);
                     }
                     e.io_timeout = l.io_timeout;
-                    e.bit_for_us = d.bitmap.get(self.our_host_id);
+                    e.bit_for_us = bit_for_us;
                     e.event = event_of(&l);
                 }
                 _ => {
@@ -966,7 +976,7 @@ impl HostTable {
                         io_timeout: l.io_timeout,
                         first_seen: now,
                         last_change: None,
-                        bit_for_us: d.bitmap.get(self.our_host_id),
+                        bit_for_us,
                         event: event_of(&l),
                         changed: l.timestamp != 0,
                     });
@@ -1073,5 +1083,131 @@ mod owner_status_tests {
         // The table has seen a newer generation than the leader's: the owner's status, and
         // the leader's generation is over.
         assert_eq!(t.owner_status(2, 3, now), (HostStatus::Dead, false));
+    }
+}
+
+#[cfg(test)]
+mod observe_tests {
+    use super::*;
+    use std::time::Duration;
+    use tenure_format::area::encode_lockspace_area;
+    use tenure_format::delta::HostBitmap;
+
+    /// The table as a whole decode of every slot makes it (what `observe` did before it
+    /// skipped slots no host joined): the reference the fast path must match.
+    fn observe_slowly(t: &mut HostTable, now: Time, g: Geometry, name: &Name, area: &[u8]) {
+        let ss = g.sector_size_bytes() as usize;
+        let hosts = usize::try_from(g.hosts_max()).unwrap_or(0);
+        if t.entries.len() < hosts {
+            t.entries.resize(hosts, None);
+        }
+        for (i, sector) in area.chunks_exact(ss).take(hosts).enumerate() {
+            let Ok(d) = DeltaSector::decode(sector, g, name) else {
+                continue;
+            };
+            let l = d.leader;
+            let entry = &mut t.entries[i];
+            match entry {
+                Some(e)
+                    if e.generation == l.owner_generation && e.owner_name == l.resource_name =>
+                {
+                    e.changed = e.timestamp != l.timestamp;
+                    if e.changed {
+                        e.timestamp = l.timestamp;
+                        e.last_change = Some(now);
+                    }
+                    e.io_timeout = l.io_timeout;
+                    e.bit_for_us = d.bitmap.get(t.our_host_id);
+                    e.event = event_of(&l);
+                }
+                _ => {
+                    if l.timestamp == 0 && l.owner_generation == 0 {
+                        *entry = None;
+                        continue;
+                    }
+                    *entry = Some(HostEntry {
+                        host_id: i as u64 + 1,
+                        owner_name: l.resource_name,
+                        generation: l.owner_generation,
+                        timestamp: l.timestamp,
+                        io_timeout: l.io_timeout,
+                        first_seen: now,
+                        last_change: None,
+                        bit_for_us: d.bitmap.get(t.our_host_id),
+                        event: event_of(&l),
+                        changed: l.timestamp != 0,
+                    });
+                }
+            }
+        }
+    }
+
+    /// Slots formatted and never joined, joined, renewed, released, rejoined, zeroed, damaged,
+    /// of another lockspace, with our bitmap bit set and cleared, in random order over many
+    /// reads: the table `observe` keeps (skipping slots no host joined without decoding them)
+    /// is the one a whole decode of every slot keeps.
+    #[test]
+    fn observe_keeps_the_table_a_whole_decode_keeps() {
+        let g = Geometry::LEGACY_512;
+        let ls = Name::new("LS").expect("name");
+        let other = Name::new("OTHER").expect("name");
+        let slots = 64usize;
+        let mut area = vec![0u8; usize::try_from(g.area_bytes()).expect("size")];
+        encode_lockspace_area(&mut area, g, ls, 10);
+        let mut fast = HostTable::new(3, 60);
+        let mut slow = HostTable::new(3, 60);
+        let mut x: u64 = 0x5eed_1234;
+        let mut next = |n: u64| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x % n
+        };
+        let mut now = Time::ZERO.saturating_add(Duration::from_secs(100));
+        let mut skipped_some = false;
+        for _round in 0..400 {
+            for _ in 0..1 + next(6) {
+                let i = usize::try_from(next(slots as u64)).expect("slot");
+                let sector = &mut area[i * 512..(i + 1) * 512];
+                let mut l = LeaderRecord::new_delta_free(g, ls, 10);
+                l.owner_id = i as u64 + 1;
+                match next(8) {
+                    0 => {}
+                    1 | 2 => {
+                        l.owner_generation = 1 + next(3);
+                        l.timestamp = 1 + next(1000);
+                        l.resource_name = Name::new("host").expect("name");
+                    }
+                    3 => l.owner_generation = 1 + next(3),
+                    4 => {
+                        sector.fill(0);
+                        continue;
+                    }
+                    5 => {
+                        sector[100] ^= 0x40;
+                        continue;
+                    }
+                    6 => {
+                        l.space_name = other;
+                        l.timestamp = 5;
+                    }
+                    _ => {
+                        // Host 3's bit: the third of the bitmap's first byte.
+                        sector[tenure_format::delta::HOST_BITMAP_OFFSET] ^= 0x04;
+                        continue;
+                    }
+                }
+                let mut bitmap = HostBitmap::default();
+                bitmap.set(3, next(2) == 0);
+                DeltaSector { leader: l, bitmap }.encode_into(sector);
+            }
+            now = now.saturating_add(Duration::from_millis(1 + next(3000)));
+            fast.observe(now, g, &ls, &area);
+            observe_slowly(&mut slow, now, g, &ls, &area);
+            assert_eq!(fast.entries, slow.entries);
+            skipped_some |= fast.entries.iter().any(Option::is_none);
+        }
+        assert!(skipped_some);
+        assert!(fast.entries.iter().any(Option::is_some));
     }
 }

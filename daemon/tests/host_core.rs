@@ -752,6 +752,27 @@ fn the_state_journal_reads_back_as_the_whole_state_after_every_change() {
         "the file stays within a factor of the state: {} bytes, the state {whole}",
         j.largest
     );
+    // Released, and the lockspace left: the journal says it is gone.
+    let rel = Command::Release {
+        leases: Leases::All,
+        holder: Holder::Me,
+        lvb: None,
+    };
+    if bed.host.execute(bed.clock.now(), e, rel).is_none() {
+        bed.run_until(Duration::from_secs(30), |_, r| {
+            r.iter().any(|(c, _)| *c == e)
+        });
+    }
+    let rem = Command::LockspaceRemove {
+        name: Name::new("LS").expect("name"),
+        wait: false,
+        kill_holders: false,
+    };
+    let _ = bed.host.execute(bed.clock.now(), e, rem);
+    bed.run_until(Duration::from_secs(30), |h, _| h.spaces().is_empty());
+    let j = bed.journal.as_ref().expect("journal");
+    let back = tenured::host::handover::HostState::parse(&j.file).expect("parse");
+    assert!(back.spaces.is_empty() && back.leases.is_empty(), "{back:?}");
 }
 
 /// A journal cut anywhere inside a record (a write cut short), a record of a lease the

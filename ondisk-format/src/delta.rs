@@ -8,7 +8,9 @@ use serde::Serialize;
 
 use crate::error::DecodeError;
 use crate::geometry::{Geometry, HOSTS_MAX};
-use crate::leader::{LeaderKind, LeaderRecord, LEADER_LEN};
+use crate::leader::{
+    LeaderKind, LeaderRecord, LEADER_LEN, LEADER_OWNER_GENERATION_OFFSET, LEADER_TIMESTAMP_OFFSET,
+};
 use crate::name::Name;
 
 /// Byte offset of the host bitmap inside a delta-lease sector.
@@ -138,6 +140,24 @@ impl DeltaSector {
             leader,
             bitmap: Self::bitmap_of(sector),
         })
+    }
+
+    /// Host `host_id`'s bit in the bitmap of a sector of at least 512 bytes, read in place
+    /// (`host_id` in 1..=2000; both asserted).
+    pub fn bit_of(sector: &[u8], host_id: u64) -> bool {
+        let (byte, mask) = HostBitmap::position(host_id);
+        sector[HOST_BITMAP_OFFSET + byte] & mask != 0
+    }
+
+    /// The record's timestamp and owner generation are both zero, read in place without any
+    /// check: a slot no host joined. (Whether it decodes or not, it says nothing of a host.)
+    pub fn never_joined(sector: &[u8]) -> bool {
+        let zero = |at: usize| {
+            sector
+                .get(at..at + 8)
+                .is_some_and(|b| b.iter().all(|&x| x == 0))
+        };
+        zero(LEADER_OWNER_GENERATION_OFFSET) && zero(LEADER_TIMESTAMP_OFFSET)
     }
 
     /// The bitmap bytes of a sector of at least 512 bytes (asserted).

@@ -37,6 +37,10 @@ pub const LEADER_FLAG_SHORT_HOLD: u32 = 0x1;
 pub const LEADER_LEN: usize = 200;
 /// The checksum covers bytes [0, LEADER_CHECKSUM_END).
 pub const LEADER_CHECKSUM_END: usize = 168;
+/// Offset of `owner_generation` in a leader record.
+pub const LEADER_OWNER_GENERATION_OFFSET: usize = offset_of!(LeaderRaw, owner_generation);
+/// Offset of `timestamp` in a leader record.
+pub const LEADER_TIMESTAMP_OFFSET: usize = offset_of!(LeaderRaw, timestamp);
 
 /// On-disk layout. Fields are little-endian on disk; this struct is only ever filled from or
 /// turned into bytes with explicit `to_le`/`from_le` conversions.

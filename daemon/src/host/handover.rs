@@ -483,10 +483,16 @@ impl Host {
         let touched = self.reg.take_touched();
         if j.wants_whole() {
             let st = self.state(now, boot_id, pid, pid_start_ticks, ticks);
-            return StateWrite::Whole(j.whole(&st));
+            let keys = self
+                .space_states_changed(None)
+                .1
+                .into_iter()
+                .map(|(name, key, _)| (name, key))
+                .collect();
+            return StateWrite::Whole(j.whole(&st, keys));
         }
         let head = self.state_head(now);
-        let (lost, spaces) = self.space_states();
+        let (lost, spaces) = self.space_states_changed(Some(j));
         let mut leases = Vec::new();
         if !touched.is_empty() {
             for l in self.reg.iter() {
@@ -520,6 +526,64 @@ impl Host {
         }
     }
 
+    /// The lockspaces lost, and those joined: each by its name (hex) and key, with its state
+    /// when it changed since `j` last wrote it (encoded only then: a renewal moves one
+    /// lockspace, not all). Without `j`, no state.
+    fn space_states_changed(
+        &self,
+        j: Option<&StateJournal>,
+    ) -> (
+        Vec<String>,
+        Vec<(String, super::journal::SpaceKey, Option<SpaceState>)>,
+    ) {
+        let mut lost = Vec::new();
+        let mut spaces = Vec::new();
+        for s in &self.spaces {
+            if s.lost.is_some() {
+                if !s.cleared {
+                    lost.push(s.name.clone());
+                }
+                continue;
+            }
+            let Some(h) = self.set.handover(s.id) else {
+                continue;
+            };
+            if self.set.config(s.id).is_none() {
+                continue;
+            }
+            let name_hex = hex(s.spec.name.as_bytes());
+            let key = (s.id, h, s.used, s.used_by_orphans);
+            let state = match j {
+                Some(j) if !j.space_unchanged(&name_hex, &key) => self.recorded_space(s),
+                _ => None,
+            };
+            spaces.push((name_hex, key, state));
+        }
+        (lost, spaces)
+    }
+
+    /// One joined lockspace as the state records it.
+    fn recorded_space(&self, s: &Space) -> Option<SpaceState> {
+        let (h, cfg) = (self.set.handover(s.id)?, self.set.config(s.id)?);
+        Some(SpaceState {
+            name_hex: hex(s.spec.name.as_bytes()),
+            host_id: s.spec.host_id,
+            path: s.spec.disk.path.clone(),
+            offset: s.spec.disk.offset,
+            sector_size: cfg.geometry.sector_size_bytes(),
+            align_bytes: cfg.geometry.area_bytes(),
+            io_timeout_s: cfg.timeouts.io_timeout_s,
+            other_hosts_fire_timeout_s: cfg.timeouts.watchdog_fire_s,
+            slot_hex: encode_leader(&h.last_written),
+            slot_checksum: h.last_written.checksum,
+            last_renewal_ns: h.last_renewal.as_nanos(),
+            max_written_ts: h.max_written_ts,
+            event: [h.published.generation, h.published.event, h.published.data],
+            used: s.used,
+            used_by_orphans: s.used_by_orphans,
+        })
+    }
+
     /// The lockspaces lost, and those joined.
     fn space_states(&self) -> (Vec<String>, Vec<SpaceState>) {
         let mut lost = Vec::new();
@@ -531,26 +595,7 @@ impl Host {
                 }
                 continue;
             }
-            let (Some(h), Some(cfg)) = (self.set.handover(s.id), self.set.config(s.id)) else {
-                continue;
-            };
-            spaces.push(SpaceState {
-                name_hex: hex(s.spec.name.as_bytes()),
-                host_id: s.spec.host_id,
-                path: s.spec.disk.path.clone(),
-                offset: s.spec.disk.offset,
-                sector_size: cfg.geometry.sector_size_bytes(),
-                align_bytes: cfg.geometry.area_bytes(),
-                io_timeout_s: cfg.timeouts.io_timeout_s,
-                other_hosts_fire_timeout_s: cfg.timeouts.watchdog_fire_s,
-                slot_hex: encode_leader(&h.last_written),
-                slot_checksum: h.last_written.checksum,
-                last_renewal_ns: h.last_renewal.as_nanos(),
-                max_written_ts: h.max_written_ts,
-                event: [h.published.generation, h.published.event, h.published.data],
-                used: s.used,
-                used_by_orphans: s.used_by_orphans,
-            });
+            spaces.extend(self.recorded_space(s));
         }
         (lost, spaces)
     }

@@ -19,6 +19,13 @@ use std::collections::{BTreeMap, HashSet};
 use serde::{Deserialize, Serialize};
 
 use super::handover::{HostState, LeaseState, SpaceState, StateError};
+use tenure_core::delta::DeltaHandover;
+use tenure_core::lockspace::LockspaceId;
+
+/// What a lockspace's recorded state is made of that can change: which joined lockspace it
+/// is (a lockspace left and joined again under its name is another), its renewal state,
+/// `used` and `used_by_orphans`. Equal keys, equal states.
+pub type SpaceKey = (LockspaceId, DeltaHandover, bool, bool);
 
 /// Records may grow to half the document and this much before the file is compacted.
 pub const COMPACT_SLACK: u64 = 1 << 20;
@@ -70,7 +77,8 @@ pub enum StateWrite {
 pub struct StateJournal {
     /// The file holds a document written through this journal.
     written: bool,
-    spaces: BTreeMap<String, SpaceState>,
+    /// The lockspaces written, by name (hex): what their state was made of when written.
+    spaces: BTreeMap<String, SpaceKey>,
     leases: HashSet<u64>,
     document_bytes: u64,
     record_bytes: u64,
@@ -118,40 +126,43 @@ impl StateJournal {
         !self.written || self.record_bytes > self.document_bytes / 2 + self.slack
     }
 
-    /// The whole state as the file's new content; remembered as written.
-    pub(super) fn whole(&mut self, st: &HostState) -> Vec<u8> {
+    /// Whether the lockspace `name_hex` was written with this key (its state is as written).
+    pub(super) fn space_unchanged(&self, name_hex: &str, key: &SpaceKey) -> bool {
+        self.spaces.get(name_hex) == Some(key)
+    }
+
+    /// The whole state as the file's new content, its lockspaces made of `keys`; remembered
+    /// as written.
+    pub(super) fn whole(&mut self, st: &HostState, keys: Vec<(String, SpaceKey)>) -> Vec<u8> {
         let mut bytes = st.to_bytes();
         bytes.push(b'\n');
         self.written = true;
-        self.spaces = st
-            .spaces
-            .iter()
-            .map(|s| (s.name_hex.clone(), s.clone()))
-            .collect();
+        self.spaces = keys.into_iter().collect();
         self.leases = st.leases.iter().map(|l| l.id).collect();
         self.document_bytes = bytes.len() as u64;
         self.record_bytes = 0;
         bytes
     }
 
-    /// The records that bring the file from what it says to `head`, `lost` and `spaces`,
-    /// with the leases of `touched` ids that are still held as in `leases` (those not in it
-    /// are gone); remembered as written.
+    /// The records that bring the file from what it says to `head`, `lost` and `spaces`
+    /// (every joined lockspace by name and key, with its state where the key changed), with
+    /// the leases of `touched` ids that are still held as in `leases` (those not in it are
+    /// gone); remembered as written.
     pub(super) fn append(
         &mut self,
         head: HeadState,
         lost: Vec<String>,
-        spaces: Vec<SpaceState>,
+        spaces: Vec<(String, SpaceKey, Option<SpaceState>)>,
         touched: HashSet<u64>,
         leases: Vec<LeaseState>,
     ) -> Vec<u8> {
         let mut records = vec![Record::Head { head, lost }];
-        let mut now: BTreeMap<String, SpaceState> = BTreeMap::new();
-        for s in spaces {
-            if self.spaces.get(&s.name_hex) != Some(&s) {
-                records.push(Record::Space(s.clone()));
+        let mut now: BTreeMap<String, SpaceKey> = BTreeMap::new();
+        for (name, key, state) in spaces {
+            if let Some(st) = state {
+                records.push(Record::Space(st));
             }
-            now.insert(s.name_hex.clone(), s);
+            now.insert(name, key);
         }
         for name in self.spaces.keys() {
             if !now.contains_key(name) {
