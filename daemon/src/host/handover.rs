@@ -532,10 +532,7 @@ impl Host {
     fn space_states_changed(
         &self,
         j: Option<&StateJournal>,
-    ) -> (
-        Vec<String>,
-        Vec<(String, super::journal::SpaceKey, Option<SpaceState>)>,
-    ) {
+    ) -> (Vec<String>, Vec<super::journal::SpaceChange>) {
         let mut lost = Vec::new();
         let mut spaces = Vec::new();
         for s in &self.spaces {

@@ -27,6 +27,10 @@ use tenure_core::lockspace::LockspaceId;
 /// `used` and `used_by_orphans`. Equal keys, equal states.
 pub type SpaceKey = (LockspaceId, DeltaHandover, bool, bool);
 
+/// A joined lockspace as a write sees it: its name (hex), its key, and its state when that
+/// changed since the last write.
+pub type SpaceChange = (String, SpaceKey, Option<SpaceState>);
+
 /// Records may grow to half the document and this much before the file is compacted.
 pub const COMPACT_SLACK: u64 = 1 << 20;
 
@@ -152,7 +156,7 @@ impl StateJournal {
         &mut self,
         head: HeadState,
         lost: Vec<String>,
-        spaces: Vec<(String, SpaceKey, Option<SpaceState>)>,
+        spaces: Vec<SpaceChange>,
         touched: HashSet<u64>,
         leases: Vec<LeaseState>,
     ) -> Vec<u8> {
