@@ -6,6 +6,7 @@ pub mod acquire;
 pub mod bench_py;
 pub mod daemon;
 pub mod held;
+pub mod hosts;
 pub mod io;
 pub mod join;
 pub mod report;

@@ -131,8 +131,9 @@ enum Cmd {
     /// lockspaces joined at once, then renewed: join times, CPU per renewal, renewal latency,
     /// resident memory).
     Scale {
-        /// Which curve: `lockspaces` (N joined at once, then renewed) or `held` (memory and
-        /// acquire cost against N leases held, N up to 16384).
+        /// Which curve: `lockspaces` (N joined at once, then renewed), `held` (memory and
+        /// acquire cost against N leases held, N up to 16384) or `hosts` (one 2000-host
+        /// lockspace, 1999 hosts played by a load generator; the window is `--renew-s`).
         #[arg(long, default_value = "lockspaces")]
         curve: String,
         /// 512-byte-sector device or file (overwritten) of 2 × max(N) + 2 MiB, or `auto`.
@@ -342,8 +343,8 @@ fn main() -> ExitCode {
             no_sanlock,
             json,
         } => {
-            if curve != "lockspaces" && curve != "held" {
-                eprintln!("tenure-bench: unknown curve {curve:?} (lockspaces, held)");
+            if !["lockspaces", "held", "hosts"].contains(&curve.as_str()) {
+                eprintln!("tenure-bench: unknown curve {curve:?} (lockspaces, held, hosts)");
                 return ExitCode::from(2);
             }
             let counts: Vec<usize> = counts.into_iter().filter(|&n| n > 0).collect();
@@ -352,6 +353,31 @@ fn main() -> ExitCode {
                 Ok(x) => x,
                 Err(code) => return code,
             };
+            if curve == "hosts" {
+                let opts = tenure_bench::hosts::HostsOptions {
+                    device: path.clone(),
+                    io_timeout_s: io_timeout.max(1),
+                    window_s: renew_s,
+                    sanlock_start: (!no_sanlock).then_some(sanlock_start),
+                };
+                if !json {
+                    println!("# {}", describe(&path));
+                }
+                let printed = tenure_bench::hosts::hosts(&opts, |f| {
+                    if json {
+                        println!("{}", f.json());
+                    } else {
+                        println!("{}", f.line());
+                    }
+                });
+                return match printed {
+                    Ok(_) => ExitCode::SUCCESS,
+                    Err(e) => {
+                        eprintln!("tenure-bench: {e}");
+                        ExitCode::from(1)
+                    }
+                };
+            }
             if curve == "held" {
                 let opts = tenure_bench::held::HeldOptions {
                     device: path.clone(),

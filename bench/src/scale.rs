@@ -75,7 +75,7 @@ fn err(e: impl std::fmt::Display) -> String {
 
 const AREA: u64 = 1 << 20;
 
-fn format_areas(
+pub(crate) fn format_areas(
     device: &Path,
     prefix: &str,
     first_area: u64,
@@ -102,8 +102,44 @@ fn format_areas(
     Ok(())
 }
 
+/// CPU time of each thread of `pid` (ns, from /proc/PID/task/TID/schedstat).
+pub(crate) fn thread_cpu_ns(pid: u32) -> BTreeMap<u32, u64> {
+    let mut out = BTreeMap::new();
+    let Ok(dir) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return out;
+    };
+    for e in dir.flatten() {
+        let Some(tid) = e.file_name().to_str().and_then(|t| t.parse::<u32>().ok()) else {
+            continue;
+        };
+        let ns = std::fs::read_to_string(e.path().join("schedstat"))
+            .ok()
+            .and_then(|s| s.split_whitespace().next()?.parse::<u64>().ok());
+        if let Some(ns) = ns {
+            out.insert(tid, ns);
+        }
+    }
+    out
+}
+
+/// CPU ms used between two [`thread_cpu_ns`] samples by the threads alive at both, unless
+/// `ticks_ms` (utime + stime over the same span, 10 ms resolution, counting threads that
+/// ended) is more than two ticks above it: then that.
+pub(crate) fn cpu_between(a: &BTreeMap<u32, u64>, b: &BTreeMap<u32, u64>, ticks_ms: f64) -> f64 {
+    let precise: u64 = b
+        .iter()
+        .filter_map(|(tid, ns)| a.get(tid).map(|x| ns.saturating_sub(*x)))
+        .sum();
+    let precise = precise as f64 / 1e6;
+    if ticks_ms > precise + 20.0 {
+        ticks_ms
+    } else {
+        precise
+    }
+}
+
 /// utime + stime of `pid`, in milliseconds.
-fn cpu_ms(pid: u32) -> Result<f64, String> {
+pub(crate) fn cpu_ms(pid: u32) -> Result<f64, String> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).map_err(err)?;
     // Fields after the command name (which may hold spaces) start after the last ')'.
     let rest = stat.rsplit_once(')').map(|(_, r)| r).ok_or("bad stat")?;
@@ -150,7 +186,7 @@ fn join_figures(times: &mut [f64]) -> Vec<(&'static str, f64)> {
 }
 
 /// The renewal window's figures: `cpu_ms` used over `window_s`, the renewals' latencies.
-fn renewal_figures(
+pub(crate) fn renewal_figures(
     window_s: f64,
     cpu_ms: f64,
     rss: f64,
@@ -167,6 +203,53 @@ fn renewal_figures(
         ("renewal_p99_ms", quantile(&lat, 99.0)),
         ("rss_kib", rss),
     ]
+}
+
+/// Latencies (ms) of the renewals tenured at `control` made between `w0` and `deadline`,
+/// from its renewal history, polled until `deadline`.
+pub(crate) fn tenure_renewals(
+    control: &mut Client,
+    w0: Instant,
+    deadline: Instant,
+    t: u16,
+) -> Result<Vec<f64>, String> {
+    // Per lockspace: (seconds into the window, latency ms) of each renewal seen.
+    let mut seen: BTreeMap<String, Vec<(f64, f64)>> = BTreeMap::new();
+    loop {
+        let now = Instant::now();
+        let v = control.call(&Request::LockspaceList {}).map_err(err)?;
+        for ls in v["lockspaces"].as_array().into_iter().flatten() {
+            let name = ls["name"].as_str().unwrap_or("").to_owned();
+            let list = seen.entry(name).or_default();
+            for r in ls["last_renewals"].as_array().into_iter().flatten() {
+                let (Some(ago), Some(rd), Some(wr)) = (
+                    r["ago_ms"].as_u64(),
+                    r["read_ms"].as_f64(),
+                    r["write_ms"].as_f64(),
+                ) else {
+                    continue;
+                };
+                let Some(at) = now.checked_sub(Duration::from_millis(ago)) else {
+                    continue;
+                };
+                if at < w0 {
+                    continue;
+                }
+                let at = at.duration_since(w0).as_secs_f64();
+                // Renewals of one lockspace are 2T apart; polls see one again a few ms off.
+                if !list.iter().any(|&(x, _)| (x - at).abs() < 0.3) {
+                    list.push((at, rd + wr));
+                }
+            }
+        }
+        if now >= deadline {
+            break;
+        }
+        // Each lockspace shows its last 8 renewals (16T): polling every 12T misses none, and
+        // the polls cost tenured little of the CPU measured.
+        std::thread::sleep(Duration::from_secs(12 * u64::from(t)).min(deadline - now));
+    }
+    Ok(seen.values().flatten().map(|&(_, l)| l).collect())
 }
 
 fn tenure_run(opts: &ScaleOptions, n: usize) -> Result<Figures, String> {
@@ -232,47 +315,11 @@ fn tenure_run(opts: &ScaleOptions, n: usize) -> Result<Figures, String> {
     let mut control = Client::connect(&sock, Some("bench")).map_err(err)?;
     let w0 = Instant::now();
     let c0 = cpu_ms(pid)?;
-    // Per lockspace: (seconds into the window, latency ms) of each renewal seen.
-    let mut seen: BTreeMap<String, Vec<(f64, f64)>> = BTreeMap::new();
     let deadline = w0 + Duration::from_secs(opts.renew_s);
-    loop {
-        let now = Instant::now();
-        let v = control.call(&Request::LockspaceList {}).map_err(err)?;
-        for ls in v["lockspaces"].as_array().into_iter().flatten() {
-            let name = ls["name"].as_str().unwrap_or("").to_owned();
-            let list = seen.entry(name).or_default();
-            for r in ls["last_renewals"].as_array().into_iter().flatten() {
-                let (Some(ago), Some(rd), Some(wr)) = (
-                    r["ago_ms"].as_u64(),
-                    r["read_ms"].as_f64(),
-                    r["write_ms"].as_f64(),
-                ) else {
-                    continue;
-                };
-                let Some(at) = now.checked_sub(Duration::from_millis(ago)) else {
-                    continue;
-                };
-                if at < w0 {
-                    continue;
-                }
-                let at = at.duration_since(w0).as_secs_f64();
-                // Renewals of one lockspace are 2T apart; polls see one again a few ms off.
-                if !list.iter().any(|&(x, _)| (x - at).abs() < 0.3) {
-                    list.push((at, rd + wr));
-                }
-            }
-        }
-        if now >= deadline {
-            break;
-        }
-        // Each lockspace shows its last 8 renewals (16T): polling every 12T misses none, and
-        // the polls cost tenured little of the CPU measured.
-        std::thread::sleep(Duration::from_secs(12 * u64::from(t)).min(deadline - now));
-    }
+    let lat = tenure_renewals(&mut control, w0, deadline, t)?;
     let c1 = cpu_ms(pid)?;
     let window = w0.elapsed().as_secs_f64();
     let rss = rss_kib(pid)?;
-    let lat: Vec<f64> = seen.values().flatten().map(|&(_, l)| l).collect();
     figures.extend(renewal_figures(window, c1 - c0, rss, lat));
     Ok(Figures {
         system: "tenure".into(),
@@ -281,10 +328,41 @@ fn tenure_run(opts: &ScaleOptions, n: usize) -> Result<Figures, String> {
     })
 }
 
+/// Latencies (ms) of the renewals of lockspace `spec` the sanlock at `rundir` made in the
+/// last `window` seconds: its own renewal history (`client renewal`), one line per renewal
+/// with its timestamp (seconds of CLOCK_MONOTONIC), read_ms and write_ms.
+pub(crate) fn sanlock_renewals(spec: &str, rundir: &Path, window: f64) -> Result<Vec<f64>, String> {
+    let mono = nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC)
+        .map_err(err)?
+        .tv_sec() as u64;
+    let since = mono.saturating_sub(window.floor() as u64);
+    let out = Command::new("sanlock")
+        .args(["client", "renewal", "-s", spec])
+        .env("SANLOCK_RUN_DIR", rundir)
+        .output()
+        .map_err(err)?;
+    let mut lat = Vec::new();
+    for line in String::from_utf8_lossy(&out.stdout).lines() {
+        let field = |k: &str| {
+            line.split_whitespace()
+                .find_map(|f| f.strip_prefix(k))
+                .and_then(|v| v.parse::<f64>().ok())
+        };
+        if let (Some(ts), Some(r), Some(w)) =
+            (field("timestamp="), field("read_ms="), field("write_ms="))
+        {
+            if ts as u64 >= since {
+                lat.push(r + w);
+            }
+        }
+    }
+    Ok(lat)
+}
+
 /// A sanlock daemon started by sanlock-anchor's start.sh, shut down (then killed) on drop.
 pub(crate) struct Sanlock {
     pub(crate) pid: u32,
-    rundir: PathBuf,
+    pub(crate) rundir: PathBuf,
 }
 
 impl Sanlock {
@@ -382,39 +460,14 @@ fn sanlock_run(
     let c1 = cpu_ms(pid)?;
     let window = w0.elapsed().as_secs_f64();
     let rss = rss_kib(pid)?;
-    // sanlock's own renewal history of each lockspace (`client renewal`): one line per
-    // renewal with its timestamp, read_ms and write_ms.
-    // Its timestamps are seconds of CLOCK_MONOTONIC.
-    let mono = nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC)
-        .map_err(err)?
-        .tv_sec() as u64;
-    let since = mono.saturating_sub(window.floor() as u64);
     let mut lat = Vec::new();
     for i in 0..n {
-        let out = Command::new("sanlock")
-            .args(["client", "renewal", "-s"])
-            .arg(format!(
-                "S{i}:1:{}:{}",
-                opts.device.display(),
-                (first_area + i as u64) * AREA
-            ))
-            .env("SANLOCK_RUN_DIR", &s.rundir)
-            .output()
-            .map_err(err)?;
-        for line in String::from_utf8_lossy(&out.stdout).lines() {
-            let field = |k: &str| {
-                line.split_whitespace()
-                    .find_map(|f| f.strip_prefix(k))
-                    .and_then(|v| v.parse::<f64>().ok())
-            };
-            if let (Some(ts), Some(r), Some(w)) =
-                (field("timestamp="), field("read_ms="), field("write_ms="))
-            {
-                if ts as u64 >= since {
-                    lat.push(r + w);
-                }
-            }
-        }
+        let spec = format!(
+            "S{i}:1:{}:{}",
+            opts.device.display(),
+            (first_area + i as u64) * AREA
+        );
+        lat.extend(sanlock_renewals(&spec, &s.rundir, window)?);
     }
     figures.extend(renewal_figures(window, c1 - c0, rss, lat));
     drop(s);
