@@ -95,6 +95,40 @@ fn first_joined(sock: &Path) -> bool {
         .is_ok_and(|v| v["lockspaces"][0]["state"] == "joined")
 }
 
+/// A tenured started for a benchmark (no watchdog, logging warnings, kill grace and SIGKILL
+/// retries of 2 s) with its run and state directory `<run_base>/<name>-<our pid>`, joining
+/// `lockspace` (`NAME:HOST_ID:PATH:OFFSET`) when given; killed and its directory removed on
+/// drop.
+pub(crate) fn spawn_bench_tenured(
+    name: &str,
+    io_timeout_s: u16,
+    lockspace: Option<String>,
+) -> Result<Daemon, String> {
+    let dir = run_base().join(format!("{name}-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).map_err(err)?;
+    let mut cmd = std::process::Command::new(tenured_path()?);
+    cmd.args(["--config", "/dev/null", "--run-dir"])
+        .arg(&dir)
+        .arg("--state-dir")
+        .arg(&dir)
+        .args([
+            "--watchdog",
+            "none",
+            "--io-timeout",
+            &io_timeout_s.to_string(),
+        ])
+        .args(["--log", "warn", "--kill-grace", "2", "--sigkill-max", "2"]);
+    if let Some(ls) = lockspace {
+        cmd.arg("--lockspace").arg(ls);
+    }
+    let child = cmd
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::inherit())
+        .spawn()
+        .map_err(|e| format!("tenured: {e}"))?;
+    Ok(Daemon { child, dir })
+}
+
 /// Waits (60 s at most) until the tenured at `sock` has joined its first lockspace.
 pub(crate) fn wait_joined(sock: &Path) -> Result<(), String> {
     let t0 = Instant::now();

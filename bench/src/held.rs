@@ -91,22 +91,11 @@ fn figures(times: &[f64], wall_s: f64, rss0: f64, rss: f64, n: usize) -> Vec<(&'
 fn tenure_run(opts: &HeldOptions, n: usize) -> Result<Figures, String> {
     let t = opts.io_timeout_s;
     format_all(&opts.device, "H", "h", 0, n, t)?;
-    let dir = crate::daemon::run_base().join(format!("tenure-bench-held-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).map_err(err)?;
-    let child = Command::new(crate::daemon::tenured_path()?)
-        .args(["--config", "/dev/null", "--run-dir"])
-        .arg(&dir)
-        .arg("--state-dir")
-        .arg(&dir)
-        .args(["--watchdog", "none", "--io-timeout", &t.to_string()])
-        .args(["--log", "warn", "--kill-grace", "2", "--sigkill-max", "2"])
-        .arg("--lockspace")
-        .arg(format!("H:1:{}:0", opts.device.display()))
-        .stdout(Stdio::null())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .map_err(|e| format!("tenured: {e}"))?;
-    let d = crate::daemon::Daemon { child, dir };
+    let d = crate::daemon::spawn_bench_tenured(
+        "tenure-bench-held",
+        t,
+        Some(format!("H:1:{}:0", opts.device.display())),
+    )?;
     let sock = d.dir.join("tenured.sock");
     crate::daemon::wait_joined(&sock)?;
     let pid = d.child.id();

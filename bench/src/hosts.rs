@@ -18,7 +18,7 @@
 
 use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -198,6 +198,54 @@ fn disk_sectors(device: &Path) -> Option<(u64, u64)> {
     Some((*f.get(2)?, *f.get(6)?))
 }
 
+/// What is measured at each end of the window.
+struct Sample {
+    at: Instant,
+    /// utime + stime (ms).
+    cpu_ticks_ms: f64,
+    threads: std::collections::BTreeMap<u32, u64>,
+    disk: Option<(u64, u64)>,
+    generated: u64,
+}
+
+impl Sample {
+    fn take(pid: u32, device: &Path, gen: &Generator) -> Result<Sample, String> {
+        Ok(Sample {
+            at: Instant::now(),
+            cpu_ticks_ms: crate::scale::cpu_ms(pid)?,
+            threads: crate::scale::thread_cpu_ns(pid),
+            disk: disk_sectors(device),
+            generated: gen.written.load(Ordering::Relaxed),
+        })
+    }
+
+    /// The window's figures from here to `end`, with the renewal latencies `lat` and the
+    /// host `statuses` at its end; and the host states not as expected.
+    fn figures(
+        &self,
+        end: &Sample,
+        rss: f64,
+        lat: Vec<f64>,
+        statuses: &[(u64, String)],
+    ) -> (Vec<(&'static str, f64)>, Vec<String>) {
+        let window = end.at.duration_since(self.at).as_secs_f64();
+        let cpu = crate::scale::cpu_between(
+            &self.threads,
+            &end.threads,
+            end.cpu_ticks_ms - self.cpu_ticks_ms,
+        );
+        let mut figures = crate::scale::renewal_figures(window, cpu, rss, lat);
+        let wrong = window_figures(
+            &mut figures,
+            statuses,
+            self.disk.zip(end.disk),
+            end.generated - self.generated,
+            window,
+        );
+        (figures, wrong)
+    }
+}
+
 /// The window's figures common to both systems.
 fn window_figures(
     figures: &mut Vec<(&'static str, f64)>,
@@ -251,45 +299,22 @@ fn tenure_run(opts: &HostsOptions) -> Result<(Figures, Vec<String>), String> {
     let gen = Generator::start(&opts.device, space, 0, t)?;
     // Every host written twice before the daemon joins.
     std::thread::sleep(Duration::from_secs(4 * u64::from(t)));
-    let dir = crate::daemon::run_base().join(format!("tenure-bench-hosts-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).map_err(err)?;
-    let child = Command::new(crate::daemon::tenured_path()?)
-        .args(["--config", "/dev/null", "--run-dir"])
-        .arg(&dir)
-        .arg("--state-dir")
-        .arg(&dir)
-        .args(["--watchdog", "none", "--io-timeout", &t.to_string()])
-        .args(["--log", "warn"])
-        .arg("--lockspace")
-        .arg(format!("{space}:1:{}:0", opts.device.display()))
-        .stdout(Stdio::null())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .map_err(|e| format!("tenured: {e}"))?;
-    let d = crate::daemon::Daemon { child, dir };
+    let d = crate::daemon::spawn_bench_tenured(
+        "tenure-bench-hosts",
+        t,
+        Some(format!("{space}:1:{}:0", opts.device.display())),
+    )?;
     let sock = d.dir.join("tenured.sock");
     crate::daemon::wait_joined(&sock)?;
     let mut control = Client::connect(&sock, Some("bench")).map_err(err)?;
     // Every host seen changing: two more renewals of ours.
     std::thread::sleep(Duration::from_secs(6 * u64::from(t)));
     let pid = d.child.id();
-    let (w0, c0, t0, disk0, g0) = (
-        Instant::now(),
-        crate::scale::cpu_ms(pid)?,
-        crate::scale::thread_cpu_ns(pid),
-        disk_sectors(&opts.device),
-        gen.written.load(Ordering::Relaxed),
-    );
+    let w0 = Sample::take(pid, &opts.device, &gen)?;
     gen.window.store(true, Ordering::Relaxed);
-    let deadline = w0 + Duration::from_secs(opts.window_s);
-    let lat = crate::scale::tenure_renewals(&mut control, w0, deadline, t)?;
-    let (c1, t1, disk1, g1) = (
-        crate::scale::cpu_ms(pid)?,
-        crate::scale::thread_cpu_ns(pid),
-        disk_sectors(&opts.device),
-        gen.written.load(Ordering::Relaxed),
-    );
-    let window = w0.elapsed().as_secs_f64();
+    let deadline = w0.at + Duration::from_secs(opts.window_s);
+    let lat = crate::scale::tenure_renewals(&mut control, w0.at, deadline, t)?;
+    let w1 = Sample::take(pid, &opts.device, &gen)?;
     let v = control
         .call(&Request::Hosts {
             lockspace: space.into(),
@@ -304,10 +329,7 @@ fn tenure_run(opts: &HostsOptions) -> Result<(Figures, Vec<String>), String> {
     let rss = crate::scale::rss_kib(pid)?;
     gen.finish()?;
     drop(d);
-    let cpu = crate::scale::cpu_between(&t0, &t1, c1 - c0);
-    let mut figures = crate::scale::renewal_figures(window, cpu, rss, lat);
-    let disk = disk0.zip(disk1);
-    let wrong = window_figures(&mut figures, &statuses, disk, g1 - g0, window);
+    let (figures, wrong) = w0.figures(&w1, rss, lat, &statuses);
     Ok((
         Figures {
             system: "tenure".into(),
@@ -349,22 +371,11 @@ fn sanlock_run(opts: &HostsOptions, start_sh: &Path) -> Result<(Figures, Vec<Str
     }
     std::thread::sleep(Duration::from_secs(6 * u64::from(t)));
     let pid = s.pid;
-    let (w0, c0, t0, disk0, g0) = (
-        Instant::now(),
-        crate::scale::cpu_ms(pid)?,
-        crate::scale::thread_cpu_ns(pid),
-        disk_sectors(&opts.device),
-        gen.written.load(Ordering::Relaxed),
-    );
+    let w0 = Sample::take(pid, &opts.device, &gen)?;
     gen.window.store(true, Ordering::Relaxed);
     std::thread::sleep(Duration::from_secs(opts.window_s));
-    let (c1, t1, disk1, g1) = (
-        crate::scale::cpu_ms(pid)?,
-        crate::scale::thread_cpu_ns(pid),
-        disk_sectors(&opts.device),
-        gen.written.load(Ordering::Relaxed),
-    );
-    let window = w0.elapsed().as_secs_f64();
+    let w1 = Sample::take(pid, &opts.device, &gen)?;
+    let window = w1.at.duration_since(w0.at).as_secs_f64();
     let out = Command::new("/usr/bin/python3")
         .args(["-c", SANLOCK_HOSTS, space])
         .env("SANLOCK_RUN_DIR", &s.rundir)
@@ -381,10 +392,7 @@ fn sanlock_run(opts: &HostsOptions, start_sh: &Path) -> Result<(Figures, Vec<Str
     let rss = crate::scale::rss_kib(pid)?;
     gen.finish()?;
     drop(s);
-    let cpu = crate::scale::cpu_between(&t0, &t1, c1 - c0);
-    let mut figures = crate::scale::renewal_figures(window, cpu, rss, lat);
-    let disk = disk0.zip(disk1);
-    let wrong = window_figures(&mut figures, &statuses, disk, g1 - g0, window);
+    let (figures, wrong) = w0.figures(&w1, rss, lat, &statuses);
     Ok((
         Figures {
             system: "sanlock".into(),

@@ -353,73 +353,49 @@ fn main() -> ExitCode {
                 Ok(x) => x,
                 Err(code) => return code,
             };
-            if curve == "hosts" {
-                let opts = tenure_bench::hosts::HostsOptions {
-                    device: path.clone(),
-                    io_timeout_s: io_timeout.max(1),
-                    window_s: renew_s,
-                    sanlock_start: (!no_sanlock).then_some(sanlock_start),
-                };
-                if !json {
-                    println!("# {}", describe(&path));
-                }
-                let printed = tenure_bench::hosts::hosts(&opts, |f| {
-                    if json {
-                        println!("{}", f.json());
-                    } else {
-                        println!("{}", f.line());
-                    }
-                });
-                return match printed {
-                    Ok(_) => ExitCode::SUCCESS,
-                    Err(e) => {
-                        eprintln!("tenure-bench: {e}");
-                        ExitCode::from(1)
-                    }
-                };
-            }
-            if curve == "held" {
-                let opts = tenure_bench::held::HeldOptions {
-                    device: path.clone(),
-                    counts,
-                    io_timeout_s: io_timeout.max(1),
-                    sanlock_start: (!no_sanlock).then_some(sanlock_start),
-                };
-                if !json {
-                    println!("# {}", describe(&path));
-                }
-                let printed = tenure_bench::held::held(&opts, |f| {
-                    if json {
-                        println!("{}", f.json());
-                    } else {
-                        println!("{}", f.line());
-                    }
-                });
-                return match printed {
-                    Ok(_) => ExitCode::SUCCESS,
-                    Err(e) => {
-                        eprintln!("tenure-bench: {e}");
-                        ExitCode::from(1)
-                    }
-                };
-            }
-            let opts = tenure_bench::scale::ScaleOptions {
-                device: path.clone(),
-                counts,
-                io_timeout_s: io_timeout.max(1),
-                renew_s: renew_s.max(1),
-                sanlock_start: (!no_sanlock).then_some(sanlock_start),
-            };
             if !json {
                 println!("# {}", describe(&path));
             }
-            match tenure_bench::scale::lockspaces(&opts, |f| {
+            let print = |f: &tenure_bench::scale::Figures| {
                 if json {
                     println!("{}", f.json());
                 } else {
                     println!("{}", f.line());
                 }
-            }) {
+            };
+            let sanlock_start = (!no_sanlock).then_some(sanlock_start);
+            let io_timeout_s = io_timeout.max(1);
+            let rows = match curve.as_str() {
+                "hosts" => tenure_bench::hosts::hosts(
+                    &tenure_bench::hosts::HostsOptions {
+                        device: path.clone(),
+                        io_timeout_s,
+                        window_s: renew_s,
+                        sanlock_start,
+                    },
+                    print,
+                ),
+                "held" => tenure_bench::held::held(
+                    &tenure_bench::held::HeldOptions {
+                        device: path.clone(),
+                        counts,
+                        io_timeout_s,
+                        sanlock_start,
+                    },
+                    print,
+                ),
+                _ => tenure_bench::scale::lockspaces(
+                    &tenure_bench::scale::ScaleOptions {
+                        device: path.clone(),
+                        counts,
+                        io_timeout_s,
+                        renew_s: renew_s.max(1),
+                        sanlock_start,
+                    },
+                    print,
+                ),
+            };
+            match rows {
                 Ok(_) => ExitCode::SUCCESS,
                 Err(e) => {
                     eprintln!("tenure-bench scale: {e}");

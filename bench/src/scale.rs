@@ -14,7 +14,7 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::sync::{Arc, Barrier};
 use std::time::{Duration, Instant};
 
@@ -255,27 +255,7 @@ pub(crate) fn tenure_renewals(
 fn tenure_run(opts: &ScaleOptions, n: usize) -> Result<Figures, String> {
     let t = opts.io_timeout_s;
     format_areas(&opts.device, "T", 0, n, t)?;
-    let dir = crate::daemon::run_base().join(format!("tenure-bench-scale-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).map_err(err)?;
-    let child = Command::new(crate::daemon::tenured_path()?)
-        .args(["--config", "/dev/null", "--run-dir"])
-        .arg(&dir)
-        .arg("--state-dir")
-        .arg(&dir)
-        .args([
-            "--watchdog",
-            "none",
-            "--io-timeout",
-            &t.to_string(),
-            "--log",
-            "warn",
-        ])
-        .args(["--kill-grace", "2", "--sigkill-max", "2"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .map_err(|e| format!("tenured: {e}"))?;
-    let d = crate::daemon::Daemon { child, dir };
+    let d = crate::daemon::spawn_bench_tenured("tenure-bench-scale", t, None)?;
     let sock = d.dir.join("tenured.sock");
     let t0 = Instant::now();
     while Client::connect(&sock, Some("bench")).is_err() {

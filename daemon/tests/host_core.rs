@@ -50,6 +50,17 @@ struct JournalCheck {
 }
 
 impl JournalCheck {
+    fn new(j: tenured::host::handover::StateJournal) -> Self {
+        JournalCheck {
+            j,
+            file: Vec::new(),
+            epoch: None,
+            wholes: 0,
+            appends: 0,
+            largest: 0,
+        }
+    }
+
     /// Writes what changed (when the epoch moved, as the server does), then reads the file
     /// back: it must say what the whole state says.
     fn check(&mut self, host: &mut Host, now: Time) {
@@ -644,14 +655,9 @@ fn run_for(bed: &mut Bed, d: Duration) {
 #[test]
 fn the_state_journal_reads_back_as_the_whole_state_after_every_change() {
     let mut bed = joined_bed();
-    bed.journal = Some(JournalCheck {
-        j: tenured::host::handover::StateJournal::with_compact_slack(8 << 10),
-        file: Vec::new(),
-        epoch: None,
-        wholes: 0,
-        appends: 0,
-        largest: 0,
-    });
+    bed.journal = Some(JournalCheck::new(
+        tenured::host::handover::StateJournal::with_compact_slack(8 << 10),
+    ));
     let step = |bed: &mut Bed| {
         bed.run_until(Duration::from_secs(1), |_, _| true);
     };
@@ -782,14 +788,9 @@ fn the_state_journal_reads_back_as_the_whole_state_after_every_change() {
 fn damaged_state_journals_are_refused_with_typed_errors() {
     use tenured::host::handover::{HostState, StateError};
     let mut bed = joined_bed();
-    bed.journal = Some(JournalCheck {
-        j: tenured::host::handover::StateJournal::new(),
-        file: Vec::new(),
-        epoch: None,
-        wholes: 0,
-        appends: 0,
-        largest: 0,
-    });
+    bed.journal = Some(JournalCheck::new(
+        tenured::host::handover::StateJournal::new(),
+    ));
     let a = bed.client(0, 100);
     assert!(matches!(bed.acquire(a, false), Reply::Done(_)));
     let b = bed.client(1, 101);

@@ -528,7 +528,7 @@ impl Host {
 
     /// The lockspaces lost, and those joined: each by its name (hex) and key, with its state
     /// when it changed since `j` last wrote it (encoded only then: a renewal moves one
-    /// lockspace, not all). Without `j`, no state.
+    /// lockspace, not all). Without `j`, every state.
     fn space_states_changed(
         &self,
         j: Option<&StateJournal>,
@@ -551,8 +551,8 @@ impl Host {
             let name_hex = hex(s.spec.name.as_bytes());
             let key = (s.id, h, s.used, s.used_by_orphans);
             let state = match j {
-                Some(j) if !j.space_unchanged(&name_hex, &key) => self.recorded_space(s),
-                _ => None,
+                Some(j) if j.space_unchanged(&name_hex, &key) => None,
+                _ => self.recorded_space(s),
             };
             spaces.push((name_hex, key, state));
         }
@@ -583,18 +583,11 @@ impl Host {
 
     /// The lockspaces lost, and those joined.
     fn space_states(&self) -> (Vec<String>, Vec<SpaceState>) {
-        let mut lost = Vec::new();
-        let mut spaces = Vec::new();
-        for s in &self.spaces {
-            if s.lost.is_some() {
-                if !s.cleared {
-                    lost.push(s.name.clone());
-                }
-                continue;
-            }
-            spaces.extend(self.recorded_space(s));
-        }
-        (lost, spaces)
+        let (lost, spaces) = self.space_states_changed(None);
+        (
+            lost,
+            spaces.into_iter().filter_map(|(_, _, st)| st).collect(),
+        )
     }
 
     /// One lease as the state records it.
