@@ -245,6 +245,11 @@ impl Bed {
             persistent: vec![persistent],
             adopt_orphan,
         };
+        self.execute(k, cmd)
+    }
+
+    /// `k`'s command, answered at once or after the host ran (30 s at most).
+    fn execute(&mut self, k: ClientKey, cmd: Command) -> Reply {
         let now = self.clock.now();
         if let Some(r) = self.host.execute(now, k, cmd) {
             return r;
@@ -254,6 +259,21 @@ impl Bed {
         });
         got.retain(|(c, _)| *c == k);
         got.remove(0).1
+    }
+
+    /// Two clients holding R shared and persistent.
+    fn two_persistent_shared_holders(&mut self) -> (ClientKey, ClientKey) {
+        let c = self.client(3, 103);
+        let d = self.client(4, 104);
+        assert!(matches!(
+            self.acquire_with(c, true, true, false),
+            Reply::Done(_)
+        ));
+        assert!(matches!(
+            self.acquire_with(d, true, true, false),
+            Reply::Done(_)
+        ));
+        (c, d)
     }
 }
 
@@ -453,11 +473,7 @@ fn a_stop_is_refused_while_leases_are_held_and_lvbs_need_a_lease_read_with_one()
         holder: Holder::Me,
         lvb: None,
     };
-    if bed.host.execute(now, a, cmd).is_none() {
-        bed.run_until(Duration::from_secs(30), |_, r| {
-            r.iter().any(|(c, _)| *c == a)
-        });
-    }
+    assert!(matches!(bed.execute(a, cmd), Reply::Done(_)));
     let now = bed.clock.now();
     assert_eq!(bed.host.stop_if_idle(now), Ok(()));
     assert!(bed.host.is_stopping());
@@ -569,16 +585,7 @@ fn a_persistent_lease_outlives_its_holder_as_an_orphan_until_adopted_or_released
     });
     assert_eq!(bed.leader().timestamp, 0, "released on disk");
     // A persistent shared lease of two local holders: one orphan, once both went.
-    let c = bed.client(3, 103);
-    let d = bed.client(4, 104);
-    assert!(matches!(
-        bed.acquire_with(c, true, true, false),
-        Reply::Done(_)
-    ));
-    assert!(matches!(
-        bed.acquire_with(d, true, true, false),
-        Reply::Done(_)
-    ));
+    let (c, d) = bed.two_persistent_shared_holders();
     let now = bed.clock.now();
     bed.host.client_closed(now, c);
     assert_eq!(orphan_count(&bed.host), 0, "d still holds the shared hold");
@@ -693,11 +700,7 @@ fn the_state_journal_reads_back_as_the_whole_state_after_every_change() {
             holder: Holder::Me,
             no_wait: true,
         };
-        if bed.host.execute(bed.clock.now(), a, conv).is_none() {
-            bed.run_until(Duration::from_secs(30), |_, r| {
-                r.iter().any(|(c, _)| *c == a)
-            });
-        }
+        assert!(matches!(bed.execute(a, conv), Reply::Done(_)));
         assert_eq!(
             bed.host.leases().next().map(|l| l.view().shared),
             Some(shared)
@@ -709,23 +712,10 @@ fn the_state_journal_reads_back_as_the_whole_state_after_every_change() {
         lvb: None,
     };
     let now = bed.clock.now();
-    if bed.host.execute(now, a, rel).is_none() {
-        bed.run_until(Duration::from_secs(30), |_, r| {
-            r.iter().any(|(c, _)| *c == a)
-        });
-    }
+    assert!(matches!(bed.execute(a, rel), Reply::Done(_)));
     assert!(bed.host.leases().next().is_none());
     // Two shared holders, persistent: an orphan once both went, then released.
-    let c = bed.client(3, 103);
-    let d = bed.client(4, 104);
-    assert!(matches!(
-        bed.acquire_with(c, true, true, false),
-        Reply::Done(_)
-    ));
-    assert!(matches!(
-        bed.acquire_with(d, true, true, false),
-        Reply::Done(_)
-    ));
+    let (c, d) = bed.two_persistent_shared_holders();
     let now = bed.clock.now();
     bed.host.client_closed(now, c);
     step(&mut bed);
@@ -764,11 +754,7 @@ fn the_state_journal_reads_back_as_the_whole_state_after_every_change() {
         holder: Holder::Me,
         lvb: None,
     };
-    if bed.host.execute(bed.clock.now(), e, rel).is_none() {
-        bed.run_until(Duration::from_secs(30), |_, r| {
-            r.iter().any(|(c, _)| *c == e)
-        });
-    }
+    assert!(matches!(bed.execute(e, rel), Reply::Done(_)));
     let rem = Command::LockspaceRemove {
         name: Name::new("LS").expect("name"),
         wait: false,
