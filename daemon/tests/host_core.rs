@@ -711,7 +711,6 @@ fn the_state_journal_reads_back_as_the_whole_state_after_every_change() {
         holder: Holder::Me,
         lvb: None,
     };
-    let now = bed.clock.now();
     assert!(matches!(bed.execute(a, rel), Reply::Done(_)));
     assert!(bed.host.leases().next().is_none());
     // Two shared holders, persistent: an orphan once both went, then released.
