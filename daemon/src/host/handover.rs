@@ -445,15 +445,35 @@ impl Host {
         pid_start_ticks: u64,
         ticks: &mut dyn FnMut(i32) -> u64,
     ) -> HostState {
+        self.state_and_keys(now, boot_id, pid, pid_start_ticks, ticks)
+            .0
+    }
+
+    /// [`Host::state`], with the key of each lockspace in it (for [`StateJournal`]).
+    fn state_and_keys(
+        &self,
+        now: Time,
+        boot_id: &str,
+        pid: i32,
+        pid_start_ticks: u64,
+        ticks: &mut dyn FnMut(i32) -> u64,
+    ) -> (HostState, Vec<(String, super::journal::SpaceKey)>) {
         let head = self.state_head(now);
-        let (lost, spaces) = self.space_states();
+        let (lost, changes) = self.space_states_changed(None);
+        let (mut spaces, mut keys) = (Vec::new(), Vec::new());
+        for (name, key, st) in changes {
+            if let Some(st) = st {
+                spaces.push(st);
+                keys.push((name, key));
+            }
+        }
         let leases = self
             .reg
             .iter()
             .filter(|l| l.joining.is_none())
             .map(|l| self.lease_state(l, ticks))
             .collect();
-        HostState {
+        let st = HostState {
             format: STATE_FORMAT.into(),
             version: STATE_VERSION,
             boot_id: boot_id.into(),
@@ -465,7 +485,8 @@ impl Host {
             lost,
             spaces,
             leases,
-        }
+        };
+        (st, keys)
     }
 
     /// What the state file should get now (see [`StateJournal`]): the whole state when the
@@ -482,13 +503,7 @@ impl Host {
     ) -> StateWrite {
         let touched = self.reg.take_touched();
         if j.wants_whole() {
-            let st = self.state(now, boot_id, pid, pid_start_ticks, ticks);
-            let keys = self
-                .space_states_changed(None)
-                .1
-                .into_iter()
-                .map(|(name, key, _)| (name, key))
-                .collect();
+            let (st, keys) = self.state_and_keys(now, boot_id, pid, pid_start_ticks, ticks);
             return StateWrite::Whole(j.whole(&st, keys));
         }
         let head = self.state_head(now);
@@ -579,15 +594,6 @@ impl Host {
             used: s.used,
             used_by_orphans: s.used_by_orphans,
         })
-    }
-
-    /// The lockspaces lost, and those joined.
-    fn space_states(&self) -> (Vec<String>, Vec<SpaceState>) {
-        let (lost, spaces) = self.space_states_changed(None);
-        (
-            lost,
-            spaces.into_iter().filter_map(|(_, _, st)| st).collect(),
-        )
     }
 
     /// One lease as the state records it.
